@@ -1,0 +1,3 @@
+from ddlc.cli.main import run
+
+run()

@@ -1,0 +1,1 @@
+"""ddlc.checkpoint"""

@@ -1,0 +1,1 @@
+"""The `ddlc` command line: a thin typer layer over the library."""

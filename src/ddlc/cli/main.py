@@ -1,0 +1,45 @@
+"""`ddlc` entry point. Each concern registers its commands from its own module."""
+
+from __future__ import annotations
+
+import typer
+
+from ddlc import __version__
+from ddlc.cli import train as train_cmd
+from ddlc.errors import UserError, exit_with
+
+app = typer.Typer(
+    name="ddlc",
+    help="Distributed Deep Learning Cluster: deploy, train, checkpoint, monitor and maintain.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"ddlc {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    """Distributed Deep Learning Cluster."""
+
+
+train_cmd.register(app)
+
+
+def run() -> None:
+    """Console-script entry: user errors become one line and exit code 2."""
+    try:
+        app()
+    except UserError as error:
+        exit_with(error)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,137 @@
+"""The typed configuration of a ddlc training job.
+
+Every section forbids unknown keys, so a typo fails loudly instead of being ignored.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(Section):
+    """A decoder-only (GPT-style) transformer. Defaults are a CPU-sized demo model."""
+
+    n_layer: PositiveInt = 2
+    n_head: PositiveInt = 4
+    n_embd: PositiveInt = 128
+    block_size: PositiveInt = 64  # context length in tokens
+    vocab_size: Optional[PositiveInt] = None  # None: taken from the dataset
+    dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
+    bias: bool = False
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> "ModelConfig":
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        return self
+
+
+class DataConfig(Section):
+    """Where tokens come from.
+
+    synthetic: a seeded Markov-chain corpus with learnable structure (the demo default).
+    text:      a UTF-8 text file (or directory of .txt files), byte-level tokens (vocab 256).
+    tokens:    token shards: raw uint16 `.bin` files (nanoGPT layout) or `.npy` arrays; a file, dir or glob.
+    """
+
+    source: Literal["synthetic", "text", "tokens"] = "synthetic"
+    path: Optional[str] = None
+    synthetic_tokens: PositiveInt = 1_000_000
+    synthetic_vocab: int = Field(default=256, ge=2, le=65536)
+    shuffle: bool = True
+
+    @model_validator(mode="after")
+    def _path_required(self) -> "DataConfig":
+        if self.source != "synthetic" and not self.path:
+            raise ValueError(f"data.path is required when data.source is '{self.source}'")
+        return self
+
+
+class OptimizerConfig(Section):
+    """AdamW with linear warmup followed by cosine (or linear/constant) decay to min_lr_ratio * lr."""
+
+    name: Literal["adamw"] = "adamw"
+    lr: PositiveFloat = 3e-3
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: PositiveFloat = 1e-8
+    weight_decay: float = Field(default=0.1, ge=0.0)
+    warmup_steps: int = Field(default=20, ge=0)
+    decay: Literal["cosine", "linear", "constant"] = "cosine"
+    min_lr_ratio: float = Field(default=0.1, ge=0.0, le=1.0)
+
+
+class TrainingConfig(Section):
+    """How long and how big. Exactly one of max_steps / epochs decides the length.
+
+    global_batch_size = micro_batch_size * grad_accum_steps * world_size. Give global_batch_size and the
+    accumulation is derived for whatever world size the job runs on; give grad_accum_steps instead to fix it.
+    """
+
+    max_steps: Optional[PositiveInt] = 200
+    epochs: Optional[PositiveFloat] = None
+    micro_batch_size: PositiveInt = 8
+    global_batch_size: Optional[PositiveInt] = None
+    grad_accum_steps: Optional[PositiveInt] = None
+    grad_clip: Optional[float] = Field(default=1.0, gt=0.0)
+    precision: Literal["fp32", "bf16"] = "fp32"
+    seed: int = 1337
+    log_interval: PositiveInt = 10
+
+    @model_validator(mode="before")
+    @classmethod
+    def _epochs_replace_default_steps(cls, data):
+        # Giving `epochs` alone replaces the default max_steps rather than conflicting with it.
+        if isinstance(data, dict) and data.get("epochs") is not None and "max_steps" not in data:
+            data = {**data, "max_steps": None}
+        return data
+
+    @model_validator(mode="after")
+    def _one_length(self) -> "TrainingConfig":
+        if (self.max_steps is None) == (self.epochs is None):
+            raise ValueError("set exactly one of training.max_steps and training.epochs")
+        return self
+
+
+class FSDPConfig(Section):
+    reshard_after_forward: bool = True
+
+
+class DistributedConfig(Section):
+    strategy: Literal["ddp", "fsdp", "deepspeed", "horovod"] = "ddp"
+    backend: Literal["auto", "nccl", "gloo"] = "auto"  # auto: nccl on CUDA, gloo otherwise
+    device: Literal["auto", "cuda", "cpu"] = "auto"
+    timeout_s: PositiveInt = 600
+    fsdp: FSDPConfig = FSDPConfig()
+
+
+class CheckpointConfig(Section):
+    enabled: bool = True
+    uri: Optional[str] = None  # None: <run_dir>/<run_name>/checkpoints; local path, file:// or s3://
+    interval_steps: PositiveInt = 100
+    keep_last: PositiveInt = 3
+    keep_every: Optional[PositiveInt] = None
+    async_save: bool = True
+    resume: bool = True
+
+
+class MonitoringConfig(Section):
+    run_dir: str = "runs"
+    run_name: Optional[str] = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    metrics_port: Optional[int] = Field(default=None, ge=0, le=65535)  # None: no metrics endpoint
+    metrics_host: str = "127.0.0.1"
+    progress: Literal["auto", "bar", "plain"] = "auto"
+
+
+class Config(Section):
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    optimizer: OptimizerConfig = OptimizerConfig()
+    training: TrainingConfig = TrainingConfig()
+    distributed: DistributedConfig = DistributedConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
+    monitoring: MonitoringConfig = MonitoringConfig()
