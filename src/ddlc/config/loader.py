@@ -95,9 +95,12 @@ def _describe(exc: ValidationError, source: str, overrides: list[str]) -> str:
     elif "input" in first and not isinstance(first["input"], (dict, list)):
         message += f" (got {first['input']!r})"
     origin = source
-    if any(o.split("=", 1)[0].strip() == field for o in overrides):
+    keys = [o.split("=", 1)[0].strip() for o in overrides]
+    if any(k == field or k.startswith(field + ".") or field.startswith(k + ".") for k in keys):
         origin = f"{source} (command-line override)"
     more = f" [+{len(exc.errors()) - 1} more]" if len(exc.errors()) > 1 else ""
+    if message.startswith(field + "."):
+        return f"{origin}: {message}{more}"  # a cross-field check already names its field
     return f"{origin}: {field}: {message}{more}"
 
 

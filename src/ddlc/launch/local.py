@@ -1,0 +1,84 @@
+"""Start a training job on this machine under torchrun (standalone rendezvous), and summarise it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Optional, Sequence
+
+from ddlc.config.loader import load_config
+from ddlc.config.schema import Config
+from ddlc.runtime.data import check_data_config, plan_batches
+
+
+def default_nproc() -> int:
+    """One worker per GPU; two CPU workers when there is no GPU (the demo)."""
+    try:
+        import torch
+
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    except Exception:  # a broken CUDA install must not stop a CPU run
+        count = 0
+    return count or 2
+
+
+@dataclass
+class LocalJob:
+    """A resolved local job: validated config plus the exact torchrun command line."""
+
+    config: Config
+    command: list[str]
+    run_dir: Path
+
+
+def plan_local_job(
+    config_path: Optional[str],
+    overrides: Sequence[str],
+    nproc: Optional[int] = None,
+    python: str = sys.executable,
+) -> LocalJob:
+    """Validate the config here (bad input fails before any worker starts) and build the torchrun command."""
+    overrides = list(overrides)
+    cfg = load_config(config_path, overrides)
+    if not cfg.monitoring.run_name:
+        # Name the run up front so the launcher knows where the workers will write.
+        name = datetime.now(timezone.utc).strftime("run-%Y%m%d-%H%M%S")
+        overrides.append(f"monitoring.run_name={name}")
+        cfg = load_config(config_path, overrides)
+    workers = nproc or default_nproc()
+    # Checks that would otherwise fail inside every worker: batch split for this world size, data path.
+    train = cfg.training
+    plan_batches(train.micro_batch_size, train.global_batch_size, train.grad_accum_steps, workers)
+    check_data_config(cfg.data)
+    command = [
+        python,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={workers}",
+        "-m",
+        "ddlc.train",
+    ]
+    if config_path is not None:
+        command += ["--config", str(config_path)]
+    command += overrides
+    return LocalJob(cfg, command, Path(cfg.monitoring.run_dir) / cfg.monitoring.run_name)
+
+
+def run_local_job(job: LocalJob) -> int:
+    """Run torchrun in the foreground; its workers' output goes straight to this terminal."""
+    try:
+        return subprocess.call(job.command)
+    except KeyboardInterrupt:
+        return 130
+
+
+def read_summary(run_dir: Path) -> Optional[dict]:
+    path = run_dir / "summary.json"
+    if not path.exists():
+        return None
+    return json.loads(path.read_text())

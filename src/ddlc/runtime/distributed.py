@@ -1,0 +1,227 @@
+"""Distributed setup from the launcher's environment: torchrun, DeepSpeed, Horovod, Slurm, or a plain process.
+
+`init_distributed()` is usable from any training script::
+
+    ctx = init_distributed()          # reads RANK/WORLD_SIZE/... whichever launcher set them
+    model = wrap_model(model, ctx)    # DDP or FSDP2
+    ...
+    shutdown_distributed()
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import socket
+import sys
+from dataclasses import dataclass
+from typing import Literal, Mapping, Optional
+
+import torch
+import torch.distributed as dist
+
+from ddlc.errors import UserError
+
+Launcher = Literal["torchrun", "deepspeed", "env", "horovod", "mpi", "slurm", "single"]
+
+
+@dataclass(frozen=True)
+class LaunchEnv:
+    """Where this process sits in the job, as told by whichever launcher started it."""
+
+    launcher: Launcher
+    rank: int
+    world_size: int
+    local_rank: int
+    local_world_size: int
+    master_addr: str
+    master_port: int
+
+    @property
+    def node_rank(self) -> int:
+        return self.rank // max(self.local_world_size, 1)
+
+    @property
+    def num_nodes(self) -> int:
+        return max(self.world_size // max(self.local_world_size, 1), 1)
+
+
+def _int(env: Mapping[str, str], *names: str, default: Optional[int] = None) -> Optional[int]:
+    for name in names:
+        value = env.get(name)
+        if value not in (None, ""):
+            try:
+                return int(value)
+            except ValueError:
+                raise UserError(f"environment variable {name}={value!r} is not an integer") from None
+    return default
+
+
+def _first_slurm_host(nodelist: str) -> str:
+    """`gpu-[3-5,9]` -> `gpu-3`; `a,b` -> `a` (enough to pick a master without calling scontrol)."""
+    head = nodelist.split(",")[0]
+    if "[" in nodelist:
+        prefix, rest = nodelist.split("[", 1)
+        first = rest.split(",")[0].split("-")[0].rstrip("]")
+        return prefix + first
+    return head
+
+
+def detect_launch_env(env: Mapping[str, str] | None = None) -> LaunchEnv:
+    """Read rank/world/master from the environment. Order: torchrun/deepspeed, Horovod, MPI, Slurm, single."""
+    env = os.environ if env is None else env
+    master_addr = env.get("MASTER_ADDR", "127.0.0.1")
+    master_port = _int(env, "MASTER_PORT", default=29500)
+
+    if "RANK" in env and "WORLD_SIZE" in env:
+        # torchrun and the deepspeed launcher both export the torch.distributed variables.
+        if "TORCHELASTIC_RUN_ID" in env:
+            launcher: Launcher = "torchrun"
+        elif "CROSS_RANK" in env or "LOCAL_SIZE" in env:
+            launcher = "deepspeed"
+        else:
+            launcher = "env"
+        world = _int(env, "WORLD_SIZE")
+        return LaunchEnv(
+            launcher=launcher,
+            rank=_int(env, "RANK"),
+            world_size=world,
+            local_rank=_int(env, "LOCAL_RANK", default=0),
+            local_world_size=_int(env, "LOCAL_WORLD_SIZE", "LOCAL_SIZE", default=world),
+            master_addr=master_addr,
+            master_port=master_port,
+        )
+    if "HOROVOD_RANK" in env:
+        world = _int(env, "HOROVOD_SIZE")
+        return LaunchEnv(
+            "horovod",
+            _int(env, "HOROVOD_RANK"),
+            world,
+            _int(env, "HOROVOD_LOCAL_RANK", default=0),
+            _int(env, "HOROVOD_LOCAL_SIZE", default=world),
+            master_addr,
+            master_port,
+        )
+    if "OMPI_COMM_WORLD_RANK" in env:
+        world = _int(env, "OMPI_COMM_WORLD_SIZE")
+        return LaunchEnv(
+            "mpi",
+            _int(env, "OMPI_COMM_WORLD_RANK"),
+            world,
+            _int(env, "OMPI_COMM_WORLD_LOCAL_RANK", default=0),
+            _int(env, "OMPI_COMM_WORLD_LOCAL_SIZE", default=world),
+            master_addr,
+            master_port,
+        )
+    if "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
+        world = _int(env, "SLURM_NTASKS")
+        nodelist = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST") or ""
+        addr = env.get("MASTER_ADDR") or (_first_slurm_host(nodelist) if nodelist else "127.0.0.1")
+        return LaunchEnv(
+            "slurm",
+            _int(env, "SLURM_PROCID"),
+            world,
+            _int(env, "SLURM_LOCALID", default=0),
+            _int(env, "SLURM_NTASKS_PER_NODE", default=world),
+            addr,
+            master_port,
+        )
+    return LaunchEnv("single", 0, 1, 0, 1, master_addr, master_port)
+
+
+@dataclass(frozen=True)
+class DistContext:
+    """The initialised job: who we are, which device we drive, and which backend carries collectives."""
+
+    env: LaunchEnv
+    device: torch.device
+    backend: str
+
+    @property
+    def rank(self) -> int:
+        return self.env.rank
+
+    @property
+    def world_size(self) -> int:
+        return self.env.world_size
+
+    @property
+    def local_rank(self) -> int:
+        return self.env.local_rank
+
+    @property
+    def is_main(self) -> bool:
+        return self.env.rank == 0
+
+    @property
+    def node(self) -> str:
+        return socket.gethostname()
+
+
+def select_device(preference: str, local_rank: int) -> torch.device:
+    if preference == "cpu":
+        return torch.device("cpu")
+    if torch.cuda.is_available():
+        index = local_rank % torch.cuda.device_count()
+        torch.cuda.set_device(index)
+        return torch.device("cuda", index)
+    if preference == "cuda":
+        raise UserError("distributed.device: 'cuda' requested but no CUDA device is available")
+    return torch.device("cpu")
+
+
+def select_backend(preference: str, device: torch.device) -> str:
+    if preference == "auto":
+        return "nccl" if device.type == "cuda" else "gloo"
+    if preference == "nccl" and device.type != "cuda":
+        raise UserError("distributed.backend: 'nccl' needs CUDA devices; use 'gloo' or 'auto' on CPU")
+    return preference
+
+
+def init_distributed(
+    device: str = "auto",
+    backend: str = "auto",
+    timeout_s: float = 600,
+    env: Mapping[str, str] | None = None,
+) -> DistContext:
+    """Initialise torch.distributed from the launcher's environment (idempotent).
+
+    A single process still gets a 1-rank process group, so DDP/FSDP2/DCP code paths are the same everywhere.
+    """
+    launch = detect_launch_env(env)
+    dev = select_device(device, launch.local_rank)
+    chosen = select_backend(backend, dev)
+    if not dist.is_initialized():
+        timeout = _dt.timedelta(seconds=timeout_s)
+        if launch.world_size == 1 and launch.launcher == "single":
+            store = dist.HashStore()
+            dist.init_process_group(chosen, store=store, rank=0, world_size=1, timeout=timeout)
+        else:
+            os.environ.setdefault("MASTER_ADDR", launch.master_addr)
+            os.environ.setdefault("MASTER_PORT", str(launch.master_port))
+            kwargs = {"device_id": dev} if dev.type == "cuda" else {}
+            dist.init_process_group(
+                chosen,
+                init_method="env://",
+                rank=launch.rank,
+                world_size=launch.world_size,
+                timeout=timeout,
+                **kwargs,
+            )
+    return DistContext(env=launch, device=dev, backend=chosen)
+
+
+def shutdown_distributed() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def hard_exit(code: int = 0) -> None:
+    """Leave without running C++ static destructors.
+
+    gloo occasionally aborts in its destructors after a successful run ("terminate called without an active
+    exception"); flushing and `os._exit` after `destroy_process_group()` keeps the exit code honest.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

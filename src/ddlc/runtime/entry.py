@@ -1,0 +1,69 @@
+"""`train.py` / `python -m ddlc.train`: the process every launcher starts (torchrun, deepspeed, horovodrun, python).
+
+    train.py --config config.yaml [dotted.key=value ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Optional, Sequence
+
+from ddlc.config.loader import load_config
+from ddlc.errors import UserError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="train.py",
+        description="Train with ddlc. Extra arguments are dotted config overrides, e.g. training.max_steps=200.",
+    )
+    parser.add_argument("--config", help="YAML config file (default: built-in defaults)")
+    # Launchers pass these; accepted here so train.py runs unchanged under each of them.
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--deepspeed", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--deepspeed_config", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("overrides", nargs="*", help="dotted.key=value config overrides")
+    return parser
+
+
+def _is_rank_zero() -> bool:
+    for name in ("RANK", "HOROVOD_RANK", "OMPI_COMM_WORLD_RANK", "SLURM_PROCID"):
+        if name in os.environ:
+            return os.environ[name] == "0"
+    return True
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run one training process; returns the exit code (2 for bad input)."""
+    args = build_parser().parse_args(argv)
+    bad = [o for o in args.overrides if "=" not in o]
+    try:
+        if bad:
+            raise UserError(f"unexpected argument {bad[0]!r}: overrides look like training.max_steps=200")
+        cfg = load_config(args.config, args.overrides)
+        from ddlc.runtime.distributed import init_distributed, shutdown_distributed
+        from ddlc.runtime.trainer import train
+
+        ctx = init_distributed(cfg.distributed.device, cfg.distributed.backend, cfg.distributed.timeout_s)
+        try:
+            train(cfg, ctx)
+        finally:
+            shutdown_distributed()
+    except UserError as error:
+        if _is_rank_zero():
+            print(f"error: {error}", file=sys.stderr, flush=True)
+        return error.exit_code
+    return 0
+
+
+def run() -> None:
+    """Entry for scripts: exit without C++ teardown races (see `hard_exit`)."""
+    from ddlc.runtime.distributed import hard_exit
+
+    hard_exit(main())
+
+
+if __name__ == "__main__":
+    run()

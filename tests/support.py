@@ -1,0 +1,53 @@
+"""Helpers for tests: run real processes (python, torchrun, the ddlc CLI) the way a user would."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+PYTHON = sys.executable
+TRAIN_PY = REPO / "train.py"
+CONFIG = REPO / "config.yaml"
+
+# Tiny settings that still learn: keeps each real multi-process run to a few seconds on 2 cores.
+FAST = [
+    "model.n_layer=1",
+    "model.n_embd=64",
+    "model.block_size=32",
+    "data.synthetic_tokens=200000",
+    "training.micro_batch_size=4",
+    "training.global_batch_size=8",
+    "training.log_interval=5",
+    "optimizer.warmup_steps=5",
+]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def child_env(**extra: str) -> dict:
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", "1")
+    env.pop("RANK", None)
+    env.pop("WORLD_SIZE", None)
+    env.update(extra)
+    return env
+
+
+def run(cmd: list[str], cwd: Path, timeout: float = 180, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, cwd=cwd, env=child_env(**env), capture_output=True, text=True, timeout=timeout)
+
+
+def torchrun(*args: str) -> list[str]:
+    return [PYTHON, "-m", "torch.distributed.run", *args]
+
+
+def assert_ok(proc: subprocess.CompletedProcess) -> None:
+    assert proc.returncode == 0, f"exit {proc.returncode}\nSTDOUT:\n{proc.stdout[-3000:]}\nSTDERR:\n{proc.stderr[-5000:]}"
