@@ -93,6 +93,8 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, cfg.optimizer)
         self.scheduler = build_scheduler(self.optimizer, cfg.optimizer, self.total_steps)
         self.state = TrainState()
+        self.first_loss: Optional[float] = None
+        self.final_loss: Optional[float] = None
 
         self.run_name = resolve_run_name(cfg, ctx)
         cfg.monitoring.run_name = self.run_name
@@ -142,24 +144,9 @@ class Trainer:
             f"global batch {self.plan.global_batch_size} x {cfg.model.block_size} tokens | "
             f"{sum(p.numel() for p in self.model.parameters()):,} params"
         )
-        pending: list[tuple[int, float, float, torch.Tensor, torch.Tensor]] = []
-        first_loss = final_loss = None
         started = time.perf_counter()
-        last = started
-        self.model.train()
         try:
-            while self.state.step < self.total_steps:
-                lr = self.scheduler.get_last_lr()[0]
-                loss, grad_norm = self.train_step()
-                now = time.perf_counter()
-                pending.append((self.state.step, lr, now - last, loss, grad_norm))
-                last = now
-                if self.state.step % cfg.training.log_interval == 0 or self.state.step == self.total_steps:
-                    for record in self._reduce(pending):
-                        first_loss = record["loss"] if first_loss is None else first_loss
-                        final_loss = record["loss"]
-                        logger.log(record)
-                    pending.clear()
+            self.run_until(self.total_steps, logger)
         finally:
             logger.close()
         wall = time.perf_counter() - started
@@ -169,8 +156,8 @@ class Trainer:
             run_dir=str(self.run_dir),
             steps=self.state.step,
             start_step=start_step,
-            first_loss=first_loss,
-            final_loss=final_loss,
+            first_loss=self.first_loss,
+            final_loss=self.final_loss,
             tokens_per_second=steps_done * self.tokens_per_step / wall if wall > 0 else 0.0,
             wall_time_s=wall,
             world_size=ctx.world_size,
@@ -179,6 +166,25 @@ class Trainer:
         if ctx.is_main:
             (self.run_dir / "summary.json").write_text(json.dumps(asdict(result), indent=2))
         return result
+
+    def run_until(self, last_step: int, logger: MetricsLogger) -> None:
+        """Train until `state.step == last_step`, logging every step (reduced once per log interval)."""
+        interval = self.cfg.training.log_interval
+        pending: list[tuple[int, float, float, torch.Tensor, torch.Tensor]] = []
+        self.model.train()
+        last = time.perf_counter()
+        while self.state.step < last_step:
+            lr = self.scheduler.get_last_lr()[0]
+            loss, grad_norm = self.train_step()
+            now = time.perf_counter()
+            pending.append((self.state.step, lr, now - last, loss, grad_norm))
+            last = now
+            if self.state.step % interval == 0 or self.state.step == last_step:
+                for record in self._reduce(pending):
+                    self.first_loss = record["loss"] if self.first_loss is None else self.first_loss
+                    self.final_loss = record["loss"]
+                    logger.log(record)
+                pending.clear()
 
     def _reduce(self, pending: list) -> list[dict]:
         """One collective per log interval: the global mean loss of every step in it."""

@@ -1,0 +1,121 @@
+#!/usr/bin/env python
+"""ddlc's training loop vs a minimal hand-written DDP loop: same model, same data, interleaved in one run.
+
+    python benchmarks/step_overhead.py [--nproc 2] [--rounds 8] [--steps 25] [overrides...]
+
+Re-launches itself under torchrun. Each round runs `--steps` steps of each loop (order alternating), timed
+between barriers; the ratio of median step times is printed (>= 0.97 is the target).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+DEFAULTS = [
+    "model.n_layer=2",
+    "model.n_embd=128",
+    "model.block_size=64",
+    "training.micro_batch_size=8",
+    "training.global_batch_size=16",
+    "training.log_interval=25",
+    "training.max_steps=100000",
+    "optimizer.warmup_steps=0",
+    "optimizer.decay=constant",
+    "monitoring.progress=plain",
+]
+
+
+def parse() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--nproc", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=25)
+    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("overrides", nargs="*")
+    return parser.parse_args()
+
+
+def launch(args: argparse.Namespace) -> int:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}",
+           __file__, *sys.argv[1:]]
+    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+    return subprocess.call(cmd, env=env)
+
+
+def worker(args: argparse.Namespace) -> None:
+    import torch
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    from ddlc.config import load_config
+    from ddlc.runtime import GPT, MetricsLogger, Trainer, hard_exit, init_distributed, shutdown_distributed
+
+    cfg = load_config(None, [*DEFAULTS, *args.overrides, f"monitoring.run_dir={tempfile.mkdtemp()}",
+                             "monitoring.run_name=bench"])
+    ctx = init_distributed(cfg.distributed.device, cfg.distributed.backend)
+    trainer = Trainer(cfg, ctx)
+    logger = MetricsLogger(trainer.run_dir, trainer.total_steps, enabled=ctx.is_main, progress="plain",
+                           log_interval=10**9)
+
+    # The baseline: what a person writes by hand with the same model, optimizer settings and batches.
+    torch.manual_seed(cfg.training.seed)
+    plain = GPT(cfg.model).to(ctx.device)
+    plain = DistributedDataParallel(plain) if ctx.world_size > 1 else plain
+    optimizer = torch.optim.AdamW(plain.parameters(), lr=cfg.optimizer.lr, weight_decay=cfg.optimizer.weight_decay,
+                                  betas=cfg.optimizer.betas, foreach=True)
+    sampler = trainer.sampler
+    plain_step = [0]
+
+    def run_plain(n: int) -> None:
+        for _ in range(n):
+            x, y = sampler.batch(plain_step[0], 0, ctx.rank)
+            _, loss = plain(x.to(ctx.device), y.to(ctx.device))
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(plain.parameters(), cfg.training.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            plain_step[0] += 1
+        loss.item()
+
+    def run_ddlc(n: int) -> None:
+        trainer.run_until(trainer.state.step + n, logger)
+
+    def timed(fn, n: int) -> float:
+        dist.barrier()
+        start = time.perf_counter()
+        fn(n)
+        dist.barrier()
+        return (time.perf_counter() - start) / n
+
+    timed(run_plain, args.warmup)
+    timed(run_ddlc, args.warmup)
+    ddlc_times, plain_times = [], []
+    for round_ in range(args.rounds):
+        order = [(run_ddlc, ddlc_times), (run_plain, plain_times)]
+        for fn, sink in order if round_ % 2 == 0 else reversed(order):
+            sink.append(timed(fn, args.steps))
+    logger.close()
+    if ctx.is_main:
+        d, p = statistics.median(ddlc_times), statistics.median(plain_times)
+        tokens = trainer.tokens_per_step
+        print(f"workers: {ctx.world_size} x {ctx.device.type} | {args.rounds} rounds x {args.steps} steps, interleaved")
+        print(f"plain DDP loop : {p * 1000:8.2f} ms/step  {tokens / p:12,.0f} tokens/s")
+        print(f"ddlc loop      : {d * 1000:8.2f} ms/step  {tokens / d:12,.0f} tokens/s")
+        print(f"throughput ratio ddlc/plain: {p / d:.3f}  (target >= 0.97)")
+    shutdown_distributed()
+    hard_exit(0)
+
+
+if __name__ == "__main__":
+    arguments = parse()
+    if "RANK" in os.environ:
+        worker(arguments)
+    else:
+        sys.exit(launch(arguments))
