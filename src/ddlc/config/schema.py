@@ -81,6 +81,9 @@ class TrainingConfig(Section):
     precision: Literal["fp32", "bf16"] = "fp32"
     seed: int = 1337
     log_interval: PositiveInt = 10
+    # End this invocation early at this step (after a checkpoint); the LR schedule still targets the full
+    # length. For time-boxed jobs, and to test that stopping and resuming changes nothing.
+    stop_at_step: Optional[PositiveInt] = None
 
     @model_validator(mode="before")
     @classmethod
@@ -117,6 +120,8 @@ class CheckpointConfig(Section):
     keep_every: Optional[PositiveInt] = None
     async_save: bool = True
     resume: bool = True
+    verify_on_resume: Literal["sha256", "size"] = "sha256"
+    endpoint_url: Optional[str] = None  # S3-compatible endpoint; default: AWS_ENDPOINT_URL or AWS itself
 
 
 class MonitoringConfig(Section):

@@ -89,6 +89,17 @@ class GlobalBatchSampler:
         self.plan = plan
         self.seed = seed
         self.shuffle = shuffle
+        # Position = base_sample + (step - base_step) * global batch; rebased on resume, so a job can come back
+        # with a different world size or global batch size and continue at the very next sample.
+        self.base_step = 0
+        self.base_sample = 0
+
+    def rebase(self, step: int, samples_seen: int) -> None:
+        self.base_step, self.base_sample = step, samples_seen
+
+    def samples_seen(self, step: int) -> int:
+        """Global samples consumed before `step`."""
+        return self.base_sample + (step - self.base_step) * self.plan.global_batch_size
 
     @lru_cache(maxsize=2)
     def _permutation(self, epoch: int) -> np.ndarray:
@@ -98,7 +109,7 @@ class GlobalBatchSampler:
 
     def sample_indices(self, step: int, micro_step: int, rank: int) -> range:
         plan = self.plan
-        first = step * plan.global_batch_size + (micro_step * plan.world_size + rank) * plan.micro_batch_size
+        first = self.samples_seen(step) + (micro_step * plan.world_size + rank) * plan.micro_batch_size
         return range(first, first + plan.micro_batch_size)
 
     def window_of(self, sample: int) -> int:
@@ -106,7 +117,7 @@ class GlobalBatchSampler:
         return int(self._permutation(epoch)[position])
 
     def epoch_of_step(self, step: int) -> float:
-        return step * self.plan.global_batch_size / self.corpus.num_windows
+        return self.samples_seen(step) / self.corpus.num_windows
 
     def batch(self, step: int, micro_step: int, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
         rows = np.stack([self.corpus.window(self.window_of(g)) for g in self.sample_indices(step, micro_step, rank)])

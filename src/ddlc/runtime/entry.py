@@ -46,11 +46,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from ddlc.runtime.distributed import init_distributed, shutdown_distributed
         from ddlc.runtime.trainer import train
 
+        from ddlc.runtime.preemption import PREEMPTED_EXIT_CODE
+
         ctx = init_distributed(cfg.distributed.device, cfg.distributed.backend, cfg.distributed.timeout_s)
         try:
-            train(cfg, ctx)
+            result = train(cfg, ctx)
         finally:
             shutdown_distributed()
+        if result.preempted:
+            return PREEMPTED_EXIT_CODE
     except UserError as error:
         if _is_rank_zero():
             print(f"error: {error}", file=sys.stderr, flush=True)

@@ -83,6 +83,8 @@ class MetricsLogger:
             self._progress.update(self._task, completed=step, status=f"loss {record['loss']:.4f}")
         elif step % self.log_interval == 0 or step == self.total_steps or step == 1:
             print(format_step(record, self.total_steps), flush=True)
+        if step % self.log_interval == 0:
+            self._file.flush()  # readable by monitors while the run goes on
 
     def event(self, message: str) -> None:
         """A one-off line (resume, checkpoint, warnings) that does not break the progress bar."""

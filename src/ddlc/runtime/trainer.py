@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import sys
 import random
 import time
 from dataclasses import asdict, dataclass, field
@@ -19,6 +21,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from ddlc.checkpoint.checkpointer import Checkpointer
 from ddlc.config.loader import dump_config
 from ddlc.config.schema import Config
 from ddlc.runtime.data import GlobalBatchSampler, load_corpus, plan_batches
@@ -27,6 +30,7 @@ from ddlc.runtime.metrics import MetricsLogger
 from ddlc.runtime.model import GPT
 from ddlc.runtime.optim import build_optimizer, build_scheduler
 from ddlc.runtime.parallel import autocast_context, clip_and_measure, gradient_sync, wrap_model
+from ddlc.runtime.preemption import PreemptionWatcher
 
 
 @dataclass
@@ -50,6 +54,8 @@ class TrainResult:
     world_size: int
     strategy: str
     checkpoint_uri: Optional[str] = None
+    resumed_from: Optional[str] = None
+    preempted: bool = False
     extra: dict = field(default_factory=dict)
 
 
@@ -57,6 +63,10 @@ def resolve_run_name(cfg: Config, ctx: DistContext) -> str:
     """Use the configured name or make one on rank 0 and share it, so all ranks agree."""
     if cfg.monitoring.run_name:
         return cfg.monitoring.run_name
+    run_id = os.environ.get("TORCHELASTIC_RUN_ID", "none")
+    if run_id != "none":
+        # Stable across torchrun's elastic restarts, so a restarted job finds its own checkpoints.
+        return f"torchrun-{run_id[:12]}"
     name = [datetime.now(timezone.utc).strftime("run-%Y%m%d-%H%M%S") if ctx.is_main else None]
     if dist.is_initialized() and ctx.world_size > 1:
         dist.broadcast_object_list(name, src=0)
@@ -100,6 +110,55 @@ class Trainer:
         cfg.monitoring.run_name = self.run_name
         self.run_dir = Path(cfg.monitoring.run_dir) / self.run_name
         self.tokens_per_step = self.plan.global_batch_size * cfg.model.block_size
+        self.last_step = min(self.total_steps, train.stop_at_step or self.total_steps)
+
+        self.checkpointer: Optional[Checkpointer] = None
+        if cfg.checkpoint.enabled:
+            self.checkpoint_uri = cfg.checkpoint.uri or str(self.run_dir / "checkpoints")
+            self.checkpointer = Checkpointer(
+                self.checkpoint_uri,
+                rank=ctx.rank,
+                world_size=ctx.world_size,
+                keep_last=cfg.checkpoint.keep_last,
+                keep_every=cfg.checkpoint.keep_every,
+                commit_timeout_s=cfg.distributed.timeout_s,
+                endpoint_url=cfg.checkpoint.endpoint_url,
+                warn=lambda message: print(f"warning: {message}", file=sys.stderr, flush=True),
+            )
+        self.preemption = PreemptionWatcher(ctx.world_size)
+        self.preempted = False
+        self.resumed_from: Optional[str] = None
+
+    # -- checkpoint state ------------------------------------------------------------------------------------
+    def trainer_state(self) -> dict:
+        return {
+            "step": self.state.step,
+            "tokens_seen": self.state.tokens_seen,
+            "samples_seen": self.sampler.samples_seen(self.state.step),
+            "global_batch_size": self.plan.global_batch_size,
+            "scheduler": self.scheduler.state_dict(),
+            "run_name": self.run_name,
+        }
+
+    def resume(self) -> Optional[dict]:
+        """Continue from the newest valid checkpoint, if any (model, optimizer, schedule, data, RNG)."""
+        if self.checkpointer is None or not self.cfg.checkpoint.resume:
+            return None
+        restored = self.checkpointer.resume(
+            self.model, self.optimizer, check_hashes=self.cfg.checkpoint.verify_on_resume == "sha256"
+        )
+        if restored is None:
+            return None
+        self.state.step = restored["step"]
+        self.state.tokens_seen = restored["tokens_seen"]
+        self.scheduler.load_state_dict(restored["scheduler"])
+        self.sampler.rebase(restored["step"], restored["samples_seen"])
+        self.resumed_from = restored["checkpoint"]
+        return restored
+
+    def save_checkpoint(self, blocking: bool) -> None:
+        if self.checkpointer is not None and self.checkpointer.last_step != self.state.step:
+            self.checkpointer.save(self.state.step, self.model, self.optimizer, self.trainer_state(), blocking)
 
     # -- one optimizer step ----------------------------------------------------------------------------------
     def train_step(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -129,6 +188,7 @@ class Trainer:
         if ctx.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.yaml").write_text(dump_config(cfg))
+        restored = self.resume()
         start_step = self.state.step
         logger = MetricsLogger(
             self.run_dir,
@@ -144,11 +204,20 @@ class Trainer:
             f"global batch {self.plan.global_batch_size} x {cfg.model.block_size} tokens | "
             f"{sum(p.numel() for p in self.model.parameters()):,} params"
         )
+        if restored is not None:
+            logger.event(f"ddlc: resumed from {self.resumed_from} at step {self.state.step}")
         started = time.perf_counter()
         try:
-            self.run_until(self.total_steps, logger)
+            self.run_until(self.last_step, logger)
+            # The last step (and a preempted one) is always saved, synchronously, before we report success.
+            self.save_checkpoint(blocking=True)
+            if self.checkpointer is not None:
+                self.checkpointer.close()
         finally:
+            self.preemption.close()
             logger.close()
+        if self.preempted and ctx.is_main:
+            print(f"ddlc: stopped by signal at step {self.state.step}; checkpoint saved", file=sys.stderr, flush=True)
         wall = time.perf_counter() - started
         steps_done = self.state.step - start_step
         result = TrainResult(
@@ -162,6 +231,9 @@ class Trainer:
             wall_time_s=wall,
             world_size=ctx.world_size,
             strategy=cfg.distributed.strategy,
+            checkpoint_uri=self.checkpointer.store.display() if self.checkpointer else None,
+            resumed_from=self.resumed_from,
+            preempted=self.preempted,
         )
         if ctx.is_main:
             (self.run_dir / "summary.json").write_text(json.dumps(asdict(result), indent=2))
@@ -179,12 +251,19 @@ class Trainer:
             now = time.perf_counter()
             pending.append((self.state.step, lr, now - last, loss, grad_norm))
             last = now
-            if self.state.step % interval == 0 or self.state.step == last_step:
+            stop = self.preemption.should_stop()
+            if self.state.step % interval == 0 or self.state.step == last_step or stop:
                 for record in self._reduce(pending):
                     self.first_loss = record["loss"] if self.first_loss is None else self.first_loss
                     self.final_loss = record["loss"]
                     logger.log(record)
                 pending.clear()
+            if stop:
+                self.preempted = True
+                return
+            ckpt = self.cfg.checkpoint
+            if self.checkpointer is not None and self.state.step % ckpt.interval_steps == 0 and self.state.step < last_step:
+                self.save_checkpoint(blocking=not ckpt.async_save)
 
     def _reduce(self, pending: list) -> list[dict]:
         """One collective per log interval: the global mean loss of every step in it."""

@@ -1,0 +1,113 @@
+"""Commit markers: a checkpoint counts only once its COMMIT file exists, and COMMIT lists every file's size and
+SHA-256, so `verify` can tell a complete checkpoint from a truncated or corrupted one."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Optional
+
+from ddlc import __version__
+from ddlc.checkpoint.storage import CheckpointStore
+
+FORMAT = "ddlc-checkpoint/1"
+COMMIT = "COMMIT"
+LATEST = "latest"
+TRAINER_STATE = "trainer_state.json"
+PARTIAL_PREFIX = ".ddlc-rank"  # per-rank partial manifests, merged into COMMIT by rank 0
+STEP_DIR = re.compile(r"^step-(\d{8,})$")
+
+
+def step_dir(step: int) -> str:
+    return f"step-{step:08d}"
+
+
+def parse_step(name: str) -> Optional[int]:
+    match = STEP_DIR.match(name)
+    return int(match.group(1)) if match else None
+
+
+def sha256_of(store: CheckpointStore, relpath: str) -> str:
+    digest = hashlib.sha256()
+    for chunk in store.iter_chunks(relpath):
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+def hash_files(store: CheckpointStore, directory: str, names: list[str]) -> dict[str, dict]:
+    """{name: {size, sha256}} for files under `directory`."""
+    out = {}
+    for name in names:
+        rel = f"{directory}/{name}"
+        digest = hashlib.sha256()
+        size = 0
+        for chunk in store.iter_chunks(rel):
+            digest.update(chunk)
+            size += len(chunk)
+        out[name] = {"size": size, "sha256": digest.hexdigest()}
+    return out
+
+
+@dataclass
+class Manifest:
+    step: int
+    files: dict[str, dict]
+    world_size: int
+    created: float = field(default_factory=time.time)
+    format: str = FORMAT
+    ddlc_version: str = __version__
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(f["size"] for f in self.files.values())
+
+    def to_json(self) -> str:
+        return json.dumps(self.__dict__, indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "Manifest":
+        data = json.loads(text)
+        if data.get("format") != FORMAT:
+            raise ValueError(f"unknown checkpoint format {data.get('format')!r}")
+        return cls(**data)
+
+
+def read_manifest(store: CheckpointStore, directory: str) -> Optional[Manifest]:
+    """The commit manifest of `directory`, or None when it is not committed (or the marker is unreadable)."""
+    try:
+        return Manifest.from_json(store.read_text(f"{directory}/{COMMIT}"))
+    except FileNotFoundError:
+        return None
+    except (ValueError, TypeError, KeyError, UnicodeDecodeError):
+        return None
+
+
+@dataclass
+class VerifyResult:
+    directory: str
+    ok: bool
+    problems: list[str]
+
+    def summary(self) -> str:
+        return "ok" if self.ok else "; ".join(self.problems)
+
+
+def verify(store: CheckpointStore, directory: str, check_hashes: bool = True) -> VerifyResult:
+    """Check that `directory` is committed and every listed file has its recorded size (and SHA-256)."""
+    manifest = read_manifest(store, directory)
+    if manifest is None:
+        return VerifyResult(directory, False, ["not committed (no valid COMMIT marker)"])
+    present = {f.name: f.size for f in store.list_files(directory)}
+    problems = []
+    for name, info in sorted(manifest.files.items()):
+        if name not in present:
+            problems.append(f"{name}: missing")
+        elif present[name] != info["size"]:
+            problems.append(f"{name}: size {present[name]} != {info['size']} (truncated or overwritten)")
+        elif check_hashes and sha256_of(store, f"{directory}/{name}") != info["sha256"]:
+            problems.append(f"{name}: sha256 mismatch (corrupted)")
+    return VerifyResult(directory, not problems, problems)

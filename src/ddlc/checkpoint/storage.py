@@ -1,0 +1,197 @@
+"""Where checkpoints live: a local directory, `file://`, or `s3://` (through fsspec/s3fs), behind one interface.
+
+S3-compatible stores: set `AWS_ENDPOINT_URL` (or pass `endpoint_url`); requests then go to that endpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Optional
+from urllib.parse import urlparse
+
+from ddlc.errors import UserError
+
+SUPPORTED_SCHEMES = ("local path", "file://", "s3://")
+
+
+class StorageError(UserError):
+    """The checkpoint URI is malformed, unreachable or not writable (names the URI)."""
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    name: str  # relative to the checkpoint directory
+    size: int
+
+
+class CheckpointStore:
+    """A root URI plus an fsspec filesystem. Paths passed around are relative to the root."""
+
+    def __init__(self, uri: str, endpoint_url: Optional[str] = None):
+        self.uri = uri.rstrip("/") or uri
+        parsed = urlparse(uri)
+        scheme = parsed.scheme.lower()
+        if scheme in ("", "file"):
+            import fsspec
+
+            local = parsed.path if scheme == "file" else uri
+            if scheme == "file" and parsed.netloc:
+                raise StorageError(f"checkpoint URI {uri!r}: file:// URIs take an absolute path (file:///path)")
+            self.scheme = "file"
+            self.root = str(Path(local).expanduser().absolute())
+            self.fs = fsspec.filesystem("file", auto_mkdir=True)
+            self.storage_options: dict = {}
+        elif scheme == "s3":
+            if not parsed.netloc:
+                raise StorageError(f"checkpoint URI {uri!r}: missing bucket name (s3://bucket/prefix)")
+            try:
+                import s3fs  # noqa: F401
+            except ImportError:
+                raise StorageError(f"checkpoint URI {uri!r}: s3:// needs s3fs (pip install 'ddlc[s3]')") from None
+            import fsspec
+
+            endpoint = endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+            self.scheme = "s3"
+            self.root = f"{parsed.netloc}/{parsed.path.strip('/')}".rstrip("/")
+            self.storage_options = {"endpoint_url": endpoint} if endpoint else {}
+            self.fs = fsspec.filesystem("s3", **self.storage_options)
+        else:
+            raise StorageError(
+                f"checkpoint URI {uri!r}: unsupported scheme '{scheme}://' (use {', '.join(SUPPORTED_SCHEMES)})"
+            )
+
+    # -- paths ---------------------------------------------------------------------------------------------
+    def path(self, *parts: str) -> str:
+        return posixpath.join(self.root, *parts) if parts else self.root
+
+    def url(self, *parts: str) -> str:
+        """A URL DCP's fsspec writer/reader understands (s3://bucket/key) or a local path."""
+        full = self.path(*parts)
+        return f"s3://{full}" if self.scheme == "s3" else full
+
+    def display(self, *parts: str) -> str:
+        return self.url(*parts)
+
+    # -- queries -------------------------------------------------------------------------------------------
+    def refresh(self) -> None:
+        # s3fs caches listings; a checkpoint store is written by other processes, so never trust the cache.
+        invalidate = getattr(self.fs, "invalidate_cache", None)
+        if invalidate is not None:
+            invalidate()
+
+    def exists(self, *parts: str) -> bool:
+        self.refresh()
+        try:
+            return self.fs.exists(self.path(*parts))
+        except (PermissionError, OSError) as exc:
+            raise StorageError(f"cannot access {self.display(*parts)}: {exc}") from None
+
+    def list_dirs(self) -> list[str]:
+        """Names of the directories directly under the root ([] if the root does not exist yet)."""
+        self.refresh()
+        try:
+            entries = self.fs.ls(self.root, detail=True)
+        except FileNotFoundError:
+            return []
+        except (PermissionError, OSError) as exc:
+            raise StorageError(f"cannot list checkpoint URI {self.uri}: {exc}") from None
+        return sorted(posixpath.basename(e["name"].rstrip("/")) for e in entries if e.get("type") == "directory")
+
+    def list_files(self, directory: str) -> list[FileInfo]:
+        """Files under `directory` (recursively), with sizes, relative to it."""
+        self.refresh()
+        base = self.path(directory)
+        try:
+            found = self.fs.find(base, detail=True)
+        except FileNotFoundError:
+            return []
+        out = []
+        for name, info in found.items():
+            if info.get("type") == "directory":
+                continue
+            rel = posixpath.relpath(name if self.scheme == "s3" else name, base)
+            out.append(FileInfo(rel, int(info.get("size") or 0)))
+        return sorted(out, key=lambda f: f.name)
+
+    def size(self, *parts: str) -> int:
+        return int(self.fs.size(self.path(*parts)))
+
+    # -- reading and writing ---------------------------------------------------------------------------------
+    def open(self, relpath: str, mode: str = "rb"):
+        return self.fs.open(self.path(relpath), mode)
+
+    def read_text(self, relpath: str) -> str:
+        with self.fs.open(self.path(relpath), "rb") as handle:
+            return handle.read().decode("utf-8")
+
+    def write_bytes_atomic(self, relpath: str, data: bytes) -> None:
+        """Readers see the old content or the new, never a partial file.
+
+        An S3 PUT is atomic by itself; on a filesystem, write a temporary sibling, fsync, then rename.
+        """
+        target = self.path(relpath)
+        if self.scheme == "s3":
+            self.fs.pipe_file(target, data)
+            return
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        tmp = f"{target}.tmp-{uuid.uuid4().hex}"
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+        _fsync_dir(os.path.dirname(target))
+
+    def write_text_atomic(self, relpath: str, text: str) -> None:
+        self.write_bytes_atomic(relpath, text.encode("utf-8"))
+
+    def makedirs(self, *parts: str) -> None:
+        if self.scheme == "file":
+            os.makedirs(self.path(*parts), exist_ok=True)
+
+    def remove_tree(self, directory: str) -> None:
+        try:
+            self.fs.rm(self.path(directory), recursive=True)
+        except FileNotFoundError:
+            pass
+        self.refresh()
+
+    def iter_chunks(self, relpath: str, chunk_size: int = 8 << 20) -> Iterator[bytes]:
+        with self.fs.open(self.path(relpath), "rb") as handle:
+            while chunk := handle.read(chunk_size):
+                yield chunk
+
+    # -- DCP --------------------------------------------------------------------------------------------------
+    def dcp_writer(self, directory: str):
+        """A DCP storage writer for `directory` (reused for later saves through DCP's `checkpoint_id`)."""
+        if self.scheme == "s3":
+            from torch.distributed.checkpoint._fsspec_filesystem import FsspecWriter
+
+            return FsspecWriter(self.url(directory), **self.storage_options)
+        from torch.distributed.checkpoint import FileSystemWriter
+
+        return FileSystemWriter(self.path(directory))
+
+    def dcp_reader(self, directory: str):
+        if self.scheme == "s3":
+            from torch.distributed.checkpoint._fsspec_filesystem import FsspecReader
+
+            return FsspecReader(self.url(directory), **self.storage_options)
+        from torch.distributed.checkpoint import FileSystemReader
+
+        return FileSystemReader(self.path(directory))
+
+
+def _fsync_dir(path: str) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
