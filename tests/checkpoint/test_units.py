@@ -1,0 +1,126 @@
+"""Retention rules, manifests and storage URIs, without training."""
+
+import json
+
+import pytest
+import torch
+
+from ddlc.checkpoint import CheckpointStore, StorageError, select_for_deletion
+from ddlc.checkpoint.checkpointer import Checkpointer
+from ddlc.checkpoint.manifest import COMMIT, LATEST, verify
+from ddlc.runtime.distributed import init_distributed
+
+
+@pytest.mark.parametrize(
+    "committed, uncommitted, keep_last, keep_every, expected",
+    [
+        ([], [5, 10], 2, None, []),  # nothing committed: delete nothing, not even debris
+        ([10, 20, 30, 40], [], 2, None, [10, 20]),
+        ([10, 20, 30, 40], [], 1, 20, [10, 30]),
+        ([10, 20, 30], [25, 35], 3, None, [25]),  # debris older than the newest commit goes; newer stays
+        ([10], [], 1, None, []),
+    ],
+)
+def test_retention(committed, uncommitted, keep_last, keep_every, expected):
+    assert select_for_deletion(committed, uncommitted, keep_last, keep_every) == expected
+
+
+def test_retention_never_deletes_newest_commit():
+    for keep_last in range(1, 5):
+        doomed = select_for_deletion([3, 7, 11, 2], [12], keep_last, None)
+        assert 11 not in doomed
+
+
+@pytest.mark.parametrize(
+    "uri, message",
+    [
+        ("gs://bucket/x", "unsupported scheme 'gs://'"),
+        ("s3:///prefix", "missing bucket name"),
+        ("file://host/path", "absolute path"),
+    ],
+)
+def test_bad_uris(uri, message):
+    with pytest.raises(StorageError, match=message):
+        CheckpointStore(uri)
+
+
+def test_file_uri_and_atomic_write(tmp_path):
+    store = CheckpointStore(f"file://{tmp_path}/ck")
+    store.write_text_atomic("a/b.txt", "one")
+    store.write_text_atomic("a/b.txt", "two")
+    assert store.read_text("a/b.txt") == "two"
+    assert [f.name for f in store.list_files("a")] == ["b.txt"]
+    assert store.list_dirs() == ["a"]
+    assert not list((tmp_path / "ck" / "a").glob("*.tmp-*"))
+
+
+@pytest.fixture(scope="module")
+def ctx():
+    return init_distributed("cpu", "gloo")
+
+
+def _model_and_optimizer(seed=0):
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
+    model(torch.randn(2, 8)).sum().backward()
+    optimizer.step()
+    return model, optimizer
+
+
+def test_save_commit_verify_and_resume(tmp_path, ctx):
+    model, optimizer = _model_and_optimizer()
+    ckpt = Checkpointer(str(tmp_path / "ck"), keep_last=2)
+    for step in (1, 2, 3):
+        ckpt.save(step, model, optimizer, {"step": step}, blocking=step == 3)
+    ckpt.close()
+    assert ckpt.store.list_dirs() == ["step-00000002", "step-00000003"]  # keep_last=2
+    assert ckpt.store.read_text(LATEST).strip() == "step-00000003"
+    manifest = json.loads((tmp_path / "ck" / "step-00000003" / COMMIT).read_text())
+    assert {".metadata", "trainer_state.json", "rng-rank00000.pt"} <= set(manifest["files"])
+    assert all(len(f["sha256"]) == 64 for f in manifest["files"].values())
+    assert all(s.committed and s.error is None for s in ckpt.history)
+
+    fresh, fresh_opt = _model_and_optimizer(seed=1)
+    state = Checkpointer(str(tmp_path / "ck")).resume(fresh, fresh_opt)
+    assert state["step"] == 3
+    for a, b in zip(model.parameters(), fresh.parameters()):
+        assert torch.equal(a, b)
+    assert torch.equal(optimizer.state_dict()["state"][0]["exp_avg"], fresh_opt.state_dict()["state"][0]["exp_avg"])
+
+
+def test_corrupt_and_truncated_checkpoints_are_skipped(tmp_path, ctx):
+    model, optimizer = _model_and_optimizer()
+    ckpt = Checkpointer(str(tmp_path / "ck"), keep_last=5)
+    for step in (1, 2, 3):
+        ckpt.save(step, model, optimizer, {"step": step}, blocking=True)
+    ckpt.close()
+    shard = next((tmp_path / "ck" / "step-00000003").glob("*.distcp"))
+    shard.write_bytes(shard.read_bytes()[:-7])  # truncated
+    data = bytearray((next((tmp_path / "ck" / "step-00000002").glob("*.distcp"))).read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one flipped byte, same size
+    next((tmp_path / "ck" / "step-00000002").glob("*.distcp")).write_bytes(bytes(data))
+
+    store = ckpt.store
+    assert "truncated" in verify(store, "step-00000003").summary()
+    assert "sha256 mismatch" in verify(store, "step-00000002").summary()
+    assert verify(store, "step-00000002", check_hashes=False).ok  # size-only cannot see a flipped byte
+    warnings = []
+    fresh, fresh_opt = _model_and_optimizer(seed=1)
+    state = Checkpointer(str(tmp_path / "ck"), warn=warnings.append).resume(fresh, fresh_opt)
+    assert state["step"] == 1
+    assert any("step-00000003" in w and "truncated" in w for w in warnings)
+    assert any("step-00000002" in w and "sha256" in w for w in warnings)
+
+
+def test_uncommitted_directory_never_counts(tmp_path, ctx):
+    model, optimizer = _model_and_optimizer()
+    ckpt = Checkpointer(str(tmp_path / "ck"))
+    ckpt.save(1, model, optimizer, {"step": 1}, blocking=True)
+    ckpt.save(2, model, optimizer, {"step": 2}, blocking=True)
+    ckpt.close()
+    (tmp_path / "ck" / "step-00000002" / COMMIT).unlink()  # as if killed before the marker
+    warnings = []
+    state = Checkpointer(str(tmp_path / "ck"), warn=warnings.append).resume(*_model_and_optimizer(seed=2))
+    assert state["step"] == 1
+    assert any("step-00000002" in w and "not committed" in w for w in warnings)
