@@ -43,10 +43,14 @@ def status(env: str = ENV_OPTION, cluster: Optional[str] = CLUSTER_OPTION, regio
     stack = describe_stack(name, region)
     nodes = list_nodes(name, region)
     console = Console()
+    if not console.is_terminal:
+        console = Console(width=200)  # piped or captured: room for full instance ids and IPs
     console.print(f"cluster [bold]{name}[/bold] in {region}: {stack.status}")
     for key, value in sorted(stack.outputs.items()):
         console.print(f"  {key}: {value}", highlight=False, soft_wrap=True)
     table = Table("instance", "role", "index", "type", "GPUs", "state", "private IP")
+    for column in table.columns:
+        column.overflow = "fold"  # ids and IPs are copied from here: never cut them short
     for node in nodes:
         table.add_row(node.instance_id, node.role, "" if node.index is None else str(node.index),
                       node.instance_type, str(node.gpus), node.state, node.private_ip or "-")
