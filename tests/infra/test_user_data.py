@@ -32,7 +32,7 @@ def test_script_is_valid_bash(tmp_path, boot):
 def test_script_installs_ddlc_into_pytorch_env_and_writes_cluster_env():
     text = "\n".join(render_user_data(_boot()))
     assert "/opt/conda/envs/pytorch/bin/python" in text
-    assert "-m pip install --quiet ddlc==0.1.0" in text
+    assert "-m pip install --quiet ddlc==0.1.0 boto3" in text
     for line in ("DDLC_CLUSTER=ddlc-prod", "DDLC_CHECKPOINT_BUCKET=ckpt-bucket", "DDLC_NODE_COUNT=4",
                  "DDLC_GPUS_PER_NODE=8"):
         assert line in text

@@ -20,7 +20,10 @@ REGION_OPTION = typer.Option(None, "--region", help="AWS region; defaults to cdk
 
 def _target(env: str, cluster: Optional[str], region: Optional[str]) -> tuple[str, str]:
     """(cluster name, region) from the options, cdk.json in the working directory, and AWS config."""
-    from ddlc.infra.discovery import resolve_region
+    try:
+        from ddlc.infra.discovery import resolve_region
+    except ModuleNotFoundError as missing:
+        raise UserError(f"`ddlc cluster` needs {missing.name}: pip install 'ddlc[infra]' (or just boto3)") from None
     from ddlc.infra.settings import read_cdk_context, stack_name_for
 
     if region is None and Path("cdk.json").is_file():

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from aws_cdk import Stack
+from aws_cdk import RemovalPolicy, Stack
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_sns as sns
@@ -14,10 +14,13 @@ PUBLISHERS = ("cloudwatch.amazonaws.com", "budgets.amazonaws.com")
 
 
 class AlertTopic(Construct):
-    def __init__(self, scope: Construct, construct_id: str, *, email: str) -> None:
+    def __init__(self, scope: Construct, construct_id: str, *, email: str, removal_policy: RemovalPolicy) -> None:
         super().__init__(scope, construct_id)
         account = Stack.of(self).account
-        self.key = kms.Key(self, "Key", enable_key_rotation=True, description="ddlc alert topic encryption")
+        self.key = kms.Key(
+            self, "Key", enable_key_rotation=True, description="ddlc alert topic encryption",
+            removal_policy=removal_policy,  # DESTROY schedules deletion (after the KMS waiting period)
+        )
         self.topic = sns.Topic(self, "Topic", master_key=self.key, enforce_ssl=True,
                                display_name="ddlc cluster alerts")
         for service in PUBLISHERS:

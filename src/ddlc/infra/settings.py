@@ -137,6 +137,11 @@ def stack_name_for(environment: str) -> str:
 
 def load_environment(environments: Any, name: Optional[str]) -> ClusterEnvironment:
     """Pick and validate one environment from the context's `environments` mapping."""
+    if isinstance(environments, str):  # `--context environments='{...}'` arrives as a JSON string
+        try:
+            environments = json.loads(environments)
+        except json.JSONDecodeError as error:
+            raise UserError(f"context 'environments': invalid JSON ({error.msg})") from None
     if not isinstance(environments, Mapping) or not environments:
         raise UserError("cdk.json context 'environments': missing or empty; define at least one environment")
     choices = ", ".join(sorted(environments))

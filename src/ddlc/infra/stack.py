@@ -127,7 +127,7 @@ class ClusterStack(Stack):
             worker_count=settings.node_count, head_patch_group=patch_group,
         )
 
-        self.alerts = AlertTopic(self, "Alerts", email=settings.alert_email)
+        self.alerts = AlertTopic(self, "Alerts", email=settings.alert_email, removal_policy=removal)
         self.alarms = ClusterAlarms(
             self, "Alarms", cluster_name=cluster, topic=self.alerts.topic,
             instances={"Head": self.nodes.head, **{f"Worker{i}": w for i, w in enumerate(self.nodes.workers)}},

@@ -108,7 +108,8 @@ def render_user_data(boot: NodeBootConfig) -> list[str]:
         "if [ -x /opt/conda/envs/pytorch/bin/python ]; then DDLC_PY=/opt/conda/envs/pytorch/bin/python",
         "elif [ -x /opt/pytorch/bin/python ]; then DDLC_PY=/opt/pytorch/bin/python",
         "else DDLC_PY=python3; fi",
-        f'"$DDLC_PY" -m pip install --quiet {shlex.quote(boot.ddlc_package)}',
+        # boto3 is all `ddlc cluster hosts` needs on a node (the AMI usually has it already).
+        f'"$DDLC_PY" -m pip install --quiet {shlex.quote(boot.ddlc_package)} boto3',
         'ln -sf "$(dirname "$DDLC_PY")/ddlc" /usr/local/bin/ddlc',
         # Peers are found by tag; retry until every worker is running, then keep it fresh every 5 minutes.
         f"cat > {HOSTFILE_SCRIPT} <<'SCRIPT'",
