@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
 import copy
 import json
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +34,7 @@ class Synthesized:
 
 _CACHE: dict[str, Synthesized] = {}
 _OUTDIR = Path(tempfile.mkdtemp(prefix="ddlc-cdk-test-"))
+atexit.register(shutil.rmtree, _OUTDIR, ignore_errors=True)
 
 
 def synth(environment: str, dashboards: tuple = (), **overrides: Any) -> Synthesized:

@@ -96,6 +96,17 @@ def render_user_data(boot: NodeBootConfig) -> list[str]:
         "DDLC_METRICS_NAMESPACE": "DDLC",
         "DDLC_HOSTFILE": HOSTFILE,
     }
+    lustre_lines: list[str] = []
+    if boot.lustre_dns_name and boot.lustre_mount_name:
+        source = f"{boot.lustre_dns_name}@tcp:/{boot.lustre_mount_name}"
+        lustre_lines = [
+            f"mkdir -p {boot.lustre_mount_path}",
+            "command -v mount.lustre >/dev/null || apt-get install -y lustre-client-modules-$(uname -r) "
+            "|| echo 'ddlc: Lustre client unavailable; /fsx not mounted'",
+            f"grep -q ' {boot.lustre_mount_path} ' /etc/fstab || echo '{source} {boot.lustre_mount_path} lustre "
+            "defaults,noatime,flock,_netdev,x-systemd.automount 0 0' >> /etc/fstab",
+            f"mount {boot.lustre_mount_path} || echo 'ddlc: mounting {boot.lustre_mount_path} failed'",
+        ]
     agent_config = json.dumps(cloudwatch_agent_config(boot), indent=1)
     lines = [
         "set -euo pipefail",
@@ -104,6 +115,20 @@ def render_user_data(boot: NodeBootConfig) -> list[str]:
         f"cat > {CLUSTER_ENV} <<'DDLC_ENV'",
         *[f"{key}={value}" for key, value in env_lines.items()],
         "DDLC_ENV",
+        # Monitoring first: GPU metrics and boot logs are wanted even if a later step fails.
+        # CloudWatch agent: install when the AMI lacks it, then load ddlc's config.
+        "if [ ! -x /opt/aws/amazon-cloudwatch-agent/bin/amazon-cloudwatch-agent-ctl ]; then",
+        f"  curl -fsSL -o /tmp/amazon-cloudwatch-agent.deb https://amazoncloudwatch-agent-{boot.region}.s3."
+        f"{boot.region}.amazonaws.com/ubuntu/amd64/latest/amazon-cloudwatch-agent.deb",
+        "  dpkg -i -E /tmp/amazon-cloudwatch-agent.deb",
+        "fi",
+        f"mkdir -p $(dirname {CLOUDWATCH_AGENT_CONFIG})",
+        f"cat > {CLOUDWATCH_AGENT_CONFIG} <<'CWAGENT'",
+        *agent_config.splitlines(),
+        "CWAGENT",
+        "/opt/aws/amazon-cloudwatch-agent/bin/amazon-cloudwatch-agent-ctl -a fetch-config -m ec2 "
+        f"-c file:{CLOUDWATCH_AGENT_CONFIG} -s",
+        *lustre_lines,
         # Deep Learning AMIs ship PyTorch in a conda env named `pytorch`; newer ones in a venv at /opt/pytorch.
         "if [ -x /opt/conda/envs/pytorch/bin/python ]; then DDLC_PY=/opt/conda/envs/pytorch/bin/python",
         "elif [ -x /opt/pytorch/bin/python ]; then DDLC_PY=/opt/pytorch/bin/python",
@@ -160,28 +185,6 @@ def render_user_data(boot: NodeBootConfig) -> list[str]:
         "systemctl daemon-reload",
         "systemctl enable --now ddlc-agent.service ddlc-hostfile.timer",
         "systemctl start --no-block ddlc-hostfile.service",
-        # CloudWatch agent: install when the AMI lacks it, then load ddlc's config.
-        "if [ ! -x /opt/aws/amazon-cloudwatch-agent/bin/amazon-cloudwatch-agent-ctl ]; then",
-        f"  curl -fsSL -o /tmp/amazon-cloudwatch-agent.deb https://amazoncloudwatch-agent-{boot.region}.s3."
-        f"{boot.region}.amazonaws.com/ubuntu/amd64/latest/amazon-cloudwatch-agent.deb",
-        "  dpkg -i -E /tmp/amazon-cloudwatch-agent.deb",
-        "fi",
-        f"mkdir -p $(dirname {CLOUDWATCH_AGENT_CONFIG})",
-        f"cat > {CLOUDWATCH_AGENT_CONFIG} <<'CWAGENT'",
-        *agent_config.splitlines(),
-        "CWAGENT",
-        "/opt/aws/amazon-cloudwatch-agent/bin/amazon-cloudwatch-agent-ctl -a fetch-config -m ec2 "
-        f"-c file:{CLOUDWATCH_AGENT_CONFIG} -s",
     ]
-    if boot.lustre_dns_name and boot.lustre_mount_name:
-        source = f"{boot.lustre_dns_name}@tcp:/{boot.lustre_mount_name}"
-        lines += [
-            f"mkdir -p {boot.lustre_mount_path}",
-            "command -v mount.lustre >/dev/null || apt-get install -y lustre-client-modules-$(uname -r) "
-            "|| echo 'ddlc: Lustre client unavailable; /fsx not mounted'",
-            f"grep -q ' {boot.lustre_mount_path} ' /etc/fstab || echo '{source} {boot.lustre_mount_path} lustre "
-            "defaults,noatime,flock,_netdev,x-systemd.automount 0 0' >> /etc/fstab",
-            f"mount {boot.lustre_mount_path} || echo 'ddlc: mounting {boot.lustre_mount_path} failed'",
-        ]
     lines.append("echo 'ddlc: node bootstrap finished'")
     return lines
