@@ -23,7 +23,13 @@ $(STAMP): pyproject.toml Makefile
 demo: venv
 	$(VENV)/bin/ddlc train --config config.yaml
 
-test: venv
+# CDK CLI for the infra tests (`npx cdk synth`); reinstalled only when package*.json change.
+node_modules: package.json package-lock.json
+	@command -v npm >/dev/null || { apt-get update -qq && apt-get install -y -qq nodejs npm; }
+	npm ci --no-audit --no-fund
+	@touch node_modules
+
+test: venv node_modules
 	$(VENV)/bin/pytest tests
 
 bench: venv

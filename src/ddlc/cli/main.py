@@ -6,6 +6,7 @@ import typer
 
 from ddlc import __version__
 from ddlc.cli import checkpoints as checkpoints_cmd
+from ddlc.cli import cluster as cluster_cmd
 from ddlc.cli import train as train_cmd
 from ddlc.errors import UserError, exit_with
 
@@ -33,6 +34,7 @@ def _root(
 
 train_cmd.register(app)
 checkpoints_cmd.register(app)
+cluster_cmd.register(app)
 
 
 def run() -> None:

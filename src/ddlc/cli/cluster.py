@@ -1,0 +1,105 @@
+"""`ddlc cluster status|connect|hosts`: look at and into a deployed cluster (logic in ddlc.infra.discovery)."""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ddlc.errors import UserError
+
+cluster_app = typer.Typer(help="Inspect and connect to a deployed ddlc cluster.", no_args_is_help=True)
+
+ENV_OPTION = typer.Option("prod", "--env", "-e", envvar="DDLC_ENVIRONMENT", help="Environment name in cdk.json.")
+CLUSTER_OPTION = typer.Option(None, "--cluster", help="Cluster (stack) name; defaults to ddlc-<env>.")
+REGION_OPTION = typer.Option(None, "--region", help="AWS region; defaults to cdk.json's, then your AWS config.")
+
+
+def _target(env: str, cluster: Optional[str], region: Optional[str]) -> tuple[str, str]:
+    """(cluster name, region) from the options, cdk.json in the working directory, and AWS config."""
+    try:
+        from ddlc.infra.discovery import resolve_region
+    except ModuleNotFoundError as missing:
+        raise UserError(f"`ddlc cluster` needs {missing.name}: pip install 'ddlc[infra]' (or just boto3)") from None
+    from ddlc.infra.settings import read_cdk_context, stack_name_for
+
+    if region is None and Path("cdk.json").is_file():
+        environments = read_cdk_context("cdk.json").get("environments", {})
+        if cluster is None and env not in environments:
+            raise UserError(f"--env: unknown environment '{env}'; valid choices: {', '.join(sorted(environments))}")
+        region = (environments.get(env) or {}).get("region")
+    return cluster or stack_name_for(env), resolve_region(region)
+
+
+@cluster_app.command()
+def status(env: str = ENV_OPTION, cluster: Optional[str] = CLUSTER_OPTION, region: Optional[str] = REGION_OPTION) -> None:
+    """Stack status, outputs and the nodes with their state and private IP."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from ddlc.infra.discovery import describe_stack, list_nodes
+
+    name, region = _target(env, cluster, region)
+    stack = describe_stack(name, region)
+    nodes = list_nodes(name, region)
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=200)  # piped or captured: room for full instance ids and IPs
+    console.print(f"cluster [bold]{name}[/bold] in {region}: {stack.status}")
+    for key, value in sorted(stack.outputs.items()):
+        console.print(f"  {key}: {value}", highlight=False, soft_wrap=True)
+    table = Table("instance", "role", "index", "type", "GPUs", "state", "private IP")
+    for column in table.columns:
+        column.overflow = "fold"  # ids and IPs are copied from here: never cut them short
+    for node in nodes:
+        table.add_row(node.instance_id, node.role, "" if node.index is None else str(node.index),
+                      node.instance_type, str(node.gpus), node.state, node.private_ip or "-")
+    console.print(table)
+
+
+@cluster_app.command()
+def connect(
+    env: str = ENV_OPTION,
+    cluster: Optional[str] = CLUSTER_OPTION,
+    region: Optional[str] = REGION_OPTION,
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the command instead of running it."),
+) -> None:
+    """Open a shell on the head node through SSM Session Manager (runs the stack's ConnectCommand)."""
+    from ddlc.infra.discovery import describe_stack
+
+    name, region = _target(env, cluster, region)
+    command = describe_stack(name, region).connect_command
+    if dry_run:
+        typer.echo(command)
+        return
+    try:
+        code = subprocess.call(shlex.split(command))
+    except FileNotFoundError:
+        raise UserError("the `aws` CLI is not on PATH: install AWS CLI v2 and the Session Manager plugin") from None
+    raise typer.Exit(code)
+
+
+@cluster_app.command()
+def hosts(
+    env: str = ENV_OPTION,
+    cluster: Optional[str] = CLUSTER_OPTION,
+    region: Optional[str] = REGION_OPTION,
+    output: Path = typer.Option(Path("hostfile"), "--output", "-o", help="Where to write the hostfile."),
+    expect: Optional[int] = typer.Option(None, "--expect", min=1, help="Fail unless this many workers run."),
+) -> None:
+    """Write a deepspeed/horovodrun hostfile for the running workers and print MASTER_ADDR."""
+    import sys
+
+    from ddlc.infra.discovery import write_hostfile
+
+    name, region = _target(env, cluster, region)
+    workers = write_hostfile(name, region, output, expect=expect)
+    print(f"wrote {output}: {len(workers)} nodes, {sum(w.gpus for w in workers)} GPUs", file=sys.stderr)
+    typer.echo(f"MASTER_ADDR={workers[0].private_ip}")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(cluster_app, name="cluster")

@@ -1,0 +1,173 @@
+"""Per-environment cluster settings, read from the `environments` block of cdk.json's context.
+
+Adding an environment is adding one more key there; every field below is validated at synth time, and a
+bad value fails the synth with one line naming `environments.<env>.<field>`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any, Literal, Mapping, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from ddlc import __version__
+from ddlc.errors import UserError
+from ddlc.infra.instance_types import HEAD_INSTANCE_TYPES, GPU_INSTANCE_TYPES, GpuInstanceType, gpu_instance_type
+
+PROJECT = "ddlc"
+# Deep Learning AMI (Ubuntu, NVIDIA driver, PyTorch), resolved by CloudFormation at deploy time.
+DEFAULT_AMI_SSM_PARAMETER = (
+    "/aws/service/deeplearning/ami/x86_64/oss-nvidia-driver-gpu-pytorch-2.7-ubuntu-22.04/latest/ami-id"
+)
+# CloudWatch Logs only accepts these retention periods.
+LOG_RETENTION_DAYS = (1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557,
+                      2922, 3288, 3653)
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+
+
+class LustreSettings(BaseModel):
+    """FSx for Lustre scratch space linked to the checkpoint bucket (import and export)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    storage_capacity_gib: int = Field(1200, ge=1200)
+    deployment_type: Literal["SCRATCH_2", "PERSISTENT_1"] = "SCRATCH_2"
+    per_unit_storage_throughput: Optional[Literal[50, 100, 200]] = None
+    mount_path: str = "/fsx"
+
+    @field_validator("storage_capacity_gib")
+    @classmethod
+    def _capacity_steps(cls, value: int) -> int:
+        if value != 1200 and value % 2400 != 0:
+            raise ValueError("must be 1200 or a multiple of 2400")
+        return value
+
+    @model_validator(mode="after")
+    def _throughput_for_persistent(self) -> "LustreSettings":
+        if self.deployment_type == "PERSISTENT_1" and self.per_unit_storage_throughput is None:
+            raise ValueError("per_unit_storage_throughput is required for PERSISTENT_1 (50, 100 or 200)")
+        if self.deployment_type == "SCRATCH_2" and self.per_unit_storage_throughput is not None:
+            raise ValueError("per_unit_storage_throughput applies to PERSISTENT_1 only")
+        return self
+
+
+class ClusterEnvironment(BaseModel):
+    """One deployable cluster: its size, placement, money and who gets told when something is wrong."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9-]{0,19}$")
+    region: str = Field(pattern=r"^[a-z]{2}(-[a-z]+)+-\d$")
+    availability_zone: str = Field(pattern=r"^[a-z]{2}(-[a-z]+)+-\d[a-z]$")
+    instance_type: str
+    node_count: int = Field(ge=1, le=64)
+    head_instance_type: str = "m6i.xlarge"
+    capacity_reservation_id: Optional[str] = Field(None, pattern=r"^cr-[0-9a-f]{8,17}$")
+    capacity_block: bool = False
+    budget_usd: float = Field(gt=0)
+    alert_email: str
+    retain_data: bool = True
+    recovery_point_objective_minutes: int = Field(60, ge=5, le=1440)
+    checkpoint_noncurrent_days: int = Field(14, ge=1)
+    log_retention_days: int = 30
+    root_volume_gib: int = Field(200, ge=100, le=16384)
+    vpc_cidr: str = Field("10.42.0.0/16", pattern=r"^\d{1,3}(\.\d{1,3}){3}/(1[6-9]|2[0-4])$")
+    ami_ssm_parameter: str = Field(DEFAULT_AMI_SSM_PARAMETER, pattern=r"^/aws/service/.+")
+    # Pin the AMI (ami-...) so routine deploys never replace GPU nodes; see the quarterly rollover in docs.
+    ami_id: Optional[str] = Field(None, pattern=r"^ami-[0-9a-f]{8,17}$")
+    ddlc_package: str = f"ddlc=={__version__}"
+    fsx_lustre: Optional[LustreSettings] = None
+
+    @field_validator("instance_type")
+    @classmethod
+    def _known_gpu_type(cls, value: str) -> str:
+        if value not in GPU_INSTANCE_TYPES:
+            raise ValueError(f"unsupported instance type '{value}'; valid choices: {', '.join(GPU_INSTANCE_TYPES)}")
+        return value
+
+    @field_validator("head_instance_type")
+    @classmethod
+    def _known_head_type(cls, value: str) -> str:
+        if value not in HEAD_INSTANCE_TYPES:
+            raise ValueError(f"unsupported head instance type '{value}'; valid choices: {', '.join(HEAD_INSTANCE_TYPES)}")
+        return value
+
+    @field_validator("alert_email")
+    @classmethod
+    def _email(cls, value: str) -> str:
+        if not _EMAIL.match(value):
+            raise ValueError(f"'{value}' is not an e-mail address")
+        return value
+
+    @field_validator("log_retention_days")
+    @classmethod
+    def _retention(cls, value: int) -> int:
+        if value not in LOG_RETENTION_DAYS:
+            raise ValueError(f"must be one of {', '.join(map(str, LOG_RETENTION_DAYS))}")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "ClusterEnvironment":
+        if not self.availability_zone.startswith(self.region):
+            raise ValueError(f"availability_zone '{self.availability_zone}' is not in region '{self.region}'")
+        if self.capacity_block and not self.capacity_reservation_id:
+            raise ValueError("capacity_block needs capacity_reservation_id (the capacity block's cr-... id)")
+        return self
+
+    @property
+    def gpu_type(self) -> GpuInstanceType:
+        return gpu_instance_type(self.instance_type)
+
+    @property
+    def stack_name(self) -> str:
+        return stack_name_for(self.name)
+
+    @property
+    def uses_reserved_capacity(self) -> bool:
+        """A reservation or capacity block already fixes placement; a placement group would conflict."""
+        return self.capacity_reservation_id is not None
+
+
+def stack_name_for(environment: str) -> str:
+    return f"{PROJECT}-{environment}"
+
+
+def load_environment(environments: Any, name: Optional[str]) -> ClusterEnvironment:
+    """Pick and validate one environment from the context's `environments` mapping."""
+    if isinstance(environments, str):  # `--context environments='{...}'` arrives as a JSON string
+        try:
+            environments = json.loads(environments)
+        except json.JSONDecodeError as error:
+            raise UserError(f"context 'environments': invalid JSON ({error.msg})") from None
+    if not isinstance(environments, Mapping) or not environments:
+        raise UserError("cdk.json context 'environments': missing or empty; define at least one environment")
+    choices = ", ".join(sorted(environments))
+    if not name:
+        raise UserError(f"no environment given: pass --context environment=<name>; valid choices: {choices}")
+    if name not in environments:
+        raise UserError(f"unknown environment '{name}'; valid choices: {choices}")
+    raw = environments[name]
+    if not isinstance(raw, Mapping):
+        raise UserError(f"environments.{name}: expected a mapping of settings")
+    try:
+        return ClusterEnvironment.model_validate({"name": name, **raw})
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        location = f"environments.{name}" + (f".{where}" if where else "")
+        message = first["msg"].removeprefix("Value error, ")
+        raise UserError(f"{location}: {message}") from None
+
+
+def read_cdk_context(cdk_json: str | Path) -> dict:
+    """The `context` block of a cdk.json file (used by the CLI to find an environment's region)."""
+    path = Path(cdk_json)
+    try:
+        return json.loads(path.read_text()).get("context", {})
+    except FileNotFoundError:
+        raise UserError(f"{path}: not found") from None
+    except json.JSONDecodeError as error:
+        raise UserError(f"{path}: invalid JSON ({error.msg} at line {error.lineno})") from None

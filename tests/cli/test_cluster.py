@@ -1,0 +1,99 @@
+"""`ddlc cluster status|connect|hosts` as real processes against a moto server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import boto3
+import pytest
+from moto.server import ThreadedMotoServer
+
+from tests.infra.test_discovery import REGION, deploy_fake_cluster
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def moto_endpoint():
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    fake = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": REGION,
+            "AWS_ENDPOINT_URL": endpoint}
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in fake.items():
+            patch.setenv(key, value)
+        cluster = deploy_fake_cluster("ddlc-prod", workers=2)
+        yield {"env": fake, "cluster": cluster}
+    server.stop()
+
+
+def ddlc(*args: str, env: dict, cwd: Path, path_prefix: Path | None = None) -> subprocess.CompletedProcess:
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    full_env.update(env)
+    full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT / "src"), os.environ.get("PYTHONPATH")]))
+    if path_prefix:
+        full_env["PATH"] = f"{path_prefix}{os.pathsep}{full_env['PATH']}"
+    return subprocess.run([sys.executable, "-m", "ddlc", "cluster", *args], cwd=cwd, env=full_env,
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_status_shows_outputs_and_nodes(moto_endpoint, tmp_path):
+    result = ddlc("status", "--env", "prod", env=moto_endpoint["env"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    cluster = moto_endpoint["cluster"]
+    assert "ddlc-prod" in result.stdout and "CREATE_COMPLETE" in result.stdout
+    assert cluster["connect"] in result.stdout
+    for instance_id in [cluster["head"], *cluster["workers"].values()]:
+        assert instance_id in result.stdout
+
+
+def test_hosts_writes_hostfile_and_prints_master_addr(moto_endpoint, tmp_path):
+    result = ddlc("hosts", "--env", "prod", "--output", "hostfile", env=moto_endpoint["env"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    ec2 = boto3.client("ec2", region_name=REGION)
+    worker0 = moto_endpoint["cluster"]["workers"][0]
+    ip0 = ec2.describe_instances(InstanceIds=[worker0])["Reservations"][0]["Instances"][0]["PrivateIpAddress"]
+    assert result.stdout == f"MASTER_ADDR={ip0}\n"
+    lines = (tmp_path / "hostfile").read_text().splitlines()
+    assert len(lines) == 2 and lines[0] == f"{ip0} slots=8"
+
+
+def test_connect_runs_the_ssm_session_command(moto_endpoint, tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    recorder = bin_dir / "aws"
+    recorder.write_text(f"#!/bin/sh\necho \"$@\" > {tmp_path / 'aws-args'}\nexit 7\n")
+    recorder.chmod(recorder.stat().st_mode | stat.S_IEXEC)
+    result = ddlc("connect", "--env", "prod", env=moto_endpoint["env"], cwd=tmp_path, path_prefix=bin_dir)
+    head = moto_endpoint["cluster"]["head"]
+    assert (tmp_path / "aws-args").read_text().strip() == f"ssm start-session --target {head} --region {REGION}"
+    assert result.returncode == 7  # the session's exit code is passed through
+    dry = ddlc("connect", "--env", "prod", "--dry-run", env=moto_endpoint["env"], cwd=tmp_path)
+    assert dry.stdout.strip() == f"aws ssm start-session --target {head} --region {REGION}"
+
+
+def test_missing_stack_is_one_line_exit_2(moto_endpoint, tmp_path):
+    result = ddlc("status", "--env", "dev", env=moto_endpoint["env"], cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"error: no stack 'ddlc-dev' in {REGION}: deploy it with `npx cdk deploy --context environment=...`"
+
+
+def test_unknown_env_in_cdk_json_lists_choices(moto_endpoint):
+    result = ddlc("hosts", "--env", "qa", env=moto_endpoint["env"], cwd=REPO_ROOT)
+    assert result.returncode == 2
+    assert result.stderr.strip() == "error: --env: unknown environment 'qa'; valid choices: dev, prod"
+
+
+def test_no_credentials_is_one_line_exit_2(tmp_path):
+    env = {"AWS_DEFAULT_REGION": REGION, "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"),
+           "AWS_CONFIG_FILE": str(tmp_path / "none"), "AWS_EC2_METADATA_DISABLED": "true"}
+    result = ddlc("status", env=env, cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: describing stack 'ddlc-prod': no AWS credentials found")
+    assert len(result.stderr.strip().splitlines()) == 1
