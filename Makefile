@@ -6,10 +6,10 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 # torch goes in first and pinned: a bare `torch` requirement would pull a multi-GB CUDA build.
 TORCH_SPEC ?= torch==2.13.0
-EXTRAS ?= test
+EXTRAS ?= test,monitor
 STAMP := $(VENV)/.ddlc-installed
 
-.PHONY: venv demo test bench clean
+.PHONY: venv sysdeps demo test bench clean
 
 venv: $(STAMP)
 
@@ -23,7 +23,15 @@ $(STAMP): pyproject.toml Makefile
 demo: venv
 	$(VENV)/bin/ddlc train --config config.yaml
 
-test: venv
+# System tools the tests run for real: Prometheus + promtool (Debian/Ubuntu package `prometheus`).
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+sysdeps:
+	@if [ ! -x /usr/bin/promtool ]; then \
+		$(SUDO) apt-get update -qq && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; \
+	fi
+
+test: venv sysdeps
 	$(VENV)/bin/pytest tests
 
 bench: venv

@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from ddlc import __version__
+from ddlc.cli import agent as agent_cmd
 from ddlc.cli import train as train_cmd
 from ddlc.errors import UserError, exit_with
 
@@ -31,6 +32,7 @@ def _root(
 
 
 train_cmd.register(app)
+agent_cmd.register(app)
 
 
 def run() -> None:
