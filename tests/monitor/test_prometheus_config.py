@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -84,9 +86,6 @@ def test_cli_prometheus_config_and_rules(tmp_path: Path) -> None:
 
 
 def test_cli_bad_hostfile_is_one_line_exit_2(tmp_path: Path) -> None:
-    import os
-    import sys
-
     src = Path(__file__).resolve().parents[2] / "src"
     result = subprocess.run(
         [sys.executable, "-m", "ddlc", "monitor", "prometheus-config", "--hostfile", str(tmp_path / "missing")],
