@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import socket
 import urllib.error
 import urllib.request
 
@@ -117,3 +118,27 @@ def test_rank_ports() -> None:
     assert rank_metrics_port(None, 3) is None
     with pytest.raises(UserError, match="above 65535"):
         rank_metrics_port(65535, 1)
+
+
+def test_unusable_host_is_a_user_error() -> None:
+    with pytest.raises(UserError, match="metrics host 'no-such-host.invalid' does not resolve"):
+        TrainingMetrics("r", rank=0, world_size=1, node="n", instance_type=None, num_nodes=1,
+                        host="no-such-host.invalid", port=0)
+    with pytest.raises(UserError, match="metrics host '192.0.2.1' is not an address of this machine"):
+        TrainingMetrics("r", rank=0, world_size=1, node="n", instance_type=None, num_nodes=1, host="192.0.2.1", port=0)
+
+
+def _ipv6_loopback_usable() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _ipv6_loopback_usable(), reason="this machine has no IPv6 loopback")
+def test_ipv6_loopback() -> None:
+    with TrainingMetrics("r6", rank=0, world_size=1, node="n", instance_type=None, num_nodes=1, host="::1", port=0) as m:
+        assert m.url == f"http://[::1]:{m.port}/metrics"
+        assert value_of(scrape(m.url), "ddlc_train_steps_total", run="r6") == 0

@@ -32,7 +32,7 @@ _NVML_MEMORY_ERROR_CORRECTED = 0
 _NVML_MEMORY_ERROR_UNCORRECTED = 1
 _NVML_TEMPERATURE_GPU = 0
 _NVML_EVENT_XID_CRITICAL = 0x8
-_XID_WAIT_MS = 500
+_XID_WAIT_MS = 200
 
 _unavailable_reported = False
 _report_lock = threading.Lock()
