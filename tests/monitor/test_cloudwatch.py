@@ -1,10 +1,15 @@
-"""CloudWatch publishing through boto3 against moto's in-process CloudWatch."""
+"""CloudWatch publishing through boto3: against moto in-process, and `ddlc agent` against a moto server."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
+import urllib.request
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Iterator
 
 import boto3
 import pytest
@@ -13,6 +18,8 @@ from moto import mock_aws
 from ddlc.monitor.agent import Agent, AgentSettings, build_node_registry
 from ddlc.monitor.cloudwatch import CloudWatchPublisher, unit_for
 from ddlc.monitor.training import TrainingMetrics
+from tests.monitor.helpers import free_port
+from tests.monitor.test_agent import REPO_SRC
 from tests.monitor.test_gpu import StandInNvml
 from tests.monitor.test_network import make_efa_tree
 
@@ -108,3 +115,62 @@ def test_units_follow_the_name_suffix() -> None:
     assert unit_for("ddlc_gpu_utilization_ratio", False) == "None"
     assert unit_for("ddlc_network_receive_bytes_total", True) == "Bytes/Second"
     assert unit_for("ddlc_train_steps_total", True) == "Count/Second"
+
+
+@pytest.fixture(scope="module")
+def moto_server() -> Iterator[str]:
+    """moto's CloudWatch as a real HTTP server on 127.0.0.1, for the agent running as its own process."""
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/moto-api/", timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or process.poll() is not None:
+                    raise AssertionError("moto server did not start")
+                time.sleep(0.1)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def test_cli_agent_publishes_to_cloudwatch_server(moto_server: str, tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": f"{REPO_SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    agent = subprocess.Popen(
+        [sys.executable, "-m", "ddlc", "agent", "--port", "0", "--node", "cw-node", "--cloudwatch",
+         "--endpoint-url", moto_server, "--region", "us-east-1", "--interval", "0.2", "--namespace", "DDLC-cli"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )
+    client = boto3.client("cloudwatch", region_name="us-east-1", endpoint_url=moto_server)
+    try:
+        assert agent.stdout.readline().startswith("ddlc agent serving")
+        deadline = time.monotonic() + 20
+        names: set[str] = set()
+        while time.monotonic() < deadline and "ddlc_network_receive_bytes_total" not in names:
+            metrics = client.get_paginator("list_metrics").paginate(Namespace="DDLC-cli").build_full_result()["Metrics"]
+            names = {m["MetricName"] for m in metrics}
+            time.sleep(0.2)
+        assert {"ddlc_agent_info", "ddlc_cpu_utilization_ratio", "ddlc_network_receive_bytes_total"} <= names
+        assert all(dims(m)["node"] == "cw-node" for m in metrics)
+    finally:
+        agent.terminate()
+        agent.wait(timeout=10)
+
+
+def test_cli_agent_cloudwatch_without_region_is_a_user_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("AWS_REGION", "AWS_DEFAULT_REGION"):
+        monkeypatch.delenv(name)
+    env = {**os.environ, "PYTHONPATH": str(REPO_SRC), "AWS_CONFIG_FILE": os.devnull}
+    result = subprocess.run([sys.executable, "-m", "ddlc", "agent", "--port", "0", "--cloudwatch"],
+                            capture_output=True, text=True, env=env, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: CloudWatch publishing needs an AWS region: pass --region or set AWS_REGION")

@@ -15,12 +15,13 @@ from ddlc.errors import UserError
 def agent(
     host: str = typer.Option("127.0.0.1", help="Address to serve /metrics on (0.0.0.0 for every interface)."),
     port: int = typer.Option(9400, help="Port to serve /metrics on; 0 picks a free one."),
-    node: str = typer.Option(socket.gethostname(), help="Value of the `node` label."),
+    node: Optional[str] = typer.Option(None, help="Value of the `node` label (default: the host name)."),
     checkpoint_path: Optional[Path] = typer.Option(None, help="Report disk use of the volume holding this path."),
     cloudwatch: bool = typer.Option(False, "--cloudwatch/--no-cloudwatch", help="Also publish to CloudWatch."),
     namespace: str = typer.Option("DDLC", help="CloudWatch namespace."),
     interval: float = typer.Option(60.0, help="Seconds between CloudWatch publishes."),
     region: Optional[str] = typer.Option(None, help="AWS region for CloudWatch (default: the AWS config)."),
+    endpoint_url: Optional[str] = typer.Option(None, help="CloudWatch endpoint (a VPC endpoint, or a local test server)."),
     infiniband_root: Path = typer.Option(Path("/sys/class/infiniband"), help="Where EFA devices appear in sysfs."),
 ) -> None:
     """Serve this node's GPU, network/EFA, CPU, memory and disk metrics for Prometheus."""
@@ -28,8 +29,9 @@ def agent(
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = AgentSettings(
-        host=host, port=port, node=node, checkpoint_path=checkpoint_path, infiniband_root=infiniband_root,
-        cloudwatch=cloudwatch, cloudwatch_namespace=namespace, cloudwatch_interval_s=interval, region=region,
+        host=host, port=port, node=node or socket.gethostname(), checkpoint_path=checkpoint_path,
+        infiniband_root=infiniband_root, cloudwatch=cloudwatch, cloudwatch_namespace=namespace,
+        cloudwatch_interval_s=interval, region=region, cloudwatch_endpoint_url=endpoint_url,
     )
     run_agent(settings, on_ready=lambda running: typer.echo(f"ddlc agent serving {running.url}"))
 
