@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 import pytest
 import yaml
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 
@@ -120,8 +121,6 @@ class PrometheusServer:
 
 def collected(*collectors: Any) -> dict[tuple[str, frozenset], float]:
     """Render collectors the way an HTTP scrape would, parse it back: {(sample name, frozenset(labels)): value}."""
-    from prometheus_client import CollectorRegistry, generate_latest
-
     registry = CollectorRegistry(auto_describe=False)
     for collector in collectors:
         registry.register(collector)
