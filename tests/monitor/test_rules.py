@@ -72,3 +72,14 @@ def test_rule_tests_catch_a_wrong_threshold(promtool: str, tmp_path: Path, origi
     result = _run_rule_tests(promtool, tmp_path, rules_text().replace(original, broken))
     assert result.returncode != 0
     assert failing_case in result.stdout + result.stderr
+
+
+def test_missing_prometheus_skips_locally_and_fails_in_ci(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.monitor.helpers import prometheus_tool
+
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="not-a-prometheus-tool is not installed"):
+        prometheus_tool("not-a-prometheus-tool")
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="make sysdeps"):
+        prometheus_tool("not-a-prometheus-tool")
