@@ -6,26 +6,35 @@ from __future__ import annotations
 import math
 import threading
 import time
+from pathlib import Path
 from typing import Iterator
 
 import pytest
 
 from ddlc.monitor.agent import Agent, AgentSettings
 from ddlc.monitor.alert_rules import write_rules
-from ddlc.monitor.prometheus_config import AGENT_JOB, TRAIN_JOB
-from ddlc.monitor.training import TrainingMetrics
-from tests.monitor.helpers import PrometheusServer
+from ddlc.errors import UserError
+from ddlc.monitor.prometheus_config import HostEntry, build_prometheus_config, parse_hostfile
+from ddlc.monitor.training import TrainingMetrics, rank_metrics_port
+from tests.monitor.helpers import PrometheusServer, free_port
 
 RUN = "e2e"
 
 
 class TwoRankLoop:
-    """Stands in for the train loop of a 2-rank job: both ranks report steps; rank 1 is twice as slow."""
+    """Stands in for the train loop of a 2-rank job on one node: each local rank serves on base port + local rank,
+    as the runtime does; both report steps; rank 1 is twice as slow."""
 
-    def __init__(self) -> None:
-        common = dict(run=RUN, world_size=2, node="node-a", instance_type="p3.2xlarge", num_nodes=1, port=0)
+    def __init__(self, base_port: int) -> None:
+        self.base_port = base_port
+        common = dict(run=RUN, world_size=2, node="node-a", instance_type="p3.2xlarge", num_nodes=1)
         # A 1 s recovery point objective, so the checkpoint alert must fire while the test runs.
-        self.ranks = [TrainingMetrics(rank=0, checkpoint_rpo_seconds=1, **common), TrainingMetrics(rank=1, **common)]
+        self.ranks = [TrainingMetrics(rank=0, port=rank_metrics_port(base_port, 0), checkpoint_rpo_seconds=1, **common)]
+        try:
+            self.ranks.append(TrainingMetrics(rank=1, port=rank_metrics_port(base_port, 1), **common))
+        except UserError:
+            self.ranks[0].close()
+            raise
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
         self._thread.start()
@@ -49,18 +58,19 @@ class TwoRankLoop:
 def stack(prometheus_binary: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[PrometheusServer, Agent, TwoRankLoop]]:
     workdir = tmp_path_factory.mktemp("prometheus")
     agent = Agent(AgentSettings(port=0, node="node-a", checkpoint_path=workdir))
-    loop = TwoRankLoop()
+    for attempt in range(5):  # two consecutive free ports; another process may hold base + 1
+        try:
+            loop = TwoRankLoop(free_port())
+            break
+        except UserError:
+            if attempt == 4:
+                raise
     write_rules(workdir)
-    config = {
-        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-        "rule_files": ["ddlc-alerts.yml"],
-        "scrape_configs": [
-            {"job_name": AGENT_JOB, "honor_labels": True,
-             "static_configs": [{"targets": [f"127.0.0.1:{agent.port}"], "labels": {"node": "node-a"}}]},
-            {"job_name": TRAIN_JOB, "honor_labels": True,
-             "static_configs": [{"targets": [f"127.0.0.1:{m.port}" for m in loop.ranks], "labels": {"node": "node-a"}}]},
-        ],
-    }
+    # The config `ddlc monitor prometheus-config` writes for a hostfile line `127.0.0.1 slots=2`.
+    config = build_prometheus_config(
+        parse_hostfile_text(workdir, "127.0.0.1 slots=2\n"), agent_port=agent.port, train_port=loop.base_port,
+        scrape_interval="1s", rule_files=["ddlc-alerts.yml"],
+    )
     server = PrometheusServer(prometheus_binary, workdir, config)
     try:
         server.wait_for(lambda: len(server.query('up == 1')) == 3, "all three targets up")
@@ -69,6 +79,12 @@ def stack(prometheus_binary: str, tmp_path_factory: pytest.TempPathFactory) -> I
         server.stop()
         loop.close()
         agent.close()
+
+
+def parse_hostfile_text(directory: Path, text: str) -> list[HostEntry]:
+    hostfile = directory / "hostfile"
+    hostfile.write_text(text)
+    return parse_hostfile(hostfile)
 
 
 AGENT_METRICS = [
@@ -83,6 +99,9 @@ TRAIN_METRICS = [
 
 def test_prometheus_has_agent_metrics(stack) -> None:
     server, _, _ = stack
+    targets = server.api("targets")["activeTargets"]
+    assert sorted((t["labels"]["job"], t["health"]) for t in targets) == [
+        ("ddlc-agent", "up"), ("ddlc-train", "up"), ("ddlc-train", "up")]
     for name in AGENT_METRICS:
         result = server.query(name)
         assert result, name
