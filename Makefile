@@ -9,7 +9,7 @@ TORCH_SPEC ?= torch==2.13.0
 EXTRAS ?= test
 STAMP := $(VENV)/.ddlc-installed
 
-.PHONY: venv demo test bench clean
+.PHONY: venv sysdeps demo test bench clean
 
 venv: $(STAMP)
 
@@ -23,13 +23,22 @@ $(STAMP): pyproject.toml Makefile
 demo: venv
 	$(VENV)/bin/ddlc train --config config.yaml
 
+# System tools the tests run for real, installed only when missing:
+# Prometheus + promtool (Debian package `prometheus`), Node.js/npm for the CDK CLI.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+APT_INSTALL := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends
+sysdeps:
+	@missing=""; \
+	[ -x /usr/bin/promtool ] || missing="$$missing prometheus"; \
+	command -v npm >/dev/null || missing="$$missing nodejs npm"; \
+	if [ -n "$$missing" ]; then $(SUDO) apt-get update -qq && $(APT_INSTALL) $$missing; fi
+
 # CDK CLI for the infra tests (`npx cdk synth`); reinstalled only when package*.json change.
-node_modules: package.json package-lock.json
-	@command -v npm >/dev/null || { apt-get update -qq && apt-get install -y -qq nodejs npm; }
+node_modules: package.json package-lock.json | sysdeps
 	npm ci --no-audit --no-fund
 	@touch node_modules
 
-test: venv node_modules
+test: venv sysdeps node_modules
 	$(VENV)/bin/pytest tests
 
 bench: venv

@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from ddlc import __version__
+from ddlc.cli import agent as agent_cmd
 from ddlc.cli import checkpoints as checkpoints_cmd
 from ddlc.cli import cluster as cluster_cmd
 from ddlc.cli import train as train_cmd
@@ -33,6 +34,7 @@ def _root(
 
 
 train_cmd.register(app)
+agent_cmd.register(app)
 checkpoints_cmd.register(app)
 cluster_cmd.register(app)
 

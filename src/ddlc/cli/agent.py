@@ -1,0 +1,83 @@
+"""`ddlc agent` (the per-node metrics agent) and `ddlc monitor ...` (Prometheus config and alert rules)."""
+
+from __future__ import annotations
+
+import logging
+import socket
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ddlc.errors import UserError
+
+
+def agent(
+    host: str = typer.Option("127.0.0.1", help="Address to serve /metrics on (0.0.0.0 for every interface)."),
+    port: int = typer.Option(9400, help="Port to serve /metrics on; 0 picks a free one."),
+    node: Optional[str] = typer.Option(None, help="Value of the `node` label (default: the host name)."),
+    checkpoint_path: Optional[Path] = typer.Option(None, help="Report disk use of the volume holding this path."),
+    cloudwatch: bool = typer.Option(False, "--cloudwatch/--no-cloudwatch", help="Also publish to CloudWatch."),
+    namespace: str = typer.Option("DDLC", help="CloudWatch namespace."),
+    interval: float = typer.Option(60.0, help="Seconds between CloudWatch publishes."),
+    region: Optional[str] = typer.Option(None, help="AWS region for CloudWatch (default: the AWS config)."),
+    endpoint_url: Optional[str] = typer.Option(None, help="CloudWatch endpoint (a VPC endpoint, or a local test server)."),
+    infiniband_root: Path = typer.Option(Path("/sys/class/infiniband"), help="Where EFA devices appear in sysfs."),
+) -> None:
+    """Serve this node's GPU, network/EFA, CPU, memory and disk metrics for Prometheus."""
+    from ddlc.monitor.agent import AgentSettings, run_agent
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = AgentSettings(
+        host=host, port=port, node=node or socket.gethostname(), checkpoint_path=checkpoint_path,
+        infiniband_root=infiniband_root, cloudwatch=cloudwatch, cloudwatch_namespace=namespace,
+        cloudwatch_interval_s=interval, region=region, cloudwatch_endpoint_url=endpoint_url,
+    )
+    run_agent(settings, on_ready=lambda running: typer.echo(f"ddlc agent serving {running.url}"))
+
+
+monitor_app = typer.Typer(help="Prometheus configuration and alert rules.", no_args_is_help=True)
+
+
+@monitor_app.command("prometheus-config")
+def prometheus_config(
+    hostfile: Path = typer.Option(..., help="`host slots=N` per line, or one host per line."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Write here instead of stdout."),
+    agent_port: int = typer.Option(9400, help="Port of the node agents."),
+    train_port: int = typer.Option(9500, help="Metrics port of local rank 0; rank i uses train_port + i."),
+    no_training: bool = typer.Option(False, "--no-training", help="Scrape only the node agents."),
+    scrape_interval: str = typer.Option("15s", help="Prometheus scrape and rule evaluation interval."),
+    rules: list[str] = typer.Option([], "--rules", help="Rule file(s) for Prometheus to load (repeatable)."),
+) -> None:
+    """Write a prometheus.yml scraping every node's agent and training ranks."""
+    from ddlc.monitor.prometheus_config import build_prometheus_config, parse_hostfile, render_prometheus_config
+
+    config = build_prometheus_config(
+        parse_hostfile(hostfile), agent_port=agent_port, train_port=None if no_training else train_port,
+        scrape_interval=scrape_interval, rule_files=rules,
+    )
+    _emit(render_prometheus_config(config), output)
+
+
+@monitor_app.command("rules")
+def rules(output: Optional[Path] = typer.Option(None, "-o", "--output", help="Write here instead of stdout.")) -> None:
+    """Print (or write) the ddlc Prometheus alert rules."""
+    from ddlc.monitor.alert_rules import rules_text
+
+    _emit(rules_text(), output)
+
+
+def _emit(text: str, output: Optional[Path]) -> None:
+    if output is None:
+        typer.echo(text, nl=False)
+        return
+    try:
+        output.write_text(text)
+    except OSError as error:
+        raise UserError(f"cannot write {output}: {error.strerror or error}") from error
+    typer.echo(f"wrote {output}", err=True)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("agent")(agent)
+    app.add_typer(monitor_app, name="monitor")

@@ -1,0 +1,132 @@
+"""The node agent: GPU, network/EFA, CPU/memory/disk metrics of one node on a Prometheus endpoint.
+
+One agent runs per node (`ddlc agent`, started by the cluster's user data or by hand). Every value is
+read when Prometheus scrapes, so the agent does no work between scrapes. Optionally the same registry is
+published to CloudWatch on an interval.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import socket
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import GaugeMetricFamily, Metric
+
+from ddlc import __version__
+from ddlc.errors import UserError
+from ddlc.monitor.cloudwatch import DEFAULT_NAMESPACE, CloudWatchPublisher, make_client
+from ddlc.monitor.gpu import GpuCollector
+from ddlc.monitor.host import HostCollector
+from ddlc.monitor.network import DEFAULT_INFINIBAND_ROOT, NetworkCollector
+from ddlc.monitor.server import MetricsServer
+
+log = logging.getLogger(__name__)
+
+DEFAULT_AGENT_HOST = "127.0.0.1"
+DEFAULT_AGENT_PORT = 9400
+
+
+@dataclass
+class AgentSettings:
+    host: str = DEFAULT_AGENT_HOST
+    port: int = DEFAULT_AGENT_PORT
+    node: str = field(default_factory=socket.gethostname)
+    checkpoint_path: Path | None = None
+    infiniband_root: Path = DEFAULT_INFINIBAND_ROOT
+    cloudwatch: bool = False
+    cloudwatch_namespace: str = DEFAULT_NAMESPACE
+    cloudwatch_interval_s: float = 60.0
+    region: str | None = None
+    cloudwatch_endpoint_url: str | None = None
+
+
+class _AgentInfo:
+    def __init__(self, node: str, gpus: GpuCollector) -> None:
+        self.node, self.gpus = node, gpus
+
+    def collect(self) -> Iterator[Metric]:
+        info = GaugeMetricFamily(
+            "ddlc_agent_info", "The node agent is running (value 1).", labels=["node", "version", "nvml"]
+        )
+        info.add_metric([self.node, __version__, "yes" if self.gpus.available else "no"], 1)
+        yield info
+
+
+def build_node_registry(
+    node: str,
+    checkpoint_path: Path | str | None = None,
+    infiniband_root: Path | str = DEFAULT_INFINIBAND_ROOT,
+    nvml: Any | None = None,
+) -> tuple[CollectorRegistry, GpuCollector]:
+    """A registry holding every node collector. The GPU collector is returned too: close it when done."""
+    registry = CollectorRegistry(auto_describe=False)
+    gpus = GpuCollector(node, nvml=nvml)
+    for collector in (_AgentInfo(node, gpus), gpus, NetworkCollector(node, infiniband_root), HostCollector(node, checkpoint_path)):
+        registry.register(collector)
+    return registry, gpus
+
+
+class Agent:
+    """A running node agent. Use as a context manager or call `close()`."""
+
+    def __init__(self, settings: AgentSettings, cloudwatch_client: Any | None = None, nvml: Any | None = None) -> None:
+        if settings.checkpoint_path is not None and not Path(settings.checkpoint_path).exists():
+            raise UserError(f"--checkpoint-path {settings.checkpoint_path} does not exist")
+        self.settings = settings
+        self.registry, self._gpus = build_node_registry(
+            settings.node, settings.checkpoint_path, settings.infiniband_root, nvml=nvml
+        )
+        self.publisher: CloudWatchPublisher | None = None
+        if settings.cloudwatch:
+            client = cloudwatch_client or make_client(settings.region, settings.cloudwatch_endpoint_url)
+            self.publisher = CloudWatchPublisher(
+                self.registry, client, settings.cloudwatch_namespace, settings.cloudwatch_interval_s
+            )
+        try:
+            self.server = MetricsServer(self.registry, settings.host, settings.port)
+        except BaseException:
+            self._gpus.close()
+            raise
+        if self.publisher is not None:
+            self.publisher.start()
+        log.info("ddlc agent for node %s serving %s", settings.node, self.server.url)
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    def close(self) -> None:
+        if self.publisher is not None:
+            self.publisher.close()
+        self.server.close()
+        self._gpus.close()
+
+    def __enter__(self) -> "Agent":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def run_agent(settings: AgentSettings, on_ready: Any = None) -> None:
+    """Run until SIGINT/SIGTERM. `on_ready(agent)` is called once the endpoint is up."""
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with Agent(settings) as agent:
+            if on_ready is not None:
+                on_ready(agent)
+            stop.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

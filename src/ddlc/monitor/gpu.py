@@ -1,0 +1,230 @@
+"""GPU metrics per device, read through NVML (the `nvidia-ml-py` package, imported as `pynvml`).
+
+On a machine without NVML (no driver, no GPU) the collector reports no GPUs and logs that once;
+it never fails the agent. Every value is read at scrape time, so a scrape shows the device as it is now.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any, Iterator
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+log = logging.getLogger(__name__)
+
+# NVML clock-throttle reason bits -> the `reason` label value. Bit values are NVML's ABI.
+THROTTLE_REASONS: dict[str, int] = {
+    "gpu_idle": 0x1,
+    "applications_clocks_setting": 0x2,
+    "sw_power_cap": 0x4,
+    "hw_slowdown": 0x8,
+    "sync_boost": 0x10,
+    "sw_thermal_slowdown": 0x20,
+    "hw_thermal_slowdown": 0x40,
+    "hw_power_brake_slowdown": 0x80,
+    "display_clock_setting": 0x100,
+}
+
+_NVML_VOLATILE_ECC = 0
+_NVML_MEMORY_ERROR_CORRECTED = 0
+_NVML_MEMORY_ERROR_UNCORRECTED = 1
+_NVML_TEMPERATURE_GPU = 0
+_NVML_EVENT_XID_CRITICAL = 0x8
+_XID_WAIT_MS = 200
+
+_unavailable_reported = False
+_report_lock = threading.Lock()
+
+
+def _report_unavailable_once(reason: str) -> None:
+    global _unavailable_reported
+    with _report_lock:
+        if not _unavailable_reported:
+            _unavailable_reported = True
+            log.warning("NVML is not available (%s): reporting no GPUs on this node", reason)
+
+
+def _load_nvml() -> Any | None:
+    try:
+        import pynvml
+    except ImportError as error:  # the `monitor` extra is not installed
+        _report_unavailable_once(f"nvidia-ml-py is not installed: {error}")
+        return None
+    return pynvml
+
+
+class GpuCollector:
+    """A prometheus_client collector for every GPU NVML can see.
+
+    `nvml` is the NVML binding module; it defaults to `pynvml` and exists as a parameter so the value
+    mapping can be checked on machines without a GPU.
+    """
+
+    def __init__(self, node: str, nvml: Any | None = None, watch_xid: bool = True) -> None:
+        self.node = node
+        self._nvml = nvml if nvml is not None else _load_nvml()
+        self._handles: list[Any] = []
+        self._xid_counts: dict[tuple[str, int], int] = {}
+        self._xid_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._xid_thread: threading.Thread | None = None
+        if self._nvml is None:
+            return
+        try:
+            self._nvml.nvmlInit()
+            count = self._nvml.nvmlDeviceGetCount()
+            self._handles = [self._nvml.nvmlDeviceGetHandleByIndex(i) for i in range(count)]
+        except Exception as error:  # NVMLError_LibraryNotFound, DriverNotLoaded, ...
+            _report_unavailable_once(f"{type(error).__name__}: {error}")
+            self._nvml = None
+            self._handles = []
+            return
+        if watch_xid and self._handles:
+            self._start_xid_watch()
+
+    @property
+    def available(self) -> bool:
+        return self._nvml is not None
+
+    @property
+    def gpu_count(self) -> int:
+        return len(self._handles)
+
+    # Xid errors arrive as NVML events, not as a counter, so a thread waits for them and counts.
+    def _start_xid_watch(self) -> None:
+        nvml = self._nvml
+        try:
+            event_set = nvml.nvmlEventSetCreate()
+        except Exception as error:
+            log.info("Xid events are not supported here (%s): Xid counts stay at zero", error)
+            return
+        registered = 0
+        for handle in self._handles:
+            try:
+                nvml.nvmlDeviceRegisterEvents(handle, _NVML_EVENT_XID_CRITICAL, event_set)
+                registered += 1
+            except Exception as error:
+                log.info("Xid events unsupported on a device (%s)", error)
+        if not registered:
+            nvml.nvmlEventSetFree(event_set)
+            return
+        self._xid_thread = threading.Thread(
+            target=self._watch_xid, args=(event_set,), name="ddlc-xid-watch", daemon=True
+        )
+        self._xid_thread.start()
+
+    def _watch_xid(self, event_set: Any) -> None:
+        nvml = self._nvml
+        try:
+            while not self._stop.is_set():
+                try:
+                    event = nvml.nvmlEventSetWait(event_set, _XID_WAIT_MS)
+                except Exception as error:
+                    if getattr(error, "value", None) == getattr(nvml, "NVML_ERROR_TIMEOUT", 10):
+                        continue
+                    log.warning("stopped watching Xid events: %s", error)
+                    return
+                gpu = self._gpu_index_for(event.device)
+                with self._xid_lock:
+                    key = (gpu, int(event.eventData))
+                    self._xid_counts[key] = self._xid_counts.get(key, 0) + 1
+        finally:
+            try:
+                nvml.nvmlEventSetFree(event_set)
+            except Exception:
+                pass
+
+    def _gpu_index_for(self, device: Any) -> str:
+        try:
+            return str(self._nvml.nvmlDeviceGetIndex(device))
+        except Exception:
+            return "unknown"
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._xid_thread is not None:
+            self._xid_thread.join(timeout=2 * _XID_WAIT_MS / 1000)
+        if self._nvml is not None:
+            try:
+                self._nvml.nvmlShutdown()
+            except Exception:
+                pass
+            self._nvml = None
+
+    def collect(self) -> Iterator[Metric]:
+        node = self.node
+        count = GaugeMetricFamily("ddlc_gpu_count", "GPUs visible through NVML on this node.", labels=["node"])
+        count.add_metric([node], len(self._handles))
+        yield count
+        if not self._handles:
+            return
+        labels = ["node", "gpu"]
+        info = GaugeMetricFamily("ddlc_gpu_info", "GPU identity (value 1).", labels=["node", "gpu", "name", "uuid"])
+        util = GaugeMetricFamily("ddlc_gpu_utilization_ratio", "GPU busy time over NVML's last sample window (0-1).", labels=labels)
+        mem_util = GaugeMetricFamily("ddlc_gpu_memory_utilization_ratio", "Memory controller busy time (0-1).", labels=labels)
+        mem_used = GaugeMetricFamily("ddlc_gpu_memory_used_bytes", "GPU memory in use.", labels=labels)
+        mem_total = GaugeMetricFamily("ddlc_gpu_memory_total_bytes", "GPU memory installed.", labels=labels)
+        power = GaugeMetricFamily("ddlc_gpu_power_watts", "GPU board power draw.", labels=labels)
+        temp = GaugeMetricFamily("ddlc_gpu_temperature_celsius", "GPU core temperature.", labels=labels)
+        throttle = GaugeMetricFamily(
+            "ddlc_gpu_clock_throttle_active", "1 while NVML reports this clock-throttle reason.", labels=labels + ["reason"]
+        )
+        ecc = CounterMetricFamily(
+            "ddlc_gpu_ecc_errors", "ECC errors since the driver loaded (volatile).", labels=labels + ["type"]
+        )
+        nvml = self._nvml
+        for index, handle in enumerate(self._handles):
+            gpu = str(index)
+            values = [node, gpu]
+            read = _Reader(nvml, handle, gpu)
+            name, uuid = read(nvml.nvmlDeviceGetName), read(nvml.nvmlDeviceGetUUID)
+            info.add_metric([node, gpu, _text(name), _text(uuid)], 1)
+            rates = read(nvml.nvmlDeviceGetUtilizationRates)
+            if rates is not None:
+                util.add_metric(values, rates.gpu / 100.0)
+                mem_util.add_metric(values, rates.memory / 100.0)
+            memory = read(nvml.nvmlDeviceGetMemoryInfo)
+            if memory is not None:
+                mem_used.add_metric(values, memory.used)
+                mem_total.add_metric(values, memory.total)
+            milliwatts = read(nvml.nvmlDeviceGetPowerUsage)
+            if milliwatts is not None:
+                power.add_metric(values, milliwatts / 1000.0)
+            celsius = read(nvml.nvmlDeviceGetTemperature, _NVML_TEMPERATURE_GPU)
+            if celsius is not None:
+                temp.add_metric(values, celsius)
+            reasons = read(nvml.nvmlDeviceGetCurrentClocksThrottleReasons)
+            if reasons is not None:
+                for reason, bit in THROTTLE_REASONS.items():
+                    throttle.add_metric(values + [reason], 1 if reasons & bit else 0)
+            for kind, error_type in (("corrected", _NVML_MEMORY_ERROR_CORRECTED), ("uncorrected", _NVML_MEMORY_ERROR_UNCORRECTED)):
+                errors = read(nvml.nvmlDeviceGetTotalEccErrors, error_type, _NVML_VOLATILE_ECC)
+                if errors is not None:
+                    ecc.add_metric(values + [kind], errors)
+        xid = CounterMetricFamily("ddlc_gpu_xid_errors", "Xid critical errors seen since the agent started.", labels=labels + ["xid"])
+        with self._xid_lock:
+            for (gpu, code), seen in sorted(self._xid_counts.items()):
+                xid.add_metric([node, gpu, str(code)], seen)
+        yield from (info, util, mem_util, mem_used, mem_total, power, temp, throttle, ecc, xid)
+
+
+class _Reader:
+    """Calls one NVML query; an unsupported query (ECC off, no power sensor) drops that value only."""
+
+    def __init__(self, nvml: Any, handle: Any, gpu: str) -> None:
+        self.nvml, self.handle, self.gpu = nvml, handle, gpu
+
+    def __call__(self, query: Any, *args: Any) -> Any:
+        try:
+            return query(self.handle, *args)
+        except Exception as error:
+            log.debug("gpu %s: %s failed: %s", self.gpu, getattr(query, "__name__", query), error)
+            return None
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bytes):
+        return value.decode(errors="replace")
+    return "" if value is None else str(value)

@@ -1,0 +1,209 @@
+"""Training metrics of one rank, served for Prometheus.
+
+Design
+------
+Every rank owns one `TrainingMetrics` and, when given a port, serves its own `/metrics` endpoint.
+The runtime gives local rank i the port `rank_metrics_port(base_port, local_rank)` = base_port + local_rank,
+so a node with 8 ranks serves on base..base+7 and `ddlc monitor prometheus-config` scrapes exactly those.
+
+* Per-rank series (labels run, rank, node): loss, learning rate, grad norm, step time, tokens/s,
+  samples/s, step counters. Because every rank reports its own step time, the straggler rule can compare
+  each rank with the median over the ranks of a run (`quantile by (run)`).
+* Job-level series (label run) are exported by rank 0 only, so summing over ranks never double-counts:
+  estimated cost, world size, node count, the checkpoint recovery point objective.
+* Checkpoint series are exported by whichever rank calls `observe_checkpoint` (normally rank 0).
+
+The hot path (`observe_step`) only assigns a few numbers; all formatting happens when Prometheus scrapes,
+in the HTTP server's thread. There is one writer (the training thread), so no lock is needed: a scrape
+may see one step's loss next to the previous step's lr, which is harmless.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Callable, Iterator
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from ddlc.errors import UserError
+from ddlc.monitor.pricing import LOCAL_INSTANCE_TYPE, estimate_cost_usd, hourly_price, load_price_table
+from ddlc.monitor.server import MetricsServer
+
+DEFAULT_TRAIN_METRICS_PORT = 9500
+DEFAULT_CHECKPOINT_RPO_SECONDS = 3600.0
+
+
+def rank_metrics_port(base_port: int | None, local_rank: int) -> int | None:
+    """The port local rank `local_rank` serves on: base + local_rank; 0 stays 0 (ephemeral); None stays None."""
+    if base_port is None or base_port == 0:
+        return base_port
+    port = base_port + local_rank
+    if port > 65535:
+        raise UserError(f"monitoring.metrics_port {base_port} + local rank {local_rank} is above 65535")
+    return port
+
+
+class TrainingMetrics:
+    """Metrics of one training rank. The train loop calls `observe_step` every step and `close()` at the end."""
+
+    def __init__(
+        self,
+        run: str,
+        rank: int,
+        world_size: int,
+        node: str,
+        instance_type: str | None,
+        num_nodes: int,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        *,
+        checkpoint_rpo_seconds: float = DEFAULT_CHECKPOINT_RPO_SECONDS,
+        price_table: Path | str | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if not 0 <= rank < world_size:
+            raise UserError(f"rank {rank} is outside world size {world_size}")
+        if num_nodes < 1:
+            raise UserError(f"num_nodes must be at least 1, got {num_nodes}")
+        if not checkpoint_rpo_seconds > 0:
+            raise UserError(f"checkpoint recovery point objective must be positive, got {checkpoint_rpo_seconds}")
+        self.run, self.rank, self.world_size, self.node = run, rank, world_size, node
+        self.instance_type = instance_type or LOCAL_INSTANCE_TYPE
+        self.num_nodes = num_nodes
+        self.checkpoint_rpo_seconds = float(checkpoint_rpo_seconds)
+        self.hourly_usd = hourly_price(self.instance_type, load_price_table(price_table))
+        self._clock = clock
+        self.started_at = clock()
+
+        # Written by the training thread only.
+        self._step = -1
+        self._loss = self._lr = self._grad_norm = math.nan
+        self._step_seconds = self._tokens_per_s = self._samples_per_s = math.nan
+        self._last_step_at = math.nan
+        self._steps_total = 0
+        self._tokens_total = 0
+        self._samples_total = 0
+        self._step_time_total = 0.0
+        self._checkpoint_ok = 0
+        self._checkpoint_failed = 0
+        self._checkpoint_last_success = math.nan
+        self._checkpoint_last_duration = math.nan
+        self._checkpoint_last_step = -1
+
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(self)
+        self._server = MetricsServer(self.registry, host, port) if port is not None else None
+
+    @property
+    def port(self) -> int | None:
+        """The bound port (the real one when constructed with port=0), or None without an HTTP server."""
+        return self._server.port if self._server is not None else None
+
+    @property
+    def url(self) -> str | None:
+        return self._server.url if self._server is not None else None
+
+    # -- called by the train loop -------------------------------------------------------------------------
+
+    def observe_step(
+        self, step: int, loss: float, lr: float, grad_norm: float, step_seconds: float, tokens: int, samples: int
+    ) -> None:
+        """Record one finished optimizer step of this rank. `tokens`/`samples` are this rank's, in this step."""
+        self._step = step
+        self._loss, self._lr, self._grad_norm = loss, lr, grad_norm
+        self._step_seconds = step_seconds
+        if step_seconds > 0:
+            self._tokens_per_s = tokens / step_seconds
+            self._samples_per_s = samples / step_seconds
+        self._steps_total += 1
+        self._tokens_total += tokens
+        self._samples_total += samples
+        self._step_time_total += step_seconds
+        self._last_step_at = self._clock()
+
+    def observe_checkpoint(self, step: int, duration_s: float, ok: bool, timestamp: float) -> None:
+        """Record a checkpoint save that finished at `timestamp` (seconds since the epoch)."""
+        if ok:
+            self._checkpoint_ok += 1
+            self._checkpoint_last_success = timestamp
+            self._checkpoint_last_duration = duration_s
+            self._checkpoint_last_step = step
+        else:
+            self._checkpoint_failed += 1
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+
+    def __enter__(self) -> "TrainingMetrics":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- read at scrape time ------------------------------------------------------------------------------
+
+    def cost_usd(self) -> float:
+        return estimate_cost_usd(self.hourly_usd, self.num_nodes, self._clock() - self.started_at)
+
+    def collect(self) -> Iterator[Metric]:
+        rank_labels = ["run", "rank", "node"]
+        ids = [self.run, str(self.rank), self.node]
+
+        def gauge(name: str, help_text: str, value: float) -> GaugeMetricFamily:
+            family = GaugeMetricFamily(name, help_text, labels=rank_labels)
+            family.add_metric(ids, value)
+            return family
+
+        def counter(name: str, help_text: str, value: float) -> CounterMetricFamily:
+            family = CounterMetricFamily(name, help_text, labels=rank_labels)
+            family.add_metric(ids, value)
+            return family
+
+        yield gauge("ddlc_train_start_timestamp_seconds", "When this rank's metrics started (job start).", self.started_at)
+        yield counter("ddlc_train_steps", "Optimizer steps this rank finished since it started.", self._steps_total)
+        yield counter("ddlc_train_tokens", "Tokens this rank processed since it started.", self._tokens_total)
+        yield counter("ddlc_train_samples", "Samples this rank processed since it started.", self._samples_total)
+        yield counter("ddlc_train_step_time_seconds", "Sum of this rank's step times.", self._step_time_total)
+        if self._step >= 0:
+            yield gauge("ddlc_train_step", "Index of the last finished step (continues across resumes).", self._step)
+            yield gauge("ddlc_train_loss", "Training loss of the last step (NaN when it diverged).", self._loss)
+            yield gauge("ddlc_train_learning_rate", "Learning rate of the last step.", self._lr)
+            yield gauge("ddlc_train_grad_norm", "Gradient norm of the last step (before clipping).", self._grad_norm)
+            yield gauge("ddlc_train_step_seconds", "Duration of this rank's last step.", self._step_seconds)
+            yield gauge("ddlc_train_tokens_per_second", "This rank's tokens/s in the last step.", self._tokens_per_s)
+            yield gauge("ddlc_train_samples_per_second", "This rank's samples/s in the last step.", self._samples_per_s)
+            yield gauge("ddlc_train_last_step_timestamp_seconds", "When the last step finished.", self._last_step_at)
+
+        if self._checkpoint_ok or self._checkpoint_failed:
+            results = CounterMetricFamily("ddlc_checkpoints", "Checkpoint saves by result.", labels=rank_labels + ["result"])
+            results.add_metric(ids + ["success"], self._checkpoint_ok)
+            results.add_metric(ids + ["failure"], self._checkpoint_failed)
+            yield results
+        if self._checkpoint_ok:
+            yield gauge(
+                "ddlc_checkpoint_last_success_timestamp_seconds", "When the last successful checkpoint finished.",
+                self._checkpoint_last_success,
+            )
+            yield gauge("ddlc_checkpoint_last_duration_seconds", "How long the last successful checkpoint took.", self._checkpoint_last_duration)
+            yield gauge("ddlc_checkpoint_last_step", "Step of the last successful checkpoint.", self._checkpoint_last_step)
+
+        if self.rank != 0:
+            return
+        job = GaugeMetricFamily("ddlc_train_world_size", "Ranks in the job.", labels=["run"])
+        job.add_metric([self.run], self.world_size)
+        nodes = GaugeMetricFamily("ddlc_train_nodes", "Nodes in the job.", labels=["run"])
+        nodes.add_metric([self.run], self.num_nodes)
+        rpo = GaugeMetricFamily("ddlc_checkpoint_rpo_seconds", "Recovery point objective: longest allowed time without a checkpoint.", labels=["run"])
+        rpo.add_metric([self.run], self.checkpoint_rpo_seconds)
+        price = GaugeMetricFamily("ddlc_cost_usd_per_hour", "Price of the job's instances per hour.", labels=["run", "instance_type"])
+        price.add_metric([self.run, self.instance_type], self.hourly_usd * self.num_nodes)
+        cost = CounterMetricFamily(
+            "ddlc_cost_usd", "Estimated cost so far: hourly price x nodes x wall time.", labels=["run", "instance_type"]
+        )
+        cost.add_metric([self.run, self.instance_type], self.cost_usd())
+        yield from (job, nodes, rpo, price, cost)

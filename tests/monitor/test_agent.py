@@ -1,0 +1,70 @@
+"""The node agent served on an ephemeral port and scraped over HTTP, in-process and as `ddlc agent`."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ddlc.errors import UserError
+from ddlc.monitor.agent import Agent, AgentSettings
+from tests.monitor.helpers import sample_names, scrape, value_of
+from tests.monitor.test_network import make_efa_tree
+
+REPO_SRC = Path(__file__).resolve().parents[2] / "src"
+
+
+def test_agent_serves_node_metrics(tmp_path: Path) -> None:
+    make_efa_tree(tmp_path / "ib", "rdmap0", "1", {"rx_bytes": "42", "tx_bytes": "24"})
+    settings = AgentSettings(port=0, node="node-a", checkpoint_path=tmp_path, infiniband_root=tmp_path / "ib")
+    with Agent(settings) as agent:
+        assert agent.url == f"http://127.0.0.1:{agent.port}/metrics"
+        samples = scrape(agent.url)
+    names = sample_names(samples)
+    assert value_of(samples, "ddlc_agent_info", node="node-a") == 1
+    assert value_of(samples, "ddlc_gpu_count", node="node-a") >= 0
+    assert {"ddlc_network_receive_bytes_total", "ddlc_network_transmit_bytes_total", "ddlc_cpu_utilization_ratio",
+            "ddlc_memory_used_bytes", "ddlc_disk_free_bytes"} <= names
+    assert value_of(samples, "ddlc_efa_receive_bytes_total", device="rdmap0") == 42
+    assert value_of(samples, "ddlc_network_receive_bytes_total", device="lo", node="node-a") > 0  # the scrape itself
+
+
+def test_agent_rejects_missing_checkpoint_path(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="checkpoint-path .*absent does not exist"):
+        Agent(AgentSettings(port=0, checkpoint_path=tmp_path / "absent"))
+
+
+def _start_cli(*args: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": f"{REPO_SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "ddlc", "agent", *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )
+
+
+def test_cli_agent_runs_until_sigterm(tmp_path: Path) -> None:
+    process = _start_cli("--port", "0", "--node", "cli-node", "--checkpoint-path", str(tmp_path))
+    try:
+        line = process.stdout.readline()
+        assert line.startswith("ddlc agent serving http://127.0.0.1:"), line + process.stderr.read()
+        url = line.split()[-1]
+        assert value_of(scrape(url), "ddlc_agent_info", node="cli-node") == 1
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=10) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def test_cli_agent_bad_path_is_one_line_exit_2(tmp_path: Path) -> None:
+    process = _start_cli("--port", "0", "--checkpoint-path", str(tmp_path / "nope"))
+    _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 2
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: --checkpoint-path {tmp_path / 'nope'} does not exist"]
+    assert "Traceback" not in stderr

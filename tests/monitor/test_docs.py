@@ -1,0 +1,57 @@
+"""docs/metrics.md documents every metric the agent and the training endpoint export, and every alert."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import yaml
+
+from ddlc.monitor.agent import build_node_registry
+from ddlc.monitor.alert_rules import rules_text
+from ddlc.monitor.training import TrainingMetrics
+from tests.monitor.helpers import collected
+from tests.monitor.test_gpu import StandInNvml
+from tests.monitor.test_network import make_efa_tree
+
+DOC = Path(__file__).resolve().parents[2] / "docs" / "metrics.md"
+ISSUE_NAMES = {
+    "ddlc_gpu_utilization_ratio", "ddlc_gpu_memory_used_bytes", "ddlc_gpu_memory_total_bytes",
+    "ddlc_network_receive_bytes_total", "ddlc_network_transmit_bytes_total", "ddlc_train_loss",
+    "ddlc_train_steps_total", "ddlc_train_tokens_per_second", "ddlc_train_step_seconds",
+    "ddlc_checkpoint_last_success_timestamp_seconds", "ddlc_cost_usd_total",
+}
+
+
+def documented_names() -> set[str]:
+    return set(re.findall(r"^\| `(ddlc_[a-z0-9_]+)` \|", DOC.read_text(), flags=re.MULTILINE))
+
+
+def exported_names(tmp_path: Path) -> set[str]:
+    make_efa_tree(tmp_path / "ib", "efa0", "1", {name: "1" for name in (
+        "rx_bytes", "tx_bytes", "rx_pkts", "tx_pkts", "rx_drops", "rdma_read_bytes", "rdma_write_bytes",
+        "rdma_read_resp_bytes", "rdma_write_recv_bytes")})
+    registry, gpus = build_node_registry("n", tmp_path, tmp_path / "ib", nvml=StandInNvml())
+    metrics = TrainingMetrics("r", rank=0, world_size=1, node="n", instance_type=None, num_nodes=1)
+    metrics.observe_step(1, 1.0, 1e-3, 1.0, 0.1, 10, 1)
+    metrics.observe_checkpoint(1, 0.1, True, 0.0)
+    try:
+        gpus._xid_counts[("0", 79)] = 1  # an Xid seen, so its counter is exported too
+        names = {name for name, _ in collected(registry)} | {name for name, _ in collected(metrics)}
+    finally:
+        gpus.close()
+        metrics.close()
+    return {name for name in names if not name.endswith("_created")}
+
+
+def test_every_exported_metric_is_documented(tmp_path: Path) -> None:
+    exported = exported_names(tmp_path)
+    assert ISSUE_NAMES <= exported
+    assert exported - documented_names() == set()
+    assert documented_names() - exported == set()  # nothing documented that is never exported
+
+
+def test_every_alert_is_documented() -> None:
+    alerts = {r["alert"] for g in yaml.safe_load(rules_text())["groups"] for r in g["rules"] if "alert" in r}
+    table = set(re.findall(r"^\| `(DDLC[A-Za-z]+)` \|", DOC.read_text(), flags=re.MULTILINE))
+    assert alerts == table

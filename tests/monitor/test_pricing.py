@@ -1,0 +1,72 @@
+"""Price table loading/overrides and the cost estimate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ddlc.errors import UserError
+from ddlc.monitor.pricing import default_price_table, estimate_cost_usd, hourly_price, load_price_table
+
+REQUIRED_TYPES = [
+    "p4d.24xlarge", "p4de.24xlarge", "p5.48xlarge", "p5en.48xlarge", "p3.2xlarge", "p3.8xlarge",
+    "p3.16xlarge", "p3dn.24xlarge", "g5.xlarge", "g5.12xlarge", "g5.48xlarge", "cpu-local",
+]
+
+
+def test_shipped_table_prices_the_cluster_instance_types() -> None:
+    table = default_price_table()
+    for instance_type in REQUIRED_TYPES:
+        assert instance_type in table
+    assert table["cpu-local"] == 0.0
+    assert all(price > 0 for name, price in table.items() if name != "cpu-local")
+    # bigger instances of a family cost more: a typo in the file would likely break this
+    assert table["p3.2xlarge"] < table["p3.8xlarge"] < table["p3.16xlarge"]
+    assert table["g5.xlarge"] < table["g5.2xlarge"] < table["g5.48xlarge"]
+
+
+def test_user_file_overrides_and_extends(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    override = tmp_path / "prices.yaml"
+    override.write_text("prices:\n  p4d.24xlarge: 21.96\n  trn1.32xlarge: 21.50\n")
+    table = load_price_table(override)
+    assert table["p4d.24xlarge"] == 21.96 and table["trn1.32xlarge"] == 21.50
+    assert table["p3.2xlarge"] == default_price_table()["p3.2xlarge"]
+    monkeypatch.setenv("DDLC_PRICE_TABLE", str(override))
+    assert load_price_table()["trn1.32xlarge"] == 21.50
+
+
+@pytest.mark.parametrize(
+    "content, fragment",
+    [
+        ("prices: [1, 2]", "`prices` mapping"),
+        ("p4d.24xlarge: 3", "`prices` mapping"),
+        ("prices:\n  p4d.24xlarge: -1\n", "prices.p4d.24xlarge must be a number >= 0"),
+        ("prices:\n  p4d.24xlarge: cheap\n", "prices.p4d.24xlarge must be a number >= 0"),
+        ("prices: {a: [", "not valid YAML"),
+    ],
+)
+def test_bad_price_files_name_the_problem(tmp_path: Path, content: str, fragment: str) -> None:
+    path = tmp_path / "prices.yaml"
+    path.write_text(content)
+    with pytest.raises(UserError) as raised:
+        load_price_table(path)
+    assert fragment in str(raised.value) and str(path) in str(raised.value)
+
+
+def test_missing_override_file_is_a_user_error(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="cannot be read"):
+        load_price_table(tmp_path / "nope.yaml")
+
+
+def test_unknown_instance_type_is_a_user_error() -> None:
+    with pytest.raises(UserError, match="'x9.huge' has no price.*DDLC_PRICE_TABLE"):
+        hourly_price("x9.huge", default_price_table())
+    assert hourly_price(None, default_price_table()) == 0.0
+
+
+def test_cost_is_price_times_nodes_times_hours() -> None:
+    assert estimate_cost_usd(32.0, num_nodes=4, wall_seconds=1800) == pytest.approx(64.0)
+    assert estimate_cost_usd(32.0, num_nodes=1, wall_seconds=-5) == 0.0
+    with pytest.raises(UserError, match="num_nodes"):
+        estimate_cost_usd(1.0, num_nodes=0, wall_seconds=1)
