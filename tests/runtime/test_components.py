@@ -47,9 +47,10 @@ def test_bad_rank_variable_is_a_user_error():
 
 
 def test_gpt_shapes_and_tied_head():
+    torch.manual_seed(0)
     model = GPT(ModelConfig(vocab_size=50, n_layer=2, n_embd=32, n_head=4, block_size=16))
-    idx = torch.randint(0, 50, (3, 16))
-    logits, loss = model(idx, idx)
+    idx, targets = torch.randint(0, 50, (2, 3, 16))
+    logits, loss = model(idx, targets)
     assert logits.shape == (3, 16, 50)
     assert loss.item() == pytest.approx(np.log(50), rel=0.1)  # near-uniform at init
     assert model.head.weight is model.tok_emb.weight

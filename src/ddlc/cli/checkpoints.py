@@ -11,8 +11,6 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ddlc.checkpoint import catalog
-from ddlc.checkpoint.manifest import verify as verify_checkpoint
 
 checkpoints = typer.Typer(help="Inspect and maintain checkpoints (local path, file:// or s3://).", no_args_is_help=True)
 console = Console()
@@ -36,6 +34,8 @@ def _human(size: Optional[int]) -> str:
 @checkpoints.command("list")
 def list_(uri: str, endpoint_url: Optional[str] = ENDPOINT) -> None:
     """Every checkpoint under URI: step, committed or not, size, time; `*` marks the latest pointer."""
+    from ddlc.checkpoint import catalog  # torch is heavy: import only when a command runs
+
     store = catalog.open_store(uri, endpoint_url)
     rows = catalog.list_checkpoints(store)
     table = Table(title=store.display())
@@ -54,6 +54,8 @@ def list_(uri: str, endpoint_url: Optional[str] = ENDPOINT) -> None:
 def show(uri: str, which: Optional[str] = typer.Argument(None, help="step, step-NNNNNNNN or latest"),
          endpoint_url: Optional[str] = ENDPOINT) -> None:
     """The commit manifest of one checkpoint (default: latest) as JSON."""
+    from ddlc.checkpoint import catalog  # torch is heavy: import only when a command runs
+
     store = catalog.open_store(uri, endpoint_url)
     name = catalog.resolve(store, which)
     manifest = catalog.read_manifest(store, name)
@@ -68,11 +70,13 @@ def verify(uri: str, which: Optional[str] = typer.Argument(None, help="step or n
            size_only: bool = typer.Option(False, "--size-only", help="skip SHA-256, check sizes only"),
            endpoint_url: Optional[str] = ENDPOINT) -> None:
     """Check files against their manifests. Exit 1 if any checkpoint is incomplete or corrupt."""
+    from ddlc.checkpoint import catalog  # torch is heavy: import only when a command runs
+
     store = catalog.open_store(uri, endpoint_url)
     names = [catalog.resolve(store, which)] if which else [r.name for r in catalog.list_checkpoints(store)]
     bad = 0
     for name in names:
-        result = verify_checkpoint(store, name, check_hashes=not size_only)
+        result = catalog.verify(store, name, check_hashes=not size_only)
         bad += not result.ok
         mark = "[green]OK[/green]  " if result.ok else "[red]FAIL[/red]"
         console.print(f"{mark} {name}: {result.summary()}", markup=True, highlight=False)
@@ -85,6 +89,8 @@ def prune_(uri: str, keep_last: int = typer.Option(..., "--keep-last", min=1),
            keep_every: Optional[int] = typer.Option(None, "--keep-every", min=1),
            dry_run: bool = typer.Option(False, "--dry-run"), endpoint_url: Optional[str] = ENDPOINT) -> None:
     """Delete old checkpoints (never the newest committed one) and debris of crashed saves."""
+    from ddlc.checkpoint import catalog  # torch is heavy: import only when a command runs
+
     store = catalog.open_store(uri, endpoint_url)
     removed = catalog.prune(store, keep_last, keep_every, dry_run)
     verb = "would delete" if dry_run else "deleted"
@@ -99,6 +105,8 @@ def export_(uri: str, output: Path = typer.Option(..., "--output", "-o", help=".
             fmt: str = typer.Option("auto", "--format", help="auto | torch | safetensors"),
             endpoint_url: Optional[str] = ENDPOINT) -> None:
     """Write the model weights of one checkpoint as a single file for inference."""
+    from ddlc.checkpoint import catalog  # torch is heavy: import only when a command runs
+
     store = catalog.open_store(uri, endpoint_url)
     name, count = catalog.export(store, which, output, fmt)
     console.print(f"exported {count} tensors from {store.display(name)} to {output}", highlight=False)

@@ -8,7 +8,6 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ddlc.launch.local import plan_local_job, read_summary, run_local_job
 
 
 def register(app: typer.Typer) -> None:
@@ -25,6 +24,8 @@ def train(
     nproc: Optional[int] = typer.Option(None, "--nproc", min=1, help="workers (default: GPUs, else 2)"),
     dry_run: bool = typer.Option(False, "--dry-run", help="print the torchrun command and exit"),
 ) -> None:
+    from ddlc.launch.local import plan_local_job, read_summary, run_local_job  # torch: import only to run
+
     job = plan_local_job(config, overrides or [], nproc)
     console = Console()
     if dry_run:
