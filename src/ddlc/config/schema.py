@@ -121,14 +121,18 @@ class CheckpointConfig(Section):
     async_save: bool = True
     resume: bool = True
     verify_on_resume: Literal["sha256", "size"] = "sha256"
+    rpo_seconds: PositiveFloat = 3600.0  # recovery point objective: alert when the newest commit is older
     endpoint_url: Optional[str] = None  # S3-compatible endpoint; default: AWS_ENDPOINT_URL or AWS itself
 
 
 class MonitoringConfig(Section):
     run_dir: str = "runs"
     run_name: Optional[str] = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-    metrics_port: Optional[int] = Field(default=None, ge=0, le=65535)  # None: no metrics endpoint
+    # Prometheus endpoint per rank at metrics_port + local_rank (0: ephemeral); None: no endpoint.
+    metrics_port: Optional[int] = Field(default=None, ge=0, le=65535)
     metrics_host: str = "127.0.0.1"
+    # For the cost estimate (price table in ddlc/monitor/prices.yaml); None: $DDLC_INSTANCE_TYPE or cpu-local.
+    instance_type: Optional[str] = None
     progress: Literal["auto", "bar", "plain"] = "auto"
 
 

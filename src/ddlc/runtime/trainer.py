@@ -123,11 +123,38 @@ class Trainer:
                 keep_every=cfg.checkpoint.keep_every,
                 commit_timeout_s=cfg.distributed.timeout_s,
                 endpoint_url=cfg.checkpoint.endpoint_url,
+                on_commit=self._on_checkpoint_commit,
                 warn=lambda message: print(f"warning: {message}", file=sys.stderr, flush=True),
             )
+        self.metrics = self._training_metrics()
         self.preemption = PreemptionWatcher(ctx.world_size)
         self.preempted = False
         self.resumed_from: Optional[str] = None
+
+    # -- monitoring -----------------------------------------------------------------------------------------
+    def _training_metrics(self):
+        """Per-rank Prometheus endpoint (monitoring.metrics_port + local rank), when a port is configured."""
+        mon = self.cfg.monitoring
+        if mon.metrics_port is None:
+            return None
+        from ddlc.monitor.training import TrainingMetrics, rank_metrics_port
+
+        return TrainingMetrics(
+            run=self.run_name,
+            rank=self.ctx.rank,
+            world_size=self.ctx.world_size,
+            node=self.ctx.node,
+            instance_type=mon.instance_type or os.environ.get("DDLC_INSTANCE_TYPE"),
+            num_nodes=self.ctx.env.num_nodes,
+            host=mon.metrics_host,
+            port=rank_metrics_port(mon.metrics_port, self.ctx.local_rank),
+            checkpoint_rpo_seconds=self.cfg.checkpoint.rpo_seconds,
+        )
+
+    def _on_checkpoint_commit(self, stats) -> None:
+        # Runs on rank 0's commit thread; TrainingMetrics only assigns numbers, so no lock is needed.
+        if self.metrics is not None:
+            self.metrics.observe_checkpoint(stats.step, stats.total_s or 0.0, stats.committed, time.time())
 
     # -- checkpoint state ------------------------------------------------------------------------------------
     def trainer_state(self) -> dict:
@@ -216,6 +243,8 @@ class Trainer:
         finally:
             self.preemption.close()
             logger.close()
+            if self.metrics is not None:
+                self.metrics.close()
         if self.preempted and ctx.is_main:
             print(f"ddlc: stopped by signal at step {self.state.step}; checkpoint saved", file=sys.stderr, flush=True)
         wall = time.perf_counter() - started
@@ -257,6 +286,10 @@ class Trainer:
                     self.first_loss = record["loss"] if self.first_loss is None else self.first_loss
                     self.final_loss = record["loss"]
                     logger.log(record)
+                    if self.metrics is not None:
+                        share = self.plan.micro_batch_size * self.plan.grad_accum_steps  # this rank's samples
+                        self.metrics.observe_step(record["step"], record["loss"], record["lr"], record["grad_norm"],
+                                                  record["step_time_s"], share * self.cfg.model.block_size, share)
                 pending.clear()
             if stop:
                 self.preempted = True
