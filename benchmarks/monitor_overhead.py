@@ -1,13 +1,10 @@
 """Training throughput with monitoring on vs off, in one run (issue #6 target: on/off >= 0.99).
 
-A small CPU training loop runs blocks of steps, alternating "off" (no metrics calls, nobody scraping) and
-"on" (TrainingMetrics.observe_step every step, while a separate scraper process pulls the rank endpoint and a
-running `ddlc agent` every --scrape-interval seconds, as Prometheus would). Alternating blocks in one process
-cancels drift (thermal, other load); the ratio is taken over the summed block times
+ddlc's real training loop (`Trainer.run_until`, the demo GPT) runs blocks of steps, alternating "off" (no
+TrainingMetrics, nobody scraping) and "on" (TrainingMetrics fed every step, while a separate scraper process pulls
+the rank endpoint and a running `ddlc agent` every --scrape-interval seconds, as Prometheus would). Alternating
+blocks in one process cancels drift (thermal, other load); the ratio is taken over the summed block times
 (and, as a noise check, per adjacent block pair).
-
-This is a stand-in loop for measuring the monitoring cost alone; the runtime's own benchmark measures the
-same on the real train loop.
 
     python benchmarks/monitor_overhead.py [--blocks 8] [--steps 50] [--scrape-interval 1.0] [--threads N]
 """
@@ -23,10 +20,14 @@ import time
 import timeit
 import urllib.request
 
+import tempfile
+
 import torch
 from prometheus_client import generate_latest
 
+from ddlc.config import load_config
 from ddlc.monitor.training import TrainingMetrics
+from ddlc.runtime import MetricsLogger, Trainer, init_distributed
 
 
 def scraper(urls: list[str], interval: float, active, stop) -> None:
@@ -63,11 +64,12 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(512, 1024), torch.nn.GELU(), torch.nn.Linear(1024, 512))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    batch = torch.randn(64, 512)
-    tokens_per_step = batch.shape[0] * 128
+    cfg = load_config(None, ["training.max_steps=1000000", "training.log_interval=25", "checkpoint.enabled=false",
+                             "optimizer.warmup_steps=0", "optimizer.decay=constant",
+                             f"monitoring.run_dir={tempfile.mkdtemp()}", "monitoring.run_name=bench"])
+    trainer = Trainer(cfg, init_distributed("cpu", "gloo"))
+    logger = MetricsLogger(trainer.run_dir, trainer.total_steps, progress="plain", log_interval=10**9)
+    tokens_per_step = trainer.tokens_per_step
 
     metrics = TrainingMetrics("bench", rank=0, world_size=1, node="bench", instance_type=None, num_nodes=1, port=0)
     agent, agent_url = start_agent()
@@ -75,24 +77,10 @@ def main() -> None:
     scrape_process = multiprocessing.Process(target=scraper, args=([metrics.url, agent_url], args.scrape_interval, active, stop))
     scrape_process.start()
 
-    step = 0
-
     def run_block(monitored: bool) -> float:
-        nonlocal step
+        trainer.metrics = metrics if monitored else None  # exactly what monitoring.metrics_port switches
         start = time.perf_counter()
-        for _ in range(args.steps):
-            step_start = time.perf_counter()
-            optimizer.zero_grad(set_to_none=True)
-            loss = model(batch).pow(2).mean()
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            step += 1
-            if monitored:
-                metrics.observe_step(step, loss.item(), 1e-3, grad_norm.item(), time.perf_counter() - step_start,
-                                     tokens_per_step, batch.shape[0])
-            else:
-                loss.item(), grad_norm.item()  # the loop reads these for logging either way
+        trainer.run_until(trainer.state.step + args.steps, logger)
         return time.perf_counter() - start
 
     def timed(monitored: bool) -> float:
