@@ -35,6 +35,16 @@ def _kill_job(proc) -> None:
             pass
 
 
+def _communicate(proc, timeout):
+    """Wait for the job; on timeout kill it and fail with what it printed."""
+    try:
+        return proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _kill_job(proc)
+        stdout, stderr = proc.communicate()
+        raise AssertionError(f"job did not finish in {timeout}s\nSTDOUT:\n{stdout[-3000:]}\nSTDERR:\n{stderr[-6000:]}")
+
+
 def _wait_for(predicate, timeout=120, interval=0.005, proc=None):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -72,7 +82,7 @@ def test_kill_9_worker_under_max_restarts_resumes_from_last_commit(tmp_path):
         assert len(workers) == 2
         killed_at = _last_logged_step(run_dir)
         workers[1].send_signal(signal.SIGKILL)
-        stdout, stderr = proc.communicate(timeout=300)
+        stdout, stderr = _communicate(proc, timeout=300)
     finally:
         _kill_job(proc)
     assert proc.returncode == 0, stderr[-4000:]

@@ -17,7 +17,8 @@ from __future__ import annotations
 import json
 import logging
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+import threading
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -97,8 +98,9 @@ class Checkpointer:
         # Async DCP runs collectives from a background thread: give it a group of its own (gloo, CPU) so they
         # never interleave with the training loop's collectives.
         self.group = dist.new_group(backend="gloo") if dist.is_initialized() else None
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ddlc-ckpt")
-        self._pending: Optional[Future] = None
+        # The write-and-commit of an async save runs on a daemon thread: if this process dies mid-save, its exit is
+        # never held up by a commit that can no longer happen (and no COMMIT is written — as it must be).
+        self._pending: Optional[threading.Thread] = None
         self.last_step: Optional[int] = None  # newest step handed to save()
         self._writer = None
         self._staging = None
@@ -143,7 +145,9 @@ class Checkpointer:
         upload = dcp.async_save(app_state, checkpoint_id=checkpoint_id, storage_writer=writer, process_group=self.group,
                                 async_stager=self._stager())
         stats.blocking_s = time.perf_counter() - started
-        self._pending = self._executor.submit(self._finish, upload, directory, stats, started)
+        self._pending = threading.Thread(target=self._finish, args=(upload, directory, stats, started),
+                                         name=f"ddlc-checkpoint-{step}", daemon=True)
+        self._pending.start()
         return stats
 
     def _dcp_writer(self, directory: str):
@@ -238,7 +242,7 @@ class Checkpointer:
         """Block until the in-flight save (if any) is written and, on rank 0, committed."""
         if self._pending is None:
             return None
-        self._pending.result()
+        self._pending.join()
         self._pending = None
         return self.history[-1]
 
@@ -280,7 +284,6 @@ class Checkpointer:
         try:
             self.wait()
         finally:
-            self._executor.shutdown(wait=True)
             if self._staging is not None:
                 self._staging.close()
             self._staging = None
