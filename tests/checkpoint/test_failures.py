@@ -18,7 +18,10 @@ DDLC = str(Path(PYTHON).parent / "ddlc")
 
 
 def _start(cmd, cwd):
-    return subprocess.Popen(cmd, cwd=cwd, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    # torchrun's shared rendezvous store can hand restarted workers a stale gloo address (pytorch#135712);
+    # ddlc's launchers set this too.
+    env = child_env(TORCH_DISABLE_SHARE_RDZV_TCP_STORE="1")
+    return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
 
 

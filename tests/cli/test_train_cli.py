@@ -34,7 +34,7 @@ def test_dry_run_prints_torchrun_command(tmp_path):
     proc = run([DDLC, "train", "--config", str(CONFIG), "--nproc", "3", "--dry-run", "training.global_batch_size=24",
                 "monitoring.run_name=x"], cwd=tmp_path)
     assert_ok(proc)
-    assert "torch.distributed.run --standalone --nproc_per_node=3 -m ddlc.train --config" in proc.stdout
+    assert "torch.distributed.run --standalone --nproc_per_node=3 --max-restarts=0 -m ddlc.train --config" in proc.stdout
     assert "training.global_batch_size=24" in proc.stdout
     assert not (tmp_path / "runs").exists()
 

@@ -22,11 +22,13 @@ def train(
     overrides: Optional[List[str]] = typer.Argument(None, help="dotted.key=value config overrides"),
     config: Optional[str] = typer.Option(None, "--config", "-c", help="YAML config file"),
     nproc: Optional[int] = typer.Option(None, "--nproc", min=1, help="workers (default: GPUs, else 2)"),
+    max_restarts: int = typer.Option(0, "--max-restarts", min=0,
+                                     help="restart failed workers up to N times; they resume from the last checkpoint"),
     dry_run: bool = typer.Option(False, "--dry-run", help="print the torchrun command and exit"),
 ) -> None:
     from ddlc.launch.local import plan_local_job, read_summary, run_local_job  # torch: import only to run
 
-    job = plan_local_job(config, overrides or [], nproc)
+    job = plan_local_job(config, overrides or [], nproc, max_restarts=max_restarts)
     console = Console()
     if dry_run:
         console.print(" ".join(job.command), soft_wrap=True, markup=False, highlight=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ def plan_local_job(
     overrides: Sequence[str],
     nproc: Optional[int] = None,
     python: str = sys.executable,
+    max_restarts: int = 0,
 ) -> LocalJob:
     """Validate the config here (bad input fails before any worker starts) and build the torchrun command."""
     overrides = list(overrides)
@@ -60,6 +62,7 @@ def plan_local_job(
         "torch.distributed.run",
         "--standalone",
         f"--nproc_per_node={workers}",
+        f"--max-restarts={max_restarts}",
         "-m",
         "ddlc.train",
     ]
@@ -69,10 +72,16 @@ def plan_local_job(
     return LocalJob(cfg, command, Path(cfg.monitoring.run_dir) / cfg.monitoring.run_name)
 
 
+# Restarted workers must not read the previous attempt's addresses from torchrun's shared rendezvous store
+# (pytorch/pytorch#135712: gloo/NCCL init then dials a dead peer). A user's own setting wins.
+TORCHRUN_ENV_DEFAULTS = {"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
+
+
 def run_local_job(job: LocalJob) -> int:
     """Run torchrun in the foreground; its workers' output goes straight to this terminal."""
+    env = {**TORCHRUN_ENV_DEFAULTS, **os.environ}
     try:
-        return subprocess.call(job.command)
+        return subprocess.call(job.command, env=env)
     except KeyboardInterrupt:
         return 130
 
