@@ -108,13 +108,19 @@ _MEMORY_HIGH = Threshold(GPU_MEMORY_HIGH_PERCENT, f"{GPU_MEMORY_HIGH_PERCENT:g}%
 
 def _cw_search(namespace_and_dims: str, metric: str, statistic: str = "Average", period: int = 300,
                cluster: bool = False) -> str:
-    extra = ' ClusterName="$CLUSTER"' if cluster else ""
-    return f"SEARCH('{{{namespace_and_dims}}} MetricName=\"{metric}\"{extra}', '{statistic}', {period})"
+    """A CloudWatch SEARCH: with `cluster`, any series of the namespace carrying ClusterName=<this cluster>
+    (the CloudWatch agent adds more dimensions than we name: GPU index, interface, ...); otherwise an exact
+    dimension schema (ddlc's own namespace, where labels become dimensions)."""
+    if cluster:
+        terms = f'Namespace="{namespace_and_dims}" MetricName="{metric}" ClusterName="$CLUSTER"'
+    else:
+        terms = f'{{{namespace_and_dims}}} MetricName="{metric}"'
+    return f"SEARCH('{terms}', '{statistic}', {period})"
 
 
-# CloudWatch agent series: per instance, tagged with the cluster (see ddlc.infra.user_data).
-_CW_AGENT = "CWAgent,ClusterName,InstanceId,InstanceType"
-_CW_AGENT_NET = "CWAgent,ClusterName,InstanceId,InstanceType,interface"
+# CloudWatch agent series, tagged with the cluster (see ddlc.infra.user_data).
+_CW_AGENT = "CWAgent"
+_CW_AGENT_NET = "CWAgent"
 # ddlc's own namespace: labels become dimensions (ddlc.monitor.cloudwatch).
 _DDLC_RANK = "DDLC,node,rank,run"
 _DDLC_COST = "DDLC,instance_type,run"
