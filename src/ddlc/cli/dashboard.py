@@ -52,9 +52,14 @@ def serve(
         raise UserError(f"--run: {run} is not a directory (expected runs/<name>)")
     pricing = _pricing(instance_type, nodes, price_table)
     client = PrometheusClient(prometheus) if prometheus else None
-    sampler = HostSampler(interval_s=min(refresh, 5.0)).start()
+    sampler = HostSampler(interval_s=min(refresh, 5.0))
     data = PanelData(runs_dir, pricing, sampler=sampler, prometheus=client, run_path=run)
-    server = DashboardServer(data, host=host, port=port, refresh_ms=int(refresh * 1000))
+    try:
+        server = DashboardServer(data, host=host, port=port, refresh_ms=int(refresh * 1000))
+    except UserError:
+        sampler.close()
+        raise
+    sampler.start()
     typer.echo(f"ddlc dashboard serving {server.url} (Ctrl-C to stop)", err=False)
     try:
         server.serve_forever()

@@ -72,8 +72,9 @@ class DashboardServer:
         handler = self._handler()
         try:
             self._httpd = ThreadingHTTPServer((host, port), handler)
-        except OSError as error:
-            raise UserError(f"--port {port}: cannot listen on {host}:{port}: {error.strerror or error}") from None
+        except (OSError, OverflowError) as error:  # in use, no such address, or not a port number at all
+            reason = getattr(error, "strerror", None) or error
+            raise UserError(f"--port {port}: cannot listen on {host}:{port}: {reason}") from None
         self._httpd.daemon_threads = True
         self._thread: Optional[threading.Thread] = None
 
