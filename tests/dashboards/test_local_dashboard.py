@@ -99,6 +99,7 @@ def test_api_answers_with_the_run_and_clear_errors(server):
     training = json.loads(_get(server.url + f"api/dashboards/training-progress?run={RUN_NAME}")[2])
     loss = training["panels"]["loss"]["series"][0]
     assert len(loss["y"]) == 20 and loss["name"] == RUN_NAME
+    assert loss["x"] == list(range(1, 21)) and loss["x_kind"] == "step"  # training curves are drawn by step
     for url, code, message in (("api/dashboards/nope", 400, "unknown dashboard"),
                                ("api/dashboards/cost-tracking?run=ghost", 400, "run 'ghost' not found"),
                                ("nothing-here", 404, "no such page")):

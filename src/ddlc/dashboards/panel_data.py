@@ -26,6 +26,12 @@ def _series(name: str, times: list[float], values: list[float]) -> dict[str, Any
     return {"name": name, "x": [t * 1000.0 for t in times], "y": _clean(values)}
 
 
+def _by_step(name: str, run: RunRecord, values: list[float]) -> dict[str, Any]:
+    """Run-store series are drawn against the step: the trainer writes its records in bursts (every
+    log_interval steps), so their wall-clock times bunch up, while steps are evenly spaced."""
+    return {"name": name, "x": [r["step"] for r in run.steps], "y": _clean(values), "x_kind": "step"}
+
+
 class PanelData:
     def __init__(
         self,
@@ -124,9 +130,8 @@ class PanelData:
         if source.kind == "run":
             if run is None or not run.steps:
                 return []
-            times = [r["time"] for r in run.steps]
             values = [r.get(source.key, math.nan) for r in run.steps]
-            return [_series(render_legend(label, {"run": run.name, "rank": "0"}), times, values)]
+            return [_by_step(render_legend(label, {"run": run.name, "rank": "0"}), run, values)]
         return self._cost(source.key, label, run, all_runs)
 
     def _cost(self, key: str, label: str, run: Optional[RunRecord], all_runs: list[RunRecord]) -> list[dict[str, Any]]:
@@ -148,5 +153,5 @@ class PanelData:
         if key == "projected_usd":
             projected = run_cost(run, self.pricing).projected_usd
             return [] if projected is None else [_series(name, [run.end_time], [projected])]
-        times, values = cost_series(run, self.pricing)[key]
-        return [_series(name, times, values)]
+        _, values = cost_series(run, self.pricing)[key]
+        return [_by_step(name, run, values)]

@@ -6,7 +6,7 @@ const UNITS = {
   bytes: { suffix: "B", format: ".3s", title: "bytes" },
   bytes_per_second: { suffix: "B/s", format: ".3s", title: "bytes/s" },
   per_second: { suffix: "/s", format: ".3s", title: "per second" },
-  seconds: { suffix: " s", format: ".3s", title: "seconds" },
+  seconds: { suffix: "s", format: ".3s", title: "seconds" },
   usd: { prefix: "$", format: ".4~g", title: "USD" },
   tokens_per_second: { suffix: " tok/s", format: ".3s", title: "tokens/s" },
   celsius: { suffix: " °C", title: "°C" },
@@ -79,7 +79,8 @@ function figure(panel, data) {
     return { traces, layout: { ...base, margin: { l: 10, r: 10, t: 25, b: 5 }, grid: { rows: 1, columns: traces.length } } };
   }
   if (panel.kind === "bar") {
-    const trace = { type: "bar", x: data.series.map((s) => s.x[0]), y: data.series.map((s) => s.y[0]), marker: { color: "#3b6fd4" },
+    // One bar per series (run or node), its latest value: the same for run-store and Prometheus data.
+    const trace = { type: "bar", x: data.series.map((s) => s.name), y: data.series.map(lastValue), marker: { color: "#3b6fd4" },
                     hovertemplate: `%{x}: ${unit.prefix || ""}%{y:${unit.format || ".4~g"}}${unit.suffix || ""}<extra></extra>` };
     return { traces: [trace], layout: { ...base, yaxis: { title: { text: unit.title }, tickprefix: unit.prefix || "", tickformat: unit.format || "", automargin: true } } };
   }
@@ -95,7 +96,9 @@ function figure(panel, data) {
   const yaxis = { title: { text: unit.title }, ticksuffix: unit.suffix || "", tickprefix: unit.prefix || "",
                   tickformat: unit.format || "", rangemode: "tozero", automargin: true };
   if (panel.unit === "percent") yaxis.range = [0, 105];
-  return { traces, layout: { ...base, xaxis: { type: "date" }, yaxis, shapes, annotations, showlegend: traces.length > 1 } };
+  const bySteps = data.series.every((s) => s.x_kind === "step");
+  const xaxis = bySteps ? { type: "linear", title: { text: "step" }, automargin: true } : { type: "date" };
+  return { traces, layout: { ...base, xaxis, yaxis, shapes, annotations, showlegend: traces.length > 1 } };
 }
 
 function statColor(panel, value) {
