@@ -84,3 +84,18 @@ def test_cfn_lint_passes_with_the_dashboards(synthesized):
 
     matches = lint(synthesized.template_path.read_text())
     assert matches == [], "\n".join(str(m) for m in matches)
+
+
+def test_the_cdk_app_builds_the_four_by_default(tmp_path):
+    """`cdk synth` runs build_app() with no arguments: the standard dashboards must be in it."""
+    import copy
+
+    from ddlc.infra.app import build_app
+    from tests.infra.conftest import cdk_context
+
+    context = copy.deepcopy(cdk_context())
+    context["environment"] = "dev"
+    _, stack = build_app(context, outdir=str(tmp_path))
+    assert sorted(stack.dashboards.dashboards) == sorted(d.slug for d in DASHBOARDS)
+    _, bare = build_app(context, outdir=str(tmp_path / "bare"), dashboards=())
+    assert bare.dashboards.dashboards == {}
