@@ -23,9 +23,15 @@ from ddlc.infra.stack import ClusterStack  # noqa: E402
 def build_app(
     context: Optional[dict[str, Any]] = None,
     outdir: Optional[str] = None,
-    dashboards: Sequence[DashboardDefinition] = (),
+    dashboards: Optional[Sequence[DashboardDefinition]] = None,
 ) -> tuple[App, ClusterStack]:
-    """The app for the environment named by the `environment` context key (checked by cdk-nag on synth)."""
+    """The app for the environment named by the `environment` context key (checked by cdk-nag on synth).
+
+    `dashboards`: None builds the four standard dashboards of ddlc.dashboards; pass a sequence to choose."""
+    if dashboards is None:
+        from ddlc.dashboards.cloudwatch import standard_dashboards
+
+        dashboards = standard_dashboards()
     app = App(context=context, outdir=outdir)
     settings = load_environment(app.node.try_get_context("environments"), app.node.try_get_context("environment"))
     # Region only: the account comes from the deploying credentials, and synth needs no AWS lookups.

@@ -51,6 +51,17 @@ def cloudwatch_agent_config(boot: NodeBootConfig) -> dict:
                 "resources": ["/"],
                 "append_dimensions": {CLUSTER_DIMENSION: boot.cluster_name},
             },
+            # For the dashboards (ddlc.dashboards): host CPU and per-interface traffic of every node.
+            "cpu": {
+                "measurement": ["usage_active"],
+                "totalcpu": True,
+                "append_dimensions": {CLUSTER_DIMENSION: boot.cluster_name},
+            },
+            "net": {
+                "measurement": ["bytes_sent", "bytes_recv", "packets_recv", "err_in", "err_out"],
+                "resources": ["*"],
+                "append_dimensions": {CLUSTER_DIMENSION: boot.cluster_name},
+            },
         },
     }
     if boot.has_gpu:

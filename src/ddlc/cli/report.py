@@ -1,0 +1,45 @@
+"""`ddlc report utilization`: the weekly GPU utilization and cost review (logic in ddlc.dashboards.report)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+report_app = typer.Typer(help="Reports from the run store and Prometheus.", no_args_is_help=True)
+
+
+@report_app.command("utilization")
+def utilization(
+    since: str = typer.Option("7d", "--since", help="Window to review: 7d, 24h, 90m, 2w."),
+    run: list[str] = typer.Option([], "--run", help="Only this run (name or runs/NAME); repeatable."),
+    runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="The local run store."),
+    output: Path = typer.Option(Path("utilization-report.md"), "-o", "--output", help="Report file: .md or .html."),
+    prometheus: Optional[str] = typer.Option(None, "--prometheus", help="Prometheus URL for GPU utilization per node."),
+    instance_type: Optional[str] = typer.Option(
+        None, "--instance-type", help="Price runs as this instance type when their summary names none (default cpu-local)."),
+    nodes: Optional[int] = typer.Option(None, "--nodes", min=1, help="Nodes per run for the cost (default: the run's own)."),
+    price_table: Optional[Path] = typer.Option(None, "--price-table", help="Price overrides (YAML `prices:` mapping)."),
+) -> None:
+    """GPU-hours, mean utilization vs the 80% target, idle nodes, cost and the worst offenders, with plots."""
+    from ddlc.dashboards.cost import Pricing
+    from ddlc.dashboards.prometheus import PrometheusClient
+    from ddlc.dashboards.report import collect, parse_since, write_report
+    from ddlc.monitor.pricing import hourly_price, load_price_table
+
+    window = parse_since(since)
+    table = load_price_table(price_table)
+    if instance_type is not None:
+        hourly_price(instance_type, table)
+    names = [Path(item).name for item in run]
+    if run and len({str(Path(item).parent) for item in run if "/" in item}) == 1 and runs_dir == Path("runs"):
+        runs_dir = Path(next(item for item in run if "/" in item)).parent  # --run other/NAME implies its store
+    report = collect(runs_dir, window, Pricing(instance_type, nodes, table), run_names=names,
+                     prometheus=PrometheusClient(prometheus) if prometheus else None)
+    path = write_report(report, output)
+    typer.echo(f"wrote {path} ({len(report.runs)} runs, plots in {path.parent / (path.stem + '_files')})")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(report_app, name="report")

@@ -1,0 +1,306 @@
+"""Weekly utilization review: `ddlc report utilization --since 7d` writes Markdown or HTML with PNG plots.
+
+From the local run store: runs, steps, tokens, wall hours, cost (ddlc.dashboards.cost), GPU-hours when the
+run recorded its GPU count, and loss / throughput / cost plots. With `prometheus` it also reads GPU
+utilization per node (query_range over the window): mean utilization against the 80% target, GPU-hours,
+idle nodes and the worst offenders. Without GPU data the report says so instead of printing zeros as facts.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+import re
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Optional
+
+from ddlc.dashboards.cost import Pricing, RunCost, cost_by_node, run_cost
+from ddlc.dashboards.definition import GPU_UTILIZATION_TARGET_PERCENT, IDLE_GPU_UTILIZATION_PERCENT
+from ddlc.dashboards.prometheus import PrometheusClient
+from ddlc.dashboards.runs import RunRecord, load_runs
+from ddlc.errors import UserError
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
+_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+MAX_POINTS = 500  # per Prometheus series: plenty for a week's plot
+
+
+def parse_since(text: str) -> float:
+    """`7d`, `24h`, `90m`, `3600s`, `2w` -> seconds."""
+    match = _DURATION.match(text)
+    if not match or float(match.group(1)) <= 0:
+        raise UserError(f"--since: {text!r} is not a duration such as 7d, 24h, 90m (units s, m, h, d, w)")
+    return float(match.group(1)) * _SECONDS[match.group(2)]
+
+
+@dataclass
+class NodeUtilization:
+    node: str
+    mean_percent: float
+    gpu_hours: float
+    times: list[float] = field(default_factory=list)
+    percents: list[float] = field(default_factory=list)
+
+
+@dataclass
+class UtilizationReport:
+    start: float
+    end: float
+    runs: list[RunRecord]
+    costs: list[RunCost]
+    nodes: list[NodeUtilization]  # empty without GPU data
+    source: str  # "run store" or "run store + Prometheus <url>"
+    prometheus_cost: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def has_gpu_data(self) -> bool:
+        return bool(self.nodes)
+
+    @property
+    def gpu_hours(self) -> float:
+        if self.nodes:
+            return sum(n.gpu_hours for n in self.nodes)
+        return sum(run.gpus * run.wall_seconds / 3600.0 for run in self.runs)
+
+    @property
+    def mean_utilization(self) -> Optional[float]:
+        if not self.nodes:
+            return None
+        total_hours = sum(n.gpu_hours for n in self.nodes)
+        if total_hours == 0:
+            return None
+        return sum(n.mean_percent * n.gpu_hours for n in self.nodes) / total_hours
+
+    @property
+    def idle_nodes(self) -> list[NodeUtilization]:
+        return [n for n in self.nodes if n.mean_percent < IDLE_GPU_UTILIZATION_PERCENT]
+
+    @property
+    def total_cost(self) -> float:
+        if self.prometheus_cost:
+            return sum(self.prometheus_cost.values())
+        return sum(c.usd_total for c in self.costs)
+
+
+def collect(
+    runs_dir: Path | str,
+    since_seconds: float,
+    pricing: Pricing,
+    run_names: Optional[list[str]] = None,
+    prometheus: Optional[PrometheusClient] = None,
+    now: Optional[float] = None,
+) -> UtilizationReport:
+    end = time.time() if now is None else now
+    start = end - since_seconds
+    runs = load_runs(runs_dir, since=start, names=run_names or None)
+    if run_names:
+        missing = sorted(set(run_names) - {r.name for r in runs})
+        if missing:
+            raise UserError(f"--run: no run named {', '.join(missing)} with steps in the last "
+                            f"{since_seconds / 86400:g} days under {runs_dir}")
+    costs = [run_cost(run, pricing) for run in runs if run.steps]
+    nodes: list[NodeUtilization] = []
+    prometheus_cost: dict[str, float] = {}
+    source = "local run store"
+    if prometheus is not None:
+        source = f"local run store + Prometheus {prometheus.url}"
+        step = max(since_seconds / MAX_POINTS, 60.0)
+        means = {labels.get("node", "?"): (t, v) for labels, t, v in
+                 prometheus.query_range("100 * avg by (node) (ddlc_gpu_utilization_ratio)", start, end, step)}
+        counts = {labels.get("node", "?"): v for labels, _, v in
+                  prometheus.query_range("count by (node) (ddlc_gpu_utilization_ratio)", start, end, step)}
+        for node, (times, percents) in sorted(means.items()):
+            finite = [p for p in percents if math.isfinite(p)]
+            gpus = counts.get(node, [])
+            gpu_hours = sum(c for c in gpus if math.isfinite(c)) * step / 3600.0
+            weights = [c if math.isfinite(c) else 0.0 for c in gpus] or [1.0] * len(percents)
+            pairs = [(p, w) for p, w in zip(percents, weights) if math.isfinite(p)]
+            mean = sum(p * w for p, w in pairs) / sum(w for _, w in pairs) if pairs and sum(w for _, w in pairs) else (
+                sum(finite) / len(finite) if finite else math.nan)
+            nodes.append(NodeUtilization(node, mean, gpu_hours, times, percents))
+        for labels, _, values in prometheus.query_range("sum by (run) (ddlc_cost_usd_total)", start, end, step):
+            finite = [v for v in values if math.isfinite(v)]
+            if finite:
+                prometheus_cost[labels.get("run", "?")] = max(finite)
+    return UtilizationReport(start, end, runs, costs, nodes, source, prometheus_cost)
+
+
+# -- plots -------------------------------------------------------------------------------------------------
+
+def _plots(report: UtilizationReport, directory: Path) -> dict[str, Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    directory.mkdir(parents=True, exist_ok=True)
+    plots: dict[str, Path] = {}
+
+    def save(fig: Any, name: str) -> None:
+        path = directory / f"{name}.png"
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        plots[name] = path
+
+    with_steps = [run for run in report.runs if run.steps]
+    if with_steps:
+        for name, key, ylabel in (("loss", "loss", "training loss"), ("throughput", "tokens_per_s", "tokens / s")):
+            fig, ax = plt.subplots(figsize=(8, 3.6))
+            for run in with_steps:
+                ax.plot([r["step"] for r in run.steps], [r.get(key, math.nan) for r in run.steps], label=run.name)
+            ax.set_xlabel("step")
+            ax.set_ylabel(ylabel)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+            save(fig, name)
+    if report.costs:
+        fig, ax = plt.subplots(figsize=(8, 3.6))
+        names = [c.run for c in report.costs]
+        ax.bar(names, [c.usd_total for c in report.costs], color="#3b6fd4")
+        ax.set_ylabel("USD")
+        ax.set_title("cost by run")
+        ax.tick_params(axis="x", rotation=30)
+        save(fig, "cost")
+    if report.nodes:
+        fig, ax = plt.subplots(figsize=(8, 3.6))
+        for node in report.nodes:
+            ax.plot([datetime.fromtimestamp(t, timezone.utc) for t in node.times], node.percents, label=node.node)
+        ax.axhline(GPU_UTILIZATION_TARGET_PERCENT, color="orange", linestyle="--",
+                   label=f"{GPU_UTILIZATION_TARGET_PERCENT:g}% target")
+        ax.set_ylim(0, 105)
+        ax.set_ylabel("GPU utilization (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        save(fig, "gpu_utilization")
+    return plots
+
+
+# -- documents ---------------------------------------------------------------------------------------------
+
+Block = tuple  # ("h1"|"h2"|"p", text) | ("table", headers, rows) | ("img", alt, relative path)
+
+
+def _usd(value: Optional[float]) -> str:
+    if value is None or not math.isfinite(value):
+        return "–"
+    return f"${value:,.2f}" if value >= 1 else f"${value:.3g}"
+
+
+def _when(ts: float) -> str:
+    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _blocks(report: UtilizationReport, plots: dict[str, Path], base: Path) -> list[Block]:
+    rel = {name: path.relative_to(base).as_posix() for name, path in plots.items()}
+    target = GPU_UTILIZATION_TARGET_PERCENT
+    blocks: list[Block] = [
+        ("h1", "GPU utilization review"),
+        ("p", f"Window: {_when(report.start)} to {_when(report.end)}. Source: {report.source}. "
+              f"Runs in the window: {len(report.runs)}."),
+        ("h2", "Summary"),
+    ]
+    mean = report.mean_utilization
+    blocks.append(("table", ["measure", "value"], [
+        ["GPU-hours", f"{report.gpu_hours:,.2f}"],
+        ["mean GPU utilization", f"{mean:.1f}% (target {target:g}%)" if mean is not None else "no GPU utilization data"],
+        ["idle nodes", ", ".join(n.node for n in report.idle_nodes) or ("none" if report.nodes else "no GPU utilization data")],
+        ["cost", _usd(report.total_cost)],
+        ["steps", f"{sum(c.steps for c in report.costs):,}"],
+        ["tokens", f"{sum(c.tokens for c in report.costs):,.0f}"],
+    ]))
+    blocks.append(("h2", "GPU utilization"))
+    if not report.has_gpu_data:
+        blocks.append(("p", "No GPU utilization data exists for this window: the run store records no GPU "
+                            "utilization, and no Prometheus URL was given (or it had no ddlc_gpu_utilization_ratio "
+                            "series). Pass --prometheus URL on a cluster to include it. GPU-hours above count only "
+                            "runs that recorded their GPU count."))
+    else:
+        if mean is not None:
+            verdict = "meets" if mean >= target else "is below"
+            blocks.append(("p", f"Mean utilization {mean:.1f}% {verdict} the {target:g}% target."))
+        blocks.append(("img", "GPU utilization per node", rel["gpu_utilization"]))
+        worst = sorted(report.nodes, key=lambda n: n.mean_percent)[:5]
+        blocks.append(("h2", "Worst offenders"))
+        blocks.append(("table", ["node", "mean utilization", "GPU-hours", "below target"], [
+            [n.node, f"{n.mean_percent:.1f}%", f"{n.gpu_hours:.2f}", "yes" if n.mean_percent < target else "no"]
+            for n in worst
+        ]))
+    blocks.append(("h2", "Runs"))
+    if report.costs:
+        blocks.append(("table",
+                       ["run", "started", "wall hours", "steps", "tokens", "instance type", "nodes", "cost",
+                        "per 1M tokens", "per step"],
+                       [[c.run, _when(run.start_time), f"{c.wall_hours:.4f}", f"{c.steps:,}", f"{c.tokens:,.0f}",
+                         c.instance_type, str(c.num_nodes), _usd(report.prometheus_cost.get(c.run, c.usd_total)),
+                         _usd(c.usd_per_1m_tokens), _usd(c.usd_per_step)]
+                        for c, run in zip(report.costs, [r for r in report.runs if r.steps])]))
+        if not report.has_gpu_data:
+            most_expensive = max(report.costs, key=lambda c: c.usd_per_1m_tokens or 0.0)
+            blocks.append(("p", f"Highest cost per 1M tokens: {most_expensive.run} "
+                                f"({_usd(most_expensive.usd_per_1m_tokens)})."))
+        blocks.append(("h2", "Cost by node"))
+        blocks.append(("table", ["node", "cost"], [[n, _usd(v)] for n, v in sorted(cost_by_node(report.costs).items())]))
+        blocks.append(("h2", "Plots"))
+        for name, alt in (("loss", "Training loss"), ("throughput", "Throughput (tokens/s)"), ("cost", "Cost by run")):
+            if name in rel:
+                blocks.append(("img", alt, rel[name]))
+    else:
+        blocks.append(("p", "No run logged a step in this window."))
+    return blocks
+
+
+def _markdown(blocks: list[Block]) -> str:
+    lines: list[str] = []
+    for block in blocks:
+        kind = block[0]
+        if kind == "h1":
+            lines += [f"# {block[1]}", ""]
+        elif kind == "h2":
+            lines += [f"## {block[1]}", ""]
+        elif kind == "p":
+            lines += [block[1], ""]
+        elif kind == "img":
+            lines += [f"![{block[1]}]({block[2]})", ""]
+        elif kind == "table":
+            headers, rows = block[1], block[2]
+            lines.append("| " + " | ".join(headers) + " |")
+            lines.append("|" + "---|" * len(headers))
+            lines += ["| " + " | ".join(str(cell).replace("|", "\\|") for cell in row) + " |" for row in rows]
+            lines.append("")
+    return "\n".join(lines)
+
+
+def _html(blocks: list[Block]) -> str:
+    body: list[str] = []
+    for block in blocks:
+        kind = block[0]
+        if kind in ("h1", "h2", "p"):
+            body.append(f"<{kind}>{html.escape(block[1])}</{kind}>")
+        elif kind == "img":
+            body.append(f'<figure><img src="{html.escape(block[2])}" alt="{html.escape(block[1])}">'
+                        f"<figcaption>{html.escape(block[1])}</figcaption></figure>")
+        elif kind == "table":
+            head = "".join(f"<th>{html.escape(h)}</th>" for h in block[1])
+            rows = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in block[2])
+            body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
+    style = ("body{font-family:system-ui,sans-serif;max-width:960px;margin:2rem auto;color:#1d2330}"
+             "table{border-collapse:collapse;margin:.5rem 0 1rem}td,th{border:1px solid #ccd;padding:.25rem .6rem;"
+             "text-align:left}img{max-width:100%}")
+    return (f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><title>GPU utilization review</title>'
+            f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+
+
+def write_report(report: UtilizationReport, output: Path | str) -> Path:
+    """Write `output` (.md or .html) and its PNG plots into `<output stem>_files/` next to it."""
+    out = Path(output)
+    if out.suffix.lower() not in (".md", ".html", ".htm"):
+        raise UserError(f"-o: {out} must end in .md or .html")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    plots = _plots(report, out.parent / f"{out.stem}_files")
+    blocks = _blocks(report, plots, out.parent)
+    out.write_text(_markdown(blocks) if out.suffix.lower() == ".md" else _html(blocks))
+    return out

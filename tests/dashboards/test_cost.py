@@ -1,0 +1,77 @@
+"""Cost figures of a real run against the price table, written out by hand."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import yaml
+
+from ddlc.dashboards.cost import Pricing, cost_by_node, cost_series, idle_gpu_hours, run_cost
+from ddlc.dashboards.runs import load_run
+from ddlc.errors import UserError
+from ddlc.monitor.pricing import load_price_table
+from tests.dashboards.conftest import PRICED_AS
+
+TABLE = load_price_table()
+
+
+def test_cost_of_a_finished_run(run_dir):
+    run = load_run(run_dir)
+    assert run.finished and len(run.steps) == 20
+    cost = run_cost(run, Pricing(PRICED_AS, None, TABLE))
+    wall_hours = (run.steps[-1]["time"] - (run.steps[0]["time"] - run.steps[0]["step_time_s"])) / 3600
+    expected = TABLE[PRICED_AS] * wall_hours
+    assert cost.usd_total == pytest.approx(expected) and cost.usd_total > 0
+    assert cost.usd_per_step == pytest.approx(expected / 20)
+    assert cost.usd_per_1m_tokens == pytest.approx(expected / run.steps[-1]["tokens_seen"] * 1e6)
+    assert cost.usd_per_epoch == pytest.approx(expected / run.steps[-1]["epoch"])
+    assert cost.projected_usd == pytest.approx(expected)  # finished: nothing left to spend
+    # Two nodes cost twice as much, split evenly by node.
+    doubled = run_cost(run, Pricing(PRICED_AS, 2, TABLE))
+    assert doubled.usd_total == pytest.approx(2 * expected)
+    by_node = cost_by_node([doubled])
+    assert len(by_node) == 2 and sum(by_node.values()) == pytest.approx(2 * expected)
+
+
+def test_cost_series_rises_to_the_total(run_dir):
+    run = load_run(run_dir)
+    times, totals = cost_series(run, Pricing(PRICED_AS, None, TABLE))["usd_total"]
+    assert times == [r["time"] for r in run.steps]
+    assert totals == sorted(totals) and totals[-1] == pytest.approx(run_cost(run, Pricing(PRICED_AS, None, TABLE)).usd_total)
+
+
+def test_projection_for_an_unfinished_run(run_dir, tmp_path):
+    # The same steps, but the run was meant to go to step 100 and has not written its summary yet.
+    copy = tmp_path / "going"
+    shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("checkpoints"))
+    (copy / "summary.json").unlink()
+    config = yaml.safe_load((copy / "config.yaml").read_text())
+    config["training"]["max_steps"] = 100
+    (copy / "config.yaml").write_text(yaml.safe_dump(config))
+    run = load_run(copy)
+    cost = run_cost(run, Pricing(PRICED_AS, None, TABLE))
+    recent = [r["step_time_s"] for r in run.steps[-20:]]
+    expected_rest = 80 * (sum(recent) / len(recent)) * TABLE[PRICED_AS] / 3600
+    assert cost.projected_usd == pytest.approx(cost.usd_total + expected_rest)
+
+
+def test_instance_type_from_the_summary_wins(run_dir, tmp_path):
+    copy = tmp_path / "p5"
+    shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("checkpoints"))
+    summary = json.loads((copy / "summary.json").read_text())
+    (copy / "summary.json").write_text(json.dumps({**summary, "instance_type": "p5.48xlarge", "num_nodes": 4}))
+    cost = run_cost(load_run(copy), Pricing(PRICED_AS, None, TABLE))
+    assert (cost.instance_type, cost.num_nodes, cost.hourly_usd) == ("p5.48xlarge", 4, 4 * TABLE["p5.48xlarge"])
+
+
+def test_unknown_instance_type_is_a_user_error(run_dir):
+    with pytest.raises(UserError, match="no price"):
+        run_cost(load_run(run_dir), Pricing("x9.mega", None, TABLE))
+
+
+def test_idle_gpu_hours():
+    assert idle_gpu_hours({}) is None  # no GPU at all: "no data", not zero
+    samples = {"0": [(0.0, 0.0), (3600.0, 90.0), (7200.0, 1.0), (10800.0, 50.0)], "1": [(0.0, 95.0), (3600.0, 95.0)]}
+    assert idle_gpu_hours(samples) == pytest.approx(2.0)

@@ -1,0 +1,134 @@
+"""`ddlc report utilization` from a real run (local store), and with a real Prometheus holding a week of GPU
+utilization (backfilled with promtool) for the GPU-hours / target / idle node / worst offender sections."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import time
+
+import pytest
+
+from typer.testing import CliRunner
+
+from ddlc.cli.main import app
+from ddlc.dashboards.cost import Pricing
+from ddlc.dashboards.panel_data import PanelData
+from ddlc.dashboards.prometheus import PrometheusClient
+from ddlc.dashboards.report import collect, parse_since, write_report
+from ddlc.errors import UserError
+from ddlc.monitor.pricing import load_price_table
+from tests.dashboards.conftest import PRICED_AS, RUN_NAME
+from tests.monitor.helpers import PrometheusServer, prometheus_tool
+from tests.support import PYTHON, REPO, run
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _ddlc(*args: str):
+    return run([PYTHON, "-m", "ddlc", *args], cwd=REPO)
+
+
+def test_markdown_report_from_the_run_store(runs_dir, artifacts):
+    output = artifacts / "utilization.md"
+    result = _ddlc("report", "utilization", "--since", "7d", "--runs-dir", str(runs_dir), "--run", RUN_NAME,
+                   "--instance-type", PRICED_AS, "-o", str(output))
+    assert result.returncode == 0, result.stderr
+    text = output.read_text()
+    assert "# GPU utilization review" in text and RUN_NAME in text
+    assert "No GPU utilization data exists for this window" in text  # a CPU run: said in words, not a fake 0%
+    assert "| mean GPU utilization | no GPU utilization data |" in text
+    for name in ("loss", "throughput", "cost"):
+        assert f"(utilization_files/{name}.png)" in text
+        png = artifacts / "utilization_files" / f"{name}.png"
+        assert png.read_bytes()[:8] == PNG_MAGIC and png.stat().st_size > 10_000
+
+
+def test_html_report(runs_dir, tmp_path):
+    report = collect(runs_dir, parse_since("7d"), Pricing(None, None, load_price_table()))
+    write_report(report, tmp_path / "week.html")
+    page = (tmp_path / "week.html").read_text()
+    assert page.startswith("<!doctype html>") and '<img src="week_files/loss.png"' in page
+    assert (tmp_path / "week_files" / "loss.png").read_bytes()[:8] == PNG_MAGIC
+
+
+def test_bad_input_is_one_line_and_exit_2(runs_dir, tmp_path):
+    result = _ddlc("report", "utilization", "--runs-dir", str(runs_dir), "--since", "7days")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().endswith("--since: '7days' is not a duration such as 7d, 24h, 90m (units s, m, h, d, w)")
+    for args, message in ((["--run", "ghost"], "--run: no run named ghost"),
+                          (["-o", str(tmp_path / "r.pdf")], "must end in .md or .html"),
+                          (["--instance-type", "x9.mega"], "no price")):
+        outcome = CliRunner().invoke(app, ["report", "utilization", "--runs-dir", str(runs_dir), *args])
+        assert isinstance(outcome.exception, UserError) and message in str(outcome.exception)
+
+
+def test_parse_since():
+    assert parse_since("7d") == 7 * 86400 and parse_since("90m") == 5400 and parse_since("2w") == 14 * 86400
+    with pytest.raises(UserError):
+        parse_since("0d")
+
+
+# -- with Prometheus ---------------------------------------------------------------------------------------
+
+HOURS = 6
+BUSY, IDLE = 0.9, 0.02
+
+
+@pytest.fixture(scope="module")
+def prometheus(tmp_path_factory):
+    """A real Prometheus whose TSDB holds 6 hours of GPU utilization: node gpu-a (2 GPUs at 90%) and node
+    gpu-b (1 GPU at 2%), one sample a minute up to now, plus a run's cost counter."""
+    promtool = prometheus_tool("promtool")
+    binary = prometheus_tool("prometheus")
+    workdir = tmp_path_factory.mktemp("prometheus")
+    end = int(time.time()) - 30
+    lines = ["# TYPE ddlc_gpu_utilization_ratio gauge"]
+    samples = range(end - HOURS * 3600, end + 1, 60)
+    for node, gpus, value in (("gpu-a", 2, BUSY), ("gpu-b", 1, IDLE)):
+        for gpu in range(gpus):
+            lines += [f'ddlc_gpu_utilization_ratio{{node="{node}",gpu="{gpu}"}} {value} {t}' for t in samples]
+    lines.append("# TYPE ddlc_cost_usd counter")
+    lines += [f'ddlc_cost_usd_total{{run="week-run",instance_type="p4d.24xlarge"}} {(t - samples[0]) / 3600 * 32.7726:.4f} {t}'
+              for t in samples]
+    lines.append("# EOF")
+    source = workdir / "backfill.om"
+    source.write_text("\n".join(lines) + "\n")
+    result = subprocess.run([promtool, "tsdb", "create-blocks-from", "openmetrics", str(source), str(workdir / "tsdb")],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    server = PrometheusServer(binary, workdir, {"global": {"scrape_interval": "15s"}, "scrape_configs": []})
+    server.wait_for(lambda: server.query("ddlc_gpu_utilization_ratio"), "backfilled series to load")
+    yield server
+    server.stop()
+
+
+def test_report_with_prometheus_gpu_data(prometheus, runs_dir, artifacts):
+    client = PrometheusClient(prometheus.base)
+    report = collect(runs_dir, parse_since("1d"), Pricing(PRICED_AS, None, load_price_table()), prometheus=client)
+    by_node = {n.node: n for n in report.nodes}
+    assert by_node["gpu-a"].mean_percent == pytest.approx(90.0, abs=0.01)
+    assert by_node["gpu-b"].mean_percent == pytest.approx(2.0, abs=0.01)
+    # 6 hours x 3 GPUs, sampled every query step: within one step of the truth.
+    assert report.gpu_hours == pytest.approx(HOURS * 3, rel=0.05)
+    assert report.mean_utilization == pytest.approx((2 * 90 + 2) / 3, abs=0.5)
+    assert [n.node for n in report.idle_nodes] == ["gpu-b"]
+    assert report.prometheus_cost["week-run"] == pytest.approx(HOURS * 32.7726, rel=0.01)
+    path = write_report(report, artifacts / "utilization-prometheus.md")
+    text = path.read_text()
+    assert "meets" not in text and f"is below the 80% target" in text
+    worst = text[text.index("## Worst offenders"):]
+    assert worst.index("gpu-b") < worst.index("gpu-a")
+    assert (artifacts / "utilization-prometheus_files" / "gpu_utilization.png").read_bytes()[:8] == PNG_MAGIC
+
+
+def test_local_dashboard_reads_prometheus(prometheus, runs_dir):
+    data = PanelData(runs_dir, Pricing(PRICED_AS, None, load_price_table()), prometheus=PrometheusClient(prometheus.base))
+    panels = data.dashboard_data("gpu-cluster-health", RUN_NAME)["panels"]
+    utilization = panels["gpu-utilization"]
+    assert utilization["source"] == "prometheus"
+    assert sorted(s["name"] for s in utilization["series"]) == ["gpu-a GPU 0", "gpu-a GPU 1", "gpu-b GPU 0"]
+    values = [v for s in utilization["series"] if s["name"].startswith("gpu-a") for v in s["y"] if v is not None]
+    assert values and all(math.isclose(v, 90.0) for v in values)
+    # Panels Prometheus has nothing for still fall back to this machine (CPU, memory).
+    assert panels["cpu-utilization"]["source"] == "local"
