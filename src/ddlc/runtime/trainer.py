@@ -56,6 +56,11 @@ class TrainResult:
     checkpoint_uri: Optional[str] = None
     resumed_from: Optional[str] = None
     preempted: bool = False
+    # For cost and utilization views (ddlc dashboard, ddlc report): what the job ran on.
+    instance_type: Optional[str] = None
+    node: Optional[str] = None
+    num_nodes: int = 1
+    gpus: int = 0
     extra: dict = field(default_factory=dict)
 
 
@@ -126,6 +131,7 @@ class Trainer:
                 on_commit=self._on_checkpoint_commit,
                 warn=lambda message: print(f"warning: {message}", file=sys.stderr, flush=True),
             )
+        self.instance_type = cfg.monitoring.instance_type or os.environ.get("DDLC_INSTANCE_TYPE")
         self.metrics = self._training_metrics()
         self.preemption = PreemptionWatcher(ctx.world_size)
         self.preempted = False
@@ -144,7 +150,7 @@ class Trainer:
             rank=self.ctx.rank,
             world_size=self.ctx.world_size,
             node=self.ctx.node,
-            instance_type=mon.instance_type or os.environ.get("DDLC_INSTANCE_TYPE"),
+            instance_type=self.instance_type,
             num_nodes=self.ctx.env.num_nodes,
             host=mon.metrics_host,
             port=rank_metrics_port(mon.metrics_port, self.ctx.local_rank),
@@ -263,6 +269,10 @@ class Trainer:
             checkpoint_uri=self.checkpointer.store.display() if self.checkpointer else None,
             resumed_from=self.resumed_from,
             preempted=self.preempted,
+            instance_type=self.instance_type,
+            node=ctx.node,
+            num_nodes=ctx.env.num_nodes,
+            gpus=ctx.world_size if ctx.device.type == "cuda" else 0,
         )
         if ctx.is_main:
             (self.run_dir / "summary.json").write_text(json.dumps(asdict(result), indent=2))
