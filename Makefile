@@ -24,13 +24,15 @@ demo: venv
 	$(VENV)/bin/ddlc train --config config.yaml
 
 # System tools the tests run for real, installed only when missing:
-# Prometheus + promtool (Debian package `prometheus`), Node.js/npm for the CDK CLI.
+# Prometheus + promtool (Debian package `prometheus`), Node.js/npm for the CDK CLI, the ssh client
+# (`ddlc doctor` reaches other hosts with it; its tests check an unreachable host).
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_INSTALL := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends
 sysdeps:
 	@missing=""; \
 	[ -x /usr/bin/promtool ] || missing="$$missing prometheus"; \
 	command -v npm >/dev/null || missing="$$missing nodejs npm"; \
+	command -v ssh >/dev/null || missing="$$missing openssh-client"; \
 	if [ -n "$$missing" ]; then $(SUDO) apt-get update -qq && $(APT_INSTALL) $$missing; fi
 
 # CDK CLI for the infra tests (`npx cdk synth`); reinstalled only when package*.json change.
