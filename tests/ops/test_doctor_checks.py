@@ -79,6 +79,9 @@ def test_driver_cuda_pass_warn_fail():
     assert doctor.check_driver_cuda("550.54.15", CPU_TORCH, True).status is Status.FAIL
     assert doctor.check_driver_cuda(None, CUDA_TORCH, gpus_expected=True).status is Status.FAIL
     assert doctor.check_driver_cuda(None, CPU_TORCH, gpus_expected=False).status is Status.WARN
+    cuda_12_8 = TorchFacts("2.13.0+cu128", "12.8", True, 8, True, None)
+    assert doctor.check_driver_cuda("570.26", cuda_12_8, True).status is Status.PASS  # exactly the toolkit's driver
+    assert doctor.check_driver_cuda("570.26", CUDA_TORCH, True).status is Status.PASS
 
 
 def test_nccl():

@@ -16,7 +16,7 @@ from tests.support import REPO
 def plans():
     from ddlc.ops.teardown import plan_teardown
 
-    return {env: plan_teardown(env, REPO / "cdk.json") for env in ("prod", "dev")}
+    return {"prod": plan_teardown("prod", REPO / "cdk.json")}
 
 
 def test_prod_retains_the_checkpoint_bucket_and_deletes_the_nodes(plans):
@@ -32,15 +32,6 @@ def test_prod_retains_the_checkpoint_bucket_and_deletes_the_nodes(plans):
     assert prod.shell_command == "npx cdk destroy --context environment=prod --force"
 
 
-def test_dev_deletes_everything_including_checkpoints(plans):
-    dev = plans["dev"]
-    assert dev.retained == []
-    bucket = next(r for r in dev.deleted if r.path == "Checkpoints/Bucket")
-    assert bucket.emptied_first
-    assert "- S3 bucket Checkpoints/Bucket (and every object in it)" in dev.describe()
-    assert "Nothing is retained" in dev.describe()
-
-
 def test_retained_list_follows_the_setting_not_the_environment_name(plans, tmp_path):
     """Flip retain_data for prod in a copy of cdk.json: the bucket moves from retained to deleted."""
     import json
@@ -53,7 +44,10 @@ def test_retained_list_follows_the_setting_not_the_environment_name(plans, tmp_p
     copy.write_text(json.dumps(cdk))
     flipped = plan_teardown("prod", copy)
     assert flipped.retained == []
-    assert any(r.path == "Checkpoints/Bucket" and r.emptied_first for r in flipped.deleted)
+    bucket = next(r for r in flipped.deleted if r.path == "Checkpoints/Bucket")
+    assert bucket.emptied_first  # auto-delete-objects empties it first, as in dev
+    assert "- S3 bucket Checkpoints/Bucket (and every object in it)" in flipped.describe()
+    assert "Nothing is retained" in flipped.describe()
 
 
 def _ddlc(*args, cwd=REPO, path_prefix=None, stdin=subprocess.DEVNULL, timeout=180):
@@ -98,13 +92,20 @@ def test_dry_run_prints_the_plan_and_the_command(plans, monkeypatch):
     assert "+ S3 bucket Checkpoints/Bucket" in result.output and "- EC2 instance Nodes/Head" in result.output
 
 
-def test_yes_runs_cdk_destroy_and_passes_its_exit_code(tmp_path):
+def test_yes_runs_cdk_destroy_and_passes_its_exit_code(plans, tmp_path, monkeypatch):
+    """--yes runs the real `npx` found on PATH (here a recorder script) with the exact destroy command."""
+    from typer.testing import CliRunner
+
+    from ddlc.cli.main import app
+
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     recorder = bin_dir / "npx"
     recorder.write_text(f"#!/bin/sh\necho \"$@\" > {tmp_path / 'npx-args'}\nexit 3\n")
     recorder.chmod(recorder.stat().st_mode | stat.S_IEXEC)
-    real = _ddlc("--env", "dev", "--yes", path_prefix=bin_dir)
-    assert (tmp_path / "npx-args").read_text().strip() == "cdk destroy --context environment=dev --force"
-    assert real.returncode == 3  # cdk's exit code is passed through
-    assert "- EC2 instance Nodes/Head" in real.stdout  # the plan is shown even when not asked to confirm
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.chdir(REPO)
+    result = CliRunner().invoke(app, ["cluster", "down", "--env", "prod", "--yes"])
+    assert (tmp_path / "npx-args").read_text().strip() == "cdk destroy --context environment=prod --force"
+    assert result.exit_code == 3  # cdk's exit code is passed through
+    assert "- EC2 instance Nodes/Head" in result.output  # the plan is shown even when not asked to confirm

@@ -263,8 +263,10 @@ CUDA_TOOLKIT_DRIVER = {
 }
 
 
-def _version_tuple(text: str) -> tuple[int, ...]:
-    return tuple(int(part) for part in re.findall(r"\d+", text)[:3])
+def _version_tuple(text: str) -> tuple[int, int, int]:
+    """'570.26' -> (570, 26, 0): padded, so versions of different lengths compare correctly."""
+    parts = [int(part) for part in re.findall(r"\d+", text)[:3]]
+    return tuple(parts + [0] * (3 - len(parts)))  # type: ignore[return-value]
 
 
 def check_driver_cuda(driver: Optional[str], torch: TorchFacts, gpus_expected: bool) -> CheckResult:
