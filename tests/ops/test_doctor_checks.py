@@ -56,12 +56,18 @@ def test_no_gpu_is_a_warning_unless_expected(tmp_path):
 
 def test_cluster_worker_expects_its_gpus_from_cluster_env(tmp_path):
     cluster_env = tmp_path / "cluster.env"
-    cluster_env.write_text("DDLC_ROLE=worker\nDDLC_GPUS_PER_NODE=8\nDDLC_CHECKPOINT_BUCKET=ddlc-prod-ckpt\n")
+    hostfile = tmp_path / "hostfile"
+    hostfile.write_text("localhost slots=8\n")
+    cluster_env.write_text("DDLC_ROLE=worker\nDDLC_GPUS_PER_NODE=8\nDDLC_CHECKPOINT_BUCKET=ddlc-prod-ckpt\n"
+                           f"DDLC_HOSTFILE={hostfile}\n")
     env = doctor.node_environment({"DDLC_ROLE": "worker"}, cluster_env)
     assert doctor._gpu_expectation(env, None) == 8
     options = doctor.DoctorOptions(environ={}, cluster_env_file=cluster_env)
-    _, uri, _, port = doctor.resolve_inputs(options)
-    assert uri == "s3://ddlc-prod-ckpt/checkpoints" and port == 29500
+    _, uri, found_hostfile, port = doctor.resolve_inputs(options)
+    assert uri == "s3://ddlc-prod-ckpt/checkpoints" and port == 29500 and found_hostfile == hostfile
+    explicit = doctor.DoctorOptions(environ={"MASTER_PORT": "23456"}, cluster_env_file=cluster_env,
+                                    checkpoint_uri="/data/ckpt")
+    assert doctor.resolve_inputs(explicit)[1:] == ("/data/ckpt", hostfile, 23456)
 
 
 @pytest.mark.parametrize("open_module", [False, True])
@@ -289,6 +295,7 @@ def test_unreachable_host_is_named():
     result = doctor.check_clock_skew(facts)
     assert result.status is Status.FAIL
     assert result.detail.startswith("host unreachable: 127.0.0.1: ") and "Connection refused" in result.detail
+    assert doctor.check_clock_skew(facts, unreachable_status=Status.WARN).status is Status.WARN
     versions = doctor.check_versions({"python": "3.11.7", "torch": "2.13.0", "ddlc": "0.1.0"}, facts)
     assert versions.status is Status.WARN and "unreachable: 127.0.0.1" in versions.detail
 

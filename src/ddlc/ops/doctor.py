@@ -752,14 +752,16 @@ def gather_hosts(runner: HostRunner, hosts: Sequence[str], python: str, timeout_
         return list(pool.map(lambda h: gather_host(runner, h, python, timeout_s), hosts))
 
 
-def check_clock_skew(hosts: Optional[Sequence[HostFacts]], warn_s: float = 1.0, fail_s: float = 60.0) -> CheckResult:
+def check_clock_skew(hosts: Optional[Sequence[HostFacts]], warn_s: float = 1.0, fail_s: float = 60.0,
+                     unreachable_status: Status = Status.FAIL) -> CheckResult:
+    """`unreachable_status`: FAIL for a hostfile the user passed, WARN for one found on the node by default."""
     name = "clock-skew"
     if hosts is None:
         return CheckResult(name, Status.SKIP, "no hostfile given (--hostfile, or /etc/ddlc/hostfile on a cluster node)")
     unreachable = [h for h in hosts if not h.reachable]
     if unreachable:
         listed = "; ".join(f"{h.host}: {h.error}" for h in unreachable)
-        return CheckResult(name, Status.FAIL, f"host unreachable: {listed}",
+        return CheckResult(name, unreachable_status, f"host unreachable: {listed}",
                            "make sure every host is up and accepts ssh without a prompt (BatchMode)", ANCHOR_HOSTS)
     # Only count what the round trip cannot explain.
     skews = {h.host: max(0.0, abs(h.offset_s or 0.0) - (h.uncertainty_s or 0.0)) for h in hosts}
@@ -875,7 +877,9 @@ def run_checks(options: DoctorOptions) -> list[CheckResult]:
         hosts = [entry.host for entry in parse_hostfile(hostfile)]
         runner = options.runner or SshRunner()
         host_facts = gather_hosts(runner, hosts, options.remote_python, timeout_s=max(options.network_timeout_s, 30))
-    results.append(check_clock_skew(host_facts))
+    # A hostfile found on the node (not asked for) must not fail every run on a cluster without ssh keys.
+    unreachable = Status.FAIL if options.hostfile is not None else Status.WARN
+    results.append(check_clock_skew(host_facts, unreachable_status=unreachable))
     results.append(check_versions(local_versions(), host_facts))
     return results
 
