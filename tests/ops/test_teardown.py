@@ -109,3 +109,24 @@ def test_yes_runs_cdk_destroy_and_passes_its_exit_code(plans, tmp_path, monkeypa
     assert (tmp_path / "npx-args").read_text().strip() == "cdk destroy --context environment=prod --force"
     assert result.exit_code == 3  # cdk's exit code is passed through
     assert "- EC2 instance Nodes/Head" in result.output  # the plan is shown even when not asked to confirm
+
+
+def test_at_a_terminal_anything_but_the_stack_name_aborts(tmp_path):
+    """A real terminal (pty) on stdin: the prompt asks for the stack name; a typo deletes nothing."""
+    import pty
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    recorder = bin_dir / "npx"
+    recorder.write_text(f"#!/bin/sh\necho \"$@\" > {tmp_path / 'npx-args'}\n")
+    recorder.chmod(recorder.stat().st_mode | stat.S_IEXEC)
+    controller, terminal = pty.openpty()
+    try:
+        os.write(controller, b"ddlc-dve\n")
+        result = _ddlc("--env", "dev", path_prefix=bin_dir, stdin=terminal)
+    finally:
+        os.close(terminal)
+        os.close(controller)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "Type ddlc-dev to delete it" in result.stdout and "aborted: nothing deleted" in result.stderr
+    assert not (tmp_path / "npx-args").exists()
