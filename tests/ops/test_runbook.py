@@ -171,9 +171,15 @@ def check_cdk(args: list[str]) -> None:
         if IN_CI:
             pytest.fail("CDK CLI missing in CI (make node_modules)")
         pytest.skip("CDK CLI not installed (run `make node_modules`)")
-    proc = subprocess.run(["npx", "cdk", verb, "--help"], capture_output=True, text=True, timeout=120, cwd=REPO,
+    proc = cdk_help(verb)
+    # An unknown verb also exits 0 (with the general help), so the usage line must name the verb.
+    assert proc.returncode == 0 and proc.stdout.startswith(f"cdk {verb} "), proc.stdout[:500] + proc.stderr[-2000:]
+
+
+@lru_cache(maxsize=None)
+def cdk_help(verb: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["npx", "cdk", verb, "--help"], capture_output=True, text=True, timeout=120, cwd=REPO,
                           env={**os.environ, "CDK_DISABLE_CLI_TELEMETRY": "true"})
-    assert proc.returncode == 0, proc.stderr[-2000:]
 
 
 def check_make(args: list[str]) -> None:
@@ -225,3 +231,6 @@ def test_the_validator_catches_mistakes():
         check_cdk(["deploy", "--context", "environment=qa"])
     with pytest.raises(AssertionError):
         check_make(["no-such-target"])
+    if CDK.exists():
+        with pytest.raises(AssertionError):
+            check_cdk(["teardown", "--context", "environment=prod"])
