@@ -225,16 +225,6 @@ def test_checkpoint_write_local_fail(tmp_path):
     assert doctor.check_checkpoint_write(None).status is Status.SKIP
 
 
-@pytest.fixture(scope="module")
-def moto():
-    from tests.support import MotoServer
-
-    server = MotoServer()
-    server.create_bucket("ddlc-doctor")
-    yield server
-    server.stop()
-
-
 @pytest.fixture
 def fake_aws(monkeypatch):
     for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",

@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from tests.ops.test_docs import TROUBLESHOOTING, anchors
-from tests.support import REPO, MotoServer, free_port
+from tests.support import REPO, free_port
 
 
 def ddlc_doctor(*args: str, **env: str) -> subprocess.CompletedProcess:
@@ -25,19 +25,11 @@ def ddlc_doctor(*args: str, **env: str) -> subprocess.CompletedProcess:
                           text=True, timeout=120)
 
 
-@pytest.fixture(scope="module")
-def moto():
-    server = MotoServer()
-    server.create_bucket("ddlc-ckpt")
-    yield server
-    server.stop()
-
-
 def test_json_on_this_machine_with_s3_and_a_localhost_hostfile(moto, tmp_path):
     hostfile = tmp_path / "hostfile"
     hostfile.write_text("localhost slots=2\n")
     result = ddlc_doctor("--json", "--min-free-gb", "0", "--master-port", str(free_port()),
-                         "--checkpoint-uri", "s3://ddlc-ckpt/checkpoints/run1", "--hostfile", str(hostfile),
+                         "--checkpoint-uri", "s3://ddlc-doctor/checkpoints/run1", "--hostfile", str(hostfile),
                          AWS_ENDPOINT_URL=moto.url)
     assert result.returncode == 0, result.stdout + result.stderr
     document = json.loads(result.stdout)
@@ -59,7 +51,7 @@ def test_failures_exit_1_with_fix_lines_whose_links_resolve():
         busy.listen()
         port = busy.getsockname()[1]
         result = ddlc_doctor("--min-free-gb", "0", "--master-port", str(port), "--checkpoint-uri",
-                             "s3://ddlc-ckpt/checkpoints", "--endpoint-url", nobody, "--timeout", "10")
+                             "s3://ddlc-doctor/checkpoints", "--endpoint-url", nobody, "--timeout", "10")
     assert result.returncode == 1, result.stdout + result.stderr
     lines = result.stdout.splitlines()
     assert any(re.match(rf"FAIL master-port\s+port {port} is in use", line) for line in lines), result.stdout

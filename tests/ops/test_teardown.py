@@ -111,22 +111,31 @@ def test_yes_runs_cdk_destroy_and_passes_its_exit_code(plans, tmp_path, monkeypa
     assert "- EC2 instance Nodes/Head" in result.output  # the plan is shown even when not asked to confirm
 
 
-def test_at_a_terminal_anything_but_the_stack_name_aborts(tmp_path):
+def test_at_a_terminal_anything_but_the_stack_name_aborts(plans, tmp_path, monkeypatch, capsys):
     """A real terminal (pty) on stdin: the prompt asks for the stack name; a typo deletes nothing."""
     import pty
+
+    from ddlc.cli.main import app
 
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     recorder = bin_dir / "npx"
     recorder.write_text(f"#!/bin/sh\necho \"$@\" > {tmp_path / 'npx-args'}\n")
     recorder.chmod(recorder.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.chdir(REPO)
     controller, terminal = pty.openpty()
     try:
-        os.write(controller, b"ddlc-dve\n")
-        result = _ddlc("--env", "dev", path_prefix=bin_dir, stdin=terminal)
+        os.write(controller, b"ddlc-prd\n")
+        with os.fdopen(os.dup(terminal), "r") as tty_in:
+            monkeypatch.setattr(sys, "stdin", tty_in)
+            assert sys.stdin.isatty()
+            with pytest.raises(SystemExit) as stopped:
+                app(["cluster", "down", "--env", "prod"])
     finally:
         os.close(terminal)
         os.close(controller)
-    assert result.returncode == 1, result.stdout + result.stderr
-    assert "Type ddlc-dev to delete it" in result.stdout and "aborted: nothing deleted" in result.stderr
+    captured = capsys.readouterr()
+    assert stopped.value.code == 1
+    assert "Type ddlc-prod to delete it" in captured.out and "aborted: nothing deleted" in captured.err
     assert not (tmp_path / "npx-args").exists()
