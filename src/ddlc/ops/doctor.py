@@ -752,6 +752,10 @@ def gather_hosts(runner: HostRunner, hosts: Sequence[str], python: str, timeout_
         return list(pool.map(lambda h: gather_host(runner, h, python, timeout_s), hosts))
 
 
+def _hosts(count: int) -> str:
+    return f"{count} host" if count == 1 else f"{count} hosts"
+
+
 def check_clock_skew(hosts: Optional[Sequence[HostFacts]], warn_s: float = 1.0, fail_s: float = 60.0,
                      unreachable_status: Status = Status.FAIL) -> CheckResult:
     """`unreachable_status`: FAIL for a hostfile the user passed, WARN for one found on the node by default."""
@@ -773,7 +777,7 @@ def check_clock_skew(hosts: Optional[Sequence[HostFacts]], warn_s: float = 1.0, 
     if skews[worst_host] >= warn_s:
         return CheckResult(name, Status.WARN, f"clock skew of at least {skews[worst_host]:.1f} s on {worst_host}: "
                            f"{detail}", "restart chrony on that host (`sudo systemctl restart chrony`)", ANCHOR_HOSTS)
-    return CheckResult(name, Status.PASS, f"{len(hosts)} hosts within {warn_s:g} s: {detail}")
+    return CheckResult(name, Status.PASS, f"{_hosts(len(hosts))} within {warn_s:g} s: {detail}")
 
 
 def check_versions(local: dict, hosts: Optional[Sequence[HostFacts]]) -> CheckResult:
@@ -794,9 +798,9 @@ def check_versions(local: dict, hosts: Optional[Sequence[HostFacts]]) -> CheckRe
                            "install the same python/torch/ddlc on every node (same AMI and ddlc_package)",
                            ANCHOR_HOSTS)
     if skipped:
-        return CheckResult(name, Status.WARN, f"{shown} on {len(reachable)} reachable hosts{suffix}",
+        return CheckResult(name, Status.WARN, f"{shown} on {_hosts(len(reachable))} reachable{suffix}",
                            "fix reachability (see clock-skew) and run again", ANCHOR_HOSTS)
-    return CheckResult(name, Status.PASS, f"{shown} on all {len(hosts)} hosts")
+    return CheckResult(name, Status.PASS, f"{shown} on all {_hosts(len(hosts))}")
 
 
 # -- all together -------------------------------------------------------------------------------------------
