@@ -12,7 +12,7 @@ import typer
 
 from ddlc.errors import UserError
 
-cluster_app = typer.Typer(help="Inspect and connect to a deployed ddlc cluster.", no_args_is_help=True)
+cluster_app = typer.Typer(help="Inspect, connect to and tear down a deployed ddlc cluster.", no_args_is_help=True)
 
 ENV_OPTION = typer.Option("prod", "--env", "-e", envvar="DDLC_ENVIRONMENT", help="Environment name in cdk.json.")
 CLUSTER_OPTION = typer.Option(None, "--cluster", help="Cluster (stack) name; defaults to ddlc-<env>.")
