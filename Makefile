@@ -25,7 +25,7 @@ demo: venv
 
 # System tools the tests run for real, installed only when missing:
 # Prometheus + promtool (Debian package `prometheus`), Node.js/npm for the CDK CLI, Chromium for the
-# dashboard's browser tests.
+# dashboard's browser tests, the ssh client (`ddlc doctor` reaches other hosts with it).
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_INSTALL := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends
 sysdeps:
@@ -33,6 +33,7 @@ sysdeps:
 	[ -x /usr/bin/promtool ] || missing="$$missing prometheus"; \
 	command -v npm >/dev/null || missing="$$missing nodejs npm"; \
 	[ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
+	command -v ssh >/dev/null || missing="$$missing openssh-client"; \
 	if [ -n "$$missing" ]; then $(SUDO) apt-get update -qq && $(APT_INSTALL) $$missing; fi
 
 # CDK CLI for the infra tests (`npx cdk synth`); reinstalled only when package*.json change.

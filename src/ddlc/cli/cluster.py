@@ -1,4 +1,5 @@
-"""`ddlc cluster status|connect|hosts`: look at and into a deployed cluster (logic in ddlc.infra.discovery)."""
+"""`ddlc cluster status|connect|hosts|down`: look at, into and tear down a deployed cluster (logic in
+ddlc.infra.discovery and ddlc.ops.teardown)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import typer
 
 from ddlc.errors import UserError
 
-cluster_app = typer.Typer(help="Inspect and connect to a deployed ddlc cluster.", no_args_is_help=True)
+cluster_app = typer.Typer(help="Inspect, connect to and tear down a deployed ddlc cluster.", no_args_is_help=True)
 
 ENV_OPTION = typer.Option("prod", "--env", "-e", envvar="DDLC_ENVIRONMENT", help="Environment name in cdk.json.")
 CLUSTER_OPTION = typer.Option(None, "--cluster", help="Cluster (stack) name; defaults to ddlc-<env>.")
@@ -99,6 +100,49 @@ def hosts(
     workers = write_hostfile(name, region, output, expect=expect)
     print(f"wrote {output}: {len(workers)} nodes, {sum(w.gpus for w in workers)} GPUs", file=sys.stderr)
     typer.echo(f"MASTER_ADDR={workers[0].private_ip}")
+
+
+@cluster_app.command()
+def down(
+    env: str = typer.Option(..., "--env", "-e", help="Environment name in cdk.json (required: a destroy has no default)."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Skip the confirmation prompt (scripts)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="List what would be deleted and retained, print the command."),
+) -> None:
+    """Delete the cluster (`npx cdk destroy`) after listing what is deleted and what is retained.
+
+    Run from the repository root (where cdk.json is). Retained resources (prod: the checkpoint bucket, logs,
+    Lustre, KMS key) survive and must be deleted by hand when no longer needed.
+    """
+    import sys
+
+    from ddlc.infra.settings import stack_name_for
+    from ddlc.ops.teardown import plan_teardown, validate_environment
+
+    validate_environment(env)
+    if not (yes or dry_run) and not sys.stdin.isatty():
+        raise UserError(
+            f"refusing to destroy {stack_name_for(env)} without confirmation (stdin is not a terminal): review "
+            f"`ddlc cluster down --env {env} --dry-run`, then add --yes"
+        )
+    plan = plan_teardown(env)
+    typer.echo(plan.describe())
+    if dry_run:
+        typer.echo("dry run: nothing deleted; the command would be:")
+        typer.echo(plan.shell_command)
+        return
+    if not yes:
+        typed = typer.prompt(f"Type {plan.stack_name} to delete it")
+        if typed.strip() != plan.stack_name:
+            typer.echo("aborted: nothing deleted", err=True)
+            raise typer.Exit(1)
+    try:
+        code = subprocess.call(plan.command)
+    except FileNotFoundError:
+        raise UserError("`npx` is not on PATH: install Node.js and run `npm ci` in the repository root") from None
+    if code == 0 and plan.retained:
+        typer.echo("Retained (delete by hand when no longer needed): "
+                   + ", ".join(f"{r.label} {r.path}" for r in plan.retained))
+    raise typer.Exit(code)
 
 
 def register(app: typer.Typer) -> None:

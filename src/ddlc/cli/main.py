@@ -10,6 +10,7 @@ from ddlc.cli import checkpoints as checkpoints_cmd
 from ddlc.cli import cluster as cluster_cmd
 from ddlc.cli import dashboard as dashboard_cmd
 from ddlc.cli import report as report_cmd
+from ddlc.cli import doctor as doctor_cmd
 from ddlc.cli import train as train_cmd
 from ddlc.errors import UserError, exit_with
 
@@ -41,6 +42,7 @@ checkpoints_cmd.register(app)
 cluster_cmd.register(app)
 dashboard_cmd.register(app)
 report_cmd.register(app)
+doctor_cmd.register(app)
 
 
 def run() -> None:

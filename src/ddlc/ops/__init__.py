@@ -1,1 +1,1 @@
-"""ddlc.ops"""
+"""ddlc.ops: operating a cluster — preflight checks (`ddlc doctor`) and teardown planning (`ddlc cluster down`)."""
