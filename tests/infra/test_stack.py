@@ -155,11 +155,11 @@ def test_pinned_ami_replaces_the_ssm_lookup():
 def test_user_data_installs_ddlc_and_starts_agents(synthesized):
     text = json.dumps(_launch_template(synthesized, "Worker")["UserData"])
     assert "/opt/conda/envs/pytorch/bin/python" in text and "pip install" in text
-    assert "ddlc agent --port 9400" in text
+    assert "ddlc agent --host 0.0.0.0 --port 9400" in text
     assert "ddlc cluster hosts" in text and "/etc/ddlc/hostfile" in text
     assert "nvidia_gpu" in text and "amazon-cloudwatch-agent-ctl" in text
     head_text = json.dumps(_launch_template(synthesized, "Head")["UserData"])
-    assert "nvidia_gpu" not in head_text and "ddlc agent --port 9400" in head_text
+    assert "nvidia_gpu" not in head_text and "ddlc agent --host 0.0.0.0 --port 9400" in head_text
 
 
 # --- nodes -----------------------------------------------------------------------------------------

@@ -36,7 +36,7 @@ def test_script_installs_ddlc_into_pytorch_env_and_writes_cluster_env():
     for line in ("DDLC_CLUSTER=ddlc-prod", "DDLC_CHECKPOINT_BUCKET=ckpt-bucket", "DDLC_NODE_COUNT=4",
                  "DDLC_GPUS_PER_NODE=8"):
         assert line in text
-    assert "ExecStart=/usr/local/bin/ddlc agent --port 9400" in text
+    assert "ExecStart=/usr/local/bin/ddlc agent --host 0.0.0.0 --port 9400" in text
     assert '--expect "$DDLC_NODE_COUNT" --output "$DDLC_HOSTFILE"' in text
 
 

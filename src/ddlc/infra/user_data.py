@@ -185,7 +185,9 @@ def render_user_data(boot: NodeBootConfig) -> list[str]:
         "After=network-online.target",
         "[Service]",
         f"EnvironmentFile={CLUSTER_ENV}",
-        f"ExecStart=/usr/local/bin/ddlc agent --port {AGENT_PORT}",
+        # All interfaces: the head node's Prometheus scrapes every node; the EFA security group admits only
+        # cluster members, so the port is not reachable from anywhere else.
+        f"ExecStart=/usr/local/bin/ddlc agent --host 0.0.0.0 --port {AGENT_PORT}",
         "Restart=always",
         "RestartSec=5",
         "StandardOutput=append:/var/log/ddlc/agent.log",
