@@ -124,3 +124,30 @@ def test_uncommitted_directory_never_counts(tmp_path, ctx):
     state = Checkpointer(str(tmp_path / "ck"), warn=warnings.append).resume(*_model_and_optimizer(seed=2))
     assert state["step"] == 1
     assert any("step-00000002" in w and "not committed" in w for w in warnings)
+
+
+def test_replicated_state_is_split_across_ranks_and_resumes_whole_on_one_rank(tmp_path, ctx):
+    """DDP ranks each stage and write a disjoint share of the replicated tensors; the checkpoint holds them all."""
+    from tests.support import REPO, assert_ok, run, torchrun
+
+    worker = REPO / "tests" / "checkpoint" / "replicated_save_worker.py"
+    assert_ok(run(torchrun("--standalone", "--nproc_per_node=2", str(worker), str(tmp_path)), cwd=tmp_path))
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert set(ranks[0]["mine"]).isdisjoint(ranks[1]["mine"])
+    assert sorted(ranks[0]["mine"] + ranks[1]["mine"]) == sorted(ranks[0]["all"])
+    assert all(r["bytes"] > 0 for r in ranks) and len(ranks[0]["all"]) >= 8
+    assert verify(CheckpointStore(str(tmp_path / "ckpt")), "step-00000007").ok
+
+    torch.manual_seed(5)  # other weights and moments, all to be overwritten
+    model = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
+    model(torch.randn(2, 8)).sum().backward()
+    optimizer.step()
+    state = Checkpointer(str(tmp_path / "ckpt")).resume(model, optimizer)
+    assert state["step"] == 7
+    expected = torch.load(tmp_path / "expected.pt", weights_only=True)
+    for key, value in expected["model"].items():
+        assert torch.equal(model.state_dict()[key], value), key
+    for index, moments in expected["optim"]["state"].items():
+        for name, value in moments.items():
+            assert torch.equal(optimizer.state_dict()["state"][index][name], value), (index, name)

@@ -44,6 +44,7 @@ from ddlc.checkpoint.state import (
     model_and_optimizer_state,
     rng_bytes,
     set_rng_state,
+    share_of_replicated_state,
 )
 from ddlc.checkpoint.storage import CheckpointStore
 
@@ -129,7 +130,8 @@ class Checkpointer:
             state = {**trainer_state, "world_size": self.world_size, "saved_at": time.time()}
             self.store.write_text_atomic(f"{directory}/{TRAINER_STATE}", json.dumps(state, indent=2))
 
-        app_state = model_and_optimizer_state(model, optimizer)
+        app_state = share_of_replicated_state(model_and_optimizer_state(model, optimizer), self.rank,
+                                              self.world_size, self.group)
         writer = self._dcp_writer(directory)
         checkpoint_id = self.store.url(directory)
         stats = SaveStats(step=step, blocking_s=0.0)
