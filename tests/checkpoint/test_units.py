@@ -1,5 +1,6 @@
 """Retention rules, manifests and storage URIs, without training."""
 
+import hashlib
 import json
 
 import pytest
@@ -80,6 +81,12 @@ def test_save_commit_verify_and_resume(tmp_path, ctx):
     assert {".metadata", "trainer_state.json", "rng-rank00000.pt"} <= set(manifest["files"])
     assert all(len(f["sha256"]) == 64 for f in manifest["files"].values())
     assert all(s.committed and s.error is None for s in ckpt.history)
+    for step in (2, 3):  # async and blocking saves: recorded digests are those of the bytes on disk
+        directory = tmp_path / "ck" / f"step-{step:08d}"
+        files = json.loads((directory / COMMIT).read_text())["files"]
+        assert any(name.endswith(".distcp") for name in files)
+        assert {n: hashlib.sha256((directory / n).read_bytes()).hexdigest() for n in files} == \
+            {n: f["sha256"] for n, f in files.items()}
 
     fresh, fresh_opt = _model_and_optimizer(seed=1)
     state = Checkpointer(str(tmp_path / "ck")).resume(fresh, fresh_opt)
@@ -151,3 +158,25 @@ def test_replicated_state_is_split_across_ranks_and_resumes_whole_on_one_rank(tm
     for index, moments in expected["optim"]["state"].items():
         for name, value in moments.items():
             assert torch.equal(optimizer.state_dict()["state"][index][name], value), (index, name)
+
+
+def test_shard_digests_are_taken_only_from_front_to_back_writes(tmp_path):
+    from ddlc.checkpoint.write_digests import HashingFileSystem
+
+    fs = HashingFileSystem()
+    with fs.create_stream(tmp_path / "__0_0.distcp", "wb") as stream:
+        stream.write(b"abc")
+        stream.write(memoryview(b"defg"))
+    with fs.create_stream(tmp_path / "__1_0.distcp", "wb") as stream:
+        stream.write(b"xyz")
+        stream.seek(0)  # rewriting earlier bytes: no digest, the checkpointer will read the file back
+        stream.write(b"X")
+    with pytest.raises(RuntimeError):
+        with fs.create_stream(tmp_path / "__2_0.distcp", "wb") as stream:
+            stream.write(b"partial")
+            raise RuntimeError("writer died")
+    with fs.create_stream(tmp_path / ".metadata.tmp", "wb") as stream:
+        stream.write(b"not a shard")
+    digests = fs.take_digests(str(tmp_path))
+    assert digests == {"__0_0.distcp": {"size": 7, "sha256": hashlib.sha256(b"abcdefg").hexdigest()}}
+    assert fs.take_digests(str(tmp_path)) == {}  # taken once
