@@ -46,6 +46,7 @@ test: venv sysdeps node_modules
 
 bench: venv
 	$(PY) benchmarks/step_overhead.py
+	$(PY) benchmarks/checkpoint.py
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info src/*.egg-info

@@ -1,5 +1,6 @@
 """Retention rules, manifests and storage URIs, without training."""
 
+import hashlib
 import json
 
 import pytest
@@ -80,6 +81,12 @@ def test_save_commit_verify_and_resume(tmp_path, ctx):
     assert {".metadata", "trainer_state.json", "rng-rank00000.pt"} <= set(manifest["files"])
     assert all(len(f["sha256"]) == 64 for f in manifest["files"].values())
     assert all(s.committed and s.error is None for s in ckpt.history)
+    for step in (2, 3):  # async and blocking saves: recorded digests are those of the bytes on disk
+        directory = tmp_path / "ck" / f"step-{step:08d}"
+        files = json.loads((directory / COMMIT).read_text())["files"]
+        assert any(name.endswith(".distcp") for name in files)
+        assert {n: hashlib.sha256((directory / n).read_bytes()).hexdigest() for n in files} == \
+            {n: f["sha256"] for n, f in files.items()}
 
     fresh, fresh_opt = _model_and_optimizer(seed=1)
     state = Checkpointer(str(tmp_path / "ck")).resume(fresh, fresh_opt)
@@ -124,3 +131,52 @@ def test_uncommitted_directory_never_counts(tmp_path, ctx):
     state = Checkpointer(str(tmp_path / "ck"), warn=warnings.append).resume(*_model_and_optimizer(seed=2))
     assert state["step"] == 1
     assert any("step-00000002" in w and "not committed" in w for w in warnings)
+
+
+def test_replicated_state_is_split_across_ranks_and_resumes_whole_on_one_rank(tmp_path, ctx):
+    """DDP ranks each stage and write a disjoint share of the replicated tensors; the checkpoint holds them all."""
+    from tests.support import REPO, assert_ok, run, torchrun
+
+    worker = REPO / "tests" / "checkpoint" / "replicated_save_worker.py"
+    assert_ok(run(torchrun("--standalone", "--nproc_per_node=2", str(worker), str(tmp_path)), cwd=tmp_path))
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert set(ranks[0]["mine"]).isdisjoint(ranks[1]["mine"])
+    assert sorted(ranks[0]["mine"] + ranks[1]["mine"]) == sorted(ranks[0]["all"])
+    assert all(r["bytes"] > 0 for r in ranks) and len(ranks[0]["all"]) >= 8
+    assert verify(CheckpointStore(str(tmp_path / "ckpt")), "step-00000007").ok
+
+    torch.manual_seed(5)  # other weights and moments, all to be overwritten
+    model = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
+    model(torch.randn(2, 8)).sum().backward()
+    optimizer.step()
+    state = Checkpointer(str(tmp_path / "ckpt")).resume(model, optimizer)
+    assert state["step"] == 7
+    expected = torch.load(tmp_path / "expected.pt", weights_only=True)
+    for key, value in expected["model"].items():
+        assert torch.equal(model.state_dict()[key], value), key
+    for index, moments in expected["optim"]["state"].items():
+        for name, value in moments.items():
+            assert torch.equal(optimizer.state_dict()["state"][index][name], value), (index, name)
+
+
+def test_shard_digests_are_taken_only_from_front_to_back_writes(tmp_path):
+    from ddlc.checkpoint.write_digests import HashingFileSystem
+
+    fs = HashingFileSystem()
+    with fs.create_stream(tmp_path / "__0_0.distcp", "wb") as stream:
+        stream.write(b"abc")
+        stream.write(memoryview(b"defg"))
+    with fs.create_stream(tmp_path / "__1_0.distcp", "wb") as stream:
+        stream.write(b"xyz")
+        stream.seek(0)  # rewriting earlier bytes: no digest, the checkpointer will read the file back
+        stream.write(b"X")
+    with pytest.raises(RuntimeError):
+        with fs.create_stream(tmp_path / "__2_0.distcp", "wb") as stream:
+            stream.write(b"partial")
+            raise RuntimeError("writer died")
+    with fs.create_stream(tmp_path / ".metadata.tmp", "wb") as stream:
+        stream.write(b"not a shard")
+    digests = fs.take_digests(str(tmp_path))
+    assert digests == {"__0_0.distcp": {"size": 7, "sha256": hashlib.sha256(b"abcdefg").hexdigest()}}
+    assert fs.take_digests(str(tmp_path)) == {}  # taken once

@@ -2,9 +2,12 @@
 
 Save protocol for step N (directory `step-0000000N/` under the checkpoint URI):
 
-1. every rank writes its RNG file; rank 0 writes `trainer_state.json`;
-2. DCP writes every rank's shards (`async_save`: training is blocked only while state is staged to memory);
-3. when its shards are written, each rank hashes its own files into a partial manifest;
+1. every rank captures its RNG state (rank 0 also the trainer state) and stages its tensors to memory: this is
+   all the training loop waits for (`async_save`). Under DDP each rank stages only its share of the replicated
+   tensors, each tensor going to one rank;
+2. in the background, each rank writes its RNG file (rank 0 `trainer_state.json`) while DCP writes its shards,
+   which are SHA-256 digested as they are written (any file without such a digest is hashed by reading it back);
+3. each rank records its files' sizes and digests in a partial manifest;
 4. rank 0 waits for all partial manifests, writes `COMMIT` (every file's size + SHA-256) last, then moves the
    `latest` pointer, then applies retention. A directory without `COMMIT` never counts.
 
@@ -45,8 +48,10 @@ from ddlc.checkpoint.state import (
     model_and_optimizer_state,
     rng_bytes,
     set_rng_state,
+    share_of_replicated_state,
 )
 from ddlc.checkpoint.storage import CheckpointStore
+from ddlc.checkpoint.write_digests import take_write_digests
 
 log = logging.getLogger("ddlc.checkpoint")
 
@@ -126,13 +131,16 @@ class Checkpointer:
                 self.store.remove_tree(directory)  # debris of a save that died part-way
         self._barrier()
         self.store.makedirs(directory)
-        self.store.write_bytes_atomic(f"{directory}/{rng_file(self.rank)}", rng_bytes())
+        # Captured now, written (with their fsyncs) by the background thread while DCP writes the shards.
+        small_files = {rng_file(self.rank): rng_bytes()}
         if self.rank == 0:
             state = {**trainer_state, "world_size": self.world_size, "saved_at": time.time()}
-            self.store.write_text_atomic(f"{directory}/{TRAINER_STATE}", json.dumps(state, indent=2))
+            small_files[TRAINER_STATE] = json.dumps(state, indent=2).encode("utf-8")
 
-        app_state = model_and_optimizer_state(model, optimizer)
+        app_state = share_of_replicated_state(model_and_optimizer_state(model, optimizer), self.rank,
+                                              self.world_size, self.group)
         writer = self._dcp_writer(directory)
+        take_write_digests(writer, self.store.path(directory))  # drop any left by an earlier failed save here
         checkpoint_id = self.store.url(directory)
         stats = SaveStats(step=step, blocking_s=0.0)
         self.history.append(stats)
@@ -140,12 +148,12 @@ class Checkpointer:
         if blocking:
             dcp.save(app_state, checkpoint_id=checkpoint_id, storage_writer=writer, process_group=self.group)
             stats.blocking_s = time.perf_counter() - started
-            self._finish(None, directory, stats, started)
+            self._finish(None, directory, small_files, stats, started)
             return stats
         upload = dcp.async_save(app_state, checkpoint_id=checkpoint_id, storage_writer=writer, process_group=self.group,
                                 async_stager=self._stager())
         stats.blocking_s = time.perf_counter() - started
-        self._pending = threading.Thread(target=self._finish, args=(upload, directory, stats, started),
+        self._pending = threading.Thread(target=self._finish, args=(upload, directory, small_files, stats, started),
                                          name=f"ddlc-checkpoint-{step}", daemon=True)
         self._pending.start()
         return stats
@@ -166,8 +174,11 @@ class Checkpointer:
                                                          use_async_staging=False, use_non_blocking_copy=False))
         return self._staging
 
-    def _finish(self, upload: Optional[Future], directory: str, stats: SaveStats, started: float) -> None:
+    def _finish(self, upload: Optional[Future], directory: str, small_files: dict[str, bytes], stats: SaveStats,
+                started: float) -> None:
         try:
+            for name, data in small_files.items():  # before this rank's partial manifest, which hashes them
+                self.store.write_bytes_atomic(f"{directory}/{name}", data)
             if upload is not None:
                 upload.result()
             self._write_partial_manifest(directory)
@@ -183,18 +194,23 @@ class Checkpointer:
             if stats.total_s is None:
                 stats.total_s = time.perf_counter() - started
 
-    def _own_files(self, directory: str) -> list[str]:
-        mine = []
+    def _own_files(self, directory: str) -> dict[str, int]:
+        mine = {}
         for info in self.store.list_files(directory):
             name = info.name
             if name.startswith(f"__{self.rank}_") or name == rng_file(self.rank):
-                mine.append(name)
+                mine[name] = info.size
             elif self.rank == 0 and name in (".metadata", TRAINER_STATE):
-                mine.append(name)
+                mine[name] = info.size
         return mine
 
     def _write_partial_manifest(self, directory: str) -> None:
-        files = hash_files(self.store, directory, self._own_files(directory))
+        own = self._own_files(directory)
+        # Shards digested while DCP wrote them count when the file on disk still has the size that was digested;
+        # everything else is hashed by reading it back.
+        written = take_write_digests(self._writer, self.store.path(directory))
+        files = {name: digest for name, digest in written.items() if own.get(name) == digest["size"]}
+        files.update(hash_files(self.store, directory, sorted(name for name in own if name not in files)))
         self.store.write_text_atomic(f"{directory}/{PARTIAL_PREFIX}{self.rank:05d}.json", json.dumps(files))
 
     def _commit(self, directory: str, stats: SaveStats) -> None:

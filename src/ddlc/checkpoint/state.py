@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import random
+from typing import Optional
 
 import numpy as np
 import torch
@@ -14,6 +16,62 @@ def model_and_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Opt
     """Fully-qualified-name state dicts (DDP prefixes stripped, FSDP2 shards as DTensors): DCP can reshard them."""
     model_state, optim_state = get_state_dict(model, optimizer)
     return {"model": model_state, "optim": optim_state}
+
+
+def _plain_tensor_leaves(tree: dict, prefix: tuple = ()) -> list[tuple[tuple, torch.Tensor]]:
+    """(path, tensor) for every plain tensor in nested dicts; DTensors (FSDP shards) are each rank's own already."""
+    from torch.distributed.tensor import DTensor
+
+    out = []
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out += _plain_tensor_leaves(value, (*prefix, key))
+        elif isinstance(value, torch.Tensor) and not isinstance(value, DTensor):
+            out.append(((*prefix, key), value))
+    return out
+
+
+def _without(tree: dict, dropped: set, prefix: tuple = ()) -> dict:
+    out = {}
+    for key, value in tree.items():
+        path = (*prefix, key)
+        if isinstance(value, dict):
+            kept = _without(value, dropped, path)
+            if kept or not value:
+                out[key] = kept
+        elif path not in dropped:
+            out[key] = value
+    return out
+
+
+def share_of_replicated_state(state: dict, rank: int, world_size: int, group: Optional[object] = None) -> dict:
+    """For a save: the state this rank writes, with each replicated (plain, non-DTensor) tensor kept by one rank.
+
+    Under DDP every rank holds the same weights and moments. DCP would write each of them once anyway (its planner
+    keeps one copy of keys that several ranks hold), but it stages every rank's full copy first, which is what
+    holds the training loop. Splitting them beforehand, balanced by size, makes that copy 1/world_size as big;
+    the checkpoint's contents and DCP metadata are the same. All ranks must hold the same tensor names, shapes
+    and dtypes, which is checked (one small collective); when they do not, the state is returned whole.
+    """
+    import torch.distributed as dist
+
+    if world_size <= 1 or not dist.is_initialized():
+        return state
+    leaves = sorted(_plain_tensor_leaves(state), key=lambda item: repr(item[0]))
+    layout = hashlib.sha256(repr([(path, tuple(t.shape), str(t.dtype)) for path, t in leaves]).encode()).hexdigest()
+    layouts: list = [None] * world_size
+    dist.all_gather_object(layouts, layout, group=group)
+    if len(set(layouts)) != 1:
+        return state
+    load = [0] * world_size
+    dropped = set()
+    # Largest first onto the least-loaded rank: deterministic, so every rank computes the same assignment.
+    for path, tensor in sorted(leaves, key=lambda item: -item[1].numel() * item[1].element_size()):
+        owner = min(range(world_size), key=lambda r: (load[r], r))
+        load[owner] += tensor.numel() * tensor.element_size()
+        if owner != rank:
+            dropped.add(path)
+    return _without(state, dropped)
 
 
 def load_model_and_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:

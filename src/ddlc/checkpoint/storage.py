@@ -174,7 +174,11 @@ class CheckpointStore:
             return FsspecWriter(self.url(directory), **self.storage_options)
         from torch.distributed.checkpoint import FileSystemWriter
 
-        return FileSystemWriter(self.path(directory))
+        from ddlc.checkpoint.write_digests import HashingFileSystem
+
+        writer = FileSystemWriter(self.path(directory))
+        writer.fs = HashingFileSystem()  # shards are digested as they are written (see write_digests.py)
+        return writer
 
     def dcp_reader(self, directory: str):
         if self.scheme == "s3":

@@ -1,0 +1,259 @@
+#!/usr/bin/env python
+"""ddlc checkpoint save/load vs `torch.save` and raw sequential I/O of the same bytes, interleaved in one run.
+
+    python benchmarks/checkpoint.py [--nproc 2] [--rounds 5] [--layers 6] [--width 512] [--dir PATH]
+
+Re-launches itself under torchrun (`--nproc 1` runs in-process). One GPT (DDP) + AdamW state (weights and both
+Adam moments, >= 200 MB) is saved and loaded each round, the phases rotating order from round to round:
+
+* ddlc save: `Checkpointer.save(blocking=False)`; blocking = until save() returns (the training loop is held),
+  total = until `wait()` returns on rank 0, i.e. shards written and fsynced by DCP, every file SHA-256 hashed into
+  the per-rank manifests, COMMIT written, `latest` moved and retention applied: the full path users get.
+* torch.save: rank 0 saves model + optimizer state dicts to one file, the usual baseline; it is synchronous, so its
+  blocking time is its whole time. No fsync (as it is normally called), which only flatters the baseline.
+* raw write: the same number of bytes from one contiguous buffer, write + fsync (DCP fsyncs its shard files too),
+  once by rank 0 alone and once split across ranks in parallel; the faster of the two is the baseline.
+* ddlc load: `Checkpointer.resume` (rank 0 SHA-256-verifies the newest checkpoint, then every rank loads it
+  through DCP) vs raw: every rank reads the raw file back (each rank needs the whole replicated state). A
+  reference row, `resume(check_hashes=False)`, shows what the verification pass costs; it is not a target.
+
+Before each timed phase all dirty pages are flushed (`os.sync`, untimed), and before each load the page cache is
+dropped when the process may write /proc/sys/vm/drop_caches, so both sides read cold (otherwise: page cache, and
+the output says so). Medians over rounds; targets: blocking ddlc/torch.save <= 0.10, throughput ddlc/raw >= 0.7.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+CHUNK = 8 << 20
+
+
+def parse() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--nproc", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--layers", type=int, default=6)
+    parser.add_argument("--width", type=int, default=512)
+    parser.add_argument("--vocab", type=int, default=8192)
+    parser.add_argument("--dir", default=None, help="where to write (default: a temporary directory under /tmp)")
+    return parser.parse_args()
+
+
+def launch(args: argparse.Namespace) -> int:
+    if args.nproc == 1:
+        worker(args)
+        return 0
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}",
+           __file__, *sys.argv[1:]]
+    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+    return subprocess.call(cmd, env=env)
+
+
+def drop_page_cache() -> bool:
+    os.sync()
+    try:
+        with open("/proc/sys/vm/drop_caches", "w") as handle:
+            handle.write("3\n")
+        return True
+    except OSError:
+        return False
+
+
+def raw_write(path: Path, buffer, nbytes: int) -> None:
+    view = memoryview(buffer)[:nbytes]
+    with open(path, "wb", buffering=0) as handle:
+        for offset in range(0, nbytes, CHUNK):
+            handle.write(view[offset:offset + CHUNK])
+        os.fsync(handle.fileno())
+
+
+def raw_read(path: Path, buffer) -> int:
+    view = memoryview(buffer)
+    total = 0
+    with open(path, "rb", buffering=0) as handle:
+        while count := handle.readinto(view[total:total + CHUNK]):
+            total += count
+    return total
+
+
+def worker(args: argparse.Namespace) -> None:
+    import torch
+    import torch.distributed as dist
+
+    from ddlc.checkpoint import Checkpointer
+    from ddlc.config.schema import ModelConfig
+    from ddlc.runtime import GPT, hard_exit, init_distributed, shutdown_distributed, wrap_model
+
+    ctx = init_distributed("cpu", "gloo")
+    rank, world = ctx.rank, ctx.world_size
+    torch.manual_seed(0)
+    cfg = ModelConfig(n_layer=args.layers, n_embd=args.width, n_head=8, block_size=64, vocab_size=args.vocab)
+    model = wrap_model(GPT(cfg), ctx, "ddp")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    x = torch.randint(0, args.vocab, (2, 64))
+    _, loss = model(x, x)
+    loss.backward()
+    optimizer.step()  # creates the Adam moments: the state is weights + 2 moments
+    optimizer.zero_grad(set_to_none=True)
+
+    tensors = {id(t): t for t in [*model.state_dict().values(), *(
+        v for s in optimizer.state.values() for v in s.values() if isinstance(v, torch.Tensor))]}
+    state_bytes = sum(t.numel() * t.element_size() for t in tensors.values())
+    payload = bytearray(os.urandom(1 << 20) * (state_bytes // (1 << 20) + 1))  # raw-I/O source/target buffer
+
+    def broadcast(value):
+        box = [value]
+        if world > 1:
+            dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    root = Path(broadcast(tempfile.mkdtemp(prefix="ddlc-ckpt-bench-", dir=args.dir) if rank == 0 else None))
+    ckpt = Checkpointer(str(root / "ddlc"), rank=rank, world_size=world, keep_last=1)
+    torch_file = root / "torch.pt"
+    raw_single = root / "raw-single.bin"
+    raw_split = root / f"raw-split-rank{rank}.bin"
+    share = -(-state_bytes // world)
+    cold = [True]
+
+    def barrier():
+        if world > 1:
+            dist.barrier()
+
+    def settle(drop: bool = False):
+        """Untimed: flush other phases' dirty pages; before reads, drop the page cache (rank 0 does it)."""
+        barrier()
+        if rank == 0:
+            if drop:
+                cold[0] = drop_page_cache() and cold[0]
+            else:
+                os.sync()
+        barrier()
+
+    def max_over_ranks(seconds: float) -> float:
+        value = torch.tensor([seconds], dtype=torch.float64)
+        if world > 1:
+            dist.all_reduce(value, op=dist.ReduceOp.MAX)
+        return float(value.item())
+
+    results: dict[str, list[float]] = {k: [] for k in (
+        "ddlc_block", "ddlc_total", "torch_save", "raw_write_single", "raw_write_split", "ddlc_load",
+        "ddlc_load_unverified", "raw_read")}
+    step = [0]
+
+    def ddlc_save():
+        settle()
+        step[0] += 1
+        start = time.perf_counter()
+        ckpt.save(step[0], model, optimizer, {"step": step[0]}, blocking=False)
+        blocked = time.perf_counter() - start
+        stats = ckpt.wait()
+        total = time.perf_counter() - start
+        if stats is not None and stats.error:
+            raise RuntimeError(stats.error)
+        results["ddlc_block"].append(max_over_ranks(blocked))
+        results["ddlc_total"].append(max_over_ranks(total if rank == 0 else 0.0))
+
+    def torch_save():
+        settle()
+        start = time.perf_counter()
+        if rank == 0:
+            torch.save({"model": model.state_dict(), "optim": optimizer.state_dict()}, torch_file)
+        results["torch_save"].append(max_over_ranks(time.perf_counter() - start))
+
+    def raw_save():
+        settle()
+        start = time.perf_counter()
+        if rank == 0:
+            raw_write(raw_single, payload, state_bytes)
+        results["raw_write_single"].append(max_over_ranks(time.perf_counter() - start))
+        settle()
+        start = time.perf_counter()
+        raw_write(raw_split, payload, min(share, state_bytes - rank * share))
+        results["raw_write_split"].append(max_over_ranks(time.perf_counter() - start))
+
+    def ddlc_load(check_hashes: bool = True):
+        settle(drop=True)
+        start = time.perf_counter()
+        state = ckpt.resume(model, optimizer, check_hashes=check_hashes)
+        if state is None or state["step"] != step[0]:
+            raise RuntimeError(f"resume returned {state}")
+        results["ddlc_load" if check_hashes else "ddlc_load_unverified"].append(
+            max_over_ranks(time.perf_counter() - start))
+
+    def ddlc_load_unverified():  # reference only: shows what the SHA-256 verification pass costs
+        ddlc_load(check_hashes=False)
+
+    def raw_load():
+        settle(drop=True)
+        start = time.perf_counter()
+        got = raw_read(raw_single, payload)
+        if got != state_bytes:
+            raise RuntimeError(f"raw read {got} bytes, expected {state_bytes}")
+        results["raw_read"].append(max_over_ranks(time.perf_counter() - start))
+
+    # Warm-up (not recorded): the first async save allocates the stager's CPU copies; later ones reuse them.
+    ckpt.save(0, model, optimizer, {"step": 0}, blocking=False)
+    ckpt.wait()
+    saves, loads = [ddlc_save, torch_save, raw_save], [ddlc_load, raw_load, ddlc_load_unverified]
+    for round_ in range(args.rounds):
+        for group in (saves, loads):
+            shift = round_ % len(group)
+            for phase in group[shift:] + group[:shift]:
+                phase()
+    ckpt.close()
+    barrier()
+
+    if rank == 0:
+        med = {k: statistics.median(v) for k, v in results.items()}
+        mb = state_bytes / 1e6
+        raw_write_s = min(med["raw_write_single"], med["raw_write_split"])
+        print(f"workers: {world} x cpu | state {mb:.1f} MB (GPT {args.layers}x{args.width} weights + AdamW moments)"
+              f" | {args.rounds} rounds, interleaved, medians | dir {root}")
+        print(f"reads: {'cold (page cache dropped before each load)' if cold[0] else 'from page cache (could not drop it)'}")
+        load1 = os.getloadavg()[0]
+        print(f"load average (1 min) at the end: {load1:.2f} on {os.cpu_count()} cores")
+        print(f"{'phase':<44}{'seconds':>9}{'MB/s':>9}")
+        rows = [
+            ("ddlc save: blocking (save() returns)", med["ddlc_block"]),
+            ("ddlc save: total until committed", med["ddlc_total"]),
+            ("torch.save on rank 0 (blocking = total)", med["torch_save"]),
+            ("raw write+fsync, rank 0 alone", med["raw_write_single"]),
+            (f"raw write+fsync, split over {world} ranks", med["raw_write_split"]),
+            ("ddlc load: resume (verify + DCP load)", med["ddlc_load"]),
+            ("raw read, every rank reads all bytes", med["raw_read"]),
+            ("(reference) ddlc load, check_hashes=False", med["ddlc_load_unverified"]),
+        ]
+        for name, seconds in rows:
+            print(f"{name:<44}{seconds:9.3f}{mb / seconds:9.0f}")
+        blocking_ratio = med["ddlc_block"] / med["torch_save"]
+        save_ratio = raw_write_s / med["ddlc_total"]
+        save_ratio_sequential = med["raw_write_single"] / med["ddlc_total"]
+        load_ratio = med["raw_read"] / med["ddlc_load"]
+        print(f"{'blocking ratio ddlc/torch.save':<44}{blocking_ratio:9.3f}  (target <= 0.10)")
+        print(f"{'save throughput ratio ddlc/raw':<44}{save_ratio:9.3f}  (target >= 0.70; raw = faster of the two)")
+        print(f"{'  vs raw sequential write by one process':<44}{save_ratio_sequential:9.3f}")
+        print(f"{'load throughput ratio ddlc/raw':<44}{load_ratio:9.3f}  (target >= 0.70)")
+        for name, values in results.items():
+            print(f"  {name:<22}" + " ".join(f"{v:.3f}" for v in values))
+        shutil.rmtree(root, ignore_errors=True)
+    barrier()
+    shutdown_distributed()
+    if world > 1:
+        hard_exit(0)
+
+
+if __name__ == "__main__":
+    arguments = parse()
+    if "RANK" in os.environ or arguments.nproc == 1:
+        worker(arguments)
+    else:
+        sys.exit(launch(arguments))

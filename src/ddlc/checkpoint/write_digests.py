@@ -1,0 +1,114 @@
+"""SHA-256 of DCP shard files computed while DCP writes them, so the manifest needs no second pass over the bytes.
+
+DCP's local `FileSystemWriter` opens every shard through its `fs.create_stream`; `HashingFileSystem` wraps those
+streams and digests each buffer in the same `write` call that hands it to the file. A digest is only offered when
+the stream was written strictly front to back and closed normally; the checkpointer also checks it against the
+file's size on disk, and hashes the file by reading it back whenever no trustworthy digest is at hand.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from contextlib import contextmanager
+from typing import Optional
+
+from torch.distributed.checkpoint.filesystem import FileSystem
+
+SHARD_SUFFIX = ".distcp"
+
+
+class _HashingStream:
+    """A write-only view of a file that digests every byte written through it, in order."""
+
+    def __init__(self, raw):
+        self._raw = raw
+        self._digest = hashlib.sha256()
+        self.size = 0
+        self.sequential = True  # False once anything but appending happened
+
+    def write(self, data) -> int:
+        view = memoryview(data).cast("B")
+        written = self._raw.write(view)
+        if written is None or written != len(view):
+            self.sequential = False  # a short write: what reached the file is not what we digested
+            return written
+        self._digest.update(view)  # hashlib releases the GIL on large buffers
+        self.size += written
+        return written
+
+    def tell(self) -> int:
+        return self._raw.tell()
+
+    def seek(self, *args):
+        self.sequential = False
+        return self._raw.seek(*args)
+
+    def truncate(self, *args):
+        self.sequential = False
+        return self._raw.truncate(*args)
+
+    def flush(self) -> None:
+        self._raw.flush()
+
+    def fileno(self) -> int:
+        return self._raw.fileno()
+
+    def close(self) -> None:
+        self._raw.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._raw.closed
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+    def readable(self) -> bool:
+        return False
+
+    def hexdigest(self) -> str:
+        return self._digest.hexdigest()
+
+
+class HashingFileSystem(FileSystem):
+    """DCP's local filesystem, recording {absolute shard path: {size, sha256}} for every shard it writes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._lock = threading.Lock()
+        self._digests: dict[str, dict] = {}
+
+    @contextmanager
+    def create_stream(self, path, mode: str):
+        with super().create_stream(path, mode) as stream:
+            if mode != "wb" or not str(path).endswith(SHARD_SUFFIX):
+                yield stream
+                return
+            key = os.path.abspath(str(path))
+            with self._lock:
+                self._digests.pop(key, None)  # an older digest of this path no longer describes it
+            hashing = _HashingStream(stream)
+            yield hashing
+            if hashing.sequential:  # reached only when the write finished without an exception
+                with self._lock:
+                    self._digests[key] = {"size": hashing.size, "sha256": hashing.hexdigest()}
+
+    def take_digests(self, directory: str) -> dict[str, dict]:
+        """Digests of shards written under `directory` ({name relative to it: {size, sha256}}), forgetting them."""
+        base = os.path.abspath(directory)
+        taken = {}
+        with self._lock:
+            for key in [k for k in self._digests if os.path.dirname(k) == base]:
+                taken[os.path.basename(key)] = self._digests.pop(key)
+        return taken
+
+
+def take_write_digests(writer, directory: str) -> dict[str, dict]:
+    """What a writer from `CheckpointStore.dcp_writer` digested under `directory` ({} for writers that do not)."""
+    fs: Optional[HashingFileSystem] = getattr(writer, "fs", None)
+    return fs.take_digests(directory) if isinstance(fs, HashingFileSystem) else {}
