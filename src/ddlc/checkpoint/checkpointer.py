@@ -267,9 +267,11 @@ class Checkpointer:
             dist.barrier(group=self.group)
 
     # -- resume ----------------------------------------------------------------------------------------------
-    def latest_valid(self, check_hashes: bool = True) -> Optional[str]:
+    def latest_valid(self, check_hashes: bool = True, skip: frozenset = frozenset()) -> Optional[str]:
         """Newest committed checkpoint that verifies; warns about each newer one it has to skip."""
         for name in sorted((n for n in self.store.list_dirs() if parse_step(n) is not None), reverse=True):
+            if name in skip:
+                continue
             result = verify(self.store, name, check_hashes=check_hashes)
             if result.ok:
                 return name
@@ -277,16 +279,41 @@ class Checkpointer:
         return None
 
     def resume(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, check_hashes: bool = True) -> Optional[dict]:
-        """Load the newest valid checkpoint into model and optimizer; return its trainer state (None: fresh)."""
-        chosen = [self.latest_valid(check_hashes) if self.rank == 0 else None]
-        if self.group is not None and self.world_size > 1:
-            dist.broadcast_object_list(chosen, src=0, group=self.group)
-        directory = chosen[0]
-        if directory is None:
-            return None
-        app_state = model_and_optimizer_state(model, optimizer)
-        dcp.load(app_state, checkpoint_id=self.store.url(directory), storage_reader=self.store.dcp_reader(directory),
-                 process_group=self.group)
+        """Load the newest valid checkpoint into model and optimizer; return its trainer state (None: fresh).
+
+        Rank 0 picks the newest committed checkpoint whose files have their recorded sizes. While DCP loads it, every
+        rank SHA-256-checks its share of the files in a thread (one pass over the bytes, overlapped with the load).
+        If any file is corrupt, the loaded values are discarded — the next older checkpoint is loaded over every
+        tensor — so a corrupt checkpoint never reaches the model.
+        """
+        rejected: set[str] = set()
+        while True:
+            chosen = [self.latest_valid(check_hashes=False, skip=frozenset(rejected)) if self.rank == 0 else None]
+            if self.group is not None and self.world_size > 1:
+                dist.broadcast_object_list(chosen, src=0, group=self.group)
+            directory = chosen[0]
+            if directory is None:
+                return None
+            problems: list[str] = []
+            checker = None
+            if check_hashes:
+                checker = threading.Thread(target=lambda: problems.extend(self._check_share(directory)), daemon=True)
+                checker.start()
+            app_state = model_and_optimizer_state(model, optimizer)
+            try:
+                dcp.load(app_state, checkpoint_id=self.store.url(directory),
+                         storage_reader=self.store.dcp_reader(directory), process_group=self.group)
+            except Exception as exc:  # DCP gathers read errors, so every rank lands here together
+                problems.append(f"unreadable: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
+            if checker is not None:
+                checker.join()
+            everyone = self._gather(problems)
+            if everyone:
+                if self.rank == 0:
+                    self.warn(f"skipping checkpoint {self.store.display(directory)}: {'; '.join(everyone)}")
+                rejected.add(directory)
+                continue
+            break
         load_model_and_optimizer_state(model, optimizer, app_state)
         trainer_state = json.loads(self.store.read_text(f"{directory}/{TRAINER_STATE}"))
         trainer_state["checkpoint"] = self.store.display(directory)
@@ -295,6 +322,24 @@ class Checkpointer:
         else:
             trainer_state["rng_restored"] = False  # different world size: per-rank streams do not map over
         return trainer_state
+
+    def _check_share(self, directory: str) -> list[str]:
+        """SHA-256 of this rank's share of the committed files (every world_size-th file, by name)."""
+        manifest = read_manifest(self.store, directory)
+        if manifest is None:
+            return ["not committed (no valid COMMIT marker)"]
+        names = sorted(manifest.files)[self.rank :: self.world_size]
+        hashed = hash_files(self.store, directory, names)
+        return [f"{name}: sha256 mismatch (corrupted)" for name in names
+                if hashed[name]["sha256"] != manifest.files[name]["sha256"]]
+
+    def _gather(self, problems: list[str]) -> list[str]:
+        """Every rank's problems, on every rank (one small collective)."""
+        if self.group is None or self.world_size == 1:
+            return list(problems)
+        gathered: list = [None] * self.world_size
+        dist.all_gather_object(gathered, problems, group=self.group)
+        return [p for rank_problems in gathered for p in rank_problems]
 
     def close(self) -> None:
         try:
