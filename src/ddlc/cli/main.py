@@ -8,6 +8,7 @@ from ddlc import __version__
 from ddlc.cli import agent as agent_cmd
 from ddlc.cli import checkpoints as checkpoints_cmd
 from ddlc.cli import cluster as cluster_cmd
+from ddlc.cli import launch as launch_cmd
 from ddlc.cli import train as train_cmd
 from ddlc.errors import UserError, exit_with
 
@@ -37,6 +38,7 @@ train_cmd.register(app)
 agent_cmd.register(app)
 checkpoints_cmd.register(app)
 cluster_cmd.register(app)
+launch_cmd.register(app)
 
 
 def run() -> None:

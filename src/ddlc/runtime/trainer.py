@@ -187,6 +187,12 @@ class Trainer:
         if self.checkpointer is not None and self.checkpointer.last_step != self.state.step:
             self.checkpointer.save(self.state.step, self.model, self.optimizer, self.trainer_state(), blocking)
 
+    def full_state_dict(self) -> dict[str, torch.Tensor]:
+        """Every model parameter and buffer, unsharded, on every rank (a collective under FSDP and ZeRO-3)."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        return get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True))
+
     # -- one optimizer step ----------------------------------------------------------------------------------
     def train_step(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Forward/backward over all micro-batches of this rank, then one optimizer update."""
