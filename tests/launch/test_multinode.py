@@ -187,3 +187,16 @@ def test_node_dying_stops_the_job_without_orphans(hosts, tmp_path):
     assert "node 10.213.0.2 (rank 1) exited with code 137; stopping all nodes" in output
     leftovers = _job_processes(marker)
     assert not leftovers, [p.cmdline() for p in leftovers]
+
+
+@pytest.mark.slow
+def test_deepspeed_zero3_two_hosts(hosts, tmp_path):
+    pytest.importorskip("deepspeed")
+    out = tmp_path / "params"
+    proc = launch_on(hosts, "deepspeed", job_args(out, tmp_path, "ds-two-hosts", 6, "distributed.strategy=deepspeed",
+                                                  "distributed.deepspeed.zero_stage=3", "checkpoint.enabled=false"))
+    assert_ok(proc)
+    assert "[10.213.0.2] " in proc.stdout
+    assert_identical_ranks(out, 2)
+    summary = (tmp_path / "ds-two-hosts" / "summary.json").read_text()
+    assert '"strategy": "deepspeed"' in summary and '"world_size": 2' in summary
