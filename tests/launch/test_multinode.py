@@ -10,16 +10,12 @@ from pathlib import Path
 
 import psutil
 import pytest
-import torch
 
 from ddlc.launch.env import node_environment, parse_env_overrides
-from ddlc.launch.multinode import expand_nodelist, parse_hostfile_text, plan_launch, slurm_hosts
+from ddlc.launch.multinode import expand_nodelist, parse_hostfile_text, slurm_hosts
 from ddlc.errors import UserError
-from tests.launch.hosts import NIC, TwoHosts, netns_unavailable
-from tests.support import CONFIG, FAST, PYTHON, REPO, assert_ok, child_env, run
-
-WORKER = REPO / "tests" / "launch" / "params_worker.py"
-DDLC = [PYTHON, "-m", "ddlc.cli.main"]
+from tests.launch.helpers import DDLC, assert_identical_ranks, job_args, launch_on
+from tests.support import REPO, assert_ok, run
 
 
 def ddlc(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
@@ -97,42 +93,7 @@ def test_bad_input_exits_2_naming_it(tmp_path):
     assert proc.returncode == 2 and "no such file" in proc.stderr
 
 
-# -- two real hosts ---------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def hosts():
-    reason = netns_unavailable()
-    if reason:
-        pytest.skip(reason)
-    network = TwoHosts()
-    yield network
-    network.close()
-
-
-def launch_on(hosts: TwoHosts, engine: str, script_args: list[str], *extra: str, timeout: float = 240,
-              wait: bool = True):
-    argv = hosts.in_head([*DDLC, "launch", "--engine", engine, "--hostfile", str(hosts.hostfile()),
-                          *hosts.ssh_options(), "--env-profile", "none", "--env", f"GLOO_SOCKET_IFNAME={NIC}",
-                          *extra, str(WORKER), "--", *script_args])
-    env = child_env(PYTHONPATH=str(REPO / "src"), TORCH_EXTENSIONS_DIR=str(REPO / ".cache" / "torch_extensions"))
-    if not wait:
-        return subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    return subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
-
-
-def assert_identical_ranks(out: Path, world: int) -> None:
-    states = [torch.load(out / f"rank{r}.pt") for r in range(world)]
-    assert states[0], "no parameters written"
-    for rank, state in enumerate(states[1:], start=1):
-        assert state.keys() == states[0].keys()
-        for name, tensor in state.items():
-            assert torch.equal(tensor, states[0][name]), f"rank {rank} differs from rank 0 in {name}"
-
-
-def job_args(out: Path, tmp: Path, name: str, steps: int, *more: str) -> list[str]:
-    return [str(out), str(CONFIG), *FAST, f"training.max_steps={steps}", f"monitoring.run_dir={tmp}",
-            f"monitoring.run_name={name}", "monitoring.progress=plain", "checkpoint.interval_steps=1000", *more]
-
-
+# -- two real hosts (fixture `hosts` in conftest.py) ----------------------------------------------------------
 @pytest.mark.slow
 def test_torchrun_two_hosts(hosts, tmp_path):
     out = tmp_path / "params"

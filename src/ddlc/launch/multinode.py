@@ -252,8 +252,29 @@ def plan_launch(
         if nic:
             argv += ["--network-interfaces", nic]
         argv += [python, *user]
+        if ssh.options or ssh.user:
+            # horovodrun has no flag for other ssh options: an `ssh` earlier on its PATH adds them.
+            plan.env["PATH"] = f"{ssh_shim(ssh)}:{os.environ.get('PATH', '/usr/bin:/bin')}"
         plan.nodes.append(NodeCommand(Host("horovodrun", plan.world_size, "local"), 0, argv, local=True))
     return plan
+
+
+def ssh_shim(ssh: SSH) -> str:
+    """A directory holding an `ssh` that runs the real one with our options (content-addressed, reused)."""
+    import hashlib
+    import shutil
+    import tempfile
+
+    real = shutil.which("ssh") or "/usr/bin/ssh"
+    extra = [*(a for o in ssh.options for a in ("-o", o)), *(["-l", ssh.user] if ssh.user else [])]
+    script = "#!/bin/sh\nexec " + " ".join(shlex.quote(a) for a in [real, *extra]) + ' "$@"\n'
+    directory = Path(tempfile.gettempdir()) / f"ddlc-ssh-{hashlib.sha256(script.encode()).hexdigest()[:12]}"
+    directory.mkdir(exist_ok=True)
+    shim = directory / "ssh"
+    if not shim.exists() or shim.read_text() != script:
+        shim.write_text(script)
+        shim.chmod(0o755)
+    return str(directory)
 
 
 # -- preflight --------------------------------------------------------------------------------------------------

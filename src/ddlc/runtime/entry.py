@@ -55,6 +55,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if bad:
             raise UserError(f"unexpected argument {bad[0]!r}: overrides look like training.max_steps=200")
         cfg = load_config(args.config, args.overrides)
+        if "HOROVOD_RANK" in os.environ and cfg.distributed.strategy == "ddp":
+            cfg.distributed.strategy = "horovod"  # started by horovodrun: let Horovod carry the gradients
         from ddlc.runtime.distributed import init_distributed, shutdown_distributed
         from ddlc.runtime.trainer import train
 
