@@ -121,31 +121,43 @@ def _job_processes(marker: str) -> list[psutil.Process]:
     return found
 
 
+def _wait_for_both_nodes(job: subprocess.Popen, marker: str) -> psutil.Process:
+    """Block until both hosts run a worker; return node 1's torchrun agent."""
+    deadline = time.monotonic() + 60
+    while True:
+        assert job.poll() is None, job.stdout.read()
+        assert time.monotonic() < deadline, "the job never started on both hosts"
+        running = [(p, p.info["cmdline"]) for p in _job_processes(marker)]
+        agents = [p for p, argv in running if argv[1:3] == ["-m", "torch.distributed.run"] and "--node_rank=1" in argv]
+        workers = [p for p, argv in running if "python" in Path(argv[0]).name
+                   and "torch.distributed.run" not in argv and any(a.endswith("params_worker.py") for a in argv)]
+        if agents and len(workers) >= 2:
+            return agents[0]
+        time.sleep(0.2)
+
+
 @pytest.mark.slow
-def test_node_dying_stops_the_job_without_orphans(hosts, tmp_path):
-    marker = f"dying-node-{os.getpid()}"
+@pytest.mark.parametrize("how", ["node-dies", "ctrl-c"])
+def test_stopping_leaves_no_orphans(hosts, tmp_path, how):
+    """A node's launcher killed mid-job stops the whole job with its code; Ctrl-C stops every node (exit 130)."""
+    marker = f"{how}-{os.getpid()}"
     job = launch_on(hosts, "torchrun", job_args(tmp_path / "p", tmp_path, marker, 100000), wait=False)
     try:
-        deadline = time.monotonic() + 60
-        victim = None
-        while victim is None:
-            assert job.poll() is None, job.stdout.read()
-            assert time.monotonic() < deadline, "node 1's torchrun never started"
-            running = [(p, p.info["cmdline"]) for p in _job_processes(marker)]
-            agents = [p for p, argv in running if argv[1:3] == ["-m", "torch.distributed.run"]
-                      and "--node_rank=1" in argv]
-            workers = [p for p, argv in running if "python" in Path(argv[0]).name
-                       and "torch.distributed.run" not in argv and any(a.endswith("params_worker.py") for a in argv)]
-            if agents and len(workers) >= 2:
-                victim = agents[0]
-            time.sleep(0.2)
-        victim.send_signal(signal.SIGKILL)  # the node's launcher dies; its worker is orphaned on that host
+        agent = _wait_for_both_nodes(job, marker)
+        if how == "node-dies":
+            agent.send_signal(signal.SIGKILL)  # node 1's torchrun dies; its worker would be orphaned on that host
+        else:
+            job.send_signal(signal.SIGINT)  # `ip netns exec` execs the launcher: this is Ctrl-C on `ddlc launch`
         output, _ = job.communicate(timeout=60)
     finally:
         if job.poll() is None:
             job.kill()
-    assert job.returncode == 128 + signal.SIGKILL, output[-3000:]
-    assert "node 10.213.0.2 (rank 1) exited with code 137; stopping all nodes" in output
+    if how == "node-dies":
+        assert job.returncode == 128 + signal.SIGKILL, output[-3000:]
+        assert "node 10.213.0.2 (rank 1) exited with code 137; stopping all nodes" in output
+    else:
+        assert job.returncode == 130, output[-3000:]
+        assert "interrupted; stopping all nodes" in output
     leftovers = _job_processes(marker)
     assert not leftovers, [p.cmdline() for p in leftovers]
 
