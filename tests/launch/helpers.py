@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from tests.launch.hosts import NIC, TwoHosts
+from tests.launch.hosts import TwoHosts
 from tests.support import CONFIG, FAST, PYTHON, REPO, child_env
 
 WORKER = REPO / "tests" / "launch" / "params_worker.py"
@@ -18,7 +18,7 @@ DDLC = [PYTHON, "-m", "ddlc.cli.main"]
 def launch_on(hosts: TwoHosts, engine: str, script_args: list[str], *extra: str, timeout: float = 240,
               wait: bool = True):
     argv = hosts.in_head([*DDLC, "launch", "--engine", engine, "--hostfile", str(hosts.hostfile()),
-                          *hosts.ssh_options(), "--env-profile", "none", "--env", f"GLOO_SOCKET_IFNAME={NIC}",
+                          *hosts.ssh_options(), "--env-profile", "none", "--env", f"GLOO_SOCKET_IFNAME={hosts.nic}",
                           *extra, str(WORKER), "--", *script_args])
     env = child_env(PYTHONPATH=str(REPO / "src"), TORCH_EXTENSIONS_DIR=str(REPO / ".cache" / "torch_extensions"))
     if not wait:

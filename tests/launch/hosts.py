@@ -3,6 +3,10 @@
 Addresses 10.213.0.1/24 and 10.213.0.2/24 exist only inside the two namespaces, so test traffic cannot leave
 them. Both ends of the veth are named `ddlc0`, so GLOO_SOCKET_IFNAME=ddlc0 is right on either host.
 Everything is torn down in `close()`, which runs even when a test fails.
+
+`TwoHosts(loopback=True)` is the fallback for Horovod: one namespace whose sshds listen on 127.0.0.2 and
+127.0.0.3. Horovod's bundled gloo advertises 127.0.0.1 for its peers in this sandbox (gVisor) even with
+HOROVOD_GLOO_IFACE set, which only works when every "host" shares one loopback.
 """
 
 from __future__ import annotations
@@ -35,10 +39,12 @@ def _ip(*args: str) -> None:
 
 
 class TwoHosts:
-    def __init__(self):
+    def __init__(self, loopback: bool = False):
         tag = f"{os.getpid() % 100000}"
-        self.namespaces = [f"ddlc{tag}a", f"ddlc{tag}b"]
-        self.addresses = ["10.213.0.1", "10.213.0.2"]
+        self.loopback = loopback
+        self.namespaces = [f"ddlc{tag}l"] if loopback else [f"ddlc{tag}a", f"ddlc{tag}b"]
+        self.addresses = ["127.0.0.2", "127.0.0.3"] if loopback else ["10.213.0.1", "10.213.0.2"]
+        self.nic = "lo" if loopback else NIC
         self.dir = Path(tempfile.mkdtemp(prefix="ddlc-hosts-"))
         self.key = self.dir / "id_ed25519"
         self.sshd: list[subprocess.Popen] = []
@@ -50,6 +56,10 @@ class TwoHosts:
             raise
 
     def _network(self) -> None:
+        if self.loopback:
+            _ip("netns", "add", self.namespaces[0])
+            _ip("-n", self.namespaces[0], "link", "set", "lo", "up")
+            return
         a, b = self.namespaces
         for ns in self.namespaces:
             _ip("netns", "add", ns)
@@ -67,7 +77,8 @@ class TwoHosts:
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(self.key)], check=True)
         shutil.copy(self.key.with_suffix(".pub"), self.dir / "authorized_keys")
         Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege-separation directory
-        for index, (ns, addr) in enumerate(zip(self.namespaces, self.addresses)):
+        namespaces = self.namespaces * 2 if self.loopback else self.namespaces
+        for index, (ns, addr) in enumerate(zip(namespaces, self.addresses)):
             config = self.dir / f"sshd{index}.conf"
             config.write_text(
                 f"Port {SSH_PORT}\nListenAddress {addr}\nHostKey {self.dir / 'host_key'}\n"

@@ -30,9 +30,10 @@ def test_horovodrun_train_py(tmp_path):
 
 
 @pytest.mark.slow
-def test_horovod_two_hosts(hosts, tmp_path):
+def test_horovod_two_hosts(loopback_hosts, tmp_path):
+    """`ddlc launch --engine horovod`: horovodrun reaches both sshd hosts (loopback fallback, see hosts.py)."""
     out = tmp_path / "params"
-    proc = launch_on(hosts, "horovod", job_args(out, tmp_path, "hvd-two-hosts", 6, "distributed.strategy=horovod",
+    proc = launch_on(loopback_hosts, "horovod", job_args(out, tmp_path, "hvd-two-hosts", 6, "distributed.strategy=horovod",
                                                 "checkpoint.enabled=false"))
     assert_ok(proc)
     assert_identical_ranks(out, 2)

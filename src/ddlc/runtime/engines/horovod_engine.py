@@ -52,7 +52,7 @@ class HorovodEngine:
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip if clip is not None else float("inf"))
         with self.optimizer.skip_synchronize():
             self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        self.optimizer.zero_grad()  # Horovod's override takes no set_to_none (torch's default is True)
         return total, norm
 
     def full_state_dict(self) -> dict[str, torch.Tensor]:
