@@ -8,7 +8,6 @@ config, so a ds_config.json cannot silently train with different settings than `
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 from typing import Iterable, Optional
@@ -16,7 +15,7 @@ from typing import Iterable, Optional
 import torch
 
 from ddlc.checkpoint.checkpointer import Checkpointer, SaveStats, rng_file
-from ddlc.checkpoint.manifest import PARTIAL_PREFIX, TRAINER_STATE, read_manifest, step_dir
+from ddlc.checkpoint.manifest import COMMIT, LATEST, TRAINER_STATE, Manifest, hash_files, step_dir
 from ddlc.checkpoint.state import load_rng_bytes, rng_bytes, set_rng_state
 from ddlc.errors import UserError
 from ddlc.runtime.optim import build_optimizer, build_scheduler
@@ -124,6 +123,8 @@ class DeepSpeedCheckpointer(Checkpointer):
         self.root = self.store.path()
 
     def save(self, step: int, model, optimizer, trainer_state: dict, blocking: bool = True) -> SaveStats:
+        # Only the base class's public pieces (store, group, apply_retention, latest_valid) are used, so its
+        # DCP save internals can change freely.
         directory = step_dir(step)
         started = time.perf_counter()
         if self.rank == 0 and self.store.exists(directory):
@@ -131,23 +132,31 @@ class DeepSpeedCheckpointer(Checkpointer):
         self._barrier()
         self.engine.model.save_checkpoint(self.root, tag=directory, save_latest=False)
         self.store.write_bytes_atomic(f"{directory}/{rng_file(self.rank)}", rng_bytes())
+        state = {**trainer_state, "world_size": self.world_size, "saved_at": time.time(),
+                 "engine": "deepspeed", "zero_stage": self.engine.zero_stage}
         if self.rank == 0:
-            state = {**trainer_state, "world_size": self.world_size, "saved_at": time.time(),
-                     "engine": "deepspeed", "zero_stage": self.engine.zero_stage}
             self.store.write_text_atomic(f"{directory}/{TRAINER_STATE}", json.dumps(state, indent=2))
         self._barrier()  # every rank's shards are on disk before rank 0 hashes them
         stats = SaveStats(step=step, blocking_s=0.0)
         self.history.append(stats)
         self.last_step = step
-        self._finish(None, directory, stats, started)
-        stats.blocking_s = time.perf_counter() - started
+        if self.rank == 0:
+            try:
+                names = [f.name for f in self.store.list_files(directory) if f.name != COMMIT]
+                manifest = Manifest(step=step, files=hash_files(self.store, directory, names),
+                                    world_size=self.world_size, extra={"trainer_state": state})
+                self.store.write_text_atomic(f"{directory}/{COMMIT}", manifest.to_json())  # COMMIT last
+                self.store.write_text_atomic(LATEST, directory + "\n")
+                stats.committed = True
+                self.apply_retention()
+            except Exception as exc:  # the previous commit still stands; training goes on
+                stats.error = f"{type(exc).__name__}: {exc}"
+                self.warn(f"checkpoint {self.store.display(directory)} failed and was not committed: {stats.error}")
+        stats.total_s = stats.blocking_s = time.perf_counter() - started
+        if stats.committed and self.on_commit is not None:
+            self.on_commit(stats)
+        self._barrier()  # nobody races ahead to the next save while rank 0 prunes
         return stats
-
-    def _own_files(self, directory: str) -> list[str]:
-        # Rank 0 hashes the whole directory (DeepSpeed names its shards its own way); others only their RNG file.
-        if self.rank != 0:
-            return [rng_file(self.rank)]
-        return [f.name for f in self.store.list_files(directory) if not f.name.startswith(PARTIAL_PREFIX)]
 
     def resume(self, model, optimizer, check_hashes: bool = True) -> Optional[dict]:
         import torch.distributed as dist
