@@ -9,7 +9,7 @@ TORCH_SPEC ?= torch==2.13.0
 EXTRAS ?= test
 STAMP := $(VENV)/.ddlc-installed
 
-.PHONY: venv sysdeps demo test bench clean
+.PHONY: venv sysdeps horovod demo test bench clean
 
 venv: $(STAMP)
 
@@ -25,7 +25,8 @@ demo: venv
 
 # System tools the tests run for real, installed only when missing:
 # Prometheus + promtool (Debian package `prometheus`), Node.js/npm for the CDK CLI, Chromium for the
-# dashboard's browser tests, the ssh client (`ddlc doctor` reaches other hosts with it).
+# dashboard's browser tests, sshd/ssh + iproute2 for `ddlc doctor` and the two-host `ddlc launch` tests
+# (network namespaces), a C++ compiler and cmake for `make horovod`.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_INSTALL := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends
 sysdeps:
@@ -33,7 +34,11 @@ sysdeps:
 	[ -x /usr/bin/promtool ] || missing="$$missing prometheus"; \
 	command -v npm >/dev/null || missing="$$missing nodejs npm"; \
 	[ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
+	[ -x /usr/sbin/sshd ] || missing="$$missing openssh-server"; \
 	command -v ssh >/dev/null || missing="$$missing openssh-client"; \
+	command -v ip >/dev/null || missing="$$missing iproute2"; \
+	command -v g++ >/dev/null || missing="$$missing g++"; \
+	command -v cmake >/dev/null || missing="$$missing cmake"; \
 	if [ -n "$$missing" ]; then $(SUDO) apt-get update -qq && $(APT_INSTALL) $$missing; fi
 
 # CDK CLI for the infra tests (`npx cdk synth`); reinstalled only when package*.json change.
@@ -41,7 +46,11 @@ node_modules: package.json package-lock.json | sysdeps
 	npm ci --no-audit --no-fund
 	@touch node_modules
 
-test: venv sysdeps node_modules
+# Horovod 0.28.1 built against the venv's torch (C++17 patch, gloo only); a no-op once `import horovod.torch` works.
+horovod: venv sysdeps
+	bash scripts/build_horovod.sh $(PY)
+
+test: venv sysdeps node_modules horovod
 	$(VENV)/bin/pytest tests
 
 bench: venv

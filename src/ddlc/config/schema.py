@@ -104,12 +104,21 @@ class FSDPConfig(Section):
     reshard_after_forward: bool = True
 
 
+class DeepSpeedConfig(Section):
+    """strategy=deepspeed: ZeRO stage and the DeepSpeed JSON to start from (batch sizes, clipping and precision
+    always come from this config, so the two cannot disagree)."""
+
+    zero_stage: Optional[Literal[0, 1, 2, 3]] = None  # None: the JSON's zero_optimization.stage (else 2)
+    config: Optional[str] = None  # ds_config.json; None: --deepspeed/--deepspeed_config, else built-in defaults
+
+
 class DistributedConfig(Section):
     strategy: Literal["ddp", "fsdp", "deepspeed", "horovod"] = "ddp"
     backend: Literal["auto", "nccl", "gloo"] = "auto"  # auto: nccl on CUDA, gloo otherwise
     device: Literal["auto", "cuda", "cpu"] = "auto"
     timeout_s: PositiveInt = 600
     fsdp: FSDPConfig = FSDPConfig()
+    deepspeed: DeepSpeedConfig = DeepSpeedConfig()
 
 
 class CheckpointConfig(Section):

@@ -197,6 +197,9 @@ def init_distributed(
             store = dist.HashStore()
             dist.init_process_group(chosen, store=store, rank=0, world_size=1, timeout=timeout)
         else:
+            if launch.launcher == "horovod" and "MASTER_ADDR" not in os.environ:
+                horovod_rendezvous()
+                launch = detect_launch_env(env)
             os.environ.setdefault("MASTER_ADDR", launch.master_addr)
             os.environ.setdefault("MASTER_PORT", str(launch.master_port))
             kwargs = {"device_id": dev} if dev.type == "cuda" else {}
@@ -209,6 +212,29 @@ def init_distributed(
                 **kwargs,
             )
     return DistContext(env=launch, device=dev, backend=chosen)
+
+
+def horovod_rendezvous() -> None:
+    """Under horovodrun, find torch.distributed's master through Horovod itself.
+
+    horovodrun exports ranks but no MASTER_ADDR; rank 0 picks its own address (the one that reaches horovodrun's
+    rendezvous server) and a free port, and Horovod broadcasts them to every rank.
+    """
+    from ddlc.runtime.engines.horovod_engine import import_horovod
+
+    hvd = import_horovod()
+    hvd.init()
+    address = None
+    if hvd.rank() == 0:
+        target = os.environ.get("HOROVOD_GLOO_RENDEZVOUS_ADDR", "127.0.0.1")
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.connect((target, 9))  # no packet is sent: this only asks the kernel for the outgoing address
+            host = probe.getsockname()[0]
+        with socket.socket() as sock:
+            sock.bind((host, 0))
+            address = (host, sock.getsockname()[1])
+    host, port = hvd.broadcast_object(address, root_rank=0, name="ddlc.master")
+    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = host, str(port)
 
 
 def shutdown_distributed() -> None:

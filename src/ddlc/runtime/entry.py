@@ -22,7 +22,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", help="YAML config file (default: built-in defaults)")
     # Launchers pass these; accepted here so train.py runs unchanged under each of them.
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--deepspeed", action="store_true", help=argparse.SUPPRESS)
+    # `--deepspeed ds_config.json` (as in the runbook) or DeepSpeed's `--deepspeed --deepspeed_config FILE`.
+    parser.add_argument("--deepspeed", nargs="?", const=True, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--deepspeed_config", default=None, help=argparse.SUPPRESS)
     parser.add_argument("overrides", nargs="*", help="dotted.key=value config overrides")
     return parser
@@ -38,11 +39,24 @@ def _is_rank_zero() -> bool:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run one training process; returns the exit code (2 for bad input)."""
     args = build_parser().parse_args(argv)
+    overrides = list(args.overrides)
+    if isinstance(args.deepspeed, str) and "=" in args.deepspeed:
+        overrides.insert(0, args.deepspeed)  # `--deepspeed a.b=c`: a bare flag followed by an override
+        args.deepspeed = True
+    if args.deepspeed:
+        ds_json = args.deepspeed_config or (args.deepspeed if isinstance(args.deepspeed, str) else None)
+        engine = ["distributed.strategy=deepspeed"]
+        if ds_json:
+            engine.append(f"distributed.deepspeed.config={ds_json}")
+        overrides = engine + overrides  # explicit overrides on the command line still win
+    args.overrides = overrides
     bad = [o for o in args.overrides if "=" not in o]
     try:
         if bad:
             raise UserError(f"unexpected argument {bad[0]!r}: overrides look like training.max_steps=200")
         cfg = load_config(args.config, args.overrides)
+        if "HOROVOD_RANK" in os.environ and cfg.distributed.strategy == "ddp":
+            cfg.distributed.strategy = "horovod"  # started by horovodrun: let Horovod carry the gradients
         from ddlc.runtime.distributed import init_distributed, shutdown_distributed
         from ddlc.runtime.trainer import train
 

@@ -101,12 +101,20 @@ class Trainer:
         )
 
         seed_everything(train.seed)  # same initial weights on every rank
-        self.model = wrap_model(
-            GPT(cfg.model), ctx, cfg.distributed.strategy, train.precision, cfg.distributed.fsdp.reshard_after_forward
-        )
-        torch.manual_seed(train.seed + ctx.rank)  # per-rank stream for dropout
-        self.optimizer = build_optimizer(self.model, cfg.optimizer)
-        self.scheduler = build_scheduler(self.optimizer, cfg.optimizer, self.total_steps)
+        self.engine = None  # DeepSpeed / Horovod own model, optimizer and gradient sync (ddlc.runtime.engines)
+        if cfg.distributed.strategy in ("deepspeed", "horovod"):
+            from ddlc.runtime.engines import build_engine
+
+            self.engine = build_engine(cfg, ctx, GPT(cfg.model), self.plan, self.total_steps)
+            self.model, self.optimizer, self.scheduler = self.engine.model, self.engine.optimizer, self.engine.scheduler
+            torch.manual_seed(train.seed + ctx.rank)
+        else:
+            self.model = wrap_model(
+                GPT(cfg.model), ctx, cfg.distributed.strategy, train.precision, cfg.distributed.fsdp.reshard_after_forward
+            )
+            torch.manual_seed(train.seed + ctx.rank)  # per-rank stream for dropout
+            self.optimizer = build_optimizer(self.model, cfg.optimizer)
+            self.scheduler = build_scheduler(self.optimizer, cfg.optimizer, self.total_steps)
         self.state = TrainState()
         self.first_loss: Optional[float] = None
         self.final_loss: Optional[float] = None
@@ -120,7 +128,8 @@ class Trainer:
         self.checkpointer: Optional[Checkpointer] = None
         if cfg.checkpoint.enabled:
             self.checkpoint_uri = cfg.checkpoint.uri or str(self.run_dir / "checkpoints")
-            self.checkpointer = Checkpointer(
+            make_checkpointer = self.engine.checkpointer if self.engine is not None else Checkpointer
+            self.checkpointer = make_checkpointer(
                 self.checkpoint_uri,
                 rank=ctx.rank,
                 world_size=ctx.world_size,
@@ -193,10 +202,26 @@ class Trainer:
         if self.checkpointer is not None and self.checkpointer.last_step != self.state.step:
             self.checkpointer.save(self.state.step, self.model, self.optimizer, self.trainer_state(), blocking)
 
+    def full_state_dict(self) -> dict[str, torch.Tensor]:
+        """Every model parameter and buffer, unsharded, on every rank (a collective under FSDP and ZeRO-3)."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        if self.engine is not None:
+            return self.engine.full_state_dict()
+        return get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True))
+
     # -- one optimizer step ----------------------------------------------------------------------------------
     def train_step(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Forward/backward over all micro-batches of this rank, then one optimizer update."""
         model, ctx, accum = self.model, self.ctx, self.plan.grad_accum_steps
+        if self.engine is not None:
+            step = self.state.step
+            micro_batches = (self.sampler.batch(step, micro, ctx.rank) for micro in range(accum))
+            total_loss, grad_norm = self.engine.train_step(micro_batches)
+            self.scheduler.step()
+            self.state.step += 1
+            self.state.tokens_seen += self.tokens_per_step
+            return total_loss, grad_norm
         total_loss = torch.zeros((), device=ctx.device)
         for micro_step in range(accum):
             inputs, targets = self.sampler.batch(self.state.step, micro_step, ctx.rank)

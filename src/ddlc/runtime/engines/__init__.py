@@ -1,0 +1,27 @@
+"""Training engines that own the model, optimizer and gradient sync themselves: DeepSpeed (ZeRO 1/2/3) and
+Horovod. The Trainer drives them through the same small surface:
+
+    engine.model / engine.optimizer / engine.scheduler
+    engine.train_step(micro_batches) -> (mean loss, grad norm)     # forward/backward/optimizer, sync included
+    engine.full_state_dict()                                         # unsharded parameters on every rank
+    engine.checkpointer(uri, **kwargs)                               # a Checkpointer that speaks the engine's format
+
+DDP and FSDP2 stay in ddlc.runtime.parallel; these modules import their library only when chosen.
+"""
+
+from __future__ import annotations
+
+from ddlc.errors import UserError
+
+
+def build_engine(cfg, ctx, model, plan, total_steps):
+    strategy = cfg.distributed.strategy
+    if strategy == "deepspeed":
+        from ddlc.runtime.engines.deepspeed_engine import DeepSpeedEngine
+
+        return DeepSpeedEngine(cfg, ctx, model, plan, total_steps)
+    if strategy == "horovod":
+        from ddlc.runtime.engines.horovod_engine import HorovodEngine
+
+        return HorovodEngine(cfg, ctx, model, plan, total_steps)
+    raise UserError(f"distributed.strategy={strategy!r} has no engine; use ddp, fsdp, deepspeed or horovod")

@@ -1,0 +1,187 @@
+"""strategy=deepspeed: `deepspeed.initialize` with ddlc's own AdamW (a client optimizer: no fused-op compile) and
+schedule, ZeRO stage 0-3 from config, and checkpoints written by DeepSpeed into ddlc's committed layout.
+
+Batch sizes, gradient clipping and precision are always taken from the ddlc config and written into the DeepSpeed
+config, so a ds_config.json cannot silently train with different settings than `config.yaml` says.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Iterable, Optional
+
+import torch
+
+from ddlc.checkpoint.checkpointer import Checkpointer, SaveStats, rng_file
+from ddlc.checkpoint.manifest import COMMIT, LATEST, TRAINER_STATE, Manifest, hash_files, step_dir
+from ddlc.checkpoint.state import load_rng_bytes, rng_bytes, set_rng_state
+from ddlc.errors import UserError
+from ddlc.runtime.optim import build_optimizer, build_scheduler
+
+DEFAULT_ZERO_STAGE = 2
+
+
+def _import_deepspeed():
+    try:
+        import deepspeed
+    except ModuleNotFoundError:
+        raise UserError("distributed.strategy=deepspeed needs DeepSpeed: pip install 'ddlc[deepspeed]'") from None
+    return deepspeed
+
+
+def load_ds_config(path: Optional[str]) -> dict:
+    if path is None:
+        return {}
+    file = Path(path)
+    if not file.is_file():
+        raise UserError(f"distributed.deepspeed.config: {path} does not exist")
+    try:
+        return json.loads(file.read_text())
+    except json.JSONDecodeError as error:
+        raise UserError(f"distributed.deepspeed.config: {path} is not valid JSON ({error})") from None
+
+
+def deepspeed_config(cfg, plan) -> dict:
+    """The DeepSpeed config for this job: the JSON (if any) with ddlc's batch, clipping, precision and ZeRO stage."""
+    ds = load_ds_config(cfg.distributed.deepspeed.config)
+    zero = dict(ds.get("zero_optimization") or {})
+    stage = cfg.distributed.deepspeed.zero_stage
+    zero["stage"] = stage if stage is not None else zero.get("stage", DEFAULT_ZERO_STAGE)
+    ds["zero_optimization"] = zero
+    ds["train_batch_size"] = plan.global_batch_size
+    ds["train_micro_batch_size_per_gpu"] = plan.micro_batch_size
+    ds["gradient_accumulation_steps"] = plan.grad_accum_steps
+    ds["gradient_clipping"] = cfg.training.grad_clip or 0.0
+    ds["bf16"] = {"enabled": cfg.training.precision == "bf16"}
+    ds.pop("fp16", None)
+    ds.pop("optimizer", None)  # ddlc's AdamW is passed in; a JSON optimizer would be silently different
+    ds.pop("scheduler", None)
+    ds.setdefault("zero_allow_untested_optimizer", True)
+    ds.setdefault("steps_per_print", 10**9)
+    return ds
+
+
+class DeepSpeedEngine:
+    def __init__(self, cfg, ctx, model: torch.nn.Module, plan, total_steps: int):
+        deepspeed = _import_deepspeed()
+        self.cfg, self.ctx = cfg, ctx
+        self.config = deepspeed_config(cfg, plan)
+        self.zero_stage = self.config["zero_optimization"]["stage"]
+        model = model.to(ctx.device)
+        client_optimizer = build_optimizer(model, cfg.optimizer)
+        # The schedule drives the client optimizer's param groups, which every ZeRO stage keeps using.
+        self.scheduler = build_scheduler(client_optimizer, cfg.optimizer, total_steps)
+        self.model, self.optimizer, _, _ = deepspeed.initialize(
+            model=model, optimizer=client_optimizer, config=self.config, dist_init_required=False
+        )
+
+    def train_step(self, micro_batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+        engine, device = self.model, self.ctx.device
+        total = torch.zeros((), device=device)
+        count = 0
+        for inputs, targets in micro_batches:
+            _, loss = engine(inputs.to(device), targets.to(device))
+            engine.backward(loss)  # scales by 1/accumulation steps itself
+            engine.step()  # optimizer update (and ZeRO reduction) only at the accumulation boundary
+            total += loss.detach().float()
+            count += 1
+        norm = engine.get_global_grad_norm()
+        norm = torch.as_tensor(0.0 if norm is None else float(norm))
+        return total / max(count, 1), norm
+
+    def full_state_dict(self) -> dict[str, torch.Tensor]:
+        module = self.model.module
+        if self.zero_stage == 3:
+            import deepspeed
+
+            with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
+                return {k: v.detach().clone() for k, v in module.state_dict().items()}
+        return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+    def checkpointer(self, uri: str, **kwargs) -> "DeepSpeedCheckpointer":
+        return DeepSpeedCheckpointer(self, uri, **kwargs)
+
+
+class DeepSpeedCheckpointer(Checkpointer):
+    """DeepSpeed's own checkpoint files (`engine.save_checkpoint`, ZeRO shards included) in ddlc's layout.
+
+    Each save goes to `<uri>/step-0000000N/` (DeepSpeed's tag = ddlc's step directory), plus ddlc's
+    trainer_state.json and per-rank RNG files; rank 0 then hashes everything into COMMIT and moves `latest`
+    exactly as for DCP checkpoints, so `ddlc checkpoints list/verify/prune` and resume work unchanged.
+    DeepSpeed writes with torch.save to a filesystem path: use a local or shared filesystem (FSx for Lustre).
+    Saves are synchronous (DeepSpeed has no async path for client-side ZeRO shards).
+    """
+
+    def __init__(self, engine: DeepSpeedEngine, uri: str, **kwargs):
+        super().__init__(uri, **kwargs)
+        if self.store.scheme != "file":
+            raise UserError(f"checkpoint.uri={uri}: strategy=deepspeed checkpoints need a filesystem path "
+                            f"(local disk or a shared filesystem such as FSx for Lustre), not {self.store.scheme}://")
+        self.engine = engine
+        self.root = self.store.path()
+
+    def save(self, step: int, model, optimizer, trainer_state: dict, blocking: bool = True) -> SaveStats:
+        # Only the base class's public pieces (store, group, apply_retention, latest_valid) are used, so its
+        # DCP save internals can change freely.
+        directory = step_dir(step)
+        started = time.perf_counter()
+        if self.rank == 0 and self.store.exists(directory):
+            self.store.remove_tree(directory)  # an older commit of this step, or debris of a save that died
+        self._barrier()
+        self.engine.model.save_checkpoint(self.root, tag=directory, save_latest=False)
+        self.store.write_bytes_atomic(f"{directory}/{rng_file(self.rank)}", rng_bytes())
+        state = {**trainer_state, "world_size": self.world_size, "saved_at": time.time(),
+                 "engine": "deepspeed", "zero_stage": self.engine.zero_stage}
+        if self.rank == 0:
+            self.store.write_text_atomic(f"{directory}/{TRAINER_STATE}", json.dumps(state, indent=2))
+        self._barrier()  # every rank's shards are on disk before rank 0 hashes them
+        stats = SaveStats(step=step, blocking_s=0.0)
+        self.history.append(stats)
+        self.last_step = step
+        if self.rank == 0:
+            try:
+                names = [f.name for f in self.store.list_files(directory) if f.name != COMMIT]
+                manifest = Manifest(step=step, files=hash_files(self.store, directory, names),
+                                    world_size=self.world_size, extra={"trainer_state": state})
+                self.store.write_text_atomic(f"{directory}/{COMMIT}", manifest.to_json())  # COMMIT last
+                self.store.write_text_atomic(LATEST, directory + "\n")
+                stats.committed = True
+                self.apply_retention()
+            except Exception as exc:  # the previous commit still stands; training goes on
+                stats.error = f"{type(exc).__name__}: {exc}"
+                self.warn(f"checkpoint {self.store.display(directory)} failed and was not committed: {stats.error}")
+        stats.total_s = stats.blocking_s = time.perf_counter() - started
+        if stats.committed and self.on_commit is not None:
+            self.on_commit(stats)
+        self._barrier()  # nobody races ahead to the next save while rank 0 prunes
+        return stats
+
+    def resume(self, model, optimizer, check_hashes: bool = True) -> Optional[dict]:
+        import torch.distributed as dist
+
+        chosen = [self.latest_valid(check_hashes) if self.rank == 0 else None]
+        if self.group is not None and self.world_size > 1:
+            dist.broadcast_object_list(chosen, src=0, group=self.group)
+        directory = chosen[0]
+        if directory is None:
+            return None
+        trainer_state = json.loads(self.store.read_text(f"{directory}/{TRAINER_STATE}"))
+        if trainer_state.get("engine") != "deepspeed":
+            raise UserError(f"checkpoint {self.store.display(directory)} was not written by strategy=deepspeed; "
+                            "resume it with the strategy that wrote it (or start a new checkpoint.uri)")
+        if trainer_state.get("zero_stage") != self.engine.zero_stage:
+            raise UserError(f"checkpoint {self.store.display(directory)} holds ZeRO stage "
+                            f"{trainer_state.get('zero_stage')} shards but distributed.deepspeed.zero_stage is "
+                            f"{self.engine.zero_stage}; resume with the same stage")
+        path, _ = self.engine.model.load_checkpoint(self.root, tag=directory, load_optimizer_states=True,
+                                                    load_lr_scheduler_states=False)
+        if path is None:
+            raise UserError(f"checkpoint {self.store.display(directory)}: DeepSpeed could not load it")
+        trainer_state["checkpoint"] = self.store.display(directory)
+        if trainer_state.get("world_size") == self.world_size:
+            set_rng_state(load_rng_bytes(self.store.open(f"{directory}/{rng_file(self.rank)}").read()))
+        else:
+            trainer_state["rng_restored"] = False
+        return trainer_state

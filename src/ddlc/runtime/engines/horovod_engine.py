@@ -1,0 +1,62 @@
+"""strategy=horovod: `hvd.DistributedOptimizer` around ddlc's AdamW, parameters and optimizer state broadcast from
+rank 0, gradients averaged once per optimizer step (after the last accumulation micro-batch).
+
+torch.distributed is initialised as well (see `horovod_rendezvous`), so ddlc's loss reduction and DCP checkpoints
+work unchanged under horovodrun: only gradient sync goes through Horovod.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+
+from ddlc.checkpoint.checkpointer import Checkpointer
+from ddlc.errors import UserError
+from ddlc.runtime.optim import build_optimizer, build_scheduler
+
+
+def import_horovod():
+    try:
+        import horovod.torch as hvd
+    except (ModuleNotFoundError, ImportError) as error:
+        raise UserError(f"distributed.strategy=horovod needs Horovod built for this torch (make horovod): {error}") from None
+    return hvd
+
+
+class HorovodEngine:
+    def __init__(self, cfg, ctx, model: torch.nn.Module, plan, total_steps: int):
+        hvd = import_horovod()
+        hvd.init()
+        self.cfg, self.ctx, self.hvd = cfg, ctx, hvd
+        self.accum = plan.grad_accum_steps
+        self.model = model.to(ctx.device)
+        optimizer = build_optimizer(self.model, cfg.optimizer)
+        hvd.broadcast_parameters(self.model.state_dict(), root_rank=0)
+        hvd.broadcast_optimizer_state(optimizer, root_rank=0)
+        self.optimizer = hvd.DistributedOptimizer(
+            optimizer, named_parameters=self.model.named_parameters(), backward_passes_per_step=self.accum,
+            op=hvd.Average,
+        )
+        self.scheduler = build_scheduler(self.optimizer, cfg.optimizer, total_steps)
+
+    def train_step(self, micro_batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+        device = self.ctx.device
+        total = torch.zeros((), device=device)
+        for inputs, targets in micro_batches:
+            _, loss = self.model(inputs.to(device), targets.to(device))
+            (loss / self.accum).backward()  # Horovod all-reduces after the last of `accum` backward passes
+            total += loss.detach() / self.accum
+        self.optimizer.synchronize()  # averaged gradients are in place: clip them, then step without re-syncing
+        clip = self.cfg.training.grad_clip
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip if clip is not None else float("inf"))
+        with self.optimizer.skip_synchronize():
+            self.optimizer.step()
+        self.optimizer.zero_grad()  # Horovod's override takes no set_to_none (torch's default is True)
+        return total, norm
+
+    def full_state_dict(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+
+    def checkpointer(self, uri: str, **kwargs) -> Checkpointer:
+        return Checkpointer(uri, **kwargs)  # plain module + torch optimizer: ddlc's DCP checkpoints as usual

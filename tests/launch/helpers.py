@@ -1,0 +1,40 @@
+"""Shared by the launch tests: run `ddlc launch` on the two test hosts and compare what each rank trained."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import torch
+
+from tests.launch.hosts import TwoHosts
+from tests.support import CONFIG, FAST, PYTHON, REPO, child_env
+
+WORKER = REPO / "tests" / "launch" / "params_worker.py"
+DDLC = [PYTHON, "-m", "ddlc.cli.main"]
+
+
+# -- two real hosts ---------------------------------------------------------------------------------------------
+def launch_on(hosts: TwoHosts, engine: str, script_args: list[str], *extra: str, timeout: float = 240,
+              wait: bool = True):
+    argv = hosts.in_head([*DDLC, "launch", "--engine", engine, "--hostfile", str(hosts.hostfile()),
+                          *hosts.ssh_options(), "--env-profile", "none", "--env", f"GLOO_SOCKET_IFNAME={hosts.nic}",
+                          *extra, str(WORKER), "--", *script_args])
+    env = child_env(PYTHONPATH=str(REPO / "src"), TORCH_EXTENSIONS_DIR=str(REPO / ".cache" / "torch_extensions"))
+    if not wait:
+        return subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def assert_identical_ranks(out: Path, world: int) -> None:
+    states = [torch.load(out / f"rank{r}.pt") for r in range(world)]
+    assert states[0], "no parameters written"
+    for rank, state in enumerate(states[1:], start=1):
+        assert state.keys() == states[0].keys()
+        for name, tensor in state.items():
+            assert torch.equal(tensor, states[0][name]), f"rank {rank} differs from rank 0 in {name}"
+
+
+def job_args(out: Path, tmp: Path, name: str, steps: int, *more: str) -> list[str]:
+    return [str(out), str(CONFIG), *FAST, f"training.max_steps={steps}", f"monitoring.run_dir={tmp}",
+            f"monitoring.run_name={name}", "monitoring.progress=plain", "checkpoint.interval_steps=1000", *more]

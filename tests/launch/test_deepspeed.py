@@ -1,0 +1,87 @@
+"""DeepSpeed engine on CPU (gloo) through DeepSpeed's own launcher: ZeRO stages, train.py's --deepspeed forms,
+checkpoints in ddlc's committed layout, and resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.support import CONFIG, FAST, PYTHON, REPO, TRAIN_PY, assert_ok, free_port, run, torchrun
+
+pytest.importorskip("deepspeed")
+
+WORKER = REPO / "tests" / "launch" / "params_worker.py"
+DEEPSPEED = Path(PYTHON).parent / "deepspeed"
+DS_CONFIG = REPO / "ds_config.json"
+ENV = {"TORCH_EXTENSIONS_DIR": str(REPO / ".cache" / "torch_extensions"), "PYTHONPATH": str(REPO / "src")}
+STEPS = 10
+
+
+def deepspeed(*args: str) -> list[str]:
+    return [str(DEEPSPEED), "--num_gpus", "2", "--master_port", str(free_port()), *args]
+
+
+def common(tmp: Path, name: str, *more: str) -> list[str]:
+    return [*FAST, f"training.max_steps={STEPS}", f"monitoring.run_dir={tmp}", f"monitoring.run_name={name}",
+            "monitoring.progress=plain", *more]
+
+
+@pytest.fixture(scope="module")
+def ddp_reference(tmp_path_factory) -> dict:
+    """The same job under torchrun + DDP: ZeRO must reach the same parameters."""
+    tmp = tmp_path_factory.mktemp("ddp")
+    proc = run(torchrun("--standalone", "--nproc_per_node=2", str(WORKER), str(tmp / "params"), str(CONFIG),
+                        *common(tmp, "ddp", "checkpoint.enabled=false")), cwd=REPO, **ENV)
+    assert_ok(proc)
+    return torch.load(tmp / "params" / "rank0.pt")
+
+
+def assert_close_to(reference: dict, out: Path) -> None:
+    ranks = [torch.load(out / f"rank{r}.pt") for r in range(2)]
+    assert ranks[0].keys() == reference.keys()
+    for name, tensor in reference.items():
+        assert torch.equal(ranks[0][name], ranks[1][name]), f"ranks disagree on {name}"
+        torch.testing.assert_close(ranks[0][name], tensor, rtol=1e-4, atol=1e-5, msg=f"ZeRO drifted from DDP on {name}")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", [1, 3])
+def test_zero_stage_matches_ddp(stage, ddp_reference, tmp_path):
+    out = tmp_path / "params"
+    proc = run(deepspeed(str(WORKER), str(out), str(CONFIG), *common(
+        tmp_path, f"zero{stage}", "distributed.strategy=deepspeed", f"distributed.deepspeed.config={DS_CONFIG}",
+        f"distributed.deepspeed.zero_stage={stage}", "checkpoint.enabled=false")), cwd=REPO, **ENV)
+    assert_ok(proc)
+    assert_close_to(ddp_reference, out)
+    summary = json.loads((tmp_path / f"zero{stage}" / "summary.json").read_text())
+    assert summary["strategy"] == "deepspeed" and summary["world_size"] == 2
+    assert summary["final_loss"] < summary["first_loss"]
+
+
+@pytest.mark.slow
+def test_train_py_deepspeed_checkpoints_and_resume(tmp_path):
+    """`deepspeed train.py --config config.yaml --deepspeed ds_config.json` (ZeRO 2 from the JSON), then resume."""
+    ckpt = tmp_path / "ckpt"
+    args = [str(TRAIN_PY), "--config", str(CONFIG), "--deepspeed", str(DS_CONFIG), *common(
+        tmp_path, "ds", f"checkpoint.uri={ckpt}", "checkpoint.interval_steps=5")]
+    first = run(deepspeed(*args), cwd=REPO, **ENV)
+    assert_ok(first)
+    proc = run([PYTHON, "-m", "ddlc.cli.main", "checkpoints", "verify", str(ckpt)], cwd=REPO, **ENV)
+    assert_ok(proc)
+    assert "step-00000005" in proc.stdout + proc.stderr and "step-00000010" in proc.stdout + proc.stderr
+    state = json.loads((ckpt / "step-00000010" / "trainer_state.json").read_text())
+    assert state["engine"] == "deepspeed" and state["zero_stage"] == 2 and state["step"] == 10
+    assert (ckpt / "latest").read_text().strip() == "step-00000010"
+
+    # DeepSpeed's own convention, 5 more steps: resumes from step 10 with the optimizer state it saved.
+    resumed = run(deepspeed(str(TRAIN_PY), "--config", str(CONFIG), "--deepspeed", "--deepspeed_config",
+                            str(DS_CONFIG), *[a.replace(f"max_steps={STEPS}", "max_steps=15") for a in args[5:]]),
+                  cwd=REPO, **ENV)
+    assert_ok(resumed)
+    summary = json.loads((tmp_path / "ds" / "summary.json").read_text())
+    assert summary["start_step"] == 10 and summary["steps"] == 15
+    assert summary["resumed_from"].endswith("step-00000010")
+

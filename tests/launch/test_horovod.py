@@ -1,0 +1,41 @@
+"""Horovod (gloo) through horovodrun and `ddlc launch --engine horovod`; runs when Horovod is built (make horovod)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.launch.helpers import assert_identical_ranks, job_args, launch_on
+from tests.support import CONFIG, FAST, PYTHON, REPO, TRAIN_PY, assert_ok, run
+
+pytest.importorskip("horovod.torch")
+
+HOROVODRUN = Path(PYTHON).parent / "horovodrun"
+ENV = {"PYTHONPATH": str(REPO / "src")}
+
+
+@pytest.mark.slow
+def test_horovodrun_train_py(tmp_path):
+    """The runbook's command: `horovodrun -np 2 -H localhost:2 python train.py --config config.yaml`."""
+    proc = run([str(HOROVODRUN), "-np", "2", "-H", "localhost:2", PYTHON, str(TRAIN_PY), "--config", str(CONFIG),
+                *FAST, "training.max_steps=10", f"monitoring.run_dir={tmp_path}", "monitoring.run_name=hvd",
+                "monitoring.progress=plain", "checkpoint.interval_steps=5"], cwd=REPO, timeout=240, **ENV)
+    assert_ok(proc)
+    summary = json.loads((tmp_path / "hvd" / "summary.json").read_text())
+    assert summary["strategy"] == "horovod" and summary["world_size"] == 2
+    assert summary["final_loss"] < summary["first_loss"]
+    assert (tmp_path / "hvd" / "checkpoints" / "step-00000010" / "COMMIT").exists()
+
+
+@pytest.mark.slow
+def test_horovod_two_hosts(loopback_hosts, tmp_path):
+    """`ddlc launch --engine horovod`: horovodrun reaches both sshd hosts (loopback fallback, see hosts.py)."""
+    out = tmp_path / "params"
+    proc = launch_on(loopback_hosts, "horovod", job_args(out, tmp_path, "hvd-two-hosts", 6, "distributed.strategy=horovod",
+                                                "checkpoint.enabled=false"))
+    assert_ok(proc)
+    assert_identical_ranks(out, 2)
+    summary = json.loads((tmp_path / "hvd-two-hosts" / "summary.json").read_text())
+    assert summary["strategy"] == "horovod" and summary["world_size"] == 2

@@ -1,0 +1,175 @@
+"""`ddlc launch` across two real hosts (network namespaces with their own sshd), plus its error paths."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from ddlc.launch.env import node_environment, parse_env_overrides
+from ddlc.launch.multinode import expand_nodelist, parse_hostfile_text, slurm_hosts
+from ddlc.errors import UserError
+from tests.launch.helpers import DDLC, assert_identical_ranks, job_args, launch_on
+from tests.support import REPO, assert_ok, run
+
+
+def ddlc(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return run([*DDLC, *args], cwd=REPO, timeout=timeout)
+
+
+# -- hostfiles and plans (no network) ---------------------------------------------------------------------------
+def test_hostfile_formats():
+    hosts = parse_hostfile_text("# cluster\nnode-1 slots=8\nnode-2:4\n\n10.0.0.7  # bare\n", "hf")
+    assert [(h.name, h.slots) for h in hosts] == [("node-1", 8), ("node-2", 4), ("10.0.0.7", 1)]
+    assert hosts[1].origin == "hf:3"
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("a slots=2\nb slots=two\n", "hf:2: slots must be a positive integer"),
+        ("a slots=2\nb gpus=2\n", "hf:2: expected 'host slots=N'"),
+        ("a\na\n", "hf:2: host 'a' is listed twice"),
+        ("bad/host\n", "hf:1: 'bad/host' is not a host name"),
+        ("# nothing\n", "hf: no hosts listed"),
+    ],
+)
+def test_malformed_hostfile_names_the_line(text, message):
+    with pytest.raises(UserError, match=message):
+        parse_hostfile_text(text, "hf")
+
+
+def test_slurm_nodelist():
+    assert expand_nodelist("gpu-[01-03,7],login") == ["gpu-01", "gpu-02", "gpu-03", "gpu-7", "login"]
+    hosts = slurm_hosts({"SLURM_JOB_NODELIST": "p5-[1-2]", "SLURM_NTASKS_PER_NODE": "8(x2)"})
+    assert [(h.name, h.slots) for h in hosts] == [("p5-1", 8), ("p5-2", 8)]
+
+
+def test_env_profile_and_overrides():
+    env = node_environment("aws-efa", parse_env_overrides(["NCCL_DEBUG=INFO", "FI_EFA_USE_DEVICE_RDMA="]),
+                           {"NCCL_SOCKET_IFNAME": "ens5", "HOME": "/root"})
+    assert env["FI_PROVIDER"] == "efa" and env["FI_EFA_USE_HUGE_PAGE"] == "0"
+    assert env["NCCL_SOCKET_IFNAME"] == "ens5"  # the caller's shell beats the profile
+    assert env["NCCL_DEBUG"] == "INFO" and "FI_EFA_USE_DEVICE_RDMA" not in env and "HOME" not in env
+    assert node_environment("none") == {}
+
+
+def test_dry_run_prints_every_node_command(tmp_path):
+    hostfile = tmp_path / "hosts"
+    hostfile.write_text("node-a slots=4\nnode-b slots=4\n")
+    for engine, launcher in (("torchrun", "torch.distributed.run"), ("deepspeed", "deepspeed.launcher.launch")):
+        proc = ddlc("launch", "--engine", engine, "--hostfile", str(hostfile), "--master-port", "29511",
+                    "--nproc-per-node", "2", "--dry-run", "train.py", "--", "--config", "config.yaml")
+        assert_ok(proc)
+        lines = proc.stdout.strip().splitlines()
+        assert lines[0].startswith(f"# engine={engine} nodes=2 world_size=4 master=node-a:29511")
+        for rank, (line, host) in enumerate(zip(lines[1:], ("node-a", "node-b"))):
+            assert line.startswith(f"[{host}] ssh ") and f" {host} -- " in line
+            assert launcher in line and f"--node_rank={rank}" in line and "FI_PROVIDER=efa" in line
+            assert "train.py --config config.yaml" in line
+    proc = ddlc("launch", "--engine", "horovod", "--hostfile", str(hostfile), "--dry-run", "train.py")
+    assert_ok(proc)
+    assert "horovod.runner.launch --gloo -np 8 -H node-a:4,node-b:4" in proc.stdout
+
+
+def test_bad_input_exits_2_naming_it(tmp_path):
+    hostfile = tmp_path / "hosts"
+    hostfile.write_text("node-a slots=4\nnode-b slots=-1\n")
+    proc = ddlc("launch", "--hostfile", str(hostfile), "train.py")
+    assert proc.returncode == 2 and f"{hostfile}:2: slots must be a positive integer" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    hostfile.write_text("no-such-host.invalid slots=1\n")
+    proc = ddlc("launch", "--hostfile", str(hostfile), "train.py")
+    assert proc.returncode == 2, proc.stderr
+    assert "host no-such-host.invalid (" in proc.stderr and "unreachable over ssh" in proc.stderr
+    proc = ddlc("launch", "--engine", "mpi", "--hostfile", str(hostfile), "train.py")
+    assert proc.returncode == 2 and "--engine 'mpi'" in proc.stderr
+    proc = ddlc("launch", "--hostfile", str(tmp_path / "missing"), "train.py")
+    assert proc.returncode == 2 and "no such file" in proc.stderr
+
+
+# -- two real hosts (fixture `hosts` in conftest.py) ----------------------------------------------------------
+@pytest.mark.slow
+def test_torchrun_two_hosts(hosts, tmp_path):
+    out = tmp_path / "params"
+    proc = launch_on(hosts, "torchrun", job_args(out, tmp_path, "two-hosts", 6))
+    assert_ok(proc)
+    assert "[10.213.0.1] " in proc.stdout and "[10.213.0.2] " in proc.stdout
+    assert_identical_ranks(out, 2)
+    summary = (tmp_path / "two-hosts" / "summary.json").read_text()
+    assert '"world_size": 2' in summary
+
+
+@pytest.mark.slow
+def test_missing_engine_on_a_host_exits_2(hosts, tmp_path):
+    proc = launch_on(hosts, "deepspeed", ["x"], "--python", "/usr/bin/python3")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "engine deepspeed missing on host 10.213.0.1" in proc.stderr
+
+
+def _job_processes(marker: str) -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = " ".join(proc.info["cmdline"] or [])
+        if marker in cmdline and "ddlc.cli.main" not in cmdline and "ssh " not in cmdline:
+            found.append(proc)
+    return found
+
+
+def _wait_for_both_nodes(job: subprocess.Popen, marker: str) -> psutil.Process:
+    """Block until both hosts run a worker; return node 1's torchrun agent."""
+    deadline = time.monotonic() + 60
+    while True:
+        assert job.poll() is None, job.stdout.read()
+        assert time.monotonic() < deadline, "the job never started on both hosts"
+        running = [(p, p.info["cmdline"]) for p in _job_processes(marker)]
+        agents = [p for p, argv in running if argv[1:3] == ["-m", "torch.distributed.run"] and "--node_rank=1" in argv]
+        workers = [p for p, argv in running if "python" in Path(argv[0]).name
+                   and "torch.distributed.run" not in argv and any(a.endswith("params_worker.py") for a in argv)]
+        if agents and len(workers) >= 2:
+            return agents[0]
+        time.sleep(0.2)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["node-dies", "ctrl-c"])
+def test_stopping_leaves_no_orphans(hosts, tmp_path, how):
+    """A node's launcher killed mid-job stops the whole job with its code; Ctrl-C stops every node (exit 130)."""
+    marker = f"{how}-{os.getpid()}"
+    job = launch_on(hosts, "torchrun", job_args(tmp_path / "p", tmp_path, marker, 100000), wait=False)
+    try:
+        agent = _wait_for_both_nodes(job, marker)
+        if how == "node-dies":
+            agent.send_signal(signal.SIGKILL)  # node 1's torchrun dies; its worker would be orphaned on that host
+        else:
+            job.send_signal(signal.SIGINT)  # `ip netns exec` execs the launcher: this is Ctrl-C on `ddlc launch`
+        output, _ = job.communicate(timeout=60)
+    finally:
+        if job.poll() is None:
+            job.kill()
+    if how == "node-dies":
+        assert job.returncode == 128 + signal.SIGKILL, output[-3000:]
+        assert "node 10.213.0.2 (rank 1) exited with code 137; stopping all nodes" in output
+    else:
+        assert job.returncode == 130, output[-3000:]
+        assert "interrupted; stopping all nodes" in output
+    leftovers = _job_processes(marker)
+    assert not leftovers, [p.cmdline() for p in leftovers]
+
+
+@pytest.mark.slow
+def test_deepspeed_zero3_two_hosts(hosts, tmp_path):
+    pytest.importorskip("deepspeed")
+    out = tmp_path / "params"
+    proc = launch_on(hosts, "deepspeed", job_args(out, tmp_path, "ds-two-hosts", 6, "distributed.strategy=deepspeed",
+                                                  "distributed.deepspeed.zero_stage=3", "checkpoint.enabled=false"))
+    assert_ok(proc)
+    assert "[10.213.0.2] " in proc.stdout
+    assert_identical_ranks(out, 2)
+    summary = (tmp_path / "ds-two-hosts" / "summary.json").read_text()
+    assert '"strategy": "deepspeed"' in summary and '"world_size": 2' in summary
