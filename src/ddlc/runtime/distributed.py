@@ -21,6 +21,7 @@ import torch
 import torch.distributed as dist
 
 from ddlc.errors import UserError
+from ddlc.launch.slurm import expand_nodelist
 
 Launcher = Literal["torchrun", "deepspeed", "env", "horovod", "mpi", "slurm", "single"]
 
@@ -55,16 +56,6 @@ def _int(env: Mapping[str, str], *names: str, default: Optional[int] = None) -> 
             except ValueError:
                 raise UserError(f"environment variable {name}={value!r} is not an integer") from None
     return default
-
-
-def _first_slurm_host(nodelist: str) -> str:
-    """`gpu-[3-5,9]` -> `gpu-3`; `a,b` -> `a` (enough to pick a master without calling scontrol)."""
-    head = nodelist.split(",")[0]
-    if "[" in nodelist:
-        prefix, rest = nodelist.split("[", 1)
-        first = rest.split(",")[0].split("-")[0].rstrip("]")
-        return prefix + first
-    return head
 
 
 def detect_launch_env(env: Mapping[str, str] | None = None) -> LaunchEnv:
@@ -116,7 +107,7 @@ def detect_launch_env(env: Mapping[str, str] | None = None) -> LaunchEnv:
     if "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
         world = _int(env, "SLURM_NTASKS")
         nodelist = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST") or ""
-        addr = env.get("MASTER_ADDR") or (_first_slurm_host(nodelist) if nodelist else "127.0.0.1")
+        addr = env.get("MASTER_ADDR") or (expand_nodelist(nodelist)[0] if nodelist else "127.0.0.1")
         return LaunchEnv(
             "slurm",
             _int(env, "SLURM_PROCID"),
