@@ -41,10 +41,6 @@ def _size_and_sha256(store: CheckpointStore, relpath: str) -> dict:
     return {"size": size, "sha256": digest.hexdigest()}
 
 
-def sha256_of(store: CheckpointStore, relpath: str) -> str:
-    return _size_and_sha256(store, relpath)["sha256"]
-
-
 def _hash_threads(count: int) -> int:
     return max(1, min(count, os.cpu_count() or 1, 8))
 

@@ -58,6 +58,13 @@ def _int(env: Mapping[str, str], *names: str, default: Optional[int] = None) -> 
     return default
 
 
+# Launchers that name rank, world size, local rank and local size in variables of their own.
+_RANK_VARIABLES: tuple[tuple[Launcher, str, str, str, str], ...] = (
+    ("horovod", "HOROVOD_RANK", "HOROVOD_SIZE", "HOROVOD_LOCAL_RANK", "HOROVOD_LOCAL_SIZE"),
+    ("mpi", "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK", "OMPI_COMM_WORLD_LOCAL_SIZE"),
+)
+
+
 def detect_launch_env(env: Mapping[str, str] | None = None) -> LaunchEnv:
     """Read rank/world/master from the environment. Order: torchrun/deepspeed, Horovod, MPI, Slurm, single."""
     env = os.environ if env is None else env
@@ -82,28 +89,11 @@ def detect_launch_env(env: Mapping[str, str] | None = None) -> LaunchEnv:
             master_addr=master_addr,
             master_port=master_port,
         )
-    if "HOROVOD_RANK" in env:
-        world = _int(env, "HOROVOD_SIZE")
-        return LaunchEnv(
-            "horovod",
-            _int(env, "HOROVOD_RANK"),
-            world,
-            _int(env, "HOROVOD_LOCAL_RANK", default=0),
-            _int(env, "HOROVOD_LOCAL_SIZE", default=world),
-            master_addr,
-            master_port,
-        )
-    if "OMPI_COMM_WORLD_RANK" in env:
-        world = _int(env, "OMPI_COMM_WORLD_SIZE")
-        return LaunchEnv(
-            "mpi",
-            _int(env, "OMPI_COMM_WORLD_RANK"),
-            world,
-            _int(env, "OMPI_COMM_WORLD_LOCAL_RANK", default=0),
-            _int(env, "OMPI_COMM_WORLD_LOCAL_SIZE", default=world),
-            master_addr,
-            master_port,
-        )
+    for launcher, rank, size, local_rank, local_size in _RANK_VARIABLES:
+        if rank in env:
+            world = _int(env, size)
+            return LaunchEnv(launcher, _int(env, rank), world, _int(env, local_rank, default=0),
+                             _int(env, local_size, default=world), master_addr, master_port)
     if "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
         world = _int(env, "SLURM_NTASKS")
         nodelist = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST") or ""

@@ -351,7 +351,7 @@ class Trainer:
                     "grad_norm": norm,
                     "step_time_s": seconds,
                     "tokens_per_s": self.tokens_per_step / seconds if seconds > 0 else 0.0,
-                    "tokens_seen": step * self.tokens_per_step,
+                    "tokens_seen": self.sampler.samples_seen(step) * self.cfg.model.block_size,
                     "epoch": self.sampler.epoch_of_step(step),
                 }
             )
