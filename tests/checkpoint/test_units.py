@@ -236,3 +236,27 @@ def test_async_save_holds_the_state_of_its_step_while_training_goes_on(tmp_path,
     for name, value in fresh.state_dict().items():
         assert torch.equal(value, expected[name]), name
     assert torch.equal(fresh_optimizer.state[fresh[0].weight]["exp_avg"], expected_moment)
+
+
+@pytest.mark.parametrize("check_hashes", [True, False])
+def test_checkpoint_that_cannot_be_decoded_is_skipped(tmp_path, ctx, check_hashes):
+    """Same size, garbage where the first record's zip header was: the load itself fails, and resume falls back."""
+    model, optimizer = _model_and_optimizer()
+    ckpt = Checkpointer(str(tmp_path / "ck"), keep_last=5)
+    ckpt.save(1, model, optimizer, {"step": 1}, blocking=True)
+    expected = {k: v.clone() for k, v in model.state_dict().items()}
+    model(torch.randn(2, 8)).sum().backward()
+    optimizer.step()
+    ckpt.save(2, model, optimizer, {"step": 2}, blocking=True)
+    ckpt.close()
+    shard = next((tmp_path / "ck" / "step-00000002").glob("*.distcp"))
+    data = bytearray(shard.read_bytes())
+    data[:64] = b"\xff" * 64
+    shard.write_bytes(bytes(data))
+    warnings = []
+    fresh, fresh_opt = _model_and_optimizer(seed=3)
+    state = Checkpointer(str(tmp_path / "ck"), warn=warnings.append).resume(fresh, fresh_opt, check_hashes=check_hashes)
+    assert state["step"] == 1
+    assert any("step-00000002" in w for w in warnings)
+    for name, value in fresh.state_dict().items():
+        assert torch.equal(value, expected[name]), name

@@ -29,6 +29,7 @@ from typing import Callable, Optional
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.api import CheckpointException
 
 from ddlc.checkpoint.manifest import (
     COMMIT,
@@ -151,7 +152,7 @@ class Checkpointer:
             self._write_state(app_state, directory)
             stats.blocking_s = time.perf_counter() - started
             self._finish(directory, small_files, stats, started)
-            return stats
+            return stats  # a failed blocking save raises (CheckpointException): the caller asked to wait for it
         # Buffers (e.g. BatchNorm statistics) may change in the next forward: copy them now (they are small).
         # Parameters and optimizer state change only in optimizer.step(), which waits for the staging copy.
         detach_buffers(app_state, model)
@@ -219,7 +220,7 @@ class Checkpointer:
         try:
             self._prepare_directory(directory)
             self._write_state(staged.result(), directory)
-        except Exception as exc:  # a failed save must not kill training; the previous commit still stands
+        except (Exception, CheckpointException) as exc:  # a failed save must not kill training; the previous commit still stands
             self._failed(directory, stats, exc, started)
             return
         self._finish(directory, small_files, stats, started)
@@ -336,10 +337,11 @@ class Checkpointer:
     def resume(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, check_hashes: bool = True) -> Optional[dict]:
         """Load the newest valid checkpoint into model and optimizer; return its trainer state (None: fresh).
 
-        Rank 0 picks the newest committed checkpoint whose files have their recorded sizes. While DCP loads it, every
-        rank SHA-256-checks its share of the files in a thread (one pass over the bytes, overlapped with the load).
-        If any file is corrupt, the loaded values are discarded — the next older checkpoint is loaded over every
-        tensor — so a corrupt checkpoint never reaches the model.
+        Rank 0 picks the newest committed checkpoint whose files have their recorded sizes. Every rank SHA-256-checks
+        its share of the files during the load: on local storage from the very bytes DCP decodes (the reader digests
+        them as it reads), elsewhere by reading them in a thread alongside. If any file is corrupt, the loaded values
+        are discarded — the next older checkpoint is loaded over every tensor — so a corrupt checkpoint never reaches
+        the model.
         """
         rejected: set[str] = set()
         while True:
@@ -349,19 +351,8 @@ class Checkpointer:
             directory = chosen[0]
             if directory is None:
                 return None
-            problems: list[str] = []
-            checker = None
-            if check_hashes:
-                checker = threading.Thread(target=lambda: problems.extend(self._check_share(directory)), daemon=True)
-                checker.start()
             app_state = model_and_optimizer_state(model, optimizer)
-            try:
-                dcp.load(app_state, checkpoint_id=self.store.url(directory),
-                         storage_reader=self.store.dcp_reader(directory), process_group=self.group)
-            except Exception as exc:  # DCP gathers read errors, so every rank lands here together
-                problems.append(f"unreadable: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
-            if checker is not None:
-                checker.join()
+            problems = self._load_verified(directory, app_state, check_hashes)
             everyone = self._gather(problems)
             if everyone:
                 if self.rank == 0:
@@ -378,14 +369,47 @@ class Checkpointer:
             trainer_state["rng_restored"] = False  # different world size: per-rank streams do not map over
         return trainer_state
 
-    def _check_share(self, directory: str) -> list[str]:
-        """SHA-256 of this rank's share of the committed files (every world_size-th file, by name)."""
+    def _load_verified(self, directory: str, app_state: dict, check_hashes: bool) -> list[str]:
+        """DCP-load `directory` into `app_state` while checking this rank's share of its files; the problems found."""
         manifest = read_manifest(self.store, directory)
         if manifest is None:
             return ["not committed (no valid COMMIT marker)"]
-        names = sorted(manifest.files)[self.rank :: self.world_size]
-        hashed = hash_files(self.store, directory, names)
-        return [f"{name}: sha256 mismatch (corrupted)" for name in names
+        share = self._verification_share(manifest) if check_hashes else []
+        problems: list[str] = []
+        reader = self.store.dcp_reader(directory, digest_names=frozenset(share))
+        reader_digests: Optional[dict] = getattr(reader, "digests", None)
+        checker = None
+        if share and reader_digests is None:  # this reader cannot digest what it reads: hash alongside instead
+            checker = threading.Thread(target=lambda: problems.extend(self._compare(directory, manifest, share)),
+                                       daemon=True)
+            checker.start()
+        try:
+            dcp.load(app_state, checkpoint_id=self.store.url(directory), storage_reader=reader,
+                     process_group=self.group)
+        except (Exception, CheckpointException) as exc:  # DCP gathers read errors: every rank lands here together
+            problems.append(f"unreadable: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
+        if checker is not None:
+            checker.join()
+        elif share:
+            read = {name: {"sha256": sha} for name, sha in reader_digests.items()}
+            problems += self._compare(directory, manifest, [n for n in share if n not in read], already=read)
+        return problems
+
+    def _verification_share(self, manifest: Manifest) -> list[str]:
+        """This rank's files to SHA-256-check: largest first onto the least-loaded rank, the same on every rank."""
+        load = [0] * self.world_size
+        share = []
+        for name, entry in sorted(manifest.files.items(), key=lambda item: (-item[1]["size"], item[0])):
+            owner = min(range(self.world_size), key=lambda r: (load[r], r))
+            load[owner] += entry["size"]
+            if owner == self.rank:
+                share.append(name)
+        return share
+
+    def _compare(self, directory: str, manifest: Manifest, names: list[str], already: Optional[dict] = None) -> list[str]:
+        hashed = dict(already or {})
+        hashed.update(hash_files(self.store, directory, names))
+        return [f"{name}: sha256 mismatch (corrupted)" for name in sorted(hashed)
                 if hashed[name]["sha256"] != manifest.files[name]["sha256"]]
 
     def _gather(self, problems: list[str]) -> list[str]:

@@ -180,14 +180,16 @@ class CheckpointStore:
         writer.fs = HashingFileSystem()  # shards are digested as they are written (see write_digests.py)
         return writer
 
-    def dcp_reader(self, directory: str):
+    def dcp_reader(self, directory: str, digest_names: frozenset[str] = frozenset()):
+        """A DCP storage reader for `directory`. Local readers also SHA-256 the files in `digest_names` from the
+        bytes they decode (their `digests`); S3 readers have no `digests`: hash those files separately."""
         if self.scheme == "s3":
             from torch.distributed.checkpoint._fsspec_filesystem import FsspecReader
 
             return FsspecReader(self.url(directory), **self.storage_options)
-        from torch.distributed.checkpoint import FileSystemReader
+        from ddlc.checkpoint.direct_read import DirectReader
 
-        return FileSystemReader(self.path(directory))
+        return DirectReader(self.path(directory), digest_names=digest_names)
 
 
 def _fsync_dir(path: str) -> None:
