@@ -6,16 +6,22 @@
 Re-launches itself under torchrun (`--nproc 1` runs in-process). One GPT (DDP) + AdamW state (weights and both
 Adam moments, >= 200 MB) is saved and loaded each round, the phases rotating order from round to round:
 
-* ddlc save: `Checkpointer.save(blocking=False)`; blocking = until save() returns (the training loop is held),
-  total = until `wait()` returns on rank 0, i.e. shards written and fsynced by DCP, every file SHA-256 hashed into
-  the per-rank manifests, COMMIT written, `latest` moved and retention applied: the full path users get.
+* ddlc save, blocking: what the training loop loses per save. `Checkpointer.save(blocking=False)` at a step
+  boundary, then the next real training step of this model (forward, backward, optimizer.step()); the copy of the
+  state to memory runs in the background meanwhile and optimizer.step() waits for it if it is not done. Blocking =
+  time inside save() + that wait (SaveStats.blocking_s). Also shown: that step's time against a step without a
+  save (on this CPU-only machine the background copy and write share the cores with the step).
+* ddlc save, total: save(blocking=False) with nothing else running, until COMMIT is written on rank 0: shards
+  written and fsynced by DCP, every file SHA-256 hashed, the manifests gathered, COMMIT and `latest` written.
+  Retention (keep_last=1: every save deletes the previous checkpoint) runs after the commit; shown apart.
 * torch.save: rank 0 saves model + optimizer state dicts to one file, the usual baseline; it is synchronous, so its
   blocking time is its whole time. No fsync (as it is normally called), which only flatters the baseline.
 * raw write: the same number of bytes from one contiguous buffer, write + fsync (DCP fsyncs its shard files too),
   once by rank 0 alone and once split across ranks in parallel; the faster of the two is the baseline.
-* ddlc load: `Checkpointer.resume` (rank 0 SHA-256-verifies the newest checkpoint, then every rank loads it
-  through DCP) vs raw: every rank reads the raw file back (each rank needs the whole replicated state). A
-  reference row, `resume(check_hashes=False)`, shows what the verification pass costs; it is not a target.
+* ddlc load: `Checkpointer.resume` (every rank loads the newest checkpoint through DCP with ddlc's reader and
+  SHA-256-checks its share of the files from the bytes it loaded) vs raw: every rank reads the raw file back (each
+  rank needs the whole replicated state). A reference row, `resume(check_hashes=False)`, shows what verification
+  costs; it is not a target.
 
 Before each timed phase all dirty pages are flushed (`os.sync`, untimed), and before each load the page cache is
 dropped when the process may write /proc/sys/vm/drop_caches, so both sides read cold (otherwise: page cache, and

@@ -129,10 +129,11 @@ def test_text_and_token_sources(tmp_path):
     "cfg, message",
     [
         (DataConfig(source="text", path="/definitely/missing"), "no such file or directory"),
-        (DataConfig(source="tokens", path="/tmp"), "no .bin/.npy files"),
+        (DataConfig(source="tokens", path="{empty}"), "no .bin/.npy files"),
     ],
 )
-def test_bad_data_paths(cfg, message):
+def test_bad_data_paths(cfg, message, tmp_path):
+    cfg = cfg.model_copy(update={"path": cfg.path.format(empty=tmp_path)})  # an empty directory of our own
     with pytest.raises(UserError, match=message):
         load_corpus(cfg, 16, None, 0)
 
