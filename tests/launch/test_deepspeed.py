@@ -1,15 +1,19 @@
 """DeepSpeed engine on CPU (gloo) through DeepSpeed's own launcher: ZeRO stages, train.py's --deepspeed forms,
-checkpoints in ddlc's committed layout, and resume."""
+checkpoints in ddlc's committed layout, resume, and DeepSpeed's own multi-node runner (pdsh) across two hosts."""
 
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.support import CONFIG, FAST, PYTHON, REPO, TRAIN_PY, assert_ok, free_port, run, torchrun
+from tests.launch.helpers import assert_identical_ranks, job_args
+from tests.launch.hosts import SSH_PORT
+from tests.support import CONFIG, FAST, PYTHON, REPO, TRAIN_PY, assert_ok, child_env, free_port, run, torchrun
 
 pytest.importorskip("deepspeed")
 
@@ -85,3 +89,38 @@ def test_train_py_deepspeed_checkpoints_and_resume(tmp_path):
     assert summary["start_step"] == 10 and summary["steps"] == 15
     assert summary["resumed_from"].endswith("step-00000010")
 
+
+
+@pytest.mark.slow
+def test_deepspeed_runner_pdsh_two_hosts(hosts, tmp_path):
+    """`deepspeed --hostfile hostfile train.py ...`: DeepSpeed's own runner starts both nodes through pdsh.
+
+    Set up the way a user would on a cluster: pdsh's ssh gets the key and options from PDSH_SSH_ARGS_APPEND, and
+    the variables the nodes need go in a `.deepspeed_env` file (here named by DS_ENV_FILE). DeepSpeed's own
+    reachability check and master-address lookup run a plain `ssh host` that cannot see that key, hence
+    --no_ssh_check and --master_addr (not needed where ~/.ssh/config already reaches the nodes).
+    """
+    if shutil.which("pdsh") is None:
+        pytest.skip("pdsh not installed (make sysdeps)")
+    env_file = tmp_path / "deepspeed_env"
+    env_file.write_text(f"GLOO_SOCKET_IFNAME={hosts.nic}\nOMP_NUM_THREADS=1\n"
+                        f"TORCH_EXTENSIONS_DIR={ENV['TORCH_EXTENSIONS_DIR']}\n")
+    out = tmp_path / "params"
+    argv = hosts.in_head([str(DEEPSPEED), "--hostfile", str(hosts.hostfile()), "--ssh_port", str(SSH_PORT),
+                          "--no_ssh_check", "--master_addr", hosts.addresses[0], "--master_port", str(free_port()),
+                          str(WORKER), *job_args(out, tmp_path, "ds-pdsh", 6, "distributed.strategy=deepspeed",
+                                                 "distributed.deepspeed.zero_stage=3", "checkpoint.enabled=false")])
+    ssh_options = f"-i {hosts.key} -o BatchMode=yes -o LogLevel=ERROR -o StrictHostKeyChecking=no " \
+                  "-o UserKnownHostsFile=/dev/null"
+    # PYTHONPATH needs no file: the runner exports every PYTHON* variable of this shell to the nodes itself.
+    env = child_env(PYTHONPATH=ENV["PYTHONPATH"], DS_ENV_FILE=str(env_file), PDSH_SSH_ARGS_APPEND=ssh_options)
+    proc = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert_ok(proc)
+    output = proc.stdout + proc.stderr
+    assert "cmd = pdsh " in output and f"export GLOO_SOCKET_IFNAME={hosts.nic};" in output
+    for rank, address in enumerate(hosts.addresses):  # pdsh prefixes each node's lines with its name
+        assert f"{address}: " in output and f"node_rank={rank}" in output
+    assert_identical_ranks(out, 2)
+    summary = json.loads((tmp_path / "ds-pdsh" / "summary.json").read_text())
+    assert summary["strategy"] == "deepspeed" and summary["world_size"] == 2
+    assert summary["final_loss"] < summary["first_loss"]
