@@ -13,7 +13,8 @@ import torch
 
 from tests.launch.helpers import assert_identical_ranks, job_args
 from tests.launch.hosts import SSH_PORT
-from tests.support import CONFIG, FAST, PYTHON, REPO, TRAIN_PY, assert_ok, child_env, free_port, run, torchrun
+from tests.support import (CONFIG, FAST, PYTHON, REPO, TRAIN_PY, MotoServer, assert_ok, child_env, free_port, run,
+                           torchrun)
 
 pytest.importorskip("deepspeed")
 
@@ -51,18 +52,69 @@ def assert_close_to(reference: dict, out: Path) -> None:
         torch.testing.assert_close(ranks[0][name], tensor, rtol=1e-4, atol=1e-5, msg=f"ZeRO drifted from DDP on {name}")
 
 
+def export_checkpoint(uri: str, output: Path, **env: str) -> dict:
+    proc = run([PYTHON, "-m", "ddlc.cli.main", "checkpoints", "export", uri, "-o", str(output)], cwd=REPO, **ENV, **env)
+    assert_ok(proc)
+    return torch.load(output, weights_only=True)
+
+
+def assert_equal_weights(exported: dict, final: dict) -> None:
+    assert exported.keys() == final.keys()
+    for name, tensor in final.items():
+        assert torch.equal(exported[name], tensor), f"exported {name} differs from the trained parameter"
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("stage", [1, 3])
-def test_zero_stage_matches_ddp(stage, ddp_reference, tmp_path):
-    out = tmp_path / "params"
+@pytest.mark.parametrize("stage", [0, 1, 3])
+def test_zero_stage_matches_ddp_and_exports(stage, ddp_reference, tmp_path):
+    """ZeRO reaches DDP's parameters; `ddlc checkpoints export` merges its partitions into exactly those."""
+    out, ckpt = tmp_path / "params", tmp_path / "ckpt"
     proc = run(deepspeed(str(WORKER), str(out), str(CONFIG), *common(
         tmp_path, f"zero{stage}", "distributed.strategy=deepspeed", f"distributed.deepspeed.config={DS_CONFIG}",
-        f"distributed.deepspeed.zero_stage={stage}", "checkpoint.enabled=false")), cwd=REPO, **ENV)
+        f"distributed.deepspeed.zero_stage={stage}", f"checkpoint.uri={ckpt}", "checkpoint.interval_steps=1000")),
+        cwd=REPO, **ENV)
     assert_ok(proc)
     assert_close_to(ddp_reference, out)
     summary = json.loads((tmp_path / f"zero{stage}" / "summary.json").read_text())
     assert summary["strategy"] == "deepspeed" and summary["world_size"] == 2
     assert summary["final_loss"] < summary["first_loss"]
+    # The last step is always checkpointed; its merged fp32 weights are the final parameters, bit for bit.
+    assert_equal_weights(export_checkpoint(str(ckpt), tmp_path / "model.pt"), torch.load(out / "rank0.pt"))
+
+
+@pytest.fixture(scope="module")
+def s3():
+    pytest.importorskip("s3fs")
+    server = MotoServer()
+    server.create_bucket("ds-checkpoints")
+    yield server
+    server.stop()
+
+
+@pytest.mark.slow
+def test_zero3_checkpoints_on_s3_export_and_resume(s3, tmp_path):
+    """ZeRO-3 to s3://: each rank stages locally and uploads; COMMIT last; export and resume read it back."""
+    uri, out, scratch = "s3://ds-checkpoints/zero3", tmp_path / "params", tmp_path / "tmp"
+    scratch.mkdir()
+    env = {**ENV, **s3.env, "TMPDIR": str(scratch)}  # where each rank's staging directory goes
+
+    def train(steps: int, params: Path) -> None:
+        args = common(tmp_path, "ds-s3", "distributed.strategy=deepspeed", "distributed.deepspeed.zero_stage=3",
+                      f"checkpoint.uri={uri}", "checkpoint.interval_steps=5", f"training.max_steps={steps}")
+        assert_ok(run(deepspeed(str(WORKER), str(params), str(CONFIG), *args), cwd=REPO, **env))
+
+    train(STEPS, out)
+    proc = run([PYTHON, "-m", "ddlc.cli.main", "checkpoints", "verify", uri], cwd=REPO, **env)
+    assert_ok(proc)
+    assert "OK   step-00000005" in proc.stdout and "OK   step-00000010" in proc.stdout
+    assert_equal_weights(export_checkpoint(uri, tmp_path / "model.pt", **s3.env), torch.load(out / "rank0.pt"))
+    assert not list(scratch.glob("ddlc-deepspeed-*")), "staging directories left behind"
+
+    train(STEPS + 4, tmp_path / "resumed")
+    summary = json.loads((tmp_path / "ds-s3" / "summary.json").read_text())
+    assert summary["start_step"] == STEPS and summary["steps"] == STEPS + 4
+    assert summary["resumed_from"] == f"{uri}/step-{STEPS:08d}"
+    assert not list(scratch.glob("ddlc-deepspeed-*")), "staging directories left behind"
 
 
 @pytest.mark.slow
