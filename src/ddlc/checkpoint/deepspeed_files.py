@@ -42,10 +42,7 @@ def download(store: CheckpointStore, directory: str, local_root: Path, skip: Ite
             continue
         local = target / info.name
         local.parent.mkdir(parents=True, exist_ok=True)
-        if store.scheme == "file":
-            shutil.copyfile(store.path(directory, info.name), local)
-        else:
-            store.fs.get_file(store.path(directory, info.name), str(local))
+        store.fs.get_file(store.path(directory, info.name), str(local))
     return target
 
 
