@@ -180,3 +180,59 @@ def test_shard_digests_are_taken_only_from_front_to_back_writes(tmp_path):
     digests = fs.take_digests(str(tmp_path))
     assert digests == {"__0_0.distcp": {"size": 7, "sha256": hashlib.sha256(b"abcdefg").hexdigest()}}
     assert fs.take_digests(str(tmp_path)) == {}  # taken once
+
+
+class _SlowStager:
+    """DCP's async stager, made to start its copy late, so that anything racing it would show in the checkpoint."""
+
+    def __init__(self, delay_s: float):
+        from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
+
+        self.inner = DefaultStager(StagingOptions(use_pinned_memory=False, use_shared_memory=False,
+                                                  use_async_staging=True, use_non_blocking_copy=False))
+        self.delay_s = delay_s
+        self.executor = __import__("concurrent.futures").futures.ThreadPoolExecutor(max_workers=1)
+
+    def stage(self, state_dict):
+        import time
+
+        def late_copy():
+            time.sleep(self.delay_s)
+            return self.inner.stage(state_dict).result()
+
+        return self.executor.submit(late_copy)
+
+    def close(self):
+        self.executor.shutdown(wait=True)
+        self.inner.close()
+
+
+def test_async_save_holds_the_state_of_its_step_while_training_goes_on(tmp_path, ctx, monkeypatch):
+    """The staging copy runs while the next forward/backward run; it must not see the next optimizer step (which
+    waits for it) nor buffers updated by the next forward (copied at save time)."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.BatchNorm1d(16), torch.nn.Linear(16, 4))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
+    model(torch.randn(4, 8)).sum().backward()
+    optimizer.step()
+    expected = {k: v.clone() for k, v in model.state_dict().items()}
+    expected_moment = optimizer.state[model[0].weight]["exp_avg"].clone()
+
+    ckpt = Checkpointer(str(tmp_path / "ck"))
+    monkeypatch.setattr(ckpt, "_stager", lambda slow=_SlowStager(0.5): slow)
+    stats = ckpt.save(1, model, optimizer, {"step": 1}, blocking=False)
+    model(torch.randn(4, 8) * 5 + 3).sum().backward()  # BatchNorm running stats move now
+    optimizer.step()  # waits for the staging copy
+    assert stats.blocking_s > 0.3  # the wait before the step counts as time the loop was held
+    assert not torch.equal(model[1].running_mean, expected["1.running_mean"])
+    ckpt.close()
+    assert ckpt.history[-1].committed
+
+    fresh = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.BatchNorm1d(16), torch.nn.Linear(16, 4))
+    fresh_optimizer = torch.optim.AdamW(fresh.parameters(), lr=0.1)
+    fresh(torch.randn(4, 8)).sum().backward()
+    fresh_optimizer.step()
+    assert Checkpointer(str(tmp_path / "ck")).resume(fresh, fresh_optimizer)["step"] == 1
+    for name, value in fresh.state_dict().items():
+        assert torch.equal(value, expected[name]), name
+    assert torch.equal(fresh_optimizer.state[fresh[0].weight]["exp_avg"], expected_moment)

@@ -23,6 +23,7 @@ import time
 import threading
 from concurrent.futures import Future
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Callable, Optional
 
 import torch
@@ -48,6 +49,7 @@ from ddlc.checkpoint.state import (
     model_and_optimizer_state,
     rng_bytes,
     set_rng_state,
+    detach_buffers,
     share_of_replicated_state,
 )
 from ddlc.checkpoint.storage import CheckpointStore
@@ -63,10 +65,11 @@ def rng_file(rank: int) -> str:
 @dataclass
 class SaveStats:
     step: int
-    blocking_s: float  # time the training loop was held
-    total_s: Optional[float] = None  # until committed (rank 0) or own files hashed (other ranks)
+    blocking_s: float  # time the training loop was held: inside save() plus any wait for staging to finish
+    total_s: Optional[float] = None  # until committed (rank 0) or own files written and digested (other ranks)
     committed: bool = False
     error: Optional[str] = None
+    retention_s: Optional[float] = None  # rank 0: deleting what retention selected, after the commit
 
 
 class Checkpointer:
@@ -78,6 +81,11 @@ class Checkpointer:
         ckpt.save(step, model, optimizer, {"step": step}, blocking=False)
         ...
         ckpt.close()
+
+    An async save copies the state to memory in the background while the loop runs its next forward and backward
+    (which do not change parameters or optimizer state); the optimizer's next `step()` waits for that copy to end
+    (a pre-step hook this class registers). Code that changes parameters by other means between a save and the
+    next optimizer step calls `wait_for_staging()` first.
     """
 
     def __init__(
@@ -100,15 +108,18 @@ class Checkpointer:
         self.commit_timeout_s = commit_timeout_s
         self.warn = warn
         self.on_commit = on_commit
-        # Async DCP runs collectives from a background thread: give it a group of its own (gloo, CPU) so they
-        # never interleave with the training loop's collectives.
-        self.group = dist.new_group(backend="gloo") if dist.is_initialized() else None
+        # Async saves run collectives from a background thread: give them a group of their own (gloo, CPU) so they
+        # never interleave with the training loop's, with a timeout so a rank that died cannot hold the others.
+        self.group = (dist.new_group(backend="gloo", timeout=timedelta(seconds=commit_timeout_s))
+                      if dist.is_initialized() else None)
         # The write-and-commit of an async save runs on a daemon thread: if this process dies mid-save, its exit is
         # never held up by a commit that can no longer happen (and no COMMIT is written — as it must be).
         self._pending: Optional[threading.Thread] = None
+        self._staging: Optional[Future] = None  # the in-flight staging copy of an async save
+        self._step_hooks: dict[int, object] = {}  # id(optimizer) -> handle of its wait-for-staging pre-step hook
         self.last_step: Optional[int] = None  # newest step handed to save()
         self._writer = None
-        self._staging = None
+        self._stager_instance = None
         self.history: list[SaveStats] = []
 
     # -- save ------------------------------------------------------------------------------------------------
@@ -120,79 +131,126 @@ class Checkpointer:
         trainer_state: dict,
         blocking: bool = False,
     ) -> SaveStats:
-        """Checkpoint `step`. With blocking=False, returns once state is staged; the write and commit go on."""
+        """Checkpoint `step`. With blocking=False, returns once the copy to memory has started; the copy, write and
+        commit go on in the background, and `optimizer.step()` waits for the copy (see the class docstring)."""
         self.wait()
         directory = step_dir(step)
         started = time.perf_counter()
-        if self.rank == 0:
-            if read_manifest(self.store, directory) is not None:
-                self.store.remove_tree(directory)  # an older commit of this very step (e.g. a rerun): replace it
-            elif self.store.exists(directory):
-                self.store.remove_tree(directory)  # debris of a save that died part-way
-        self._barrier()
-        self.store.makedirs(directory)
-        # Captured now, written (with their fsyncs) by the background thread while DCP writes the shards.
+        # Captured now (they change every step), written with their fsyncs by the background thread.
         small_files = {rng_file(self.rank): rng_bytes()}
         if self.rank == 0:
             state = {**trainer_state, "world_size": self.world_size, "saved_at": time.time()}
             small_files[TRAINER_STATE] = json.dumps(state, indent=2).encode("utf-8")
-
         app_state = share_of_replicated_state(model_and_optimizer_state(model, optimizer), self.rank,
                                               self.world_size, self.group)
-        writer = self._dcp_writer(directory)
-        take_write_digests(writer, self.store.path(directory))  # drop any left by an earlier failed save here
-        checkpoint_id = self.store.url(directory)
         stats = SaveStats(step=step, blocking_s=0.0)
         self.history.append(stats)
         self.last_step = step
         if blocking:
-            dcp.save(app_state, checkpoint_id=checkpoint_id, storage_writer=writer, process_group=self.group)
+            self._prepare_directory(directory)
+            self._write_state(app_state, directory)
             stats.blocking_s = time.perf_counter() - started
-            self._finish(None, directory, small_files, stats, started)
+            self._finish(directory, small_files, stats, started)
             return stats
-        upload = dcp.async_save(app_state, checkpoint_id=checkpoint_id, storage_writer=writer, process_group=self.group,
-                                async_stager=self._stager())
+        # Buffers (e.g. BatchNorm statistics) may change in the next forward: copy them now (they are small).
+        # Parameters and optimizer state change only in optimizer.step(), which waits for the staging copy.
+        detach_buffers(app_state, model)
+        self._guard(optimizer)
+        staged = self._stager().stage(app_state)
+        self._staging = staged
         stats.blocking_s = time.perf_counter() - started
-        self._pending = threading.Thread(target=self._finish, args=(upload, directory, small_files, stats, started),
+        self._pending = threading.Thread(target=self._write_and_finish,
+                                         args=(staged, directory, small_files, stats, started),
                                          name=f"ddlc-checkpoint-{step}", daemon=True)
         self._pending.start()
         return stats
 
-    def _dcp_writer(self, directory: str):
-        if self._writer is None:
-            self._writer = self.store.dcp_writer(directory)
-        return self._writer
+    def wait_for_staging(self) -> float:
+        """Block until the in-flight async save has copied the state (seconds waited). Called before each
+        optimizer step by the hook `save()` registers; call it before changing parameters any other way."""
+        staged, self._staging = self._staging, None
+        if staged is None or staged.done():
+            return 0.0
+        started = time.perf_counter()
+        try:
+            staged.result()
+        except Exception:  # reported by the save's own thread, which sees the same exception
+            pass
+        waited = time.perf_counter() - started
+        if self.history:
+            self.history[-1].blocking_s += waited
+        return waited
+
+    def _guard(self, optimizer: torch.optim.Optimizer) -> None:
+        if id(optimizer) not in self._step_hooks:
+            self._step_hooks[id(optimizer)] = optimizer.register_step_pre_hook(self._before_optimizer_step)
+
+    def _before_optimizer_step(self, _optimizer, _args, _kwargs) -> None:
+        self.wait_for_staging()
 
     def _stager(self):
         # One stager for the whole run: it keeps its CPU copies (pinned on GPU hosts) keyed by the source storage,
-        # so every save after the first copies into buffers that already exist instead of allocating.
-        if self._staging is None:
+        # so every save after the first copies into buffers that already exist instead of allocating. Staging runs
+        # on its own thread; on GPU hosts the device-to-host copies use their own CUDA stream.
+        if self._stager_instance is None:
             from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
 
             cuda = torch.cuda.is_available()
-            self._staging = DefaultStager(StagingOptions(use_pinned_memory=cuda, use_shared_memory=False,
-                                                         use_async_staging=False, use_non_blocking_copy=False))
-        return self._staging
+            self._stager_instance = DefaultStager(StagingOptions(use_pinned_memory=cuda, use_shared_memory=False,
+                                                                 use_async_staging=True, use_non_blocking_copy=cuda))
+        return self._stager_instance
 
-    def _finish(self, upload: Optional[Future], directory: str, small_files: dict[str, bytes], stats: SaveStats,
-                started: float) -> None:
+    def _prepare_directory(self, directory: str) -> None:
+        if self.rank == 0 and self.store.exists(directory):
+            # An older commit of this very step (e.g. a rerun), or debris of a save that died part-way: replace it.
+            self.store.remove_tree(directory)
+        self._barrier()
+        self.store.makedirs(directory)
+
+    def _write_state(self, app_state: dict, directory: str) -> None:
+        if self._writer is None:
+            self._writer = self.store.dcp_writer(directory)
+        take_write_digests(self._writer, self.store.path(directory))  # drop any left by an earlier failed save here
+        dcp.save(app_state, checkpoint_id=self.store.url(directory), storage_writer=self._writer,
+                 process_group=self.group)
+
+    def _write_and_finish(self, staged: Future, directory: str, small_files: dict[str, bytes], stats: SaveStats,
+                          started: float) -> None:
         try:
-            for name, data in small_files.items():  # before this rank's partial manifest, which hashes them
-                self.store.write_bytes_atomic(f"{directory}/{name}", data)
-            if upload is not None:
-                upload.result()
-            self._write_partial_manifest(directory)
-            if self.rank == 0:
-                self._commit(directory, stats)
-                stats.total_s = time.perf_counter() - started
-                if self.on_commit is not None:
-                    self.on_commit(stats)
+            self._prepare_directory(directory)
+            self._write_state(staged.result(), directory)
         except Exception as exc:  # a failed save must not kill training; the previous commit still stands
-            stats.error = f"{type(exc).__name__}: {exc}"
-            self.warn(f"checkpoint {self.store.display(directory)} failed and was not committed: {stats.error}")
-        finally:
-            if stats.total_s is None:
-                stats.total_s = time.perf_counter() - started
+            self._failed(directory, stats, exc, started)
+            return
+        self._finish(directory, small_files, stats, started)
+
+    def _failed(self, directory: str, stats: SaveStats, exc: Exception, started: float) -> None:
+        stats.error = f"{type(exc).__name__}: {exc}"
+        stats.total_s = time.perf_counter() - started
+        self.warn(f"checkpoint {self.store.display(directory)} failed and was not committed: {stats.error}")
+
+    def _finish(self, directory: str, small_files: dict[str, bytes], stats: SaveStats, started: float) -> None:
+        """After DCP wrote every rank's shards (its save ends with a collective): small files, manifests, commit."""
+        try:
+            for name, data in small_files.items():
+                self.store.write_bytes_atomic(f"{directory}/{name}", data)
+            own = self._own_file_digests(directory)
+            manifests = self._gather_to_rank0(own)
+            if self.rank == 0:
+                self._commit(directory, manifests, stats)
+            stats.total_s = time.perf_counter() - started
+            if self.rank == 0 and self.on_commit is not None:
+                self.on_commit(stats)
+        except Exception as exc:  # a failed save must not kill training; the previous commit still stands
+            self._failed(directory, stats, exc, started)
+            return
+        if self.rank == 0:  # housekeeping after the commit, off the commit's critical path
+            cleaned = time.perf_counter()
+            try:
+                self.apply_retention()
+            except Exception as exc:
+                self.warn(f"checkpoint retention failed (nothing newer than the last commit was touched): {exc}")
+            stats.retention_s = time.perf_counter() - cleaned
 
     def _own_files(self, directory: str) -> dict[str, int]:
         mine = {}
@@ -204,43 +262,39 @@ class Checkpointer:
                 mine[name] = info.size
         return mine
 
-    def _write_partial_manifest(self, directory: str) -> None:
+    def _own_file_digests(self, directory: str) -> dict[str, dict]:
+        """{name: {size, sha256}} for the files this rank wrote. Shards digested while DCP wrote them count when the
+        file on disk still has the size that was digested; everything else is hashed by reading it back."""
         own = self._own_files(directory)
-        # Shards digested while DCP wrote them count when the file on disk still has the size that was digested;
-        # everything else is hashed by reading it back.
         written = take_write_digests(self._writer, self.store.path(directory))
         files = {name: digest for name, digest in written.items() if own.get(name) == digest["size"]}
         files.update(hash_files(self.store, directory, sorted(name for name in own if name not in files)))
-        self.store.write_text_atomic(f"{directory}/{PARTIAL_PREFIX}{self.rank:05d}.json", json.dumps(files))
+        return files
 
-    def _commit(self, directory: str, stats: SaveStats) -> None:
-        partial_names = [f"{PARTIAL_PREFIX}{r:05d}.json" for r in range(self.world_size)]
-        deadline = time.monotonic() + self.commit_timeout_s
-        while True:
-            present = {f.name for f in self.store.list_files(directory)}
-            if all(name in present for name in partial_names):
-                break
-            if time.monotonic() > deadline:
-                missing = [n for n in partial_names if n not in present]
-                raise TimeoutError(f"ranks did not finish writing within {self.commit_timeout_s:.0f}s: {missing}")
-            time.sleep(0.05)
+    def _gather_to_rank0(self, own: dict[str, dict]) -> list[dict[str, dict]]:
+        """Every rank's file digests, on rank 0 (one small collective on the checkpoint group)."""
+        if self.group is None or self.world_size == 1:
+            return [own]
+        gathered: list = [None] * self.world_size if self.rank == 0 else None
+        dist.gather_object(own, gathered, dst=0, group=self.group)
+        return gathered if self.rank == 0 else []
+
+    def _commit(self, directory: str, manifests: list[dict[str, dict]], stats: SaveStats) -> None:
         files: dict[str, dict] = {}
-        for name in partial_names:
-            files.update(json.loads(self.store.read_text(f"{directory}/{name}")))
+        for rank_files in manifests:
+            files.update(rank_files)
+        present = {f.name for f in self.store.list_files(directory)}
         unlisted = sorted(n for n in present if n not in files and n != COMMIT and not n.startswith(PARTIAL_PREFIX))
         files.update(hash_files(self.store, directory, unlisted))
+        missing = sorted(n for n in files if n not in present)
+        if missing:
+            raise FileNotFoundError(f"files recorded by a rank are gone from {self.store.display(directory)}: {missing}")
         trainer_state = json.loads(self.store.read_text(f"{directory}/{TRAINER_STATE}"))
         manifest = Manifest(step=stats.step, files=files, world_size=self.world_size,
                             extra={"trainer_state": trainer_state})
         self.store.write_text_atomic(f"{directory}/{COMMIT}", manifest.to_json())
         self.store.write_text_atomic(LATEST, directory + "\n")
         stats.committed = True
-        for name in partial_names:
-            try:
-                self.store.fs.rm(self.store.path(directory, name))
-            except FileNotFoundError:
-                pass
-        self.apply_retention()
 
     def apply_retention(self) -> list[str]:
         committed, uncommitted = [], []
@@ -258,6 +312,7 @@ class Checkpointer:
         """Block until the in-flight save (if any) is written and, on rank 0, committed."""
         if self._pending is None:
             return None
+        self.wait_for_staging()
         self._pending.join()
         self._pending = None
         return self.history[-1]
@@ -345,7 +400,10 @@ class Checkpointer:
         try:
             self.wait()
         finally:
-            if self._staging is not None:
-                self._staging.close()
-            self._staging = None
+            for handle in self._step_hooks.values():
+                handle.remove()
+            self._step_hooks.clear()
+            if self._stager_instance is not None:
+                self._stager_instance.close()
+            self._stager_instance = None
             self._writer = None

@@ -74,6 +74,26 @@ def share_of_replicated_state(state: dict, rank: int, world_size: int, group: Op
     return _without(state, dropped)
 
 
+def detach_buffers(state: dict, model: torch.nn.Module) -> None:
+    """Replace, in a state from `model_and_optimizer_state`, the module's buffers with copies of their current values.
+
+    An async save stages tensors while the next forward runs. Forward never writes parameters or optimizer state,
+    but it may write buffers (BatchNorm running statistics, DDP's buffer broadcast): those are copied at once.
+    """
+    from torch.distributed.tensor import DTensor
+
+    def local(tensor: torch.Tensor) -> torch.Tensor:
+        return tensor.to_local() if isinstance(tensor, DTensor) else tensor
+
+    buffer_pointers = {local(b).data_ptr() for b in model.buffers() if local(b).numel()}
+    if not buffer_pointers:
+        return
+    model_state = state["model"]
+    for key, value in model_state.items():
+        if isinstance(value, torch.Tensor) and value.numel() and local(value).data_ptr() in buffer_pointers:
+            model_state[key] = value.detach().clone()
+
+
 def load_model_and_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
 
