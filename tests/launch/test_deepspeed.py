@@ -118,6 +118,21 @@ def test_zero3_checkpoints_on_s3_export_and_resume(s3, tmp_path):
 
 
 @pytest.mark.slow
+def test_failed_s3_upload_is_never_committed(s3, tmp_path):
+    """Every rank's upload fails (no such bucket): no rank commits, each says why, and training still finishes."""
+    uri = "s3://no-such-bucket/zero2"
+    args = common(tmp_path, "ds-s3-fail", "distributed.strategy=deepspeed", "distributed.deepspeed.zero_stage=2",
+                  f"checkpoint.uri={uri}", "training.max_steps=2")
+    proc = run(deepspeed(str(WORKER), str(tmp_path / "params"), str(CONFIG), *args), cwd=REPO, **ENV, **s3.env)
+    assert_ok(proc)
+    output = proc.stdout + proc.stderr
+    for rank in (0, 1):
+        assert f"step-00000002 could not be written: rank {rank}: " in output, output[-3000:]
+    assert f"{uri}/step-00000002 was not committed: RuntimeError: rank 0: " in output
+    assert json.loads((tmp_path / "ds-s3-fail" / "summary.json").read_text())["steps"] == 2
+
+
+@pytest.mark.slow
 def test_train_py_deepspeed_checkpoints_and_resume(tmp_path):
     """`deepspeed train.py --config config.yaml --deepspeed ds_config.json` (ZeRO 2 from the JSON), then resume."""
     ckpt = tmp_path / "ckpt"

@@ -18,7 +18,7 @@ import torch
 
 from ddlc.checkpoint import deepspeed_files
 from ddlc.checkpoint.checkpointer import Checkpointer, SaveStats, rng_file
-from ddlc.checkpoint.manifest import COMMIT, LATEST, PARTIAL_PREFIX, TRAINER_STATE, Manifest, hash_files, step_dir
+from ddlc.checkpoint.manifest import COMMIT, LATEST, TRAINER_STATE, Manifest, hash_files, step_dir
 from ddlc.checkpoint.storage import CheckpointStore
 from ddlc.checkpoint.state import load_rng_bytes, rng_bytes, set_rng_state
 from ddlc.errors import UserError
@@ -118,8 +118,8 @@ class DeepSpeedCheckpointer(Checkpointer):
 
     DeepSpeed reads and writes filesystem paths. A local or shared filesystem (FSx for Lustre) is written in
     place. For s3:// every rank saves into a local staging directory of its own, hashes and uploads the files it
-    wrote and reports them in a partial manifest; rank 0 commits once every rank has reported. Resume downloads
-    the chosen step into each rank's staging directory first.
+    wrote and reports them to rank 0 (one gather on the checkpoint group), which commits once every rank has
+    reported success. Resume downloads the chosen step into each rank's staging directory first.
     """
 
     def __init__(self, engine: DeepSpeedEngine, uri: str, **kwargs):
@@ -145,23 +145,24 @@ class DeepSpeedCheckpointer(Checkpointer):
         stats = SaveStats(step=step, blocking_s=0.0)
         self.history.append(stats)
         self.last_step = step
+        report: dict = {"error": None, "files": {}}
         try:
             if self.staging is None:
                 self._save_in_place(directory, state)
             else:
-                self._save_staged(directory, state)
+                report["files"] = self._save_staged(directory, state)
         except Exception as exc:  # this rank's files are incomplete: nobody commits this step
-            stats.error = f"{type(exc).__name__}: {exc}"
-            self.warn(f"checkpoint {self.store.display(directory)}: rank {self.rank} could not write its files: "
-                      f"{stats.error}")
-        everyone_wrote = self._all_ok(stats.error is None)  # also: every rank's files are in place
+            report["error"] = f"rank {self.rank}: {type(exc).__name__}: {exc}"
+            self.warn(f"checkpoint {self.store.display(directory)} could not be written: {report['error']}")
+        reports = self._reports_on_rank0(report)  # a collective: every rank has finished writing
         if self.rank == 0:
             try:
-                if not everyone_wrote:
-                    raise RuntimeError("a rank could not write its files")
-                self._commit(directory, state, stats)
+                errors = [r["error"] for r in reports if r["error"]]
+                if errors:
+                    raise RuntimeError("; ".join(errors))
+                self._commit_step(directory, state, stats, [r["files"] for r in reports])
             except Exception as exc:  # the previous commit still stands; training goes on
-                stats.error = stats.error or f"{type(exc).__name__}: {exc}"
+                stats.error = f"{type(exc).__name__}: {exc}"
                 self.warn(f"checkpoint {self.store.display(directory)} was not committed: {stats.error}")
         stats.total_s = stats.blocking_s = time.perf_counter() - started
         if stats.committed and self.on_commit is not None:
@@ -175,7 +176,8 @@ class DeepSpeedCheckpointer(Checkpointer):
         if self.rank == 0:
             self.store.write_text_atomic(f"{directory}/{TRAINER_STATE}", json.dumps(state, indent=2))
 
-    def _save_staged(self, directory: str, state: dict) -> None:
+    def _save_staged(self, directory: str, state: dict) -> dict[str, dict]:
+        """Save locally, upload; return {name: {size, sha256}} of the files this rank wrote."""
         local = self.staging / directory
         shutil.rmtree(local, ignore_errors=True)
         self.engine.model.save_checkpoint(self.root, tag=directory, save_latest=False)
@@ -187,30 +189,25 @@ class DeepSpeedCheckpointer(Checkpointer):
         # Hashed here, from the local copy, so rank 0 never reads the shards back from S3 to commit them.
         names = deepspeed_files.upload(local, self.store, directory)
         digests = hash_files(CheckpointStore(str(self.staging)), directory, names)
-        self.store.write_text_atomic(f"{directory}/{PARTIAL_PREFIX}{self.rank:05d}.json", json.dumps(digests))
         shutil.rmtree(local, ignore_errors=True)
+        return digests
 
-    def _all_ok(self, ok: bool) -> bool:
-        """Whether `ok` holds on every rank (a collective, so it also waits for every rank)."""
+    def _reports_on_rank0(self, report: dict) -> list[dict]:
+        """Every rank's report, on rank 0 (one small collective on the checkpoint group)."""
         if self.group is None or self.world_size == 1:
-            return ok
+            return [report]
         import torch.distributed as dist
 
-        flag = torch.tensor([0 if ok else 1])
-        dist.all_reduce(flag, group=self.group)
-        return int(flag.item()) == 0
+        gathered: Optional[list] = [None] * self.world_size if self.rank == 0 else None
+        dist.gather_object(report, gathered, dst=0, group=self.group)
+        return gathered if self.rank == 0 else []
 
-    def _commit(self, directory: str, state: dict, stats: SaveStats) -> None:
-        if self.staging is None:
+    def _commit_step(self, directory: str, state: dict, stats: SaveStats, reported: list[dict[str, dict]]) -> None:
+        if self.staging is None:  # written in place: hash what is there
             names = [f.name for f in self.store.list_files(directory) if f.name != COMMIT]
             files = hash_files(self.store, directory, names)
         else:
-            files = {}
-            partials = [f"{PARTIAL_PREFIX}{r:05d}.json" for r in range(self.world_size)]
-            for name in partials:
-                files.update(json.loads(self.store.read_text(f"{directory}/{name}")))
-            for name in partials:
-                self.store.fs.rm(self.store.path(directory, name))
+            files = {name: digest for rank_files in reported for name, digest in rank_files.items()}
         manifest = Manifest(step=stats.step, files=files, world_size=self.world_size, extra={"trainer_state": state})
         self.store.write_text_atomic(f"{directory}/{COMMIT}", manifest.to_json())  # COMMIT last
         self.store.write_text_atomic(LATEST, directory + "\n")
