@@ -26,7 +26,7 @@ demo: venv
 # System tools the tests run for real, installed only when missing:
 # Prometheus + promtool (Debian package `prometheus`), Node.js/npm for the CDK CLI, Chromium for the
 # dashboard's browser tests, sshd/ssh + iproute2 for `ddlc doctor` and the two-host `ddlc launch` tests
-# (network namespaces), a C++ compiler and cmake for `make horovod`.
+# (network namespaces), pdsh for DeepSpeed's own multi-node runner, a C++ compiler and cmake for `make horovod`.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_INSTALL := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends
 sysdeps:
@@ -37,6 +37,7 @@ sysdeps:
 	[ -x /usr/sbin/sshd ] || missing="$$missing openssh-server"; \
 	command -v ssh >/dev/null || missing="$$missing openssh-client"; \
 	command -v ip >/dev/null || missing="$$missing iproute2"; \
+	command -v pdsh >/dev/null || missing="$$missing pdsh"; \
 	command -v g++ >/dev/null || missing="$$missing g++"; \
 	command -v cmake >/dev/null || missing="$$missing cmake"; \
 	if [ -n "$$missing" ]; then $(SUDO) apt-get update -qq && $(APT_INSTALL) $$missing; fi

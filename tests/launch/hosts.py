@@ -2,17 +2,19 @@
 
 Addresses 10.213.0.1/24 and 10.213.0.2/24 exist only inside the two namespaces, so test traffic cannot leave
 them. Both ends of the veth are named `ddlc0`, so GLOO_SOCKET_IFNAME=ddlc0 is right on either host.
-Everything is torn down in `close()`, which runs even when a test fails.
 
-`TwoHosts(loopback=True)` is the fallback for Horovod: one namespace whose sshds listen on 127.0.0.2 and
-127.0.0.3. Horovod's bundled gloo advertises 127.0.0.1 for its peers in this sandbox (gVisor) even with
-HOROVOD_GLOO_IFACE set, which only works when every "host" shares one loopback.
+Like a real cluster node, each host's name resolves to its own cluster address: `ip netns exec` bind-mounts
+/etc/netns/<namespace>/hosts over /etc/hosts, and ours maps this machine's hostname (which both namespaces share)
+to the namespace's address. Without it the hostname resolves to 127.0.0.1, which Horovod 0.28.1 ends up
+announcing to its peers (docs/launch.md, known limitations).
+Everything is torn down in `close()`, which runs even when a test fails.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import tempfile
 import time
@@ -20,6 +22,7 @@ from pathlib import Path
 
 SSH_PORT = 2222
 NIC = "ddlc0"
+NETNS_ETC = Path("/etc/netns")  # per-namespace configuration files, see ip-netns(8)
 
 
 def netns_unavailable() -> str | None:
@@ -39,12 +42,11 @@ def _ip(*args: str) -> None:
 
 
 class TwoHosts:
-    def __init__(self, loopback: bool = False):
+    def __init__(self):
         tag = f"{os.getpid() % 100000}"
-        self.loopback = loopback
-        self.namespaces = [f"ddlc{tag}l"] if loopback else [f"ddlc{tag}a", f"ddlc{tag}b"]
-        self.addresses = ["127.0.0.2", "127.0.0.3"] if loopback else ["10.213.0.1", "10.213.0.2"]
-        self.nic = "lo" if loopback else NIC
+        self.namespaces = [f"ddlc{tag}a", f"ddlc{tag}b"]
+        self.addresses = ["10.213.0.1", "10.213.0.2"]
+        self.nic = NIC
         self.dir = Path(tempfile.mkdtemp(prefix="ddlc-hosts-"))
         self.key = self.dir / "id_ed25519"
         self.sshd: list[subprocess.Popen] = []
@@ -56,10 +58,6 @@ class TwoHosts:
             raise
 
     def _network(self) -> None:
-        if self.loopback:
-            _ip("netns", "add", self.namespaces[0])
-            _ip("-n", self.namespaces[0], "link", "set", "lo", "up")
-            return
         a, b = self.namespaces
         for ns in self.namespaces:
             _ip("netns", "add", ns)
@@ -71,14 +69,21 @@ class TwoHosts:
             _ip("-n", ns, "addr", "add", f"{addr}/24", "dev", NIC)
             _ip("-n", ns, "link", "set", NIC, "up")
             _ip("-n", ns, "link", "set", "lo", "up")
+            self.resolve_hostname_to(ns, addr)
+
+    def resolve_hostname_to(self, namespace: str, address: str) -> None:
+        """Make this machine's hostname resolve to `address` on that host (rewritten in place: running sshds
+        keep /etc/netns/<namespace>/hosts bind-mounted, so new sessions see the change)."""
+        etc = NETNS_ETC / namespace
+        etc.mkdir(parents=True, exist_ok=True)
+        (etc / "hosts").write_text(f"127.0.0.1 localhost\n::1 localhost ip6-localhost\n{address} {socket.gethostname()}\n")
 
     def _sshd(self) -> None:
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(self.dir / "host_key")], check=True)
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(self.key)], check=True)
         shutil.copy(self.key.with_suffix(".pub"), self.dir / "authorized_keys")
         Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege-separation directory
-        namespaces = self.namespaces * 2 if self.loopback else self.namespaces
-        for index, (ns, addr) in enumerate(zip(namespaces, self.addresses)):
+        for index, (ns, addr) in enumerate(zip(self.namespaces, self.addresses)):
             config = self.dir / f"sshd{index}.conf"
             config.write_text(
                 f"Port {SSH_PORT}\nListenAddress {addr}\nHostKey {self.dir / 'host_key'}\n"
@@ -124,4 +129,9 @@ class TwoHosts:
                 proc.kill()
         for ns in self.namespaces:
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)  # also removes the veth pair
+            shutil.rmtree(NETNS_ETC / ns, ignore_errors=True)
+        try:
+            NETNS_ETC.rmdir()  # only when no other namespace keeps files there
+        except OSError:
+            pass
         shutil.rmtree(self.dir, ignore_errors=True)

@@ -1,15 +1,20 @@
 """DeepSpeed engine on CPU (gloo) through DeepSpeed's own launcher: ZeRO stages, train.py's --deepspeed forms,
-checkpoints in ddlc's committed layout, and resume."""
+checkpoints in ddlc's committed layout, resume, and DeepSpeed's own multi-node runner (pdsh) across two hosts."""
 
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.support import CONFIG, FAST, PYTHON, REPO, TRAIN_PY, assert_ok, free_port, run, torchrun
+from tests.launch.helpers import assert_identical_ranks, job_args
+from tests.launch.hosts import SSH_PORT
+from tests.support import (CONFIG, FAST, PYTHON, REPO, TRAIN_PY, MotoServer, assert_ok, child_env, free_port, run,
+                           torchrun)
 
 pytest.importorskip("deepspeed")
 
@@ -47,18 +52,84 @@ def assert_close_to(reference: dict, out: Path) -> None:
         torch.testing.assert_close(ranks[0][name], tensor, rtol=1e-4, atol=1e-5, msg=f"ZeRO drifted from DDP on {name}")
 
 
+def export_checkpoint(uri: str, output: Path, **env: str) -> dict:
+    proc = run([PYTHON, "-m", "ddlc.cli.main", "checkpoints", "export", uri, "-o", str(output)], cwd=REPO, **ENV, **env)
+    assert_ok(proc)
+    return torch.load(output, weights_only=True)
+
+
+def assert_equal_weights(exported: dict, final: dict) -> None:
+    assert exported.keys() == final.keys()
+    for name, tensor in final.items():
+        assert torch.equal(exported[name], tensor), f"exported {name} differs from the trained parameter"
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("stage", [1, 3])
-def test_zero_stage_matches_ddp(stage, ddp_reference, tmp_path):
-    out = tmp_path / "params"
+@pytest.mark.parametrize("stage", [0, 1, 3])
+def test_zero_stage_matches_ddp_and_exports(stage, ddp_reference, tmp_path):
+    """ZeRO reaches DDP's parameters; `ddlc checkpoints export` merges its partitions into exactly those."""
+    out, ckpt = tmp_path / "params", tmp_path / "ckpt"
     proc = run(deepspeed(str(WORKER), str(out), str(CONFIG), *common(
         tmp_path, f"zero{stage}", "distributed.strategy=deepspeed", f"distributed.deepspeed.config={DS_CONFIG}",
-        f"distributed.deepspeed.zero_stage={stage}", "checkpoint.enabled=false")), cwd=REPO, **ENV)
+        f"distributed.deepspeed.zero_stage={stage}", f"checkpoint.uri={ckpt}", "checkpoint.interval_steps=1000")),
+        cwd=REPO, **ENV)
     assert_ok(proc)
     assert_close_to(ddp_reference, out)
     summary = json.loads((tmp_path / f"zero{stage}" / "summary.json").read_text())
     assert summary["strategy"] == "deepspeed" and summary["world_size"] == 2
     assert summary["final_loss"] < summary["first_loss"]
+    # The last step is always checkpointed; its merged fp32 weights are the final parameters, bit for bit.
+    assert_equal_weights(export_checkpoint(str(ckpt), tmp_path / "model.pt"), torch.load(out / "rank0.pt"))
+
+
+@pytest.fixture(scope="module")
+def s3():
+    pytest.importorskip("s3fs")
+    server = MotoServer()
+    server.create_bucket("ds-checkpoints")
+    yield server
+    server.stop()
+
+
+@pytest.mark.slow
+def test_zero3_checkpoints_on_s3_export_and_resume(s3, tmp_path):
+    """ZeRO-3 to s3://: each rank stages locally and uploads; COMMIT last; export and resume read it back."""
+    uri, out, scratch = "s3://ds-checkpoints/zero3", tmp_path / "params", tmp_path / "tmp"
+    scratch.mkdir()
+    env = {**ENV, **s3.env, "TMPDIR": str(scratch)}  # where each rank's staging directory goes
+
+    def train(steps: int, params: Path) -> None:
+        args = common(tmp_path, "ds-s3", "distributed.strategy=deepspeed", "distributed.deepspeed.zero_stage=3",
+                      f"checkpoint.uri={uri}", "checkpoint.interval_steps=5", f"training.max_steps={steps}")
+        assert_ok(run(deepspeed(str(WORKER), str(params), str(CONFIG), *args), cwd=REPO, **env))
+
+    train(STEPS, out)
+    proc = run([PYTHON, "-m", "ddlc.cli.main", "checkpoints", "verify", uri], cwd=REPO, **env)
+    assert_ok(proc)
+    assert "OK   step-00000005" in proc.stdout and "OK   step-00000010" in proc.stdout
+    assert_equal_weights(export_checkpoint(uri, tmp_path / "model.pt", **s3.env), torch.load(out / "rank0.pt"))
+    assert not list(scratch.glob("ddlc-deepspeed-*")), "staging directories left behind"
+
+    train(STEPS + 4, tmp_path / "resumed")
+    summary = json.loads((tmp_path / "ds-s3" / "summary.json").read_text())
+    assert summary["start_step"] == STEPS and summary["steps"] == STEPS + 4
+    assert summary["resumed_from"] == f"{uri}/step-{STEPS:08d}"
+    assert not list(scratch.glob("ddlc-deepspeed-*")), "staging directories left behind"
+
+
+@pytest.mark.slow
+def test_failed_s3_upload_is_never_committed(s3, tmp_path):
+    """Every rank's upload fails (no such bucket): no rank commits, each says why, and training still finishes."""
+    uri = "s3://no-such-bucket/zero2"
+    args = common(tmp_path, "ds-s3-fail", "distributed.strategy=deepspeed", "distributed.deepspeed.zero_stage=2",
+                  f"checkpoint.uri={uri}", "training.max_steps=2")
+    proc = run(deepspeed(str(WORKER), str(tmp_path / "params"), str(CONFIG), *args), cwd=REPO, **ENV, **s3.env)
+    assert_ok(proc)
+    output = proc.stdout + proc.stderr
+    for rank in (0, 1):
+        assert f"step-00000002 could not be written: rank {rank}: " in output, output[-3000:]
+    assert f"{uri}/step-00000002 was not committed: RuntimeError: rank 0: " in output
+    assert json.loads((tmp_path / "ds-s3-fail" / "summary.json").read_text())["steps"] == 2
 
 
 @pytest.mark.slow
@@ -85,3 +156,38 @@ def test_train_py_deepspeed_checkpoints_and_resume(tmp_path):
     assert summary["start_step"] == 10 and summary["steps"] == 15
     assert summary["resumed_from"].endswith("step-00000010")
 
+
+
+@pytest.mark.slow
+def test_deepspeed_runner_pdsh_two_hosts(hosts, tmp_path):
+    """`deepspeed --hostfile hostfile train.py ...`: DeepSpeed's own runner starts both nodes through pdsh.
+
+    Set up the way a user would on a cluster: pdsh's ssh gets the key and options from PDSH_SSH_ARGS_APPEND, and
+    the variables the nodes need go in a `.deepspeed_env` file (here named by DS_ENV_FILE). DeepSpeed's own
+    reachability check and master-address lookup run a plain `ssh host` that cannot see that key, hence
+    --no_ssh_check and --master_addr (not needed where ~/.ssh/config already reaches the nodes).
+    """
+    if shutil.which("pdsh") is None:
+        pytest.skip("pdsh not installed (make sysdeps)")
+    env_file = tmp_path / "deepspeed_env"
+    env_file.write_text(f"GLOO_SOCKET_IFNAME={hosts.nic}\nOMP_NUM_THREADS=1\n"
+                        f"TORCH_EXTENSIONS_DIR={ENV['TORCH_EXTENSIONS_DIR']}\n")
+    out = tmp_path / "params"
+    argv = hosts.in_head([str(DEEPSPEED), "--hostfile", str(hosts.hostfile()), "--ssh_port", str(SSH_PORT),
+                          "--no_ssh_check", "--master_addr", hosts.addresses[0], "--master_port", str(free_port()),
+                          str(WORKER), *job_args(out, tmp_path, "ds-pdsh", 6, "distributed.strategy=deepspeed",
+                                                 "distributed.deepspeed.zero_stage=3", "checkpoint.enabled=false")])
+    ssh_options = f"-i {hosts.key} -o BatchMode=yes -o LogLevel=ERROR -o StrictHostKeyChecking=no " \
+                  "-o UserKnownHostsFile=/dev/null"
+    # PYTHONPATH needs no file: the runner exports every PYTHON* variable of this shell to the nodes itself.
+    env = child_env(PYTHONPATH=ENV["PYTHONPATH"], DS_ENV_FILE=str(env_file), PDSH_SSH_ARGS_APPEND=ssh_options)
+    proc = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert_ok(proc)
+    output = proc.stdout + proc.stderr
+    assert "cmd = pdsh " in output and f"export GLOO_SOCKET_IFNAME={hosts.nic};" in output
+    for rank, address in enumerate(hosts.addresses):  # pdsh prefixes each node's lines with its name
+        assert f"{address}: " in output and f"node_rank={rank}" in output
+    assert_identical_ranks(out, 2)
+    summary = json.loads((tmp_path / "ds-pdsh" / "summary.json").read_text())
+    assert summary["strategy"] == "deepspeed" and summary["world_size"] == 2
+    assert summary["final_loss"] < summary["first_loss"]

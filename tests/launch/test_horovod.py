@@ -30,12 +30,27 @@ def test_horovodrun_train_py(tmp_path):
 
 
 @pytest.mark.slow
-def test_horovod_two_hosts(loopback_hosts, tmp_path):
-    """`ddlc launch --engine horovod`: horovodrun reaches both sshd hosts (loopback fallback, see hosts.py)."""
+def test_horovod_two_hosts(hosts, tmp_path):
+    """`ddlc launch --engine horovod`: horovodrun on the first host starts a rank on each host over ssh."""
     out = tmp_path / "params"
-    proc = launch_on(loopback_hosts, "horovod", job_args(out, tmp_path, "hvd-two-hosts", 6, "distributed.strategy=horovod",
+    proc = launch_on(hosts, "horovod", job_args(out, tmp_path, "hvd-two-hosts", 6, "distributed.strategy=horovod",
                                                 "checkpoint.enabled=false"))
     assert_ok(proc)
     assert_identical_ranks(out, 2)
     summary = json.loads((tmp_path / "hvd-two-hosts" / "summary.json").read_text())
     assert summary["strategy"] == "horovod" and summary["world_size"] == 2
+
+
+@pytest.mark.slow
+def test_horovod_refuses_a_host_whose_name_resolves_to_loopback(hosts, tmp_path):
+    """Horovod 0.28.1 would announce that loopback address to the other host; preflight names the host instead."""
+    second = hosts.namespaces[1]
+    hosts.resolve_hostname_to(second, "127.0.1.1")  # Debian/Ubuntu's default /etc/hosts entry for the hostname
+    try:
+        proc = launch_on(hosts, "horovod", job_args(tmp_path / "p", tmp_path, "hvd-loopback", 2,
+                                                    "distributed.strategy=horovod"), timeout=60)
+    finally:
+        hosts.resolve_hostname_to(second, hosts.addresses[1])
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert f"host {hosts.addresses[1]}: its hostname" in proc.stderr and "resolves to 127.0.1.1" in proc.stderr
+    assert hosts.addresses[0] not in proc.stderr and "Traceback" not in proc.stderr

@@ -81,17 +81,19 @@ def export(store: CheckpointStore, which: Optional[str], output: Path, fmt: str 
     """Consolidate the model weights of one checkpoint into a single file for inference.
 
     `torch` writes a plain `{name: tensor}` dict (loads with `torch.load(..., weights_only=True)`); `safetensors`
-    writes a .safetensors file. Returns (checkpoint name, number of tensors).
+    writes a .safetensors file. Returns (checkpoint name, number of tensors). Checkpoints written by DCP (ddp,
+    fsdp, horovod) and by DeepSpeed (any ZeRO stage: its partitions are merged into full fp32 weights) both work.
     """
-    from torch.distributed.checkpoint.default_planner import _EmptyStateDictLoadPlanner
-    from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
+    from ddlc.checkpoint import deepspeed_files
 
     name = resolve(store, which)
     result = verify(store, name)
     if not result.ok:
         raise StorageError(f"{store.display(name)} does not verify: {result.summary()}")
-    state: dict = {}
-    _load_state_dict(state, storage_reader=store.dcp_reader(name), planner=_EmptyStateDictLoadPlanner(), no_dist=True)
+    if deepspeed_files.checkpoint_engine(store, name) == deepspeed_files.ENGINE:
+        state = {"model": deepspeed_files.consolidated_weights(store, name)}
+    else:
+        state = _dcp_state(store, name)
     weights = {key: value.contiguous() for key, value in state["model"].items() if isinstance(value, torch.Tensor)}
     if fmt == "auto":
         fmt = "safetensors" if output.suffix == ".safetensors" else "torch"
@@ -106,3 +108,13 @@ def export(store: CheckpointStore, which: Optional[str], output: Path, fmt: str 
     else:
         torch.save(weights, output)
     return name, len(weights)
+
+
+def _dcp_state(store: CheckpointStore, name: str) -> dict:
+    """Everything a DCP checkpoint holds, loaded in this one process."""
+    from torch.distributed.checkpoint.default_planner import _EmptyStateDictLoadPlanner
+    from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
+
+    state: dict = {}
+    _load_state_dict(state, storage_reader=store.dcp_reader(name), planner=_EmptyStateDictLoadPlanner(), no_dist=True)
+    return state

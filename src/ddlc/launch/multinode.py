@@ -259,10 +259,27 @@ def ssh_shim(ssh: SSH) -> str:
 
 
 # -- preflight --------------------------------------------------------------------------------------------------
+# Under Horovod 0.28.1 each rank's gloo device for the global process set is made without HOROVOD_GLOO_IFACE (the
+# interface is copied only into the first contexts), so gloo falls back to resolving the hostname and announces
+# that address to the other hosts. A hostname that resolves to loopback therefore breaks every multi-host job.
+_HOSTNAME_PROBE = """
+import socket
+name = socket.gethostname()
+try:
+    address = socket.getaddrinfo(name, None, type=socket.SOCK_STREAM)[0][4][0]
+except OSError:
+    address = "nothing"
+print(name, address)"""
+
+
 def preflight(plan: LaunchPlan, ssh: SSH, python: str = sys.executable) -> None:
     """Every host answers over ssh and can import the engine; otherwise exit 2 naming the host."""
     module = ENGINE_MODULES[plan.engine]
-    probe = f"cd {shlex.quote(plan.workdir)} && {shlex.quote(python)} -c {shlex.quote('import ' + module)}"
+    code = f"import {module}"
+    check_hostname = plan.engine == "horovod" and len(plan.hosts) > 1
+    if check_hostname:
+        code += _HOSTNAME_PROBE
+    probe = f"cd {shlex.quote(plan.workdir)} && {shlex.quote(python)} -c {shlex.quote(code)}"
     targets = [h for h in plan.hosts if not (h.is_local and len(plan.hosts) == 1)]
     if plan.engine == "horovod" or not targets:
         _check_local_engine(module, python, plan.engine)
@@ -283,8 +300,25 @@ def preflight(plan: LaunchPlan, ssh: SSH, python: str = sys.executable) -> None:
         elif proc.returncode != 0:
             problems.append(f"engine {plan.engine} missing on host {host.name}: `{python} -c 'import {module}'` "
                             f"failed: {last}")
+        elif check_hostname:
+            problem = _loopback_hostname(host, out)
+            if problem:
+                problems.append(problem)
     if problems:
         raise UserError("; ".join(problems))
+
+
+def _loopback_hostname(host: Host, probe_output: str) -> Optional[str]:
+    """A problem line when the host's own name resolves to a loopback address (see _HOSTNAME_PROBE)."""
+    words = (probe_output.strip().splitlines() or [""])[-1].split()
+    if len(words) != 2:
+        return None
+    name, address = words
+    if address.startswith("127.") or address in ("::1", "nothing"):
+        return (f"host {host.name}: its hostname {name!r} resolves to {address}, but Horovod's gloo announces that "
+                f"address to the other hosts (Horovod 0.28.1 ignores the network interface there); map {name!r} to "
+                f"the host's cluster address in /etc/hosts or DNS (docs/launch.md, known limitations)")
+    return None
 
 
 def _check_local_engine(module: str, python: str, engine: str) -> None:

@@ -256,11 +256,13 @@ class Trainer:
             log_interval=cfg.training.log_interval,
             start_step=start_step,
         )
+        # ZeRO-3 partitions parameters (numel() is 0 here); DeepSpeed keeps the full size in ds_numel.
+        params = sum(getattr(p, "ds_numel", p.numel()) for p in self.model.parameters())
         logger.event(
             f"ddlc: run {self.run_name} | {ctx.world_size} x {ctx.device.type} ({ctx.backend}) | "
             f"{cfg.distributed.strategy} | {self.corpus.name}: {self.corpus.num_tokens:,} tokens | "
             f"global batch {self.plan.global_batch_size} x {cfg.model.block_size} tokens | "
-            f"{sum(p.numel() for p in self.model.parameters()):,} params"
+            f"{params:,} params"
         )
         if restored is not None:
             logger.event(f"ddlc: resumed from {self.resumed_from} at step {self.state.step}")

@@ -8,14 +8,18 @@ config, so a ds_config.json cannot silently train with different settings than `
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Iterable, Optional
 
 import torch
 
+from ddlc.checkpoint import deepspeed_files
 from ddlc.checkpoint.checkpointer import Checkpointer, SaveStats, rng_file
 from ddlc.checkpoint.manifest import COMMIT, LATEST, TRAINER_STATE, Manifest, hash_files, step_dir
+from ddlc.checkpoint.storage import CheckpointStore
 from ddlc.checkpoint.state import load_rng_bytes, rng_bytes, set_rng_state
 from ddlc.errors import UserError
 from ddlc.runtime.optim import build_optimizer, build_scheduler
@@ -108,19 +112,25 @@ class DeepSpeedCheckpointer(Checkpointer):
     """DeepSpeed's own checkpoint files (`engine.save_checkpoint`, ZeRO shards included) in ddlc's layout.
 
     Each save goes to `<uri>/step-0000000N/` (DeepSpeed's tag = ddlc's step directory), plus ddlc's
-    trainer_state.json and per-rank RNG files; rank 0 then hashes everything into COMMIT and moves `latest`
-    exactly as for DCP checkpoints, so `ddlc checkpoints list/verify/prune` and resume work unchanged.
-    DeepSpeed writes with torch.save to a filesystem path: use a local or shared filesystem (FSx for Lustre).
-    Saves are synchronous (DeepSpeed has no async path for client-side ZeRO shards).
+    trainer_state.json and per-rank RNG files; rank 0 then writes COMMIT (every file's size and SHA-256) last and
+    moves `latest` exactly as for DCP checkpoints, so `ddlc checkpoints list/verify/prune/export` and resume work
+    unchanged. Saves are synchronous (DeepSpeed has no async path for client-side ZeRO shards).
+
+    DeepSpeed reads and writes filesystem paths. A local or shared filesystem (FSx for Lustre) is written in
+    place. For s3:// every rank saves into a local staging directory of its own, hashes and uploads the files it
+    wrote and reports them to rank 0 (one gather on the checkpoint group), which commits once every rank has
+    reported success. Resume downloads the chosen step into each rank's staging directory first.
     """
 
     def __init__(self, engine: DeepSpeedEngine, uri: str, **kwargs):
         super().__init__(uri, **kwargs)
-        if self.store.scheme != "file":
-            raise UserError(f"checkpoint.uri={uri}: strategy=deepspeed checkpoints need a filesystem path "
-                            f"(local disk or a shared filesystem such as FSx for Lustre), not {self.store.scheme}://")
         self.engine = engine
-        self.root = self.store.path()
+        self.staging: Optional[Path] = None
+        if self.store.scheme == "file":
+            self.root = self.store.path()
+        else:
+            self.staging = Path(tempfile.mkdtemp(prefix=f"ddlc-deepspeed-rank{self.rank}-"))
+            self.root = str(self.staging)
 
     def save(self, step: int, model, optimizer, trainer_state: dict, blocking: bool = True) -> SaveStats:
         # Only the base class's public pieces (store, group, apply_retention, latest_valid) are used, so its
@@ -130,33 +140,79 @@ class DeepSpeedCheckpointer(Checkpointer):
         if self.rank == 0 and self.store.exists(directory):
             self.store.remove_tree(directory)  # an older commit of this step, or debris of a save that died
         self._barrier()
-        self.engine.model.save_checkpoint(self.root, tag=directory, save_latest=False)
-        self.store.write_bytes_atomic(f"{directory}/{rng_file(self.rank)}", rng_bytes())
         state = {**trainer_state, "world_size": self.world_size, "saved_at": time.time(),
                  "engine": "deepspeed", "zero_stage": self.engine.zero_stage}
-        if self.rank == 0:
-            self.store.write_text_atomic(f"{directory}/{TRAINER_STATE}", json.dumps(state, indent=2))
-        self._barrier()  # every rank's shards are on disk before rank 0 hashes them
         stats = SaveStats(step=step, blocking_s=0.0)
         self.history.append(stats)
         self.last_step = step
+        report: dict = {"error": None, "files": {}}
+        try:
+            if self.staging is None:
+                self._save_in_place(directory, state)
+            else:
+                report["files"] = self._save_staged(directory, state)
+        except Exception as exc:  # this rank's files are incomplete: nobody commits this step
+            report["error"] = f"rank {self.rank}: {type(exc).__name__}: {exc}"
+            self.warn(f"checkpoint {self.store.display(directory)} could not be written: {report['error']}")
+        reports = self._reports_on_rank0(report)  # a collective: every rank has finished writing
         if self.rank == 0:
             try:
-                names = [f.name for f in self.store.list_files(directory) if f.name != COMMIT]
-                manifest = Manifest(step=step, files=hash_files(self.store, directory, names),
-                                    world_size=self.world_size, extra={"trainer_state": state})
-                self.store.write_text_atomic(f"{directory}/{COMMIT}", manifest.to_json())  # COMMIT last
-                self.store.write_text_atomic(LATEST, directory + "\n")
-                stats.committed = True
-                self.apply_retention()
+                errors = [r["error"] for r in reports if r["error"]]
+                if errors:
+                    raise RuntimeError("; ".join(errors))
+                self._commit_step(directory, state, stats, [r["files"] for r in reports])
             except Exception as exc:  # the previous commit still stands; training goes on
                 stats.error = f"{type(exc).__name__}: {exc}"
-                self.warn(f"checkpoint {self.store.display(directory)} failed and was not committed: {stats.error}")
+                self.warn(f"checkpoint {self.store.display(directory)} was not committed: {stats.error}")
         stats.total_s = stats.blocking_s = time.perf_counter() - started
         if stats.committed and self.on_commit is not None:
             self.on_commit(stats)
         self._barrier()  # nobody races ahead to the next save while rank 0 prunes
         return stats
+
+    def _save_in_place(self, directory: str, state: dict) -> None:
+        self.engine.model.save_checkpoint(self.root, tag=directory, save_latest=False)
+        self.store.write_bytes_atomic(f"{directory}/{rng_file(self.rank)}", rng_bytes())
+        if self.rank == 0:
+            self.store.write_text_atomic(f"{directory}/{TRAINER_STATE}", json.dumps(state, indent=2))
+
+    def _save_staged(self, directory: str, state: dict) -> dict[str, dict]:
+        """Save locally, upload; return {name: {size, sha256}} of the files this rank wrote."""
+        local = self.staging / directory
+        shutil.rmtree(local, ignore_errors=True)
+        self.engine.model.save_checkpoint(self.root, tag=directory, save_latest=False)
+        small = {rng_file(self.rank): rng_bytes()}
+        if self.rank == 0:
+            small[TRAINER_STATE] = json.dumps(state, indent=2).encode("utf-8")
+        for name, data in small.items():
+            (local / name).write_bytes(data)
+        # Hashed here, from the local copy, so rank 0 never reads the shards back from S3 to commit them.
+        names = deepspeed_files.upload(local, self.store, directory)
+        digests = hash_files(CheckpointStore(str(self.staging)), directory, names)
+        shutil.rmtree(local, ignore_errors=True)
+        return digests
+
+    def _reports_on_rank0(self, report: dict) -> list[dict]:
+        """Every rank's report, on rank 0 (one small collective on the checkpoint group)."""
+        if self.group is None or self.world_size == 1:
+            return [report]
+        import torch.distributed as dist
+
+        gathered: Optional[list] = [None] * self.world_size if self.rank == 0 else None
+        dist.gather_object(report, gathered, dst=0, group=self.group)
+        return gathered if self.rank == 0 else []
+
+    def _commit_step(self, directory: str, state: dict, stats: SaveStats, reported: list[dict[str, dict]]) -> None:
+        if self.staging is None:  # written in place: hash what is there
+            names = [f.name for f in self.store.list_files(directory) if f.name != COMMIT]
+            files = hash_files(self.store, directory, names)
+        else:
+            files = {name: digest for rank_files in reported for name, digest in rank_files.items()}
+        manifest = Manifest(step=stats.step, files=files, world_size=self.world_size, extra={"trainer_state": state})
+        self.store.write_text_atomic(f"{directory}/{COMMIT}", manifest.to_json())  # COMMIT last
+        self.store.write_text_atomic(LATEST, directory + "\n")
+        stats.committed = True
+        self.apply_retention()
 
     def resume(self, model, optimizer, check_hashes: bool = True) -> Optional[dict]:
         import torch.distributed as dist
@@ -175,8 +231,15 @@ class DeepSpeedCheckpointer(Checkpointer):
             raise UserError(f"checkpoint {self.store.display(directory)} holds ZeRO stage "
                             f"{trainer_state.get('zero_stage')} shards but distributed.deepspeed.zero_stage is "
                             f"{self.engine.zero_stage}; resume with the same stage")
-        path, _ = self.engine.model.load_checkpoint(self.root, tag=directory, load_optimizer_states=True,
-                                                    load_lr_scheduler_states=False)
+        if self.staging is not None:
+            # ZeRO 1/2 ranks read every rank's optimizer file (DeepSpeed can re-partition them): fetch the lot.
+            deepspeed_files.download(self.store, directory, self.staging)
+        try:
+            path, _ = self.engine.model.load_checkpoint(self.root, tag=directory, load_optimizer_states=True,
+                                                        load_lr_scheduler_states=False)
+        finally:
+            if self.staging is not None:
+                shutil.rmtree(self.staging / directory, ignore_errors=True)
         if path is None:
             raise UserError(f"checkpoint {self.store.display(directory)}: DeepSpeed could not load it")
         trainer_state["checkpoint"] = self.store.display(directory)
@@ -185,3 +248,10 @@ class DeepSpeedCheckpointer(Checkpointer):
         else:
             trainer_state["rng_restored"] = False
         return trainer_state
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            if self.staging is not None:
+                shutil.rmtree(self.staging, ignore_errors=True)
