@@ -154,6 +154,7 @@ def worker(args: argparse.Namespace) -> None:
         "ddlc_block", "ddlc_in_save", "step_with_save", "step_alone", "ddlc_total", "ddlc_retention", "torch_save", "raw_write_single", "raw_write_split", "ddlc_load",
         "ddlc_load_unverified", "raw_read")}
     step = [0]
+    phases: dict[str, list[float]] = {}
 
     def train_step():
         """One real training step of this model; returns (forward+backward seconds, whole step seconds)."""
@@ -197,6 +198,8 @@ def worker(args: argparse.Namespace) -> None:
         # rank 0's total_s: from save() to COMMIT written (retention runs after the commit and is timed apart)
         results["ddlc_total"].append(max_over_ranks(stats.total_s if rank == 0 else 0.0))
         results["ddlc_retention"].append(max_over_ranks(stats.retention_s or 0.0 if rank == 0 else 0.0))
+        for phase, seconds in stats.phases.items():  # where the time went, per rank
+            phases.setdefault(f"rank{rank}:{phase}", []).append(seconds)
 
     def torch_save():
         settle()
@@ -285,6 +288,8 @@ def worker(args: argparse.Namespace) -> None:
         print(f"{'load throughput ratio ddlc/raw':<44}{load_ratio:9.3f}  (target >= 0.70)")
         for name, values in results.items():
             print(f"  {name:<22}" + " ".join(f"{v:.3f}" for v in values))
+        print("ddlc save phases on rank 0 (seconds from save() to the end of each, medians): " + ", ".join(
+            f"{name.split(':', 1)[1]} {statistics.median(values):.3f}" for name, values in phases.items()))
         shutil.rmtree(root, ignore_errors=True)
     barrier()
     shutdown_distributed()

@@ -260,3 +260,16 @@ def test_checkpoint_that_cannot_be_decoded_is_skipped(tmp_path, ctx, check_hashe
     assert any("step-00000002" in w for w in warnings)
     for name, value in fresh.state_dict().items():
         assert torch.equal(value, expected[name]), name
+
+
+def test_a_layout_change_on_one_rank_skips_that_save_and_replans(tmp_path):
+    from tests.support import REPO, assert_ok, run, torchrun
+
+    worker = REPO / "tests" / "checkpoint" / "layout_change_worker.py"
+    assert_ok(run(torchrun("--standalone", "--nproc_per_node=2", str(worker), str(tmp_path)), cwd=tmp_path))
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert ranks[0]["committed"] == {"1": True, "2": False, "3": True}
+    assert all("different tensors" in (r["errors"]["2"] or "") for r in ranks)
+    store = CheckpointStore(str(tmp_path / "ckpt"))
+    assert verify(store, "step-00000003").ok and store.read_text("latest").strip() == "step-00000003"
+    assert not (tmp_path / "ckpt" / "step-00000002" / "COMMIT").exists()

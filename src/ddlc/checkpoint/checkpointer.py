@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 import threading
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Callable, Optional
 
@@ -51,12 +52,24 @@ from ddlc.checkpoint.state import (
     rng_bytes,
     set_rng_state,
     detach_buffers,
-    share_of_replicated_state,
+    assign_replicated_share,
+    layouts_agree,
+    replicated_layout,
 )
 from ddlc.checkpoint.storage import CheckpointStore
 from ddlc.checkpoint.write_digests import take_write_digests
 
 log = logging.getLogger("ddlc.checkpoint")
+
+
+def default_io_threads(limit: int = 4) -> int:
+    """CPU cores per local rank (LOCAL_WORLD_SIZE from the launcher), between 1 and `limit`."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count() or 1
+    local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+    return max(1, min(limit, cores // max(1, local_ranks)))
 
 
 def rng_file(rank: int) -> str:
@@ -71,6 +84,11 @@ class SaveStats:
     committed: bool = False
     error: Optional[str] = None
     retention_s: Optional[float] = None  # rank 0: deleting what retention selected, after the commit
+    # Seconds from the start of save() to the end of each phase of this rank's save (where the time went).
+    phases: dict = field(default_factory=dict)
+
+    def mark(self, phase: str, started: float) -> None:
+        self.phases[phase] = time.perf_counter() - started
 
 
 class Checkpointer:
@@ -100,8 +118,12 @@ class Checkpointer:
         endpoint_url: Optional[str] = None,
         warn: Callable[[str], None] = lambda message: log.warning(message),
         on_commit: Optional[Callable[[SaveStats], None]] = None,
+        io_threads: Optional[int] = None,
     ):
         self.store = CheckpointStore(uri, endpoint_url)
+        # Files each rank writes (and reads) in parallel: serialising, hashing and copying are CPU work, so use the
+        # cores this rank has to itself (a GPU node has ~12 per rank; a 2-core box running 2 ranks, one).
+        self.io_threads = io_threads or default_io_threads()
         self.rank = rank
         self.world_size = world_size
         self.keep_last = keep_last
@@ -121,6 +143,7 @@ class Checkpointer:
         self.last_step: Optional[int] = None  # newest step handed to save()
         self._writer = None
         self._stager_instance = None
+        self._agreed_layout: Optional[str] = None  # None: not settled; "": ranks differ; else the agreed layout
         self.history: list[SaveStats] = []
 
     # -- save ------------------------------------------------------------------------------------------------
@@ -142,13 +165,13 @@ class Checkpointer:
         if self.rank == 0:
             state = {**trainer_state, "world_size": self.world_size, "saved_at": time.time()}
             small_files[TRAINER_STATE] = json.dumps(state, indent=2).encode("utf-8")
-        app_state = share_of_replicated_state(model_and_optimizer_state(model, optimizer), self.rank,
-                                              self.world_size, self.group)
+        app_state, layout = self._state_to_write(model_and_optimizer_state(model, optimizer))
         stats = SaveStats(step=step, blocking_s=0.0)
         self.history.append(stats)
         self.last_step = step
         if blocking:
             self._prepare_directory(directory)
+            self._check_layout(layout)
             self._write_state(app_state, directory)
             stats.blocking_s = time.perf_counter() - started
             self._finish(directory, small_files, stats, started)
@@ -161,7 +184,7 @@ class Checkpointer:
         self._staging = staged
         stats.blocking_s = time.perf_counter() - started
         self._pending = threading.Thread(target=self._write_and_finish,
-                                         args=(staged, directory, small_files, stats, started),
+                                         args=(staged, layout, directory, small_files, stats, started),
                                          name=f"ddlc-checkpoint-{step}", daemon=True)
         self._pending.start()
         return stats
@@ -201,6 +224,36 @@ class Checkpointer:
                                                                  use_async_staging=True, use_non_blocking_copy=cuda))
         return self._stager_instance
 
+    def _state_to_write(self, state: dict) -> tuple[dict, Optional[str]]:
+        """(what this rank writes, the layout to confirm before writing it: None when nothing needs confirming).
+
+        Under DDP every rank holds the same replicated tensors and writes only its share of them (see
+        `assign_replicated_share`). Whether the ranks' layouts agree is settled with a collective on the first save;
+        later saves assume it still holds and confirm it in the background, before anything is written. Every rank
+        takes the same branch: `_agreed_layout` changes only on collective results, which all ranks share.
+        """
+        if self.group is None or self.world_size <= 1:
+            return state, None
+        layout = replicated_layout(state)
+        if self._agreed_layout is None:
+            self._agreed_layout = layout if layouts_agree(layout, self.world_size, self.group) else ""
+            if self._agreed_layout:
+                return assign_replicated_share(state, self.rank, self.world_size), None
+        if not self._agreed_layout:  # the ranks hold different tensors (not DDP): each writes all it has
+            return state, None
+        return assign_replicated_share(state, self.rank, self.world_size), layout
+
+    def _check_layout(self, layout: Optional[str]) -> None:
+        """Confirm that every rank still holds the layout its share was computed from; if not, fail this save (no
+        rank writes anything) and settle the question again in the foreground next time."""
+        if layout is None:
+            return
+        if not layouts_agree(layout, self.world_size, self.group):
+            self._agreed_layout = None
+            raise RuntimeError("ranks hold different tensors than at the previous checkpoint; this save is skipped "
+                               "and the next one re-plans who writes what")
+        self._agreed_layout = layout
+
     def _prepare_directory(self, directory: str) -> None:
         if self.rank == 0 and self.store.exists(directory):
             # An older commit of this very step (e.g. a rerun), or debris of a save that died part-way: replace it.
@@ -210,16 +263,21 @@ class Checkpointer:
 
     def _write_state(self, app_state: dict, directory: str) -> None:
         if self._writer is None:
-            self._writer = self.store.dcp_writer(directory)
+            self._writer = self.store.dcp_writer(directory, io_threads=self.io_threads)
         take_write_digests(self._writer, self.store.path(directory))  # drop any left by an earlier failed save here
         dcp.save(app_state, checkpoint_id=self.store.url(directory), storage_writer=self._writer,
                  process_group=self.group)
 
-    def _write_and_finish(self, staged: Future, directory: str, small_files: dict[str, bytes], stats: SaveStats,
-                          started: float) -> None:
+    def _write_and_finish(self, staged: Future, layout: Optional[str], directory: str, small_files: dict[str, bytes],
+                          stats: SaveStats, started: float) -> None:
         try:
             self._prepare_directory(directory)
-            self._write_state(staged.result(), directory)
+            self._check_layout(layout)
+            stats.mark("directory", started)
+            state = staged.result()
+            stats.mark("staged", started)
+            self._write_state(state, directory)
+            stats.mark("dcp_written", started)
         except (Exception, CheckpointException) as exc:  # a failed save must not kill training; the previous commit still stands
             self._failed(directory, stats, exc, started)
             return
@@ -235,10 +293,14 @@ class Checkpointer:
         try:
             for name, data in small_files.items():
                 self.store.write_bytes_atomic(f"{directory}/{name}", data)
+            stats.mark("small_files", started)
             own = self._own_file_digests(directory)
+            stats.mark("digests", started)
             manifests = self._gather_to_rank0(own)
+            stats.mark("gathered", started)
             if self.rank == 0:
                 self._commit(directory, manifests, stats)
+                stats.mark("committed", started)
             stats.total_s = time.perf_counter() - started
             if self.rank == 0 and self.on_commit is not None:
                 self.on_commit(stats)
@@ -376,7 +438,7 @@ class Checkpointer:
             return ["not committed (no valid COMMIT marker)"]
         share = self._verification_share(manifest) if check_hashes else []
         problems: list[str] = []
-        reader = self.store.dcp_reader(directory, digest_names=frozenset(share))
+        reader = self.store.dcp_reader(directory, digest_names=frozenset(share), io_threads=self.io_threads)
         reader_digests: Optional[dict] = getattr(reader, "digests", None)
         checker = None
         if share and reader_digests is None:  # this reader cannot digest what it reads: hash alongside instead

@@ -106,9 +106,10 @@ class DirectReader(FileSystemReader):
     """`FileSystemReader` that reads tensors' bytes straight into their destinations; `digests` holds the SHA-256 of
     every file named in `digest_names` that was read in full (a file read only in part is left for the caller)."""
 
-    def __init__(self, path, digest_names: frozenset[str] = frozenset()):
+    def __init__(self, path, digest_names: frozenset[str] = frozenset(), io_threads: int = 1):
         super().__init__(path)
         self.digest_names = frozenset(digest_names)
+        self.io_threads = max(1, io_threads)  # files read at once (each in order, by one thread)
         self.digests: dict[str, str] = {}
 
     def read_data(self, plan: LoadPlan, planner: LoadPlanner) -> Future[None]:
@@ -118,8 +119,15 @@ class DirectReader(FileSystemReader):
             if info.transform_descriptors:
                 return super().read_data(plan, planner)
             per_file[info.relative_path].setdefault((info.offset, info.length), []).append(request)
-        for relative_path, items in per_file.items():
-            self._read_file(relative_path, items, planner)
+        if self.io_threads == 1 or len(per_file) == 1:
+            for relative_path, items in per_file.items():
+                self._read_file(relative_path, items, planner)
+        else:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(min(self.io_threads, len(per_file)), thread_name_prefix="ddlc-read") as pool:
+                for reading in [pool.submit(self._read_file, path, items, planner) for path, items in per_file.items()]:
+                    reading.result()
         done: Future = Future()
         done.set_result(None)
         return done
@@ -133,6 +141,9 @@ class DirectReader(FileSystemReader):
         hasher = _Hasher(hashing)
         try:
             with open(path, "rb", buffering=0) as handle:
+                # Let the kernel read the file ahead in the background while this thread decodes and copies.
+                if hasattr(os, "posix_fadvise"):
+                    os.posix_fadvise(handle.fileno(), 0, 0, os.POSIX_FADV_WILLNEED)
                 for (offset, length), requests in spans:
                     if len(requests) == 1 and length >= DIRECT_MIN_BYTES and requests[0].type != LoadItemType.BYTE_IO:
                         if self._read_direct(handle, path, offset, length, requests[0], planner, hasher):

@@ -44,34 +44,51 @@ def _without(tree: dict, dropped: set, prefix: tuple = ()) -> dict:
     return out
 
 
-def share_of_replicated_state(state: dict, rank: int, world_size: int, group: Optional[object] = None) -> dict:
-    """For a save: the state this rank writes, with each replicated (plain, non-DTensor) tensor kept by one rank.
+def replicated_layout(state: dict) -> str:
+    """A digest of the names, shapes and dtypes of the plain (non-DTensor) tensors in `state`."""
+    leaves = sorted(_plain_tensor_leaves(state), key=lambda item: repr(item[0]))
+    return hashlib.sha256(repr([(path, tuple(t.shape), str(t.dtype)) for path, t in leaves]).encode()).hexdigest()
 
-    Under DDP every rank holds the same weights and moments. DCP would write each of them once anyway (its planner
-    keeps one copy of keys that several ranks hold), but it stages every rank's full copy first, which is what
-    holds the training loop. Splitting them beforehand, balanced by size, makes that copy 1/world_size as big;
-    the checkpoint's contents and DCP metadata are the same. All ranks must hold the same tensor names, shapes
-    and dtypes, which is checked (one small collective); when they do not, the state is returned whole.
-    """
-    import torch.distributed as dist
 
-    if world_size <= 1 or not dist.is_initialized():
+def assign_replicated_share(state: dict, rank: int, world_size: int) -> dict:
+    """The state this rank writes when every rank holds the same plain tensors (same `replicated_layout`): each
+    of them kept by exactly one rank, largest first onto the least-loaded rank (the same choice on every rank)."""
+    if world_size <= 1:
         return state
     leaves = sorted(_plain_tensor_leaves(state), key=lambda item: repr(item[0]))
-    layout = hashlib.sha256(repr([(path, tuple(t.shape), str(t.dtype)) for path, t in leaves]).encode()).hexdigest()
-    layouts: list = [None] * world_size
-    dist.all_gather_object(layouts, layout, group=group)
-    if len(set(layouts)) != 1:
-        return state
     load = [0] * world_size
     dropped = set()
-    # Largest first onto the least-loaded rank: deterministic, so every rank computes the same assignment.
     for path, tensor in sorted(leaves, key=lambda item: -item[1].numel() * item[1].element_size()):
         owner = min(range(world_size), key=lambda r: (load[r], r))
         load[owner] += tensor.numel() * tensor.element_size()
         if owner != rank:
             dropped.add(path)
     return _without(state, dropped)
+
+
+def layouts_agree(layout: str, world_size: int, group: Optional[object] = None) -> bool:
+    """Whether every rank passed the same layout (one small collective)."""
+    import torch.distributed as dist
+
+    if world_size <= 1 or not dist.is_initialized():
+        return True
+    layouts: list = [None] * world_size
+    dist.all_gather_object(layouts, layout, group=group)
+    return len(set(layouts)) == 1
+
+
+def share_of_replicated_state(state: dict, rank: int, world_size: int, group: Optional[object] = None) -> dict:
+    """For a save: the state this rank writes, with each replicated (plain, non-DTensor) tensor kept by one rank.
+
+    Under DDP every rank holds the same weights and moments. DCP would write each of them once anyway (its planner
+    keeps one copy of keys that several ranks hold), but it stages every rank's full copy first. Splitting them
+    beforehand, balanced by size, makes that copy 1/world_size as big; the checkpoint's contents and DCP metadata
+    are the same. All ranks must hold the same tensor names, shapes and dtypes, which is checked (one small
+    collective); when they do not, the state is returned whole. (`Checkpointer` checks once, then in the background.)
+    """
+    if world_size <= 1 or not layouts_agree(replicated_layout(state), world_size, group):
+        return state
+    return assign_replicated_share(state, rank, world_size)
 
 
 def detach_buffers(state: dict, model: torch.nn.Module) -> None:

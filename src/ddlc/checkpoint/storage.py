@@ -166,30 +166,32 @@ class CheckpointStore:
                 yield chunk
 
     # -- DCP --------------------------------------------------------------------------------------------------
-    def dcp_writer(self, directory: str):
-        """A DCP storage writer for `directory` (reused for later saves through DCP's `checkpoint_id`)."""
+    def dcp_writer(self, directory: str, io_threads: int = 1):
+        """A DCP storage writer for `directory` (reused for later saves through DCP's `checkpoint_id`); with
+        `io_threads` > 1 each rank writes that many shard files in parallel."""
         if self.scheme == "s3":
             from torch.distributed.checkpoint._fsspec_filesystem import FsspecWriter
 
-            return FsspecWriter(self.url(directory), **self.storage_options)
+            return FsspecWriter(self.url(directory), thread_count=io_threads, **self.storage_options)
         from torch.distributed.checkpoint import FileSystemWriter
 
         from ddlc.checkpoint.write_digests import HashingFileSystem
 
-        writer = FileSystemWriter(self.path(directory))
+        writer = FileSystemWriter(self.path(directory), thread_count=io_threads)
         writer.fs = HashingFileSystem()  # shards are digested as they are written (see write_digests.py)
         return writer
 
-    def dcp_reader(self, directory: str, digest_names: frozenset[str] = frozenset()):
+    def dcp_reader(self, directory: str, digest_names: frozenset[str] = frozenset(), io_threads: int = 1):
         """A DCP storage reader for `directory`. Local readers also SHA-256 the files in `digest_names` from the
-        bytes they decode (their `digests`); S3 readers have no `digests`: hash those files separately."""
+        bytes they decode (their `digests`) and read up to `io_threads` files at once; S3 readers have no
+        `digests`: hash those files separately."""
         if self.scheme == "s3":
             from torch.distributed.checkpoint._fsspec_filesystem import FsspecReader
 
             return FsspecReader(self.url(directory), **self.storage_options)
         from ddlc.checkpoint.direct_read import DirectReader
 
-        return DirectReader(self.path(directory), digest_names=digest_names)
+        return DirectReader(self.path(directory), digest_names=digest_names, io_threads=io_threads)
 
 
 def _fsync_dir(path: str) -> None:
