@@ -286,6 +286,16 @@ def worker(args: argparse.Namespace) -> None:
         print(f"{'save throughput ratio ddlc/raw':<44}{save_ratio:9.3f}  (target >= 0.70; raw = faster of the two)")
         print(f"{'  vs raw sequential write by one process':<44}{save_ratio_sequential:9.3f}")
         print(f"{'load throughput ratio ddlc/raw':<44}{load_ratio:9.3f}  (target >= 0.70)")
+        # The same ratios per round (each round's phases run minutes apart at most, seconds apart mostly), then the
+        # median: less exposed to this VM's disk switching between a fast and a slow regime from round to round.
+        paired = {
+            "blocking": [b / t for b, t in zip(results["ddlc_block"], results["torch_save"])],
+            "save": [min(a, b) / d for a, b, d in zip(results["raw_write_single"], results["raw_write_split"],
+                                                       results["ddlc_total"])],
+            "load": [r / d for r, d in zip(results["raw_read"], results["ddlc_load"])],
+        }
+        print("per-round ratios, median: " + ", ".join(f"{k} {statistics.median(v):.3f}" for k, v in paired.items())
+              + "  (" + "; ".join(f"{k}: " + " ".join(f"{x:.2f}" for x in v) for k, v in paired.items()) + ")")
         for name, values in results.items():
             print(f"  {name:<22}" + " ".join(f"{v:.3f}" for v in values))
         print("ddlc save phases on rank 0 (seconds from save() to the end of each, medians): " + ", ".join(

@@ -172,9 +172,10 @@ class Checkpointer:
         if blocking:
             self._prepare_directory(directory)
             self._check_layout(layout)
+            writing_small = self._write_small_files(directory, small_files)
             self._write_state(app_state, directory)
             stats.blocking_s = time.perf_counter() - started
-            self._finish(directory, small_files, stats, started)
+            self._finish(directory, writing_small, stats, started)
             return stats  # a failed blocking save raises (CheckpointException): the caller asked to wait for it
         # Buffers (e.g. BatchNorm statistics) may change in the next forward: copy them now (they are small).
         # Parameters and optimizer state change only in optimizer.step(), which waits for the staging copy.
@@ -273,6 +274,7 @@ class Checkpointer:
         try:
             self._prepare_directory(directory)
             self._check_layout(layout)
+            writing_small = self._write_small_files(directory, small_files)
             stats.mark("directory", started)
             state = staged.result()
             stats.mark("staged", started)
@@ -281,18 +283,32 @@ class Checkpointer:
         except (Exception, CheckpointException) as exc:  # a failed save must not kill training; the previous commit still stands
             self._failed(directory, stats, exc, started)
             return
-        self._finish(directory, small_files, stats, started)
+        self._finish(directory, writing_small, stats, started)
 
     def _failed(self, directory: str, stats: SaveStats, exc: Exception, started: float) -> None:
         stats.error = f"{type(exc).__name__}: {exc}"
         stats.total_s = time.perf_counter() - started
         self.warn(f"checkpoint {self.store.display(directory)} failed and was not committed: {stats.error}")
 
-    def _finish(self, directory: str, small_files: dict[str, bytes], stats: SaveStats, started: float) -> None:
+    def _write_small_files(self, directory: str, small_files: dict[str, bytes]) -> Future:
+        """Write (and fsync) the RNG / trainer-state files on a thread of their own, while DCP writes the shards."""
+        done: Future = Future()
+
+        def write() -> None:
+            try:
+                for name, data in small_files.items():
+                    self.store.write_bytes_atomic(f"{directory}/{name}", data)
+                done.set_result(None)
+            except BaseException as exc:  # noqa: BLE001 (handed to the save's thread, which reports it)
+                done.set_exception(exc)
+
+        threading.Thread(target=write, name="ddlc-checkpoint-small-files", daemon=True).start()
+        return done
+
+    def _finish(self, directory: str, writing_small: Future, stats: SaveStats, started: float) -> None:
         """After DCP wrote every rank's shards (its save ends with a collective): small files, manifests, commit."""
         try:
-            for name, data in small_files.items():
-                self.store.write_bytes_atomic(f"{directory}/{name}", data)
+            writing_small.result()
             stats.mark("small_files", started)
             own = self._own_file_digests(directory)
             stats.mark("digests", started)
