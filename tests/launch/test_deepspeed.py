@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from ddlc.runtime.metrics import read_metrics
 from tests.launch.helpers import assert_identical_ranks, job_args
 from tests.launch.hosts import SSH_PORT
 from tests.support import (CONFIG, FAST, PYTHON, REPO, TRAIN_PY, MotoServer, assert_ok, child_env, free_port, run,
@@ -78,6 +79,7 @@ def test_zero_stage_matches_ddp_and_exports(stage, ddp_reference, tmp_path):
     summary = json.loads((tmp_path / f"zero{stage}" / "summary.json").read_text())
     assert summary["strategy"] == "deepspeed" and summary["world_size"] == 2
     assert summary["final_loss"] < summary["first_loss"]
+    assert all(record["grad_norm"] > 0 for record in read_metrics(tmp_path / f"zero{stage}"))  # every stage reports it
     # The last step is always checkpointed; its merged fp32 weights are the final parameters, bit for bit.
     assert_equal_weights(export_checkpoint(str(ckpt), tmp_path / "model.pt"), torch.load(out / "rank0.pt"))
 

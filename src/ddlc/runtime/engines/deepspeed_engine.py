@@ -85,13 +85,21 @@ class DeepSpeedEngine:
         engine, device = self.model, self.ctx.device
         total = torch.zeros((), device=device)
         count = 0
+        own_norm = None
         for inputs, targets in micro_batches:
             _, loss = engine(inputs.to(device), targets.to(device))
             engine.backward(loss)  # scales by 1/accumulation steps itself
+            if self.zero_stage == 0 and engine.is_gradient_accumulation_boundary():
+                # Without ZeRO, DeepSpeed clips a client optimizer's gradients but keeps no norm: measure it here,
+                # after the all-reduce (done in backward at the boundary) and before clipping.
+                grads = [p.grad for p in engine.module.parameters() if p.grad is not None]
+                own_norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
             engine.step()  # optimizer update (and ZeRO reduction) only at the accumulation boundary
             total += loss.detach().float()
             count += 1
         norm = engine.get_global_grad_norm()
+        if norm is None and own_norm is not None:
+            norm = own_norm
         norm = torch.as_tensor(0.0 if norm is None else float(norm))
         return total / max(count, 1), norm
 
