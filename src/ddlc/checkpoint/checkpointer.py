@@ -2,17 +2,20 @@
 
 Save protocol for step N (directory `step-0000000N/` under the checkpoint URI):
 
-1. every rank captures its RNG state (rank 0 also the trainer state) and stages its tensors to memory: this is
-   all the training loop waits for (`async_save`). Under DDP each rank stages only its share of the replicated
-   tensors, each tensor going to one rank;
-2. in the background, each rank writes its RNG file (rank 0 `trainer_state.json`) while DCP writes its shards,
-   which are SHA-256 digested as they are written (any file without such a digest is hashed by reading it back);
-3. each rank records its files' sizes and digests in a partial manifest;
-4. rank 0 waits for all partial manifests, writes `COMMIT` (every file's size + SHA-256) last, then moves the
-   `latest` pointer, then applies retention. A directory without `COMMIT` never counts.
+1. in `save()`, every rank captures its RNG state (rank 0 also the trainer state), takes views of the model and
+   optimizer state and copies the buffers; under DDP each rank keeps only its share of the replicated tensors,
+   each tensor going to one rank. That is all the training loop waits for;
+2. in the background, the state is copied to reused CPU buffers while the loop runs the next forward/backward; the
+   optimizer's next `step()` waits for that copy (a pre-step hook registered by `save()`);
+3. each rank writes its RNG file (rank 0 `trainer_state.json`) while DCP writes its shards, which are SHA-256
+   digested as they are written (any file without such a digest is hashed by reading it back);
+4. every rank sends its files' sizes and digests to rank 0 (one collective), which writes `COMMIT` (every file's
+   size + SHA-256) last, then moves the `latest` pointer, then applies retention. A directory without `COMMIT`
+   never counts.
 
-Resume: rank 0 picks the newest committed checkpoint that verifies (skipping, with a warning, incomplete or
-corrupt ones) and tells the others; all ranks load through DCP, which reshards to the current world size.
+Resume: rank 0 picks the newest committed checkpoint whose files have their recorded sizes and tells the others;
+all ranks load through DCP, which reshards to the current world size, each SHA-256-checking its share of the files
+(from the bytes it loaded, on local storage); a corrupt or undecodable checkpoint makes them load the next older one.
 """
 
 from __future__ import annotations
