@@ -54,7 +54,7 @@ from ddlc.checkpoint.state import (
     model_and_optimizer_state,
     rng_bytes,
     set_rng_state,
-    detach_buffers,
+    snapshot_buffers,
     assign_replicated_share,
     layouts_agree,
     replicated_layout,
@@ -182,7 +182,7 @@ class Checkpointer:
             return stats  # a failed blocking save raises (CheckpointException): the caller asked to wait for it
         # Buffers (e.g. BatchNorm statistics) may change in the next forward: copy them now (they are small).
         # Parameters and optimizer state change only in optimizer.step(), which waits for the staging copy.
-        detach_buffers(app_state, model)
+        snapshot_buffers(app_state, model)
         self._guard(optimizer)
         staged = self._stager().stage(app_state)
         self._staging = staged

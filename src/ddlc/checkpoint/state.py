@@ -91,7 +91,7 @@ def share_of_replicated_state(state: dict, rank: int, world_size: int, group: Op
     return assign_replicated_share(state, rank, world_size)
 
 
-def detach_buffers(state: dict, model: torch.nn.Module) -> None:
+def snapshot_buffers(state: dict, model: torch.nn.Module) -> None:
     """Replace, in a state from `model_and_optimizer_state`, the module's buffers with copies of their current values.
 
     An async save stages tensors while the next forward runs. Forward never writes parameters or optimizer state,
