@@ -38,7 +38,6 @@ from torch.distributed.checkpoint.api import CheckpointException
 from ddlc.checkpoint.manifest import (
     COMMIT,
     LATEST,
-    PARTIAL_PREFIX,
     TRAINER_STATE,
     Manifest,
     hash_files,
@@ -56,6 +55,7 @@ from ddlc.checkpoint.state import (
     set_rng_state,
     snapshot_buffers,
     assign_replicated_share,
+    balance_by_size,
     layouts_agree,
     replicated_layout,
 )
@@ -366,7 +366,7 @@ class Checkpointer:
         for rank_files in manifests:
             files.update(rank_files)
         present = {f.name for f in self.store.list_files(directory)}
-        unlisted = sorted(n for n in present if n not in files and n != COMMIT and not n.startswith(PARTIAL_PREFIX))
+        unlisted = sorted(n for n in present if n not in files and n != COMMIT)
         files.update(hash_files(self.store, directory, unlisted))
         missing = sorted(n for n in files if n not in present)
         if missing:
@@ -478,14 +478,9 @@ class Checkpointer:
 
     def _verification_share(self, manifest: Manifest) -> list[str]:
         """This rank's files to SHA-256-check: largest first onto the least-loaded rank, the same on every rank."""
-        load = [0] * self.world_size
-        share = []
-        for name, entry in sorted(manifest.files.items(), key=lambda item: (-item[1]["size"], item[0])):
-            owner = min(range(self.world_size), key=lambda r: (load[r], r))
-            load[owner] += entry["size"]
-            if owner == self.rank:
-                share.append(name)
-        return share
+        owners = balance_by_size([(name, entry["size"]) for name, entry in sorted(manifest.files.items())],
+                                 self.world_size)
+        return [name for name, owner in owners.items() if owner == self.rank]
 
     def _compare(self, directory: str, manifest: Manifest, names: list[str], already: Optional[dict] = None) -> list[str]:
         hashed = dict(already or {})

@@ -17,7 +17,7 @@ from typing import Iterable
 
 import torch
 
-from ddlc.checkpoint.manifest import COMMIT, PARTIAL_PREFIX, TRAINER_STATE
+from ddlc.checkpoint.manifest import COMMIT, TRAINER_STATE
 from ddlc.checkpoint.storage import CheckpointStore, StorageError
 
 ENGINE = "deepspeed"
@@ -38,7 +38,7 @@ def download(store: CheckpointStore, directory: str, local_root: Path, skip: Ite
     shutil.rmtree(target, ignore_errors=True)
     skipped = set(skip)
     for info in store.list_files(directory):
-        if info.name == COMMIT or info.name.startswith(PARTIAL_PREFIX) or info.name in skipped:
+        if info.name == COMMIT or info.name in skipped:
             continue
         local = target / info.name
         local.parent.mkdir(parents=True, exist_ok=True)

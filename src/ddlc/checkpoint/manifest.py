@@ -19,7 +19,6 @@ FORMAT = "ddlc-checkpoint/1"
 COMMIT = "COMMIT"
 LATEST = "latest"
 TRAINER_STATE = "trainer_state.json"
-PARTIAL_PREFIX = ".ddlc-rank"  # per-rank partial manifests, merged into COMMIT by rank 0
 STEP_DIR = re.compile(r"^step-(\d{8,})$")
 
 

@@ -44,6 +44,18 @@ def _without(tree: dict, dropped: set, prefix: tuple = ()) -> dict:
     return out
 
 
+def balance_by_size(items: list[tuple], world_size: int) -> dict:
+    """{key: rank} for (key, size) items, largest first onto the least-loaded rank (ties: the lower key, the lower
+    rank), so every rank computes the same assignment from the same items in the same order."""
+    load = [0] * world_size
+    owners = {}
+    for key, size in sorted(items, key=lambda item: -item[1]):  # stable: equal sizes keep the given order
+        owner = min(range(world_size), key=lambda r: (load[r], r))
+        load[owner] += size
+        owners[key] = owner
+    return owners
+
+
 def replicated_layout(state: dict) -> str:
     """A digest of the names, shapes and dtypes of the plain (non-DTensor) tensors in `state`."""
     leaves = sorted(_plain_tensor_leaves(state), key=lambda item: repr(item[0]))
@@ -56,14 +68,8 @@ def assign_replicated_share(state: dict, rank: int, world_size: int) -> dict:
     if world_size <= 1:
         return state
     leaves = sorted(_plain_tensor_leaves(state), key=lambda item: repr(item[0]))
-    load = [0] * world_size
-    dropped = set()
-    for path, tensor in sorted(leaves, key=lambda item: -item[1].numel() * item[1].element_size()):
-        owner = min(range(world_size), key=lambda r: (load[r], r))
-        load[owner] += tensor.numel() * tensor.element_size()
-        if owner != rank:
-            dropped.add(path)
-    return _without(state, dropped)
+    owners = balance_by_size([(path, t.numel() * t.element_size()) for path, t in leaves], world_size)
+    return _without(state, {path for path, owner in owners.items() if owner != rank})
 
 
 def layouts_agree(layout: str, world_size: int, group: Optional[object] = None) -> bool:
