@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -57,9 +58,13 @@ def worker(args: argparse.Namespace) -> None:
     from ddlc.config import load_config
     from ddlc.runtime import GPT, MetricsLogger, Trainer, hard_exit, init_distributed, shutdown_distributed
 
-    cfg = load_config(None, [*DEFAULTS, *args.overrides, f"monitoring.run_dir={tempfile.mkdtemp()}",
-                             "monitoring.run_name=bench"])
+    cfg = load_config(None, [*DEFAULTS, *args.overrides, "monitoring.run_name=bench"])
     ctx = init_distributed(cfg.distributed.device, cfg.distributed.backend)
+    # One run directory for every rank, chosen by rank 0: the default checkpoint location lies under it, and
+    # checkpoints must go to one place every rank shares (ddlc refuses to start otherwise).
+    run_dir = [tempfile.mkdtemp(prefix="ddlc-bench-") if ctx.is_main else None]
+    dist.broadcast_object_list(run_dir)
+    cfg.monitoring.run_dir = run_dir[0]
     trainer = Trainer(cfg, ctx)
     logger = MetricsLogger(trainer.run_dir, trainer.total_steps, enabled=ctx.is_main, progress="plain",
                            log_interval=10**9)
@@ -102,7 +107,11 @@ def worker(args: argparse.Namespace) -> None:
         for fn, sink in order if round_ % 2 == 0 else reversed(order):
             sink.append(timed(fn, args.steps))
     logger.close()
+    if trainer.checkpointer is not None:
+        trainer.checkpointer.close()  # the last async save ends before its directory goes
+    dist.barrier()
     if ctx.is_main:
+        shutil.rmtree(run_dir[0], ignore_errors=True)
         d, p = statistics.median(ddlc_times), statistics.median(plain_times)
         tokens = trainer.tokens_per_step
         print(f"workers: {ctx.world_size} x {ctx.device.type} | {args.rounds} rounds x {args.steps} steps, interleaved")

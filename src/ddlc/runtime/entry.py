@@ -70,7 +70,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if result.preempted:
             return PREEMPTED_EXIT_CODE
     except UserError as error:
-        if _is_rank_zero():
+        # Most errors are the same on every rank: rank 0 says it. Some (a checkpoint location only some nodes
+        # see) should appear in every node's log: the first rank of each node says those.
+        if _is_rank_zero() or (getattr(error, "every_node", False) and os.environ.get("LOCAL_RANK", "0") == "0"):
             print(f"error: {error}", file=sys.stderr, flush=True)
         return error.exit_code
     return 0

@@ -22,6 +22,7 @@ import torch
 import torch.distributed as dist
 
 from ddlc.checkpoint.checkpointer import Checkpointer
+from ddlc.checkpoint.shared_location import verify_shared_location
 from ddlc.config.loader import dump_config
 from ddlc.config.schema import Config
 from ddlc.runtime.data import GlobalBatchSampler, load_corpus, plan_batches
@@ -100,6 +101,14 @@ class Trainer:
             1, math.ceil(train.epochs * self.corpus.num_windows / self.plan.global_batch_size)
         )
 
+        self.run_name = resolve_run_name(cfg, ctx)
+        cfg.monitoring.run_name = self.run_name
+        self.run_dir = Path(cfg.monitoring.run_dir) / self.run_name
+        self.checkpoint_uri = cfg.checkpoint.uri or str(self.run_dir / "checkpoints")
+        if cfg.checkpoint.enabled:  # before the model is built: a location that is not shared stops every rank
+            verify_shared_location(self.checkpoint_uri, ctx.rank, ctx.world_size, ctx.env.node_rank,
+                                   cfg.checkpoint.endpoint_url)
+
         seed_everything(train.seed)  # same initial weights on every rank
         self.engine = None  # DeepSpeed / Horovod own model, optimizer and gradient sync (ddlc.runtime.engines)
         if cfg.distributed.strategy in ("deepspeed", "horovod"):
@@ -119,15 +128,11 @@ class Trainer:
         self.first_loss: Optional[float] = None
         self.final_loss: Optional[float] = None
 
-        self.run_name = resolve_run_name(cfg, ctx)
-        cfg.monitoring.run_name = self.run_name
-        self.run_dir = Path(cfg.monitoring.run_dir) / self.run_name
         self.tokens_per_step = self.plan.global_batch_size * cfg.model.block_size
         self.last_step = min(self.total_steps, train.stop_at_step or self.total_steps)
 
         self.checkpointer: Optional[Checkpointer] = None
         if cfg.checkpoint.enabled:
-            self.checkpoint_uri = cfg.checkpoint.uri or str(self.run_dir / "checkpoints")
             make_checkpointer = self.engine.checkpointer if self.engine is not None else Checkpointer
             self.checkpointer = make_checkpointer(
                 self.checkpoint_uri,
