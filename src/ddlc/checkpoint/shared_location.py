@@ -166,88 +166,125 @@ def verify_shared_location(uri: str, rank: int, world_size: int, node_rank: int 
 
 # -- across the hosts of a hostfile (doctor, launch) -------------------------------------------------------------
 
-# Run on each host (python -c URI ENDPOINT TOKEN INDEX): read this machine's probe, write the host's own, print one
-# JSON line. Self-contained (fsspec only for s3://), so it runs wherever the training interpreter does.
+# Run on a host as `python -c _HOST_PROBE LOCATION ENDPOINT TOKEN MODE [INDICES]`; prints one JSON line. Modes:
+#   origin   write probe 0 (the token)                               -> {"error"}
+#   probe I  read probe 0, write probe I (removed again if probe 0 was not there: nobody else could)
+#                                                                    -> {"saw", "error"}
+#   collect I,J,...  which of the probes I, J... hold what they should; then remove them all and probe 0
+#                                                                    -> {"seen": [...]}
+# Self-contained (fsspec only for s3://), so it runs wherever the training interpreter does, in the working
+# directory training uses (a relative location resolves as training's does).
 _HOST_PROBE = """
 import json, os, sys
-uri, endpoint, token, index = sys.argv[1], sys.argv[2] or None, sys.argv[3], sys.argv[4]
-probe = "/" + ".ddlc-probe-" + token + "/rank%05d"
-saw, error = False, None
-if uri.startswith("s3://"):
+location, endpoint, token, mode = sys.argv[1], sys.argv[2] or None, sys.argv[3], sys.argv[4]
+s3 = location.startswith("s3://")
+if s3:
     import fsspec
     fs = fsspec.filesystem("s3", skip_instance_cache=True, **({"endpoint_url": endpoint} if endpoint else {}))
-    root = uri[len("s3://"):].rstrip("/")
-    try:
-        saw = fs.cat_file(root + probe % 0).decode() == token
-    except Exception:
-        pass
-    try:
-        fs.pipe_file(root + probe % int(index), (token + " " + index).encode())
-    except Exception as exc:
-        error = "cannot write there (%s: %s)" % (type(exc).__name__, str(exc)[:200])
+    root = location[len("s3://"):].rstrip("/")
 else:
+    root = os.path.abspath(os.path.expanduser(location))
+directory = root + "/.ddlc-probe-" + token
+def path(i): return directory + "/rank%05d" % int(i)
+def content(i): return token if int(i) == 0 else token + " " + str(i)
+def read(i):
     try:
-        with open(uri + probe % 0) as handle:
-            saw = handle.read() == token
-    except OSError:
-        pass
+        if s3:
+            return fs.cat_file(path(i)).decode()
+        with open(path(i)) as handle:
+            return handle.read()
+    except Exception:
+        return None
+def write(i):
     try:
-        os.makedirs(os.path.dirname(uri + probe % int(index)), exist_ok=True)
-        with open(uri + probe % int(index), "w") as handle:
-            handle.write(token + " " + index)
-    except OSError as exc:
-        error = "cannot write there (%s)" % (exc.strerror or exc)
-print(json.dumps({"saw": saw, "error": error}))
+        if s3:
+            fs.pipe_file(path(i), content(i).encode())
+        else:
+            os.makedirs(directory, exist_ok=True)
+            with open(path(i), "w") as handle:
+                handle.write(content(i))
+                handle.flush()
+                os.fsync(handle.fileno())
+    except Exception as exc:
+        return "cannot write there (%s: %s)" % (type(exc).__name__, " ".join(str(exc).split())[:200])
+def remove(indices):
+    for i in indices:
+        try:
+            fs.rm_file(path(i)) if s3 else os.remove(path(i))
+        except Exception:
+            pass
+    if not s3:
+        try:
+            os.rmdir(directory)
+        except OSError:
+            pass
+if mode == "origin":
+    answer = {"error": write(0)}
+elif mode == "probe":
+    index = sys.argv[5]
+    saw = read(0) == token
+    answer = {"saw": saw, "error": write(index), "location": root}
+    if not saw:
+        remove([index])
+else:
+    indices = [i for i in sys.argv[5].split(",") if i.isdigit()]
+    answer = {"seen": [i for i in indices if read(i) == content(i)]}
+    remove(indices + ["0"])
+print(json.dumps(answer))
 """
 
 
-def probe_command(python: str, location: str, endpoint_url: Optional[str], token: str, index: int) -> list[str]:
-    return [python, "-c", _HOST_PROBE, location, endpoint_url or "", token, str(index)]
+def probe_command(python: str, location: str, endpoint_url: Optional[str], token: str, mode: str,
+                  indices: str = "") -> list[str]:
+    return [python, "-c", _HOST_PROBE, location, endpoint_url or "", token, mode, *([indices] if indices else [])]
 
 
-# (host, argv, timeout_s) -> (exit code, stdout, stderr); raises on a timeout
+# (host, argv, timeout_s) -> (exit code, stdout, stderr); may raise (a timeout, ssh missing)
 RunOnHost = Callable[[str, list, float], tuple]
 
 
-def check_hosts(uri: str, hosts: Sequence[str], run_on_host: RunOnHost, python: str,
-                endpoint_url: Optional[str] = None, timeout_s: float = 60.0, workdir: Optional[str] = None) -> Optional[str]:
-    """From this machine: does every host in `hosts` see the checkpoint location `uri` (a relative path is taken
-    relative to `workdir`, default the current directory)? None when it does, else the one-line problem naming the
-    location and the hosts that cannot see it. Probe files are removed again."""
-    import os
-
-    if "://" not in uri and not os.path.isabs(os.path.expanduser(uri)):
-        uri = os.path.join(workdir or os.getcwd(), uri)
-    store = _store(uri, endpoint_url)
-    location = store.display()
+def check_hosts(location: str, hosts: Sequence[str], run_on_host: RunOnHost, python: str,
+                endpoint_url: Optional[str] = None, timeout_s: float = 60.0,
+                origin_label: Optional[str] = None) -> Optional[str]:
+    """Does every host in `hosts` see the checkpoint `location` the first of them writes? None when it does, else
+    the one-line problem naming the location and the hosts that cannot see it. Probe files are removed again."""
+    origin, others = hosts[0], list(hosts[1:])
+    label = origin_label or origin
     token = uuid.uuid4().hex
-    error = _write(store, probe_name(token, 0), token)
-    if error:
-        return f"checkpoint location {location}: this host {error}; {INSTEAD}"
-    blind: list[str] = []
-    unprobed: list[str] = []
-    try:
-        for index, host in enumerate(hosts, start=1):
-            try:
-                code, out, err = run_on_host(host, probe_command(python, location, endpoint_url, token, index),
-                                             timeout_s)
-                answer = json.loads((out or "").strip().splitlines()[-1]) if code == 0 else None
-            except Exception as exc:  # noqa: BLE001 - a timeout or garbled answer: that host could not be probed
-                code, err, answer = -1, _short(exc), None
-            if answer is None:
-                last = ((err or "").strip().splitlines() or [f"exit code {code}"])[-1].strip()
-                unprobed.append(f"{host} ({last})")
-            elif answer["error"]:
-                blind.append(f"{host} ({answer['error']})")
-            elif not answer["saw"] or _read(store, probe_name(token, index)) != f"{token} {index}":
-                blind.append(host)
-    finally:
-        for index in range(len(hosts) + 1):
-            _remove(store, probe_name(token, index))
+
+    def ask(host: str, mode: str, indices: str = "") -> tuple[Optional[dict], str]:
+        try:
+            code, out, err = run_on_host(host, probe_command(python, location, endpoint_url, token, mode, indices),
+                                         timeout_s)
+            if code == 0:
+                return json.loads((out or "").strip().splitlines()[-1]), ""
+        except Exception as exc:  # noqa: BLE001 - a timeout or a garbled answer: that host could not be probed
+            code, err = -1, _short(exc)
+        return None, ((err or "").strip().splitlines() or [f"exit code {code}"])[-1].strip()
+
+    answer, why = ask(origin, "origin")
+    if answer is None:
+        return f"checkpoint location {location}: could not probe {label} ({why})"
+    if answer["error"]:
+        return f"checkpoint location {location}: {label} {answer['error']}; {INSTEAD}, writable from every node"
+    blind, unprobed, wrote = [], [], []
+    for index, host in enumerate(others, start=1):
+        answer, why = ask(host, "probe", str(index))
+        if answer is None:
+            unprobed.append(f"{host} ({why})")
+        elif answer["error"]:
+            blind.append(f"{host} ({answer['error']})")
+        elif not answer["saw"]:
+            blind.append(host)
+        else:
+            wrote.append(str(index))
+    answer, why = ask(origin, "collect", ",".join(wrote) or "-")
+    seen = set(answer["seen"]) if answer else set()
+    blind += [others[int(i) - 1] for i in wrote if i not in seen]
     if blind:
-        return (f"checkpoint location {location} is not shared by all nodes: {', '.join(blind)} cannot see this "
-                f"host's files there (each node would checkpoint to its own disk and every save would fail); "
-                f"{INSTEAD}")
+        return (f"checkpoint location {location} is not shared by all nodes: {', '.join(blind)} cannot see the "
+                f"files {label} writes there (each node would checkpoint to its own disk and every save would "
+                f"fail); {INSTEAD}")
     if unprobed:
         return f"checkpoint location {location}: could not probe {', '.join(unprobed)}"
     return None

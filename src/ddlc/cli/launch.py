@@ -52,7 +52,10 @@ def launch(
         typer.echo(plan.describe(ssh))
         return
     if preflight_check:
+        from ddlc.launch.checkpoint_location import check_before_launch
+
         preflight(plan, ssh, interpreter)
+        check_before_launch(plan, ssh, interpreter, script_args or [])  # a local checkpoint path every node shares
     code = run_plan(plan, ssh)
     if code != 0:
         raise typer.Exit(code)

@@ -12,7 +12,8 @@ Modules, one per check family (function names are stable: `ddlc health` and othe
 
     results.py  Status, CheckResult, report          node.py     facts read from /proc, /sys, torch, cluster.env
     gpu.py      GPUs, driver/CUDA, NCCL in torch     efa.py      EFA, aws-ofi-nccl, NCCL_*/FI_*, memlock, huge pages
-    storage.py  disk, checkpoint write access        hosts.py    master port; clocks/versions across a hostfile
+    storage.py  disk, checkpoint write access, the   hosts.py    master port; clocks/versions across a hostfile
+                checkpoint location shared by every host
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from ddlc.ops.doctor.results import (DEFAULT_MASTER_PORT, DEFAULT_MIN_FREE_GB, N
                                      Status, report, worst)
 from ddlc.ops.doctor.storage import *  # noqa: F401,F403
 from ddlc.ops.doctor.storage import (_one_line, _run_with_deadline, check_checkpoint_write, check_disk,  # noqa: F401
-                                     local_checkpoint_path)
+                                     check_shared_checkpoint, local_checkpoint_path)
 
 
 @dataclass
@@ -113,17 +114,20 @@ def run_checks(options: DoctorOptions) -> list[CheckResult]:
         check_checkpoint_write(uri, options.endpoint_url, options.network_timeout_s),
         check_master_port(port),
     ]
-    host_facts = None
+    host_facts = hosts = None
+    runner = options.runner or SshRunner()
     if hostfile is not None:
         from ddlc.monitor.prometheus_config import parse_hostfile  # the same hostfile format deepspeed reads
 
         hosts = [entry.host for entry in parse_hostfile(hostfile)]
-        runner = options.runner or SshRunner()
         host_facts = gather_hosts(runner, hosts, options.remote_python, timeout_s=max(options.network_timeout_s, 30))
     # A hostfile found on the node (not asked for) must not fail every run on a cluster without ssh keys.
     unreachable = Status.FAIL if options.hostfile is not None else Status.WARN
     results.append(check_clock_skew(host_facts, unreachable_status=unreachable))
     results.append(check_versions(local_versions(), host_facts))
+    reachable = [h.host for h in host_facts if h.reachable] if host_facts is not None else None
+    results.append(check_shared_checkpoint(uri, reachable, runner, options.remote_python, options.endpoint_url,
+                                           max(options.network_timeout_s, 30), unreachable))
     return results
 
 

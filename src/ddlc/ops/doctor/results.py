@@ -20,6 +20,7 @@ ANCHOR_NCCL_HANG = "nccl-timeouts-and-hangs"
 ANCHOR_MEMLOCK = "locked-memory-limit-too-low"
 ANCHOR_FORK_MEMORY = "cannot-allocate-memory-in-data-loader-workers-with-efa"
 ANCHOR_STORAGE = "checkpoint-storage-not-writable-or-disk-full"
+ANCHOR_SHARED = "checkpoint-location-not-shared-by-all-nodes"
 ANCHOR_PORT = "master-port-already-in-use"
 ANCHOR_HOSTS = "clock-skew-and-version-drift-between-nodes"
 

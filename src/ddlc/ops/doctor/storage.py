@@ -8,9 +8,9 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
-from ddlc.ops.doctor.results import ANCHOR_STORAGE, NETWORK_TIMEOUT_S, CheckResult, Status
+from ddlc.ops.doctor.results import ANCHOR_SHARED, ANCHOR_STORAGE, NETWORK_TIMEOUT_S, CheckResult, Status
 
 
 # -- storage ------------------------------------------------------------------------------------------------
@@ -139,3 +139,38 @@ def check_checkpoint_write(uri: Optional[str], endpoint_url: Optional[str] = Non
                            "fix access to the checkpoint URI before training", ANCHOR_STORAGE)
     return CheckResult(name, Status.PASS, f"wrote, read back and deleted a probe object in {uri}{where} "
                        f"({seconds:.2f} s)")
+
+
+def check_shared_checkpoint(uri: Optional[str], hosts: Optional[Sequence[str]], runner, python: str,
+                            endpoint_url: Optional[str] = None, timeout_s: float = NETWORK_TIMEOUT_S,
+                            unreachable_status: Status = Status.FAIL) -> CheckResult:
+    """Every host of the hostfile sees the checkpoint location this host writes to (the probe training runs at
+    start, here over ssh: `ddlc.checkpoint.shared_location.check_hosts`)."""
+    name = "checkpoint-shared"
+    if hosts is None:
+        return CheckResult(name, Status.SKIP, "no hostfile given: nothing to compare with")
+    if not uri:
+        return CheckResult(name, Status.SKIP, "no checkpoint URI given (--checkpoint-uri, or DDLC_CHECKPOINT_BUCKET "
+                           "on a cluster node)")
+    from ddlc.checkpoint.shared_location import INSTEAD, check_hosts
+
+    def run_on_host(host: str, argv: list, timeout: float) -> tuple:
+        proc = runner.run(host, argv, timeout)
+        return proc.returncode, proc.stdout, proc.stderr
+
+    location = uri
+    if "://" not in uri:  # this host's view of a relative path, on every host
+        location = str(Path(uri).expanduser().absolute())
+    origin = "localhost"  # this host writes first (SshRunner runs local names here)
+    try:
+        problem = _run_with_deadline(lambda: check_hosts(location, [origin, *hosts], run_on_host, python,
+                                                         endpoint_url, timeout_s, "this host"),
+                                     timeout_s * (len(hosts) + 1))
+    except Exception as error:  # noqa: BLE001 - every failure becomes one line
+        return CheckResult(name, Status.FAIL, f"{uri}: {type(error).__name__}: {_one_line(error)}", INSTEAD,
+                           ANCHOR_SHARED)
+    if problem is None:
+        return CheckResult(name, Status.PASS, f"all {len(hosts)} hosts read and write the same {location} as this "
+                           "host")
+    status = unreachable_status if problem.startswith(f"checkpoint location {location}: could not probe") else Status.FAIL
+    return CheckResult(name, status, problem, INSTEAD, ANCHOR_SHARED)
