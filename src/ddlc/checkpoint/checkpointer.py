@@ -219,13 +219,11 @@ class Checkpointer:
     def _stager(self):
         # One stager for the whole run: it keeps its CPU copies (pinned on GPU hosts) keyed by the source storage,
         # so every save after the first copies into buffers that already exist instead of allocating. Staging runs
-        # on its own thread; on GPU hosts the device-to-host copies use their own CUDA stream.
+        # on its own thread and CUDA stream, after the device work queued so far (see `make_stager`).
         if self._stager_instance is None:
-            from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
+            from ddlc.checkpoint.state import make_stager
 
-            cuda = torch.cuda.is_available()
-            self._stager_instance = DefaultStager(StagingOptions(use_pinned_memory=cuda, use_shared_memory=False,
-                                                                 use_async_staging=True, use_non_blocking_copy=cuda))
+            self._stager_instance = make_stager()
         return self._stager_instance
 
     def _state_to_write(self, state: dict) -> tuple[dict, Optional[str]]:

@@ -1,11 +1,12 @@
-"""What goes into a checkpoint besides tensors: resharding-safe model/optimizer views and per-rank RNG streams."""
+"""What goes into a checkpoint besides tensors: resharding-safe model/optimizer views, per-rank RNG streams, and the
+stager that copies device tensors to host memory for an async save, ordered after the step that produced them."""
 
 from __future__ import annotations
 
 import hashlib
 import io
 import random
-from typing import Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
@@ -154,3 +155,45 @@ def rng_bytes() -> bytes:
 
 def load_rng_bytes(data: bytes) -> dict:
     return torch.load(io.BytesIO(data), weights_only=True)
+
+
+# -- async staging, ordered after the device work that produced the state ------------------------------------------
+
+def record_device_work() -> Optional[Any]:
+    """An event recorded on the current CUDA stream (None on CPU, where every op has finished when it returns).
+
+    The training loop only *queues* the optimizer step's kernels; an event recorded after them completes when
+    they have run. Anything with a `synchronize()` method serves (tests use a slow stand-in stream)."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        event = torch.cuda.Event()
+        event.record(torch.cuda.current_stream())
+        return event
+    return None
+
+
+def make_stager(record: Optional[Callable[[], Optional[Any]]] = None, pinned: Optional[bool] = None):
+    """The async stager for `Checkpointer`: copies into reused (pinned, on GPU hosts) host buffers on a background
+    thread and its own CUDA stream, each copy starting only once the device work queued before `stage()` is done.
+
+    torch's DefaultStager alone copies on its own stream without waiting for the compute stream, so it could read
+    parameters and optimizer moments while the last optimizer step's kernels still run: a checkpoint mixing two
+    steps, which would still pass its SHA-256 check (the hashes are of what was written).
+    """
+    from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
+
+    cuda = torch.cuda.is_available()
+
+    class OrderedStager(DefaultStager):
+        def stage(self, state_dict, **kwargs):
+            ready = (record or record_device_work)()  # recorded here, on the caller's (compute) stream
+            return super().stage(state_dict, ddlc_ready=ready, **kwargs)
+
+        def _stage(self, state_dict, **kwargs):
+            ready = kwargs.pop("ddlc_ready", None)
+            if ready is not None:
+                ready.synchronize()  # on the staging thread: the training loop goes on meanwhile
+            return super()._stage(state_dict, **kwargs)
+
+    return OrderedStager(StagingOptions(use_pinned_memory=cuda if pinned is None else pinned,
+                                        use_shared_memory=False, use_async_staging=True,
+                                        use_non_blocking_copy=cuda))
