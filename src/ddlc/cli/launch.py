@@ -31,6 +31,9 @@ def launch(
     ssh_option: Optional[List[str]] = typer.Option(None, "--ssh-option", help="extra `ssh -o` option (repeatable)"),
     env: Optional[List[str]] = typer.Option(None, "--env", help="KEY=VALUE for every node (KEY= unsets a default)"),
     env_profile: str = typer.Option("aws-efa", "--env-profile", help="aws-efa | none (see docs/launch.md)"),
+    instance_type: Optional[str] = typer.Option(None, "--instance-type", envvar="DDLC_INSTANCE_TYPE",
+                                                help="trims the env profile to the type (e.g. no GPUDirect RDMA on "
+                                                "p3dn); default: $DDLC_INSTANCE_TYPE"),
     python: Optional[str] = typer.Option(None, "--python", help="interpreter on the nodes (default: this one)"),
     workdir: Optional[str] = typer.Option(None, "--workdir", help="directory on the nodes (default: this one)"),
     dry_run: bool = typer.Option(False, "--dry-run", help="print each node's exact command and exit"),
@@ -44,7 +47,7 @@ def launch(
 
     hosts = resolve_hosts(hostfile)
     ssh = SSH(port=ssh_port, identity=ssh_identity, user=ssh_user, options=tuple(ssh_option or ()))
-    node_env = node_environment(env_profile, parse_env_overrides(env or []), os.environ)
+    node_env = node_environment(env_profile, parse_env_overrides(env or []), os.environ, instance_type)
     interpreter = python or sys.executable
     plan = plan_launch(engine, hosts, script, script_args or [], nproc_per_node, master_addr, master_port,
                        interpreter, workdir, node_env, ssh)

@@ -78,7 +78,8 @@ class TrainingConfig(Section):
     global_batch_size: Optional[PositiveInt] = None
     grad_accum_steps: Optional[PositiveInt] = None
     grad_clip: Optional[float] = Field(default=1.0, gt=0.0)
-    precision: Literal["fp32", "bf16"] = "fp32"
+    # auto: bf16 on GPUs that have it (A100, H100, ...), fp32 elsewhere (CPU, V100); see ddlc.runtime.precision
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
     seed: int = 1337
     log_interval: PositiveInt = 10
     # End this invocation early at this step (after a checkpoint); the LR schedule still targets the full

@@ -2,6 +2,10 @@
 
 `efa_interfaces` is the number of EFA devices to attach: one per network card. Zero means the type has no
 EFA, and the node gets a single plain ENI instead. Keep this table the one place that knows these numbers.
+
+The GPU columns drive the runtime profile (`ddlc.runtime.precision`, `ddlc.launch.env`, `ddlc doctor`):
+`bf16` (Ampere and newer; V100 has none), `gpudirect_rdma` (EFA straight to GPU memory: p4d/p5, not p3dn) and
+`nvswitch` (NVSwitch fabric: nvidia-fabricmanager must run, else CUDA error 802).
 """
 
 from __future__ import annotations
@@ -16,6 +20,10 @@ class GpuInstanceType:
     name: str
     gpus: int
     efa_interfaces: int
+    gpu: str = ""  # model, e.g. "A100"
+    bf16: bool = True
+    gpudirect_rdma: bool = False
+    nvswitch: bool = False
 
     @property
     def has_efa(self) -> bool:
@@ -25,18 +33,18 @@ class GpuInstanceType:
 GPU_INSTANCE_TYPES: dict[str, GpuInstanceType] = {
     spec.name: spec
     for spec in (
-        GpuInstanceType("p4d.24xlarge", gpus=8, efa_interfaces=4),
-        GpuInstanceType("p4de.24xlarge", gpus=8, efa_interfaces=4),
-        GpuInstanceType("p5.48xlarge", gpus=8, efa_interfaces=32),
-        GpuInstanceType("p5e.48xlarge", gpus=8, efa_interfaces=32),
-        GpuInstanceType("p5en.48xlarge", gpus=8, efa_interfaces=16),
-        GpuInstanceType("p3dn.24xlarge", gpus=8, efa_interfaces=1),
-        GpuInstanceType("p3.2xlarge", gpus=1, efa_interfaces=0),
-        GpuInstanceType("p3.8xlarge", gpus=4, efa_interfaces=0),
-        GpuInstanceType("p3.16xlarge", gpus=8, efa_interfaces=0),
-        GpuInstanceType("g5.xlarge", gpus=1, efa_interfaces=0),
-        GpuInstanceType("g5.2xlarge", gpus=1, efa_interfaces=0),
-        GpuInstanceType("g5.4xlarge", gpus=1, efa_interfaces=0),
+        GpuInstanceType("p4d.24xlarge", gpus=8, efa_interfaces=4, gpu="A100", gpudirect_rdma=True, nvswitch=True),
+        GpuInstanceType("p4de.24xlarge", gpus=8, efa_interfaces=4, gpu="A100", gpudirect_rdma=True, nvswitch=True),
+        GpuInstanceType("p5.48xlarge", gpus=8, efa_interfaces=32, gpu="H100", gpudirect_rdma=True, nvswitch=True),
+        GpuInstanceType("p5e.48xlarge", gpus=8, efa_interfaces=32, gpu="H200", gpudirect_rdma=True, nvswitch=True),
+        GpuInstanceType("p5en.48xlarge", gpus=8, efa_interfaces=16, gpu="H200", gpudirect_rdma=True, nvswitch=True),
+        GpuInstanceType("p3dn.24xlarge", gpus=8, efa_interfaces=1, gpu="V100", bf16=False),
+        GpuInstanceType("p3.2xlarge", gpus=1, efa_interfaces=0, gpu="V100", bf16=False),
+        GpuInstanceType("p3.8xlarge", gpus=4, efa_interfaces=0, gpu="V100", bf16=False),
+        GpuInstanceType("p3.16xlarge", gpus=8, efa_interfaces=0, gpu="V100", bf16=False),
+        GpuInstanceType("g5.xlarge", gpus=1, efa_interfaces=0, gpu="A10G"),
+        GpuInstanceType("g5.2xlarge", gpus=1, efa_interfaces=0, gpu="A10G"),
+        GpuInstanceType("g5.4xlarge", gpus=1, efa_interfaces=0, gpu="A10G"),
     )
 }
 

@@ -148,7 +148,9 @@ class NodeCommand:
     local: bool = False  # run on this machine instead of over ssh (horovodrun, localhost)
 
     def shell(self, workdir: str, env: Mapping[str, str]) -> str:
-        assignments = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
+        from ddlc.launch.env import shell_assignment
+
+        assignments = " ".join(shell_assignment(k, v) for k, v in env.items())
         launcher = " ".join(shlex.quote(a) for a in self.argv)
         return f"cd {shlex.quote(workdir)} && env {assignments} {launcher}".replace("env  ", "env ")
 

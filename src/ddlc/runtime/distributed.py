@@ -58,6 +58,12 @@ def _int(env: Mapping[str, str], *names: str, default: Optional[int] = None) -> 
     return default
 
 
+def _local_rank(env: Mapping[str, str], name: str, rank: int, local_world: int) -> int:
+    """The launcher's local rank; when it sets none, the rank's place on its node (rank mod ranks per node), never
+    0 for every rank (which would put all of a node's ranks on its first GPU)."""
+    return _int(env, name, default=rank % max(local_world, 1))
+
+
 # Launchers that name rank, world size, local rank and local size in variables of their own.
 _RANK_VARIABLES: tuple[tuple[Launcher, str, str, str, str], ...] = (
     ("horovod", "HOROVOD_RANK", "HOROVOD_SIZE", "HOROVOD_LOCAL_RANK", "HOROVOD_LOCAL_SIZE"),
@@ -80,20 +86,24 @@ def detect_launch_env(env: Mapping[str, str] | None = None) -> LaunchEnv:
         else:
             launcher = "env"
         world = _int(env, "WORLD_SIZE")
+        rank = _int(env, "RANK")
+        local_world = _int(env, "LOCAL_WORLD_SIZE", "LOCAL_SIZE", default=world)
         return LaunchEnv(
             launcher=launcher,
-            rank=_int(env, "RANK"),
+            rank=rank,
             world_size=world,
-            local_rank=_int(env, "LOCAL_RANK", default=0),
-            local_world_size=_int(env, "LOCAL_WORLD_SIZE", "LOCAL_SIZE", default=world),
+            local_rank=_local_rank(env, "LOCAL_RANK", rank, local_world),
+            local_world_size=local_world,
             master_addr=master_addr,
             master_port=master_port,
         )
-    for launcher, rank, size, local_rank, local_size in _RANK_VARIABLES:
-        if rank in env:
+    for launcher, rank_name, size, local_rank, local_size in _RANK_VARIABLES:
+        if rank_name in env:
             world = _int(env, size)
-            return LaunchEnv(launcher, _int(env, rank), world, _int(env, local_rank, default=0),
-                             _int(env, local_size, default=world), master_addr, master_port)
+            rank = _int(env, rank_name)
+            local_world = _int(env, local_size, default=world)
+            return LaunchEnv(launcher, rank, world, _local_rank(env, local_rank, rank, local_world),
+                             local_world, master_addr, master_port)
     if "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
         world = _int(env, "SLURM_NTASKS")
         nodelist = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST") or ""
@@ -102,7 +112,7 @@ def detect_launch_env(env: Mapping[str, str] | None = None) -> LaunchEnv:
             "slurm",
             _int(env, "SLURM_PROCID"),
             world,
-            _int(env, "SLURM_LOCALID", default=0),
+            _local_rank(env, "SLURM_LOCALID", _int(env, "SLURM_PROCID"), _int(env, "SLURM_NTASKS_PER_NODE", default=world)),
             _int(env, "SLURM_NTASKS_PER_NODE", default=world),
             addr,
             master_port,

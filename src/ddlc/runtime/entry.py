@@ -54,6 +54,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         if bad:
             raise UserError(f"unexpected argument {bad[0]!r}: overrides look like training.max_steps=200")
+        import torch
+
+        from ddlc.runtime.requirements import check_torch_version
+
+        check_torch_version(torch.__version__)
         cfg = load_config(args.config, args.overrides)
         if "HOROVOD_RANK" in os.environ and cfg.distributed.strategy == "ddp":
             cfg.distributed.strategy = "horovod"  # started by horovodrun: let Horovod carry the gradients

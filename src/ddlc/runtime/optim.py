@@ -1,4 +1,4 @@
-"""AdamW (no weight decay on 1-D params: norms and biases) with linear warmup and cosine/linear decay."""
+"""AdamW (no weight decay on 1-D params: norms and biases; fused on CUDA) with linear warmup and cosine/linear decay."""
 
 from __future__ import annotations
 
@@ -33,8 +33,14 @@ def build_optimizer(model: torch.nn.Module, cfg: OptimizerConfig) -> torch.optim
         {"params": decay, "weight_decay": cfg.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
-    # foreach is the fast path on CPU and GPU; `fused` is CUDA-only for DTensor params on older torch.
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, foreach=True)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, **adamw_implementation(decay + no_decay))
+
+
+def adamw_implementation(params) -> dict:
+    """fused (one kernel for the whole update) when every parameter is on CUDA; foreach (batched ops) otherwise."""
+    if params and all(p.device.type == "cuda" for p in params):
+        return {"fused": True}
+    return {"foreach": True}
 
 
 def build_scheduler(

@@ -31,6 +31,7 @@ from ddlc.runtime.metrics import MetricsLogger
 from ddlc.runtime.model import GPT
 from ddlc.runtime.optim import build_optimizer, build_scheduler
 from ddlc.runtime.parallel import autocast_context, clip_and_measure, gradient_sync, wrap_model
+from ddlc.runtime.precision import configure as configure_precision
 from ddlc.runtime.preemption import PreemptionWatcher
 
 
@@ -108,6 +109,9 @@ class Trainer:
         if cfg.checkpoint.enabled:  # before the model is built: a location that is not shared stops every rank
             verify_shared_location(self.checkpoint_uri, ctx.rank, ctx.world_size, ctx.env.node_rank,
                                    cfg.checkpoint.endpoint_url)
+
+        # auto -> bf16 on GPUs that have it, fp32 elsewhere; explicit bf16 on a V100 stops here (exit 2). TF32 on CUDA.
+        train.precision = configure_precision(train.precision, ctx.device)
 
         seed_everything(train.seed)  # same initial weights on every rank
         self.engine = None  # DeepSpeed / Horovod own model, optimizer and gradient sync (ddlc.runtime.engines)
@@ -230,6 +234,8 @@ class Trainer:
         total_loss = torch.zeros((), device=ctx.device)
         for micro_step in range(accum):
             inputs, targets = self.sampler.batch(self.state.step, micro_step, ctx.rank)
+            if ctx.device.type == "cuda":  # page-locked, so the copy below really overlaps (non_blocking)
+                inputs, targets = inputs.pin_memory(), targets.pin_memory()
             inputs = inputs.to(ctx.device, non_blocking=True)
             targets = targets.to(ctx.device, non_blocking=True)
             with gradient_sync(model, enabled=micro_step == accum - 1):
@@ -315,7 +321,7 @@ class Trainer:
         interval = self.cfg.training.log_interval
         pending: list[tuple[int, float, float, torch.Tensor, torch.Tensor]] = []
         self.model.train()
-        last = time.perf_counter()
+        last = interval_started = time.perf_counter()
         while self.state.step < last_step:
             lr = self.scheduler.get_last_lr()[0]
             loss, grad_norm = self.train_step()
@@ -324,6 +330,14 @@ class Trainer:
             last = now
             stop = self.preemption.should_stop()
             if self.state.step % interval == 0 or self.state.step == last_step or stop:
+                if self.ctx.device.type == "cuda":
+                    # Host time between steps is only launch time on a GPU: wait for the device on log steps (only
+                    # there) and give each step of the interval its share of the real elapsed time.
+                    torch.cuda.synchronize(self.ctx.device)
+                    now = time.perf_counter()
+                    share = (now - interval_started) / len(pending)
+                    pending = [(s, lr_, share, l, g) for s, lr_, _, l, g in pending]
+                    last = interval_started = now
                 for record in self._reduce(pending):
                     self.first_loss = record["loss"] if self.first_loss is None else self.first_loss
                     self.final_loss = record["loss"]

@@ -11,7 +11,8 @@ anchor into docs/troubleshooting.md. No check waits without a timeout.
 Modules, one per check family (function names are stable: `ddlc health` and others reuse them):
 
     results.py  Status, CheckResult, report          node.py     facts read from /proc, /sys, torch, cluster.env
-    gpu.py      GPUs, driver/CUDA, NCCL in torch     efa.py      EFA, aws-ofi-nccl, NCCL_*/FI_*, memlock, huge pages
+    gpu.py      GPUs, driver/CUDA, NCCL in torch,    efa.py      EFA, aws-ofi-nccl (found and loaded by NCCL),
+                nvidia-fabricmanager on NVSwitch                NCCL_*/FI_*, memlock, huge pages
     storage.py  disk, checkpoint write access, the   hosts.py    master port; clocks/versions across a hostfile
                 checkpoint location shared by every host
 """
@@ -26,10 +27,11 @@ from typing import Callable, Mapping, Optional, Sequence
 
 from ddlc.ops.doctor.efa import *  # noqa: F401,F403 - the check functions, under their stable names
 from ddlc.ops.doctor.efa import (FI_INFO_DIRS, OFI_NCCL_DIRS, _interface_matches, check_efa, check_hugepages,  # noqa: F401
-                                 check_memlock, check_nccl_env, check_ofi_nccl, find_fi_info, find_ofi_nccl_plugin,
-                                 run_fi_info)
+                                 check_memlock, check_nccl_env, check_nccl_net_plugin, check_ofi_nccl, find_fi_info,
+                                 find_ofi_nccl_plugin, nccl_network, run_fi_info, run_nccl_probe)
 from ddlc.ops.doctor.gpu import *  # noqa: F401,F403
-from ddlc.ops.doctor.gpu import _version_tuple, check_driver_cuda, check_gpus, check_nccl  # noqa: F401
+from ddlc.ops.doctor.gpu import (FABRIC_MANAGER, _version_tuple, check_driver_cuda, check_fabricmanager,  # noqa: F401
+                                 check_gpus, check_nccl, nvswitch_present, process_running)
 from ddlc.ops.doctor.hosts import *  # noqa: F401,F403
 from ddlc.ops.doctor.hosts import (CLOCK_SNIPPET, FACTS_SNIPPET, HostFacts, HostRunner, SshRunner,  # noqa: F401
                                    check_clock_skew, check_master_port, check_versions, gather_hosts, local_versions)
@@ -68,6 +70,9 @@ class DoctorOptions:
     remote_python: str = sys.executable
     network_timeout_s: float = NETWORK_TIMEOUT_S
     fi_info_runner: Callable[[str], tuple[bool, str]] = run_fi_info
+    dev_root: Path = Path("/dev")
+    instance_type: Optional[str] = None  # None: DDLC_INSTANCE_TYPE
+    nccl_probe: Optional[Callable[[], tuple[int, str]]] = None  # None: run_nccl_probe in this environment
 
 
 def resolve_inputs(options: DoctorOptions) -> tuple[dict[str, str], Optional[str], Optional[Path], int]:
@@ -99,6 +104,7 @@ def run_checks(options: DoctorOptions) -> list[CheckResult]:
 
         interfaces = sorted(psutil.net_if_addrs())
     limit = memlock_limit() if options.memlock_bytes == -1 else options.memlock_bytes
+    instance_type = options.instance_type or env.get("DDLC_INSTANCE_TYPE")
 
     results = [
         check_gpus(gpus, torch, expected, env),
@@ -106,6 +112,10 @@ def run_checks(options: DoctorOptions) -> list[CheckResult]:
         check_nccl(torch, bool(gpus)),
         check_efa(devices, find_fi_info(env), options.expect_efa, options.fi_info_runner),
         check_ofi_nccl(devices, find_ofi_nccl_plugin(env)),
+        check_nccl_net_plugin(efa_present, bool(gpus) and torch.cuda_available, torch.nccl_available,
+                              options.nccl_probe or (lambda: run_nccl_probe(env))),
+        check_fabricmanager(nvswitch_present(options.dev_root, instance_type),
+                            process_running(options.proc_root, FABRIC_MANAGER), instance_type),
         check_nccl_env(env, interfaces, efa_present),
         check_memlock(limit, efa_present),
         check_hugepages(_read_int(options.proc_root / "sys/vm/nr_hugepages"),

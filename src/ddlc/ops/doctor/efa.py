@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Callable, Mapping, Optional, Sequence
 
@@ -165,3 +166,67 @@ def check_hugepages(nr_hugepages: Optional[int], transparent: Optional[str], env
                            "workers can fail with `Cannot allocate memory`",
                            "export FI_EFA_USE_HUGE_PAGE=0 in the launch environment", ANCHOR_FORK_MEMORY)
     return CheckResult(name, Status.PASS, shown)
+
+
+# A one-process NCCL job: init the communicator (NCCL loads its network plugin there) and run one all-reduce.
+NCCL_PROBE = """
+import os, socket, torch, torch.distributed as dist
+with socket.socket() as s:
+    s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]
+os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+torch.cuda.set_device(0)
+dist.init_process_group("nccl", rank=0, world_size=1, device_id=torch.device("cuda", 0))
+t = torch.ones(1, device="cuda"); dist.all_reduce(t); torch.cuda.synchronize()
+dist.destroy_process_group()
+print("ddlc-nccl-probe-ok")
+"""
+
+
+def run_nccl_probe(environ: Mapping[str, str], python: str = sys.executable, timeout_s: float = 60.0) -> tuple[int, str]:
+    """(exit code, output) of NCCL_PROBE with NCCL_DEBUG=INFO for the INIT and NET subsystems."""
+    env = {**environ, "NCCL_DEBUG": "INFO", "NCCL_DEBUG_SUBSYS": "INIT,NET"}
+    try:
+        proc = subprocess.run([python, "-c", NCCL_PROBE], capture_output=True, text=True, timeout=timeout_s, env=env)
+    except subprocess.TimeoutExpired:
+        return -1, f"no answer within {timeout_s:g} s"
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+def nccl_network(output: str) -> tuple[Optional[str], str]:
+    """From NCCL's INFO log: ("ofi" | "socket" | "ib" | None, the line that says so)."""
+    chosen = None
+    for line in output.splitlines():
+        if re.search(r"NET/OFI", line) and chosen is None:
+            chosen = ("ofi", line.strip())
+        match = re.search(r"Using network (\S+)", line)
+        if match:
+            name = match.group(1).lower()
+            kind = "ofi" if ("libfabric" in name or "ofi" in name) else "socket" if name == "socket" else "ib" \
+                if name == "ib" else name
+            return kind, line.strip()
+    return chosen if chosen else (None, "")
+
+
+def check_nccl_net_plugin(efa_present: bool, have_gpus: bool, torch_nccl: bool,
+                          probe: Callable[[], tuple[int, str]]) -> CheckResult:
+    """Proves NCCL loads the aws-ofi-nccl plugin (finding the file is not enough): a one-process NCCL init with
+    NCCL_DEBUG=INFO must log NET/OFI, not `Using network Socket`."""
+    name = "nccl-net-plugin"
+    if not efa_present:
+        return CheckResult(name, Status.SKIP, "no EFA device: NCCL uses sockets between nodes (expected here)")
+    if not have_gpus or not torch_nccl:
+        return CheckResult(name, Status.SKIP, "no CUDA GPU with NCCL in torch: nothing to initialise")
+    code, output = probe()
+    kind, line = nccl_network(output)
+    if kind == "ofi" and code == 0:
+        return CheckResult(name, Status.PASS, f"NCCL loaded the aws-ofi-nccl plugin: {line[-160:]}")
+    if code != 0 and kind is None:
+        last = (output.strip().splitlines() or [f"exit code {code}"])[-1]
+        return CheckResult(name, Status.FAIL, f"a one-process NCCL init failed: {last[-200:]}",
+                           "run `NCCL_DEBUG=INFO python -c 'import torch'...` by hand; check the driver and NCCL "
+                           "(driver-cuda, nccl checks)", ANCHOR_EFA)
+    shown = line[-160:] or "no NET/OFI line in NCCL's log"
+    return CheckResult(name, Status.FAIL, f"EFA present but NCCL did not load aws-ofi-nccl ({shown}): traffic "
+                       "between nodes would go over TCP sockets",
+                       "put the plugin's directory first on LD_LIBRARY_PATH (/opt/amazon/ofi-nccl/lib; `ddlc "
+                       "launch` does) or set NCCL_NET_PLUGIN; unset NCCL_NET=Socket", ANCHOR_EFA)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
 from ddlc.ops.doctor.node import GpuInfo, TorchFacts
@@ -103,4 +104,45 @@ def check_nccl(torch: TorchFacts, have_gpus: bool) -> CheckResult:
                            "install a CUDA build of torch (it bundles NCCL)", ANCHOR_GPUS)
     return CheckResult(name, Status.WARN, f"torch {torch.version} has no NCCL (CPU-only build): "
                        "distributed runs use gloo, fine on CPU", "on a GPU node install a CUDA build of torch",
+                       ANCHOR_GPUS)
+
+
+FABRIC_MANAGER = "nv-fabricmanager"
+
+
+def nvswitch_present(dev_root: Path, instance_type: Optional[str]) -> bool:
+    """NVSwitch fabric here: its device files exist (/dev/nvidia-nvswitch*), or the instance table says so."""
+    if any(dev_root.glob("nvidia-nvswitch*")):
+        return True
+    if instance_type:
+        from ddlc.infra.instance_types import GPU_INSTANCE_TYPES
+
+        spec = GPU_INSTANCE_TYPES.get(instance_type)
+        return bool(spec and spec.nvswitch)
+    return False
+
+
+def process_running(proc_root: Path, command: str) -> bool:
+    """Whether a process whose name (/proc/<pid>/comm) is `command` is running."""
+    for comm in proc_root.glob("[0-9]*/comm"):
+        try:
+            if comm.read_text().strip() == command[:15]:  # the kernel keeps 15 characters of the name
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def check_fabricmanager(nvswitch: bool, running: bool, instance_type: Optional[str]) -> CheckResult:
+    """NVSwitch systems (p4d, p4de, p5, p5e, p5en) need nvidia-fabricmanager, else CUDA fails with error 802
+    (system not yet initialized) on the first kernel."""
+    name = "fabricmanager"
+    where = f" ({instance_type})" if instance_type else ""
+    if not nvswitch:
+        return CheckResult(name, Status.PASS, f"not needed: no NVSwitch{where}")
+    if running:
+        return CheckResult(name, Status.PASS, f"NVSwitch present{where}; {FABRIC_MANAGER} is running")
+    return CheckResult(name, Status.FAIL, f"NVSwitch present{where} but {FABRIC_MANAGER} is not running: CUDA "
+                       "fails with error 802 (system not yet initialized)",
+                       "sudo systemctl enable --now nvidia-fabricmanager (its version must match the driver's)",
                        ANCHOR_GPUS)

@@ -47,12 +47,15 @@ def load_ds_config(path: Optional[str]) -> dict:
         raise UserError(f"distributed.deepspeed.config: {path} is not valid JSON ({error})") from None
 
 
-def deepspeed_config(cfg, plan) -> dict:
+def deepspeed_config(cfg, plan, device_type: str = "cpu") -> dict:
     """The DeepSpeed config for this job: the JSON (if any) with ddlc's batch, clipping, precision and ZeRO stage."""
     ds = load_ds_config(cfg.distributed.deepspeed.config)
     zero = dict(ds.get("zero_optimization") or {})
     stage = cfg.distributed.deepspeed.zero_stage
     zero["stage"] = stage if stage is not None else zero.get("stage", DEFAULT_ZERO_STAGE)
+    # GPU runs overlap the gradient reduction with the backward pass (its own CUDA stream) unless the JSON says
+    # otherwise; on CPU there is no stream to overlap on.
+    zero["overlap_comm"] = device_type == "cuda" and bool(zero.get("overlap_comm", True))
     ds["zero_optimization"] = zero
     ds["train_batch_size"] = plan.global_batch_size
     ds["train_micro_batch_size_per_gpu"] = plan.micro_batch_size
@@ -71,7 +74,7 @@ class DeepSpeedEngine:
     def __init__(self, cfg, ctx, model: torch.nn.Module, plan, total_steps: int):
         deepspeed = _import_deepspeed()
         self.cfg, self.ctx = cfg, ctx
-        self.config = deepspeed_config(cfg, plan)
+        self.config = deepspeed_config(cfg, plan, ctx.device.type)
         self.zero_stage = self.config["zero_optimization"]["stage"]
         model = model.to(ctx.device)
         client_optimizer = build_optimizer(model, cfg.optimizer)
@@ -87,7 +90,7 @@ class DeepSpeedEngine:
         count = 0
         own_norm = None
         for inputs, targets in micro_batches:
-            _, loss = engine(inputs.to(device), targets.to(device))
+            _, loss = engine(inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True))
             engine.backward(loss)  # scales by 1/accumulation steps itself
             if self.zero_stage == 0 and engine.is_gradient_accumulation_boundary():
                 # Without ZeRO, DeepSpeed clips a client optimizer's gradients but keeps no norm: measure it here,
@@ -100,8 +103,12 @@ class DeepSpeedEngine:
         norm = engine.get_global_grad_norm()
         if norm is None and own_norm is not None:
             norm = own_norm
-        norm = torch.as_tensor(0.0 if norm is None else float(norm))
-        return total / max(count, 1), norm
+        # Kept a tensor (no float(): that would wait for the device every step); read on log steps only.
+        if norm is None:
+            norm = torch.zeros((), device=device)
+        elif not torch.is_tensor(norm):
+            norm = torch.tensor(float(norm))  # already a Python number: nothing to wait for
+        return total / max(count, 1), norm.detach()
 
     def full_state_dict(self) -> dict[str, torch.Tensor]:
         module = self.model.module

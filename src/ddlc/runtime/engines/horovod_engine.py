@@ -14,6 +14,7 @@ import torch
 from ddlc.checkpoint.checkpointer import Checkpointer
 from ddlc.errors import UserError
 from ddlc.runtime.optim import build_optimizer, build_scheduler
+from ddlc.runtime.parallel import autocast_context
 
 
 def import_horovod():
@@ -24,9 +25,19 @@ def import_horovod():
     return hvd
 
 
+def require_nccl_for_cuda(hvd, device: torch.device) -> None:
+    """Refuse CUDA training with a Horovod built without NCCL: every gradient would go device -> host -> TCP ->
+    host -> device (no NCCL, no EFA), many times slower than it should be."""
+    if device.type == "cuda" and not hvd.nccl_built():
+        raise UserError("distributed.strategy=horovod on CUDA needs Horovod built with NCCL, but this one is not "
+                        "(hvd.nccl_built() is false): rebuild it with HOROVOD_GPU_OPERATIONS=NCCL "
+                        "(scripts/build_horovod.sh --gpu), or use distributed.strategy=ddp")
+
+
 class HorovodEngine:
     def __init__(self, cfg, ctx, model: torch.nn.Module, plan, total_steps: int):
         hvd = import_horovod()
+        require_nccl_for_cuda(hvd, ctx.device)
         hvd.init()
         self.cfg, self.ctx, self.hvd = cfg, ctx, hvd
         self.accum = plan.grad_accum_steps
@@ -44,7 +55,8 @@ class HorovodEngine:
         device = self.ctx.device
         total = torch.zeros((), device=device)
         for inputs, targets in micro_batches:
-            _, loss = self.model(inputs.to(device), targets.to(device))
+            with autocast_context(self.ctx, "horovod", self.cfg.training.precision):  # bf16 like DDP
+                _, loss = self.model(inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True))
             (loss / self.accum).backward()  # Horovod all-reduces after the last of `accum` backward passes
             total += loss.detach() / self.accum
         self.optimizer.synchronize()  # averaged gradients are in place: clip them, then step without re-syncing
