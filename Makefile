@@ -9,7 +9,7 @@ TORCH_SPEC ?= torch==2.13.0
 EXTRAS ?= test
 STAMP := $(VENV)/.ddlc-installed
 
-.PHONY: venv sysdeps horovod demo test bench clean
+.PHONY: venv sysdeps horovod demo test bench gpu-check clean
 
 venv: $(STAMP)
 
@@ -53,6 +53,9 @@ horovod: venv sysdeps
 
 test: venv sysdeps node_modules horovod
 	$(VENV)/bin/pytest tests
+
+gpu-check: venv
+	PYTHON=$(PY) bash scripts/gpu_check.sh
 
 bench: venv
 	$(PY) benchmarks/step_overhead.py

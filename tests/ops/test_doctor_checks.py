@@ -329,12 +329,17 @@ def test_healthy_efa_node_passes_everything(tmp_path):
         torch=TorchFacts(torch.__version__, "12.4", True, 8, True, "2.21.5"), memlock_bytes=None,
         interfaces=["lo", "ens32"], checkpoint_uri=str(tmp_path / "ckpt"), min_free_gb=0, hostfile=hostfile,
         master_port=free_port(), expect_gpus=8, expect_efa=True,
+        # NCCL's own log of a one-process init that loaded aws-ofi-nccl (the probe needs a GPU to run for real)
+        nccl_probe=lambda: (0, "host:1:1 [0] NCCL INFO NET/OFI Selected provider is efa\n"
+                               "host:1:1 [0] NCCL INFO Using network Libfabric\n"),
+        dev_root=tmp_path / "dev", instance_type="g5.xlarge",
     )
     results = doctor.run_checks(options)
     assert {r.name: r.status.value for r in results} == {
         "gpus": "PASS", "driver-cuda": "PASS", "nccl": "PASS", "efa": "PASS", "ofi-nccl": "PASS",
+        "nccl-net-plugin": "PASS", "fabricmanager": "PASS",
         "nccl-env": "PASS", "memlock": "PASS", "hugepages": "PASS", "disk": "PASS", "checkpoint-write": "PASS",
-        "master-port": "PASS", "clock-skew": "PASS", "versions": "PASS",
+        "master-port": "PASS", "clock-skew": "PASS", "versions": "PASS", "checkpoint-shared": "PASS",
     }, [r for r in results if r.status is not Status.PASS]
     assert doctor.report(results)["ok"] is True
 
