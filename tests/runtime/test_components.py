@@ -25,7 +25,8 @@ from ddlc.runtime.optim import lr_multiplier
          ("deepspeed", 5, 16, 5, 8)),
         ({"HOROVOD_RANK": "2", "HOROVOD_SIZE": "4", "HOROVOD_LOCAL_RANK": "0", "HOROVOD_LOCAL_SIZE": "2"},
          ("horovod", 2, 4, 0, 2)),
-        ({"OMPI_COMM_WORLD_RANK": "1", "OMPI_COMM_WORLD_SIZE": "2"}, ("mpi", 1, 2, 0, 2)),
+        # no local rank given: the rank's place on its node (one node here), not 0 for every rank
+        ({"OMPI_COMM_WORLD_RANK": "1", "OMPI_COMM_WORLD_SIZE": "2"}, ("mpi", 1, 2, 1, 2)),
         ({"SLURM_PROCID": "9", "SLURM_NTASKS": "16", "SLURM_LOCALID": "1", "SLURM_NTASKS_PER_NODE": "8",
           "SLURM_JOB_NODELIST": "p4d-[3-4]"}, ("slurm", 9, 16, 1, 8)),
     ],
