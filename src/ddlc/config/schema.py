@@ -80,6 +80,7 @@ class TrainingConfig(Section):
     grad_clip: Optional[float] = Field(default=1.0, gt=0.0)
     # auto: bf16 on GPUs that have it (A100, H100, ...), fp32 elsewhere (CPU, V100); see ddlc.runtime.precision
     precision: Literal["auto", "fp32", "bf16"] = "auto"
+    compile: bool = False  # torch.compile the model (DDP/FSDP); eager with a warning where it cannot run
     seed: int = 1337
     log_interval: PositiveInt = 10
     # End this invocation early at this step (after a checkpoint); the LR schedule still targets the full

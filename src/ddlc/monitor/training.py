@@ -82,6 +82,7 @@ class TrainingMetrics:
         self._step = -1
         self._loss = self._lr = self._grad_norm = math.nan
         self._step_seconds = self._tokens_per_s = self._samples_per_s = math.nan
+        self._mfu = math.nan
         self._last_step_at = math.nan
         self._steps_total = 0
         self._tokens_total = 0
@@ -109,10 +110,13 @@ class TrainingMetrics:
     # -- called by the train loop -------------------------------------------------------------------------
 
     def observe_step(
-        self, step: int, loss: float, lr: float, grad_norm: float, step_seconds: float, tokens: int, samples: int
+        self, step: int, loss: float, lr: float, grad_norm: float, step_seconds: float, tokens: int, samples: int,
+        mfu: float | None = None,
     ) -> None:
-        """Record one finished optimizer step of this rank. `tokens`/`samples` are this rank's, in this step."""
+        """Record one finished optimizer step of this rank. `tokens`/`samples` are this rank's, in this step;
+        `mfu` is the job's model FLOPs utilization (None: unknown for this GPU)."""
         self._step = step
+        self._mfu = math.nan if mfu is None else mfu
         self._loss, self._lr, self._grad_norm = loss, lr, grad_norm
         self._step_seconds = step_seconds
         if step_seconds > 0:
@@ -177,6 +181,8 @@ class TrainingMetrics:
             yield gauge("ddlc_train_step_seconds", "Duration of this rank's last step.", self._step_seconds)
             yield gauge("ddlc_train_tokens_per_second", "This rank's tokens/s in the last step.", self._tokens_per_s)
             yield gauge("ddlc_train_samples_per_second", "This rank's samples/s in the last step.", self._samples_per_s)
+            yield gauge("ddlc_train_mfu_ratio", "Model FLOPs utilization of the job in the last step (0-1; NaN: "
+                        "peak unknown for this GPU, see ddlc/runtime/mfu.py).", self._mfu)
             yield gauge("ddlc_train_last_step_timestamp_seconds", "When the last step finished.", self._last_step_at)
 
         if self._checkpoint_ok or self._checkpoint_failed:

@@ -33,6 +33,8 @@ def format_step(record: Mapping[str, Any], total_steps: int) -> str:
         parts.append(f"{record['step_time_s'] * 1000:.1f} ms/step")
     if "tokens_per_s" in record:
         parts.append(f"{record['tokens_per_s']:,.0f} tok/s")
+    if record.get("mfu") is not None:
+        parts.append(f"MFU {record['mfu']:.1%}")
     return " | ".join(parts)
 
 

@@ -28,6 +28,7 @@ from ddlc.config.schema import Config
 from ddlc.runtime.data import GlobalBatchSampler, load_corpus, plan_batches
 from ddlc.runtime.distributed import DistContext
 from ddlc.runtime.metrics import MetricsLogger
+from ddlc.runtime.mfu import MfuMeter
 from ddlc.runtime.model import GPT
 from ddlc.runtime.optim import build_optimizer, build_scheduler
 from ddlc.runtime.parallel import autocast_context, clip_and_measure, gradient_sync, wrap_model
@@ -118,6 +119,9 @@ class Trainer:
         if cfg.distributed.strategy in ("deepspeed", "horovod"):
             from ddlc.runtime.engines import build_engine
 
+            if train.compile and ctx.is_main:
+                self._warn(f"training.compile applies to ddp and fsdp; {cfg.distributed.strategy} runs eager")
+
             self.engine = build_engine(cfg, ctx, GPT(cfg.model), self.plan, self.total_steps)
             self.model, self.optimizer, self.scheduler = self.engine.model, self.engine.optimizer, self.engine.scheduler
             torch.manual_seed(train.seed + ctx.rank)
@@ -125,9 +129,17 @@ class Trainer:
             self.model = wrap_model(
                 GPT(cfg.model), ctx, cfg.distributed.strategy, train.precision, cfg.distributed.fsdp.reshard_after_forward
             )
+            if train.compile:
+                from ddlc.runtime.compile import compile_in_place
+                from ddlc.runtime.parallel import unwrap
+
+                compile_in_place(unwrap(self.model), ctx.device, self._warn if ctx.is_main else lambda _: None)
             torch.manual_seed(train.seed + ctx.rank)  # per-rank stream for dropout
             self.optimizer = build_optimizer(self.model, cfg.optimizer)
             self.scheduler = build_scheduler(self.optimizer, cfg.optimizer, self.total_steps)
+        # ZeRO-3 partitions parameters (numel() is 0 here); DeepSpeed keeps the full size in ds_numel.
+        self.num_params = sum(getattr(p, "ds_numel", p.numel()) for p in self.model.parameters())
+        self.mfu = MfuMeter.for_run(cfg.model, self.num_params, ctx.device, train.precision, ctx.world_size)
         self.state = TrainState()
         self.first_loss: Optional[float] = None
         self.final_loss: Optional[float] = None
@@ -154,6 +166,10 @@ class Trainer:
         self.preemption = PreemptionWatcher(ctx.world_size)
         self.preempted = False
         self.resumed_from: Optional[str] = None
+
+    @staticmethod
+    def _warn(message: str) -> None:
+        print(f"warning: {message}", file=sys.stderr, flush=True)
 
     # -- monitoring -----------------------------------------------------------------------------------------
     def _training_metrics(self):
@@ -267,8 +283,7 @@ class Trainer:
             log_interval=cfg.training.log_interval,
             start_step=start_step,
         )
-        # ZeRO-3 partitions parameters (numel() is 0 here); DeepSpeed keeps the full size in ds_numel.
-        params = sum(getattr(p, "ds_numel", p.numel()) for p in self.model.parameters())
+        params = self.num_params
         logger.event(
             f"ddlc: run {self.run_name} | {ctx.world_size} x {ctx.device.type} ({ctx.backend}) | "
             f"{cfg.distributed.strategy} | {self.corpus.name}: {self.corpus.num_tokens:,} tokens | "
@@ -312,6 +327,8 @@ class Trainer:
             num_nodes=ctx.env.num_nodes,
             gpus=ctx.world_size if ctx.device.type == "cuda" else 0,
         )
+        mfu = self.mfu.ratio(result.tokens_per_second)
+        result.extra.update(mfu=round(mfu, 4) if mfu is not None else "unknown", mfu_peak=self.mfu.peak.source)
         if ctx.is_main:
             (self.run_dir / "summary.json").write_text(json.dumps(asdict(result), indent=2))
         return result
@@ -345,7 +362,8 @@ class Trainer:
                     if self.metrics is not None:
                         share = self.plan.micro_batch_size * self.plan.grad_accum_steps  # this rank's samples
                         self.metrics.observe_step(record["step"], record["loss"], record["lr"], record["grad_norm"],
-                                                  record["step_time_s"], share * self.cfg.model.block_size, share)
+                                                  record["step_time_s"], share * self.cfg.model.block_size, share,
+                                                  mfu=record["mfu"])
                 pending.clear()
             if stop:
                 self.preempted = True
@@ -372,6 +390,7 @@ class Trainer:
                     "grad_norm": norm,
                     "step_time_s": seconds,
                     "tokens_per_s": self.tokens_per_step / seconds if seconds > 0 else 0.0,
+                    "mfu": self.mfu.ratio(self.tokens_per_step / seconds) if seconds > 0 else None,
                     "tokens_seen": self.sampler.samples_seen(step) * self.cfg.model.block_size,
                     "epoch": self.sampler.epoch_of_step(step),
                 }
