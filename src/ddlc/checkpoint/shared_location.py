@@ -3,10 +3,10 @@
 A multi-node job whose checkpoint location is a local path writes each node's shards to that node's own disk:
 rank 0 never sees the others' files and every save fails. This module checks it once at start:
 
-    every rank: resolve the location ──all_gather──▶ the same string on every rank?   (else: exit 2)
-    rank 0: write <loc>/.ddlc-probe-<token>/rank00000 = token ──broadcast token──▶ every rank
-    every rank: read rank 0's probe (== token?), write its own probe ──all_gather (saw it?, node)──▶ rank 0
-    rank 0: read every rank's probe ──broadcast verdict──▶ every rank: pass, or the same one-line UserError
+    rank 0: write <loc>/.ddlc-probe-<token>/rank00000 = token ──broadcast (its location, token)──▶ every rank
+    every rank: same location as rank 0? read rank 0's probe (== token?), write its own probe
+                ──all_gather (location, saw it?, node)──▶ rank 0
+    rank 0: read every rank's probe ──broadcast verdict──▶ every rank: pass, or the same one-line error (exit 2)
 
 The same probe runs across the hosts of a hostfile (`ddlc doctor --hostfile`, `ddlc launch`) through
 `probe_command` / `check_hosts`, one ssh command per host instead of collectives. Probe files are removed again.
