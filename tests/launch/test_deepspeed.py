@@ -121,17 +121,52 @@ def test_zero3_checkpoints_on_s3_export_and_resume(s3, tmp_path):
 
 @pytest.mark.slow
 def test_failed_s3_upload_is_never_committed(s3, tmp_path):
-    """Every rank's upload fails (no such bucket): no rank commits, each says why, and training still finishes."""
-    uri = "s3://no-such-bucket/zero2"
+    """Every rank's upload fails (the bucket is gone by the time of the save): no rank commits, each says why, and
+    training still finishes. (A bucket missing from the start stops the job before step 1: see the next test.)"""
+    import threading
+
+    import boto3
+
+    s3.create_bucket("vanishing")
+    uri = "s3://vanishing/zero2"
     args = common(tmp_path, "ds-s3-fail", "distributed.strategy=deepspeed", "distributed.deepspeed.zero_stage=2",
-                  f"checkpoint.uri={uri}", "training.max_steps=2")
-    proc = run(deepspeed(str(WORKER), str(tmp_path / "params"), str(CONFIG), *args), cwd=REPO, **ENV, **s3.env)
-    assert_ok(proc)
-    output = proc.stdout + proc.stderr
+                  f"checkpoint.uri={uri}", "training.max_steps=30", "checkpoint.interval_steps=30")
+    proc = subprocess.Popen(deepspeed(str(WORKER), str(tmp_path / "params"), str(CONFIG), *args), cwd=REPO,
+                            env=child_env(**ENV, **s3.env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    client = boto3.client("s3", endpoint_url=s3.url, region_name="us-east-1", aws_access_key_id="testing",
+                          aws_secret_access_key="testing")
+    lines: list[str] = []
+
+    def read() -> None:
+        for line in proc.stdout:
+            lines.append(line)
+            if "step 1/30" in line:  # the start-up probe has come and gone: now take the bucket away
+                client.delete_bucket(Bucket="vanishing")
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        proc.wait(timeout=300)
+    finally:
+        proc.kill()
+    reader.join(timeout=10)
+    output = "".join(lines)
+    assert proc.returncode == 0, output[-3000:]
     for rank in (0, 1):
-        assert f"step-00000002 could not be written: rank {rank}: " in output, output[-3000:]
-    assert f"{uri}/step-00000002 was not committed: RuntimeError: rank 0: " in output
-    assert json.loads((tmp_path / "ds-s3-fail" / "summary.json").read_text())["steps"] == 2
+        assert f"step-00000030 could not be written: rank {rank}: " in output, output[-3000:]
+    assert f"{uri}/step-00000030 was not committed: RuntimeError: rank 0: " in output
+    assert json.loads((tmp_path / "ds-s3-fail" / "summary.json").read_text())["steps"] == 30
+
+
+def test_missing_bucket_stops_before_training(s3, tmp_path):
+    uri = "s3://no-such-bucket/zero2"
+    args = common(tmp_path, "ds-s3-missing", "distributed.strategy=deepspeed", f"checkpoint.uri={uri}")
+    proc = run(deepspeed(str(TRAIN_PY), "--config", str(CONFIG), *args), cwd=REPO, **ENV, **s3.env)
+    assert proc.returncode != 0
+    output = proc.stdout + proc.stderr
+    assert f"error: checkpoint location {uri}: rank 0 cannot write there (" in output, output[-3000:]
+    assert "step 1/" not in output and not (tmp_path / "ds-s3-missing" / "summary.json").exists()
 
 
 @pytest.mark.slow
