@@ -102,6 +102,8 @@ class ClusterStack(Stack):
                 )
         gpu_type = settings.gpu_type
 
+        self.boot_configs: dict[str, NodeBootConfig] = {}  # what each role's user data was rendered from
+
         def user_data(role: str, has_gpu: bool) -> ec2.UserData:
             boot = NodeBootConfig(
                 cluster_name=cluster, environment=settings.name, role=role, region=settings.region,
@@ -115,6 +117,7 @@ class ClusterStack(Stack):
                 lustre_mount_name=self.lustre.file_system.mount_name if self.lustre else None,
                 lustre_mount_path=settings.fsx_lustre.mount_path if settings.fsx_lustre else "/fsx",
             )
+            self.boot_configs[role] = boot
             script = ec2.UserData.for_linux()
             script.add_commands(*render_user_data(boot))
             return script
