@@ -314,7 +314,8 @@ def test_missing_fsx_client_fails_the_boot_loudly(booted):
     assert "ddlc: BOOT FAILED: the FSx for Lustre client could not be installed" in read("boot2.out")
     assert "node bootstrap finished" not in read("boot2.out")
     # ddlc doctor on that node reports it.
-    from ddlc.ops.doctor import Status, check_boot
+    from ddlc.ops.boot_status import check_boot
+    from ddlc.ops.doctor import Status
 
     result = check_boot(status)
     assert result.status is Status.FAIL and "FSx for Lustre" in result.detail

@@ -32,7 +32,6 @@ from typing import Any, Callable, Mapping, Optional, Protocol, Sequence
 
 TROUBLESHOOTING = "docs/troubleshooting.md"
 CLUSTER_ENV_FILE = Path("/etc/ddlc/cluster.env")
-BOOT_STATUS_FILE = Path("/var/lib/ddlc/boot-status")  # written by the node boot script (ddlc.infra.user_data)
 DEFAULT_MASTER_PORT = 29500
 DEFAULT_MIN_FREE_GB = 50.0
 NETWORK_TIMEOUT_S = 20.0
@@ -47,7 +46,7 @@ ANCHOR_FORK_MEMORY = "cannot-allocate-memory-in-data-loader-workers-with-efa"
 ANCHOR_STORAGE = "checkpoint-storage-not-writable-or-disk-full"
 ANCHOR_PORT = "master-port-already-in-use"
 ANCHOR_HOSTS = "clock-skew-and-version-drift-between-nodes"
-ANCHOR_BOOT = "node-boot-failed"
+from ddlc.ops.boot_status import ANCHOR_BOOT, BOOT_STATUS_FILE, check_boot, read_boot_status  # noqa: E402
 
 
 class Status(str, Enum):
@@ -797,30 +796,12 @@ def check_versions(local: dict, hosts: Optional[Sequence[HostFacts]]) -> CheckRe
     suffix = f" (not compared, unreachable: {', '.join(skipped)})" if skipped else ""
     if different:
         return CheckResult(name, Status.FAIL, f"this host has {shown}; differs on {'; '.join(different)}{suffix}",
-                           "install the same python/torch/ddlc on every node (same AMI and node package)",
+                           "install the same python/torch/ddlc on every node (same AMI and ddlc_package)",
                            ANCHOR_HOSTS)
     if skipped:
         return CheckResult(name, Status.WARN, f"{shown} on {_hosts(len(reachable))} reachable{suffix}",
                            "fix reachability (see clock-skew) and run again", ANCHOR_HOSTS)
     return CheckResult(name, Status.PASS, f"{shown} on all {_hosts(len(hosts))}")
-
-
-# -- cluster node boot ---------------------------------------------------------------------------------------
-
-def check_boot(status_text: Optional[str]) -> CheckResult:
-    """The boot script's verdict on a cluster node: ok, still running, or failed with its reason."""
-    name = "node boot"
-    if status_text is None:
-        return CheckResult(name, Status.SKIP, f"no {BOOT_STATUS_FILE} (not a node of a deployed ddlc cluster)")
-    text = status_text.strip()
-    if text.startswith("ok"):
-        return CheckResult(name, Status.PASS, f"boot script finished ({text})")
-    if text.startswith("failed"):
-        reason = text.partition(":")[2].strip() or "no reason recorded"
-        return CheckResult(name, Status.FAIL, f"boot failed: {reason}",
-                           "read /var/log/ddlc-bootstrap.log, fix the cause, then replace the node", ANCHOR_BOOT)
-    return CheckResult(name, Status.WARN, "boot script still running (or killed before it finished)",
-                       "wait, then read /var/log/ddlc-bootstrap.log", ANCHOR_BOOT)
 
 
 # -- all together -------------------------------------------------------------------------------------------
@@ -881,8 +862,9 @@ def run_checks(options: DoctorOptions) -> list[CheckResult]:
         interfaces = sorted(psutil.net_if_addrs())
     limit = memlock_limit() if options.memlock_bytes == -1 else options.memlock_bytes
 
-    results = [
-        check_boot(_read_text(options.boot_status_file)),
+    boot_status = read_boot_status(options.boot_status_file)  # only cluster nodes have one
+    results = [check_boot(boot_status)] if boot_status is not None else []
+    results += [
         check_gpus(gpus, torch, expected, env),
         check_driver_cuda(read_driver_version(options.proc_root), torch, bool(expected) or bool(gpus)),
         check_nccl(torch, bool(gpus)),
