@@ -187,8 +187,14 @@ def test_ami_resolved_from_public_ssm_parameter(synthesized):
 
 
 def test_pinned_ami_replaces_the_ssm_lookup():
+    from aws_cdk.assertions import Annotations
+
     pinned = synth("prod", ami_id="ami-0123456789abcdef0")
     assert _launch_template(pinned, "Worker")["ImageId"] == "ami-0123456789abcdef0"
+    assert not Annotations.from_stack(pinned.stack).find_warning("*", Match.string_like_regexp("ami_id is not set"))
+    # Unpinned in an environment that keeps its data: the synth says the AMI will follow AWS's latest.
+    unpinned = Annotations.from_stack(synth("prod").stack)
+    unpinned.has_warning("*", Match.string_like_regexp("environments.prod.ami_id is not set"))
 
 
 def test_user_data_installs_ddlc_and_starts_agents(synthesized):
