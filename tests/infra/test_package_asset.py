@@ -54,3 +54,13 @@ def test_package_is_built_once_reproducibly_from_source(tmp_path):
     assert not list(package_asset.source_root().glob("build")), "the build wrote into the checkout"
     assert (first / "requirements.txt").read_text().splitlines() == package_asset.pinned_requirements()
     json.loads((first / "manifest.json").read_text())
+
+
+def test_damaged_cache_entry_is_rebuilt(tmp_path):
+    first = package_asset.build_node_package(cache_dir=tmp_path)
+    wheel = first / package_asset.read_manifest(first)["wheel"]
+    wheel.unlink()  # e.g. a cleaner removed it, or a copy was cut short
+    again = package_asset.build_node_package(cache_dir=tmp_path)
+    assert (again / wheel.name).is_file()
+    (again / package_asset.MANIFEST_FILE).write_text("{not json")
+    assert package_asset.read_manifest(package_asset.build_node_package(cache_dir=tmp_path))["wheel"] == wheel.name

@@ -99,3 +99,19 @@ def test_prometheus_scrape_labels_every_local_rank_with_the_cluster():
     (static,) = job["static_configs"]
     assert static["targets"] == [f"localhost:{9500 + rank}" for rank in range(8)]
     assert static["labels"] == {"ClusterName": "ddlc-prod"}
+
+
+def test_user_data_fits_the_ec2_limit_with_long_resolved_values():
+    # EC2 rejects user data over 16 KB; CloudFormation tokens resolve to names up to ~100 characters.
+    long = "x" * 100
+    boot = boot_config(bucket_name=long, node_log_group="/ddlc/" + long, training_log_group="/ddlc/" + long,
+                       ssh_secret_id="arn:aws:secretsmanager:us-east-1:123456789012:secret:" + long,
+                       lustre_dns_name=long, lustre_mount_name=long, cluster_name="ddlc-" + "y" * 15)
+    text = "#!/bin/bash\n" + "\n".join(render_user_data(boot)) + "\n"
+    assert len(text.encode()) < 14 * 1024, len(text.encode())
+
+
+def test_a_failed_boot_removes_the_secret_copy():
+    text = "\n".join(render_user_data(boot_config()))
+    fail = text[text.index("ddlc_fail() {"):text.index("\n}", text.index("ddlc_fail() {"))]
+    assert 'rm -f "${SSH_SEED:-}"' in fail

@@ -136,8 +136,9 @@ def build_node_package(cache_dir: Path | None = None) -> Path:
     key = hashlib.sha256((source_digest(root) + "\n".join(pins) + sys.version).encode()).hexdigest()[:20]
     base = cache_dir or Path(tempfile.gettempdir()) / "ddlc-node-package"
     target = base / key
-    if (target / MANIFEST_FILE).is_file():
+    if _complete(target):
         return target
+    shutil.rmtree(target, ignore_errors=True)  # a damaged cache entry is rebuilt, never shipped
     base.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f"{key}.", dir=base))
     try:
@@ -149,11 +150,19 @@ def build_node_package(cache_dir: Path | None = None) -> Path:
         try:
             staging.rename(target)  # atomic: a concurrent synth either sees the whole directory or builds its own
         except OSError:
-            if not (target / MANIFEST_FILE).is_file():
+            if not _complete(target):
                 raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def _complete(package_dir: Path) -> bool:
+    try:
+        manifest = read_manifest(package_dir)
+        return (package_dir / manifest["wheel"]).is_file() and (package_dir / REQUIREMENTS_FILE).is_file()
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
 
 
 def read_manifest(package_dir: Path) -> dict:

@@ -196,6 +196,7 @@ def render_user_data(boot: NodeBootConfig) -> list[str]:
         f"mkdir -p /etc/ddlc /var/log/ddlc {TRAINING_LOG_DIR} $(dirname {BOOT_STATUS})",
         # Any failing step ends the boot with its reason in the status file, the log and the exit code.
         "ddlc_fail() {",
+        "  rm -f \"${SSH_SEED:-}\"",  # never leave the cluster secret behind
         f"  echo \"failed: $1\" > {BOOT_STATUS}",
         "  echo \"ddlc: BOOT FAILED: $1\" >&2",
         "  exit 1",
