@@ -170,6 +170,11 @@ def test_status_hosts_connect_refresh_against_the_deployed_stack(deployed, tmp_p
     assert refresh.returncode == 0, refresh.stderr
     assert "start-instance-refresh" in refresh.stdout and "--auto-scaling-group-name ddlc-prod-workers" in refresh.stdout
     assert '"MinHealthyPercentage":0' in refresh.stdout
+    # The real call reaches the group named by the stack (moto 5.2 has no instance refresh: a clean error).
+    real = ddlc("refresh", "--env", "prod", env={**env, "AWS_MAX_ATTEMPTS": "1"})
+    assert real.returncode == 2 and "Traceback" not in real.stderr, real.stderr
+    assert real.stderr.startswith("error: starting an instance refresh of 'ddlc-prod-workers': ")
+    assert len(real.stderr.strip().splitlines()) == 1
 
 
 def test_down_dry_run_lists_every_deployed_resource(deployed):

@@ -14,6 +14,7 @@ from typing import Any, Optional
 
 import boto3
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, NoRegionError
+from botocore.parsers import ResponseParserError
 
 from ddlc.errors import UserError
 from ddlc.infra.instance_types import GPU_INSTANCE_TYPES
@@ -89,7 +90,7 @@ def _aws_error(action: str, error: Exception) -> UserError:
     if isinstance(error, ClientError):
         info = error.response.get("Error", {})
         return UserError(f"{action}: {info.get('Code', 'error')}: {info.get('Message', str(error))}")
-    return UserError(f"{action}: {error}")
+    return UserError(f"{action}: {str(error).splitlines()[0] if str(error) else type(error).__name__}")
 
 
 def describe_stack(stack_name: str, region: str) -> StackInfo:
@@ -184,6 +185,6 @@ def start_worker_refresh(group_name: str, region: str) -> str:
             AutoScalingGroupName=group_name, Strategy="Rolling",
             Preferences={"MinHealthyPercentage": 0, "MaxHealthyPercentage": 100, "SkipMatching": True},
         )
-    except (ClientError, BotoCoreError, NoCredentialsError) as error:
+    except (ClientError, BotoCoreError, NoCredentialsError, ResponseParserError) as error:
         raise _aws_error(f"starting an instance refresh of '{group_name}'", error) from None
     return response["InstanceRefreshId"]
