@@ -69,11 +69,6 @@ def scraped_metrics(config: dict, scrape_yaml: str) -> set[tuple[str, str, froze
     return published
 
 
-def _resolved(value, template_json: dict):
-    """Dimension values as the template gives them; Refs to the stack's own resources stay as they are."""
-    return value
-
-
 def aws_published(template_json: dict) -> set[tuple[str, str, frozenset, str]]:
     """AWS/EC2 per instance and per Auto Scaling group (instances with detailed monitoring), AWS/AutoScaling group
     metrics the group enables in MetricsCollection. The dimension value is kept: it must be this stack's."""
@@ -82,7 +77,10 @@ def aws_published(template_json: dict) -> set[tuple[str, str, frozenset, str]]:
         published.add(("AWS/EC2", "StatusCheckFailed", frozenset(["InstanceId"]), repr({"Ref": instance_id})))
     for group in resources(template_json, "AWS::AutoScaling::AutoScalingGroup").values():
         name = group["Properties"]["AutoScalingGroupName"]
-        published.add(("AWS/EC2", "StatusCheckFailed", frozenset(["AutoScalingGroupName"]), repr(name)))
+        template_id = group["Properties"]["LaunchTemplate"]["LaunchTemplateId"]["Ref"]
+        data = template_json["Resources"][template_id]["Properties"]["LaunchTemplateData"]
+        if data.get("Monitoring") == {"Enabled": True}:  # EC2's per-group aggregates need detailed monitoring
+            published.add(("AWS/EC2", "StatusCheckFailed", frozenset(["AutoScalingGroupName"]), repr(name)))
         for collection in group["Properties"].get("MetricsCollection", []):
             for metric in collection["Metrics"]:
                 published.add(("AWS/AutoScaling", metric, frozenset(["AutoScalingGroupName"]), repr(name)))
