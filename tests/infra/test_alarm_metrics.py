@@ -111,7 +111,8 @@ def alarm_metric_stats(alarm: dict) -> list[tuple[str, str, dict]]:
     return stats
 
 
-@pytest.mark.parametrize("variant", [{}, {"instance_type": "p5.48xlarge"}], ids=["as-configured", "p5"])
+@pytest.mark.parametrize(("env_name", "variant"), [("dev", {}), ("prod", {}), ("prod", {"instance_type": "p5.48xlarge"})],
+                         ids=["dev", "prod", "prod-p5"])
 def test_every_alarm_watches_a_published_series(env_name, variant):
     from ddlc.infra.user_data import cloudwatch_agent_config, prometheus_scrape_config
 
