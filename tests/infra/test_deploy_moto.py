@@ -186,3 +186,28 @@ def test_down_dry_run_lists_every_deployed_resource(deployed):
     assert "+ S3 bucket Checkpoints/Bucket" in result.stdout
     template = deployed["synthesized"].template_json
     assert len(resources(template, "AWS::CloudWatch::Dashboard")) == 4
+
+
+def test_set_instance_health_permission_matches_exactly_the_deployed_group(deployed):
+    """The node role's autoscaling:SetInstanceHealth resource, resolved for this account, matches the ARN of the
+    group the stack created and no other group's; marking a worker Unhealthy there is what the agent does."""
+    from fnmatch import fnmatchcase
+
+    template = deployed["synthesized"].template_json
+    policy = next(p for k, p in resources(template, "AWS::IAM::Policy").items() if k.startswith("NodeRole"))
+    (statement,) = [s for s in policy["Properties"]["PolicyDocument"]["Statement"]
+                    if s["Action"] == "autoscaling:SetInstanceHealth"]
+    parts = statement["Resource"]["Fn::Join"][1]
+    values = {"AWS::Partition": "aws", "AWS::Region": REGION, "AWS::AccountId": "123456789012"}
+    pattern = "".join(values[p["Ref"]] if isinstance(p, dict) else p for p in parts)
+
+    autoscaling = deployed["client"]("autoscaling")
+    (group,) = autoscaling.describe_auto_scaling_groups(AutoScalingGroupNames=["ddlc-prod-workers"])["AutoScalingGroups"]
+    assert fnmatchcase(group["AutoScalingGroupARN"], pattern), (group["AutoScalingGroupARN"], pattern)
+    for other in ("ddlc-dev-workers", "ddlc-prod-workers-2", "other"):
+        assert not fnmatchcase(group["AutoScalingGroupARN"].replace("ddlc-prod-workers", other), pattern)
+
+    worker = group["Instances"][0]["InstanceId"]
+    autoscaling.set_instance_health(InstanceId=worker, HealthStatus="Unhealthy")
+    (state,) = autoscaling.describe_auto_scaling_instances(InstanceIds=[worker])["AutoScalingInstances"]
+    assert state["AutoScalingGroupName"] == "ddlc-prod-workers" and state["HealthStatus"].upper() == "UNHEALTHY"
