@@ -4,7 +4,6 @@ ones, and a real ssh client trusts a real sshd only at the cluster's addresses."
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import time

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import shlex
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional
 
 AGENT_PORT = 9400
@@ -66,7 +66,7 @@ class NodeBootConfig:
     lustre_dns_name: Optional[str] = None
     lustre_mount_name: Optional[str] = None
     lustre_mount_path: str = "/fsx"
-    gpus_scraped: int = field(default=0)  # ranks per node to scrape; 0: gpus_per_node
+    gpus_scraped: int = 0  # ranks per node to scrape; 0: gpus_per_node
 
 
 def prometheus_scrape_config(boot: NodeBootConfig) -> str:
