@@ -1,6 +1,6 @@
 """The node boot script, executed: a throwaway root stands in for a fresh instance of the Deep Learning AMI.
 
-    test (root) ── unshare --mount --net ──> driver.sh, in new mount + network namespaces
+    test (root) ── unshare --mount --net --pid ──> driver.sh, in new mount, network and PID namespaces
         lo up; 169.254.169.254 on lo: a stand-in IMDSv2 (imds.py); moto_server on 127.0.0.1 with two
         running workers tagged like the stack's group
         the root: host /usr, the shared venv and the base Python bind-mounted read-only; its own writable /etc
@@ -235,7 +235,10 @@ def booted(tmp_path_factory):
         agent_port=AGENT_PORT,
     )
     (base / "driver.sh").write_text(driver)
-    result = subprocess.run(["unshare", "--mount", "--net", "--fork", "bash", str(base / "driver.sh")],
+    # A new PID namespace too: when the driver (its PID 1) ends, or is killed with the test, the kernel ends every
+    # process it started (IMDS, moto, the agent), whatever state the script was in.
+    result = subprocess.run(["unshare", "--mount", "--net", "--pid", "--fork", "--kill-child", "bash",
+                             str(base / "driver.sh")],
                             capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
