@@ -20,6 +20,8 @@ class GpuInstanceType:
     name: str
     gpus: int
     efa_interfaces: int
+    # AWS's current layout (P5 family): EFA with ENA on card 0, EFA-only (no IP address) on the other cards.
+    efa_only_secondary: bool = False
     gpu: str = ""  # model, e.g. "A100"
     bf16: bool = True
     gpudirect_rdma: bool = False
@@ -35,9 +37,12 @@ GPU_INSTANCE_TYPES: dict[str, GpuInstanceType] = {
     for spec in (
         GpuInstanceType("p4d.24xlarge", gpus=8, efa_interfaces=4, gpu="A100", gpudirect_rdma=True, nvswitch=True),
         GpuInstanceType("p4de.24xlarge", gpus=8, efa_interfaces=4, gpu="A100", gpudirect_rdma=True, nvswitch=True),
-        GpuInstanceType("p5.48xlarge", gpus=8, efa_interfaces=32, gpu="H100", gpudirect_rdma=True, nvswitch=True),
-        GpuInstanceType("p5e.48xlarge", gpus=8, efa_interfaces=32, gpu="H200", gpudirect_rdma=True, nvswitch=True),
-        GpuInstanceType("p5en.48xlarge", gpus=8, efa_interfaces=16, gpu="H200", gpudirect_rdma=True, nvswitch=True),
+        GpuInstanceType("p5.48xlarge", gpus=8, efa_interfaces=32, efa_only_secondary=True, gpu="H100",
+                        gpudirect_rdma=True, nvswitch=True),
+        GpuInstanceType("p5e.48xlarge", gpus=8, efa_interfaces=32, efa_only_secondary=True, gpu="H200",
+                        gpudirect_rdma=True, nvswitch=True),
+        GpuInstanceType("p5en.48xlarge", gpus=8, efa_interfaces=16, efa_only_secondary=True, gpu="H200",
+                        gpudirect_rdma=True, nvswitch=True),
         GpuInstanceType("p3dn.24xlarge", gpus=8, efa_interfaces=1, gpu="V100", bf16=False),
         GpuInstanceType("p3.2xlarge", gpus=1, efa_interfaces=0, gpu="V100", bf16=False),
         GpuInstanceType("p3.8xlarge", gpus=4, efa_interfaces=0, gpu="V100", bf16=False),

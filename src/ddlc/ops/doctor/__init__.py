@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Optional, Sequence
 
+from ddlc.ops.boot_status import ANCHOR_BOOT, BOOT_STATUS_FILE, check_boot, read_boot_status  # noqa: F401
 from ddlc.ops.doctor.efa import *  # noqa: F401,F403 - the check functions, under their stable names
 from ddlc.ops.doctor.efa import (FI_INFO_DIRS, OFI_NCCL_DIRS, _interface_matches, check_efa, check_hugepages,  # noqa: F401
                                  check_memlock, check_nccl_env, check_nccl_net_plugin, check_ofi_nccl, find_fi_info,
@@ -53,6 +54,7 @@ class DoctorOptions:
 
     environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
     cluster_env_file: Path = CLUSTER_ENV_FILE
+    boot_status_file: Path = BOOT_STATUS_FILE
     proc_root: Path = Path("/proc")
     sys_root: Path = Path("/sys")
     torch: Optional[TorchFacts] = None  # None: ask the installed torch
@@ -106,7 +108,9 @@ def run_checks(options: DoctorOptions) -> list[CheckResult]:
     limit = memlock_limit() if options.memlock_bytes == -1 else options.memlock_bytes
     instance_type = options.instance_type or env.get("DDLC_INSTANCE_TYPE")
 
-    results = [
+    boot_status = read_boot_status(options.boot_status_file)  # only cluster nodes have one
+    results = [check_boot(boot_status)] if boot_status is not None else []
+    results += [
         check_gpus(gpus, torch, expected, env),
         check_driver_cuda(read_driver_version(options.proc_root), torch, bool(expected) or bool(gpus)),
         check_nccl(torch, bool(gpus)),
