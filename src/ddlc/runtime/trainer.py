@@ -22,6 +22,7 @@ import torch
 import torch.distributed as dist
 
 from ddlc.checkpoint.checkpointer import Checkpointer
+from ddlc.checkpoint.errors import CheckpointSaveError
 from ddlc.config.loader import dump_config
 from ddlc.config.schema import Config
 from ddlc.runtime.data import GlobalBatchSampler, load_corpus, plan_batches
@@ -137,6 +138,7 @@ class Trainer:
                 keep_every=cfg.checkpoint.keep_every,
                 commit_timeout_s=cfg.distributed.timeout_s,
                 endpoint_url=cfg.checkpoint.endpoint_url,
+                load_timeout_s=cfg.checkpoint.load_timeout_s,
                 on_commit=self._on_checkpoint_commit,
                 warn=lambda message: print(f"warning: {message}", file=sys.stderr, flush=True),
             )
@@ -184,7 +186,10 @@ class Trainer:
 
     def resume(self) -> Optional[dict]:
         """Continue from the newest valid checkpoint, if any (model, optimizer, schedule, data, RNG)."""
-        if self.checkpointer is None or not self.cfg.checkpoint.resume:
+        if self.checkpointer is None:
+            return None
+        if not self.cfg.checkpoint.resume:  # a new lineage: never mixed with another run's checkpoints
+            self.checkpointer.start_fresh(self.cfg.checkpoint.on_existing)
             return None
         restored = self.checkpointer.resume(
             self.model, self.optimizer, check_hashes=self.cfg.checkpoint.verify_on_resume == "sha256"
@@ -198,9 +203,16 @@ class Trainer:
         self.resumed_from = restored["checkpoint"]
         return restored
 
-    def save_checkpoint(self, blocking: bool) -> None:
+    def save_checkpoint(self, blocking: bool, final: bool = False) -> None:
+        """A failed save is a warning (the previous commit stands), except the final one: CheckpointSaveError."""
         if self.checkpointer is not None and self.checkpointer.last_step != self.state.step:
-            self.checkpointer.save(self.state.step, self.model, self.optimizer, self.trainer_state(), blocking)
+            try:
+                self.checkpointer.save(self.state.step, self.model, self.optimizer, self.trainer_state(), blocking)
+            except CheckpointSaveError as error:
+                if final:
+                    raise
+                if self.ctx.is_main:
+                    print(f"warning: {error}; training goes on", file=sys.stderr, flush=True)
 
     def full_state_dict(self) -> dict[str, torch.Tensor]:
         """Every model parameter and buffer, unsharded, on every rank (a collective under FSDP and ZeRO-3)."""
@@ -270,7 +282,7 @@ class Trainer:
         try:
             self.run_until(self.last_step, logger)
             # The last step (and a preempted one) is always saved, synchronously, before we report success.
-            self.save_checkpoint(blocking=True)
+            self.save_checkpoint(blocking=True, final=True)
             if self.checkpointer is not None:
                 self.checkpointer.close()
         finally:
