@@ -58,7 +58,7 @@ from ddlc.checkpoint.state import (
     snapshot_buffers,
 )
 from ddlc.checkpoint.storage import CheckpointStore
-from ddlc.checkpoint.write_digests import take_write_digests
+from ddlc.checkpoint.write_digests import guard_write_errors, root_cause, take_write_digests, take_write_errors
 from ddlc.errors import UserError
 
 log = logging.getLogger("ddlc.checkpoint")
@@ -199,8 +199,11 @@ class Checkpointer:
             self._run_save(job, staged, warn=False)
             stats.blocking_s = time.perf_counter() - started
             if not stats.committed:
+                previous = next((s.step for s in reversed(self.history) if s.committed), None)
+                standing = (f"; the newest checkpoint committed by this run, {self.store.display(step_dir(previous))}, "
+                            "still stands") if previous is not None else ""
                 raise CheckpointSaveError(f"checkpoint {self.store.display(directory)} could not be saved: "
-                                          f"{stats.error}")
+                                          f"{stats.error}{standing}")
             return stats
         # Buffers (e.g. BatchNorm statistics) may change in the next forward: copy them now (they are small).
         # Parameters and optimizer state change only in optimizer.step(), which waits for the staging copy.
@@ -297,6 +300,7 @@ class Checkpointer:
 
         def ready():
             state["app"] = staged.result()
+            self.store.makedirs(directory)
             return job.layout
 
         layouts = job.phase(1, "ready", ready, self.commit_timeout_s)
@@ -310,6 +314,9 @@ class Checkpointer:
         stats.mark("dcp_written", started)
 
         def written():
+            errors = take_write_errors(self._writer)
+            if errors:
+                raise errors[0]
             writing_small.result()
             return own_file_digests(self.store, self._writer, directory, self.rank)
 
@@ -331,10 +338,13 @@ class Checkpointer:
             self.store.remove_tree(directory)
 
     def _write_state(self, app_state: dict, directory: str) -> None:
-        self.store.makedirs(directory)
+        """DCP save: every rank enters it (the "ready" agreement saw to that), so its collectives pair up; errors
+        inside file streams are collected (write_digests.guard_write_errors) and reported in "written"."""
         if self._writer is None:
             self._writer = self.store.dcp_writer(directory, io_threads=self.io_threads)
+            guard_write_errors(self._writer)
         take_write_digests(self._writer, self.store.path(directory))  # drop any left by an earlier failed save here
+        take_write_errors(self._writer)
         dcp.save(app_state, checkpoint_id=self.store.url(directory), storage_writer=self._writer,
                  process_group=self.group)
 
@@ -369,10 +379,9 @@ class Checkpointer:
 
     def _failed(self, job: "_SaveJob", exc: BaseException, warn: bool) -> None:
         stats = job.stats
-        stats.error = f"{type(exc).__name__}: {_first_line(exc)}" if not isinstance(exc, AgreementFailed) \
-            else _first_line(exc)
+        stats.error = _describe(exc)
         stats.total_s = time.perf_counter() - job.started
-        if warn:
+        if warn and self.rank == 0:  # every rank has the same outcome: say it once
             self.warn(f"checkpoint {self.store.display(job.directory)} failed and was not committed: {stats.error}")
         if self.rank == 0 and job.attempted_write:
             try:  # debris of this save: its space is needed more than its bytes
@@ -508,7 +517,7 @@ class _SaveJob:
         try:
             value, ok, error = step(), True, None
         except Exception as exc:  # noqa: BLE001 (reported to every rank, raised below on all of them)
-            value, ok, error = None, False, f"{type(exc).__name__}: {_first_line(exc)}"
+            value, ok, error = None, False, _describe(exc)
             if self.agreement is None:
                 raise
         if self.agreement is None:
@@ -543,3 +552,17 @@ class _SaveJob:
 def _first_line(exc: BaseException) -> str:
     text = str(exc)
     return text.splitlines()[0][:300] if text else ""
+
+
+def _describe(exc: BaseException) -> str:
+    """One line naming the root cause: DCP wraps each rank's exception in a CheckpointException."""
+    if isinstance(exc, AgreementFailed):
+        return _first_line(exc)
+    if isinstance(exc, CheckpointException) and exc.failures:
+        rank, failure = sorted(exc.failures.items())[0]
+        cause = failure[0] if isinstance(failure, tuple) else failure
+        if isinstance(cause, BaseException):
+            cause = root_cause(cause)
+            return f"rank {rank}: {type(cause).__name__}: {_first_line(cause)}"
+    exc = root_cause(exc)
+    return f"{type(exc).__name__}: {_first_line(exc)}"
