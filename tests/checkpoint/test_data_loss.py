@@ -129,7 +129,7 @@ def test_fresh_start_never_mixes_with_another_runs_checkpoints(trained, tmp_path
     again = run(_job(run_dir, "training.max_steps=25", "checkpoint.interval_steps=10"), cwd=run_dir)
     assert_ok(again)
     assert f"resumed from {ck / 'step-00000020'} at step 20" in again.stdout
-    lineages = {json.loads((d / COMMIT).read_text())["lineage"] for d in ck.glob("step-*")}
+    lineages = {json.loads((d / COMMIT).read_text())["extra"]["lineage"] for d in ck.glob("step-*")}
     assert len(lineages) == 1
 
 

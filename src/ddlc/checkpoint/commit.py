@@ -68,8 +68,8 @@ def build_manifest(store: CheckpointStore, directory: str, step: int, reported: 
     if missing:
         raise FileNotFoundError(f"files recorded by a rank are gone from {store.display(directory)}: {missing}")
     trainer_state = json.loads(store.read_text(f"{directory}/{TRAINER_STATE}"))
-    return Manifest(step=step, files=files, world_size=world_size, lineage=lineage, seq=seq,
-                    extra={"trainer_state": trainer_state})
+    return Manifest(step=step, files=files, world_size=world_size,
+                    extra={"trainer_state": trainer_state, "lineage": lineage, "seq": seq})
 
 
 def write_commit(store: CheckpointStore, directory: str, manifest: Manifest) -> None:

@@ -104,12 +104,29 @@ class Manifest(BaseModel):
     created: float = Field(default_factory=time.time)  # commit time (rank 0's clock)
     format: Literal["ddlc-checkpoint/1"] = FORMAT
     ddlc_version: str = Field(default=__version__, max_length=100)
-    # Which run wrote it: a fresh start makes a new lineage, a resume continues the one it loaded. None: written
-    # before lineages existed (or by an engine that does not stamp them); counted as the current run's own.
-    lineage: Optional[str] = Field(default=None, pattern=r"^[0-9a-zA-Z_-]{1,64}$")
-    # Commit order in this checkpoint URI: 1 + the highest seq present when it was committed (0: unknown/legacy).
-    seq: int = Field(default=0, strict=True, ge=0, le=MAX_STEP)
+    # trainer_state; and, kept here so that older ddlc versions still read the manifest: `lineage` (which run
+    # wrote it: a fresh start makes a new one, a resume continues the one it loaded; absent: written before
+    # lineages existed, counted as the current run's own) and `seq` (commit order in this URI: 1 + the highest seq
+    # present when it was committed; absent: 0).
     extra: dict = Field(default_factory=dict)
+
+    @field_validator("extra")
+    @classmethod
+    def _lineage_and_seq(cls, extra: dict) -> dict:
+        lineage, seq = extra.get("lineage"), extra.get("seq", 0)
+        if lineage is not None and not (isinstance(lineage, str) and re.fullmatch(r"[0-9A-Za-z_-]{1,64}", lineage)):
+            raise ValueError("extra.lineage is not a lineage id")
+        if type(seq) is not int or not 0 <= seq <= MAX_STEP:
+            raise ValueError("extra.seq is not a commit sequence number")
+        return extra
+
+    @property
+    def lineage(self) -> Optional[str]:
+        return self.extra.get("lineage")
+
+    @property
+    def seq(self) -> int:
+        return self.extra.get("seq", 0)
 
     @field_validator("files")
     @classmethod
@@ -174,7 +191,9 @@ def parse_commit(data: bytes, directory: str) -> CommitRead:
     except (ValueError, RecursionError) as error:
         return CommitRead(directory, reason=f"COMMIT is not JSON: {str(error).splitlines()[0][:120]}")
     if not isinstance(raw, dict):
-        return CommitRead(directory, reason=f"COMMIT holds a JSON {type(raw).__name__}, not an object")
+        kind = {list: "an array", str: "a string", bool: "a boolean", int: "a number", float: "a number"}.get(
+            type(raw), "null")
+        return CommitRead(directory, reason=f"COMMIT holds {kind}, not an object")
     if raw.get("format", FORMAT) != FORMAT:
         return CommitRead(directory, reason=f"unknown checkpoint format {str(raw.get('format'))[:60]!r}")
     try:
