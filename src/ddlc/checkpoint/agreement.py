@@ -66,6 +66,15 @@ class Agreement:
         result = self.store.compare_set(f"{self.prefix}/{phase}/decision", "", verdict)
         return result.decode("utf-8") if isinstance(result, bytes) else str(result)
 
+    def forget(self, phases: list[str]) -> None:
+        """Delete this rank's own keys of `phases` (an old save's): the store lives as long as the job."""
+        for phase in phases:
+            for key in (f"{self.prefix}/{phase}/{self.rank}", f"{self.prefix}/{phase}/{self.rank}/value"):
+                try:
+                    self.store.delete_key(key)
+                except Exception:  # noqa: BLE001 (never there, or the store is gone: nothing to free)
+                    pass
+
     # -- a decision one rank takes (rank 0's commit) and the others wait for ------------------------------------
     CLAIMED = "in progress"
 

@@ -82,13 +82,15 @@ def latest_pointer(store: CheckpointStore, warn: Optional[Callable[[str], None]]
 
 
 def point_latest(store: CheckpointStore, name: Optional[str]) -> None:
-    if name is None:
-        try:
+    try:
+        if name is None:
             store.fs.rm(store.path(LATEST))
-        except FileNotFoundError:
-            pass
-    else:
-        store.write_text_atomic(LATEST, name + "\n")
+        else:
+            store.write_text_atomic(LATEST, name + "\n")
+    except FileNotFoundError:
+        pass
+    except OSError as error:  # e.g. a directory named `latest`: say so, delete nothing it might protect
+        raise StorageError(f"cannot update {store.display(LATEST)}: {error.strerror or error}") from None
 
 
 def _step_dirs(store: CheckpointStore) -> list[tuple[str, int]]:
@@ -149,7 +151,7 @@ def apply(store: CheckpointStore, entries: list[retention.Entry], decisions: lis
     pointed = kept.get(pointer) if pointer is not None else None
     if pointed is None or pointed.state != retention.VERIFIED:  # deleted, missing, or not loadable
         if target is not None:
-            point_latest(store, target.name)
+            point_latest(store, target.name)  # raises (and nothing is deleted) if `latest` cannot be moved
         elif pointer is not None and pointed is None:
             point_latest(store, None)
     for name in doomed:

@@ -40,7 +40,7 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.api import CheckpointException
 
 from ddlc.checkpoint import catalog, retention
-from ddlc.checkpoint.agreement import Agreement, AgreementFailed, default_store
+from ddlc.checkpoint.agreement import Agreement, default_store
 from ddlc.checkpoint.commit import build_manifest, highest_seq, own_file_digests, rng_file, write_commit
 from ddlc.checkpoint.errors import CheckpointSaveError
 from ddlc.checkpoint.lineage import new_lineage, prepare_fresh_start
@@ -57,8 +57,9 @@ from ddlc.checkpoint.state import (
     set_rng_state,
     snapshot_buffers,
 )
+from ddlc.checkpoint.save_phases import SaveJob, describe
 from ddlc.checkpoint.storage import CheckpointStore
-from ddlc.checkpoint.write_digests import guard_write_errors, root_cause, take_write_digests, take_write_errors
+from ddlc.checkpoint.write_digests import guard_write_errors, take_write_digests, take_write_errors
 from ddlc.errors import UserError
 
 log = logging.getLogger("ddlc.checkpoint")
@@ -192,7 +193,7 @@ class Checkpointer:
         stats = SaveStats(step=step, blocking_s=0.0)
         self.history.append(stats)
         self.last_step = step
-        job = _SaveJob(directory, layout, small_files, stats, started, self._agreement())
+        job = SaveJob(directory, layout, small_files, stats, started, self._agreement())
         if blocking:
             staged: Future = Future()
             staged.set_result(app_state)
@@ -271,12 +272,16 @@ class Checkpointer:
             return state, None
         return assign_replicated_share(state, self.rank, self.world_size), layout
 
+    PHASES = ["0-prepared", "1-ready", "2-written"]
+
     def _agreement(self) -> Optional[Agreement]:
         if self._kv is None:
             return None
+        if self._saves > 2:  # every rank is past the save before last: free this rank's keys of it
+            Agreement(self._kv, self.rank, self.world_size, f"{self._save_prefix}/{self._saves - 2}").forget(self.PHASES)
         return Agreement(self._kv, self.rank, self.world_size, f"{self._save_prefix}/{self._saves}")
 
-    def _run_save(self, job: "_SaveJob", staged: Future, warn: bool = True) -> None:
+    def _run_save(self, job: SaveJob, staged: Future, warn: bool = True) -> None:
         """Every phase of one save (see the module docstring); records the outcome in job.stats, never raises."""
         try:
             self._write_phases(job, staged)
@@ -291,7 +296,7 @@ class Checkpointer:
                 self.warn(f"checkpoint retention failed (nothing newer than the last commit was touched): {exc}")
             job.stats.retention_s = time.perf_counter() - cleaned
 
-    def _write_phases(self, job: "_SaveJob", staged: Future) -> None:
+    def _write_phases(self, job: SaveJob, staged: Future) -> None:
         stats, directory, started = job.stats, job.directory, job.started
         job.phase(0, "prepared", lambda: self._prepare(directory), self.agree_timeout_s)
         stats.mark("directory", started)
@@ -377,9 +382,9 @@ class Checkpointer:
         write_commit(self.store, directory, manifest)
         self._last_seq = manifest.seq
 
-    def _failed(self, job: "_SaveJob", exc: BaseException, warn: bool) -> None:
+    def _failed(self, job: SaveJob, exc: BaseException, warn: bool) -> None:
         stats = job.stats
-        stats.error = _describe(exc)
+        stats.error = describe(exc)
         stats.total_s = time.perf_counter() - job.started
         if warn and self.rank == 0:  # every rank has the same outcome: say it once
             self.warn(f"checkpoint {self.store.display(job.directory)} failed and was not committed: {stats.error}")
@@ -497,72 +502,3 @@ class Checkpointer:
                 self._stager_instance.close()
             self._stager_instance = None
             self._writer = None
-
-
-@dataclass
-class _SaveJob:
-    """One save's inputs and how far it got; runs each phase's local step and the agreement on its outcome."""
-
-    directory: str
-    layout: Optional[str]
-    small_files: dict
-    stats: SaveStats
-    started: float
-    agreement: Optional[Agreement]
-    attempted_write: bool = False
-
-    def phase(self, index: int, name: str, step: Callable[[], object], timeout_s: float,
-              want_values: bool = True) -> list:
-        """Run this rank's `step`, then agree with every rank: their values, or AgreementFailed everywhere."""
-        try:
-            value, ok, error = step(), True, None
-        except Exception as exc:  # noqa: BLE001 (reported to every rank, raised below on all of them)
-            value, ok, error = None, False, _describe(exc)
-            if self.agreement is None:
-                raise
-        if self.agreement is None:
-            return [value]
-        return self.agreement.exchange(f"{index}-{name}", ok, value, error, timeout_s, want_values)
-
-    def commit(self, name: str, prepare: Callable[[], object], write: Callable[[object], None]) -> None:
-        """Rank 0: `prepare` (may take long), claim the decision, `write` (irreversible), publish the outcome."""
-        if self.agreement is None:
-            write(prepare())
-            return
-        try:
-            prepared = prepare()
-        except Exception as exc:  # noqa: BLE001
-            self.agreement.decide(name, f"rank 0: {type(exc).__name__}: {_first_line(exc)}")
-            raise
-        self.agreement.claim(name)  # raises if the others already gave up: then nothing is written
-        try:
-            write(prepared)
-        except Exception as exc:  # noqa: BLE001
-            self.agreement.publish(name, f"rank 0: {type(exc).__name__}: {_first_line(exc)}")
-            raise
-        self.agreement.publish(name, "ok")
-
-    def await_commit(self, name: str, timeout_s: float) -> None:
-        if self.agreement is not None:
-            verdict = self.agreement.await_outcome(name, timeout_s)
-            if verdict != "ok":
-                raise AgreementFailed(verdict)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc)
-    return text.splitlines()[0][:300] if text else ""
-
-
-def _describe(exc: BaseException) -> str:
-    """One line naming the root cause: DCP wraps each rank's exception in a CheckpointException."""
-    if isinstance(exc, AgreementFailed):
-        return _first_line(exc)
-    if isinstance(exc, CheckpointException) and exc.failures:
-        rank, failure = sorted(exc.failures.items())[0]
-        cause = failure[0] if isinstance(failure, tuple) else failure
-        if isinstance(cause, BaseException):
-            cause = root_cause(cause)
-            return f"rank {rank}: {type(cause).__name__}: {_first_line(cause)}"
-    exc = root_cause(exc)
-    return f"{type(exc).__name__}: {_first_line(exc)}"

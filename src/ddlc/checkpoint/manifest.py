@@ -18,7 +18,6 @@ import hashlib
 import json
 import math
 import os
-import posixpath
 import re
 import time
 from concurrent.futures import ThreadPoolExecutor

@@ -148,11 +148,18 @@ class CheckpointStore:
             return
         os.makedirs(os.path.dirname(target), exist_ok=True)
         tmp = f"{target}.tmp-{uuid.uuid4().hex}"
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
+        try:
+            with open(tmp, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            try:  # a full disk or a directory in the way: leave no temporary file behind
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
         _fsync_dir(os.path.dirname(target))
 
     def write_text_atomic(self, relpath: str, text: str) -> None:
