@@ -102,3 +102,9 @@ def test_s3_endpoint_dying_mid_run_fails_saves_on_every_rank_and_training_goes_o
     assert f"exitcode  : {CHECKPOINT_IO_EXIT_CODE}" in err, err[-3000:]
     errors = [line for line in err.splitlines() if line.startswith("error: checkpoint")]
     assert len(errors) == 1 and "step-00000150 could not be saved" in errors[0], err[-3000:]
+    # Resuming while the endpoint is still dead is a storage failure, not "every checkpoint is corrupt": exit 74.
+    resumed = run([PYTHON, str(TRAIN_PY), "--config", str(CONFIG), *job], cwd=tmp_path, **server.env)
+    assert resumed.returncode == CHECKPOINT_IO_EXIT_CODE, resumed.stderr[-3000:]
+    assert "Traceback" not in resumed.stderr
+    errors = [line for line in resumed.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "cannot read the checkpoints under s3://ckpt/dies to resume" in errors[0], errors

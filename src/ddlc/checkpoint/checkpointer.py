@@ -42,7 +42,7 @@ from torch.distributed.checkpoint.api import CheckpointException
 from ddlc.checkpoint import catalog, retention
 from ddlc.checkpoint.agreement import Agreement, default_store
 from ddlc.checkpoint.commit import build_manifest, highest_seq, own_file_digests, rng_file, write_commit
-from ddlc.checkpoint.errors import CheckpointSaveError
+from ddlc.checkpoint.errors import CheckpointLoadError, CheckpointSaveError
 from ddlc.checkpoint.lineage import new_lineage, prepare_fresh_start
 from ddlc.checkpoint.loading import Choice, VerifiedLoad, choose
 from ddlc.checkpoint.manifest import TRAINER_STATE, Manifest, step_dir
@@ -450,6 +450,13 @@ class Checkpointer:
                 return self.latest_valid(check_hashes, frozenset({*skip, choice.directory}))
         return choice.directory
 
+    def _choose(self, rejected: dict[str, str]) -> Choice:
+        try:
+            return choose(self.store, rejected, self.warn)
+        except Exception as exc:  # noqa: BLE001 (storage down: every rank stops, none waits for rank 0)
+            return Choice(error=f"cannot read the checkpoints under {self.store.display()} to resume: "
+                                f"{describe(exc)}")
+
     def resume(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, check_hashes: bool = True) -> Optional[dict]:
         """Load the newest valid checkpoint into model and optimizer; return its trainer state (None: fresh).
 
@@ -463,7 +470,9 @@ class Checkpointer:
                               self.load_timeout_s)
         rejected: dict[str, str] = {}
         while True:
-            choice: Choice = self._broadcast(choose(self.store, rejected, self.warn) if self.rank == 0 else None)
+            choice: Choice = self._broadcast(self._choose(rejected) if self.rank == 0 else None)
+            if choice.error:
+                raise CheckpointLoadError(choice.error)
             directory = choice.directory
             if directory is None:
                 if choice.refusal:

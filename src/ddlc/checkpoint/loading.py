@@ -38,6 +38,7 @@ class Choice:
     refusal: Optional[str] = None  # every committed checkpoint is broken: refuse to start over
     highest_seq: int = 0
     broken: dict = field(default_factory=dict)  # {name: problem} found while choosing
+    error: Optional[str] = None  # the store could not be read at all
 
 
 def choose(store: CheckpointStore, rejected: dict[str, str], warn: Callable[[str], None]) -> Choice:
@@ -115,6 +116,11 @@ class VerifiedLoad:
             dcp.load(app_state, checkpoint_id=self.store.url(directory), storage_reader=reader,
                      process_group=self.group)
         except CheckpointException as exc:  # DCP gathers read/decode errors: every rank lands here together
+            storage = storage_failure(exc)
+            if storage:  # the same failures reach every rank, so every rank raises
+                raise CheckpointLoadError(
+                    f"loading {self.store.display(directory)} failed on a storage error ({storage}); this is not "
+                    "treated as corruption, so no older checkpoint was loaded instead") from None
             problems.append(f"unreadable: {type(exc).__name__}: {_first_line(exc)}")
         except Exception as exc:  # a collective failed or timed out: not evidence of corruption
             raise CheckpointLoadError(
@@ -151,6 +157,25 @@ class VerifiedLoad:
             raise CheckpointLoadError(f"ranks could not compare their checks of the loaded checkpoint "
                                       f"({type(exc).__name__}: {_first_line(exc)})") from None
         return [p for rank_problems in gathered for p in rank_problems]
+
+
+STORAGE_LIBRARIES = ("botocore", "aiobotocore", "aiohttp", "s3fs", "urllib3")
+
+
+def storage_failure(exc: CheckpointException) -> Optional[str]:
+    """A description of the first failure that is the storage's (I/O error, S3 client error), not the bytes'."""
+    from ddlc.checkpoint.write_digests import root_cause
+
+    for rank, failure in sorted(exc.failures.items()):
+        cause = failure[0] if isinstance(failure, tuple) else failure
+        if not isinstance(cause, BaseException):
+            continue
+        cause = root_cause(cause)
+        library = type(cause).__module__.split(".")[0]
+        if (isinstance(cause, OSError) and not isinstance(cause, (FileNotFoundError, IsADirectoryError))) \
+                or library in STORAGE_LIBRARIES:
+            return f"rank {rank}: {type(cause).__name__}: {_first_line(cause)}"
+    return None
 
 
 def _first_line(exc: BaseException) -> str:
