@@ -11,6 +11,7 @@ from ddlc.cli import cluster as cluster_cmd
 from ddlc.cli import dashboard as dashboard_cmd
 from ddlc.cli import report as report_cmd
 from ddlc.cli import doctor as doctor_cmd
+from ddlc.cli import health as health_cmd
 from ddlc.cli import launch as launch_cmd
 from ddlc.cli import train as train_cmd
 from ddlc.errors import UserError, exit_with
@@ -44,6 +45,7 @@ cluster_cmd.register(app)
 dashboard_cmd.register(app)
 report_cmd.register(app)
 doctor_cmd.register(app)
+health_cmd.register(app)
 launch_cmd.register(app)
 
 

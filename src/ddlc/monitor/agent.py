@@ -44,6 +44,13 @@ class AgentSettings:
     cloudwatch_interval_s: float = 60.0
     region: str | None = None
     cloudwatch_endpoint_url: str | None = None
+    # Periodic `ddlc health` (ddlc.monitor.node_health): 0 turns it off.
+    health_interval_s: float = 0.0
+    health_options: Any = None  # ddlc.ops.health.HealthOptions; None: the defaults
+    unhealthy_after: int = 3  # failed runs in a row before the instance is handed to its Auto Scaling group
+    replace_unhealthy: bool = False
+    imds_url: str = "http://169.254.169.254"
+    autoscaling_endpoint_url: str | None = None
 
 
 class _AgentInfo:
@@ -82,6 +89,9 @@ class Agent:
         self.registry, self._gpus = build_node_registry(
             settings.node, settings.checkpoint_path, settings.infiniband_root, nvml=nvml
         )
+        self.health = _health_monitor(settings)
+        if self.health is not None:
+            self.registry.register(self.health)
         self.publisher: CloudWatchPublisher | None = None
         if settings.cloudwatch:
             client = cloudwatch_client or make_client(settings.region, settings.cloudwatch_endpoint_url)
@@ -95,6 +105,8 @@ class Agent:
             raise
         if self.publisher is not None:
             self.publisher.start()
+        if self.health is not None:
+            self.health.start()
         log.info("ddlc agent for node %s serving %s", settings.node, self.server.url)
 
     @property
@@ -106,6 +118,8 @@ class Agent:
         return self.server.url
 
     def close(self) -> None:
+        if self.health is not None:
+            self.health.close()
         if self.publisher is not None:
             self.publisher.close()
         self.server.close()
@@ -116,6 +130,17 @@ class Agent:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _health_monitor(settings: AgentSettings) -> Any:
+    if settings.health_interval_s <= 0:
+        return None
+    from ddlc.monitor.node_health import HealthMonitor, replace_via_autoscaling
+
+    on_unhealthy = (replace_via_autoscaling(settings.imds_url, settings.autoscaling_endpoint_url)
+                    if settings.replace_unhealthy else None)
+    return HealthMonitor(settings.node, settings.health_interval_s, settings.unhealthy_after,
+                         settings.health_options, on_unhealthy=on_unhealthy)
 
 
 def run_agent(settings: AgentSettings, on_ready: Any = None) -> None:
