@@ -35,7 +35,7 @@ from ddlc.launch.slurm import expand_nodelist
 ENGINES = ("torchrun", "deepspeed", "horovod")
 LOCAL_NAMES = {"localhost", "localhost.localdomain", "127.0.0.1", "::1"}
 # What preflight imports on each node to prove the engine is installed there.
-ENGINE_MODULES = {"torchrun": "torch.distributed.run", "deepspeed": "deepspeed", "horovod": "horovod.torch"}
+ENGINE_MODULES = {"torchrun": "torch.distributed.run, ddlc.launch.torchrun_agent", "deepspeed": "deepspeed", "horovod": "horovod.torch"}
 
 
 # -- hosts ------------------------------------------------------------------------------------------------------
@@ -207,7 +207,7 @@ class LaunchPlan:
         conf = (f"is_host=false,join_timeout={e.join_timeout_s},last_call_timeout={e.last_call_s},"
                 f"close_timeout=10,read_timeout={e.read_timeout_s},keep_alive_interval={e.keep_alive_s},"
                 f"keep_alive_max_attempt={e.keep_alive_attempts}")
-        argv = [self.python, "-m", "torch.distributed.run", f"--nnodes={e.min_nodes}:{e.max_nodes}",
+        argv = [self.python, "-m", "ddlc.launch.torchrun_agent", f"--nnodes={e.min_nodes}:{e.max_nodes}",
                 f"--nproc_per_node={host.slots}", "--rdzv-backend=c10d",
                 f"--rdzv-endpoint={self.master_addr}:{self.master_port}", f"--rdzv-id={e.job_id}",
                 f"--rdzv-conf={conf}", f"--max-restarts={e.max_restarts}", f"--monitor-interval={e.monitor_interval_s}"]
