@@ -21,7 +21,7 @@ import pytest
 
 from ddlc.runtime.metrics import read_metrics
 from tests.launch.helpers import WORKER, job_args, launch_on
-from tests.support import CONFIG, REPO, assert_ok, run, torchrun
+from tests.support import REPO, assert_ok, run, torchrun
 
 STEPS, INTERVAL = 500, 20
 # Big enough that a step takes tens of milliseconds (the job must outlive a crash, a recovery and a rejoin);

@@ -113,6 +113,8 @@ def test_bad_input_exits_2_naming_it(tmp_path):
     (["--min-nodes", "3", "--max-nodes", "2"], "error: --max-nodes 2: fewer than --min-nodes 3"),
     (["--engine", "deepspeed", "--min-nodes", "2"], "error: --min-nodes needs --engine torchrun: deepspeed jobs"),
     (["--job-id", "a b"], "error: --job-id 'a b': letters, digits"),
+    (["--health-arg=--min-free-gb=lots"], "error: --health-arg --min-free-gb=lots: Invalid value for '--min-free-gb'"),
+    (["--node-timeout", "0"], "error: --node-timeout 0: must be at least 1 second"),
 ])
 def test_bad_elastic_options_exit_2_with_one_line(tmp_path, args, message):
     hostfile = tmp_path / "hosts"

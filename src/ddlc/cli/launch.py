@@ -63,7 +63,7 @@ def launch(
     import sys
 
     from ddlc.launch.env import node_environment, parse_env_overrides
-    from ddlc.launch.multinode import SSH, Elastic, HealthGate, plan_launch, preflight, resolve_hosts
+    from ddlc.launch.multinode import SSH, HealthGate, plan_launch, preflight, resolve_hosts
     from ddlc.launch.supervise import ElasticRun, run_plan
 
     hosts = resolve_hosts(hostfile)
@@ -80,10 +80,11 @@ def launch(
     interpreter = python or sys.executable
     plan = plan_launch(engine, hosts, script, script_args or [], nproc_per_node, master_addr, master_port,
                        interpreter, workdir, node_env, ssh, elastic)
+    health_args = _checked_health_args(health_arg or [])
     if dry_run:
         typer.echo(plan.describe(ssh))
         return
-    health = HealthGate(health_check and preflight_check, tuple(health_arg or ()))
+    health = HealthGate(health_check and preflight_check, health_args)
     left_out = preflight(plan, ssh, interpreter, health) if preflight_check else {}
     for host, why in left_out.items():
         typer.echo(f"ddlc launch: leaving out host {host}: health check failed: {why}")
@@ -101,6 +102,21 @@ def launch(
         code = run_plan(plan, ssh, stop_timeout_s=stop_timeout)
     if code != 0:
         raise typer.Exit(code)
+
+
+def _checked_health_args(args: List[str]) -> tuple[str, ...]:
+    """`--health-arg` values must parse as `ddlc health` options here, not fail on every host later."""
+    from ddlc.cli.health import register
+
+    app = typer.Typer()
+    register(app)
+    command = typer.main.get_command(app)
+    try:
+        command.parse_args(command.context_class(command, info_name="health"), list(args))
+    except Exception as error:  # the UsageError / BadParameter of the click that typer carries
+        message = error.format_message() if hasattr(error, "format_message") else str(error)
+        raise UserError(f"--health-arg {' '.join(args)}: {message}") from None
+    return tuple(args)
 
 
 def _elastic_settings(engine: str, hosts: int, min_nodes: Optional[int], max_nodes: Optional[int],

@@ -256,8 +256,8 @@ def address_towards(hosts: Sequence[Host]) -> str:
         with socket.socket(target[0], socket.SOCK_DGRAM) as probe:
             probe.connect(target[4])  # no packet is sent: this only asks the kernel for the outgoing address
             return probe.getsockname()[0]
-    except OSError:
-        return socket.getfqdn()
+    except OSError:  # a host name that does not resolve here (a dry run elsewhere): name this machine
+        return socket.gethostname()
 
 
 def plan_launch(
