@@ -26,14 +26,19 @@ from ddlc.errors import UserError
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
 _SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 MAX_POINTS = 500  # per Prometheus series: plenty for a week's plot
+MAX_SINCE_S = 50 * 365 * 86400  # --since longer than this reaches before any run (and before 1970)
 
 
 def parse_since(text: str) -> float:
     """`7d`, `24h`, `90m`, `3600s`, `2w` -> seconds."""
-    match = _DURATION.match(text)
+    match = _DURATION.match(text) if len(text) <= 40 else None
     if not match or float(match.group(1)) <= 0:
-        raise UserError(f"--since: {text!r} is not a duration such as 7d, 24h, 90m (units s, m, h, d, w)")
-    return float(match.group(1)) * _SECONDS[match.group(2)]
+        shown = text if len(text) <= 40 else text[:30] + "..."
+        raise UserError(f"--since: {shown!r} is not a duration such as 7d, 24h, 90m (units s, m, h, d, w)")
+    seconds = float(match.group(1)) * _SECONDS[match.group(2)]
+    if seconds > MAX_SINCE_S:  # the window's start must stay a date (and the epoch is 1970 anyway)
+        raise UserError(f"--since: {text!r} is longer than {MAX_SINCE_S // (365 * 86400)} years")
+    return seconds
 
 
 @dataclass
@@ -299,8 +304,12 @@ def write_report(report: UtilizationReport, output: Path | str) -> Path:
     out = Path(output)
     if out.suffix.lower() not in (".md", ".html", ".htm"):
         raise UserError(f"-o: {out} must end in .md or .html")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    plots = _plots(report, out.parent / f"{out.stem}_files")
-    blocks = _blocks(report, plots, out.parent)
-    out.write_text(_markdown(blocks) if out.suffix.lower() == ".md" else _html(blocks))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        plots = _plots(report, out.parent / f"{out.stem}_files")
+        blocks = _blocks(report, plots, out.parent)
+        out.write_text(_markdown(blocks) if out.suffix.lower() == ".md" else _html(blocks))
+    except OSError as error:  # a folder under a file, no permission, read-only or full disk
+        where = error.filename or out
+        raise UserError(f"-o: cannot write {where}: {error.strerror or error}") from None
     return out
