@@ -19,6 +19,7 @@ from typing import Any, Optional
 
 from ddlc.dashboards.cost import Pricing, RunCost, cost_by_node, run_cost
 from ddlc.dashboards.definition import GPU_UTILIZATION_TARGET_PERCENT, IDLE_GPU_UTILIZATION_PERCENT
+from ddlc.dashboards.downsample import minmax
 from ddlc.dashboards.prometheus import PrometheusClient
 from ddlc.dashboards.runs import RunRecord, load_runs
 from ddlc.errors import UserError
@@ -26,6 +27,9 @@ from ddlc.errors import UserError
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
 _SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 MAX_POINTS = 500  # per Prometheus series: plenty for a week's plot
+PLOT_POINTS = 800  # per run and plot
+LEGEND_RUNS = 15  # a legend of more runs than this hides the plot
+BAR_RUNS = 40  # the cost bar chart shows the costliest runs
 MAX_SINCE_S = 50 * 365 * 86400  # --since longer than this reaches before any run (and before 1970)
 
 
@@ -59,6 +63,7 @@ class UtilizationReport:
     nodes: list[NodeUtilization]  # empty without GPU data
     source: str  # "run store" or "run store + Prometheus <url>"
     prometheus_cost: dict[str, float] = field(default_factory=dict)
+    unreadable: list[RunRecord] = field(default_factory=list)  # named in the report with the reason
 
     @property
     def has_gpu_data(self) -> bool:
@@ -100,13 +105,16 @@ def collect(
 ) -> UtilizationReport:
     end = time.time() if now is None else now
     start = end - since_seconds
-    runs = load_runs(runs_dir, since=start, names=run_names or None)
+    every = load_runs(runs_dir, since=start, names=run_names or None)
     if run_names:
-        missing = sorted(set(run_names) - {r.name for r in runs})
+        missing = sorted(set(run_names) - {r.name for r in every})
         if missing:
-            raise UserError(f"--run: no run named {', '.join(missing)} with steps in the last "
+            shown = ", ".join(missing)
+            raise UserError(f"--run: no run named {shown[:200]} with steps in the last "
                             f"{since_seconds / 86400:g} days under {runs_dir}")
-    costs = [run_cost(run, pricing) for run in runs if run.steps]
+    runs = [run for run in every if run.readable]
+    unreadable = [run for run in every if not run.readable]
+    costs = [run_cost(run, pricing) for run in runs if run.has_steps]
     nodes: list[NodeUtilization] = []
     prometheus_cost: dict[str, float] = {}
     source = "local run store"
@@ -130,7 +138,7 @@ def collect(
             finite = [v for v in values if math.isfinite(v)]
             if finite:
                 prometheus_cost[labels.get("run", "?")] = max(finite)
-    return UtilizationReport(start, end, runs, costs, nodes, source, prometheus_cost)
+    return UtilizationReport(start, end, runs, costs, nodes, source, prometheus_cost, unreadable)
 
 
 # -- plots -------------------------------------------------------------------------------------------------
@@ -151,24 +159,29 @@ def _plots(report: UtilizationReport, directory: Path) -> dict[str, Path]:
         plt.close(fig)
         plots[name] = path
 
-    with_steps = [run for run in report.runs if run.steps]
+    with_steps = [run for run in report.runs if run.has_steps]
     if with_steps:
         for name, key, ylabel in (("loss", "loss", "training loss"), ("throughput", "tokens_per_s", "tokens / s")):
             fig, ax = plt.subplots(figsize=(8, 3.6))
-            for run in with_steps:
-                ax.plot([r["step"] for r in run.steps], [r.get(key, math.nan) for r in run.steps], label=run.name)
+            for run in with_steps:  # a line per run, cut to what a 880 px figure shows
+                x, y = minmax(run.columns["step"], run.column(key), PLOT_POINTS)
+                ax.plot(x, y, label=run.name, linewidth=1)
             ax.set_xlabel("step")
             ax.set_ylabel(ylabel)
             ax.grid(alpha=0.3)
-            ax.legend(fontsize=8)
+            if len(with_steps) <= LEGEND_RUNS:
+                ax.legend(fontsize=8)
+            else:
+                ax.set_title(f"{len(with_steps)} runs", fontsize=9)
             save(fig, name)
     if report.costs:
         fig, ax = plt.subplots(figsize=(8, 3.6))
-        names = [c.run for c in report.costs]
-        ax.bar(names, [c.usd_total for c in report.costs], color="#3b6fd4")
+        top = sorted(report.costs, key=lambda c: -c.usd_total)[:BAR_RUNS]
+        ax.bar([c.run for c in top], [c.usd_total for c in top], color="#3b6fd4")
         ax.set_ylabel("USD")
-        ax.set_title("cost by run")
-        ax.tick_params(axis="x", rotation=30)
+        ax.set_title("cost by run" if len(top) == len(report.costs) else f"cost by run: the {len(top)} costliest "
+                     f"of {len(report.costs)}")
+        ax.tick_params(axis="x", rotation=30, labelsize=7 if len(top) > 15 else 9)
         save(fig, "cost")
     if report.nodes:
         fig, ax = plt.subplots(figsize=(8, 3.6))
@@ -205,7 +218,8 @@ def _blocks(report: UtilizationReport, plots: dict[str, Path], base: Path) -> li
     blocks: list[Block] = [
         ("h1", "GPU utilization review"),
         ("p", f"Window: {_when(report.start)} to {_when(report.end)}. Source: {report.source}. "
-              f"Runs in the window: {len(report.runs)}."),
+              f"Runs in the window: {len(report.runs)}"
+              + (f", and {len(report.unreadable)} unreadable (listed below)." if report.unreadable else ".")),
         ("h2", "Summary"),
     ]
     mean = report.mean_utilization
@@ -242,7 +256,7 @@ def _blocks(report: UtilizationReport, plots: dict[str, Path], base: Path) -> li
                        [[c.run, _when(run.start_time), f"{c.wall_hours:.4f}", f"{c.steps:,}", f"{c.tokens:,.0f}",
                          c.instance_type, str(c.num_nodes), _usd(report.prometheus_cost.get(c.run, c.usd_total)),
                          _usd(c.usd_per_1m_tokens), _usd(c.usd_per_step)]
-                        for c, run in zip(report.costs, [r for r in report.runs if r.steps])]))
+                        for c, run in zip(report.costs, [r for r in report.runs if r.has_steps])]))
         if not report.has_gpu_data:
             most_expensive = max(report.costs, key=lambda c: c.usd_per_1m_tokens or 0.0)
             blocks.append(("p", f"Highest cost per 1M tokens: {most_expensive.run} "
@@ -255,6 +269,10 @@ def _blocks(report: UtilizationReport, plots: dict[str, Path], base: Path) -> li
                 blocks.append(("img", alt, rel[name]))
     else:
         blocks.append(("p", "No run logged a step in this window."))
+    if report.unreadable:
+        blocks.append(("h2", "Unreadable runs"))
+        blocks.append(("p", "These runs have a malformed file and are left out of every figure above."))
+        blocks.append(("table", ["run", "reason"], [[run.name, run.error] for run in report.unreadable]))
     return blocks
 
 
@@ -274,7 +292,8 @@ def _markdown(blocks: list[Block]) -> str:
             headers, rows = block[1], block[2]
             lines.append("| " + " | ".join(headers) + " |")
             lines.append("|" + "---|" * len(headers))
-            lines += ["| " + " | ".join(str(cell).replace("|", "\\|") for cell in row) + " |" for row in rows]
+            lines += ["| " + " | ".join(" ".join(str(cell).split()).replace("|", "\\|") for cell in row) + " |"
+                      for row in rows]
             lines.append("")
     return "\n".join(lines)
 

@@ -108,6 +108,7 @@ class DashboardServer:
         return {
             "dashboards": definition_as_json(),
             "runs": self.data.run_names(),
+            "unreadable": self.data.run_errors(),  # run name -> one-line reason
             "default_run": self.data.default_run(),
             "refresh_ms": self.refresh_ms,
             "gpu_target_percent": GPU_UTILIZATION_TARGET_PERCENT,
