@@ -54,11 +54,20 @@ def _pydantic_reason(error: ValidationError, first_index: int = 0) -> tuple[Opti
     problem = error.errors(include_url=False)[0]
     loc = list(problem.get("loc") or ())
     index = loc.pop(0) if loc and isinstance(loc[0], int) else None
-    where = ".".join(str(p) for p in loc)
+    branches = [p for p in loc if isinstance(p, str) and (p in _TYPE_NAMES or "[" in p)]  # a Union's member names
+    where = ".".join(str(p) for p in loc if p not in branches)
     message = problem.get("msg", "invalid")
     if problem.get("type") == "json_invalid":
         message = "not valid JSON (" + message.removeprefix("Invalid JSON: ") + ")"
+    elif branches:
+        message = "should be a number (or the string nan, inf or -inf)"
+    value = problem.get("input")
+    if "input" in problem and not isinstance(value, (dict, list, bytes)) and problem.get("type") not in ("missing", "json_invalid"):
+        message += f" (got {_short(repr(value), 40)})"
     return (None if index is None else index + first_index), (f"{where}: {message}" if where else message)
+
+
+_TYPE_NAMES = {"float", "int", "str", "bool", "none"}
 
 
 class RunFileError(Exception):
@@ -159,6 +168,8 @@ def _stat_regular(path: Path) -> Optional[os.stat_result]:
     try:
         info = os.stat(path)
     except FileNotFoundError:
+        if os.path.islink(path):
+            raise RunFileError(f"{path.name} is a link to a missing file") from None
         return None
     except OSError as error:
         raise RunFileError(f"{path.name}: cannot read: {error.strerror or error}") from None
