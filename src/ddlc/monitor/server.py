@@ -30,7 +30,7 @@ from prometheus_client import CollectorRegistry, make_wsgi_app
 
 from ddlc.errors import UserError
 
-BACKLOG = 128  # pending connections the kernel keeps: a cluster's Prometheus servers and people, with room
+BACKLOG = 1024  # pending connections the kernel keeps: the scrapers of a cluster, and bursts of many more
 THREADS = 4  # request workers: requests are short; more threads only contend for the GIL
 IDLE_TIMEOUT_S = 10  # a connection that sends nothing for this long is closed
 CONNECTION_LIMIT = 1000  # open connections; beyond it the server stops accepting until some close
@@ -57,13 +57,17 @@ def head_support(app: WsgiApp) -> WsgiApp:
         if environ.get("REQUEST_METHOD") != "HEAD":
             return app(environ, start_response)
         environ = {**environ, "REQUEST_METHOD": "GET"}
-        result = app(environ, start_response)
+        captured: list = []
+        result = app(environ, lambda status, headers, exc_info=None: captured.append((status, list(headers))))
         try:
-            for _ in result:
-                pass  # generated and dropped; the length is already in the headers
+            length = sum(len(chunk) for chunk in result)  # generated and dropped: only its length is sent
         finally:
             if hasattr(result, "close"):
                 result.close()
+        status, headers = captured[-1]
+        if not any(name.lower() == "content-length" for name, _ in headers):
+            headers.append(("Content-Length", str(length)))
+        start_response(status, headers)
         return []
 
     return wrapped
@@ -178,6 +182,33 @@ class MetricsServer:
 CONTENT_TYPE_LATEST = "text/plain; version=0.0.4; charset=utf-8"
 
 
+class CachedExposition:
+    """`render()`: the registry's exposition text, collected at most once per `max_age_s`. Scrapes that arrive
+    while a collection runs wait for it instead of starting their own (50 scrapers cost one collection, not 50).
+
+    The values are then up to `max_age_s` old, far below any scrape interval (Prometheus: 15 s)."""
+
+    def __init__(self, registry: CollectorRegistry, max_age_s: float = 0.5) -> None:
+        from prometheus_client import generate_latest
+
+        self._generate = lambda: generate_latest(registry)
+        self.max_age_s = max_age_s
+        self._body = b""
+        self._at = float("-inf")
+        self._lock = threading.Lock()
+
+    def __call__(self) -> bytes:
+        import time
+
+        if time.monotonic() - self._at <= self.max_age_s:
+            return self._body
+        with self._lock:  # one collection at a time; the others find it fresh when they get the lock
+            if time.monotonic() - self._at > self.max_age_s:
+                self._body = self._generate()
+                self._at = time.monotonic()
+            return self._body
+
+
 def _render_app(render: Callable[[], bytes]) -> WsgiApp:
     """Serve whatever `render()` returns (already-built exposition text) on every path but /favicon.ico."""
 
@@ -192,4 +223,4 @@ def _render_app(render: Callable[[], bytes]) -> WsgiApp:
     return app
 
 
-__all__ = ["BACKLOG", "MetricsServer", "WsgiServer", "bounded", "head_support"]
+__all__ = ["BACKLOG", "CachedExposition", "MetricsServer", "WsgiServer", "bounded", "head_support"]

@@ -327,6 +327,8 @@ class Trainer:
                         share = self.plan.micro_batch_size * self.plan.grad_accum_steps  # this rank's samples
                         self.metrics.observe_step(record["step"], record["loss"], record["lr"], record["grad_norm"],
                                                   record["step_time_s"], share * self.cfg.model.block_size, share)
+                if self.metrics is not None:
+                    self.metrics.publish()  # the rank endpoint serves this snapshot until the next log step
                 pending.clear()
             if stop:
                 self.preempted = True
