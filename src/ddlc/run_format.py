@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Literal, Mapping, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, Strict, StrictInt, TypeAdapter
 from typing_extensions import Annotated, Required, TypedDict
 
 METRICS_FILE = "metrics.jsonl"
@@ -31,7 +31,7 @@ RUN_FILES = (METRICS_FILE, SUMMARY_FILE, CONFIG_FILE)
 
 NonFinite = Literal["nan", "inf", "-inf", "NaN", "Infinity", "-Infinity"]
 # A metric value: a JSON number (not a boolean) or the writer's spelling of a non-finite one.
-Metric = Union[StrictFloat, StrictInt, NonFinite]
+Metric = Union[Annotated[float, Strict()], NonFinite]  # strict float: JSON ints yes, booleans and "3.5" no
 MAX_TIME = 2.0**33  # seconds since the epoch: year 2242; beyond it a timestamp is not a date any more
 MAX_STEP = 2**62
 
@@ -43,7 +43,7 @@ class StepRecord(TypedDict, total=False):
     __pydantic_config__ = ConfigDict(extra="allow")  # type: ignore[misc]
 
     step: Required[Annotated[StrictInt, Field(ge=0, le=MAX_STEP)]]
-    time: Required[Annotated[Union[StrictFloat, StrictInt], Field(ge=0, le=MAX_TIME)]]
+    time: Required[Annotated[float, Strict(), Field(ge=0, le=MAX_TIME)]]
     loss: Required[Optional[Metric]]
     lr: Optional[Metric]
     grad_norm: Optional[Metric]

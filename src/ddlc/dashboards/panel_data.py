@@ -59,7 +59,8 @@ class PanelData:
         self.sampler = sampler
         self.prometheus = prometheus
         self.run_path = Path(run_path) if run_path else None
-        self.store = RunStore(self.runs_dir, [self.run_path] if self.run_path else [])
+        # The Cost tab reads every run; clients refreshing within a second share one look at the disk.
+        self.store = RunStore(self.runs_dir, [self.run_path] if self.run_path else [], max_age_s=1.0)
         self._cache: dict[tuple, Any] = {}  # (what, run path, run version) -> RunCost, cost series
 
     # -- runs --------------------------------------------------------------------------------------------
