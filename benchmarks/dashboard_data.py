@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import statistics
 import subprocess
@@ -53,6 +52,16 @@ out["big_warm_s"] = statistics.median(s for s, _ in samples)
 out["big_bytes"] = samples[-1][1]
 out["big_cost_tab_bytes"] = timed("cost-tracking", big)[1]
 print(json.dumps(out))
+"""
+
+
+# `ddlc report ...` as the console script runs it, printing its own peak RSS (KiB) when it exits.
+REPORT = """
+import atexit, resource, sys
+atexit.register(lambda: print("MAXRSS", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr))
+sys.argv = ["ddlc", *sys.argv[1:]]
+from ddlc.cli.main import run
+run()
 """
 
 
@@ -96,14 +105,13 @@ def measure(src: Path, root: Path, big: str, repeat: int) -> dict:
     out = json.loads(result.stdout.strip().splitlines()[-1])
     # The weekly report, as a user runs it; peak RSS of the child from getrusage.
     report_dir = Path(tempfile.mkdtemp(prefix="ddlc-report-"))
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     began = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "ddlc", "report", "utilization", "--since", "7d", "--runs-dir",
+    done = subprocess.run([sys.executable, "-c", REPORT, "report", "utilization", "--since", "7d", "--runs-dir",
                            str(root), "-o", str(report_dir / "r.md")], env=env, capture_output=True, text=True,
                           timeout=3600)
     out["report_s"] = time.perf_counter() - began
-    after = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    out["report_peak_rss_mb"] = max(after, before) / 1024 if after > before else float("nan")
+    peak = [line.split()[1] for line in done.stderr.splitlines() if line.startswith("MAXRSS ")]
+    out["report_peak_rss_mb"] = int(peak[-1]) / 1024 if peak else float("nan")
     out["report_exit"] = done.returncode
     shutil.rmtree(report_dir, ignore_errors=True)
     return out

@@ -148,6 +148,9 @@ def test_only_appended_bytes_are_parsed_and_a_replaced_file_is_read_again(run_di
     replacement.write_text("".join(lines[:3]))
     os.replace(replacement, metrics)
     assert store.load(live).num_steps == 3
+    # Rewritten in place (same inode) with other content of at least the same length: read from the start.
+    metrics.write_text("".join(lines[5:12]))
+    assert list(store.load(live).columns["step"]) == list(range(6, 13))
     # A malformed file that gets repaired is read again.
     metrics.write_text("".join(lines[:3]) + "oops\n")
     assert "line 4" in store.load(live).error

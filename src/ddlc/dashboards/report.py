@@ -17,6 +17,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Optional
 
+import numpy as np
+
 from ddlc.dashboards.cost import Pricing, RunCost, cost_by_node, run_cost
 from ddlc.dashboards.definition import GPU_UTILIZATION_TARGET_PERCENT, IDLE_GPU_UTILIZATION_PERCENT
 from ddlc.dashboards.downsample import minmax
@@ -163,16 +165,22 @@ def _plots(report: UtilizationReport, directory: Path) -> dict[str, Path]:
     if with_steps:
         for name, key, ylabel in (("loss", "loss", "training loss"), ("throughput", "tokens_per_s", "tokens / s")):
             fig, ax = plt.subplots(figsize=(8, 3.6))
-            for run in with_steps:  # a line per run, cut to what a 880 px figure shows
-                x, y = minmax(run.columns["step"], run.column(key), PLOT_POINTS)
-                ax.plot(x, y, label=run.name, linewidth=1)
+            lines = [minmax(run.columns["step"], run.column(key), PLOT_POINTS) for run in with_steps]
+            if len(with_steps) <= LEGEND_RUNS:  # a line per run, cut to what an 880 px figure shows
+                for run, (x, y) in zip(with_steps, lines):
+                    ax.plot(x, y, label=run.name, linewidth=1)
+                ax.legend(fontsize=8)
+            else:  # hundreds of runs: one artist for all (500 Line2D artists take seconds to lay out)
+                from matplotlib.collections import LineCollection
+
+                segments = [np.column_stack([x, y]) for x, y in lines]
+                colors = plt.get_cmap("viridis")(np.linspace(0, 1, len(segments)))
+                ax.add_collection(LineCollection(segments, colors=colors, linewidths=0.7))
+                ax.autoscale()
+                ax.set_title(f"{len(with_steps)} runs (oldest dark, newest light)", fontsize=9)
             ax.set_xlabel("step")
             ax.set_ylabel(ylabel)
             ax.grid(alpha=0.3)
-            if len(with_steps) <= LEGEND_RUNS:
-                ax.legend(fontsize=8)
-            else:
-                ax.set_title(f"{len(with_steps)} runs", fontsize=9)
             save(fig, name)
     if report.costs:
         fig, ax = plt.subplots(figsize=(8, 3.6))

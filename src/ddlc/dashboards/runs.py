@@ -245,6 +245,7 @@ class _Metrics:
         self.offset = 0
         self.lines = 0
         self.seen: tuple = ()  # (size, mtime_ns) at the last read
+        self.tail = b""  # the last bytes before offset, to tell an append from a rewrite
         self.columns: dict[str, array] = {}
         self.error: Optional[str] = None
 
@@ -265,6 +266,11 @@ class _Metrics:
         self.seen = seen
         try:
             with open(path, "rb") as handle:
+                if self.offset:  # rewritten in place rather than appended to: the bytes before offset differ
+                    handle.seek(self.offset - len(self.tail))
+                    if handle.read(len(self.tail)) != self.tail:
+                        self.__init__()  # type: ignore[misc]
+                        self.identity, self.seen = identity, seen
                 handle.seek(self.offset)
                 while True:
                     data = handle.read(CHUNK_BYTES)
@@ -277,6 +283,7 @@ class _Metrics:
                         raise RunFileError(f"{path.name} line {self.lines + 1}: longer than {CHUNK_BYTES:,} bytes")
                     self._parse(path.name, data[: end + 1])
                     self.offset += end + 1
+                    self.tail = data[max(end + 1 - 64, 0): end + 1]
                     handle.seek(self.offset)
         except OSError as error:
             self.error = f"{path.name}: cannot read: {error.strerror or error}"
