@@ -216,9 +216,12 @@ def main() -> None:
     probe = TrainingMetrics("probe", rank=0, world_size=1, node="bench", instance_type=None, num_nodes=1)
     calls = 100_000
     observe_s = timeit.timeit(lambda: probe.observe_step(1, 2.0, 1e-3, 0.5, 0.1, 4096, 8), number=calls) / calls
-    probe.publish()
-    render_s = timeit.timeit(probe.exposition, number=1000) / 1000  # what a scrape does now: snapshot + cost line
-    publish_s = timeit.timeit(probe.publish, number=1000) / 1000  # once per log step, in the loop
+    if hasattr(probe, "publish"):
+        probe.publish()
+        render_s = timeit.timeit(probe.exposition, number=1000) / 1000  # what a scrape does: snapshot + cost line
+        publish_s = timeit.timeit(probe.publish, number=1000) / 1000  # once per log step, in the loop
+    else:  # an older checkout: every scrape renders everything
+        render_s = publish_s = timeit.timeit(lambda: generate_latest(probe.registry), number=1000) / 1000
     step_s = sum(off_times) / steps
     per_step = observe_s + render_s * step_s / args.scrape_interval
     print(f"publish (per log step): {publish_s * 1e3:.3f} ms; full render (what a scrape cost before): "

@@ -9,6 +9,7 @@ the reader (RunStore), the dashboard's JSON API served over HTTP (every tab, eve
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 import urllib.request
@@ -162,3 +163,27 @@ def test_only_appended_bytes_are_parsed_and_a_replaced_file_is_read_again(run_di
 def test_every_kind_in_the_corpus_is_distinct():
     assert len(KINDS) == len(set(KINDS)) and all(file in ("metrics.jsonl", "summary.json", "config.yaml")
                                                   for file, _ in KINDS.values())
+
+
+def test_the_writer_uses_the_same_model_and_repairs_its_own_torn_line(tmp_path):
+    """MetricsLogger validates each record with StepRecord (what the readers use) and, restarted after a kill -9
+    that left half a line, cuts that half off before appending, so the resumed run stays readable."""
+    from pydantic import ValidationError
+
+    from ddlc.runtime.metrics import MetricsLogger
+
+    run_dir = tmp_path / "resumed"
+    logger = MetricsLogger(run_dir, total_steps=10, progress="plain", log_interval=1)
+    for step in (1, 2, 3):
+        logger.log({"step": step, "loss": float("nan") if step == 2 else 1.0 / step})
+    with pytest.raises(ValidationError):
+        logger.log({"step": "four", "loss": 0.2})  # the reader would reject it: so does the writer
+    logger.close()
+    with (run_dir / "metrics.jsonl").open("a") as handle:
+        handle.write('{"step": 4, "loss": 0.2')  # killed mid-line
+    logger = MetricsLogger(run_dir, total_steps=10, progress="plain", log_interval=1)
+    logger.log({"step": 4, "loss": 0.25})
+    logger.close()
+    run = RunStore(tmp_path).load(run_dir)
+    assert run.readable, run.error
+    assert list(run.columns["step"]) == [1, 2, 3, 4] and math.isnan(run.columns["loss"][1])
