@@ -82,7 +82,8 @@ from ddlc.monitor.training import TrainingMetrics
 metrics = TrainingMetrics("bench", rank=0, world_size=1, node="bench", instance_type=None, num_nodes=1, port=0)
 for step in range(1, 100):
     metrics.observe_step(step, 2.0, 1e-3, 0.5, 0.01, 2048, 32)
-metrics.publish()
+if hasattr(metrics, "publish"):
+    metrics.publish()
 print("serving", metrics.url, flush=True)
 while True:
     time.sleep(1)
