@@ -39,6 +39,12 @@ def _netstat() -> dict[str, int]:
     return {}
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time the process has used (what serving costs the process it runs in)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _threads(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("Threads:"):
@@ -154,9 +160,11 @@ async def _measure(process: subprocess.Popen, hostport: str, path: str, clients:
     sampler = asyncio.create_task(sample())
     await _request(host, port, path)  # warm
     before = _netstat()
+    cpu_before = _cpu_seconds(process.pid)
     began = time.perf_counter()
     latencies, errors = await _clients(host, port, path, clients, seconds)
     elapsed = time.perf_counter() - began
+    cpu = _cpu_seconds(process.pid) - cpu_before
     loaded = _netstat()
     # Idle sockets (connect, send nothing) held while clients keep requesting.
     idle_sockets = []
@@ -180,6 +188,7 @@ async def _measure(process: subprocess.Popen, hostport: str, path: str, clients:
     await sampler
     return {
         "requests": len(latencies), "req_per_s": len(latencies) / elapsed, "errors": errors,
+        "server_cpu_ms_per_request": 1000 * cpu / max(len(latencies), 1),
         "p50_ms": 1000 * _percentile(latencies, 0.50), "p99_ms": 1000 * _percentile(latencies, 0.99),
         "max_ms": 1000 * max(latencies), "listen_overflows": loaded.get("ListenOverflows", 0) - before.get("ListenOverflows", 0),
         "listen_drops": loaded.get("ListenDrops", 0) - before.get("ListenDrops", 0),

@@ -111,6 +111,7 @@ def write_atomic(path: Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
+        os.chmod(tmp, 0o644)  # mkstemp makes it 0600; run files are meant to be read by others
         os.replace(tmp, path)
     except BaseException:
         try:
