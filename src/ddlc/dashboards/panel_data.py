@@ -75,16 +75,16 @@ class PanelData:
         """Unreadable runs and why, for the run picker."""
         return {run.name: run.error for run in (self.store.load(p) for p in self.run_paths()) if run.error}
 
-    def default_run(self) -> Optional[str]:
+    def default_run(self, paths: Optional[list[Path]] = None) -> Optional[str]:
         if self.run_path is not None:
             return self.run_path.name
-        names = self.run_names()
+        names = [p.name for p in (self.run_paths() if paths is None else paths)]
         return names[-1] if names else None  # the most recently written
 
-    def _load(self, name: Optional[str]) -> Optional[RunRecord]:
+    def _load(self, name: Optional[str], paths: Optional[list[Path]] = None) -> Optional[RunRecord]:
         if name is None:
             return None
-        for path in self.run_paths():
+        for path in self.run_paths() if paths is None else paths:
             if path.name == name:
                 return self.store.load(path)
         shown = name if len(name) <= 80 else name[:60] + "..."
@@ -111,8 +111,9 @@ class PanelData:
         except KeyError:
             shown = slug if len(slug) <= 80 else slug[:60] + "..."
             raise UserError(f"unknown dashboard {shown!r}; valid: {', '.join(d.slug for d in DASHBOARDS)}") from None
-        run = self._load(run_name or self.default_run())
-        all_runs = self.store.runs() if any(
+        paths = self.run_paths()  # one look at the run store per request
+        run = self._load(run_name or self.default_run(paths), paths)
+        all_runs = self.store.runs(paths=paths) if any(
             p.series and p.series[0].local and p.series[0].local.key in ("usd_by_run", "usd_by_node") for p in board.panels
         ) else []
         panels = {panel.id: self.panel(panel, run, all_runs) for panel in board.panels}

@@ -358,12 +358,18 @@ class RunStore:
         self._entries: dict[Path, _Entry] = {}
         self._lock = threading.Lock()
         self._last: tuple[float, Any, list[RunRecord]] = (float("-inf"), None, [])
+        self._listed: tuple[float, list[Path]] = (float("-inf"), [])
 
     def paths(self) -> list[Path]:
+        at, last = self._listed
+        if time.monotonic() - at <= self.max_age_s:
+            return list(last)
         paths = list_runs(self.runs_dir)
-        known = {p.resolve() for p in paths}
-        paths += [p for p in self.extra if p.resolve() not in known]
-        return paths
+        if self.extra:
+            known = {p.resolve() for p in paths}
+            paths += [p for p in self.extra if p.resolve() not in known]
+        self._listed = (time.monotonic(), paths)
+        return list(paths)
 
     def load(self, path: Path | str) -> RunRecord:
         path = Path(path)
@@ -371,7 +377,8 @@ class RunStore:
             entry = self._entries.setdefault(path, _Entry())
             return _refresh(entry, path)
 
-    def runs(self, since: Optional[float] = None, names: Optional[Iterable[str]] = None) -> list[RunRecord]:
+    def runs(self, since: Optional[float] = None, names: Optional[Iterable[str]] = None,
+             paths: Optional[list[Path]] = None) -> list[RunRecord]:
         """Runs with a step logged at or after `since` (Unix seconds; unreadable runs whose files changed since
         then are included, so the reader learns about them), optionally only those named."""
         wanted = set(names) if names else None
@@ -379,12 +386,12 @@ class RunStore:
         at, last_key, last = self._last
         if last_key == key and time.monotonic() - at <= self.max_age_s:
             return list(last)  # many clients refreshing the same page: one look at the disk per max_age_s
-        result = self._runs(since, wanted)
+        result = self._runs(since, wanted, self.paths() if paths is None else paths)
         self._last = (time.monotonic(), key, result)
         return list(result)
 
-    def _runs(self, since: Optional[float], wanted: Optional[set[str]]) -> list[RunRecord]:
-        paths = [p for p in self.paths() if wanted is None or p.name in wanted]
+    def _runs(self, since: Optional[float], wanted: Optional[set[str]], listed: list[Path]) -> list[RunRecord]:
+        paths = [p for p in listed if wanted is None or p.name in wanted]
         with self._lock:  # forget runs that are gone
             for gone in set(self._entries) - set(paths) - set(self.extra):
                 del self._entries[gone]
@@ -429,8 +436,6 @@ def _small(entry: _Entry, path: Path, parse: Any) -> Any:
 def _refresh(entry: _Entry, run_dir: Path) -> RunRecord:
     name = run_dir.name
     try:
-        if not run_dir.is_dir():
-            raise RunFileError(f"{run_dir} is not a run directory")
         summary = _small(entry, run_dir / SUMMARY_FILE, parse_summary)
         config = _small(entry, run_dir / CONFIG_FILE, parse_config) or {}
         metrics_path = run_dir / METRICS_FILE
