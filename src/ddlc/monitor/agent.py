@@ -1,8 +1,9 @@
 """The node agent: GPU, network/EFA, CPU/memory/disk metrics of one node on a Prometheus endpoint.
 
 One agent runs per node (`ddlc agent`, started by the cluster's user data or by hand). Every value is
-read when Prometheus scrapes, so the agent does no work between scrapes. Optionally the same registry is
-published to CloudWatch on an interval.
+read when Prometheus scrapes (scrapes within 0.5 s of each other share one reading), so the agent does no work
+between scrapes. Served by ddlc.monitor.server (waitress: bounded threads, backlog, idle timeout). Optionally the
+same registry is published to CloudWatch on an interval.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from ddlc.monitor.cloudwatch import DEFAULT_NAMESPACE, CloudWatchPublisher, make
 from ddlc.monitor.gpu import GpuCollector
 from ddlc.monitor.host import HostCollector
 from ddlc.monitor.network import DEFAULT_INFINIBAND_ROOT, NetworkCollector
-from ddlc.monitor.server import MetricsServer
+from ddlc.monitor.server import CachedExposition, MetricsServer
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +100,8 @@ class Agent:
                 self.registry, client, settings.cloudwatch_namespace, settings.cloudwatch_interval_s
             )
         try:
-            self.server = MetricsServer(self.registry, settings.host, settings.port)
+            # Concurrent scrapes share one collection (at most one per 0.5 s), so many scrapers cost like one.
+            self.server = MetricsServer(None, settings.host, settings.port, render=CachedExposition(self.registry))
         except BaseException:
             self._gpus.close()
             raise
