@@ -48,11 +48,13 @@ def configured_location(script_args: Sequence[str], workdir: str) -> Optional[st
     return location
 
 
-def check_before_launch(plan, ssh, python: str, script_args: Sequence[str], timeout_s: float = 60.0) -> None:
-    """Raise UserError when the job's local checkpoint location is not shared by all of `plan`'s hosts."""
+def check_before_launch(plan, ssh, python: str, script_args: Sequence[str], timeout_s: float = 60.0,
+                        exclude: Optional[set] = None) -> None:
+    """Raise UserError when the job's local checkpoint location is not shared by all of `plan`'s hosts (but those
+    in `exclude`: left out by the health check)."""
     from ddlc.checkpoint.shared_location import check_hosts
 
-    hosts = [h for h in plan.hosts]
+    hosts = [h for h in plan.hosts if h.name not in (exclude or set())]
     if len(hosts) < 2 or plan.engine not in ("torchrun", "deepspeed", "horovod"):
         return
     location = configured_location(script_args, plan.workdir)

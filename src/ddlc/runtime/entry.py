@@ -10,6 +10,7 @@ import os
 import sys
 from typing import Optional, Sequence
 
+from ddlc.checkpoint.errors import CheckpointIOError
 from ddlc.config.loader import load_config
 from ddlc.errors import UserError
 
@@ -78,6 +79,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         # Most errors are the same on every rank: rank 0 says it. Some (a checkpoint location only some nodes
         # see) should appear in every node's log: the first rank of each node says those.
         if _is_rank_zero() or (getattr(error, "every_node", False) and os.environ.get("LOCAL_RANK", "0") == "0"):
+            print(f"error: {error}", file=sys.stderr, flush=True)
+        return error.exit_code
+    except CheckpointIOError as error:  # a final save or a load that failed on every rank: one line, its own code
+        if _is_rank_zero():
             print(f"error: {error}", file=sys.stderr, flush=True)
         return error.exit_code
     return 0
