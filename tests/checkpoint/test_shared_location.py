@@ -30,7 +30,7 @@ def two_nodes(tmp_path: Path, node_args: tuple[list[str], list[str]], node1_pref
     results = []
     for proc in procs:
         try:
-            out, err = proc.communicate(timeout=240)
+            out, err = proc.communicate(timeout=420)  # generous: the test machine is shared
         except subprocess.TimeoutExpired:
             for p in procs:
                 p.kill()

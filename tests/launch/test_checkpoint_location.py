@@ -13,7 +13,7 @@ from tests.launch.helpers import DDLC
 from tests.support import CONFIG, FAST, REPO, TRAIN_PY, child_env
 
 
-def launch_train(hosts, *overrides: str, timeout: float = 240) -> subprocess.CompletedProcess:
+def launch_train(hosts, *overrides: str, timeout: float = 420) -> subprocess.CompletedProcess:
     argv = hosts.in_head([*DDLC, "launch", "--engine", "torchrun", "--hostfile", str(hosts.hostfile()),
                           *hosts.ssh_options(), "--env-profile", "none", "--env", f"GLOO_SOCKET_IFNAME={hosts.nic}",
                           str(TRAIN_PY), "--", "--config", str(CONFIG), *FAST, "monitoring.progress=plain",
