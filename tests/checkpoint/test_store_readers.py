@@ -175,3 +175,29 @@ def test_bad_arguments_exit_2_with_one_line(corpus, tmp_path, args):
     assert proc.returncode == 2, (argv, proc.stdout, proc.stderr)
     assert proc.stderr.startswith("error: ") and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert not (tmp_path / "x.pt").exists()
+
+
+@pytest.mark.parametrize("output", ["/proc/ddlc-export.pt", "/proc/ddlc-export.safetensors", "{tmp}",
+                                    "{tmp}/a-file/x.pt"])
+def test_export_to_an_unwritable_output_is_one_line(corpus, tmp_path, output):
+    """An output that cannot be written (no such directory under /proc, a directory, a path under a file) is a bad
+    argument: exit 2 and one line, never torch's or safetensors' traceback."""
+    store, _ = corpus
+    (tmp_path / "a-file").write_text("x")
+    proc = run([DDLC, "checkpoints", "export", str(store), "-o", output.format(tmp=tmp_path)], cwd=tmp_path)
+    _no_traceback(proc)
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    assert proc.stderr.startswith("error: --output") and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+@pytest.mark.parametrize("verb", [["list"], ["verify"], ["show", "latest"], ["prune", "--keep-last", "1"]])
+def test_a_uri_that_is_a_file_is_refused(tmp_path, verb):
+    """A URI naming a regular file used to list as an empty store with exit 0, hiding a mistyped path."""
+    uri = tmp_path / "not-a-store"
+    uri.write_text("hello")
+    argv = [verb[0], str(uri), *verb[1:]]
+    proc = run([DDLC, "checkpoints", *argv], cwd=tmp_path)
+    _no_traceback(proc)
+    assert proc.returncode == 2, (argv, proc.stdout, proc.stderr)
+    assert "is a file" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert uri.read_text() == "hello"
