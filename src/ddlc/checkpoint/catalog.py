@@ -10,6 +10,7 @@ never stops the others from being listed, verified, kept or pruned.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Optional
@@ -191,6 +192,24 @@ def prune(store: CheckpointStore, keep_last: int, keep_every: Optional[int] = No
         raise StorageError(f"--keep-last must be at least 1 (got {keep_last})")
     entries = scan(store, check_hashes=check_hashes)
     decisions = retention.plan(entries, keep_last, keep_every)
+    # A size check cannot see a flipped byte: before deleting anything on the strength of the checkpoints that
+    # stay, SHA-256 those (only the kept ones, so the cost stays bounded) and plan again if one is corrupt.
+    hashed: set[str] = set()
+    while not check_hashes and any(d.delete for d in decisions):
+        corrupt = {}
+        for decision in decisions:
+            entry = decision.entry
+            if decision.delete or entry.state != retention.VERIFIED or entry.name in hashed:
+                continue
+            hashed.add(entry.name)
+            result = verify(store, entry.name, check_hashes=True)
+            if not result.ok:
+                corrupt[entry.name] = result.summary()
+        if not corrupt:
+            break
+        entries = [dataclasses.replace(e, state=retention.CORRUPT, problem=corrupt[e.name]) if e.name in corrupt
+                   else e for e in entries]
+        decisions = retention.plan(entries, keep_last, keep_every)
     apply(store, entries, decisions, dry_run)
     return decisions
 
