@@ -25,6 +25,9 @@ DEFAULT_AMI_SSM_PARAMETER = (
 LOG_RETENTION_DAYS = (1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557,
                       2922, 3288, 3653)
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+_MOUNT_PATH = re.compile(r"^(/[A-Za-z0-9_][A-Za-z0-9._-]*)+/?$")
+_SYSTEM_DIRS = {"", "/home", "/mnt", "/opt", "/srv", "/var", "/tmp", "/root", "/run"}
+_SYSTEM_TREES = {"bin", "boot", "dev", "etc", "lib", "lib32", "lib64", "proc", "sbin", "sys", "usr"}
 
 
 class LustreSettings(BaseModel):
@@ -42,6 +45,17 @@ class LustreSettings(BaseModel):
     def _capacity_steps(cls, value: int) -> int:
         if value != 1200 and value % 2400 != 0:
             raise ValueError("must be 1200 or a multiple of 2400")
+        return value
+
+    @field_validator("mount_path")
+    @classmethod
+    def _safe_mount_path(cls, value: str) -> str:
+        # It is written unquoted into the root boot script and /etc/fstab: plain absolute paths only, and not a
+        # directory the node itself lives on.
+        if not _MOUNT_PATH.match(value) or ".." in value.split("/"):
+            raise ValueError(f"{value!r} is not an absolute path of letters, digits, '.', '_', '-' and '/'")
+        if value.rstrip("/") in _SYSTEM_DIRS or value.split("/")[1] in _SYSTEM_TREES:
+            raise ValueError(f"{value!r} is a system directory of the node; use e.g. /fsx")
         return value
 
     @model_validator(mode="after")
