@@ -40,3 +40,14 @@ def test_non_finite_clock_is_refused_not_healthy(tmp_path, literal):
     out = (done.stdout + done.stderr).strip()
     assert done.returncode == 2, out
     assert "now" in out and "Traceback" not in out, out
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_non_finite_reference_time_is_refused(value):
+    """nan made the skew comparison false, so a node with any clock passed the launcher's skew check."""
+    done = subprocess.run([sys.executable, "-m", "ddlc.cli.main", "health", "--reference-time", value,
+                           "--expect-gpus", "0", "--expect-efa", "0", "--min-free-gb", "0"],
+                          capture_output=True, text=True, timeout=120)
+    out = (done.stdout + done.stderr).strip()
+    assert done.returncode == 2, out
+    assert "--reference-time" in out and len(out.splitlines()) == 1, out
