@@ -48,6 +48,9 @@ def launch(
     interpreter = python or sys.executable
     plan = plan_launch(engine, hosts, script, script_args or [], nproc_per_node, master_addr, master_port,
                        interpreter, workdir, node_env, ssh)
+    from ddlc.launch.jobcheck import check_training_job
+
+    check_training_job(script, script_args or [], plan.world_size, workdir)  # before any ssh
     if dry_run:
         typer.echo(plan.describe(ssh))
         return
