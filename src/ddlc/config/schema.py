@@ -76,7 +76,7 @@ class OptimizerConfig(Section):
     """AdamW with linear warmup followed by cosine (or linear/constant) decay to min_lr_ratio * lr."""
 
     name: Literal["adamw"] = "adamw"
-    lr: PositiveFloat = 3e-3
+    lr: PositiveFloat = Field(default=3e-3, le=1e30)  # beyond ~3e38 torch's AdamW cannot even convert it to fp32
     betas: tuple[Beta, Beta] = (0.9, 0.95)  # each in [0, 1)
     eps: PositiveFloat = 1e-8
     weight_decay: Float = Field(default=0.1, ge=0.0)

@@ -12,7 +12,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Callable, Iterable, Optional
 
 import torch
 
@@ -81,7 +81,10 @@ class DeepSpeedEngine:
             model=model, optimizer=client_optimizer, config=self.config, dist_init_required=False
         )
 
-    def train_step(self, micro_batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+    def train_step(self, micro_batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+                   is_finite: Callable[[torch.Tensor, torch.Tensor], bool]) -> tuple[torch.Tensor, torch.Tensor, bool]:
+        """One optimizer step. DeepSpeed applies the update inside engine.step(); ZeRO 1-3 skip it themselves when
+        the gradient norm is not finite (their overflow check), so ddlc only counts such steps here."""
         engine, device = self.model, self.ctx.device
         total = torch.zeros((), device=device)
         count = 0
@@ -101,7 +104,8 @@ class DeepSpeedEngine:
         if norm is None and own_norm is not None:
             norm = own_norm
         norm = torch.as_tensor(0.0 if norm is None else float(norm))
-        return total / max(count, 1), norm
+        loss = total / max(count, 1)
+        return loss, norm, is_finite(loss, norm)
 
     def full_state_dict(self) -> dict[str, torch.Tensor]:
         module = self.model.module
