@@ -120,8 +120,14 @@ def check_size(data: Any, source: str, limit: int = MAX_CONFIG_VALUES) -> int:
         raise ConfigError(f"{source}: nested too deeply") from None
 
 
+_NOTED: set[str] = set()
+
+
 def note(message: str) -> None:
-    """An informational line on stderr, printed once per job (by rank 0 when run inside a launcher)."""
+    """An informational line on stderr, once per process (and only by rank 0 inside a launcher)."""
+    if message in _NOTED:
+        return
+    _NOTED.add(message)
     for name in ("RANK", "HOROVOD_RANK", "OMPI_COMM_WORLD_RANK", "SLURM_PROCID"):
         if name in os.environ:
             if os.environ[name] != "0":

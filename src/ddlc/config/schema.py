@@ -8,6 +8,7 @@ an upper bound so that an absurd value fails here instead of hanging a worker.
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Literal, Optional
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, model_validator
@@ -20,9 +21,21 @@ def _not_a_bool(value):
     return value
 
 
+def _finite_number(value):
+    """Before any bound is checked, so `.inf` is called what it is rather than "greater than 1e30"."""
+    value = _not_a_bool(value)
+    try:
+        number = float(value) if isinstance(value, (int, float, str)) else None
+    except (ValueError, OverflowError):
+        number = None
+    if number is not None and not math.isfinite(number):
+        raise ValueError("Input should be a finite number")
+    return value
+
+
 Int = Annotated[int, Strict()]  # no bool, no float, no string
 # Lax on purpose for strings: PyYAML reads `3e-4` (no dot) as a string, and users write it that way.
-Float = Annotated[float, BeforeValidator(_not_a_bool), Field(allow_inf_nan=False)]
+Float = Annotated[float, BeforeValidator(_finite_number), Field(allow_inf_nan=False)]
 Bool = Annotated[bool, Strict()]
 BIG = 10**9  # upper bound for step counts, sizes and intervals: beyond it a job would never finish anyway
 PositiveInt = Annotated[Int, Field(gt=0, le=BIG)]
@@ -76,7 +89,7 @@ class OptimizerConfig(Section):
     """AdamW with linear warmup followed by cosine (or linear/constant) decay to min_lr_ratio * lr."""
 
     name: Literal["adamw"] = "adamw"
-    lr: PositiveFloat = Field(default=3e-3, le=1e30)  # beyond ~3e38 torch's AdamW cannot even convert it to fp32
+    lr: PositiveFloat = Field(default=3e-3, le=1.0e30)  # beyond ~3e38 torch's AdamW cannot even convert it to fp32
     betas: tuple[Beta, Beta] = (0.9, 0.95)  # each in [0, 1)
     eps: PositiveFloat = 1e-8
     weight_decay: Float = Field(default=0.1, ge=0.0)
