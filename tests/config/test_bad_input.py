@@ -1,6 +1,8 @@
 """Bad input through the real entry points: `ddlc train` refuses it before any worker starts; under bare
 torchrun every worker refuses it before any collective, rank 0 alone says so, and every worker exits 2."""
 
+import re
+
 import pytest
 
 from tests.support import CONFIG, FAST, PYTHON, TRAIN_PY, run, torchrun
@@ -59,7 +61,7 @@ def test_empty_config_trains_on_the_defaults_and_says_so(files):
 @pytest.mark.parametrize(
     "override, expected",
     [
-        ("training.global_batch_size=24", "training.global_batch_size=24 is not a multiple of micro_batch_size (4)"),
+        ("training.global_batch_size=12", "training.global_batch_size=12 is not a multiple of micro_batch_size (4)"),
         ("model.n_embd=1000000", "model: n_layer=1 n_embd=1000000 block_size=32 is too large for this machine"),
         ("checkpoint.uri={tmp}/a-file", "checkpoint.uri: {tmp}/a-file is a file, not a directory"),
     ],
@@ -70,7 +72,9 @@ def test_bare_torchrun_every_worker_exits_2_and_rank_0_says_why(files, override,
     assert proc.returncode == 1  # torchrun's own status: see docs/runbook.md
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and expected.format(tmp=files) in errors[0], proc.stderr[-3000:]
-    assert proc.stderr.count("exitcode  : 2") == 2  # both workers, in torchrun's table
+    # torchrun's table: rank 0 exited 2; a peer exits 2 too, or is SIGTERMed by torchrun first if it was slower
+    codes = re.findall(r"exitcode  : (-?\d+)", proc.stderr)
+    assert "2" in codes and set(codes) <= {"2", "-15"}, proc.stderr[-3000:]
     for noise in ("[rank", "connectFullMesh", "ProcessGroup"):  # no worker traceback, no half-made group
         assert noise not in proc.stderr, proc.stderr[-3000:]
     assert "ddlc: run" not in proc.stdout

@@ -80,11 +80,40 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if result.preempted:
             return PREEMPTED_EXIT_CODE
     except UserError as error:
-        if _is_rank_zero() or (getattr(error, "every_node", False) and os.environ.get("LOCAL_RANK", "0") == "0"):
+        every_node = getattr(error, "every_node", False)
+        if _is_rank_zero() or (every_node and os.environ.get("LOCAL_RANK", "0") == "0"):
             print(f"error: {error}", file=sys.stderr, flush=True)
         _tell_torchrun(f"error: {error}")
+        _let_the_speaker_speak(error.exit_code, every_node)
         return error.exit_code
     return 0
+
+
+def _let_the_speaker_speak(exit_code: int, every_node: bool, limit_s: float = 60.0) -> None:
+    """The workers beside the one that prints the error (rank 0; each node's first for a node's own error) wait
+    for it to leave first.
+
+    torchrun (and DeepSpeed's launcher) SIGTERM a node's remaining workers as soon as one of them exits, so a
+    peer that reaches the same error first would otherwise kill the speaker before it prints. The agent's
+    SIGTERM, once the speaker has exited, ends the wait with the same quiet exit code.
+    """
+    from ddlc.runtime.distributed import detect_launch_env
+
+    try:
+        launch = detect_launch_env()
+    except UserError:
+        return
+    if launch.launcher not in ("torchrun", "deepspeed"):
+        return
+    if (launch.local_rank == 0) if every_node else (launch.rank == 0 or launch.node_rank != 0):
+        return
+    import signal
+    import time
+
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(exit_code))
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline and os.getppid() != 1:
+        time.sleep(0.2)
 
 
 def _tell_torchrun(message: str) -> None:
