@@ -238,7 +238,10 @@ class Trainer:
     def state_is_finite(self) -> bool:
         """Every parameter (each rank's shard) and, for DDP/FSDP, every optimizer-state tensor is finite."""
         bad = torch.zeros((), dtype=torch.bool, device=self.ctx.device)
-        tensors = [p.detach() for p in self.model.parameters()]
+        # ZeRO-3 parameters are empty outside a forward pass; each rank's partition is in ds_tensor.
+        tensors = [getattr(p, "ds_tensor", None) if p.numel() == 0 and hasattr(p, "ds_tensor") else p.detach()
+                   for p in self.model.parameters()]
+        tensors = [t for t in tensors if t is not None]
         if self.engine is None:
             tensors += [v for state in self.optimizer.state.values() for v in state.values()
                         if isinstance(v, torch.Tensor) and v.is_floating_point()]
@@ -259,8 +262,10 @@ class Trainer:
         limit = self.cfg.training.max_nonfinite_steps
         step = self.state.step + 1
         if self.ctx.is_main:
+            skipped = "update skipped" if getattr(self.engine, "skips_nonfinite", True) else (
+                "counted; this engine applied the update itself (see docs/configuration.md)")
             print(f"warning: step {step}: non-finite loss or gradient norm (loss {float(loss):.4g}, grad norm "
-                  f"{float(grad_norm):.4g} on rank 0): update skipped ({self.nonfinite_in_row} in a row, stop at "
+                  f"{float(grad_norm):.4g} on rank 0): {skipped} ({self.nonfinite_in_row} in a row, stop at "
                   f"{limit})", file=sys.stderr, flush=True)
         if self.nonfinite_in_row >= limit:
             first = step - self.nonfinite_in_row + 1

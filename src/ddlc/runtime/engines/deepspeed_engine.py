@@ -73,6 +73,9 @@ class DeepSpeedEngine:
         self.cfg, self.ctx = cfg, ctx
         self.config = deepspeed_config(cfg, plan)
         self.zero_stage = self.config["zero_optimization"]["stage"]
+        # ZeRO 1/2 skip a step whose gradient norm is not finite (their overflow check); stage 0 and 3 do so only
+        # for fp16, which ddlc does not use: they apply the update, and ddlc's save guard keeps it out of checkpoints.
+        self.skips_nonfinite = self.zero_stage in (1, 2)
         model = model.to(ctx.device)
         client_optimizer = build_optimizer(model, cfg.optimizer)
         # The schedule drives the client optimizer's param groups, which every ZeRO stage keeps using.
