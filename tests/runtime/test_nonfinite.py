@@ -2,6 +2,7 @@
 stop the job with exit 65, and no checkpoint of non-finite parameters is ever written."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -75,3 +76,23 @@ def test_huge_lr_through_train_py_exits_65(tmp_path):
     assert f"exitcode  : {DIVERGED_EXIT_CODE}" in proc.stderr  # what bare torchrun reports
     assert "steps 2-3" in proc.stderr
     assert _checkpoint_steps(tmp_path / "runs" / "lr" / "checkpoints") == [1, 2]  # finite (huge) weights only
+
+
+@pytest.mark.parametrize("engine", ["horovod", "deepspeed"])
+def test_engines_stop_a_diverged_run_with_exit_65(tmp_path, engine):
+    """Horovod skips the update itself; DeepSpeed's ZeRO-2 skips it in its overflow check. Both stop after N."""
+    pytest.importorskip("horovod.torch" if engine == "horovod" else "deepspeed")
+    args = [str(TRAIN_PY), *FAST, "training.max_steps=30", "optimizer.lr=1e30", "optimizer.warmup_steps=0",
+            "training.max_nonfinite_steps=3", "checkpoint.interval_steps=1", f"monitoring.run_dir={tmp_path}",
+            "monitoring.run_name=run", "monitoring.progress=plain"]
+    if engine == "horovod":
+        cmd = [str(Path(PYTHON).parent / "horovodrun"), "-np", "2", "-H", "localhost:2", PYTHON, *args]
+    else:
+        cmd = torchrun("--standalone", "--nproc_per_node=2", *args, "distributed.strategy=deepspeed",
+                       "distributed.deepspeed.zero_stage=2")
+    proc = run(cmd, cwd=tmp_path, timeout=300)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "error: training diverged" in output and "(3 in a row, training.max_nonfinite_steps=3)" in output, output[-3000:]
+    assert ("Exit code: 65" if engine == "horovod" else f"exitcode  : {DIVERGED_EXIT_CODE}") in output
+    assert "[rank" not in output  # no worker traceback

@@ -211,6 +211,12 @@ class Trainer:
     def save_checkpoint(self, blocking: bool, final: bool = False) -> None:
         if self.checkpointer is None or self.checkpointer.last_step == self.state.step:
             return
+        if self.nonfinite_total and isinstance(self.optimizer, torch.optim.Optimizer) and not self.optimizer.state:
+            # Every step so far was skipped: no update exists to save, and DCP would have to invent optimizer state.
+            if self.ctx.is_main:
+                print(f"warning: step {self.state.step}: no update applied yet (every step was non-finite): "
+                      "no checkpoint written", file=sys.stderr, flush=True)
+            return
         if not self.state_is_finite():
             # A checkpoint of NaN/inf weights would become `latest` and push good ones out of retention.
             message = (f"parameters are not finite at step {self.state.step}: no checkpoint written; the newest good "
