@@ -58,3 +58,11 @@ def test_other_scripts_are_not_second_guessed(tmp_path):
     script.write_text("print('my own training script')\n")
     proc = _launch(tmp_path, str(script), "--", "--config", "whatever-format.toml")
     assert proc.returncode == 2 and "unreachable over ssh" in proc.stderr
+
+
+@pytest.mark.parametrize("command", [["doctor", "--hostfile"], ["monitor", "prometheus-config", "--hostfile"]])
+def test_binary_hostfile_elsewhere_is_one_line_too(tmp_path, command):
+    hostfile = tmp_path / "hosts"
+    hostfile.write_bytes(b"\x7fELF\x02\x01\x01\x00\x00" * 10)
+    proc = run([*DDLC, *command, str(hostfile)], cwd=tmp_path, timeout=120)
+    assert "binary data (NUL byte at offset 7)" in _one_error_line(proc)
