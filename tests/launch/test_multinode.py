@@ -64,7 +64,8 @@ def test_dry_run_prints_every_node_command(tmp_path):
     hostfile.write_text("node-a slots=4\nnode-b slots=4\n")
     for engine, launcher in (("torchrun", "torch.distributed.run"), ("deepspeed", "deepspeed.launcher.launch")):
         proc = ddlc("launch", "--engine", engine, "--hostfile", str(hostfile), "--master-port", "29511",
-                    "--nproc-per-node", "2", "--dry-run", "train.py", "--", "--config", "config.yaml")
+                    "--nproc-per-node", "2", "--dry-run", "train.py", "--", "--config", "config.yaml",
+                    "training.micro_batch_size=4")  # global batch 16 over 4 workers (checked before planning)
         assert_ok(proc)
         lines = proc.stdout.strip().splitlines()
         assert lines[0].startswith(f"# engine={engine} nodes=2 world_size=4 master=node-a:29511")
