@@ -188,3 +188,12 @@ def test_empty_config_says_it_uses_the_defaults(tmp_path, capsys, monkeypatch):
     (tmp_path / "quiet.yaml").write_text("")
     load_config(tmp_path / "quiet.yaml")
     assert capsys.readouterr().err == ""
+
+
+def test_config_files_that_are_not_configs(tmp_path):
+    with pytest.raises(ConfigError, match="/dev/zero: larger than 1,048,576 bytes, not a config file"):
+        load_config("/dev/zero")  # read in bounded chunks: this used to read forever
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(b"\x7fELF\x02\x01\x01\x00\xd0\xff" * 10)
+    with pytest.raises(ConfigError, match="binary.yaml: cannot read config: 'utf-8' codec can't decode"):
+        load_config(binary)

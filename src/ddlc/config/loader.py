@@ -26,6 +26,7 @@ class ConfigError(UserError):
 
 # A real config has well under a hundred values; the bound only has to stop a billion-laughs document.
 MAX_CONFIG_VALUES = 10_000
+MAX_CONFIG_BYTES = 1 << 20
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -65,7 +66,11 @@ def read_yaml(path: str | Path) -> dict:
     if path.is_dir():
         raise ConfigError(f"config path is a directory, not a file: {path}")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        with open(path, "rb") as file:  # bounded: /dev/zero or a 10 GB file is not a config
+            raw = file.read(MAX_CONFIG_BYTES + 1)
+        if len(raw) > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{path}: larger than {MAX_CONFIG_BYTES:,} bytes, not a config file")
+        data = yaml.safe_load(raw.decode("utf-8"))
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read config: {exc}") from None
     except RecursionError:
