@@ -1,6 +1,6 @@
 """`ddlc launch` checks the training job's config on the launching host, before it ssh'es anywhere.
 
-    script + its arguments + the plan's world size
+    script + its arguments + the world sizes the plan allows (elastic: every node count from min to max)
       -> is it ddlc's train.py (a script that runs ddlc.runtime.entry)?  no: nothing to check
       -> train.py's own argument parsing -> load_config (file + overrides, strict) -> batch plan for world size
     bad: UserError (exit 2, one line) and no node is touched
@@ -31,8 +31,20 @@ def is_ddlc_train_script(script: Path) -> bool:
     return any(marker in text for marker in ENTRY_MARKERS)
 
 
-def check_training_job(script: str, script_args: Sequence[str], world_size: int, workdir: Optional[str]) -> bool:
-    """Validate a ddlc train.py job for `world_size` workers; True if it was checked, False if not ours."""
+def possible_world_sizes(slots: Sequence[int], min_nodes: Optional[int] = None) -> list[int]:
+    """Every worker count the job can run with: all hosts, or (elastic) any min_nodes..all of them."""
+    counts = range(min_nodes or len(slots), len(slots) + 1)
+    reachable: set[tuple[int, int]] = {(0, 0)}  # (hosts, workers) sums over subsets of the hosts
+    for n in slots:
+        reachable |= {(h + 1, w + n) for h, w in reachable}
+    return sorted({w for h, w in reachable if h in counts})
+
+
+def check_training_job(script: str, script_args: Sequence[str], world_sizes: Sequence[int] | int,
+                       workdir: Optional[str]) -> bool:
+    """Validate a ddlc train.py job for each of `world_sizes`; True if it was checked, False if not ours."""
+    if isinstance(world_sizes, int):
+        world_sizes = [world_sizes]
     base = Path(workdir) if workdir else Path.cwd()
     local_script = Path(script) if Path(script).is_absolute() else base / script
     if not local_script.is_file() or not is_ddlc_train_script(local_script):
@@ -58,5 +70,6 @@ def check_training_job(script: str, script_args: Sequence[str], world_size: int,
         note(f"--config {config_path} is not on this host: the nodes will check it")
         return False
     cfg = load_config(config_path, overrides)
-    check_job(cfg, world_size, paths=False)
+    for world_size in world_sizes:
+        check_job(cfg, world_size, paths=False)
     return True

@@ -30,8 +30,9 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Protocol, Sequence
 
+from ddlc.ops.cluster_env import CLUSTER_ENV_FILE, node_environment, read_env_file  # noqa: F401 (re-exported)
+
 TROUBLESHOOTING = "docs/troubleshooting.md"
-CLUSTER_ENV_FILE = Path("/etc/ddlc/cluster.env")
 DEFAULT_MASTER_PORT = 29500
 DEFAULT_MIN_FREE_GB = 50.0
 NETWORK_TIMEOUT_S = 20.0
@@ -46,6 +47,7 @@ ANCHOR_FORK_MEMORY = "cannot-allocate-memory-in-data-loader-workers-with-efa"
 ANCHOR_STORAGE = "checkpoint-storage-not-writable-or-disk-full"
 ANCHOR_PORT = "master-port-already-in-use"
 ANCHOR_HOSTS = "clock-skew-and-version-drift-between-nodes"
+from ddlc.ops.boot_status import ANCHOR_BOOT, BOOT_STATUS_FILE, check_boot, read_boot_status  # noqa: E402
 
 
 class Status(str, Enum):
@@ -86,25 +88,6 @@ def report(results: Sequence[CheckResult]) -> dict:
 
 
 # -- node facts ---------------------------------------------------------------------------------------------
-
-def read_env_file(path: Path) -> dict[str, str]:
-    """KEY=VALUE lines (the /etc/ddlc/cluster.env the cluster's boot script writes); {} when absent."""
-    try:
-        lines = path.read_text().splitlines()
-    except OSError:
-        return {}
-    values = {}
-    for line in lines:
-        key, sep, value = line.strip().partition("=")
-        if sep and key and not key.startswith("#"):
-            values[key.strip()] = value.strip().strip("'\"")
-    return values
-
-
-def node_environment(environ: Mapping[str, str], cluster_env_file: Path = CLUSTER_ENV_FILE) -> dict[str, str]:
-    """The cluster's boot-time settings overlaid by the process environment (which wins)."""
-    return {**read_env_file(cluster_env_file), **environ}
-
 
 @dataclass(frozen=True)
 class TorchFacts:
@@ -811,6 +794,7 @@ class DoctorOptions:
 
     environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
     cluster_env_file: Path = CLUSTER_ENV_FILE
+    boot_status_file: Path = BOOT_STATUS_FILE
     proc_root: Path = Path("/proc")
     sys_root: Path = Path("/sys")
     torch: Optional[TorchFacts] = None  # None: ask the installed torch
@@ -860,7 +844,9 @@ def run_checks(options: DoctorOptions) -> list[CheckResult]:
         interfaces = sorted(psutil.net_if_addrs())
     limit = memlock_limit() if options.memlock_bytes == -1 else options.memlock_bytes
 
-    results = [
+    boot_status = read_boot_status(options.boot_status_file)  # only cluster nodes have one
+    results = [check_boot(boot_status)] if boot_status is not None else []
+    results += [
         check_gpus(gpus, torch, expected, env),
         check_driver_cuda(read_driver_version(options.proc_root), torch, bool(expected) or bool(gpus)),
         check_nccl(torch, bool(gpus)),

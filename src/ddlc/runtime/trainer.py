@@ -12,7 +12,6 @@ non-finite parameters is never written.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import sys
@@ -31,6 +30,7 @@ from ddlc.checkpoint.checkpointer import Checkpointer
 from ddlc.config.loader import dump_config
 from ddlc.config.schema import Config
 from ddlc.errors import DivergedError
+from ddlc.run_format import CONFIG_FILE, write_atomic, write_summary
 from ddlc.runtime.data import GlobalBatchSampler, load_corpus, plan_batches
 from ddlc.runtime.distributed import DistContext
 from ddlc.runtime.metrics import MetricsLogger
@@ -328,7 +328,7 @@ class Trainer:
         cfg, ctx = self.cfg, self.ctx
         if ctx.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "config.yaml").write_text(dump_config(cfg))
+            write_atomic(self.run_dir / CONFIG_FILE, dump_config(cfg))
         restored = self.resume()
         start_step = self.state.step
         logger = MetricsLogger(
@@ -390,7 +390,7 @@ class Trainer:
             gpus=ctx.world_size if ctx.device.type == "cuda" else 0,
         )
         if ctx.is_main:
-            (self.run_dir / "summary.json").write_text(json.dumps(asdict(result), indent=2))
+            write_summary(self.run_dir, asdict(result))  # validated with the readers' model, written atomically
         return result
 
     def run_until(self, last_step: int, logger: MetricsLogger) -> None:
@@ -415,6 +415,8 @@ class Trainer:
                         share = self.plan.micro_batch_size * self.plan.grad_accum_steps  # this rank's samples
                         self.metrics.observe_step(record["step"], record["loss"], record["lr"], record["grad_norm"],
                                                   record["step_time_s"], share * self.cfg.model.block_size, share)
+                if self.metrics is not None:
+                    self.metrics.publish()  # the rank endpoint serves this snapshot until the next log step
                 pending.clear()
             if stop:
                 self.preempted = True
