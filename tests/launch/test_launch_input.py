@@ -66,3 +66,14 @@ def test_binary_hostfile_elsewhere_is_one_line_too(tmp_path, command):
     hostfile.write_bytes(b"\x7fELF\x02\x01\x01\x00\x00" * 10)
     proc = run([*DDLC, *command, str(hostfile)], cwd=tmp_path, timeout=120)
     assert "binary data (NUL byte at offset 7)" in _one_error_line(proc)
+
+
+def test_an_elastic_job_must_fit_every_node_count(tmp_path):
+    """--min-nodes 1 of 2 hosts x 2 slots: the batch must divide over 2 workers and over 4."""
+    batch = ["training.micro_batch_size=4", "training.global_batch_size=8"]  # 8 = 4 x 2, but not 4 x 4
+    line = _one_error_line(_launch(tmp_path, "--min-nodes", "1", "--dry-run", "train.py", "--",
+                                   "--config", str(CONFIG), *batch))
+    assert "micro_batch_size (4) x world size (4) = 16" in line
+    ok = _launch(tmp_path, "--min-nodes", "1", "--dry-run", "train.py", "--", "--config", str(CONFIG),
+                 "training.micro_batch_size=2", "training.global_batch_size=8")
+    assert ok.returncode == 0, ok.stderr

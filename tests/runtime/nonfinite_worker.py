@@ -51,6 +51,8 @@ original_step = trainer.train_step
 
 def train_step():
     if blowup_step and trainer.state.step + 1 == blowup_step:
+        if trainer.checkpointer is not None:  # as the optimizer-step hook does: let an async save copy first
+            trainer.checkpointer.wait_for_staging()
         with torch.no_grad():
             first = next(trainer.model.parameters())
             (first.to_local() if hasattr(first, "to_local") else first).view(-1)[0] = float("inf")
