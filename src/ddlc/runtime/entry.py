@@ -10,6 +10,7 @@ import os
 import sys
 from typing import Optional, Sequence
 
+from ddlc.checkpoint.errors import CheckpointIOError
 from ddlc.config.loader import load_config
 from ddlc.errors import UserError
 
@@ -85,6 +86,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"error: {error}", file=sys.stderr, flush=True)
         _tell_torchrun(f"error: {error}")
         _let_the_speaker_speak(error.exit_code, every_node)
+        return error.exit_code
+    except CheckpointIOError as error:  # a final save or a load that failed on every rank: one line, its own code
+        if _is_rank_zero():
+            print(f"error: {error}", file=sys.stderr, flush=True)
         return error.exit_code
     return 0
 

@@ -27,6 +27,7 @@ import torch
 import torch.distributed as dist
 
 from ddlc.checkpoint.checkpointer import Checkpointer
+from ddlc.checkpoint.errors import CheckpointSaveError
 from ddlc.config.loader import dump_config
 from ddlc.config.schema import Config
 from ddlc.errors import DivergedError
@@ -147,6 +148,7 @@ class Trainer:
                 keep_every=cfg.checkpoint.keep_every,
                 commit_timeout_s=cfg.distributed.timeout_s,
                 endpoint_url=cfg.checkpoint.endpoint_url,
+                load_timeout_s=cfg.checkpoint.load_timeout_s,
                 on_commit=self._on_checkpoint_commit,
                 warn=lambda message: print(f"warning: {message}", file=sys.stderr, flush=True),
             )
@@ -194,7 +196,10 @@ class Trainer:
 
     def resume(self) -> Optional[dict]:
         """Continue from the newest valid checkpoint, if any (model, optimizer, schedule, data, RNG)."""
-        if self.checkpointer is None or not self.cfg.checkpoint.resume:
+        if self.checkpointer is None:
+            return None
+        if not self.cfg.checkpoint.resume:  # a new lineage: never mixed with another run's checkpoints
+            self.checkpointer.start_fresh(self.cfg.checkpoint.on_existing)
             return None
         restored = self.checkpointer.resume(
             self.model, self.optimizer, check_hashes=self.cfg.checkpoint.verify_on_resume == "sha256"
@@ -209,6 +214,8 @@ class Trainer:
         return restored
 
     def save_checkpoint(self, blocking: bool, final: bool = False) -> None:
+        """A failed save is a warning (the previous commit stands), except the final one: CheckpointSaveError.
+        A non-finite state is never saved (the final save then raises DivergedError)."""
         if self.checkpointer is None or self.checkpointer.last_step == self.state.step:
             return
         if self.nonfinite_total and isinstance(self.optimizer, torch.optim.Optimizer) and not self.optimizer.state:
@@ -226,7 +233,13 @@ class Trainer:
             if self.ctx.is_main:
                 print(f"warning: {message}", file=sys.stderr, flush=True)
             return
-        self.checkpointer.save(self.state.step, self.model, self.optimizer, self.trainer_state(), blocking)
+        try:
+            self.checkpointer.save(self.state.step, self.model, self.optimizer, self.trainer_state(), blocking)
+        except CheckpointSaveError as error:
+            if final:
+                raise
+            if self.ctx.is_main:
+                print(f"warning: {error}; training goes on", file=sys.stderr, flush=True)
 
     # -- the non-finite guard ----------------------------------------------------------------------------------
     def _agree_nonfinite(self, local_bad: torch.Tensor) -> bool:
