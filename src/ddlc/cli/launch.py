@@ -84,6 +84,10 @@ def launch(
     plan = plan_launch(engine, hosts, script, script_args or [], nproc_per_node, master_addr, master_port,
                        interpreter, workdir, node_env, ssh, elastic)
     health_args = _checked_health_args(health_arg or [])
+    from ddlc.launch.jobcheck import check_training_job, possible_world_sizes
+
+    sizes = possible_world_sizes([h.slots for h in plan.hosts], plan.elastic.min_nodes if plan.elastic else None)
+    check_training_job(script, script_args or [], sizes, workdir)  # before any ssh
     if dry_run:
         typer.echo(plan.describe(ssh))
         return
