@@ -69,3 +69,16 @@ def test_library_example_from_docs_runs_under_torchrun(tmp_path):
     assert_ok(run(torchrun("--standalone", "--nproc_per_node=2", str(example), str(tmp_path / "out")), cwd=tmp_path))
     losses = [json.loads(line)["loss"] for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
     assert len(losses) == 20 and losses[-1] < losses[0]
+
+
+def test_ddlc_train_again_on_a_finished_run_summarises_without_a_traceback(tmp_path):
+    """Re-running a job whose checkpoint already reached max_steps (a rerun after success, a restart after the final
+    save) trains nothing: its summary has no loss, which the CLI table used to format as a number (TypeError)."""
+    args = [DDLC, "train", "--nproc", "1", "--config", str(CONFIG), *FAST, "training.max_steps=3",
+            f"monitoring.run_dir={tmp_path}", f"checkpoint.uri={tmp_path / 'ck'}"]
+    assert_ok(run([*args, "monitoring.run_name=first"], cwd=tmp_path))
+    proc = run([*args, "monitoring.run_name=again"], cwd=tmp_path)
+    assert_ok(proc)
+    assert "Traceback" not in proc.stderr
+    assert json.loads((tmp_path / "again" / "summary.json").read_text())["first_loss"] is None
+    assert "no step trained" in proc.stdout

@@ -40,7 +40,11 @@ def train(
         raise typer.Exit(code or 1)
     table = Table(title=f"run {summary['run_name']}", show_header=False)
     table.add_row("steps", f"{summary['steps']} (resumed at {summary['start_step']})" if summary["start_step"] else str(summary["steps"]))
-    table.add_row("loss", f"{summary['first_loss']:.4f} -> {summary['final_loss']:.4f}")
+    if summary.get("first_loss") is None or summary.get("final_loss") is None:
+        # Resumed from a checkpoint already at max_steps: nothing to train, no loss to show.
+        table.add_row("loss", "no step trained (the checkpoint already reached training.max_steps)")
+    else:
+        table.add_row("loss", f"{summary['first_loss']:.4f} -> {summary['final_loss']:.4f}")
     table.add_row("throughput", f"{summary['tokens_per_second']:,.0f} tokens/s on {summary['world_size']} workers")
     table.add_row("wall time", f"{summary['wall_time_s']:.1f} s")
     table.add_row("run directory", summary["run_dir"])

@@ -13,7 +13,7 @@ from typing import Optional, Sequence
 
 from ddlc.config.loader import load_config
 from ddlc.config.schema import Config
-from ddlc.runtime.data import check_data_config, plan_batches
+from ddlc.runtime.preflight import check_job, local_device
 
 
 def default_nproc() -> int:
@@ -52,10 +52,8 @@ def plan_local_job(
         overrides.append(f"monitoring.run_name={name}")
         cfg = load_config(config_path, overrides)
     workers = nproc or default_nproc()
-    # Checks that would otherwise fail inside every worker: batch split for this world size, data path.
-    train = cfg.training
-    plan_batches(train.micro_batch_size, train.global_batch_size, train.grad_accum_steps, workers)
-    check_data_config(cfg.data)
+    # Checks that would otherwise fail inside every worker: batch split, data path, output dirs, memory.
+    check_job(cfg, workers, workers, local_device(cfg.distributed.device))
     command = [
         python,
         "-m",
