@@ -22,6 +22,7 @@ import torch
 import torch.distributed as dist
 
 from ddlc.checkpoint.checkpointer import Checkpointer
+from ddlc.checkpoint.optimizer_guard import check_optimizer_restored, optimizer_state_entries
 from ddlc.config.loader import dump_config
 from ddlc.config.schema import Config
 from ddlc.runtime.data import GlobalBatchSampler, load_corpus, plan_batches
@@ -180,17 +181,25 @@ class Trainer:
             "global_batch_size": self.plan.global_batch_size,
             "scheduler": self.scheduler.state_dict(),
             "run_name": self.run_name,
+            "optimizer_state_entries": optimizer_state_entries(self.optimizer),
         }
 
     def resume(self) -> Optional[dict]:
         """Continue from the newest valid checkpoint, if any (model, optimizer, schedule, data, RNG)."""
         if self.checkpointer is None or not self.cfg.checkpoint.resume:
             return None
+        # Leftover gradients (Horovod's broadcast_optimizer_state leaves zeros) make DCP think the optimizer is
+        # initialised and load no optimizer state at all: start the load from a clean slate.
+        for param in self.model.parameters():
+            param.grad = None
+        if self.engine is not None and hasattr(self.engine, "prepare_resume"):
+            self.engine.prepare_resume()
         restored = self.checkpointer.resume(
             self.model, self.optimizer, check_hashes=self.cfg.checkpoint.verify_on_resume == "sha256"
         )
         if restored is None:
             return None
+        check_optimizer_restored(self.optimizer, restored, self.checkpointer.group, restored.get("checkpoint", ""))
         self.state.step = restored["step"]
         self.state.tokens_seen = restored["tokens_seen"]
         self.scheduler.load_state_dict(restored["scheduler"])
