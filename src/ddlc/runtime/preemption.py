@@ -1,4 +1,6 @@
-"""Graceful stop on SIGTERM (spot interruption, `kill`, torchrun shutdown) and SIGUSR1 (scheduler preemption).
+"""Graceful stop on SIGTERM (spot interruption, `kill`, torchrun shutdown) and SIGUSR1 (scheduler preemption),
+and, with `watch_parent`, when the launcher's agent that started this worker dies (kill -9 of torchrun): the
+worker is then an orphan nobody will collect, so it checkpoints and leaves instead of training on.
 
 The handler only sets a flag. After each step the ranks agree on it (one tiny all-reduce on a private gloo
 group, so GPU streams never wait on it); then every rank checkpoints and leaves with PREEMPTED_EXIT_CODE.
@@ -6,6 +8,7 @@ group, so GPU streams never wait on it); then every rank checkpoints and leaves 
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 from typing import Optional
@@ -14,12 +17,14 @@ import torch
 import torch.distributed as dist
 
 PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: "try again later" — the job stopped cleanly and can resume
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)  # Ctrl-C: stop cleanly; a second Ctrl-C: now
 
 
 class PreemptionWatcher:
-    def __init__(self, world_size: int = 1, signals=STOP_SIGNALS):
+    def __init__(self, world_size: int = 1, signals=STOP_SIGNALS, watch_parent: bool = False):
         self.requested_by: Optional[int] = None
+        self.parent_died = False
+        self._parent = os.getppid() if watch_parent else None
         self._previous = {}
         if threading.current_thread() is threading.main_thread():
             for sig in signals:
@@ -28,14 +33,25 @@ class PreemptionWatcher:
         self._flag = torch.zeros(1, dtype=torch.int32)
 
     def _handle(self, signum, frame) -> None:
+        if signum == signal.SIGINT and self.requested_by == signal.SIGINT:
+            raise KeyboardInterrupt  # asked twice: stop without the checkpoint
         self.requested_by = signum
 
     def should_stop(self) -> bool:
         """True on every rank as soon as any rank got a stop signal."""
-        self._flag[0] = 0 if self.requested_by is None else 1
+        if self._parent is not None and not self.parent_died and os.getppid() != self._parent:
+            self.parent_died = True  # reparented: the agent is gone (a cheap syscall, once per step)
+        self._flag[0] = 0 if self.requested_by is None and not self.parent_died else 1
         if self._group is not None:
             dist.all_reduce(self._flag, op=dist.ReduceOp.MAX, group=self._group)
         return bool(self._flag[0])
+
+    def reason(self) -> str:
+        if self.requested_by is not None:
+            return f"signal {signal.Signals(self.requested_by).name}"
+        if self.parent_died:
+            return "its launcher died"
+        return "stop requested on another rank"
 
     def close(self) -> None:
         for sig, previous in self._previous.items():
