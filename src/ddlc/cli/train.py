@@ -84,7 +84,9 @@ def train(
         if summary is not None:
             console.print(_table(summary, f"run {job.run_name} (already finished; nothing rerun)"))
         return
-    if code == PREEMPTED_EXIT_CODE and fresh and summary and summary.get("preempted"):
+    if fresh and summary and summary.get("preempted"):  # also when torchrun itself was killed: the workers saved
+        if code != PREEMPTED_EXIT_CODE:
+            console.print(f"ddlc: torchrun exited with code {code}; its workers stopped on their own", markup=False)
         console.print(f"ddlc: run {job.run_name} stopped cleanly at step {summary['steps']} "
                       f"(checkpoint saved in {summary.get('checkpoint_uri')}). Resume with:\n  {resume}",
                       markup=False, highlight=False, soft_wrap=True)
@@ -95,7 +97,7 @@ def train(
         what = "stopped without a confirmed checkpoint" if code == PREEMPTED_EXIT_CODE else "training failed"
         console.print(f"[red]{what}[/red] (exit code {code}); outputs so far in {job.run_dir}. "
                       f"Resume from the last checkpoint with:\n  {resume}", soft_wrap=True, highlight=False)
-        raise typer.Exit(1 if code in (0, PREEMPTED_EXIT_CODE) else code)
+        raise typer.Exit(code if code > 0 and code != PREEMPTED_EXIT_CODE else 1)
     console.print(_table(summary, f"run {summary['run_name']}"))
 
 

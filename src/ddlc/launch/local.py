@@ -18,7 +18,7 @@ from typing import Callable, Optional, Sequence
 from ddlc.config.loader import load_config
 from ddlc.config.schema import Config
 from ddlc.errors import UserError
-from ddlc.runtime import run_files
+from ddlc.launch import run_files
 from ddlc.runtime.data import check_data_config, plan_batches
 from ddlc.runtime.run_identity import resolve_config_path, run_name
 

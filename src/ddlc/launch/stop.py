@@ -19,7 +19,7 @@ from typing import Optional
 import psutil
 
 from ddlc.errors import UserError
-from ddlc.runtime import run_files
+from ddlc.launch import run_files
 
 ORDER = ("launcher", "agent", "rank0")
 DESCRIPTION = {"launcher": "ddlc train", "agent": "torchrun agent", "rank0": "rank 0 worker"}
@@ -62,7 +62,7 @@ def stop_run(root: Path, name: Optional[str], timeout: float, say=print) -> int:
     say(f"ddlc stop: stopping run {name} (SIGTERM to its {DESCRIPTION[role]}, pid {target.pid}); "
         "waiting for the checkpoint")
     target.send_signal(signal.SIGTERM)
-    _, alive = psutil.wait_procs(list(live.values()), timeout=timeout)
+    alive = wait_gone(list(live.values()), timeout)
     if alive:
         say(f"ddlc stop: run {name} still runs after {timeout:.0f} s (pids {', '.join(str(p.pid) for p in alive)})")
         return 1
@@ -76,6 +76,22 @@ def stop_run(root: Path, name: Optional[str], timeout: float, say=print) -> int:
         return 0
     say(f"ddlc stop: run {name} exited, but wrote no checkpoint confirmation; see its output")
     return 1
+
+
+def wait_gone(procs: list[psutil.Process], timeout: float) -> list[psutil.Process]:
+    """Wait until every process has exited; a zombie (exited, not yet reaped by its parent) counts as exited."""
+    deadline = time.monotonic() + timeout
+    while True:
+        alive = []
+        for process in procs:
+            try:
+                if process.is_running() and process.status() != psutil.STATUS_ZOMBIE:
+                    alive.append(process)
+            except psutil.Error:
+                pass
+        if not alive or time.monotonic() > deadline:
+            return alive
+        time.sleep(0.2)
 
 
 def _summary(run_dir: Path) -> Optional[dict]:

@@ -32,7 +32,7 @@ from ddlc.runtime.optim import build_optimizer, build_scheduler
 from ddlc.runtime.parallel import autocast_context, clip_and_measure, gradient_sync, wrap_model
 from ddlc.runtime.preemption import PreemptionWatcher
 from ddlc.runtime.run_identity import run_name
-from ddlc.runtime import run_files
+from ddlc.launch import run_files
 
 
 @dataclass
