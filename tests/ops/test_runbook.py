@@ -58,6 +58,7 @@ def expand(command: str) -> list[str]:
 
 
 COMMANDS = runnable_commands(RUNBOOK.read_text())
+NODE_SIDE_CONFIGS = {"gpt.yaml"}  # the runbook's own config on the cluster's /fsx, not a file of this repository
 
 
 def test_runbook_has_runnable_commands_for_every_stage():
@@ -120,7 +121,9 @@ def check_train_args(script_args: list[str]) -> None:
     bad = [o for o in parsed.overrides if "=" not in o]
     assert not bad, f"not a dotted override: {bad}"
     config = parsed.config
-    if config is not None and not Path(config).is_absolute():
+    if config in NODE_SIDE_CONFIGS:
+        config = None  # the user's file on the node (/fsx/gpt.yaml): validate the overrides against the defaults
+    elif config is not None and not Path(config).is_absolute():
         assert (REPO / config).is_file(), f"--config {config}: no such file in the repository"
         config = str(REPO / config)
     elif config is not None:

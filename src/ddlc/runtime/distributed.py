@@ -184,15 +184,42 @@ def init_distributed(
             os.environ.setdefault("MASTER_ADDR", launch.master_addr)
             os.environ.setdefault("MASTER_PORT", str(launch.master_port))
             kwargs = {"device_id": dev} if dev.type == "cuda" else {}
+            store = attempt_store(launch, timeout, env)
+            if store is not None:
+                kwargs["store"] = store
+            else:
+                kwargs["init_method"] = "env://"
             dist.init_process_group(
                 chosen,
-                init_method="env://",
                 rank=launch.rank,
                 world_size=launch.world_size,
                 timeout=timeout,
                 **kwargs,
             )
     return DistContext(env=launch, device=dev, backend=chosen)
+
+
+def attempt_store(launch: LaunchEnv, timeout: _dt.timedelta, env: Mapping[str, str] | None = None):
+    """Under torchrun --max-restarts, keep each restart's process-group keys apart (pytorch/pytorch#135712).
+
+    torchrun hands its workers its own rendezvous store, which outlives a restart: restarted workers then read the
+    previous attempt's addresses from it and dial dead peers ("Connection refused") unless the user knew to set
+    TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1. On one node every worker has the same restart count, so its keys go under
+    a prefix per attempt. Across nodes the agents' counts can differ: there the variable is needed (the cluster's
+    /etc/ddlc/cluster.env sets it) and rank 0 says so when it is missing.
+    """
+    env = os.environ if env is None else env
+    if launch.launcher != "torchrun" or env.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    if launch.num_nodes > 1:
+        if launch.rank == 0 and env.get("TORCHELASTIC_MAX_RESTARTS", "0") not in ("", "0"):
+            print("warning: torchrun --max-restarts across nodes needs TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 in "
+                  "torchrun's environment (pytorch/pytorch#135712; /etc/ddlc/cluster.env sets it): without it "
+                  "restarted workers can fail with 'Connection refused'", file=sys.stderr, flush=True)
+        return None
+    client = dist.TCPStore(launch.master_addr, launch.master_port, launch.world_size, is_master=False,
+                           timeout=timeout)
+    return dist.PrefixStore(f"ddlc/attempt-{env.get('TORCHELASTIC_RESTART_COUNT', '0')}", client)
 
 
 def horovod_rendezvous() -> None:
