@@ -19,9 +19,10 @@ import psutil
 import pytest
 
 from ddlc.runtime.metrics import read_metrics
-from tests.ops.test_runbook import COMMANDS, expand
+from tests.ops.test_runbook import COMMANDS, RUNBOOK
 from tests.support import CONFIG, FAST, PYTHON, TRAIN_PY, MotoServer, child_env, torchrun
 
+RUNBOOK_TEXT = RUNBOOK.read_text()
 DDLC = str(os.path.join(os.path.dirname(PYTHON), "ddlc"))
 
 
@@ -113,6 +114,16 @@ def test_runbook_restart_command_as_written_survives_kill_9(tmp_path, s3):
     assert summary["steps"] == 60 and summary["world_size"] == 2
     assert [r["step"] for r in read_metrics(tmp_path / "runs" / "gpt-run1")] == list(range(1, 61))
 
+    # §6 and §7 of the runbook on these checkpoints, as written: list, show, verify, export, prune.
+    for section in ("6. Checkpoint and resume", "7. Maintain"):
+        body = RUNBOOK_TEXT.split(f"## {section}", 1)[1].split("\n## ", 1)[0]
+        for line in [c for c in COMMANDS if c in body and c.startswith("ddlc checkpoints")]:
+            proc = subprocess.run(["bash", "-c", line], cwd=tmp_path, env=env, capture_output=True, text=True,
+                                  timeout=300)
+            assert proc.returncode == 0, f"{line}\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}"
+            assert "Traceback" not in proc.stderr
+    assert (tmp_path / "model.safetensors").stat().st_size > 0
+
 
 @pytest.mark.slow
 def test_ddlc_train_max_restarts_drill(tmp_path):
@@ -158,3 +169,21 @@ def test_workers_stop_after_a_checkpoint_when_torchrun_is_killed(tmp_path):
     assert summary["preempted"]
     assert (tmp_path / "orphan" / "checkpoints" / f"step-{summary['steps']:08d}" / "COMMIT").exists()
     assert "stopped (its launcher died)" in (tmp_path / "out").read_text()
+
+
+def test_cluster_env_file_gives_torchrun_the_restart_setting(tmp_path):
+    """Across nodes only torchrun's own environment can fix #135712: the node's cluster.env, sourced as the runbook
+    says, exports it to every command started after it."""
+    from ddlc.infra.user_data import CLUSTER_ENV, render_user_data
+    from tests.infra.test_user_data import _boot
+
+    script = "\n".join(render_user_data(_boot()))
+    start = script.index(f"cat > {CLUSTER_ENV} <<'DDLC_ENV'\n") + len(f"cat > {CLUSTER_ENV} <<'DDLC_ENV'\n")
+    (tmp_path / "cluster.env").write_text(script[start:script.index("\nDDLC_ENV\n", start)] + "\n")
+    [line] = [c for c in RUNBOOK_TEXT.split("\n") if c.startswith("set -a && source /etc/ddlc/cluster.env")]
+    line = line.split("#")[0].replace("/etc/ddlc/cluster.env", str(tmp_path / "cluster.env"))
+    line = line.replace("&& source /etc/ddlc/master.env ", "")
+    proc = subprocess.run(["bash", "-c", f"{line} && {PYTHON} -c 'import os; "
+                           "print(os.environ[\"TORCH_DISABLE_SHARE_RDZV_TCP_STORE\"])'"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.stdout.strip() == "1", (line, (tmp_path / "cluster.env").read_text(), proc.stderr)

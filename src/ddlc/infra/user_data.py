@@ -106,6 +106,9 @@ def render_user_data(boot: NodeBootConfig) -> list[str]:
         "DDLC_GPUS_PER_NODE": str(boot.gpus_per_node),
         "DDLC_METRICS_NAMESPACE": "DDLC",
         "DDLC_HOSTFILE": HOSTFILE,
+        # torchrun --max_restarts across nodes: restarted workers must not reuse the last attempt's store
+        # (pytorch/pytorch#135712); the runbook sources this file before torchrun.
+        "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1",
     }
     lustre_lines: list[str] = []
     if boot.lustre_dns_name and boot.lustre_mount_name:
