@@ -109,4 +109,5 @@ def export_(uri: str, output: Path = typer.Option(..., "--output", "-o", help=".
 
     store = catalog.open_store(uri, endpoint_url)
     name, count = catalog.export(store, which, output, fmt)
-    console.print(f"exported {count} tensors from {store.display(name)} to {output}", highlight=False)
+    console.print(f"exported {count} tensors (every parameter and buffer, by name) from "
+                  f"{store.display(name)} to {output}", highlight=False)
