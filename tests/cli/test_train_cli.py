@@ -5,6 +5,7 @@ import re
 import shutil
 from pathlib import Path
 
+import psutil
 import pytest
 
 from ddlc.runtime.metrics import read_metrics
@@ -136,12 +137,26 @@ def _start_long_job(tmp_path, name):
 @pytest.mark.slow
 @pytest.mark.parametrize("how", ["SIGTERM", "SIGINT", "ddlc stop"])
 def test_stop_checkpoints_and_exits_75_without_a_traceback(tmp_path, how):
-    import signal
-
-    import psutil
-
     name = "stop-" + how.replace(" ", "-").lower()
     proc, procs = _start_long_job(tmp_path, name)
+    try:
+        _stop_and_check(tmp_path, how, name, proc, procs)
+    finally:
+        for p in procs:  # by pid: workers orphaned by a failure are nobody's children any more
+            try:
+                p.kill()
+            except psutil.Error:
+                pass
+
+
+def _stop_and_check(tmp_path, how, name, proc, procs):
+    import signal
+
+    if how == "SIGTERM":  # meanwhile, a second launch of the same run refuses instead of writing the same files
+        second = run([DDLC, "train", "--nproc", "2", "--config", str(CONFIG), *FAST, "training.max_steps=100000",
+                      "checkpoint.interval_steps=100000", f"monitoring.run_dir={tmp_path}",
+                      f"monitoring.run_name={name}"], cwd=tmp_path, timeout=120)
+        assert second.returncode == 2 and f"run {name} is already running" in second.stderr, second.stderr
     stopper = None
     if how == "ddlc stop":
         stopper = run([DDLC, "stop", "--run-dir", str(tmp_path)], cwd=tmp_path, timeout=300)  # the one running run

@@ -69,6 +69,19 @@ def _kill_a_worker_after_a_checkpoint(proc, checkpoints_committed):
     return victim.pid
 
 
+def _kill_all(proc):
+    """Whatever is left of a job, its orphaned workers included (found by their run's command line)."""
+    try:
+        procs = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+    except psutil.Error:
+        procs = []
+    for p in procs:
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+
+
 @pytest.fixture
 def s3():
     server = MotoServer()
@@ -105,8 +118,7 @@ def test_runbook_restart_command_as_written_survives_kill_9(tmp_path, s3):
         _kill_a_worker_after_a_checkpoint(proc, committed)
         assert proc.wait(timeout=600) == 0, (tmp_path / "out").read_text()[-5000:]
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        _kill_all(proc)
     output = (tmp_path / "out").read_text()
     assert "Connection refused" not in output
     assert re.search(r"resuming run gpt-run1 from step [1-9]", output), output[-3000:]
@@ -137,8 +149,7 @@ def test_ddlc_train_max_restarts_drill(tmp_path):
         _kill_a_worker_after_a_checkpoint(proc, lambda: any((tmp_path / "drill" / "checkpoints").glob("*/COMMIT")))
         assert proc.wait(timeout=600) == 0, (tmp_path / "out").read_text()[-5000:]
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        _kill_all(proc)
     output = (tmp_path / "out").read_text()
     assert re.search(r"resuming run drill from step [1-9]", output) and "Connection refused" not in output
     assert json.loads((tmp_path / "drill" / "summary.json").read_text())["steps"] == 300
@@ -152,6 +163,7 @@ def test_workers_stop_after_a_checkpoint_when_torchrun_is_killed(tmp_path):
                    "monitoring.run_name=orphan", "monitoring.progress=plain")
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=_env(), stdout=(tmp_path / "out").open("w"),
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    workers: list = []
     try:
         _wait_for(lambda: (tmp_path / "orphan" / "metrics.jsonl").exists()
                   and (tmp_path / "orphan" / "metrics.jsonl").stat().st_size > 0, proc, what="training")
@@ -162,9 +174,11 @@ def test_workers_stop_after_a_checkpoint_when_torchrun_is_killed(tmp_path):
         _, alive = psutil.wait_procs(workers, timeout=300)
         assert not alive, f"orphaned workers still running: {alive}"
     finally:
-        for p in psutil.Process().children(recursive=True):
-            if p.pid != os.getpid():
+        for p in [*psutil.Process().children(recursive=True), *workers]:  # orphans are nobody's children
+            try:
                 p.kill()
+            except psutil.Error:
+                pass
     summary = json.loads((tmp_path / "orphan" / "summary.json").read_text())
     assert summary["preempted"]
     assert (tmp_path / "orphan" / "checkpoints" / f"step-{summary['steps']:08d}" / "COMMIT").exists()
