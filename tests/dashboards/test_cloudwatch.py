@@ -73,7 +73,9 @@ def test_agent_config_collects_what_the_network_panels_read(synthesized):
     from ddlc.infra.user_data import NodeBootConfig, cloudwatch_agent_config
 
     boot = NodeBootConfig(cluster_name="c", environment="prod", role="worker", region="us-east-1", bucket_name="b",
-                          node_count=1, gpus_per_node=8, ddlc_package="ddlc", node_log_group="g", has_gpu=True)
+                          node_count=1, gpus_per_node=8, node_log_group="g", has_gpu=True,
+                          package_parameter="/ddlc/prod/node-package", ssh_secret_id="s", cluster_cidr="10.42.0.0/16",
+                          worker_group_name="c-workers")
     collected = cloudwatch_agent_config(boot)["metrics"]["metrics_collected"]
     assert {"bytes_sent", "bytes_recv", "packets_recv", "err_in", "err_out"} <= set(collected["net"]["measurement"])
     assert collected["cpu"]["measurement"] == ["usage_active"]

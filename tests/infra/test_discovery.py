@@ -98,6 +98,20 @@ def test_other_clusters_and_stopped_nodes_are_left_out(aws, tmp_path):
     assert (tmp_path / "dev-hostfile").read_text().count("slots=1\n") == len(dev) == 2
 
 
+def test_group_workers_without_index_are_found_and_ordered_by_address(aws, tmp_path):
+    """Workers of the Auto Scaling group carry no node-index (a replacement could not know its own): they are
+    found by the propagated tags and ordered by private address, so every node writes the same hostfile."""
+    ec2 = boto3.client("ec2", region_name=REGION)
+    tags = [{"Key": "ddlc:cluster", "Value": "ddlc-asg"}, {"Key": "role", "Value": "worker"},
+            {"Key": "aws:autoscaling:groupName", "Value": "ddlc-asg-workers"}]
+    launched = ec2.run_instances(ImageId="ami-12c6146b", InstanceType="p4d.24xlarge", MinCount=3, MaxCount=3,
+                                 TagSpecifications=[{"ResourceType": "instance", "Tags": tags}])["Instances"]
+    ips = sorted((i["PrivateIpAddress"] for i in launched), key=lambda ip: tuple(map(int, ip.split("."))))
+    workers = discovery.write_hostfile("ddlc-asg", REGION, tmp_path / "hostfile", expect=3)
+    assert [w.private_ip for w in workers] == ips
+    assert (tmp_path / "hostfile").read_text() == "".join(f"{ip} slots=8\n" for ip in ips)
+
+
 def test_missing_stack_and_empty_cluster_are_user_errors(aws, tmp_path):
     with pytest.raises(UserError, match=r"no stack 'ddlc-qa' in us-east-1: deploy it with"):
         discovery.describe_stack("ddlc-qa", REGION)

@@ -68,5 +68,7 @@ def test_cfn_lint_passes_on_synthesized_templates():
     paths = [str(synth(name).template_path) for name in ("dev", "prod")]
     paths.append(str(synth("prod", instance_type="p5.48xlarge", capacity_reservation_id="cr-0123456789abcdef0",
                            capacity_block=True).template_path))
+    paths.append(str(synth("prod", capacity_reservation_id="cr-0123456789abcdef0",
+                           placement_group_name="odcr-pg").template_path))
     result = subprocess.run([_cfn_lint(), *paths], cwd=REPO_ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -62,6 +62,11 @@ def test_unsupported_instance_type_lists_valid_choices():
         ({"fsx_lustre": {"storage_capacity_gib": 1300}}, "environments.prod.fsx_lustre.storage_capacity_gib"),
         ({"fsx_lustre": {"deployment_type": "PERSISTENT_1"}}, "per_unit_storage_throughput is required"),
         ({"typo_field": 1}, "environments.prod.typo_field"),
+        # Installing "whatever the index has" is gone: the package is always this checkout's own wheel.
+        ({"ddlc_package": "ddlc==0.1.0"}, "environments.prod.ddlc_package: Extra inputs are not permitted"),
+        ({"placement_group_name": "bad name;"}, "environments.prod.placement_group_name"),
+        ({"ssh_users": ["root; rm"]}, "ssh_users: 'root; rm' is not a user name"),
+        ({"ssh_users": []}, "environments.prod.ssh_users"),
     ],
 )
 def test_bad_settings_name_the_field(changes, expected):

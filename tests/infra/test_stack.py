@@ -78,21 +78,39 @@ def test_no_ingress_from_anywhere_and_no_ssh(synthesized):
 # --- placement and capacity --------------------------------------------------------------------
 
 
-def test_placement_group_cluster_strategy_on_worker_template(synthesized):
+def _worker_group(synthesized) -> dict:
+    (group,) = resources(synthesized.template_json, "AWS::AutoScaling::AutoScalingGroup").values()
+    return group
+
+
+def test_workers_in_the_cluster_placement_group(synthesized):
     synthesized.template.has_resource_properties("AWS::EC2::PlacementGroup", {"Strategy": "cluster"})
-    worker = _launch_template(synthesized, "Worker")
-    assert "GroupName" in json.dumps(worker["Placement"])
+    (group_id,) = resources(synthesized.template_json, "AWS::EC2::PlacementGroup")
+    assert _worker_group(synthesized)["Properties"]["PlacementGroup"] == {"Fn::GetAtt": [group_id, "GroupName"]}
+    assert "Placement" not in _launch_template(synthesized, "Worker")
+    assert synthesized.template_json["Outputs"]["WorkerPlacement"]["Value"] == "cluster placement group of this stack"
 
 
-def test_capacity_reservation_switches_placement_group_off():
+def test_odcr_without_placement_group_says_so():
     reserved = synth("prod", capacity_reservation_id="cr-0123456789abcdef0")
     reserved.template.resource_count_is("AWS::EC2::PlacementGroup", 0)
     worker = _launch_template(reserved, "Worker")
-    assert "Placement" not in worker
+    assert "Placement" not in worker and "PlacementGroup" not in _worker_group(reserved)["Properties"]
     assert worker["CapacityReservationSpecification"] == {
         "CapacityReservationTarget": {"CapacityReservationId": "cr-0123456789abcdef0"}
     }
     assert "InstanceMarketOptions" not in worker
+    assert "no placement group" in reserved.template_json["Outputs"]["WorkerPlacement"]["Value"]
+
+
+def test_odcr_in_a_cluster_placement_group_launches_into_that_group():
+    reserved = synth("prod", capacity_reservation_id="cr-0123456789abcdef0", placement_group_name="odcr-pg")
+    reserved.template.resource_count_is("AWS::EC2::PlacementGroup", 0)  # the reservation's group, not a new one
+    assert _worker_group(reserved)["Properties"]["PlacementGroup"] == "odcr-pg"
+    assert _launch_template(reserved, "Worker")["CapacityReservationSpecification"] == {
+        "CapacityReservationTarget": {"CapacityReservationId": "cr-0123456789abcdef0"}
+    }
+    assert "odcr-pg" in reserved.template_json["Outputs"]["WorkerPlacement"]["Value"]
 
 
 def test_capacity_block_sets_market_type():
@@ -100,6 +118,22 @@ def test_capacity_block_sets_market_type():
     worker = _launch_template(block, "Worker")
     assert worker["InstanceMarketOptions"] == {"MarketType": "capacity-block"}
     block.template.resource_count_is("AWS::EC2::PlacementGroup", 0)
+    assert "PlacementGroup" not in _worker_group(block)["Properties"]
+
+
+@pytest.mark.parametrize("bad", [
+    {"placement_group_name": "pg"},  # no reservation
+    {"placement_group_name": "pg", "capacity_reservation_id": "cr-0123456789abcdef0", "capacity_block": True},
+])
+def test_placement_group_name_only_with_an_odcr(bad):
+    from ddlc.errors import UserError
+    from ddlc.infra.settings import load_environment
+    from tests.infra.conftest import cdk_context
+
+    environments = cdk_context()["environments"]
+    environments["prod"].update(bad)
+    with pytest.raises(UserError, match=r"^environments\.prod: placement_group_name is for an On-Demand"):
+        load_environment(environments, "prod")
 
 
 # --- launch templates ----------------------------------------------------------------------------
@@ -119,15 +153,20 @@ def test_efa_interfaces_per_instance_type(instance_type, efa_count):
     data = _launch_template(synth("prod", instance_type=instance_type), "Worker")
     assert data["InstanceType"] == instance_type
     interfaces = data["NetworkInterfaces"]
-    efa = [i for i in interfaces if i.get("InterfaceType") == "efa"]
+    efa = [i for i in interfaces if i.get("InterfaceType") in ("efa", "efa-only")]
     assert len(efa) == efa_count
     assert len(interfaces) == max(efa_count, 1)  # no EFA: one plain ENI
     cards = [i["NetworkCardIndex"] for i in interfaces]
     assert cards == list(range(len(interfaces)))
     assert interfaces[0]["DeviceIndex"] == 0
     assert all(i["DeviceIndex"] == 1 for i in interfaces[1:])
-    assert all(i["AssociatePublicIpAddress"] is False and len(i["Groups"]) == 1 for i in interfaces)
+    # EC2 rejects AssociatePublicIpAddress on multi-interface launches; the subnet maps no public IPs anyway.
+    assert all("AssociatePublicIpAddress" not in i and len(i["Groups"]) == 1 for i in interfaces)
     assert "SecurityGroupIds" not in data  # not allowed alongside NetworkInterfaces
+    if efa_count:
+        assert interfaces[0]["InterfaceType"] == "efa"  # card 0: EFA with ENA (the IP address)
+        secondary = {i["InterfaceType"] for i in interfaces[1:]}
+        assert secondary <= ({"efa-only"} if instance_type.startswith("p5") else {"efa"})
 
 
 def test_launch_templates_require_imdsv2_and_encrypted_gp3_root(synthesized):
@@ -137,7 +176,7 @@ def test_launch_templates_require_imdsv2_and_encrypted_gp3_root(synthesized):
         (root,) = data["BlockDeviceMappings"]
         assert root["Ebs"]["Encrypted"] is True and root["Ebs"]["VolumeType"] == "gp3"
         assert data["Monitoring"] == {"Enabled": True}
-        assert data["NetworkInterfaces"][0]["AssociatePublicIpAddress"] is False
+        assert all("AssociatePublicIpAddress" not in i for i in data["NetworkInterfaces"])
 
 
 def test_ami_resolved_from_public_ssm_parameter(synthesized):
@@ -148,8 +187,14 @@ def test_ami_resolved_from_public_ssm_parameter(synthesized):
 
 
 def test_pinned_ami_replaces_the_ssm_lookup():
+    from aws_cdk.assertions import Annotations
+
     pinned = synth("prod", ami_id="ami-0123456789abcdef0")
     assert _launch_template(pinned, "Worker")["ImageId"] == "ami-0123456789abcdef0"
+    assert not Annotations.from_stack(pinned.stack).find_warning("*", Match.string_like_regexp("ami_id is not set"))
+    # Unpinned in an environment that keeps its data: the synth says the AMI will follow AWS's latest.
+    unpinned = Annotations.from_stack(synth("prod").stack)
+    unpinned.has_warning("*", Match.string_like_regexp("environments.prod.ami_id is not set"))
 
 
 def test_user_data_installs_ddlc_and_starts_agents(synthesized):
@@ -169,18 +214,40 @@ def _tags(resource: dict) -> dict:
     return {t["Key"]: t["Value"] for t in resource["Properties"].get("Tags", [])}
 
 
-def test_head_and_worker_nodes_tagged(synthesized):
+def test_head_is_one_instance_and_tagged(synthesized):
     settings = synthesized.stack.settings
-    instances = resources(synthesized.template_json, "AWS::EC2::Instance")
-    roles = [_tags(i)["role"] for i in instances.values()]
-    assert roles.count("head") == 1 and roles.count("worker") == settings.node_count
-    for instance in instances.values():
-        tags = _tags(instance)
-        assert tags["project"] == "ddlc" and tags["environment"] == settings.name
-        assert tags["ddlc:cluster"] == f"ddlc-{settings.name}"
-        assert "NetworkInterfaces" not in instance["Properties"]  # all from the launch template, no public IP
-    indexes = sorted(int(_tags(i)["ddlc:node-index"]) for i in instances.values() if _tags(i)["role"] == "worker")
-    assert indexes == list(range(settings.node_count))
+    (head,) = resources(synthesized.template_json, "AWS::EC2::Instance").values()
+    tags = _tags(head)
+    assert tags["role"] == "head" and tags["project"] == "ddlc" and tags["environment"] == settings.name
+    assert tags["ddlc:cluster"] == f"ddlc-{settings.name}"
+    assert "NetworkInterfaces" not in head["Properties"]  # all from the launch template, no public IP
+
+
+def test_workers_are_a_fixed_size_auto_scaling_group(synthesized):
+    settings = synthesized.stack.settings
+    props = _worker_group(synthesized)["Properties"]
+    count = str(settings.node_count)
+    assert (props["MinSize"], props["MaxSize"], props["DesiredCapacity"]) == (count, count, count)
+    assert props["AutoScalingGroupName"] == f"ddlc-{settings.name}-workers"
+    template_id = next(k for k in resources(synthesized.template_json, "AWS::EC2::LaunchTemplate") if k.startswith("Worker"))
+    assert props["LaunchTemplate"] == {"LaunchTemplateId": {"Ref": template_id},
+                                       "Version": {"Fn::GetAtt": [template_id, "LatestVersionNumber"]}}
+    subnets = [k for k, v in resources(synthesized.template_json, "AWS::EC2::Subnet").items() if "nodes" in k.lower()]
+    assert props["VPCZoneIdentifier"] == [{"Ref": subnets[0]}]
+    assert props["HealthCheckType"] == "EC2"
+    # Replacements and instance refreshes terminate before launching: nothing beyond node_count is needed.
+    assert props["InstanceMaintenancePolicy"] == {"MinHealthyPercentage": 0, "MaxHealthyPercentage": 100}
+    # A deploy never replaces workers by itself (no rolling update policy): the refresh does, on purpose.
+    assert "UpdatePolicy" not in _worker_group(synthesized)
+    topic = next(iter(resources(synthesized.template_json, "AWS::SNS::Topic")))
+    (notify,) = props["NotificationConfigurations"]
+    assert notify["TopicARN"] == {"Ref": topic} and "autoscaling:EC2_INSTANCE_LAUNCH_ERROR" in notify["NotificationTypes"]
+    tags = {t["Key"]: (t["Value"], t["PropagateAtLaunch"]) for t in props["Tags"]}
+    for key, value in (("role", "worker"), ("ddlc:cluster", f"ddlc-{settings.name}"), ("project", "ddlc"),
+                       ("environment", settings.name)):
+        assert tags[key] == (value, True), key  # discovery finds replacements by these
+    assert synthesized.template_json["Outputs"]["WorkerGroupName"]["Value"] == {"Ref": next(
+        iter(resources(synthesized.template_json, "AWS::AutoScaling::AutoScalingGroup")))}
 
 
 def test_prod_is_four_p4d_nodes_with_eight_gpus():
@@ -193,20 +260,80 @@ def test_prod_is_four_p4d_nodes_with_eight_gpus():
 # --- IAM ------------------------------------------------------------------------------------------
 
 
-def test_node_role_has_ssm_cloudwatch_and_bucket_only(synthesized):
+def _node_statements(synthesized) -> list[dict]:
+    policies = [p for k, p in resources(synthesized.template_json, "AWS::IAM::Policy").items() if k.startswith("NodeRole")]
+    (policy,) = policies
+    return policy["Properties"]["PolicyDocument"]["Statement"]
+
+
+def _actions(statement: dict) -> list[str]:
+    return [statement["Action"]] if isinstance(statement["Action"], str) else statement["Action"]
+
+
+def test_node_role_has_ssm_cloudwatch_bucket_and_its_own_resources_only(synthesized):
     roles = resources(synthesized.template_json, "AWS::IAM::Role")
     node_role = next(v for k, v in roles.items() if k.startswith("NodeRole"))
     managed = json.dumps(node_role["Properties"]["ManagedPolicyArns"])
     assert "AmazonSSMManagedInstanceCore" in managed and "CloudWatchAgentServerPolicy" in managed
-    policies = [p for k, p in resources(synthesized.template_json, "AWS::IAM::Policy").items() if k.startswith("NodeRole")]
-    (policy,) = policies
     bucket = next(k for k in resources(synthesized.template_json, "AWS::S3::Bucket") if k.startswith("CheckpointsBucket"))
-    for statement in policy["Properties"]["PolicyDocument"]["Statement"]:
+    (secret,) = resources(synthesized.template_json, "AWS::SecretsManager::Secret")
+    (parameter,) = resources(synthesized.template_json, "AWS::SSM::Parameter")
+    for statement in _node_statements(synthesized):
+        actions, where = _actions(statement), json.dumps(statement["Resource"])
         if statement["Resource"] == "*":
-            assert statement["Action"] == "ec2:DescribeInstances"
+            assert actions == ["ec2:DescribeInstances"]
+        elif actions == ["autoscaling:SetInstanceHealth"]:
+            assert where.endswith(f':autoScalingGroupName/ddlc-{synthesized.stack.settings.name}-workers"]]}}')
+        elif any(a.startswith("secretsmanager:") for a in actions):
+            assert secret in where
+        elif actions == ["ssm:GetParameter"]:
+            assert parameter in where
+        elif bucket not in where:  # the package asset: one object of the CDK assets bucket
+            assert actions == ["s3:GetObject"] and "cdk-" in where and ".zip" in where
         else:
-            assert bucket in json.dumps(statement["Resource"])
-            assert all(a.startswith("s3:") for a in ([statement["Action"]] if isinstance(statement["Action"], str) else statement["Action"]))
+            assert all(a.startswith("s3:") for a in actions)
+
+
+def test_nodes_cannot_delete_checkpoint_versions_for_good(synthesized):
+    from fnmatch import fnmatchcase
+
+    granted = [a for s in _node_statements(synthesized) if s["Effect"] == "Allow" for a in _actions(s)]
+    assert "s3:DeleteObject" in granted
+    for forbidden in ("s3:DeleteObjectVersion", "s3:DeleteObjectVersionTagging", "s3:PutLifecycleConfiguration",
+                      "s3:PutBucketVersioning"):
+        assert not any(fnmatchcase(forbidden, pattern) for pattern in granted), forbidden
+
+
+def test_worker_may_mark_only_its_own_group_unhealthy(synthesized):
+    (statement,) = [s for s in _node_statements(synthesized) if "autoscaling:SetInstanceHealth" in _actions(s)]
+    assert _actions(statement) == ["autoscaling:SetInstanceHealth"]
+    resource = json.dumps(statement["Resource"])
+    assert "autoScalingGroupName/ddlc-" in resource and '*"' not in resource.split("autoScalingGroupName/")[1]
+    assert not any(a.startswith("autoscaling:") for s in _node_statements(synthesized) if s is not statement
+                   for a in _actions(s))
+
+
+def test_cluster_ssh_secret_is_generated_and_readable_by_the_node_role_only(synthesized):
+    (secret_id, secret), = resources(synthesized.template_json, "AWS::SecretsManager::Secret").items()
+    generate = secret["Properties"]["GenerateSecretString"]
+    assert generate["PasswordLength"] >= 64 and "SecretString" not in secret["Properties"]
+    (policy,) = resources(synthesized.template_json, "AWS::SecretsManager::ResourcePolicy").values()
+    role = next(k for k in resources(synthesized.template_json, "AWS::IAM::Role") if k.startswith("NodeRole"))
+    (deny,) = [s for s in policy["Properties"]["ResourcePolicy"]["Statement"] if s["Effect"] == "Deny"]
+    assert deny["Principal"] == {"AWS": "*"} and deny["Action"] == "secretsmanager:GetSecretValue"
+    assert deny["Condition"] == {"StringNotEquals": {"aws:PrincipalArn": {"Fn::GetAtt": [role, "Arn"]}}}
+    worker_data = json.dumps(_launch_template(synthesized, "Worker")["UserData"])
+    assert secret_id in worker_data and "ddlc.infra.ssh_key install" in worker_data
+
+
+def test_package_asset_location_is_a_parameter_not_user_data(synthesized):
+    (parameter,) = resources(synthesized.template_json, "AWS::SSM::Parameter").values()
+    props = parameter["Properties"]
+    assert props["Name"] == f"/ddlc/{synthesized.stack.settings.name}/node-package"
+    value = json.dumps(props["Value"])
+    assert "s3://" in value and ".zip" in value and "cdk-" in value
+    worker_data = json.dumps(_launch_template(synthesized, "Worker")["UserData"])
+    assert props["Name"] in worker_data and ".zip\\\"" not in worker_data and "cdk-hnb659fds-assets" not in worker_data
 
 
 # --- checkpoint bucket -----------------------------------------------------------------------------
@@ -284,26 +411,33 @@ def test_gpu_utilization_alarm_below_80_for_30_minutes(synthesized):
     assert alarm["Dimensions"] == [{"Name": "ClusterName", "Value": f"ddlc-{synthesized.stack.settings.name}"}]
 
 
-def test_gpu_memory_alarm_above_95_percent(synthesized):
-    alarm = next(a for k, a in _alarms(synthesized).items() if k.startswith("AlarmsGpuMemoryHigh"))
-    assert alarm["Threshold"] == 95 and alarm["ComparisonOperator"] == "GreaterThanThreshold"
-    expression = next(m for m in alarm["Metrics"] if "Expression" in m)
-    assert expression["Expression"] == "100 * used / total"
+def test_no_alarm_on_gpu_memory_use_but_on_out_of_memory_events(synthesized):
+    alarms = _alarms(synthesized)
+    assert not any("memory_used" in json.dumps(a) for a in alarms.values())
+    names = {a.get("MetricName") for a in alarms.values()}
+    assert {"host_oom_kills", "cuda_oom_errors", "gpu_xid_errors", "efa_errors"} <= names
 
 
-def test_checkpoint_alarm_uses_rpo_and_treats_missing_as_breaching(synthesized):
+def test_no_alarm_treats_missing_data_as_breaching(synthesized):
+    # Stopped nodes, an idle cluster and quiet logs publish nothing; none of that may page anyone.
+    for name, alarm in _alarms(synthesized).items():
+        assert alarm["TreatMissingData"] in ("notBreaching", "missing"), name
+
+
+def test_checkpoint_alarm_uses_rpo_window(synthesized):
     alarm = next(a for k, a in _alarms(synthesized).items() if k.startswith("AlarmsCheckpointStale"))
-    assert alarm["TreatMissingData"] == "breaching"
+    assert alarm["TreatMissingData"] == "notBreaching"
     metric = next(m for m in alarm["Metrics"] if "MetricStat" in m)["MetricStat"]
     assert metric["Metric"]["MetricName"] == "ddlc_checkpoint_last_success_timestamp_seconds"
     assert metric["Metric"]["Namespace"] == "DDLC"
     assert metric["Period"] == synthesized.stack.settings.recovery_point_objective_minutes * 60
 
 
-def test_status_check_alarm_per_instance_and_all_alarms_notify(synthesized):
+def test_status_check_alarms_for_head_and_worker_group_and_all_alarms_notify(synthesized):
     alarms = _alarms(synthesized)
     status = [a for a in alarms.values() if a.get("MetricName") == "StatusCheckFailed"]
-    assert len(status) == synthesized.stack.settings.node_count + 1
+    dimensions = sorted(a["Dimensions"][0]["Name"] for a in status)
+    assert dimensions == ["AutoScalingGroupName", "InstanceId"]
     topic = next(k for k in resources(synthesized.template_json, "AWS::SNS::Topic"))
     for alarm in alarms.values():
         assert alarm["AlarmActions"] == [{"Ref": topic}]

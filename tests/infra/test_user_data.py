@@ -1,27 +1,35 @@
-"""The node boot script: valid bash, and it does what the nodes need."""
+"""The node boot script as text: valid bash, installs ddlc only from the stack's package, fails loudly.
+
+tests/infra/test_boot_script.py runs it for real in a throwaway root."""
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 
 import pytest
 
-from ddlc.infra.user_data import NodeBootConfig, cloudwatch_agent_config, render_user_data
+from ddlc.infra.user_data import NodeBootConfig, cloudwatch_agent_config, prometheus_scrape_config, render_user_data
 
 
-def _boot(**changes) -> NodeBootConfig:
+def boot_config(**changes) -> NodeBootConfig:
     values = dict(
         cluster_name="ddlc-prod", environment="prod", role="worker", region="us-east-1", bucket_name="ckpt-bucket",
-        node_count=4, gpus_per_node=8, ddlc_package="ddlc==0.1.0", node_log_group="/ddlc/prod/nodes", has_gpu=True,
+        node_count=4, gpus_per_node=8, node_log_group="/ddlc/prod/nodes", training_log_group="/ddlc/prod/training",
+        has_gpu=True, package_parameter="/ddlc/prod/node-package",
+        ssh_secret_id="arn:aws:secretsmanager:us-east-1:123456789012:secret:ssh-AbCdEf", cluster_cidr="10.42.0.0/16",
+        worker_group_name="ddlc-prod-workers",
     )
     values.update(changes)
     return NodeBootConfig(**values)
 
 
-@pytest.mark.parametrize("boot", [_boot(), _boot(role="head", has_gpu=False),
-                                  _boot(lustre_dns_name="fs-1.fsx.us-east-1.amazonaws.com", lustre_mount_name="abcd")])
+LUSTRE = dict(lustre_dns_name="fs-1.fsx.us-east-1.amazonaws.com", lustre_mount_name="abcd")
+
+
+@pytest.mark.parametrize("boot", [boot_config(), boot_config(role="head", has_gpu=False), boot_config(**LUSTRE)])
 def test_script_is_valid_bash(tmp_path, boot):
     script = tmp_path / "user-data.sh"
     script.write_text("#!/bin/bash\n" + "\n".join(render_user_data(boot)) + "\n")
@@ -29,22 +37,81 @@ def test_script_is_valid_bash(tmp_path, boot):
     assert result.returncode == 0, result.stderr
 
 
-def test_script_installs_ddlc_into_pytorch_env_and_writes_cluster_env():
-    text = "\n".join(render_user_data(_boot()))
-    assert "/opt/conda/envs/pytorch/bin/python" in text
-    assert "-m pip install --quiet ddlc==0.1.0 boto3" in text
+def test_nothing_is_installed_by_bare_name_from_an_index():
+    text = "\n".join(render_user_data(boot_config(**LUSTRE)))
+    pip_lines = [line for line in text.splitlines() if "PIP[@]" in line]
+    assert len(pip_lines) == 2
+    # Exact pins (no resolution), then the wheel by path with its extras and no index at all.
+    assert "--no-deps -r /opt/ddlc/package/requirements.txt" in pip_lines[0]
+    assert '--no-index -c /opt/ddlc/package/requirements.txt "/opt/ddlc/package/$WHEEL[s3,cloudwatch]"' in pip_lines[1]
+    assert not re.search(r"pip install[^\n]*\bddlc==", text)
+    assert not re.search(r"pip install[^\n]* boto3", text)
+    # The package location is read at boot, so a version bump does not change the launch template.
+    assert "aws ssm get-parameter --region us-east-1 --name /ddlc/prod/node-package" in text
+    assert ".whl" not in text
+
+
+def test_no_python_fallback_and_no_dangling_symlink():
+    text = "\n".join(render_user_data(boot_config()))
+    assert "DDLC_PY=python3" not in text
+    assert "ddlc_fail 'no PyTorch environment" in text
+    assert 'if [ ! -x "$DDLC_BIN" ]; then ddlc_fail' in text  # checked before the link is made
+    assert text.index('[ ! -x "$DDLC_BIN" ]') < text.index('ln -sf "$DDLC_BIN" /usr/local/bin/ddlc')
+
+
+def test_writes_cluster_env_and_units():
+    text = "\n".join(render_user_data(boot_config()))
     for line in ("DDLC_CLUSTER=ddlc-prod", "DDLC_CHECKPOINT_BUCKET=ckpt-bucket", "DDLC_NODE_COUNT=4",
-                 "DDLC_GPUS_PER_NODE=8"):
+                 "DDLC_GPUS_PER_NODE=8", "DDLC_WORKER_GROUP=ddlc-prod-workers"):
         assert line in text
     assert "ExecStart=/usr/local/bin/ddlc agent --host 0.0.0.0 --port 9400" in text
     assert '--expect "$DDLC_NODE_COUNT" --output "$DDLC_HOSTFILE"' in text
 
 
-def test_cloudwatch_agent_collects_gpu_metrics_per_cluster():
-    config = cloudwatch_agent_config(_boot())
+def test_lustre_failures_stop_the_boot():
+    text = "\n".join(render_user_data(boot_config(**LUSTRE)))
+    assert "fsx-lustre-client-repo.s3.amazonaws.com/ubuntu $VERSION_CODENAME main" in text
+    assert "apt-get update" in text and "lustre-client-modules-$(uname -r)" in text
+    assert "|| echo 'ddlc:" not in text and "|| true" not in text  # nothing swallowed
+    assert "mount /fsx || ddlc_fail" in text
+    assert "mount.lustre" not in "\n".join(render_user_data(boot_config()))
+
+
+def test_cloudwatch_agent_collects_gpu_metrics_and_logs_per_cluster():
+    config = cloudwatch_agent_config(boot_config())
     gpu = config["metrics"]["metrics_collected"]["nvidia_gpu"]
     assert {"utilization_gpu", "memory_used", "memory_total"} <= set(gpu["measurement"])
     assert gpu["append_dimensions"] == {"ClusterName": "ddlc-prod"}
     assert ["ClusterName"] in config["metrics"]["aggregation_dimensions"]
-    assert "nvidia_gpu" not in cloudwatch_agent_config(_boot(has_gpu=False))["metrics"]["metrics_collected"]
+    files = {entry["file_path"]: entry["log_group_name"] for entry in config["logs"]["logs_collected"]["files"]["collect_list"]}
+    assert files["/var/log/kern.log"] == "/ddlc/prod/nodes"
+    assert files["/var/log/ddlc/training/*.log"] == "/ddlc/prod/training"
+    head = cloudwatch_agent_config(boot_config(has_gpu=False))
+    assert "nvidia_gpu" not in head["metrics"]["metrics_collected"] and "metrics_collected" not in head["logs"]
     json.dumps(config)  # must serialize as the agent's JSON file
+
+
+def test_prometheus_scrape_labels_every_local_rank_with_the_cluster():
+    import yaml
+
+    config = yaml.safe_load(prometheus_scrape_config(boot_config()))
+    (job,) = config["scrape_configs"]
+    (static,) = job["static_configs"]
+    assert static["targets"] == [f"localhost:{9500 + rank}" for rank in range(8)]
+    assert static["labels"] == {"ClusterName": "ddlc-prod"}
+
+
+def test_user_data_fits_the_ec2_limit_with_long_resolved_values():
+    # EC2 rejects user data over 16 KB; CloudFormation tokens resolve to names up to ~100 characters.
+    long = "x" * 100
+    boot = boot_config(bucket_name=long, node_log_group="/ddlc/" + long, training_log_group="/ddlc/" + long,
+                       ssh_secret_id="arn:aws:secretsmanager:us-east-1:123456789012:secret:" + long,
+                       lustre_dns_name=long, lustre_mount_name=long, cluster_name="ddlc-" + "y" * 15)
+    text = "#!/bin/bash\n" + "\n".join(render_user_data(boot)) + "\n"
+    assert len(text.encode()) < 14 * 1024, len(text.encode())
+
+
+def test_a_failed_boot_removes_the_secret_copy():
+    text = "\n".join(render_user_data(boot_config()))
+    fail = text[text.index("ddlc_fail() {"):text.index("\n}", text.index("ddlc_fail() {"))]
+    assert 'rm -f "${SSH_SEED:-}"' in fail

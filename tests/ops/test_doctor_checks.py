@@ -348,3 +348,24 @@ def test_this_cpu_machine_says_what_is_absent():
         assert results["efa"].status is Status.WARN and "no EFA device" in results["efa"].detail
     assert results["checkpoint-write"].status is Status.SKIP and results["clock-skew"].status is Status.SKIP
     assert doctor.worst(list(results.values())) is not Status.FAIL
+
+
+def test_node_boot_status_from_the_boot_script(tmp_path):
+    from ddlc.ops.boot_status import check_boot
+
+    assert check_boot(None).status is doctor.Status.SKIP
+    assert check_boot("ok 2026-12-01T10:00:00Z\n").status is doctor.Status.PASS
+    failed = check_boot("failed: the FSx for Lustre client could not be installed (lustre-client-modules-6.8); /fsx is not mounted\n")
+    assert failed.status is doctor.Status.FAIL and failed.detail.startswith("boot failed: the FSx for Lustre client")
+    assert failed.doc == "docs/troubleshooting.md#node-boot-failed"
+    assert check_boot("running\n").status is doctor.Status.WARN
+    status_file = tmp_path / "boot-status"
+    status_file.write_text("failed: the ddlc command does not run\n")
+    results = doctor.run_checks(doctor.DoctorOptions(
+        environ={}, cluster_env_file=tmp_path / "none", boot_status_file=status_file, proc_root=tmp_path,
+        sys_root=tmp_path, torch=doctor.TorchFacts("2.6.0", None, False, 0, False, None), interfaces=["lo"],
+        run_dir=tmp_path, min_free_gb=0,
+        checkpoint_uri=str(tmp_path / "ckpt"), master_port=0))
+    assert results[0].name == "node-boot"
+    boot = results[0]
+    assert boot.status is doctor.Status.FAIL and doctor.worst(results) is doctor.Status.FAIL

@@ -28,8 +28,18 @@ def test_prod_retains_the_checkpoint_bucket_and_deletes_the_nodes(plans):
     assert ("AWS::EC2::Instance", "Nodes/Head") in deleted and ("AWS::EC2::VPC", "Network/Vpc") in deleted
     assert not retained & deleted
     text = prod.describe()
-    assert "+ S3 bucket Checkpoints/Bucket" in text and "- EC2 instance Nodes/Worker3" in text
+    assert "+ S3 bucket Checkpoints/Bucket" in text and "- Auto Scaling group (GPU workers) Nodes/Workers" in text
     assert prod.shell_command == "npx cdk destroy --context environment=prod --force"
+
+
+def test_plan_lists_the_four_dashboards_cdk_destroy_deletes(plans):
+    from ddlc.dashboards.definition import DASHBOARDS
+
+    dashboards = [r for r in plans["prod"].deleted if r.type == "AWS::CloudWatch::Dashboard"]
+    assert len(dashboards) == len(DASHBOARDS) == 4
+    text = plans["prod"].describe()
+    for board in DASHBOARDS:
+        assert f"- CloudWatch dashboard Dashboards/Dashboard-{board.slug}" in text
 
 
 def test_retained_list_follows_the_setting_not_the_environment_name(plans, tmp_path):

@@ -1,4 +1,4 @@
-"""`ddlc cluster status|connect|hosts|down`: look at, into and tear down a deployed cluster (logic in
+"""`ddlc cluster status|connect|hosts|refresh|down`: look at, into and tear down a deployed cluster (logic in
 ddlc.infra.discovery and ddlc.ops.teardown)."""
 
 from __future__ import annotations
@@ -100,6 +100,31 @@ def hosts(
     workers = write_hostfile(name, region, output, expect=expect)
     print(f"wrote {output}: {len(workers)} nodes, {sum(w.gpus for w in workers)} GPUs", file=sys.stderr)
     typer.echo(f"MASTER_ADDR={workers[0].private_ip}")
+
+
+@cluster_app.command()
+def refresh(
+    env: str = ENV_OPTION,
+    cluster: Optional[str] = CLUSTER_OPTION,
+    region: Optional[str] = REGION_OPTION,
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the equivalent AWS CLI command instead."),
+) -> None:
+    """Replace the GPU workers from the current launch template (AMI/driver rollover): an instance refresh that
+    terminates before it launches, so it works inside a full capacity reservation. Checkpoint first."""
+    from ddlc.infra.discovery import describe_stack, start_worker_refresh
+
+    name, region = _target(env, cluster, region)
+    group = describe_stack(name, region).worker_group
+    if dry_run:
+        typer.echo(shlex.join([
+            "aws", "autoscaling", "start-instance-refresh", "--region", region, "--auto-scaling-group-name", group,
+            "--strategy", "Rolling", "--preferences",
+            '{"MinHealthyPercentage":0,"MaxHealthyPercentage":100,"SkipMatching":true}',
+        ]))
+        return
+    refresh_id = start_worker_refresh(group, region)
+    typer.echo(f"instance refresh {refresh_id} started on {group}; follow it with "
+               f"`aws autoscaling describe-instance-refreshes --auto-scaling-group-name {group} --region {region}`")
 
 
 @cluster_app.command()

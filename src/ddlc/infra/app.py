@@ -20,6 +20,13 @@ from ddlc.infra.settings import load_environment  # noqa: E402
 from ddlc.infra.stack import ClusterStack  # noqa: E402
 
 
+def default_dashboards() -> Sequence[DashboardDefinition]:
+    """The four standard dashboards of ddlc.dashboards (what `cdk synth|deploy|destroy` builds)."""
+    from ddlc.dashboards.cloudwatch import standard_dashboards
+
+    return standard_dashboards()
+
+
 def build_app(
     context: Optional[dict[str, Any]] = None,
     outdir: Optional[str] = None,
@@ -29,9 +36,7 @@ def build_app(
 
     `dashboards`: None builds the four standard dashboards of ddlc.dashboards; pass a sequence to choose."""
     if dashboards is None:
-        from ddlc.dashboards.cloudwatch import standard_dashboards
-
-        dashboards = standard_dashboards()
+        dashboards = default_dashboards()
     app = App(context=context, outdir=outdir)
     settings = load_environment(app.node.try_get_context("environments"), app.node.try_get_context("environment"))
     # Region only: the account comes from the deploying credentials, and synth needs no AWS lookups.

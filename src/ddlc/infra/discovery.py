@@ -1,7 +1,8 @@
 """Find a deployed cluster: CloudFormation outputs for the stack, EC2 tags for its nodes.
 
 Used by `ddlc cluster` on an operator's machine and on the nodes themselves (the hostfile timer). Needs
-only boto3: no CDK import here.
+only boto3: no CDK import here. Workers are the instances of the cluster's Auto Scaling group: their tags
+(`ddlc:cluster`, `role=worker`) propagate from the group, so a replacement is found like the node it replaced.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any, Optional
 
 import boto3
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, NoRegionError
+from botocore.parsers import ResponseParserError
 
 from ddlc.errors import UserError
 from ddlc.infra.instance_types import GPU_INSTANCE_TYPES
@@ -24,6 +26,7 @@ ROLE_TAG = "role"
 NODE_INDEX_TAG = "ddlc:node-index"
 OUTPUT_HEAD_NODE_ID = "HeadNodeId"
 OUTPUT_CONNECT_COMMAND = "ConnectCommand"
+OUTPUT_WORKER_GROUP = "WorkerGroupName"
 LIVE_STATES = ("pending", "running", "stopping", "stopped")
 
 
@@ -56,6 +59,10 @@ class StackInfo:
     def connect_command(self) -> str:
         return self._output(OUTPUT_CONNECT_COMMAND)
 
+    @property
+    def worker_group(self) -> str:
+        return self._output(OUTPUT_WORKER_GROUP)
+
     def _output(self, key: str) -> str:
         if key not in self.outputs:
             raise UserError(f"stack '{self.name}' has no output '{key}' (status {self.status}); is it a ddlc cluster?")
@@ -83,7 +90,7 @@ def _aws_error(action: str, error: Exception) -> UserError:
     if isinstance(error, ClientError):
         info = error.response.get("Error", {})
         return UserError(f"{action}: {info.get('Code', 'error')}: {info.get('Message', str(error))}")
-    return UserError(f"{action}: {error}")
+    return UserError(f"{action}: {str(error).splitlines()[0] if str(error) else type(error).__name__}")
 
 
 def describe_stack(stack_name: str, region: str) -> StackInfo:
@@ -130,8 +137,15 @@ def list_nodes(cluster_name: str, region: str) -> list[ClusterNode]:
                     )
     except (ClientError, BotoCoreError, NoCredentialsError) as error:
         raise _aws_error(f"listing nodes of '{cluster_name}'", error) from None
-    return sorted(nodes, key=lambda node: (node.role != "head", node.index if node.index is not None else 1 << 30,
-                                           node.instance_id))
+    return sorted(nodes, key=_rank_order)
+
+
+def _rank_order(node: ClusterNode) -> tuple:
+    """Head first, then workers: by `ddlc:node-index` where a node has one, else by private address (workers of
+    the Auto Scaling group carry no index: a replacement must not need one), then by instance id."""
+    index = node.index if node.index is not None else 1 << 30
+    address = tuple(int(part) for part in node.private_ip.split(".")) if node.private_ip else (1 << 30,)
+    return (node.role != "head", index, address, node.instance_id)
 
 
 def running_workers(nodes: list[ClusterNode]) -> list[ClusterNode]:
@@ -159,3 +173,18 @@ def write_hostfile(cluster_name: str, region: str, path: str | Path, expect: Opt
     except OSError as error:
         raise UserError(f"hostfile {target}: {error.strerror or error}") from None
     return workers
+
+
+def start_worker_refresh(group_name: str, region: str) -> str:
+    """Start an instance refresh of the worker group: every worker is replaced from the group's current launch
+    template, terminating before launching (min healthy 0 %, max healthy 100 %), so it fits inside a full
+    capacity reservation. Workers already on the current template are skipped. Returns the refresh id."""
+    autoscaling = _client("autoscaling", region)
+    try:
+        response = autoscaling.start_instance_refresh(
+            AutoScalingGroupName=group_name, Strategy="Rolling",
+            Preferences={"MinHealthyPercentage": 0, "MaxHealthyPercentage": 100, "SkipMatching": True},
+        )
+    except (ClientError, BotoCoreError, NoCredentialsError, ResponseParserError) as error:
+        raise _aws_error(f"starting an instance refresh of '{group_name}'", error) from None
+    return response["InstanceRefreshId"]

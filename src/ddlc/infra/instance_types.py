@@ -16,6 +16,8 @@ class GpuInstanceType:
     name: str
     gpus: int
     efa_interfaces: int
+    # AWS's current layout (P5 family): EFA with ENA on card 0, EFA-only (no IP address) on the other cards.
+    efa_only_secondary: bool = False
 
     @property
     def has_efa(self) -> bool:
@@ -27,9 +29,9 @@ GPU_INSTANCE_TYPES: dict[str, GpuInstanceType] = {
     for spec in (
         GpuInstanceType("p4d.24xlarge", gpus=8, efa_interfaces=4),
         GpuInstanceType("p4de.24xlarge", gpus=8, efa_interfaces=4),
-        GpuInstanceType("p5.48xlarge", gpus=8, efa_interfaces=32),
-        GpuInstanceType("p5e.48xlarge", gpus=8, efa_interfaces=32),
-        GpuInstanceType("p5en.48xlarge", gpus=8, efa_interfaces=16),
+        GpuInstanceType("p5.48xlarge", gpus=8, efa_interfaces=32, efa_only_secondary=True),
+        GpuInstanceType("p5e.48xlarge", gpus=8, efa_interfaces=32, efa_only_secondary=True),
+        GpuInstanceType("p5en.48xlarge", gpus=8, efa_interfaces=16, efa_only_secondary=True),
         GpuInstanceType("p3dn.24xlarge", gpus=8, efa_interfaces=1),
         GpuInstanceType("p3.2xlarge", gpus=1, efa_interfaces=0),
         GpuInstanceType("p3.8xlarge", gpus=4, efa_interfaces=0),

@@ -1,4 +1,8 @@
-"""Launch template for one kind of node: EFA interfaces per network card, IMDSv2, encrypted gp3 root."""
+"""Launch template for one kind of node: EFA interfaces per network card, IMDSv2, encrypted gp3 root.
+
+No interface sets AssociatePublicIpAddress: EC2 rejects it on launches with several network interfaces, and
+the node subnet never maps public addresses anyway. Placement (group, reservation) is the worker group's.
+"""
 
 from __future__ import annotations
 
@@ -14,24 +18,25 @@ ROOT_DEVICE = "/dev/sda1"  # Ubuntu-based Deep Learning AMIs
 
 
 def network_interfaces(gpu_type: Optional[GpuInstanceType], subnet_id: str, security_group_id: str) -> list[dict]:
-    """One EFA per network card: card 0 carries the primary interface (device 0); every further card gets
-    its EFA at device index 1. Types without EFA (and the head node) get one plain ENI."""
-    def interface(card: int, device: int, efa: bool) -> dict:
+    """One EFA per network card: card 0 carries the primary interface (device 0, EFA with ENA); every further
+    card gets its EFA at device index 1 (`efa-only` where the type uses that layout, saving an IP address
+    each). Types without EFA (and the head node) get one plain ENI."""
+    def interface(card: int, device: int, kind: Optional[str]) -> dict:
         spec = {
             "NetworkCardIndex": card,
             "DeviceIndex": device,
             "SubnetId": subnet_id,
             "Groups": [security_group_id],
-            "AssociatePublicIpAddress": False,
             "DeleteOnTermination": True,
         }
-        if efa:
-            spec["InterfaceType"] = "efa"
+        if kind:
+            spec["InterfaceType"] = kind
         return spec
 
     if gpu_type is None or not gpu_type.has_efa:
-        return [interface(0, 0, efa=False)]
-    return [interface(card, 0 if card == 0 else 1, efa=True) for card in range(gpu_type.efa_interfaces)]
+        return [interface(0, 0, None)]
+    secondary = "efa-only" if gpu_type.efa_only_secondary else "efa"
+    return [interface(0, 0, "efa")] + [interface(card, 1, secondary) for card in range(1, gpu_type.efa_interfaces)]
 
 
 class NodeLaunchTemplate(Construct):
@@ -48,7 +53,6 @@ class NodeLaunchTemplate(Construct):
         subnet_id: str,
         security_group_id: str,
         root_volume_gib: int,
-        placement_group: Optional[ec2.IPlacementGroup] = None,
         capacity_reservation_id: Optional[str] = None,
         capacity_block: bool = False,
     ) -> None:
@@ -64,7 +68,6 @@ class NodeLaunchTemplate(Construct):
             http_put_response_hop_limit=1,
             detailed_monitoring=True,
             ebs_optimized=True,
-            placement_group=placement_group,
             block_devices=[
                 ec2.BlockDevice(
                     device_name=ROOT_DEVICE,

@@ -13,7 +13,6 @@ from typing import Any, Literal, Mapping, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ddlc import __version__
 from ddlc.errors import UserError
 from ddlc.infra.instance_types import HEAD_INSTANCE_TYPES, GPU_INSTANCE_TYPES, GpuInstanceType, gpu_instance_type
 
@@ -67,6 +66,8 @@ class ClusterEnvironment(BaseModel):
     head_instance_type: str = "m6i.xlarge"
     capacity_reservation_id: Optional[str] = Field(None, pattern=r"^cr-[0-9a-f]{8,17}$")
     capacity_block: bool = False
+    # An ODCR created in a cluster placement group: that group's name (the workers launch into it).
+    placement_group_name: Optional[str] = Field(None, pattern=r"^[A-Za-z0-9._-]{1,255}$")
     budget_usd: float = Field(gt=0)
     alert_email: str
     retain_data: bool = True
@@ -78,7 +79,8 @@ class ClusterEnvironment(BaseModel):
     ami_ssm_parameter: str = Field(DEFAULT_AMI_SSM_PARAMETER, pattern=r"^/aws/service/.+")
     # Pin the AMI (ami-...) so routine deploys never replace GPU nodes; see the quarterly rollover in docs.
     ami_id: Optional[str] = Field(None, pattern=r"^ami-[0-9a-f]{8,17}$")
-    ddlc_package: str = f"ddlc=={__version__}"
+    # Accounts on the nodes that get the cluster ssh key (passwordless ssh between nodes).
+    ssh_users: list[str] = Field(default_factory=lambda: ["ubuntu"], min_length=1)
     fsx_lustre: Optional[LustreSettings] = None
 
     @field_validator("instance_type")
@@ -115,6 +117,12 @@ class ClusterEnvironment(BaseModel):
             raise ValueError(f"availability_zone '{self.availability_zone}' is not in region '{self.region}'")
         if self.capacity_block and not self.capacity_reservation_id:
             raise ValueError("capacity_block needs capacity_reservation_id (the capacity block's cr-... id)")
+        if self.placement_group_name and (self.capacity_block or not self.capacity_reservation_id):
+            raise ValueError("placement_group_name is for an On-Demand Capacity Reservation created in a cluster "
+                             "placement group (set capacity_reservation_id; capacity blocks take none)")
+        for user in self.ssh_users:
+            if not re.match(r"^[a-z_][a-z0-9_-]{0,31}$", user):
+                raise ValueError(f"ssh_users: '{user}' is not a user name")
         return self
 
     @property
@@ -127,8 +135,15 @@ class ClusterEnvironment(BaseModel):
 
     @property
     def uses_reserved_capacity(self) -> bool:
-        """A reservation or capacity block already fixes placement; a placement group would conflict."""
         return self.capacity_reservation_id is not None
+
+    @property
+    def placement(self) -> str:
+        """Where the workers go: 'own' (a cluster placement group of this stack), 'existing' (the group an
+        ODCR was created in), or 'none' (capacity block, or an ODCR outside any placement group)."""
+        if not self.capacity_reservation_id:
+            return "own"
+        return "existing" if self.placement_group_name else "none"
 
 
 def stack_name_for(environment: str) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from aws_cdk import CfnOutput, Duration, Fn, RemovalPolicy, Stack, Tags
+from aws_cdk import Annotations, CfnOutput, Duration, Fn, RemovalPolicy, Stack, Tags
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_logs as logs
@@ -20,8 +20,10 @@ from ddlc.infra.launch_template import NodeLaunchTemplate
 from ddlc.infra.log_groups import ClusterLogGroups
 from ddlc.infra.lustre import LustreScratch
 from ddlc.infra.network import ClusterNetwork
+from ddlc.infra.node_package import NodePackage
 from ddlc.infra.node_role import NodeRole
-from ddlc.infra.nodes import CLUSTER_TAG, ClusterNodes
+from ddlc.infra.ssh_secret import ClusterSshSecret
+from ddlc.infra.nodes import CLUSTER_TAG, ClusterNodes, worker_group_name
 from ddlc.infra.patch_maintenance import PatchMaintenance
 from ddlc.infra.placement import ClusterPlacement
 from ddlc.infra.security_group import EfaSecurityGroup
@@ -35,6 +37,8 @@ OUTPUT_BUCKET = "CheckpointBucketName"
 OUTPUT_ALERT_TOPIC = "AlertTopicArn"
 OUTPUT_CLUSTER_NAME = "ClusterName"
 OUTPUT_WORKER_COUNT = "WorkerCount"
+OUTPUT_WORKER_GROUP = "WorkerGroupName"
+OUTPUT_PLACEMENT = "WorkerPlacement"
 
 
 class ClusterStack(Stack):
@@ -68,8 +72,13 @@ class ClusterStack(Stack):
         self.logs = ClusterLogGroups(
             self, "Logs", environment=settings.name, retention=retention, removal_policy=removal,
         )
-        self.node_role = NodeRole(self, "NodeRole", bucket=self.checkpoints.bucket)
+        nodes_group_name = worker_group_name(cluster)
+        self.node_role = NodeRole(
+            self, "NodeRole", bucket=self.checkpoints.bucket, worker_group_name=nodes_group_name,
+        )
         instance_profile = iam.InstanceProfile(self, "NodeInstanceProfile", role=self.node_role.role)
+        self.package = NodePackage(self, "NodePackage", environment=settings.name, role=self.node_role)
+        self.ssh = ClusterSshSecret(self, "Ssh", cluster_name=cluster, role=self.node_role.role)
 
         self.lustre = None
         if settings.fsx_lustre is not None:
@@ -79,24 +88,36 @@ class ClusterStack(Stack):
                 bucket=self.checkpoints.bucket, removal_policy=removal,
             )
 
-        self.placement = ClusterPlacement(self, "Placement", enabled=not settings.uses_reserved_capacity)
-        machine_image = (
-            ec2.MachineImage.generic_linux({settings.region: settings.ami_id})
-            if settings.ami_id
-            else ec2.MachineImage.from_ssm_parameter(settings.ami_ssm_parameter, os=ec2.OperatingSystemType.LINUX)
-        )
+        self.placement = ClusterPlacement(self, "Placement", settings=settings)
+        if settings.ami_id:
+            machine_image = ec2.MachineImage.generic_linux({settings.region: settings.ami_id})
+        else:
+            machine_image = ec2.MachineImage.from_ssm_parameter(settings.ami_ssm_parameter,
+                                                                os=ec2.OperatingSystemType.LINUX)
+            if settings.retain_data:
+                Annotations.of(self).add_warning_v2(
+                    "ddlc:ami-not-pinned",
+                    f"environments.{settings.name}.ami_id is not set: the AMI follows {settings.ami_ssm_parameter}, "
+                    "so a deploy after AWS publishes a new AMI moves the workers to it. Pin ami_id (docs: AMI rollover).",
+                )
         gpu_type = settings.gpu_type
+
+        self.boot_configs: dict[str, NodeBootConfig] = {}  # what each role's user data was rendered from
 
         def user_data(role: str, has_gpu: bool) -> ec2.UserData:
             boot = NodeBootConfig(
                 cluster_name=cluster, environment=settings.name, role=role, region=settings.region,
                 bucket_name=self.checkpoints.bucket.bucket_name, node_count=settings.node_count,
-                gpus_per_node=gpu_type.gpus, ddlc_package=settings.ddlc_package,
-                node_log_group=self.logs.nodes.log_group_name, has_gpu=has_gpu,
+                gpus_per_node=gpu_type.gpus, node_log_group=self.logs.nodes.log_group_name,
+                training_log_group=self.logs.training.log_group_name, has_gpu=has_gpu,
+                package_parameter=self.package.parameter_name, ssh_secret_id=self.ssh.secret.secret_arn,
+                cluster_cidr=settings.vpc_cidr, worker_group_name=nodes_group_name,
+                ssh_users=tuple(settings.ssh_users),
                 lustre_dns_name=self.lustre.file_system.dns_name if self.lustre else None,
                 lustre_mount_name=self.lustre.file_system.mount_name if self.lustre else None,
                 lustre_mount_path=settings.fsx_lustre.mount_path if settings.fsx_lustre else "/fsx",
             )
+            self.boot_configs[role] = boot
             script = ec2.UserData.for_linux()
             script.add_commands(*render_user_data(boot))
             return script
@@ -114,23 +135,25 @@ class ClusterStack(Stack):
         self.worker_template = NodeLaunchTemplate(
             self, "WorkerTemplate", instance_type=settings.instance_type, gpu_type=gpu_type,
             user_data=user_data("worker", has_gpu=True),
-            placement_group=self.placement.placement_group,
             capacity_reservation_id=settings.capacity_reservation_id,
             capacity_block=settings.capacity_block,
             **common,
         )
+        self.alerts = AlertTopic(self, "Alerts", email=settings.alert_email, removal_policy=removal)
         patch_group = f"{cluster}-head"
         self.nodes = ClusterNodes(
             self, "Nodes", cluster_name=cluster,
             head_template=self.head_template.launch_template,
             worker_template=self.worker_template.launch_template,
             worker_count=settings.node_count, head_patch_group=patch_group,
+            subnet_id=self.network.node_subnet.subnet_id, placement_group_name=self.placement.group_name,
+            topic=self.alerts.topic,
         )
 
-        self.alerts = AlertTopic(self, "Alerts", email=settings.alert_email, removal_policy=removal)
         self.alarms = ClusterAlarms(
-            self, "Alarms", cluster_name=cluster, topic=self.alerts.topic,
-            instances={"Head": self.nodes.head, **{f"Worker{i}": w for i, w in enumerate(self.nodes.workers)}},
+            self, "Alarms", cluster_name=cluster, topic=self.alerts.topic, head=self.nodes.head,
+            worker_group_name=nodes_group_name, worker_count=settings.node_count,
+            log_groups={"nodes": self.logs.nodes, "training": self.logs.training},
             recovery_point_objective=Duration.minutes(settings.recovery_point_objective_minutes),
         )
         self.dashboards = ClusterDashboards(
@@ -155,6 +178,8 @@ class ClusterStack(Stack):
         CfnOutput(self, OUTPUT_BUCKET, value=self.checkpoints.bucket.bucket_name, description="Checkpoint bucket")
         CfnOutput(self, OUTPUT_ALERT_TOPIC, value=self.alerts.topic.topic_arn, description="Alert SNS topic")
         CfnOutput(self, OUTPUT_WORKER_COUNT, value=str(settings.node_count), description="GPU worker nodes")
+        CfnOutput(self, OUTPUT_WORKER_GROUP, value=self.nodes.workers.ref, description="GPU worker Auto Scaling group")
+        CfnOutput(self, OUTPUT_PLACEMENT, value=self.placement.description, description="Where the workers are placed")
 
 
 _RETENTION_BY_DAYS = {

@@ -1,7 +1,19 @@
-"""Boot script for cluster nodes: install ddlc, write the hostfile, start the metrics agents.
+"""Boot script for cluster nodes: install ddlc from the stack's own package, set up ssh, hostfile and agents.
 
-Rendered from plain Python so tests can read it; CloudFormation tokens (bucket name, file system DNS) may be
-embedded in the values and are resolved at deploy time.
+    cloud-init (root) runs, in order, failing the boot loudly (status file + log + non-zero exit) at any error:
+      /etc/ddlc/cluster.env                    cluster name, role, region, bucket, worker group, ...
+      CloudWatch agent                         metrics, kernel/ddlc/training logs, Prometheus scrape of the ranks
+      AMI's PyTorch Python                     /opt/conda/envs/pytorch or /opt/pytorch (none: boot fails)
+      ddlc package                             SSM parameter -> s3:// asset -> pinned requirements + wheel[extras]
+      cluster ssh keys                         Secrets Manager secret -> ddlc.infra.ssh_key (keys, known_hosts)
+      hostfile + master.env                    ddlc cluster hosts (systemd timer: every 5 minutes)
+      node agent                               ddlc agent on :9400 (systemd)
+      FSx for Lustre (when configured)         FSx client repository + lustre-client-modules, mount /fsx
+      /var/lib/ddlc/boot-status                "ok", or "failed: <why>" (shown by `ddlc doctor`)
+
+Rendered from plain Python so tests can read and run it; CloudFormation tokens (bucket, secret, file system)
+may be embedded in the values and are resolved at deploy time. The package's location is read at boot from
+an SSM parameter, not written here, so a new ddlc version changes no launch template and replaces no node.
 """
 
 from __future__ import annotations
@@ -12,12 +24,25 @@ from dataclasses import dataclass
 from typing import Optional
 
 AGENT_PORT = 9400
+# Training ranks serve Prometheus metrics on metrics_port + local_rank when monitoring.metrics_port is set.
+TRAINING_METRICS_PORT = 9500
 CLOUDWATCH_AGENT_CONFIG = "/opt/aws/amazon-cloudwatch-agent/etc/ddlc.json"
+CLOUDWATCH_AGENT_PROMETHEUS = "/opt/aws/amazon-cloudwatch-agent/etc/ddlc-prometheus.yaml"
+CLOUDWATCH_AGENT_CTL = "/opt/aws/amazon-cloudwatch-agent/bin/amazon-cloudwatch-agent-ctl"
 HOSTFILE = "/etc/ddlc/hostfile"
+MASTER_ENV = "/etc/ddlc/master.env"
 CLUSTER_ENV = "/etc/ddlc/cluster.env"
 HOSTFILE_SCRIPT = "/usr/local/sbin/ddlc-write-hostfile"
-# Dimension added to every GPU metric the CloudWatch agent publishes, and the one the alarms watch.
+BOOT_STATUS = "/var/lib/ddlc/boot-status"
+PACKAGE_DIR = "/opt/ddlc/package"
+TRAINING_LOG_DIR = "/var/log/ddlc/training"
+# Dimension added to every metric the CloudWatch agent publishes, and the one the alarms watch.
 CLUSTER_DIMENSION = "ClusterName"
+# Metrics the CloudWatch agent takes from the ranks' Prometheus endpoints (EMF, namespace DDLC, ClusterName).
+SCRAPED_TRAINING_METRICS = ("ddlc_checkpoint_last_success_timestamp_seconds",)
+SCRAPE_JOB = "ddlc-training"
+FSX_KEY_URL = "https://fsx-lustre-client-repo-public-keys.s3.amazonaws.com/fsx-ubuntu-public-key.asc"
+FSX_REPO_URL = "https://fsx-lustre-client-repo.s3.amazonaws.com/ubuntu"
 
 
 @dataclass(frozen=True)
@@ -29,16 +54,41 @@ class NodeBootConfig:
     bucket_name: str
     node_count: int
     gpus_per_node: int
-    ddlc_package: str
     node_log_group: str
     has_gpu: bool
+    package_parameter: str  # SSM parameter holding the s3:// URL of the ddlc package asset
+    ssh_secret_id: str  # Secrets Manager secret the cluster ssh keys are derived from
+    cluster_cidr: str  # only hosts in here are trusted by ssh
+    worker_group_name: str
+    training_log_group: str = ""
+    ssh_users: tuple[str, ...] = ("ubuntu",)
+    extras: tuple[str, ...] = ("s3", "cloudwatch")
     lustre_dns_name: Optional[str] = None
     lustre_mount_name: Optional[str] = None
     lustre_mount_path: str = "/fsx"
+    gpus_scraped: int = 0  # ranks per node to scrape; 0: gpus_per_node
+
+
+def prometheus_scrape_config(boot: NodeBootConfig) -> str:
+    """The CloudWatch agent's Prometheus scrape config: this node's training ranks, labeled with the cluster."""
+    ranks = boot.gpus_scraped or boot.gpus_per_node
+    targets = ", ".join(f"'localhost:{TRAINING_METRICS_PORT + rank}'" for rank in range(ranks))
+    return "\n".join([
+        "global:",
+        "  scrape_interval: 1m",
+        "  scrape_timeout: 10s",
+        "scrape_configs:",
+        f"  - job_name: {SCRAPE_JOB}",
+        "    static_configs:",
+        f"      - targets: [{targets}]",
+        "        labels:",
+        f"          {CLUSTER_DIMENSION}: {boot.cluster_name}",
+    ]) + "\n"
 
 
 def cloudwatch_agent_config(boot: NodeBootConfig) -> dict:
-    """CloudWatch agent: NVIDIA GPU metrics (GPU nodes) rolled up per cluster, plus ddlc's log files."""
+    """CloudWatch agent: NVIDIA GPU metrics (GPU nodes) rolled up per cluster, the ranks' checkpoint timestamp,
+    and ddlc's, the kernel's and the training logs (the alarms' metric filters read the last two)."""
     metrics: dict = {
         "namespace": "CWAgent",
         "append_dimensions": {"InstanceId": "${aws:InstanceId}", "InstanceType": "${aws:InstanceType}"},
@@ -70,28 +120,56 @@ def cloudwatch_agent_config(boot: NodeBootConfig) -> dict:
             "metrics_collection_interval": 60,
             "append_dimensions": {CLUSTER_DIMENSION: boot.cluster_name},
         }
-    return {
-        "agent": {"metrics_collection_interval": 60, "run_as_user": "root"},
-        "metrics": metrics,
-        "logs": {
-            "logs_collected": {
-                "files": {
-                    "collect_list": [
-                        {
-                            "file_path": "/var/log/ddlc/*.log",
-                            "log_group_name": boot.node_log_group,
-                            "log_stream_name": "{instance_id}/ddlc",
-                        },
-                        {
-                            "file_path": "/var/log/ddlc-bootstrap.log",
-                            "log_group_name": boot.node_log_group,
-                            "log_stream_name": "{instance_id}/bootstrap",
-                        },
-                    ]
-                }
+
+    def collect(path: str, group: str, stream: str) -> dict:
+        return {"file_path": path, "log_group_name": group, "log_stream_name": f"{{instance_id}}/{stream}"}
+
+    training_group = boot.training_log_group or boot.node_log_group
+    logs: dict = {
+        "logs_collected": {
+            "files": {
+                "collect_list": [
+                    collect("/var/log/ddlc/*.log", boot.node_log_group, "ddlc"),
+                    collect("/var/log/ddlc-bootstrap.log", boot.node_log_group, "bootstrap"),
+                    # Xid, OOM killer and EFA driver messages (metric filters in ddlc.infra.alarms).
+                    collect("/var/log/kern.log", boot.node_log_group, "kernel"),
+                    # Training output: `ddlc launch ... 2>&1 | tee /var/log/ddlc/training/<run>.log` (docs).
+                    collect(f"{TRAINING_LOG_DIR}/*.log", training_group, "training"),
+                ]
             }
         },
     }
+    if boot.has_gpu:
+        logs["metrics_collected"] = {
+            "prometheus": {
+                "cluster_name": boot.cluster_name,
+                "log_group_name": training_group,
+                "prometheus_config_path": CLOUDWATCH_AGENT_PROMETHEUS,
+                "emf_processor": {
+                    "metric_declaration_dedup": True,
+                    "metric_namespace": "DDLC",
+                    "metric_declaration": [{
+                        "source_labels": ["job"],
+                        "label_matcher": f"^{SCRAPE_JOB}$",
+                        "dimensions": [[CLUSTER_DIMENSION]],
+                        "metric_selectors": [f"^{name}$" for name in SCRAPED_TRAINING_METRICS],
+                    }],
+                },
+            }
+        }
+    return {
+        "agent": {"metrics_collection_interval": 60, "run_as_user": "root"},
+        "metrics": metrics,
+        "logs": logs,
+    }
+
+
+def _heredoc(path: str, marker: str, body: list[str]) -> list[str]:
+    return [f"cat > {path} <<'{marker}'", *body, marker]
+
+
+def _fail_if(condition: str, message: str) -> list[str]:
+    return [f"if {condition}; then ddlc_fail {shlex.quote(message)}; fi"]
 
 
 def render_user_data(boot: NodeBootConfig) -> list[str]:
@@ -106,101 +184,153 @@ def render_user_data(boot: NodeBootConfig) -> list[str]:
         "DDLC_GPUS_PER_NODE": str(boot.gpus_per_node),
         "DDLC_METRICS_NAMESPACE": "DDLC",
         "DDLC_HOSTFILE": HOSTFILE,
+        "DDLC_WORKER_GROUP": boot.worker_group_name,
         # torchrun --max_restarts across nodes: restarted workers must not reuse the last attempt's store
         # (pytorch/pytorch#135712); the runbook sources this file before torchrun.
         "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1",
     }
-    lustre_lines: list[str] = []
-    if boot.lustre_dns_name and boot.lustre_mount_name:
-        source = f"{boot.lustre_dns_name}@tcp:/{boot.lustre_mount_name}"
-        lustre_lines = [
-            f"mkdir -p {boot.lustre_mount_path}",
-            "command -v mount.lustre >/dev/null || apt-get install -y lustre-client-modules-$(uname -r) "
-            "|| echo 'ddlc: Lustre client unavailable; /fsx not mounted'",
-            f"grep -q ' {boot.lustre_mount_path} ' /etc/fstab || echo '{source} {boot.lustre_mount_path} lustre "
-            "defaults,noatime,flock,_netdev,x-systemd.automount 0 0' >> /etc/fstab",
-            f"mount {boot.lustre_mount_path} || echo 'ddlc: mounting {boot.lustre_mount_path} failed'",
-        ]
+    region = shlex.quote(boot.region)
+    extras = ",".join(boot.extras)
     agent_config = json.dumps(cloudwatch_agent_config(boot), indent=1)
+    users = " ".join(f"--user {shlex.quote(user)}" for user in boot.ssh_users)
     lines = [
         "set -euo pipefail",
         "exec > >(tee -a /var/log/ddlc-bootstrap.log) 2>&1",
-        "mkdir -p /etc/ddlc /var/log/ddlc",
-        f"cat > {CLUSTER_ENV} <<'DDLC_ENV'",
-        *[f"{key}={value}" for key, value in env_lines.items()],
-        "DDLC_ENV",
-        # Monitoring first: GPU metrics and boot logs are wanted even if a later step fails.
-        # CloudWatch agent: install when the AMI lacks it, then load ddlc's config.
-        "if [ ! -x /opt/aws/amazon-cloudwatch-agent/bin/amazon-cloudwatch-agent-ctl ]; then",
+        f"mkdir -p /etc/ddlc /var/log/ddlc {TRAINING_LOG_DIR} $(dirname {BOOT_STATUS})",
+        # Any failing step ends the boot with its reason in the status file, the log and the exit code.
+        "ddlc_fail() {",
+        "  rm -f \"${SSH_SEED:-}\"",  # never leave the cluster secret behind
+        f"  echo \"failed: $1\" > {BOOT_STATUS}",
+        "  echo \"ddlc: BOOT FAILED: $1\" >&2",
+        "  exit 1",
+        "}",
+        "trap 'ddlc_fail \"command failed (line $LINENO): $BASH_COMMAND\"' ERR",
+        f"echo running > {BOOT_STATUS}",
+        *_heredoc(CLUSTER_ENV, "DDLC_ENV", [f"{key}={value}" for key, value in env_lines.items()]),
+        # Instance identity from IMDSv2 (the launch template requires tokens).
+        "IMDS_TOKEN=$(curl -fsS -X PUT http://169.254.169.254/latest/api/token "
+        "-H 'X-aws-ec2-metadata-token-ttl-seconds: 300')",
+        "INSTANCE_ID=$(curl -fsS -H \"X-aws-ec2-metadata-token: $IMDS_TOKEN\" "
+        "http://169.254.169.254/latest/meta-data/instance-id)",
+        f"echo \"DDLC_INSTANCE_ID=$INSTANCE_ID\" >> {CLUSTER_ENV}",
+        # Monitoring first: metrics and boot logs are wanted even if a later step fails.
+        f"if [ ! -x {CLOUDWATCH_AGENT_CTL} ]; then",
         f"  curl -fsSL -o /tmp/amazon-cloudwatch-agent.deb https://amazoncloudwatch-agent-{boot.region}.s3."
         f"{boot.region}.amazonaws.com/ubuntu/amd64/latest/amazon-cloudwatch-agent.deb",
         "  dpkg -i -E /tmp/amazon-cloudwatch-agent.deb",
         "fi",
         f"mkdir -p $(dirname {CLOUDWATCH_AGENT_CONFIG})",
-        f"cat > {CLOUDWATCH_AGENT_CONFIG} <<'CWAGENT'",
-        *agent_config.splitlines(),
-        "CWAGENT",
-        "/opt/aws/amazon-cloudwatch-agent/bin/amazon-cloudwatch-agent-ctl -a fetch-config -m ec2 "
-        f"-c file:{CLOUDWATCH_AGENT_CONFIG} -s",
-        *lustre_lines,
-        # Deep Learning AMIs ship PyTorch in a conda env named `pytorch`; newer ones in a venv at /opt/pytorch.
+        *_heredoc(CLOUDWATCH_AGENT_CONFIG, "CWAGENT", agent_config.splitlines()),
+        *_heredoc(CLOUDWATCH_AGENT_PROMETHEUS, "CWPROM", prometheus_scrape_config(boot).splitlines()),
+        f"{CLOUDWATCH_AGENT_CTL} -a fetch-config -m ec2 -c file:{CLOUDWATCH_AGENT_CONFIG} -s",
+        # The AMI's PyTorch environment: conda env `pytorch` on older Deep Learning AMIs, /opt/pytorch on newer.
+        # No fallback to another Python: ddlc needs the AMI's CUDA build of torch.
         "if [ -x /opt/conda/envs/pytorch/bin/python ]; then DDLC_PY=/opt/conda/envs/pytorch/bin/python",
         "elif [ -x /opt/pytorch/bin/python ]; then DDLC_PY=/opt/pytorch/bin/python",
-        "else DDLC_PY=python3; fi",
-        # boto3 is all `ddlc cluster hosts` needs on a node (the AMI usually has it already).
-        f'"$DDLC_PY" -m pip install --quiet {shlex.quote(boot.ddlc_package)} boto3',
-        'ln -sf "$(dirname "$DDLC_PY")/ddlc" /usr/local/bin/ddlc',
+        "else ddlc_fail 'no PyTorch environment (/opt/conda/envs/pytorch, /opt/pytorch): use a Deep Learning AMI'; fi",
+        *_fail_if("! \"$DDLC_PY\" -c 'import torch' 2>/dev/null", "the AMI's PyTorch Python cannot import torch"),
+        # ddlc from this stack's own package: pinned requirements, then the wheel with its extras, by path.
+        f"PACKAGE_URL=$(aws ssm get-parameter --region {region} --name {shlex.quote(boot.package_parameter)} "
+        "--query Parameter.Value --output text)",
+        f"rm -rf {PACKAGE_DIR} && mkdir -p {PACKAGE_DIR}",
+        f"aws s3 cp --region {region} --only-show-errors \"$PACKAGE_URL\" {PACKAGE_DIR}.zip",
+        f"\"$DDLC_PY\" -m zipfile -e {PACKAGE_DIR}.zip {PACKAGE_DIR}",
+        "PIP=(\"$DDLC_PY\" -m pip install --no-input --disable-pip-version-check --progress-bar off)",
+        f"\"${{PIP[@]}}\" --no-deps -r {PACKAGE_DIR}/requirements.txt",
+        f"WHEEL=$(\"$DDLC_PY\" -c 'import json; print(json.load(open(\"{PACKAGE_DIR}/manifest.json\"))[\"wheel\"])')",
+        # --no-index: anything not already installed from the pins makes this fail instead of being fetched.
+        f"\"${{PIP[@]}}\" --no-index -c {PACKAGE_DIR}/requirements.txt \"{PACKAGE_DIR}/$WHEEL[{extras}]\"",
+        "DDLC_BIN=\"$(\"$DDLC_PY\" -c 'import sysconfig; print(sysconfig.get_path(\"scripts\"))')/ddlc\"",
+        *_fail_if("[ ! -x \"$DDLC_BIN\" ]", "ddlc was installed but its command is missing"),
+        "if [ \"$DDLC_BIN\" != /usr/local/bin/ddlc ]; then ln -sf \"$DDLC_BIN\" /usr/local/bin/ddlc; fi",
+        *_fail_if("! /usr/local/bin/ddlc --help >/dev/null", "the ddlc command does not run"),
+        *_fail_if("! \"$DDLC_PY\" -c 'import s3fs, boto3'", f"the ddlc extras [{extras}] do not import"),
+        # Passwordless ssh between cluster members: keys derived from the cluster secret, trust limited to the VPC.
+        "SSH_SEED=$(mktemp)",
+        f"aws secretsmanager get-secret-value --region {region} --secret-id {shlex.quote(boot.ssh_secret_id)} "
+        "--query SecretString --output text > \"$SSH_SEED\"",
+        f"\"$DDLC_PY\" -m ddlc.infra.ssh_key install --seed-file \"$SSH_SEED\" --cidr {shlex.quote(boot.cluster_cidr)} "
+        f"{users}",
+        "rm -f \"$SSH_SEED\"",
+        "systemctl reload ssh || systemctl restart ssh",
         # Peers are found by tag; retry until every worker is running, then keep it fresh every 5 minutes.
-        f"cat > {HOSTFILE_SCRIPT} <<'SCRIPT'",
-        "#!/bin/bash",
-        f"source {CLUSTER_ENV}",
-        "for attempt in $(seq 1 90); do",
-        '  if /usr/local/bin/ddlc cluster hosts --cluster "$DDLC_CLUSTER" --region "$AWS_DEFAULT_REGION" '
-        '--expect "$DDLC_NODE_COUNT" --output "$DDLC_HOSTFILE" > /etc/ddlc/master.env.new; then',
-        "    mv /etc/ddlc/master.env.new /etc/ddlc/master.env; exit 0",
-        "  fi",
-        "  sleep 10",
-        "done",
-        "exit 1",
-        "SCRIPT",
+        *_heredoc(HOSTFILE_SCRIPT, "SCRIPT", [
+            "#!/bin/bash",
+            f"source {CLUSTER_ENV}",
+            "for attempt in $(seq 1 90); do",
+            '  if /usr/local/bin/ddlc cluster hosts --cluster "$DDLC_CLUSTER" --region "$AWS_DEFAULT_REGION" '
+            f'--expect "$DDLC_NODE_COUNT" --output "$DDLC_HOSTFILE" > {MASTER_ENV}.new; then',
+            f"    mv {MASTER_ENV}.new {MASTER_ENV}; exit 0",
+            "  fi",
+            "  sleep 10",
+            "done",
+            "exit 1",
+        ]),
         f"chmod 755 {HOSTFILE_SCRIPT}",
-        "cat > /etc/systemd/system/ddlc-hostfile.service <<'UNIT'",
-        "[Unit]",
-        "Description=ddlc: write the cluster hostfile from EC2 tags",
-        "After=network-online.target",
-        "[Service]",
-        "Type=oneshot",
-        f"ExecStart={HOSTFILE_SCRIPT}",
-        "UNIT",
-        "cat > /etc/systemd/system/ddlc-hostfile.timer <<'UNIT'",
-        "[Unit]",
-        "Description=ddlc: refresh the cluster hostfile",
-        "[Timer]",
-        "OnBootSec=1min",
-        "OnUnitActiveSec=5min",
-        "[Install]",
-        "WantedBy=timers.target",
-        "UNIT",
+        *_heredoc("/etc/systemd/system/ddlc-hostfile.service", "UNIT", [
+            "[Unit]",
+            "Description=ddlc: write the cluster hostfile from EC2 tags",
+            "After=network-online.target",
+            "[Service]",
+            "Type=oneshot",
+            f"ExecStart={HOSTFILE_SCRIPT}",
+        ]),
+        *_heredoc("/etc/systemd/system/ddlc-hostfile.timer", "UNIT", [
+            "[Unit]",
+            "Description=ddlc: refresh the cluster hostfile",
+            "[Timer]",
+            "OnBootSec=1min",
+            "OnUnitActiveSec=5min",
+            "[Install]",
+            "WantedBy=timers.target",
+        ]),
         # Node metrics agent (Prometheus exposition on :9400, reachable only from cluster members).
-        "cat > /etc/systemd/system/ddlc-agent.service <<'UNIT'",
-        "[Unit]",
-        "Description=ddlc node metrics agent",
-        "After=network-online.target",
-        "[Service]",
-        f"EnvironmentFile={CLUSTER_ENV}",
-        # All interfaces: the head node's Prometheus scrapes every node; the EFA security group admits only
-        # cluster members, so the port is not reachable from anywhere else.
-        f"ExecStart=/usr/local/bin/ddlc agent --host 0.0.0.0 --port {AGENT_PORT}",
-        "Restart=always",
-        "RestartSec=5",
-        "StandardOutput=append:/var/log/ddlc/agent.log",
-        "StandardError=append:/var/log/ddlc/agent.log",
-        "[Install]",
-        "WantedBy=multi-user.target",
-        "UNIT",
+        *_heredoc("/etc/systemd/system/ddlc-agent.service", "UNIT", [
+            "[Unit]",
+            "Description=ddlc node metrics agent",
+            "After=network-online.target",
+            "[Service]",
+            f"EnvironmentFile={CLUSTER_ENV}",
+            # All interfaces: the head node's Prometheus scrapes every node; the EFA security group admits only
+            # cluster members, so the port is not reachable from anywhere else.
+            f"ExecStart=/usr/local/bin/ddlc agent --host 0.0.0.0 --port {AGENT_PORT}",
+            "Restart=always",
+            "RestartSec=5",
+            "StandardOutput=append:/var/log/ddlc/agent.log",
+            "StandardError=append:/var/log/ddlc/agent.log",
+            "[Install]",
+            "WantedBy=multi-user.target",
+        ]),
         "systemctl daemon-reload",
         "systemctl enable --now ddlc-agent.service ddlc-hostfile.timer",
         "systemctl start --no-block ddlc-hostfile.service",
     ]
-    lines.append("echo 'ddlc: node bootstrap finished'")
+    if boot.lustre_dns_name and boot.lustre_mount_name:
+        source = f"{boot.lustre_dns_name}@tcp:/{boot.lustre_mount_name}"
+        mount_path = boot.lustre_mount_path
+        lines += [
+            # The FSx client comes from AWS's repository; the AMI may already have it.
+            "install_lustre_client() {",
+            "  . /etc/os-release &&",
+            f"  curl -fsSL {FSX_KEY_URL} | gpg --batch --yes --dearmor -o /usr/share/keyrings/fsx-ubuntu-public-key.gpg &&",
+            "  echo \"deb [signed-by=/usr/share/keyrings/fsx-ubuntu-public-key.gpg] "
+            f"{FSX_REPO_URL} $VERSION_CODENAME main\" > /etc/apt/sources.list.d/fsxlustreclientrepo.list &&",
+            "  apt-get update -q &&",
+            "  DEBIAN_FRONTEND=noninteractive apt-get install -y -q \"lustre-client-modules-$(uname -r)\"",
+            "}",
+            "if ! command -v mount.lustre >/dev/null; then",
+            "  install_lustre_client || ddlc_fail \"the FSx for Lustre client could not be installed "
+            f"(lustre-client-modules-$(uname -r)); {mount_path} is not mounted\"",
+            "fi",
+            *_fail_if("! command -v mount.lustre >/dev/null",
+                      f"no FSx for Lustre client (mount.lustre) after installing it; {mount_path} is not mounted"),
+            f"mkdir -p {mount_path}",
+            f"grep -q ' {mount_path} ' /etc/fstab || echo '{source} {mount_path} lustre "
+            "defaults,noatime,flock,_netdev,x-systemd.automount 0 0' >> /etc/fstab",
+            f"mount {mount_path} || ddlc_fail 'mounting {source} on {mount_path} failed'",
+        ]
+    lines += [
+        f"echo \"ok $(date -u +%Y-%m-%dT%H:%M:%SZ)\" > {BOOT_STATUS}",
+        "echo 'ddlc: node bootstrap finished'",
+    ]
     return lines

@@ -46,6 +46,7 @@ ANCHOR_FORK_MEMORY = "cannot-allocate-memory-in-data-loader-workers-with-efa"
 ANCHOR_STORAGE = "checkpoint-storage-not-writable-or-disk-full"
 ANCHOR_PORT = "master-port-already-in-use"
 ANCHOR_HOSTS = "clock-skew-and-version-drift-between-nodes"
+from ddlc.ops.boot_status import ANCHOR_BOOT, BOOT_STATUS_FILE, check_boot, read_boot_status  # noqa: E402
 
 
 class Status(str, Enum):
@@ -811,6 +812,7 @@ class DoctorOptions:
 
     environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
     cluster_env_file: Path = CLUSTER_ENV_FILE
+    boot_status_file: Path = BOOT_STATUS_FILE
     proc_root: Path = Path("/proc")
     sys_root: Path = Path("/sys")
     torch: Optional[TorchFacts] = None  # None: ask the installed torch
@@ -860,7 +862,9 @@ def run_checks(options: DoctorOptions) -> list[CheckResult]:
         interfaces = sorted(psutil.net_if_addrs())
     limit = memlock_limit() if options.memlock_bytes == -1 else options.memlock_bytes
 
-    results = [
+    boot_status = read_boot_status(options.boot_status_file)  # only cluster nodes have one
+    results = [check_boot(boot_status)] if boot_status is not None else []
+    results += [
         check_gpus(gpus, torch, expected, env),
         check_driver_cuda(read_driver_version(options.proc_root), torch, bool(expected) or bool(gpus)),
         check_nccl(torch, bool(gpus)),

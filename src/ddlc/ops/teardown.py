@@ -20,6 +20,8 @@ from ddlc.errors import UserError
 # Friendly names for the resource types an operator cares about when reading the confirmation.
 RESOURCE_LABELS = {
     "AWS::EC2::Instance": "EC2 instance",
+    "AWS::AutoScaling::AutoScalingGroup": "Auto Scaling group (GPU workers)",
+    "AWS::SecretsManager::Secret": "Secrets Manager secret",
     "AWS::S3::Bucket": "S3 bucket",
     "AWS::FSx::FileSystem": "FSx for Lustre file system",
     "AWS::Logs::LogGroup": "CloudWatch log group",
@@ -126,12 +128,15 @@ def synthesize(environment: str, cdk_json: Path) -> tuple[dict, dict[str, str], 
         from aws_cdk import App, CfnResource, Environment
     except ModuleNotFoundError as missing:
         raise UserError(f"`ddlc cluster down` needs {missing.name}: pip install 'ddlc[infra]'") from None
+    from ddlc.infra.app import default_dashboards
     from ddlc.infra.stack import ClusterStack
 
-    # The same stack `cdk destroy` synthesizes (feature flags from cdk.json's context), without the cdk-nag pass.
+    # The same stack `cdk destroy` synthesizes (feature flags from cdk.json's context, the standard dashboards),
+    # without the cdk-nag pass.
     with tempfile.TemporaryDirectory(prefix="ddlc-down-") as outdir:
         app = App(context={**context, "environment": environment}, outdir=outdir)
-        stack = ClusterStack(app, settings.stack_name, settings=settings, env=Environment(region=settings.region))
+        stack = ClusterStack(app, settings.stack_name, settings=settings, dashboards=default_dashboards(),
+                             env=Environment(region=settings.region))
         template = app.synth().get_stack_by_name(stack.stack_name).template
         paths = {
             stack.resolve(child.logical_id): _construct_path(child.node.path, stack.stack_name)

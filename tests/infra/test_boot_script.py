@@ -1,0 +1,323 @@
+"""The node boot script, executed: a throwaway root stands in for a fresh instance of the Deep Learning AMI.
+
+    test (root) ── unshare --mount --net --pid ──> driver.sh, in new mount, network and PID namespaces
+        lo up; 169.254.169.254 on lo: a stand-in IMDSv2 (imds.py); moto_server on 127.0.0.1 with two
+        running workers tagged like the stack's group
+        the root: host /usr, the shared venv and the base Python bind-mounted read-only; its own writable /etc
+        (a copy), /opt, /var, /tmp, /home, /usr/local; no network beyond lo, so nothing can come from an index
+        on PATH: a fake `aws` (ssm parameter -> s3:// URL, s3 cp of the real package zip, the ssh secret) and a
+        stand-in `systemctl`; the "AMI's" PyTorch Python at /opt/conda/envs/pytorch (a venv that sees the
+        shared venv's packages except ddlc), the "AMI's" CloudWatch agent control script
+        chroot: the rendered user data (no FSx) -> exit 0, "ok"; then the hostfile writer the unit runs ->
+        /etc/ddlc/hostfile + master.env from moto; then the agent unit's ExecStart -> /metrics answers;
+        then the user data with FSx configured -> exit 1, "failed: the FSx for Lustre client ..."
+
+The package is the real one `cdk synth` ships (ddlc.infra.package_asset: wheel + pinned requirements).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from ddlc.infra.package_asset import build_node_package
+from ddlc.infra.user_data import NodeBootConfig, render_user_data
+
+pytestmark = pytest.mark.skipif(
+    os.geteuid() != 0 or not shutil.which("unshare") or not shutil.which("ip"),
+    reason="needs root, unshare and ip (mount and network namespaces)",
+)
+
+CLUSTER = "ddlc-boottest"
+REGION = "us-east-1"
+PARAMETER = "/ddlc/boottest/node-package"
+PACKAGE_URL = "s3://cdk-hnb659fds-assets-123456789012-us-east-1/0123abcd.zip"
+SECRET_ARN = "arn:aws:secretsmanager:us-east-1:123456789012:secret:ddlc-boottest-ssh-AbCdEf"
+SECRET = "Kq7" * 22
+INSTANCE_ID = "i-0b00710a5e0000001"
+SHARED_SITE = Path(sys.prefix) / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
+
+FAKE_AWS = r"""#!/bin/bash
+# Stand-in for the AWS CLI: serves the stack's package and the ssh secret, refuses everything else.
+echo "aws $*" >> /var/log/fake-aws.log
+args=" $* "
+case "$1 $2" in
+  "ssm get-parameter")
+    [[ "$args" == *" --name {parameter} "* && "$args" == *" --region {region} "* ]] || {{ echo "ParameterNotFound: $*" >&2; exit 254; }}
+    echo "{url}" ;;
+  "s3 cp")
+    [[ "$args" == *" {url} "* ]] || {{ echo "NoSuchKey: $*" >&2; exit 1; }}
+    cp /opt/fake-aws/package.zip "${{@: -1}}" ;;
+  "secretsmanager get-secret-value")
+    [[ "$args" == *" --secret-id {secret_arn} "* ]] || {{ echo "ResourceNotFoundException" >&2; exit 254; }}
+    cat /opt/fake-aws/secret ;;
+  *) echo "fake aws: unexpected call: $*" >&2; exit 2 ;;
+esac
+"""
+
+FAKE_SYSTEMCTL = """#!/bin/bash
+# Stand-in init: records what the boot script asks for (the units themselves are checked by the test).
+echo "systemctl $*" >> /var/log/fake-systemctl.log
+"""
+
+CLOUDWATCH_CTL = """#!/bin/bash
+# Stand-in for the AMI's CloudWatch agent: the config it is given must be valid JSON.
+echo "amazon-cloudwatch-agent-ctl $*" >> /var/log/fake-cwagent.log
+config="${@: -2:1}"; config="${config#file:}"
+/opt/conda/envs/pytorch/bin/python -m json.tool "$config" > /dev/null
+"""
+
+IMDS = r"""
+import http.server, sys
+TOKEN = "imds-token-123"
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_PUT(self):
+        if self.path == "/latest/api/token" and self.headers.get("X-aws-ec2-metadata-token-ttl-seconds"):
+            self._reply(200, TOKEN)
+        else:
+            self._reply(400, "bad token request")
+    def do_GET(self):
+        if self.headers.get("X-aws-ec2-metadata-token") != TOKEN:
+            self._reply(401, "IMDSv2 token required")
+        elif self.path == "/latest/meta-data/instance-id":
+            self._reply(200, sys.argv[1])
+        else:
+            self._reply(404, "not found")
+    def _reply(self, code, body):
+        self.send_response(code); self.end_headers(); self.wfile.write(body.encode())
+    def log_message(self, *args):
+        pass
+http.server.HTTPServer(("169.254.169.254", 80), Handler).serve_forever()
+"""
+
+SEED_EC2 = r"""
+import json, sys, time, urllib.request, boto3
+url = "http://127.0.0.1:5000"
+for _ in range(300):
+    try:
+        urllib.request.urlopen(url + "/moto-api/", timeout=1); break
+    except OSError:
+        time.sleep(0.1)
+ec2 = boto3.client("ec2", region_name="us-east-1", endpoint_url=url, aws_access_key_id="testing",
+                   aws_secret_access_key="testing")
+ips = []
+for index in range(2):
+    tags = [{"Key": "ddlc:cluster", "Value": sys.argv[1]}, {"Key": "role", "Value": "worker"},
+            {"Key": "aws:autoscaling:groupName", "Value": sys.argv[1] + "-workers"}]
+    instance = ec2.run_instances(ImageId="ami-12c6146b", InstanceType="p4d.24xlarge", MinCount=1, MaxCount=1,
+                                 TagSpecifications=[{"ResourceType": "instance", "Tags": tags}])["Instances"][0]
+    ips.append(instance["PrivateIpAddress"])
+print(json.dumps(ips))
+"""
+
+
+def boot_config(**changes) -> NodeBootConfig:
+    values = dict(
+        cluster_name=CLUSTER, environment="boottest", role="worker", region=REGION, bucket_name="ckpt-bucket",
+        node_count=2, gpus_per_node=8, node_log_group="/ddlc/boottest/nodes",
+        training_log_group="/ddlc/boottest/training", has_gpu=True, package_parameter=PARAMETER,
+        ssh_secret_id=SECRET_ARN, cluster_cidr="10.42.0.0/16", worker_group_name=f"{CLUSTER}-workers",
+    )
+    values.update(changes)
+    return NodeBootConfig(**values)
+
+
+def _write(path: Path, text: str, mode: int = 0o644) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    path.chmod(mode)
+
+
+def make_root(base: Path) -> Path:
+    """The throwaway root's own files (mount points, a copy of /etc, the AMI stand-ins, the fakes)."""
+    root = base / "root"
+    for name in ("usr", "proc", "dev", "tmp", "var/log", "var/lib", "opt", "home/ubuntu", "root", "run",
+                 str(Path(sys.base_prefix)).lstrip("/"), str(Path(sys.prefix)).lstrip("/")):
+        (root / name).mkdir(parents=True, exist_ok=True)
+    (root / "tmp").chmod(0o1777)
+    for link in ("bin", "sbin", "lib", "lib64"):
+        if Path("/" + link).is_symlink():
+            (root / link).symlink_to(os.readlink("/" + link))
+    shutil.copytree("/etc", root / "etc", symlinks=True, ignore_dangling_symlinks=True, dirs_exist_ok=True,
+                    ignore=shutil.ignore_patterns("ddlc", "mtab"))
+    passwd = root / "etc/passwd"
+    if "\nubuntu:" not in "\n" + passwd.read_text():
+        passwd.write_text(passwd.read_text() + "ubuntu:x:1000:1000:Ubuntu:/home/ubuntu:/bin/bash\n")
+        (root / "etc/group").write_text((root / "etc/group").read_text() + "ubuntu:x:1000:\n")
+    os.chown(root / "home/ubuntu", 1000, 1000)
+
+    # The AMI's PyTorch Python: a venv on the base interpreter that sees the shared venv's packages (torch,
+    # boto3, pip, ... at exactly the pinned versions) but not its ddlc, so ddlc can only come from the wheel.
+    python = root / "opt/conda/envs/pytorch"
+    subprocess.run([sys._base_executable, "-m", "venv", "--without-pip", str(python)], check=True, timeout=120)
+    view = root / "opt/ami-site-packages"
+    view.mkdir()
+    for entry in SHARED_SITE.iterdir():
+        if not entry.name.lower().startswith(("ddlc", "__editable__", "_ddlc")) and entry.suffix != ".pth":
+            (view / entry.name).symlink_to(entry)
+    site = next((python / "lib").glob("python*/site-packages"))
+    (site / "ami-packages.pth").write_text("/opt/ami-site-packages\n")
+
+    fake_bin = root / "opt/fakebin"
+    _write(fake_bin / "aws", FAKE_AWS.format(parameter=PARAMETER, region=REGION, url=PACKAGE_URL,
+                                             secret_arn=SECRET_ARN), 0o755)
+    _write(fake_bin / "systemctl", FAKE_SYSTEMCTL, 0o755)
+    _write(root / "opt/aws/amazon-cloudwatch-agent/bin/amazon-cloudwatch-agent-ctl", CLOUDWATCH_CTL, 0o755)
+    _write(root / "opt/fake-aws/secret", SECRET + "\n", 0o600)
+    package = build_node_package()
+    with zipfile.ZipFile(root / "opt/fake-aws/package.zip", "w") as archive:  # as CDK zips a directory asset
+        for path in sorted(package.iterdir()):
+            archive.write(path, path.name)
+    return root
+
+
+DRIVER = r"""
+set -euo pipefail
+R={root}
+ip link set lo up
+ip addr add 169.254.169.254/32 dev lo
+{python} {base}/imds.py {instance_id} &
+{moto} -H 127.0.0.1 -p 5000 > {base}/moto.log 2>&1 &
+{python} {base}/seed_ec2.py {cluster} > {base}/worker-ips.json
+ro_bind() {{ mount --bind "$1" "$R$1"; mount -o remount,bind,ro "$R$1"; }}
+ro_bind /usr
+mount -t tmpfs tmpfs $R/usr/local
+mkdir -p $R/usr/local/bin $R/usr/local/sbin
+ro_bind {base_prefix}
+ro_bind {prefix}
+mount --bind /dev $R/dev
+mount -t proc proc $R/proc
+in_root() {{ chroot $R /usr/bin/env -i HOME=/root PATH=/opt/fakebin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin \
+    LANG=C.UTF-8 "$@"; }}
+set +e
+in_root /bin/bash /boot/user-data.sh > {base}/boot1.out 2>&1; echo $? > {base}/boot1.rc
+cp $R/var/lib/ddlc/boot-status {base}/boot1.status
+in_root readlink /usr/local/bin/ddlc > {base}/ddlc-link  # /usr/local is this namespace's tmpfs
+in_root /usr/bin/env AWS_ENDPOINT_URL=http://127.0.0.1:5000 AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing \
+    /bin/bash -c 'exec $(sed -n "s/^ExecStart=//p" /etc/systemd/system/ddlc-hostfile.service)' \
+    > {base}/hostfile.out 2>&1; echo $? > {base}/hostfile.rc
+in_root /bin/bash -c 'set -a; . /etc/ddlc/cluster.env; exec $(sed -n "s/^ExecStart=//p" /etc/systemd/system/ddlc-agent.service)' \
+    > {base}/agent.out 2>&1 &
+agent=$!
+for i in $(seq 1 120); do
+  if curl -fsS http://127.0.0.1:{agent_port}/metrics > {base}/metrics.txt 2>/dev/null; then break; fi
+  sleep 0.5
+done
+kill $agent 2>/dev/null; wait $agent 2>/dev/null
+in_root /bin/bash /boot/user-data-fsx.sh > {base}/boot2.out 2>&1; echo $? > {base}/boot2.rc
+kill %1 %2 2>/dev/null
+exit 0
+"""
+
+
+@pytest.fixture(scope="module")
+def booted(tmp_path_factory):
+    base = tmp_path_factory.mktemp("boot")
+    root = make_root(base)
+    script = "#!/bin/bash\n" + "\n".join(render_user_data(boot_config())) + "\n"
+    fsx = render_user_data(boot_config(lustre_dns_name="fs-0123.fsx.us-east-1.amazonaws.com", lustre_mount_name="abcd"))
+    _write(root / "boot/user-data.sh", script, 0o755)
+    _write(root / "boot/user-data-fsx.sh", "#!/bin/bash\n" + "\n".join(fsx) + "\n", 0o755)
+    (base / "imds.py").write_text(IMDS)
+    (base / "seed_ec2.py").write_text(SEED_EC2)
+    from ddlc.infra.user_data import AGENT_PORT
+
+    driver = DRIVER.format(
+        root=root, base=base, python=sys.executable, moto=Path(sys.executable).parent / "moto_server",
+        instance_id=INSTANCE_ID, cluster=CLUSTER, base_prefix=sys.base_prefix, prefix=sys.prefix,
+        agent_port=AGENT_PORT,
+    )
+    (base / "driver.sh").write_text(driver)
+    # A new PID namespace too: when the driver (its PID 1) ends, or is killed with the test, the kernel ends every
+    # process it started (IMDS, moto, the agent), whatever state the script was in.
+    result = subprocess.run(["unshare", "--mount", "--net", "--pid", "--fork", "--kill-child", "bash",
+                             str(base / "driver.sh")],
+                            capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+    def read(name: str) -> str:
+        path = base / name
+        return path.read_text() if path.exists() else ""
+
+    return {"root": root, "base": base, "read": read}
+
+
+def _explain(booted, name: str = "boot1.out") -> str:
+    return booted["read"](name)[-4000:]
+
+
+def test_boot_installs_ddlc_from_the_stack_package_and_finishes(booted):
+    root, read = booted["root"], booted["read"]
+    assert read("boot1.rc").strip() == "0", _explain(booted)
+    assert read("boot1.status").startswith("ok ")
+    assert "ddlc: node bootstrap finished" in read("boot1.out")
+    # ddlc came from the wheel, by path, into the AMI's Python, with the extras' imports working.
+    site = next((root / "opt/conda/envs/pytorch/lib").glob("python*/site-packages"))
+    (dist,) = site.glob("ddlc-*.dist-info")
+    direct = json.loads((dist / "direct_url.json").read_text())
+    assert direct["url"].startswith("file:///opt/ddlc/package/ddlc-") and direct["url"].endswith(".whl")
+    assert (site / "ddlc" / "infra" / "ssh_key.py").is_file()
+    assert read("ddlc-link").strip() == "/opt/conda/envs/pytorch/bin/ddlc"
+    calls = (root / "var/log/fake-aws.log").read_text()
+    assert f"ssm get-parameter --region {REGION} --name {PARAMETER}" in calls
+    assert f"s3 cp --region {REGION} --only-show-errors {PACKAGE_URL} /opt/ddlc/package.zip" in calls
+    # The installed package's pins are what synth recorded.
+    assert (root / "opt/ddlc/package/requirements.txt").read_text() == (build_node_package() / "requirements.txt").read_text()
+
+
+def test_boot_writes_cluster_env_with_instance_identity_and_units(booted):
+    root = booted["root"]
+    env = dict(line.split("=", 1) for line in (root / "etc/ddlc/cluster.env").read_text().splitlines())
+    assert env["DDLC_CLUSTER"] == CLUSTER and env["DDLC_INSTANCE_ID"] == INSTANCE_ID
+    assert env["DDLC_WORKER_GROUP"] == f"{CLUSTER}-workers"
+    systemctl = (root / "var/log/fake-systemctl.log").read_text()
+    assert "systemctl enable --now ddlc-agent.service ddlc-hostfile.timer" in systemctl
+    assert "ExecStart=/usr/local/bin/ddlc agent" in (root / "etc/systemd/system/ddlc-agent.service").read_text()
+    agent_calls = (root / "var/log/fake-cwagent.log").read_text()
+    assert "-a fetch-config -m ec2 -c file:/opt/aws/amazon-cloudwatch-agent/etc/ddlc.json -s" in agent_calls
+
+
+def test_hostfile_and_master_env_from_discovery(booted):
+    root, read = booted["root"], booted["read"]
+    assert read("hostfile.rc").strip() == "0", read("hostfile.out")
+    ips = sorted(json.loads(read("worker-ips.json")), key=lambda ip: tuple(map(int, ip.split("."))))
+    assert (root / "etc/ddlc/hostfile").read_text() == "".join(f"{ip} slots=8\n" for ip in ips)
+    assert (root / "etc/ddlc/master.env").read_text() == f"MASTER_ADDR={ips[0]}\n"
+
+
+def test_agent_unit_command_serves_metrics(booted):
+    metrics = booted["read"]("metrics.txt")
+    assert "ddlc_agent_info{" in metrics, booted["read"]("agent.out")[-2000:]
+
+
+def test_cluster_ssh_keys_installed_for_the_user_with_cluster_only_trust(booted):
+    root = booted["root"]
+    key = root / "home/ubuntu/.ssh/ddlc_cluster_ed25519"
+    assert key.stat().st_uid == 1000 and oct(key.stat().st_mode & 0o777) == "0o600"
+    result = subprocess.run(["ssh-keygen", "-y", "-f", str(key)], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0 and result.stdout.split()[1] in (root / "home/ubuntu/.ssh/authorized_keys").read_text()
+    assert (root / "etc/ssh/ddlc_known_hosts").read_text().startswith("10.42.*,ip-10-42-* ssh-ed25519 ")
+    assert "StrictHostKeyChecking yes" in (root / "etc/ssh/ssh_config.d/ddlc.conf").read_text()
+    assert not list((root / "tmp").glob("tmp*")), "the secret's temporary copy was left behind"
+
+
+def test_missing_fsx_client_fails_the_boot_loudly(booted):
+    root, read = booted["root"], booted["read"]
+    assert read("boot2.rc").strip() == "1", _explain(booted, "boot2.out")
+    status = (root / "var/lib/ddlc/boot-status").read_text()
+    assert status.startswith("failed: the FSx for Lustre client could not be installed"), status
+    assert "ddlc: BOOT FAILED: the FSx for Lustre client could not be installed" in read("boot2.out")
+    assert "node bootstrap finished" not in read("boot2.out")
+    # ddlc doctor on that node reports it.
+    from ddlc.ops.boot_status import check_boot
+    from ddlc.ops.doctor import Status
+
+    result = check_boot(status)
+    assert result.status is Status.FAIL and "FSx for Lustre" in result.detail
