@@ -189,9 +189,9 @@ def test_cluster_env_file_gives_torchrun_the_restart_setting(tmp_path):
     """Across nodes only torchrun's own environment can fix #135712: the node's cluster.env, sourced as the runbook
     says, exports it to every command started after it."""
     from ddlc.infra.user_data import CLUSTER_ENV, render_user_data
-    from tests.infra.test_user_data import _boot
+    from tests.infra.test_user_data import boot_config
 
-    script = "\n".join(render_user_data(_boot()))
+    script = "\n".join(render_user_data(boot_config()))
     start = script.index(f"cat > {CLUSTER_ENV} <<'DDLC_ENV'\n") + len(f"cat > {CLUSTER_ENV} <<'DDLC_ENV'\n")
     (tmp_path / "cluster.env").write_text(script[start:script.index("\nDDLC_ENV\n", start)] + "\n")
     [line] = [c for c in RUNBOOK_TEXT.split("\n") if c.startswith("set -a && source /etc/ddlc/cluster.env")]
