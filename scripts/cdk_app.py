@@ -18,8 +18,8 @@ def main() -> None:
     try:
         from ddlc.infra.app import main as app_main
     except ModuleNotFoundError as missing:
-        here = Path(sys.executable).resolve()
-        if VENV_PYTHON.exists() and VENV_PYTHON.resolve() != here and not os.environ.get("DDLC_CDK_REEXEC"):
+        # (A venv's python is a symlink to the base interpreter: compare environments by the guard, not by path.)
+        if VENV_PYTHON.exists() and not os.environ.get("DDLC_CDK_REEXEC"):
             os.environ["DDLC_CDK_REEXEC"] = "1"  # once: never loop between interpreters
             os.execv(str(VENV_PYTHON), [str(VENV_PYTHON), __file__, *sys.argv[1:]])
         print(f"error: the CDK app needs ddlc with its infra extras, but {sys.executable} cannot import "
