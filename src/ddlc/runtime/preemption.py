@@ -41,7 +41,8 @@ class PreemptionWatcher:
         """True on every rank as soon as any rank got a stop signal."""
         if self._parent is not None and not self.parent_died and os.getppid() != self._parent:
             self.parent_died = True  # reparented: the agent is gone (a cheap syscall, once per step)
-        self._flag[0] = 0 if self.requested_by is None and not self.parent_died else 1
+        # 2: a launcher died somewhere (every rank then says so), 1: a signal, 0: carry on
+        self._flag[0] = 2 if self.parent_died else (0 if self.requested_by is None else 1)
         if self._group is not None:
             dist.all_reduce(self._flag, op=dist.ReduceOp.MAX, group=self._group)
         return bool(self._flag[0])
@@ -49,7 +50,7 @@ class PreemptionWatcher:
     def reason(self) -> str:
         if self.requested_by is not None:
             return f"signal {signal.Signals(self.requested_by).name}"
-        if self.parent_died:
+        if self.parent_died or int(self._flag[0]) == 2:
             return "its launcher died"
         return "stop requested on another rank"
 
