@@ -52,3 +52,59 @@ def test_missing_bucket_is_a_clear_error(tmp_path, s3):
     proc = run([DDLC, "checkpoints", "list", "s3://no-such-bucket/x"], cwd=tmp_path, **s3.env)
     assert proc.returncode == 2
     assert "s3://no-such-bucket/x" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_s3_endpoint_dying_mid_run_fails_saves_on_every_rank_and_training_goes_on(tmp_path):
+    """#12 item 4: the S3 endpoint (a real moto server) is killed after the first commit. Every later save fails on
+    both ranks together (no rank waits out the 600 s collective timeout), training goes on to its last step, and
+    the final save's failure ends the job with one error line and the checkpoint I/O exit code."""
+    import time
+
+    import boto3
+
+    from ddlc.checkpoint.errors import CHECKPOINT_IO_EXIT_CODE
+    from tests.support import child_env
+
+    server = MotoServer()
+    server.create_bucket("ckpt")
+    client = boto3.client("s3", endpoint_url=server.url, region_name="us-east-1", aws_access_key_id="testing",
+                          aws_secret_access_key="testing")
+    job = [*FAST, "training.max_steps=150", "training.log_interval=10", f"monitoring.run_dir={tmp_path}",
+           "monitoring.run_name=dies", "checkpoint.uri=s3://ckpt/dies", "checkpoint.interval_steps=30"]
+    stderr_path = tmp_path / "stderr.txt"
+    with open(stderr_path, "w") as stderr:
+        proc = subprocess.Popen(torchrun("--standalone", "--nproc_per_node=2", str(TRAIN_PY), "--config", str(CONFIG),
+                                         *job), cwd=tmp_path, env=child_env(**server.env), stdout=subprocess.PIPE,
+                                stderr=stderr, text=True, start_new_session=True)
+        try:
+            deadline = time.monotonic() + 240
+            while time.monotonic() < deadline and proc.poll() is None:
+                keys = [o["Key"] for o in client.list_objects_v2(Bucket="ckpt", Prefix="dies/").get("Contents", [])]
+                if "dies/latest" in keys:  # first commit done; kill the endpoint (mid-save if the next one started)
+                    break
+                time.sleep(0.05)
+            server.stop()
+            stdout, _ = proc.communicate(timeout=300)  # before the fix: rank 1 waited 600 s per save
+        finally:
+            if proc.poll() is None:
+                import os
+                import signal
+
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.communicate()
+            server.stop()
+    err = stderr_path.read_text()
+    workers = err.split("torch/distributed/elastic/multiprocessing/api.py")[0]  # torchrun's own report follows
+    assert "Traceback" not in workers, workers[-4000:]
+    failed = [line for line in workers.splitlines() if "failed and was not committed" in line]
+    assert failed and len(failed) == len(set(failed)), workers[-3000:]  # said once (rank 0), not per rank
+    assert "step 150/150" in stdout  # training went on to the end after the endpoint died
+    assert f"exitcode  : {CHECKPOINT_IO_EXIT_CODE}" in err, err[-3000:]
+    errors = [line for line in err.splitlines() if line.startswith("error: checkpoint")]
+    assert len(errors) == 1 and "step-00000150 could not be saved" in errors[0], err[-3000:]
+    # Resuming while the endpoint is still dead is a storage failure, not "every checkpoint is corrupt": exit 74.
+    resumed = run([PYTHON, str(TRAIN_PY), "--config", str(CONFIG), *job], cwd=tmp_path, **server.env)
+    assert resumed.returncode == CHECKPOINT_IO_EXIT_CODE, resumed.stderr[-3000:]
+    assert "Traceback" not in resumed.stderr
+    errors = [line for line in resumed.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "cannot read the checkpoints under s3://ckpt/dies to resume" in errors[0], errors

@@ -273,3 +273,21 @@ def test_a_layout_change_on_one_rank_skips_that_save_and_replans(tmp_path):
     store = CheckpointStore(str(tmp_path / "ckpt"))
     assert verify(store, "step-00000003").ok and store.read_text("latest").strip() == "step-00000003"
     assert not (tmp_path / "ckpt" / "step-00000002" / "COMMIT").exists()
+
+
+def test_a_load_slower_than_the_group_timeout_is_not_corruption(tmp_path):
+    """#21 item 9: one rank reads 8 s late while the checkpoint group's timeout is 3 s. The load has a timeout of
+    its own and finishes with the newest checkpoint; when even that is outlasted, every rank stops with
+    CheckpointLoadError instead of loading an older checkpoint."""
+    from tests.support import REPO, run, torchrun
+
+    worker = REPO / "tests" / "checkpoint" / "slow_load_worker.py"
+    proc = run(torchrun("--standalone", "--nproc_per_node=2", str(worker), str(tmp_path)), cwd=tmp_path, timeout=300)
+    reports = {p.stem: json.loads(p.read_text()) for p in tmp_path.glob("rank*.json")}
+    for rank in (0, 1):
+        default = reports[f"rank{rank}-default"]
+        assert default.get("step") == 2 and default["equal"], (default, proc.stderr[-3000:])
+        assert not any("skipping" in w for w in default["warnings"]), default
+    short = reports.get("rank0-short")
+    assert short is not None and "step" not in short, (short, proc.stderr[-3000:])
+    assert "not treated as corruption" in short["error"] and "load_timeout_s" in short["error"]

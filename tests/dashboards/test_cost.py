@@ -19,14 +19,15 @@ TABLE = load_price_table()
 
 def test_cost_of_a_finished_run(run_dir):
     run = load_run(run_dir)
-    assert run.finished and len(run.steps) == 20
+    assert run.finished and run.readable and run.num_steps == 20
     cost = run_cost(run, Pricing(PRICED_AS, None, TABLE))
-    wall_hours = (run.steps[-1]["time"] - (run.steps[0]["time"] - run.steps[0]["step_time_s"])) / 3600
+    times, durations = run.column("time"), run.column("step_time_s")
+    wall_hours = (times[-1] - (times[0] - durations[0])) / 3600
     expected = TABLE[PRICED_AS] * wall_hours
     assert cost.usd_total == pytest.approx(expected) and cost.usd_total > 0
     assert cost.usd_per_step == pytest.approx(expected / 20)
-    assert cost.usd_per_1m_tokens == pytest.approx(expected / run.steps[-1]["tokens_seen"] * 1e6)
-    assert cost.usd_per_epoch == pytest.approx(expected / run.steps[-1]["epoch"])
+    assert cost.usd_per_1m_tokens == pytest.approx(expected / run.last("tokens_seen") * 1e6)
+    assert cost.usd_per_epoch == pytest.approx(expected / run.last("epoch"))
     assert cost.projected_usd == pytest.approx(expected)  # finished: nothing left to spend
     # Two nodes cost twice as much, split evenly by node.
     doubled = run_cost(run, Pricing(PRICED_AS, 2, TABLE))
@@ -38,7 +39,7 @@ def test_cost_of_a_finished_run(run_dir):
 def test_cost_series_rises_to_the_total(run_dir):
     run = load_run(run_dir)
     times, totals = cost_series(run, Pricing(PRICED_AS, None, TABLE))["usd_total"]
-    assert times == [r["time"] for r in run.steps]
+    assert times == list(run.column("time"))
     assert totals == sorted(totals) and totals[-1] == pytest.approx(run_cost(run, Pricing(PRICED_AS, None, TABLE)).usd_total)
 
 
@@ -52,7 +53,7 @@ def test_projection_for_an_unfinished_run(run_dir, tmp_path):
     (copy / "config.yaml").write_text(yaml.safe_dump(config))
     run = load_run(copy)
     cost = run_cost(run, Pricing(PRICED_AS, None, TABLE))
-    recent = [r["step_time_s"] for r in run.steps[-20:]]
+    recent = list(run.column("step_time_s")[-20:])
     expected_rest = 80 * (sum(recent) / len(recent)) * TABLE[PRICED_AS] / 3600
     assert cost.projected_usd == pytest.approx(cost.usd_total + expected_rest)
 

@@ -172,3 +172,15 @@ def test_plots_grow_while_a_run_is_going(server, runs_dir, browser, live_run):
         assert cost["cost-projected"]["series"][0]["y"][-1] > cost["cost-total"]["series"][0]["y"][-1]
     finally:
         page.close()
+
+
+def test_error_replies_are_one_short_line_and_head_works(server):
+    for url in ("api/dashboards/" + "x" * 12_000, f"api/dashboards/cost-tracking?run={'r' * 12_000}",
+                "nothing/" + "p" * 12_000, "api/dashboards/nope?" + "q" * 60_000):
+        with pytest.raises(urllib.error.HTTPError) as error:
+            _get(server.url + url)
+        body = error.value.read()
+        assert error.value.code in (400, 404, 431) and 0 < len(body) < 1000, (url[:40], error.value.code, body[:200])
+    request = urllib.request.Request(server.url + "api/definition", method="HEAD")
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.status == 200 and int(response.headers["Content-Length"]) > 100 and response.read() == b""

@@ -1,4 +1,4 @@
-"""Shared by the launch tests: run `ddlc launch` on the two test hosts and compare what each rank trained."""
+"""Shared by the launch tests: run `ddlc launch` on the test hosts and compare what each rank trained."""
 
 from __future__ import annotations
 
@@ -7,17 +7,18 @@ from pathlib import Path
 
 import torch
 
-from tests.launch.hosts import TwoHosts
+from tests.launch.hosts import Hosts
 from tests.support import CONFIG, FAST, PYTHON, REPO, child_env
 
 WORKER = REPO / "tests" / "launch" / "params_worker.py"
 DDLC = [PYTHON, "-m", "ddlc.cli.main"]
 
 
-# -- two real hosts ---------------------------------------------------------------------------------------------
-def launch_on(hosts: TwoHosts, engine: str, script_args: list[str], *extra: str, timeout: float = 240,
-              wait: bool = True):
-    argv = hosts.in_head([*DDLC, "launch", "--engine", engine, "--hostfile", str(hosts.hostfile()),
+# -- real hosts -------------------------------------------------------------------------------------------------
+def launch_on(hosts: Hosts, engine: str, script_args: list[str], *extra: str, timeout: float = 240,
+              wait: bool = True, hostfile=None):
+    hostfile = hostfile or hosts.hostfile()
+    argv = hosts.in_head([*DDLC, "launch", "--engine", engine, "--hostfile", str(hostfile),
                           *hosts.ssh_options(), "--env-profile", "none", "--env", f"GLOO_SOCKET_IFNAME={hosts.nic}",
                           *extra, str(WORKER), "--", *script_args])
     env = child_env(PYTHONPATH=str(REPO / "src"), TORCH_EXTENSIONS_DIR=str(REPO / ".cache" / "torch_extensions"))

@@ -190,7 +190,7 @@ def test_deepspeed_runner_pdsh_two_hosts(hosts, tmp_path):
     assert_ok(proc)
     output = proc.stdout + proc.stderr
     assert "cmd = pdsh " in output and f"export GLOO_SOCKET_IFNAME={hosts.nic};" in output
-    for rank, address in enumerate(hosts.addresses):  # pdsh prefixes each node's lines with its name
+    for rank, address in enumerate(hosts.addresses[:2]):  # pdsh prefixes each node's lines with its name
         assert f"{address}: " in output and f"node_rank={rank}" in output
     assert_identical_ranks(out, 2)
     summary = json.loads((tmp_path / "ds-pdsh" / "summary.json").read_text())

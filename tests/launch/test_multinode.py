@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import time
@@ -62,16 +63,28 @@ def test_env_profile_and_overrides():
 def test_dry_run_prints_every_node_command(tmp_path):
     hostfile = tmp_path / "hosts"
     hostfile.write_text("node-a slots=4\nnode-b slots=4\n")
-    for engine, launcher in (("torchrun", "torch.distributed.run"), ("deepspeed", "deepspeed.launcher.launch")):
-        proc = ddlc("launch", "--engine", engine, "--hostfile", str(hostfile), "--master-port", "29511",
-                    "--nproc-per-node", "2", "--dry-run", "train.py", "--", "--config", "config.yaml")
-        assert_ok(proc)
-        lines = proc.stdout.strip().splitlines()
-        assert lines[0].startswith(f"# engine={engine} nodes=2 world_size=4 master=node-a:29511")
-        for rank, (line, host) in enumerate(zip(lines[1:], ("node-a", "node-b"))):
-            assert line.startswith(f"[{host}] ssh ") and f" {host} -- " in line
-            assert launcher in line and f"--node_rank={rank}" in line and "FI_PROVIDER=efa" in line
-            assert "train.py --config config.yaml" in line
+    proc = ddlc("launch", "--engine", "deepspeed", "--hostfile", str(hostfile), "--master-port", "29511",
+                "--nproc-per-node", "2", "--dry-run", "train.py", "--", "--config", "config.yaml")
+    assert_ok(proc)
+    lines = proc.stdout.strip().splitlines()
+    assert lines[0].startswith("# engine=deepspeed nodes=2 world_size=4 master=node-a:29511")
+    for rank, (line, host) in enumerate(zip(lines[1:], ("node-a", "node-b"))):
+        assert line.startswith(f"[{host}] ssh ") and f" {host} -- " in line
+        assert "deepspeed.launcher.launch" in line and f"--node_rank={rank}" in line and "FI_PROVIDER=efa" in line
+        assert "train.py --config config.yaml" in line
+    # torchrun is elastic: a c10d rendezvous on a store this machine hosts, no fixed node ranks.
+    proc = ddlc("launch", "--hostfile", str(hostfile), "--master-addr", "10.0.0.9", "--master-port", "29511",
+                "--nproc-per-node", "2", "--min-nodes", "1", "--max-restarts", "5", "--job-id", "gpt-1", "--dry-run",
+                "train.py", "--", "--config", "config.yaml")
+    assert_ok(proc)
+    lines = proc.stdout.strip().splitlines()
+    assert lines[0] == ("# engine=torchrun nodes=2 (min 1, max 2) rendezvous=10.0.0.9:29511 (this machine) job=gpt-1 "
+                        "max_restarts=5")
+    for line, host in zip(lines[1:], ("node-a", "node-b")):
+        assert line.startswith(f"[{host}] ssh ") and "ddlc.launch.torchrun_agent --nnodes=1:2 --nproc_per_node=2" in line
+        assert "--rdzv-backend=c10d --rdzv-endpoint=10.0.0.9:29511 --rdzv-id=gpt-1 --rdzv-conf=is_host=false," in line
+        assert f"--max-restarts=5" in line and f"--local-addr={host}" in line and "--node_rank" not in line
+        assert "TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1" in line and "train.py --config config.yaml" in line
     proc = ddlc("launch", "--engine", "horovod", "--hostfile", str(hostfile), "--dry-run", "train.py")
     assert_ok(proc)
     assert "horovod.runner.launch --gloo -np 8 -H node-a:4,node-b:4" in proc.stdout
@@ -91,6 +104,36 @@ def test_bad_input_exits_2_naming_it(tmp_path):
     assert proc.returncode == 2 and "--engine 'mpi'" in proc.stderr
     proc = ddlc("launch", "--hostfile", str(tmp_path / "missing"), "train.py")
     assert proc.returncode == 2 and "no such file" in proc.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--min-nodes", "4"], "error: --min-nodes 4: more than the 3 hosts listed"),
+    (["--min-nodes", "0"], "error: --min-nodes 0: must be at least 1"),
+    (["--max-restarts", "-1"], "error: --max-restarts -1: must be 0 or more"),
+    (["--min-nodes", "3", "--max-nodes", "2"], "error: --max-nodes 2: fewer than --min-nodes 3"),
+    (["--engine", "deepspeed", "--min-nodes", "2"], "error: --min-nodes needs --engine torchrun: deepspeed jobs"),
+    (["--job-id", "a b"], "error: --job-id 'a b': letters, digits"),
+    (["--health-arg=--min-free-gb=lots"], "error: --health-arg --min-free-gb=lots: Invalid value for '--min-free-gb'"),
+    (["--node-timeout", "0"], "error: --node-timeout 0: must be at least 1 second"),
+])
+def test_bad_elastic_options_exit_2_with_one_line(tmp_path, args, message):
+    hostfile = tmp_path / "hosts"
+    hostfile.write_text("node-a\nnode-b\nnode-c\n")
+    proc = ddlc("launch", "--hostfile", str(hostfile), *args, "--dry-run", "train.py")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and proc.stderr.startswith(message), proc.stderr
+
+
+@pytest.mark.parametrize("name", ["localhost", "127.0.0.1", "::1"])
+def test_loopback_names_are_this_machine(tmp_path, name):
+    hostfile = tmp_path / "hosts"
+    hostfile.write_text(f"{name} slots=2\n")
+    hosts = parse_hostfile_text(hostfile.read_text(), "hf")
+    assert [(h.name, h.slots, h.is_local) for h in hosts] == [(name, 2, True)]
+    proc = ddlc("launch", "--hostfile", str(hostfile), "--dry-run", "train.py")
+    assert_ok(proc)
+    assert f"[{name}] (local) bash -c" in proc.stdout and "ssh" not in proc.stdout.splitlines()[1]
+    assert "rendezvous=127.0.0.1:" in proc.stdout
 
 
 # -- two real hosts (fixture `hosts` in conftest.py) ----------------------------------------------------------
@@ -123,27 +166,39 @@ def _job_processes(marker: str) -> list[psutil.Process]:
 
 def _wait_for_both_nodes(job: subprocess.Popen, marker: str) -> psutil.Process:
     """Block until both hosts run a worker; return node 1's torchrun agent."""
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 180
     while True:
         assert job.poll() is None, job.stdout.read()
         assert time.monotonic() < deadline, "the job never started on both hosts"
         running = [(p, p.info["cmdline"]) for p in _job_processes(marker)]
-        agents = [p for p, argv in running if argv[1:3] == ["-m", "torch.distributed.run"] and "--node_rank=1" in argv]
+        agents = [p for p, argv in running if argv[1:3] == ["-m", "ddlc.launch.torchrun_agent"]
+                  and "--local-addr=10.213.0.2" in argv]
         workers = [p for p, argv in running if "python" in Path(argv[0]).name
-                   and "torch.distributed.run" not in argv and any(a.endswith("params_worker.py") for a in argv)]
+                   and "ddlc.launch.torchrun_agent" not in argv and any(a.endswith("params_worker.py") for a in argv)]
         if agents and len(workers) >= 2:
             return agents[0]
         time.sleep(0.2)
 
 
+def _wait_for_line(job: subprocess.Popen, text: str) -> None:
+    """Read the job's output until a line contains `text` (the lines read are echoed, as pytest keeps them)."""
+    for line in job.stdout:
+        print(line, end="")
+        if text in line:
+            return
+    raise AssertionError(f"the job ended before printing {text!r}")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("how", ["node-dies", "ctrl-c"])
 def test_stopping_leaves_no_orphans(hosts, tmp_path, how):
-    """A node's launcher killed mid-job stops the whole job with its code; Ctrl-C stops every node (exit 130)."""
+    """A node's launcher killed mid-job leaves fewer than --min-nodes (default: every host): the whole job stops with
+    its code. Ctrl-C stops every node after the workers checkpoint: exit 75, reported as a preempted stop."""
     marker = f"{how}-{os.getpid()}"
     job = launch_on(hosts, "torchrun", job_args(tmp_path / "p", tmp_path, marker, 100000), wait=False)
     try:
         agent = _wait_for_both_nodes(job, marker)
+        _wait_for_line(job, "step 1/")  # training under way: the workers handle SIGTERM by checkpointing
         if how == "node-dies":
             agent.send_signal(signal.SIGKILL)  # node 1's torchrun dies; its worker would be orphaned on that host
         else:
@@ -154,10 +209,14 @@ def test_stopping_leaves_no_orphans(hosts, tmp_path, how):
             job.kill()
     if how == "node-dies":
         assert job.returncode == 128 + signal.SIGKILL, output[-3000:]
-        assert "node 10.213.0.2 (rank 1) exited with code 137; stopping all nodes" in output
+        assert re.search(r"ddlc launch: node 10.213.0.2 lost at [0-9:]{8}: its processes were killed \(SIGKILL\)",
+                         output), output[-3000:]
+        assert "ddlc launch: 1 node left, fewer than --min-nodes 2; stopping the job" in output
     else:
-        assert job.returncode == 130, output[-3000:]
-        assert "interrupted; stopping all nodes" in output
+        assert job.returncode == 75, output[-3000:]
+        assert "ddlc launch: SIGINT at" in output and "stopping all nodes (the workers checkpoint first" in output
+        assert re.search(r"ddlc launch: preempted: the job saved a checkpoint at step \d+ and stopped", output)
+        assert "Traceback" not in output and "SignalException" not in output, output[-5000:]
     leftovers = _job_processes(marker)
     assert not leftovers, [p.cmdline() for p in leftovers]
 

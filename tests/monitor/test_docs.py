@@ -9,6 +9,8 @@ import yaml
 
 from ddlc.monitor.agent import build_node_registry
 from ddlc.monitor.alert_rules import rules_text
+from ddlc.monitor.node_health import HealthMonitor
+from ddlc.ops.health import HealthResult
 from ddlc.monitor.training import TrainingMetrics
 from tests.monitor.helpers import collected
 from tests.monitor.test_gpu import StandInNvml
@@ -37,7 +39,10 @@ def exported_names(tmp_path: Path) -> set[str]:
     metrics.observe_checkpoint(1, 0.1, True, 0.0)
     try:
         gpus._xid_counts[("0", 79)] = 1  # an Xid seen, so its counter is exported too
+        health = HealthMonitor("n", run=lambda: [HealthResult("gpus", True, "1 of 1 GPUs visible")])
+        health.run_once()  # `ddlc agent --health-interval` registers this collector too
         names = {name for name, _ in collected(registry)} | {name for name, _ in collected(metrics)}
+        names |= {name for name, _ in collected(health)}
     finally:
         gpus.close()
         metrics.close()

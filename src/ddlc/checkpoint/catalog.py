@@ -1,16 +1,34 @@
-"""Inspecting and maintaining a checkpoint URI: list, show, verify, prune, export (the `ddlc checkpoints` verbs)."""
+"""Inspecting and maintaining a checkpoint URI: list, show, verify, prune, export (the `ddlc checkpoints` verbs),
+and the scan + plan + apply that retention after each commit shares with prune.
+
+    store --list_dirs--> step dirs --read_commit (manifest.py)--> CommitRead --verify--> Entry (retention.py)
+          --plan--> decisions --apply: repoint `latest` first, then delete--> store
+
+Every checkpoint is read on its own: one malformed or unreadable checkpoint is reported as such (one line) and
+never stops the others from being listed, verified, kept or pruned.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Iterable, Optional
 
-import torch
-
-from ddlc.checkpoint.manifest import LATEST, Manifest, parse_step, read_manifest, step_dir, verify
-from ddlc.checkpoint.retention import select_for_deletion
+from ddlc.checkpoint import retention
+from ddlc.checkpoint.manifest import (
+    LATEST,
+    CommitRead,
+    Manifest,
+    parse_step,
+    read_commit,
+    read_manifest,  # noqa: F401 (re-exported for the CLI)
+    step_dir,
+    verify,
+)
 from ddlc.checkpoint.storage import CheckpointStore, StorageError
+
+EXPORT_FORMATS = ("auto", "torch", "safetensors")
+MAX_LATEST_BYTES = 4096
 
 
 @dataclass
@@ -20,6 +38,11 @@ class CheckpointInfo:
     committed: bool
     manifest: Optional[Manifest]
     is_latest: bool
+    reason: Optional[str] = None  # why the COMMIT is unreadable
+
+    @property
+    def state(self) -> str:
+        return "committed" if self.committed else ("unreadable" if self.reason else "incomplete")
 
     @property
     def size_bytes(self) -> Optional[int]:
@@ -33,48 +56,140 @@ def open_store(uri: str, endpoint_url: Optional[str] = None, must_exist: bool = 
     return store
 
 
-def latest_pointer(store: CheckpointStore) -> Optional[str]:
+def latest_pointer(store: CheckpointStore, warn: Optional[Callable[[str], None]] = None) -> Optional[str]:
+    """The checkpoint `latest` names, as a name inside the root only. A pointer that is not a plain step-directory
+    name (`../x`, an absolute path, garbage, a directory) is ignored (None), with a warning."""
     try:
-        return store.read_text(LATEST).strip() or None
+        raw = store.read_bytes(LATEST, limit=MAX_LATEST_BYTES)
     except FileNotFoundError:
         return None
+    except Exception as error:  # noqa: BLE001 (a directory, permissions...: no usable pointer)
+        if warn:
+            warn(f"{store.display(LATEST)} cannot be read ({type(error).__name__}); ignored")
+        return None
+    try:
+        name = raw.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        name = None
+    if not name:
+        return None
+    if parse_step(name) is None:
+        if warn:
+            warn(f"{store.display(LATEST)} holds {name[:80]!r}, not a checkpoint name inside {store.display()}; "
+                 "ignored")
+        return None
+    return name
+
+
+def point_latest(store: CheckpointStore, name: Optional[str]) -> None:
+    try:
+        if name is None:
+            store.fs.rm(store.path(LATEST))
+        else:
+            store.write_text_atomic(LATEST, name + "\n")
+    except FileNotFoundError:
+        pass
+    except OSError as error:  # e.g. a directory named `latest`: say so, delete nothing it might protect
+        raise StorageError(f"cannot update {store.display(LATEST)}: {error.strerror or error}") from None
+
+
+def _step_dirs(store: CheckpointStore) -> list[tuple[str, int]]:
+    return [(name, parse_step(name)) for name in store.list_dirs() if parse_step(name) is not None]
 
 
 def list_checkpoints(store: CheckpointStore) -> list[CheckpointInfo]:
     latest = latest_pointer(store)
     rows = []
-    for name in store.list_dirs():
-        step = parse_step(name)
-        if step is None:
-            continue
-        manifest = read_manifest(store, name)
-        rows.append(CheckpointInfo(name, step, manifest is not None, manifest, name == latest))
+    for name, step in _step_dirs(store):
+        commit = read_commit(store, name)
+        rows.append(CheckpointInfo(name, step, commit.manifest is not None, commit.manifest, name == latest,
+                                   commit.reason))
     return sorted(rows, key=lambda r: r.step)
 
 
+def scan(store: CheckpointStore, check_hashes: bool = False, known: Optional[dict[str, str]] = None,
+         known_good: Iterable[str] = ()) -> list[retention.Entry]:
+    """Every step directory as a retention entry. `known`: {name: problem} already established (e.g. a SHA-256
+    mismatch found at resume), counted as corrupt without reading again; `known_good`: just committed here."""
+    known = known or {}
+    good = set(known_good)
+    entries = []
+    for name, step in _step_dirs(store):
+        commit: CommitRead = read_commit(store, name)
+        manifest = commit.manifest
+        if manifest is None:
+            state = retention.UNREADABLE if commit.reason else retention.UNCOMMITTED
+            entries.append(retention.Entry(name, step, state, problem=commit.reason))
+            continue
+        if name in known:
+            problem = known[name]
+        elif name in good:
+            problem = None
+        else:
+            result = verify(store, name, check_hashes=check_hashes, commit=commit)
+            problem = None if result.ok else result.summary()
+        entries.append(retention.Entry(name, step, retention.CORRUPT if problem else retention.VERIFIED,
+                                       order=manifest.order, lineage=manifest.lineage, problem=problem))
+    return entries
+
+
+def newest_verified(entries: list[retention.Entry], lineages: Optional[set] = None) -> Optional[retention.Entry]:
+    verified = [e for e in entries if e.state == retention.VERIFIED and (lineages is None or e.lineage in lineages)]
+    return max(verified, key=lambda e: e.order) if verified else None
+
+
+def apply(store: CheckpointStore, entries: list[retention.Entry], decisions: list[retention.Decision],
+          dry_run: bool = False) -> list[str]:
+    """Delete what `decisions` say, after making sure `latest` names a checkpoint that stays (the newest verified
+    one); `latest` never points at a deleted directory, even if this process dies half-way."""
+    doomed = [d.entry.name for d in decisions if d.delete]
+    if dry_run:
+        return doomed
+    kept = {e.name: e for e in entries if e.name not in set(doomed)}
+    pointer = latest_pointer(store)
+    target = newest_verified(list(kept.values()))
+    pointed = kept.get(pointer) if pointer is not None else None
+    if pointed is None or pointed.state != retention.VERIFIED:  # deleted, missing, or not loadable
+        if target is not None:
+            point_latest(store, target.name)  # raises (and nothing is deleted) if `latest` cannot be moved
+        elif pointer is not None and pointed is None:
+            point_latest(store, None)
+    for name in doomed:
+        store.remove_tree(name)
+    return doomed
+
+
 def resolve(store: CheckpointStore, which: Optional[str]) -> str:
-    """`None`/`latest` -> the latest pointer; `120` -> step-00000120; a directory name as is."""
+    """`None`/`latest` -> the latest pointer (else the newest verified); `120` -> step-00000120; a name as is."""
     if which in (None, "latest"):
         pointer = latest_pointer(store)
-        if pointer is None:
-            raise StorageError(f"{store.display()}: no committed checkpoint (no 'latest' pointer)")
-        return pointer
-    name = step_dir(int(which)) if which.isdigit() else which
+        if pointer is not None and store.exists(pointer):
+            return pointer
+        newest = newest_verified(scan(store))
+        if newest is None:
+            raise StorageError(f"{store.display()}: no committed checkpoint that verifies")
+        return newest.name
+    if which.isascii() and which.isdigit() and len(which) <= 15:
+        name = step_dir(int(which))
+    else:
+        name = which
     if parse_step(name) is None or not store.exists(name):
-        raise StorageError(f"{store.display()}: no checkpoint named {which!r}")
+        raise StorageError(f"{store.display()}: no checkpoint named {which[:80]!r} (give a step, step-NNNNNNNN or "
+                           "latest)")
     return name
 
 
-def prune(store: CheckpointStore, keep_last: int, keep_every: Optional[int] = None, dry_run: bool = False) -> list[str]:
-    rows = list_checkpoints(store)
-    doomed = select_for_deletion(
-        [r.step for r in rows if r.committed], [r.step for r in rows if not r.committed], keep_last, keep_every
-    )
-    names = [step_dir(s) for s in doomed]
-    if not dry_run:
-        for name in names:
-            store.remove_tree(name)
-    return names
+def prune(store: CheckpointStore, keep_last: int, keep_every: Optional[int] = None, dry_run: bool = False,
+          check_hashes: bool = False) -> list[retention.Decision]:
+    """Verify every checkpoint (sizes; SHA-256 with check_hashes), then delete what retention allows: never a
+    checkpoint that would leave fewer than `keep_last` verified ones, never an unreadable one. Returns every
+    decision (`delete` ones are done unless dry_run)."""
+    if keep_last < 1:
+        raise StorageError(f"--keep-last must be at least 1 (got {keep_last})")
+    entries = scan(store, check_hashes=check_hashes)
+    decisions = retention.plan(entries, keep_last, keep_every)
+    apply(store, entries, decisions, dry_run)
+    return decisions
 
 
 def export(store: CheckpointStore, which: Optional[str], output: Path, fmt: str = "auto") -> tuple[str, int]:
@@ -84,10 +199,14 @@ def export(store: CheckpointStore, which: Optional[str], output: Path, fmt: str 
     writes a .safetensors file. Returns (checkpoint name, number of tensors). Checkpoints written by DCP (ddp,
     fsdp, horovod) and by DeepSpeed (any ZeRO stage: its partitions are merged into full fp32 weights) both work.
     """
+    import torch
+
     from ddlc.checkpoint import deepspeed_files
 
+    if fmt not in EXPORT_FORMATS:
+        raise StorageError(f"--format: {fmt[:40]!r} is not one of {', '.join(EXPORT_FORMATS)}")
     name = resolve(store, which)
-    result = verify(store, name)
+    result = verify(store, name)  # every file's SHA-256 before anything is unpickled
     if not result.ok:
         raise StorageError(f"{store.display(name)} does not verify: {result.summary()}")
     if deepspeed_files.checkpoint_engine(store, name) == deepspeed_files.ENGINE:
@@ -97,7 +216,10 @@ def export(store: CheckpointStore, which: Optional[str], output: Path, fmt: str 
     weights = {key: value.contiguous() for key, value in state["model"].items() if isinstance(value, torch.Tensor)}
     if fmt == "auto":
         fmt = "safetensors" if output.suffix == ".safetensors" else "torch"
-    output.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise StorageError(f"--output: cannot create {output.parent}: {error.strerror or error}") from None
     if fmt == "safetensors":
         try:
             from safetensors.torch import save_file

@@ -1,21 +1,24 @@
-"""Sharded, async, atomic, verified checkpoints on top of torch.distributed.checkpoint (DCP).
+"""Sharded, async, atomic, verified checkpoints on top of torch.distributed.checkpoint (DCP): staging and saving.
 
-Save protocol for step N (directory `step-0000000N/` under the checkpoint URI):
+Save of step N (directory `step-0000000N/` under the checkpoint URI); each phase's outcome is agreed by every rank
+through the job's key-value store with a timeout of its own (agreement.py), so a storage failure on one rank is a
+failed save on all ranks, within seconds, and training goes on:
 
-1. in `save()`, every rank captures its RNG state (rank 0 also the trainer state), takes views of the model and
-   optimizer state and copies the buffers; under DDP each rank keeps only its share of the replicated tensors,
-   each tensor going to one rank. That is all the training loop waits for;
-2. in the background, the state is copied to reused CPU buffers while the loop runs the next forward/backward; the
-   optimizer's next `step()` waits for that copy (a pre-step hook registered by `save()`);
-3. each rank writes its RNG file (rank 0 `trainer_state.json`) while DCP writes its shards, which are SHA-256
-   digested as they are written (any file without such a digest is hashed by reading it back);
-4. every rank sends its files' sizes and digests to rank 0 (one collective), which writes `COMMIT` (every file's
-   size + SHA-256) last, then moves the `latest` pointer, then applies retention. A directory without `COMMIT`
-   never counts.
+    save() [training thread]: RNG (rank 0: trainer state) captured; model/optimizer views; under DDP each rank
+        keeps its share of the replicated tensors; buffers copied; staging copy to CPU starts (the optimizer's next
+        step() waits for it: a pre-step hook)
+    background thread (blocking saves: the same, in the caller's thread):
+        "prepared"  rank 0 removes an old directory of this step        (short timeout: agree_timeout_s)
+        "ready"     small files written, staging done, layouts equal    (commit_timeout_s)
+        DCP save    shards written (SHA-256 digested as written) on the checkpoint group
+        "written"   every rank's file digests --> rank 0                (commit_timeout_s)
+        commit.py   rank 0: COMMIT last, `latest`, decision "committed" --> every rank; then retention
+    any failure: a warning (the previous commit stands; rank 0 removes the failed directory), or, for a blocking
+    save, CheckpointSaveError on every rank.
 
-Resume: rank 0 picks the newest committed checkpoint whose files have their recorded sizes and tells the others;
-all ranks load through DCP, which reshards to the current world size, each SHA-256-checking its share of the files
-(from the bytes it loaded, on local storage); a corrupt or undecodable checkpoint makes them load the next older one.
+Resume (loading.py): the newest committed checkpoint by commit order whose files verify, loaded on every rank; only
+corruption falls back to an older one; a run whose every checkpoint is broken refuses to start over (exit 2).
+Lineages (lineage.py): a fresh start never writes next to another run's checkpoints.
 """
 
 from __future__ import annotations
@@ -23,8 +26,9 @@ from __future__ import annotations
 import json
 import logging
 import os
-import time
 import threading
+import time
+import uuid
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -35,34 +39,32 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.api import CheckpointException
 
-from ddlc.checkpoint.manifest import (
-    COMMIT,
-    LATEST,
-    TRAINER_STATE,
-    Manifest,
-    hash_files,
-    parse_step,
-    read_manifest,
-    step_dir,
-    verify,
-)
-from ddlc.checkpoint.retention import select_for_deletion
+from ddlc.checkpoint import catalog, retention
+from ddlc.checkpoint.agreement import Agreement, default_store
+from ddlc.checkpoint.commit import build_manifest, highest_seq, own_file_digests, rng_file, write_commit
+from ddlc.checkpoint.errors import CheckpointLoadError, CheckpointSaveError
+from ddlc.checkpoint.lineage import new_lineage, prepare_fresh_start
+from ddlc.checkpoint.loading import Choice, VerifiedLoad, choose
+from ddlc.checkpoint.manifest import TRAINER_STATE, Manifest, step_dir
 from ddlc.checkpoint.state import (
+    assign_replicated_share,
+    layouts_agree,
     load_model_and_optimizer_state,
     load_rng_bytes,
     model_and_optimizer_state,
+    replicated_layout,
     rng_bytes,
     set_rng_state,
     snapshot_buffers,
-    assign_replicated_share,
-    balance_by_size,
-    layouts_agree,
-    replicated_layout,
 )
+from ddlc.checkpoint.save_phases import SaveJob, describe
 from ddlc.checkpoint.storage import CheckpointStore
-from ddlc.checkpoint.write_digests import take_write_digests
+from ddlc.checkpoint.write_digests import guard_write_errors, take_write_digests, take_write_errors
+from ddlc.errors import UserError
 
 log = logging.getLogger("ddlc.checkpoint")
+
+__all__ = ["Checkpointer", "SaveStats", "default_io_threads", "rng_file"]
 
 
 def default_io_threads(limit: int = 4) -> int:
@@ -73,10 +75,6 @@ def default_io_threads(limit: int = 4) -> int:
         cores = os.cpu_count() or 1
     local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
     return max(1, min(limit, cores // max(1, local_ranks)))
-
-
-def rng_file(rank: int) -> str:
-    return f"rng-rank{rank:05d}.pt"
 
 
 @dataclass
@@ -98,7 +96,7 @@ class Checkpointer:
     """Save and resume a model + optimizer + trainer state. Usable from any training loop::
 
         ckpt = Checkpointer("s3://bucket/run", rank=dist.get_rank(), world_size=dist.get_world_size())
-        state = ckpt.resume(model, optimizer)          # None on a fresh start
+        state = ckpt.resume(model, optimizer)          # None on a fresh start (or ckpt.start_fresh())
         ...
         ckpt.save(step, model, optimizer, {"step": step}, blocking=False)
         ...
@@ -122,6 +120,8 @@ class Checkpointer:
         warn: Callable[[str], None] = lambda message: log.warning(message),
         on_commit: Optional[Callable[[SaveStats], None]] = None,
         io_threads: Optional[int] = None,
+        agree_timeout_s: float = 60.0,
+        load_timeout_s: Optional[float] = None,
     ):
         self.store = CheckpointStore(uri, endpoint_url)
         # Files each rank writes (and reads) in parallel: serialising, hashing and copying are CPU work, so use the
@@ -132,12 +132,20 @@ class Checkpointer:
         self.keep_last = keep_last
         self.keep_every = keep_every
         self.commit_timeout_s = commit_timeout_s
+        self.agree_timeout_s = min(agree_timeout_s, commit_timeout_s)
+        self.load_timeout_s = load_timeout_s or max(3600.0, 4 * commit_timeout_s)
         self.warn = warn
         self.on_commit = on_commit
+        distributed = dist.is_initialized() and world_size > 1
         # Async saves run collectives from a background thread: give them a group of their own (gloo, CPU) so they
-        # never interleave with the training loop's, with a timeout so a rank that died cannot hold the others.
+        # never interleave with the training loop's. Loads get another, with a longer timeout: a slow load is not
+        # a corrupt one. Outcomes of each save phase are agreed through the job's store (agreement.py).
         self.group = (dist.new_group(backend="gloo", timeout=timedelta(seconds=commit_timeout_s))
                       if dist.is_initialized() else None)
+        self.load_group = (dist.new_group(backend="gloo", timeout=timedelta(seconds=self.load_timeout_s))
+                           if dist.is_initialized() else None)
+        self._kv = default_store() if distributed else None
+        self._save_prefix = self._shared_token() if distributed else ""
         # The write-and-commit of an async save runs on a daemon thread: if this process dies mid-save, its exit is
         # never held up by a commit that can no longer happen (and no COMMIT is written — as it must be).
         self._pending: Optional[threading.Thread] = None
@@ -147,7 +155,18 @@ class Checkpointer:
         self._writer = None
         self._stager_instance = None
         self._agreed_layout: Optional[str] = None  # None: not settled; "": ranks differ; else the agreed layout
+        self._saves = 0  # saves started: the same count on every rank, names each save's agreement keys
         self.history: list[SaveStats] = []
+        # Lineage and commit order (rank 0 commits): set by resume()/start_fresh(), else at the first commit.
+        self.lineage: Optional[str] = None
+        self._last_seq: Optional[int] = None
+        self.resumed_from: Optional[str] = None  # directory name
+        self._known_corrupt: dict[str, str] = {}  # found corrupt at resume: retention need not read them again
+
+    def _shared_token(self) -> str:
+        token = [uuid.uuid4().hex[:12] if self.rank == 0 else None]
+        dist.broadcast_object_list(token, src=0, group=self.group)
+        return f"ddlc-ckpt/{token[0]}"
 
     # -- save ------------------------------------------------------------------------------------------------
     def save(
@@ -159,10 +178,12 @@ class Checkpointer:
         blocking: bool = False,
     ) -> SaveStats:
         """Checkpoint `step`. With blocking=False, returns once the copy to memory has started; the copy, write and
-        commit go on in the background, and `optimizer.step()` waits for the copy (see the class docstring)."""
+        commit go on in the background, and `optimizer.step()` waits for the copy (see the class docstring). A
+        failed async save is a warning; a failed blocking save raises CheckpointSaveError on every rank."""
         self.wait()
         directory = step_dir(step)
         started = time.perf_counter()
+        self._saves += 1
         # Captured now (they change every step), written with their fsyncs by the background thread.
         small_files = {rng_file(self.rank): rng_bytes()}
         if self.rank == 0:
@@ -172,14 +193,19 @@ class Checkpointer:
         stats = SaveStats(step=step, blocking_s=0.0)
         self.history.append(stats)
         self.last_step = step
+        job = SaveJob(directory, layout, small_files, stats, started, self._agreement())
         if blocking:
-            self._prepare_directory(directory)
-            self._check_layout(layout)
-            writing_small = self._write_small_files(directory, small_files)
-            self._write_state(app_state, directory)
+            staged: Future = Future()
+            staged.set_result(app_state)
+            self._run_save(job, staged, warn=False)
             stats.blocking_s = time.perf_counter() - started
-            self._finish(directory, writing_small, stats, started)
-            return stats  # a failed blocking save raises (CheckpointException): the caller asked to wait for it
+            if not stats.committed:
+                previous = next((s.step for s in reversed(self.history) if s.committed), None)
+                standing = (f"; the newest checkpoint committed by this run, {self.store.display(step_dir(previous))}, "
+                            "still stands") if previous is not None else ""
+                raise CheckpointSaveError(f"checkpoint {self.store.display(directory)} could not be saved: "
+                                          f"{stats.error}{standing}")
+            return stats
         # Buffers (e.g. BatchNorm statistics) may change in the next forward: copy them now (they are small).
         # Parameters and optimizer state change only in optimizer.step(), which waits for the staging copy.
         snapshot_buffers(app_state, model)
@@ -187,9 +213,8 @@ class Checkpointer:
         staged = self._stager().stage(app_state)
         self._staging = staged
         stats.blocking_s = time.perf_counter() - started
-        self._pending = threading.Thread(target=self._write_and_finish,
-                                         args=(staged, layout, directory, small_files, stats, started),
-                                         name=f"ddlc-checkpoint-{step}", daemon=True)
+        self._pending = threading.Thread(target=self._run_save, args=(job, staged), name=f"ddlc-checkpoint-{step}",
+                                         daemon=True)
         self._pending.start()
         return stats
 
@@ -233,8 +258,8 @@ class Checkpointer:
 
         Under DDP every rank holds the same replicated tensors and writes only its share of them (see
         `assign_replicated_share`). Whether the ranks' layouts agree is settled with a collective on the first save;
-        later saves assume it still holds and confirm it in the background, before anything is written. Every rank
-        takes the same branch: `_agreed_layout` changes only on collective results, which all ranks share.
+        later saves assume it still holds and confirm it in the "ready" agreement, before anything is written. Every
+        rank takes the same branch: `_agreed_layout` changes only on collective results, which all ranks share.
         """
         if self.group is None or self.world_size <= 1:
             return state, None
@@ -247,51 +272,86 @@ class Checkpointer:
             return state, None
         return assign_replicated_share(state, self.rank, self.world_size), layout
 
-    def _check_layout(self, layout: Optional[str]) -> None:
-        """Confirm that every rank still holds the layout its share was computed from; if not, fail this save (no
-        rank writes anything) and settle the question again in the foreground next time."""
-        if layout is None:
+    PHASES = ["0-prepared", "1-ready", "2-written"]
+
+    def _agreement(self) -> Optional[Agreement]:
+        if self._kv is None:
+            return None
+        if self._saves > 2:  # every rank is past the save before last: free this rank's keys of it
+            Agreement(self._kv, self.rank, self.world_size, f"{self._save_prefix}/{self._saves - 2}").forget(self.PHASES)
+        return Agreement(self._kv, self.rank, self.world_size, f"{self._save_prefix}/{self._saves}")
+
+    def _run_save(self, job: SaveJob, staged: Future, warn: bool = True) -> None:
+        """Every phase of one save (see the module docstring); records the outcome in job.stats, never raises."""
+        try:
+            self._write_phases(job, staged)
+        except (Exception, CheckpointException) as exc:  # the previous commit still stands
+            self._failed(job, exc, warn)
             return
-        if not layouts_agree(layout, self.world_size, self.group):
+        if self.rank == 0:  # housekeeping after the commit, off the commit's critical path
+            cleaned = time.perf_counter()
+            try:
+                self.apply_retention(just_committed=job.directory)
+            except Exception as exc:  # noqa: BLE001
+                self.warn(f"checkpoint retention failed (nothing newer than the last commit was touched): {exc}")
+            job.stats.retention_s = time.perf_counter() - cleaned
+
+    def _write_phases(self, job: SaveJob, staged: Future) -> None:
+        stats, directory, started = job.stats, job.directory, job.started
+        job.phase(0, "prepared", lambda: self._prepare(directory), self.agree_timeout_s)
+        stats.mark("directory", started)
+        writing_small = self._write_small_files(directory, job.small_files)
+        state = {}
+
+        def ready():
+            state["app"] = staged.result()
+            self.store.makedirs(directory)
+            return job.layout
+
+        layouts = job.phase(1, "ready", ready, self.commit_timeout_s)
+        if job.layout is not None and len(set(layouts)) > 1:
             self._agreed_layout = None
             raise RuntimeError("ranks hold different tensors than at the previous checkpoint; this save is skipped "
                                "and the next one re-plans who writes what")
-        self._agreed_layout = layout
+        stats.mark("staged", started)
+        job.attempted_write = True
+        self._write_state(state.pop("app"), directory)  # DCP: collectives on the checkpoint group
+        stats.mark("dcp_written", started)
 
-    def _prepare_directory(self, directory: str) -> None:
+        def written():
+            errors = take_write_errors(self._writer)
+            if errors:
+                raise errors[0]
+            writing_small.result()
+            return own_file_digests(self.store, self._writer, directory, self.rank)
+
+        reported = job.phase(2, "written", written, self.commit_timeout_s, want_values=self.rank == 0)
+        stats.mark("digests", started)
+        if self.rank == 0:
+            job.commit("3-committed", lambda: self._manifest(directory, reported, stats), self._write_commit)
+            stats.mark("committed", started)
+        else:
+            job.await_commit("3-committed", self.commit_timeout_s)
+        stats.total_s = time.perf_counter() - started
+        stats.committed = True
+        if self.rank == 0 and self.on_commit is not None:
+            self.on_commit(stats)
+
+    def _prepare(self, directory: str) -> None:
         if self.rank == 0 and self.store.exists(directory):
             # An older commit of this very step (e.g. a rerun), or debris of a save that died part-way: replace it.
             self.store.remove_tree(directory)
-        self._barrier()
-        self.store.makedirs(directory)
 
     def _write_state(self, app_state: dict, directory: str) -> None:
+        """DCP save: every rank enters it (the "ready" agreement saw to that), so its collectives pair up; errors
+        inside file streams are collected (write_digests.guard_write_errors) and reported in "written"."""
         if self._writer is None:
             self._writer = self.store.dcp_writer(directory, io_threads=self.io_threads)
+            guard_write_errors(self._writer)
         take_write_digests(self._writer, self.store.path(directory))  # drop any left by an earlier failed save here
+        take_write_errors(self._writer)
         dcp.save(app_state, checkpoint_id=self.store.url(directory), storage_writer=self._writer,
                  process_group=self.group)
-
-    def _write_and_finish(self, staged: Future, layout: Optional[str], directory: str, small_files: dict[str, bytes],
-                          stats: SaveStats, started: float) -> None:
-        try:
-            self._prepare_directory(directory)
-            self._check_layout(layout)
-            writing_small = self._write_small_files(directory, small_files)
-            stats.mark("directory", started)
-            state = staged.result()
-            stats.mark("staged", started)
-            self._write_state(state, directory)
-            stats.mark("dcp_written", started)
-        except (Exception, CheckpointException) as exc:  # a failed save must not kill training; the previous commit still stands
-            self._failed(directory, stats, exc, started)
-            return
-        self._finish(directory, writing_small, stats, started)
-
-    def _failed(self, directory: str, stats: SaveStats, exc: Exception, started: float) -> None:
-        stats.error = f"{type(exc).__name__}: {exc}"
-        stats.total_s = time.perf_counter() - started
-        self.warn(f"checkpoint {self.store.display(directory)} failed and was not committed: {stats.error}")
 
     def _write_small_files(self, directory: str, small_files: dict[str, bytes]) -> Future:
         """Write (and fsync) the RNG / trainer-state files on a thread of their own, while DCP writes the shards."""
@@ -299,6 +359,7 @@ class Checkpointer:
 
         def write() -> None:
             try:
+                self.store.makedirs(directory)
                 for name, data in small_files.items():
                     self.store.write_bytes_atomic(f"{directory}/{name}", data)
                 done.set_result(None)
@@ -308,87 +369,40 @@ class Checkpointer:
         threading.Thread(target=write, name="ddlc-checkpoint-small-files", daemon=True).start()
         return done
 
-    def _finish(self, directory: str, writing_small: Future, stats: SaveStats, started: float) -> None:
-        """After DCP wrote every rank's shards (its save ends with a collective): small files, manifests, commit."""
-        try:
-            writing_small.result()
-            stats.mark("small_files", started)
-            own = self._own_file_digests(directory)
-            stats.mark("digests", started)
-            manifests = self._gather_to_rank0(own)
-            stats.mark("gathered", started)
-            if self.rank == 0:
-                self._commit(directory, manifests, stats)
-                stats.mark("committed", started)
-            stats.total_s = time.perf_counter() - started
-            if self.rank == 0 and self.on_commit is not None:
-                self.on_commit(stats)
-        except Exception as exc:  # a failed save must not kill training; the previous commit still stands
-            self._failed(directory, stats, exc, started)
-            return
-        if self.rank == 0:  # housekeeping after the commit, off the commit's critical path
-            cleaned = time.perf_counter()
-            try:
-                self.apply_retention()
-            except Exception as exc:
-                self.warn(f"checkpoint retention failed (nothing newer than the last commit was touched): {exc}")
-            stats.retention_s = time.perf_counter() - cleaned
+    def _manifest(self, directory: str, reported: list, stats: SaveStats) -> tuple[str, Manifest]:
+        if self._last_seq is None:
+            self._last_seq = highest_seq(self.store)
+        if self.lineage is None:
+            self.lineage = new_lineage()
+        return directory, build_manifest(self.store, directory, stats.step, reported, self.world_size,
+                                         self.lineage, self._last_seq + 1)
 
-    def _own_files(self, directory: str) -> dict[str, int]:
-        mine = {}
-        for info in self.store.list_files(directory):
-            name = info.name
-            if name.startswith(f"__{self.rank}_") or name == rng_file(self.rank):
-                mine[name] = info.size
-            elif self.rank == 0 and name in (".metadata", TRAINER_STATE):
-                mine[name] = info.size
-        return mine
+    def _write_commit(self, prepared: tuple[str, Manifest]) -> None:
+        directory, manifest = prepared
+        write_commit(self.store, directory, manifest)
+        self._last_seq = manifest.seq
 
-    def _own_file_digests(self, directory: str) -> dict[str, dict]:
-        """{name: {size, sha256}} for the files this rank wrote. Shards digested while DCP wrote them count when the
-        file on disk still has the size that was digested; everything else is hashed by reading it back."""
-        own = self._own_files(directory)
-        written = take_write_digests(self._writer, self.store.path(directory))
-        files = {name: digest for name, digest in written.items() if own.get(name) == digest["size"]}
-        files.update(hash_files(self.store, directory, sorted(name for name in own if name not in files)))
-        return files
+    def _failed(self, job: SaveJob, exc: BaseException, warn: bool) -> None:
+        stats = job.stats
+        stats.error = describe(exc)
+        stats.total_s = time.perf_counter() - job.started
+        if warn and self.rank == 0:  # every rank has the same outcome: say it once
+            self.warn(f"checkpoint {self.store.display(job.directory)} failed and was not committed: {stats.error}")
+        if self.rank == 0 and job.attempted_write:
+            try:  # debris of this save: its space is needed more than its bytes
+                self.store.remove_tree(job.directory)
+            except Exception:  # noqa: BLE001 (storage down: retention removes it after the next commit)
+                pass
 
-    def _gather_to_rank0(self, own: dict[str, dict]) -> list[dict[str, dict]]:
-        """Every rank's file digests, on rank 0 (one small collective on the checkpoint group)."""
-        if self.group is None or self.world_size == 1:
-            return [own]
-        gathered: list = [None] * self.world_size if self.rank == 0 else None
-        dist.gather_object(own, gathered, dst=0, group=self.group)
-        return gathered if self.rank == 0 else []
-
-    def _commit(self, directory: str, manifests: list[dict[str, dict]], stats: SaveStats) -> None:
-        files: dict[str, dict] = {}
-        for rank_files in manifests:
-            files.update(rank_files)
-        present = {f.name for f in self.store.list_files(directory)}
-        unlisted = sorted(n for n in present if n not in files and n != COMMIT)
-        files.update(hash_files(self.store, directory, unlisted))
-        missing = sorted(n for n in files if n not in present)
-        if missing:
-            raise FileNotFoundError(f"files recorded by a rank are gone from {self.store.display(directory)}: {missing}")
-        trainer_state = json.loads(self.store.read_text(f"{directory}/{TRAINER_STATE}"))
-        manifest = Manifest(step=stats.step, files=files, world_size=self.world_size,
-                            extra={"trainer_state": trainer_state})
-        self.store.write_text_atomic(f"{directory}/{COMMIT}", manifest.to_json())
-        self.store.write_text_atomic(LATEST, directory + "\n")
-        stats.committed = True
-
-    def apply_retention(self) -> list[str]:
-        committed, uncommitted = [], []
-        for name in self.store.list_dirs():
-            step = parse_step(name)
-            if step is None:
-                continue
-            (committed if read_manifest(self.store, name) is not None else uncommitted).append(step)
-        doomed = select_for_deletion(committed, uncommitted, self.keep_last, self.keep_every)
-        for step in doomed:
-            self.store.remove_tree(step_dir(step))
-        return [step_dir(s) for s in doomed]
+    def apply_retention(self, just_committed: Optional[str] = None) -> list[str]:
+        """Delete what the retention rules allow (retention.py) among this run's checkpoints; `latest` is moved
+        first if it named one of them. Returns the deleted directory names."""
+        entries = catalog.scan(self.store, known=self._known_corrupt,
+                               known_good=[just_committed] if just_committed else [])
+        protect = [self.resumed_from] if self.resumed_from else []
+        decisions = retention.plan(entries, self.keep_last, self.keep_every, protect=protect,
+                                   own_lineages={None, self.lineage})
+        return catalog.apply(self.store, entries, decisions)
 
     def wait(self) -> Optional[SaveStats]:
         """Block until the in-flight save (if any) is written and, on rank 0, committed."""
@@ -403,45 +417,81 @@ class Checkpointer:
         if self.group is not None and self.world_size > 1:
             dist.barrier(group=self.group)
 
-    # -- resume ----------------------------------------------------------------------------------------------
+    # -- start: resume or fresh ------------------------------------------------------------------------------
+    def _broadcast(self, value):
+        box = [value]
+        if self.load_group is not None and self.world_size > 1:
+            dist.broadcast_object_list(box, src=0, group=self.load_group)
+        return box[0]
+
+    def start_fresh(self, on_existing: str = "refuse") -> None:
+        """Begin a new lineage here (checkpoint.resume=false): refuse, or move another run's checkpoints aside
+        first (lineage.py). Raises UserError on every rank when refusing."""
+        outcome = {"error": None, "note": ""}
+        if self.rank == 0:
+            try:
+                outcome["note"] = prepare_fresh_start(self.store, on_existing)
+            except UserError as error:
+                outcome["error"] = str(error)
+        outcome = self._broadcast(outcome)
+        if outcome["error"]:
+            raise UserError(outcome["error"])
+        if outcome["note"] and self.rank == 0:
+            self.warn(outcome["note"])
+        self.lineage, self._last_seq = new_lineage(), highest_seq(self.store) if self.rank == 0 else 0
+
     def latest_valid(self, check_hashes: bool = True, skip: frozenset = frozenset()) -> Optional[str]:
-        """Newest committed checkpoint that verifies; warns about each newer one it has to skip."""
-        for name in sorted((n for n in self.store.list_dirs() if parse_step(n) is not None), reverse=True):
-            if name in skip:
-                continue
-            result = verify(self.store, name, check_hashes=check_hashes)
-            if result.ok:
-                return name
-            self.warn(f"skipping checkpoint {self.store.display(name)}: {result.summary()}")
-        return None
+        """Newest committed checkpoint (commit order) that verifies; warns about each newer one it skips."""
+        choice = choose(self.store, {name: "skipped" for name in skip}, self.warn)
+        if choice.directory is not None and check_hashes:
+            result = catalog.verify(self.store, choice.directory)
+            if not result.ok:
+                self.warn(f"skipping checkpoint {self.store.display(choice.directory)}: {result.summary()}")
+                return self.latest_valid(check_hashes, frozenset({*skip, choice.directory}))
+        return choice.directory
+
+    def _choose(self, rejected: dict[str, str]) -> Choice:
+        try:
+            return choose(self.store, rejected, self.warn)
+        except Exception as exc:  # noqa: BLE001 (storage down: every rank stops, none waits for rank 0)
+            return Choice(error=f"cannot read the checkpoints under {self.store.display()} to resume: "
+                                f"{describe(exc)}")
 
     def resume(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, check_hashes: bool = True) -> Optional[dict]:
         """Load the newest valid checkpoint into model and optimizer; return its trainer state (None: fresh).
 
-        Rank 0 picks the newest committed checkpoint whose files have their recorded sizes. Every rank SHA-256-checks
-        its share of the files during the load: on local storage from the very bytes DCP decodes (the reader digests
-        them as it reads), elsewhere by reading them in a thread alongside. If any file is corrupt, the loaded values
-        are discarded — the next older checkpoint is loaded over every tensor — so a corrupt checkpoint never reaches
-        the model.
+        Rank 0 picks the newest committed checkpoint (commit order) whose files have their recorded sizes. Every
+        rank SHA-256-checks its share of the files during the load: on local storage from the very bytes DCP
+        decodes, elsewhere by reading them in a thread alongside. If any file is corrupt, the loaded values are
+        discarded — the next older checkpoint is loaded over every tensor — so a corrupt checkpoint never reaches
+        the model. If every committed checkpoint is broken, raises UserError (exit 2) rather than start over.
         """
-        rejected: set[str] = set()
+        loader = VerifiedLoad(self.store, self.rank, self.world_size, self.load_group, self.io_threads,
+                              self.load_timeout_s)
+        rejected: dict[str, str] = {}
         while True:
-            chosen = [self.latest_valid(check_hashes=False, skip=frozenset(rejected)) if self.rank == 0 else None]
-            if self.group is not None and self.world_size > 1:
-                dist.broadcast_object_list(chosen, src=0, group=self.group)
-            directory = chosen[0]
+            choice: Choice = self._broadcast(self._choose(rejected) if self.rank == 0 else None)
+            if choice.error:
+                raise CheckpointLoadError(choice.error)
+            directory = choice.directory
             if directory is None:
+                if choice.refusal:
+                    raise UserError(choice.refusal)
+                self.lineage, self._last_seq = new_lineage(), choice.highest_seq
                 return None
             app_state = model_and_optimizer_state(model, optimizer)
-            problems = self._load_verified(directory, app_state, check_hashes)
-            everyone = self._gather(problems)
-            if everyone:
-                if self.rank == 0:
-                    self.warn(f"skipping checkpoint {self.store.display(directory)}: {'; '.join(everyone)}")
-                rejected.add(directory)
-                continue
-            break
+            everyone = loader.gather(loader.load(directory, app_state, check_hashes))
+            if not everyone:
+                break
+            if self.rank == 0:
+                self.warn(f"skipping checkpoint {self.store.display(directory)}: {'; '.join(everyone)}")
+            rejected[directory] = "; ".join(everyone)
         load_model_and_optimizer_state(model, optimizer, app_state)
+        # The continuation keeps the lineage of what it loaded (unstamped checkpoints: a new one; see lineage.py).
+        self.lineage = choice.lineage or new_lineage()
+        self._last_seq = choice.highest_seq
+        self.resumed_from = directory
+        self._known_corrupt = dict(rejected)
         trainer_state = json.loads(self.store.read_text(f"{directory}/{TRAINER_STATE}"))
         trainer_state["checkpoint"] = self.store.display(directory)
         if trainer_state.get("world_size") == self.world_size:
@@ -449,52 +499,6 @@ class Checkpointer:
         else:
             trainer_state["rng_restored"] = False  # different world size: per-rank streams do not map over
         return trainer_state
-
-    def _load_verified(self, directory: str, app_state: dict, check_hashes: bool) -> list[str]:
-        """DCP-load `directory` into `app_state` while checking this rank's share of its files; the problems found."""
-        manifest = read_manifest(self.store, directory)
-        if manifest is None:
-            return ["not committed (no valid COMMIT marker)"]
-        share = self._verification_share(manifest) if check_hashes else []
-        problems: list[str] = []
-        reader = self.store.dcp_reader(directory, digest_names=frozenset(share), io_threads=self.io_threads)
-        reader_digests: Optional[dict] = getattr(reader, "digests", None)
-        checker = None
-        if share and reader_digests is None:  # this reader cannot digest what it reads: hash alongside instead
-            checker = threading.Thread(target=lambda: problems.extend(self._compare(directory, manifest, share)),
-                                       daemon=True)
-            checker.start()
-        try:
-            dcp.load(app_state, checkpoint_id=self.store.url(directory), storage_reader=reader,
-                     process_group=self.group)
-        except (Exception, CheckpointException) as exc:  # DCP gathers read errors: every rank lands here together
-            problems.append(f"unreadable: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
-        if checker is not None:
-            checker.join()
-        elif share:
-            read = {name: {"sha256": sha} for name, sha in reader_digests.items()}
-            problems += self._compare(directory, manifest, [n for n in share if n not in read], already=read)
-        return problems
-
-    def _verification_share(self, manifest: Manifest) -> list[str]:
-        """This rank's files to SHA-256-check: largest first onto the least-loaded rank, the same on every rank."""
-        owners = balance_by_size([(name, entry["size"]) for name, entry in sorted(manifest.files.items())],
-                                 self.world_size)
-        return [name for name, owner in owners.items() if owner == self.rank]
-
-    def _compare(self, directory: str, manifest: Manifest, names: list[str], already: Optional[dict] = None) -> list[str]:
-        hashed = dict(already or {})
-        hashed.update(hash_files(self.store, directory, names))
-        return [f"{name}: sha256 mismatch (corrupted)" for name in sorted(hashed)
-                if hashed[name]["sha256"] != manifest.files[name]["sha256"]]
-
-    def _gather(self, problems: list[str]) -> list[str]:
-        """Every rank's problems, on every rank (one small collective)."""
-        if self.group is None or self.world_size == 1:
-            return list(problems)
-        gathered: list = [None] * self.world_size
-        dist.all_gather_object(gathered, problems, group=self.group)
-        return [p for rank_problems in gathered for p in rank_problems]
 
     def close(self) -> None:
         try:

@@ -32,6 +32,10 @@ class CheckpointStore:
     """A root URI plus an fsspec filesystem. Paths passed around are relative to the root."""
 
     def __init__(self, uri: str, endpoint_url: Optional[str] = None):
+        if not isinstance(uri, str) or not uri.strip():
+            raise StorageError("checkpoint URI is empty: give a path, file:///path or s3://bucket/prefix")
+        if "\x00" in uri:
+            raise StorageError(f"checkpoint URI {uri!r}: contains a NUL byte")
         self.uri = uri.rstrip("/") or uri
         parsed = urlparse(uri)
         scheme = parsed.scheme.lower()
@@ -128,6 +132,11 @@ class CheckpointStore:
         with self.fs.open(self.path(relpath), "rb") as handle:
             return handle.read().decode("utf-8")
 
+    def read_bytes(self, relpath: str, limit: Optional[int] = None) -> bytes:
+        """The file's bytes, at most `limit` of them (a reader of small files must not swallow a huge one)."""
+        with self.fs.open(self.path(relpath), "rb") as handle:
+            return handle.read() if limit is None else handle.read(limit)
+
     def write_bytes_atomic(self, relpath: str, data: bytes) -> None:
         """Readers see the old content or the new, never a partial file.
 
@@ -139,11 +148,18 @@ class CheckpointStore:
             return
         os.makedirs(os.path.dirname(target), exist_ok=True)
         tmp = f"{target}.tmp-{uuid.uuid4().hex}"
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
+        try:
+            with open(tmp, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            try:  # a full disk or a directory in the way: leave no temporary file behind
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
         _fsync_dir(os.path.dirname(target))
 
     def write_text_atomic(self, relpath: str, text: str) -> None:
@@ -158,6 +174,15 @@ class CheckpointStore:
             self.fs.rm(self.path(directory), recursive=True)
         except FileNotFoundError:
             pass
+        self.refresh()
+
+    def move(self, source: str, destination: str) -> None:
+        """Rename within the root (a rename on a filesystem; copy then delete on S3)."""
+        if self.scheme == "file":
+            os.makedirs(os.path.dirname(self.path(destination)), exist_ok=True)
+            os.replace(self.path(source), self.path(destination))
+        else:
+            self.fs.mv(self.path(source), self.path(destination), recursive=True)
         self.refresh()
 
     def iter_chunks(self, relpath: str, chunk_size: int = 8 << 20) -> Iterator[bytes]:

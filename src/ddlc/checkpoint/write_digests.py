@@ -142,6 +142,53 @@ class HashingFileSystem(FileSystem):
         return taken
 
 
+def guard_write_errors(writer) -> None:
+    """Make every error inside a DCP writer's file streams reach the save, once, without a traceback.
+
+    DCP's writer runs extra threads (`thread_count` > 1) whose exceptions are printed by Python's thread hook and
+    otherwise lost: the save could go on with a file missing. Here each stream's exception (a full disk, a dead S3
+    endpoint) is recorded and swallowed; `take_write_errors` hands them to the save, which then fails on every
+    rank (the "written" agreement)."""
+    fs = writer.fs
+    if getattr(fs, "_ddlc_errors", None) is not None:
+        return
+    fs._ddlc_errors = []
+    fs._ddlc_errors_lock = threading.Lock()
+    create_stream = fs.create_stream
+
+    @contextmanager
+    def guarded(path, mode):
+        try:
+            with create_stream(path, mode) as stream:
+                yield stream
+        except Exception as exc:  # noqa: BLE001 (recorded for the save, which fails with it)
+            with fs._ddlc_errors_lock:
+                fs._ddlc_errors.append(root_cause(exc))
+
+    fs.create_stream = guarded
+
+
+def take_write_errors(writer) -> list[BaseException]:
+    fs = getattr(writer, "fs", None)
+    errors = getattr(fs, "_ddlc_errors", None)
+    if not errors:
+        return []
+    with fs._ddlc_errors_lock:
+        taken, errors[:] = list(errors), []
+    return taken
+
+
+def root_cause(exc: BaseException) -> BaseException:
+    """The first OSError in the chain (a full disk shows up as torch's zip writer failing after ENOSPC)."""
+    seen, current = set(), exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, OSError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return exc
+
+
 def take_write_digests(writer, directory: str) -> dict[str, dict]:
     """What a writer from `CheckpointStore.dcp_writer` digested under `directory` ({} for writers that do not)."""
     fs: Optional[HashingFileSystem] = getattr(writer, "fs", None)

@@ -23,6 +23,15 @@ def agent(
     region: Optional[str] = typer.Option(None, help="AWS region for CloudWatch (default: the AWS config)."),
     endpoint_url: Optional[str] = typer.Option(None, help="CloudWatch endpoint (a VPC endpoint, or a local test server)."),
     infiniband_root: Path = typer.Option(Path("/sys/class/infiniband"), help="Where EFA devices appear in sysfs."),
+    health_interval: float = typer.Option(0.0, "--health-interval", min=0, help="Run `ddlc health` every this many "
+                                          "seconds and export ddlc_node_healthy{check} (0: off)."),
+    unhealthy_after: int = typer.Option(3, "--unhealthy-after", min=1, help="Failed health runs in a row before "
+                                        "--replace-unhealthy acts."),
+    replace_unhealthy: bool = typer.Option(False, "--replace-unhealthy/--no-replace-unhealthy", help="Then mark "
+                                           "this EC2 instance Unhealthy in its Auto Scaling group (replaced)."),
+    min_free_gb: float = typer.Option(10.0, "--min-free-gb", min=0, help="Health: free disk required."),
+    imds_url: str = typer.Option("http://169.254.169.254", "--imds-url", hidden=True),
+    autoscaling_endpoint_url: Optional[str] = typer.Option(None, "--autoscaling-endpoint-url", hidden=True),
 ) -> None:
     """Serve this node's GPU, network/EFA, CPU, memory and disk metrics for Prometheus."""
     from ddlc.monitor.agent import AgentSettings, run_agent
@@ -32,8 +41,17 @@ def agent(
         host=host, port=port, node=node or socket.gethostname(), checkpoint_path=checkpoint_path,
         infiniband_root=infiniband_root, cloudwatch=cloudwatch, cloudwatch_namespace=namespace,
         cloudwatch_interval_s=interval, region=region, cloudwatch_endpoint_url=endpoint_url,
+        health_interval_s=health_interval, unhealthy_after=unhealthy_after, replace_unhealthy=replace_unhealthy,
+        health_options=_health_options(min_free_gb, checkpoint_path), imds_url=imds_url,
+        autoscaling_endpoint_url=autoscaling_endpoint_url,
     )
     run_agent(settings, on_ready=lambda running: typer.echo(f"ddlc agent serving {running.url}"))
+
+
+def _health_options(min_free_gb: float, checkpoint_path: Optional[Path]):
+    from ddlc.ops.health import HealthOptions
+
+    return HealthOptions(min_free_gb=min_free_gb, disk_path=checkpoint_path or Path("/"))
 
 
 monitor_app = typer.Typer(help="Prometheus configuration and alert rules.", no_args_is_help=True)

@@ -9,7 +9,10 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+
+from ddlc.errors import UserError
 
 
 checkpoints = typer.Typer(help="Inspect and maintain checkpoints (local path, file:// or s3://).", no_args_is_help=True)
@@ -31,6 +34,10 @@ def _human(size: Optional[int]) -> str:
     return str(size)
 
 
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())[:300]
+
+
 @checkpoints.command("list")
 def list_(uri: str, endpoint_url: Optional[str] = ENDPOINT) -> None:
     """Every checkpoint under URI: step, committed or not, size, time; `*` marks the latest pointer."""
@@ -40,10 +47,15 @@ def list_(uri: str, endpoint_url: Optional[str] = ENDPOINT) -> None:
     rows = catalog.list_checkpoints(store)
     table = Table(title=store.display())
     for column in ("", "checkpoint", "step", "state", "size", "saved"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")
     for row in rows:
         saved = datetime.fromtimestamp(row.manifest.created).strftime("%Y-%m-%d %H:%M:%S") if row.manifest else "-"
-        state = "committed" if row.committed else "[yellow]incomplete[/yellow]"
+        if row.committed:
+            state = "committed"
+        elif row.reason:
+            state = f"[red]unreadable[/red]: {escape(_one_line(row.reason))}"
+        else:
+            state = "[yellow]incomplete[/yellow]"
         table.add_row("*" if row.is_latest else "", row.name, str(row.step), state, _human(row.size_bytes), saved)
     console.print(table)
     if not rows:
@@ -58,18 +70,19 @@ def show(uri: str, which: Optional[str] = typer.Argument(None, help="step, step-
 
     store = catalog.open_store(uri, endpoint_url)
     name = catalog.resolve(store, which)
-    manifest = catalog.read_manifest(store, name)
-    if manifest is None:
-        console.print(f"{store.display(name)}: not committed")
+    commit = catalog.read_commit(store, name)
+    if commit.manifest is None:
+        state = f"unreadable COMMIT: {_one_line(commit.reason)}" if commit.reason else "not committed"
+        typer.echo(f"{store.display(name)}: {state}", err=True)
         raise typer.Exit(1)
-    typer.echo(manifest.to_json())
+    typer.echo(commit.manifest.to_json())
 
 
 @checkpoints.command()
 def verify(uri: str, which: Optional[str] = typer.Argument(None, help="step or name (default: all)"),
            size_only: bool = typer.Option(False, "--size-only", help="skip SHA-256, check sizes only"),
            endpoint_url: Optional[str] = ENDPOINT) -> None:
-    """Check files against their manifests. Exit 1 if any checkpoint is incomplete or corrupt."""
+    """Check files against their manifests. Exit 1 if any checkpoint is incomplete, unreadable or corrupt."""
     from ddlc.checkpoint import catalog  # torch is heavy: import only when a command runs
 
     store = catalog.open_store(uri, endpoint_url)
@@ -79,7 +92,7 @@ def verify(uri: str, which: Optional[str] = typer.Argument(None, help="step or n
         result = catalog.verify(store, name, check_hashes=not size_only)
         bad += not result.ok
         mark = "[green]OK[/green]  " if result.ok else "[red]FAIL[/red]"
-        console.print(f"{mark} {name}: {result.summary()}", markup=True, highlight=False)
+        console.print(f"{mark} {name}: {escape(_one_line(result.summary()))}", markup=True, highlight=False)
     if bad:
         raise typer.Exit(1)
 
@@ -87,16 +100,23 @@ def verify(uri: str, which: Optional[str] = typer.Argument(None, help="step or n
 @checkpoints.command("prune")
 def prune_(uri: str, keep_last: int = typer.Option(..., "--keep-last", min=1),
            keep_every: Optional[int] = typer.Option(None, "--keep-every", min=1),
-           dry_run: bool = typer.Option(False, "--dry-run"), endpoint_url: Optional[str] = ENDPOINT) -> None:
-    """Delete old checkpoints (never the newest committed one) and debris of crashed saves."""
+           verify_hashes: bool = typer.Option(False, "--verify", help="SHA-256 every file first (default: sizes)"),
+           dry_run: bool = typer.Option(False, "--dry-run", help="show what would be deleted and kept; delete nothing"),
+           endpoint_url: Optional[str] = ENDPOINT) -> None:
+    """Delete old checkpoints and debris of crashed saves, after verifying them: never one of the newest
+    `keep_last` that verify, never an unreadable one; `latest` is moved first if it named a deleted one."""
     from ddlc.checkpoint import catalog  # torch is heavy: import only when a command runs
 
     store = catalog.open_store(uri, endpoint_url)
-    removed = catalog.prune(store, keep_last, keep_every, dry_run)
+    decisions = catalog.prune(store, keep_last, keep_every, dry_run, check_hashes=verify_hashes)
     verb = "would delete" if dry_run else "deleted"
-    for name in removed:
-        console.print(f"{verb} {store.display(name)}", highlight=False)
-    console.print(f"{verb} {len(removed)} checkpoint(s)")
+    for decision in decisions:
+        action = verb if decision.delete else ("would keep" if dry_run else "kept")
+        console.print(f"{action} {store.display(decision.entry.name)}: {escape(_one_line(decision.why))}",
+                      highlight=False)
+    removed = sum(d.delete for d in decisions)
+    verified = sum(d.entry.state == "verified" and not d.delete for d in decisions)
+    console.print(f"{verb} {removed} checkpoint(s); {verified} verified checkpoint(s) remain", highlight=False)
 
 
 @checkpoints.command("export")
@@ -107,6 +127,8 @@ def export_(uri: str, output: Path = typer.Option(..., "--output", "-o", help=".
     """Write the model weights of one checkpoint as a single file for inference."""
     from ddlc.checkpoint import catalog  # torch is heavy: import only when a command runs
 
+    if fmt not in catalog.EXPORT_FORMATS:
+        raise UserError(f"--format: {fmt[:40]!r} is not one of {', '.join(catalog.EXPORT_FORMATS)}")
     store = catalog.open_store(uri, endpoint_url)
     name, count = catalog.export(store, which, output, fmt)
     console.print(f"exported {count} tensors (every parameter and buffer, by name) from "

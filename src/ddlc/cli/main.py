@@ -11,9 +11,10 @@ from ddlc.cli import cluster as cluster_cmd
 from ddlc.cli import dashboard as dashboard_cmd
 from ddlc.cli import report as report_cmd
 from ddlc.cli import doctor as doctor_cmd
+from ddlc.cli import health as health_cmd
 from ddlc.cli import launch as launch_cmd
 from ddlc.cli import train as train_cmd
-from ddlc.errors import UserError, exit_with
+from ddlc.cli.errors import run_app
 
 app = typer.Typer(
     name="ddlc",
@@ -44,15 +45,13 @@ cluster_cmd.register(app)
 dashboard_cmd.register(app)
 report_cmd.register(app)
 doctor_cmd.register(app)
+health_cmd.register(app)
 launch_cmd.register(app)
 
 
 def run() -> None:
-    """Console-script entry: user errors become one line and exit code 2."""
-    try:
-        app()
-    except UserError as error:
-        exit_with(error)
+    """Console-script entry: usage and user errors become one line and exit code 2 (ddlc.cli.errors)."""
+    run_app(app)
 
 
 if __name__ == "__main__":

@@ -24,8 +24,10 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         raise ConfigError(f"override '{text}': expected dotted.key=value, e.g. training.max_steps=200")
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError:
-        value = raw  # not valid YAML: keep it as the literal string
+    except (yaml.YAMLError, ValueError):
+        # not valid YAML, or an integer of more digits than Python converts (4,300): keep the literal string,
+        # and validation names the key
+        value = raw
     return key.split("."), value
 
 
@@ -93,7 +95,8 @@ def _describe(exc: ValidationError, source: str, overrides: list[str]) -> str:
     if first["type"] == "extra_forbidden":
         message = "unknown key"
     elif "input" in first and not isinstance(first["input"], (dict, list)):
-        message += f" (got {first['input']!r})"
+        shown = repr(first["input"])
+        message += f" (got {shown if len(shown) <= 80 else shown[:60] + f'... ({len(shown)} characters)'})"
     origin = source
     keys = [o.split("=", 1)[0].strip() for o in overrides]
     if any(k == field or k.startswith(field + ".") or field.startswith(k + ".") for k in keys):

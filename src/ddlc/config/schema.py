@@ -132,6 +132,9 @@ class CheckpointConfig(Section):
     verify_on_resume: Literal["sha256", "size"] = "sha256"
     rpo_seconds: PositiveFloat = 3600.0  # recovery point objective: alert when the newest commit is older
     endpoint_url: Optional[str] = None  # S3-compatible endpoint; default: AWS_ENDPOINT_URL or AWS itself
+    # A fresh start (resume=false) in a URI holding another run's checkpoints: refuse (exit 2) or move them aside.
+    on_existing: Literal["refuse", "move_aside"] = "refuse"
+    load_timeout_s: Optional[PositiveFloat] = None  # resume's own timeout; default max(1 h, 4 x distributed.timeout_s)
 
 
 class MonitoringConfig(Section):

@@ -57,21 +57,21 @@ def cost_series(run: RunRecord, pricing: Pricing) -> dict[str, tuple[list[float]
     """Per-step cost figures as (times, values) for the time-series panels."""
     _, nodes, price = pricing.for_run(run)
     start = run.start_time
-    times, total, per_step, per_million, per_epoch = [], [], [], [], []
-    first_step = run.steps[0]["step"] - 1 if run.steps else 0
-    for record in run.steps:
-        t = record["time"]
-        cost = price * nodes * (t - start) / 3600.0
-        times.append(t)
-        total.append(cost)
-        done = record["step"] - first_step
-        per_step.append(cost / done if done > 0 else math.nan)
-        tokens = record.get("tokens_seen") or 0
-        per_million.append(cost / tokens * 1e6 if tokens else math.nan)
-        epoch = record.get("epoch") or 0
-        per_epoch.append(cost / epoch if epoch else math.nan)
+    times = list(run.column("time"))
+    if not times:
+        return {key: ([], []) for key in ("usd_total", "usd_per_step", "usd_per_1m_tokens", "usd_per_epoch")}
+    rate = price * nodes / 3600.0
+    total = [rate * (t - start) for t in times]
+    first_step = run.columns["step"][0] - 1
+    per_step = [c / (s - first_step) if s > first_step else math.nan for c, s in zip(total, run.columns["step"])]
+    per_million = [c / k * 1e6 if k and math.isfinite(k) else math.nan for c, k in zip(total, run.column("tokens_seen"))]
+    per_epoch = [c / e if e and math.isfinite(e) else math.nan for c, e in zip(total, run.column("epoch"))]
     return {"usd_total": (times, total), "usd_per_step": (times, per_step),
             "usd_per_1m_tokens": (times, per_million), "usd_per_epoch": (times, per_epoch)}
+
+
+def _finite_or_zero(value: float) -> float:
+    return value if math.isfinite(value) else 0.0
 
 
 def run_cost(run: RunRecord, pricing: Pricing) -> RunCost:
@@ -79,23 +79,23 @@ def run_cost(run: RunRecord, pricing: Pricing) -> RunCost:
     hourly = price * nodes
     hours = run.wall_seconds / 3600.0
     total = hourly * hours
-    steps = len(run.steps)
-    last = run.steps[-1] if run.steps else {}
-    tokens = float(last.get("tokens_seen") or 0)
-    epoch = float(last.get("epoch") or 0)
+    steps = run.num_steps
+    tokens = _finite_or_zero(run.last("tokens_seen"))
+    epoch = _finite_or_zero(run.last("epoch"))
     projected = None
-    if run.steps:
+    if steps:
         if run.finished:
             projected = total
         else:
-            recent = [r.get("step_time_s") or 0.0 for r in run.steps[-RECENT_STEPS:]]
+            recent = [_finite_or_zero(v) for v in run.column("step_time_s")[-RECENT_STEPS:]]
             seconds_per_step = sum(recent) / len(recent)
+            last_step = int(run.columns["step"][-1])
             remaining = None
             if run.target_steps:
-                remaining = max(run.target_steps - int(last["step"]), 0)
+                remaining = max(run.target_steps - last_step, 0)
             elif run.target_epochs and epoch > 0:
-                steps_per_epoch = int(last["step"]) / epoch
-                remaining = max(run.target_epochs * steps_per_epoch - int(last["step"]), 0)
+                steps_per_epoch = last_step / epoch
+                remaining = max(run.target_epochs * steps_per_epoch - last_step, 0)
             if remaining is not None:
                 projected = total + remaining * seconds_per_step * hourly / 3600.0
     return RunCost(

@@ -17,8 +17,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Optional
 
+import numpy as np
+
 from ddlc.dashboards.cost import Pricing, RunCost, cost_by_node, run_cost
 from ddlc.dashboards.definition import GPU_UTILIZATION_TARGET_PERCENT, IDLE_GPU_UTILIZATION_PERCENT
+from ddlc.dashboards.downsample import minmax
 from ddlc.dashboards.prometheus import PrometheusClient
 from ddlc.dashboards.runs import RunRecord, load_runs
 from ddlc.errors import UserError
@@ -26,14 +29,22 @@ from ddlc.errors import UserError
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
 _SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 MAX_POINTS = 500  # per Prometheus series: plenty for a week's plot
+PLOT_POINTS = 800  # per run and plot
+LEGEND_RUNS = 15  # a legend of more runs than this hides the plot
+BAR_RUNS = 40  # the cost bar chart shows the costliest runs
+MAX_SINCE_S = 50 * 365 * 86400  # --since longer than this reaches before any run (and before 1970)
 
 
 def parse_since(text: str) -> float:
     """`7d`, `24h`, `90m`, `3600s`, `2w` -> seconds."""
-    match = _DURATION.match(text)
+    match = _DURATION.match(text) if len(text) <= 40 else None
     if not match or float(match.group(1)) <= 0:
-        raise UserError(f"--since: {text!r} is not a duration such as 7d, 24h, 90m (units s, m, h, d, w)")
-    return float(match.group(1)) * _SECONDS[match.group(2)]
+        shown = text if len(text) <= 40 else text[:30] + "..."
+        raise UserError(f"--since: {shown!r} is not a duration such as 7d, 24h, 90m (units s, m, h, d, w)")
+    seconds = float(match.group(1)) * _SECONDS[match.group(2)]
+    if seconds > MAX_SINCE_S:  # the window's start must stay a date (and the epoch is 1970 anyway)
+        raise UserError(f"--since: {text!r} is longer than {MAX_SINCE_S // (365 * 86400)} years")
+    return seconds
 
 
 @dataclass
@@ -54,6 +65,7 @@ class UtilizationReport:
     nodes: list[NodeUtilization]  # empty without GPU data
     source: str  # "run store" or "run store + Prometheus <url>"
     prometheus_cost: dict[str, float] = field(default_factory=dict)
+    unreadable: list[RunRecord] = field(default_factory=list)  # named in the report with the reason
 
     @property
     def has_gpu_data(self) -> bool:
@@ -95,13 +107,16 @@ def collect(
 ) -> UtilizationReport:
     end = time.time() if now is None else now
     start = end - since_seconds
-    runs = load_runs(runs_dir, since=start, names=run_names or None)
+    every = load_runs(runs_dir, since=start, names=run_names or None)
     if run_names:
-        missing = sorted(set(run_names) - {r.name for r in runs})
+        missing = sorted(set(run_names) - {r.name for r in every})
         if missing:
-            raise UserError(f"--run: no run named {', '.join(missing)} with steps in the last "
+            shown = ", ".join(missing)
+            raise UserError(f"--run: no run named {shown[:200]} with steps in the last "
                             f"{since_seconds / 86400:g} days under {runs_dir}")
-    costs = [run_cost(run, pricing) for run in runs if run.steps]
+    runs = [run for run in every if run.readable]
+    unreadable = [run for run in every if not run.readable]
+    costs = [run_cost(run, pricing) for run in runs if run.has_steps]
     nodes: list[NodeUtilization] = []
     prometheus_cost: dict[str, float] = {}
     source = "local run store"
@@ -125,7 +140,7 @@ def collect(
             finite = [v for v in values if math.isfinite(v)]
             if finite:
                 prometheus_cost[labels.get("run", "?")] = max(finite)
-    return UtilizationReport(start, end, runs, costs, nodes, source, prometheus_cost)
+    return UtilizationReport(start, end, runs, costs, nodes, source, prometheus_cost, unreadable)
 
 
 # -- plots -------------------------------------------------------------------------------------------------
@@ -146,24 +161,35 @@ def _plots(report: UtilizationReport, directory: Path) -> dict[str, Path]:
         plt.close(fig)
         plots[name] = path
 
-    with_steps = [run for run in report.runs if run.steps]
+    with_steps = [run for run in report.runs if run.has_steps]
     if with_steps:
         for name, key, ylabel in (("loss", "loss", "training loss"), ("throughput", "tokens_per_s", "tokens / s")):
             fig, ax = plt.subplots(figsize=(8, 3.6))
-            for run in with_steps:
-                ax.plot([r["step"] for r in run.steps], [r.get(key, math.nan) for r in run.steps], label=run.name)
+            lines = [minmax(run.columns["step"], run.column(key), PLOT_POINTS) for run in with_steps]
+            if len(with_steps) <= LEGEND_RUNS:  # a line per run, cut to what an 880 px figure shows
+                for run, (x, y) in zip(with_steps, lines):
+                    ax.plot(x, y, label=run.name, linewidth=1)
+                ax.legend(fontsize=8)
+            else:  # hundreds of runs: one artist for all (500 Line2D artists take seconds to lay out)
+                from matplotlib.collections import LineCollection
+
+                segments = [np.column_stack([x, y]) for x, y in lines]
+                colors = plt.get_cmap("viridis")(np.linspace(0, 1, len(segments)))
+                ax.add_collection(LineCollection(segments, colors=colors, linewidths=0.7))
+                ax.autoscale()
+                ax.set_title(f"{len(with_steps)} runs (oldest dark, newest light)", fontsize=9)
             ax.set_xlabel("step")
             ax.set_ylabel(ylabel)
             ax.grid(alpha=0.3)
-            ax.legend(fontsize=8)
             save(fig, name)
     if report.costs:
         fig, ax = plt.subplots(figsize=(8, 3.6))
-        names = [c.run for c in report.costs]
-        ax.bar(names, [c.usd_total for c in report.costs], color="#3b6fd4")
+        top = sorted(report.costs, key=lambda c: -c.usd_total)[:BAR_RUNS]
+        ax.bar([c.run for c in top], [c.usd_total for c in top], color="#3b6fd4")
         ax.set_ylabel("USD")
-        ax.set_title("cost by run")
-        ax.tick_params(axis="x", rotation=30)
+        ax.set_title("cost by run" if len(top) == len(report.costs) else f"cost by run: the {len(top)} costliest "
+                     f"of {len(report.costs)}")
+        ax.tick_params(axis="x", rotation=30, labelsize=7 if len(top) > 15 else 9)
         save(fig, "cost")
     if report.nodes:
         fig, ax = plt.subplots(figsize=(8, 3.6))
@@ -200,7 +226,8 @@ def _blocks(report: UtilizationReport, plots: dict[str, Path], base: Path) -> li
     blocks: list[Block] = [
         ("h1", "GPU utilization review"),
         ("p", f"Window: {_when(report.start)} to {_when(report.end)}. Source: {report.source}. "
-              f"Runs in the window: {len(report.runs)}."),
+              f"Runs in the window: {len(report.runs)}"
+              + (f", and {len(report.unreadable)} unreadable (listed below)." if report.unreadable else ".")),
         ("h2", "Summary"),
     ]
     mean = report.mean_utilization
@@ -237,7 +264,7 @@ def _blocks(report: UtilizationReport, plots: dict[str, Path], base: Path) -> li
                        [[c.run, _when(run.start_time), f"{c.wall_hours:.4f}", f"{c.steps:,}", f"{c.tokens:,.0f}",
                          c.instance_type, str(c.num_nodes), _usd(report.prometheus_cost.get(c.run, c.usd_total)),
                          _usd(c.usd_per_1m_tokens), _usd(c.usd_per_step)]
-                        for c, run in zip(report.costs, [r for r in report.runs if r.steps])]))
+                        for c, run in zip(report.costs, [r for r in report.runs if r.has_steps])]))
         if not report.has_gpu_data:
             most_expensive = max(report.costs, key=lambda c: c.usd_per_1m_tokens or 0.0)
             blocks.append(("p", f"Highest cost per 1M tokens: {most_expensive.run} "
@@ -250,6 +277,10 @@ def _blocks(report: UtilizationReport, plots: dict[str, Path], base: Path) -> li
                 blocks.append(("img", alt, rel[name]))
     else:
         blocks.append(("p", "No run logged a step in this window."))
+    if report.unreadable:
+        blocks.append(("h2", "Unreadable runs"))
+        blocks.append(("p", "These runs have a malformed file and are left out of every figure above."))
+        blocks.append(("table", ["run", "reason"], [[run.name, run.error] for run in report.unreadable]))
     return blocks
 
 
@@ -269,7 +300,8 @@ def _markdown(blocks: list[Block]) -> str:
             headers, rows = block[1], block[2]
             lines.append("| " + " | ".join(headers) + " |")
             lines.append("|" + "---|" * len(headers))
-            lines += ["| " + " | ".join(str(cell).replace("|", "\\|") for cell in row) + " |" for row in rows]
+            lines += ["| " + " | ".join(" ".join(str(cell).split()).replace("|", "\\|") for cell in row) + " |"
+                      for row in rows]
             lines.append("")
     return "\n".join(lines)
 
@@ -299,8 +331,12 @@ def write_report(report: UtilizationReport, output: Path | str) -> Path:
     out = Path(output)
     if out.suffix.lower() not in (".md", ".html", ".htm"):
         raise UserError(f"-o: {out} must end in .md or .html")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    plots = _plots(report, out.parent / f"{out.stem}_files")
-    blocks = _blocks(report, plots, out.parent)
-    out.write_text(_markdown(blocks) if out.suffix.lower() == ".md" else _html(blocks))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        plots = _plots(report, out.parent / f"{out.stem}_files")
+        blocks = _blocks(report, plots, out.parent)
+        out.write_text(_markdown(blocks) if out.suffix.lower() == ".md" else _html(blocks))
+    except OSError as error:  # a folder under a file, no permission, read-only or full disk
+        where = error.filename or out
+        raise UserError(f"-o: cannot write {where}: {error.strerror or error}") from None
     return out

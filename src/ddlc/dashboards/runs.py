@@ -1,30 +1,115 @@
-"""Reading the local run store: `runs/<run>/metrics.jsonl`, `summary.json`, `config.yaml`.
+"""The one reader of the local run store: `runs/<run>/metrics.jsonl`, `summary.json`, `config.yaml`.
 
-The files may be mid-write while a run goes on (the trainer appends to metrics.jsonl), so a partial last line
-is skipped rather than fatal.
+    RunStore(runs_dir)                       one per dashboard server / report
+      .paths()    -> run directories (any of the three files present), oldest first
+      .load(path) -> RunRecord               cached; a file is parsed again only when its size/mtime/inode change,
+                                             and metrics.jsonl is read from where the last read stopped
+      .runs(since, names) -> [RunRecord]
+
+Every file is validated with the model its writer uses (ddlc.run_format: StepRecord, RunSummary; ddlc.config:
+Config). A file that is malformed in any way (not a regular file, unreadable, not UTF-8, not JSON/YAML, a JSON
+scalar where an object belongs, a wrong type, a number out of range, a line cut in the middle) makes that run
+*unreadable*: `RunRecord.error` holds one line naming the file, the line and the field. Readers never raise for
+the contents of a run directory; they show the error where the run would have been.
+
+The trainer appends to metrics.jsonl while a run goes on: a last line without its newline is being written and
+is read on the next refresh, not reported as malformed.
+
+Steps are held as columns (one array of floats per key), not as a dict per step: a 50 MB metrics.jsonl is
+~200,000 steps, and columns keep that to a few MB and make downsampling and cost sums single passes.
 """
 
 from __future__ import annotations
 
-import json
 import math
+import os
 import socket
+import stat
+import threading
+import time
+from array import array
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterable, Optional
 
 import yaml
+from pydantic import ValidationError
 
+from ddlc.config.loader import ConfigError, validate
 from ddlc.errors import UserError
+from ddlc.run_format import CONFIG_FILE, METRICS_FILE, RUN_FILES, STEP_RECORDS, SUMMARY_FILE, RunSummary, metric_value
+
+MAX_SMALL_FILE = 1 << 20  # summary.json and config.yaml are a few KB; anything past 1 MB is not one of them
+MAX_COLUMNS = 64  # metrics kept per run: the trainer logs 9; library users may add a few of their own
+CHUNK_BYTES = 4 << 20  # metrics.jsonl is validated this many bytes at a time (bounded memory for huge files)
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: ~10x faster on 500 runs
+_CONFIGS: dict[str, dict[str, Any]] = {}  # config.yaml text -> validated config (read-only for callers)
+
+
+def _short(text: Any, limit: int = 160) -> str:
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+def _pydantic_reason(error: ValidationError, first_index: int = 0) -> tuple[Optional[int], str]:
+    """(index of the bad item or None, 'field: message') of a validation error's first problem."""
+    problem = error.errors(include_url=False)[0]
+    loc = list(problem.get("loc") or ())
+    index = loc.pop(0) if loc and isinstance(loc[0], int) else None
+    branches = [p for p in loc if isinstance(p, str) and (p in _TYPE_NAMES or "[" in p)]  # a Union's member names
+    where = ".".join(str(p) for p in loc if p not in branches)
+    message = problem.get("msg", "invalid")
+    if problem.get("type") == "json_invalid":
+        message = "not valid JSON (" + message.removeprefix("Invalid JSON: ") + ")"
+    elif branches:
+        message = "should be a number (or the string nan, inf or -inf)"
+    value = problem.get("input")
+    if "input" in problem and not isinstance(value, (dict, list, bytes)) and problem.get("type") not in ("missing", "json_invalid"):
+        message += f" (got {_short(repr(value), 40)})"
+    return (None if index is None else index + first_index), (f"{where}: {message}" if where else message)
+
+
+_TYPE_NAMES = {"float", "int", "str", "bool", "none"}
+
+
+class RunFileError(Exception):
+    """One file of a run is malformed; str() is the one-line reason."""
 
 
 @dataclass
 class RunRecord:
+    """A run as its files say. `error` set: the run is unreadable and only `name`, `path` and `error` mean anything."""
+
     name: str
     path: Path
-    steps: list[dict[str, Any]]
+    columns: dict[str, array] = field(default_factory=dict)
     summary: Optional[dict[str, Any]] = None
     config: dict[str, Any] = field(default_factory=dict)
+    error: Optional[str] = None
+    version: tuple = ()  # changes whenever any of the run's files changed (cache key for derived data)
+
+    @property
+    def readable(self) -> bool:
+        return self.error is None
+
+    @property
+    def num_steps(self) -> int:
+        return len(self.columns.get("step", ()))
+
+    @property
+    def has_steps(self) -> bool:
+        return self.error is None and self.num_steps > 0
+
+    def column(self, key: str) -> array:
+        """The values of `key` per logged step (NaN where a step did not log it)."""
+        values = self.columns.get(key)
+        if values is None:
+            return array("d", [math.nan]) * self.num_steps
+        return values
+
+    def last(self, key: str) -> float:
+        values = self.columns.get(key)
+        return float(values[-1]) if values else math.nan
 
     @property
     def finished(self) -> bool:
@@ -33,18 +118,18 @@ class RunRecord:
     @property
     def start_time(self) -> Optional[float]:
         """When the first logged step began (its end time minus its duration)."""
-        if not self.steps:
+        if not self.num_steps:
             return None
-        first = self.steps[0]
-        return float(first["time"]) - float(first.get("step_time_s") or 0.0)
+        first_duration = self.columns.get("step_time_s", array("d", [0.0]))[0]
+        return float(self.columns["time"][0]) - (first_duration if math.isfinite(first_duration) and first_duration > 0 else 0.0)
 
     @property
     def end_time(self) -> Optional[float]:
-        return float(self.steps[-1]["time"]) if self.steps else None
+        return float(self.columns["time"][-1]) if self.num_steps else None
 
     @property
     def wall_seconds(self) -> float:
-        if not self.steps:
+        if not self.num_steps:
             return 0.0
         return max(self.end_time - self.start_time, 0.0)
 
@@ -78,74 +163,334 @@ class RunRecord:
         return int((self.summary or {}).get("gpus") or 0)
 
 
-def _number(value: Any) -> float:
-    if isinstance(value, (int, float)):
-        return float(value)
+# -- one file each -------------------------------------------------------------------------------------------
+
+def _stat_regular(path: Path) -> Optional[os.stat_result]:
+    """stat of `path` (following links), None when absent; a directory, FIFO or device is an error."""
     try:
-        return float(value)  # "nan"/"inf" are written as strings (JSON has no NaN)
-    except (TypeError, ValueError):
-        return math.nan
+        info = os.stat(path)
+    except FileNotFoundError:
+        if os.path.islink(path):
+            raise RunFileError(f"{path.name} is a link to a missing file") from None
+        return None
+    except OSError as error:
+        raise RunFileError(f"{path.name}: cannot read: {error.strerror or error}") from None
+    if not stat.S_ISREG(info.st_mode):
+        kind = "a directory" if stat.S_ISDIR(info.st_mode) else "not a regular file"
+        raise RunFileError(f"{path.name} is {kind}")
+    return info
 
 
-def read_steps(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    records = []
-    with path.open(encoding="utf-8") as handle:
-        for line in handle:
-            line = line.strip()
-            if not line:
+def _signature(info: Optional[os.stat_result]) -> tuple:
+    return () if info is None else (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
+
+
+def _read_small(path: Path, info: os.stat_result) -> str:
+    if info.st_size > MAX_SMALL_FILE:
+        raise RunFileError(f"{path.name} is {info.st_size:,} bytes, more than such a file can be ({MAX_SMALL_FILE:,})")
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_SMALL_FILE + 1)
+    except OSError as error:
+        raise RunFileError(f"{path.name}: cannot read: {error.strerror or error}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise RunFileError(f"{path.name}: not UTF-8 text (byte {error.start})") from None
+
+
+def parse_summary(path: Path, info: os.stat_result) -> dict[str, Any]:
+    text = _read_small(path, info)
+    try:
+        return RunSummary.model_validate_json(text).model_dump()
+    except ValidationError as error:
+        _, reason = _pydantic_reason(error)
+        raise RunFileError(f"{path.name}: {_short(reason)}") from None
+
+
+def parse_config(path: Path, info: os.stat_result) -> dict[str, Any]:
+    text = _read_small(path, info)
+    try:
+        data = yaml.load(text, Loader=_YAML_LOADER)  # noqa: S506 - a safe loader (CSafeLoader or SafeLoader)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        line = f" line {mark.line + 1}" if mark is not None else ""
+        raise RunFileError(f"{path.name}{line}: not valid YAML ({_short(getattr(error, 'problem', None) or error, 80)})") from None
+    except (ValueError, RecursionError) as error:  # an int of 5,000 digits; nesting past the recursion limit
+        raise RunFileError(f"{path.name}: {_short(error, 100)}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise RunFileError(f"{path.name}: top level is a {type(data).__name__}, not a mapping of sections")
+    key = text
+    if key in _CONFIGS:  # runs started from one config file differ in a line or two; most are identical
+        return _CONFIGS[key]
+    try:
+        parsed = validate(data, path.name).model_dump(mode="json")
+        if len(_CONFIGS) > 512:
+            _CONFIGS.clear()
+        _CONFIGS[key] = parsed
+        return parsed
+    except ConfigError as error:
+        raise RunFileError(_short(error)) from None
+    except (RecursionError, ValueError, TypeError) as error:
+        raise RunFileError(f"{path.name}: {_short(error, 100)}") from None
+
+
+class _Metrics:
+    """metrics.jsonl read incrementally: `offset` bytes (whole lines) are in `columns`; the rest is read next time."""
+
+    def __init__(self) -> None:
+        self.identity: tuple = ()
+        self.offset = 0
+        self.lines = 0
+        self.seen: tuple = ()  # (size, mtime_ns) at the last read
+        self.tail = b""  # the last bytes before offset, to tell an append from a rewrite
+        self.columns: dict[str, array] = {}
+        self.error: Optional[str] = None
+
+    def refresh(self, path: Path, info: Optional[os.stat_result]) -> None:
+        if info is None:
+            self.__init__()  # type: ignore[misc]
+            return
+        identity = (info.st_dev, info.st_ino)
+        if identity != self.identity or info.st_size < self.offset:  # replaced or truncated: start over
+            self.__init__()  # type: ignore[misc]
+            self.identity = identity
+        seen = (info.st_size, info.st_mtime_ns)
+        if seen == self.seen:
+            return
+        if self.error is not None:  # changed since it was found malformed (repaired?): read it again
+            self.__init__()  # type: ignore[misc]
+            self.identity = identity
+        self.seen = seen
+        try:
+            with open(path, "rb") as handle:
+                if self.offset:  # rewritten in place rather than appended to: the bytes before offset differ
+                    handle.seek(self.offset - len(self.tail))
+                    if handle.read(len(self.tail)) != self.tail:
+                        self.__init__()  # type: ignore[misc]
+                        self.identity, self.seen = identity, seen
+                handle.seek(self.offset)
+                while True:
+                    data = handle.read(CHUNK_BYTES)
+                    if not data:
+                        return
+                    end = data.rfind(b"\n")
+                    if end < 0:
+                        if len(data) < CHUNK_BYTES:
+                            return  # an unfinished last line: the trainer is writing it
+                        raise RunFileError(f"{path.name} line {self.lines + 1}: longer than {CHUNK_BYTES:,} bytes")
+                    self._parse(path.name, data[: end + 1])
+                    self.offset += end + 1
+                    self.tail = data[max(end + 1 - 64, 0): end + 1]
+                    handle.seek(self.offset)
+        except OSError as error:
+            self.error = f"{path.name}: cannot read: {error.strerror or error}"
+        except RunFileError as error:
+            self.error = str(error)
+
+    def _parse(self, name: str, block: bytes) -> None:
+        raw = block.split(b"\n")[:-1]
+        numbers = [i for i, line in enumerate(raw, self.lines + 1) if line.strip()]
+        lines = [line for line in raw if line.strip()]
+        first_line = self.lines + 1
+        self.lines += len(raw)
+        if not lines:
+            return
+        try:
+            block.decode("utf-8")
+        except UnicodeDecodeError as error:
+            bad = first_line + block.count(b"\n", 0, error.start)
+            raise RunFileError(f"{name} line {bad}: not UTF-8 text") from None
+        try:
+            records = STEP_RECORDS.validate_json(b"[" + b",".join(lines) + b"]")
+        except ValidationError as error:
+            index, reason = _pydantic_reason(error)
+            if index is None:  # a JSON syntax error: find its line by parsing one at a time
+                for number, line in zip(numbers, lines):
+                    try:
+                        STEP_RECORDS.validate_json(b"[" + line + b"]")
+                    except ValidationError as line_error:
+                        raise RunFileError(f"{name} line {number}: {_short(_pydantic_reason(line_error)[1])}") from None
+                raise RunFileError(f"{name}: {_short(reason)}") from None
+            raise RunFileError(f"{name} line {numbers[index]}: {_short(reason)}") from None
+        self._append(records)
+
+    def _append(self, records: list[dict[str, Any]]) -> None:
+        # New arrays, not extended ones: a RunRecord handed out earlier keeps columns of equal length while
+        # another thread reads it.
+        before = len(self.columns.get("step", ()))
+        columns = {key: array(values.typecode, values) for key, values in self.columns.items()}
+        for key in (key for record in records for key in record):
+            if key not in columns and len(columns) < MAX_COLUMNS:  # hostile files: one new key per line
+                columns[key] = array("q" if key == "step" else "d", [0 if key == "step" else math.nan]) * before
+        columns["step"] = columns.get("step", array("q"))
+        columns["step"].extend([record["step"] for record in records])
+        for key, values in columns.items():
+            if key == "step":
                 continue
+            raw = [record.get(key, math.nan) for record in records]
             try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # the trainer is writing this line right now
-            if "step" in record and "time" in record:
-                records.append({key: (_number(v) if key not in ("step",) else int(v)) for key, v in record.items()})
-    return records
+                values.extend(array("d", raw))  # numbers only: converted in C
+            except (TypeError, OverflowError):  # "nan"/"inf" strings, None, a library user's own non-numbers
+                values.extend(array("d", [metric_value(value) for value in raw]))
+        self.columns = columns
 
 
-def load_run(path: Path | str) -> RunRecord:
-    run_dir = Path(path)
-    if not run_dir.is_dir():
-        raise UserError(f"--run: {run_dir} is not a run directory (expected runs/<name>/ with metrics.jsonl)")
-    summary = None
-    summary_path = run_dir / "summary.json"
-    if summary_path.exists():
+# -- the store -----------------------------------------------------------------------------------------------
+
+class _Entry:
+    def __init__(self) -> None:
+        self.metrics = _Metrics()
+        self.small: dict[str, tuple[tuple, Any]] = {}  # file name -> (signature, parsed value or RunFileError)
+        self.record: Optional[RunRecord] = None
+
+
+class RunStore:
+    """Runs under `runs_dir` (plus `extra` run directories), each file parsed once and re-read on change.
+    Safe to share between threads (the dashboard server's)."""
+
+    def __init__(self, runs_dir: Path | str, extra: Iterable[Path | str] = (), max_age_s: float = 0.0) -> None:
+        self.runs_dir = Path(runs_dir)
+        self.extra = [Path(p) for p in extra]
+        self.max_age_s = max_age_s  # runs() answers from its last look at the disk when younger than this
+        self._entries: dict[Path, _Entry] = {}
+        self._lock = threading.Lock()
+        self._last: tuple[float, Any, list[RunRecord]] = (float("-inf"), None, [])
+        self._listed: tuple[float, list[Path]] = (float("-inf"), [])
+
+    def paths(self) -> list[Path]:
+        at, last = self._listed
+        if time.monotonic() - at <= self.max_age_s:
+            return list(last)
+        paths = list_runs(self.runs_dir)
+        if self.extra:
+            known = {p.resolve() for p in paths}
+            paths += [p for p in self.extra if p.resolve() not in known]
+        self._listed = (time.monotonic(), paths)
+        return list(paths)
+
+    def load(self, path: Path | str) -> RunRecord:
+        path = Path(path)
+        with self._lock:
+            entry = self._entries.setdefault(path, _Entry())
+            return _refresh(entry, path)
+
+    def runs(self, since: Optional[float] = None, names: Optional[Iterable[str]] = None,
+             paths: Optional[list[Path]] = None) -> list[RunRecord]:
+        """Runs with a step logged at or after `since` (Unix seconds; unreadable runs whose files changed since
+        then are included, so the reader learns about them), optionally only those named."""
+        wanted = set(names) if names else None
+        key = (since, frozenset(wanted) if wanted else None)
+        at, last_key, last = self._last
+        if last_key == key and time.monotonic() - at <= self.max_age_s:
+            return list(last)  # many clients refreshing the same page: one look at the disk per max_age_s
+        result = self._runs(since, wanted, self.paths() if paths is None else paths)
+        self._last = (time.monotonic(), key, result)
+        return list(result)
+
+    def _runs(self, since: Optional[float], wanted: Optional[set[str]], listed: list[Path]) -> list[RunRecord]:
+        paths = [p for p in listed if wanted is None or p.name in wanted]
+        with self._lock:  # forget runs that are gone
+            for gone in set(self._entries) - set(paths) - set(self.extra):
+                del self._entries[gone]
+        result = []
+        for path in paths:
+            if since is not None and _newest_mtime(path) < since:
+                continue  # no file changed since the window began: no step in it (skips the parse)
+            run = self.load(path)
+            if run.error is None and since is not None and (run.end_time is None or run.end_time < since):
+                continue
+            result.append(run)
+        return result
+
+
+def _newest_mtime(run_dir: Path) -> float:
+    newest = 0.0
+    for name in RUN_FILES:
         try:
-            summary = json.loads(summary_path.read_text())
-        except json.JSONDecodeError:
-            summary = None  # being written
-    config: dict[str, Any] = {}
-    config_path = run_dir / "config.yaml"
-    if config_path.exists():
-        try:
-            config = yaml.safe_load(config_path.read_text()) or {}
-        except yaml.YAMLError:
-            config = {}
-    return RunRecord(run_dir.name, run_dir, read_steps(run_dir / "metrics.jsonl"), summary, config)
+            newest = max(newest, os.stat(run_dir / name).st_mtime)
+        except OSError:
+            continue
+    return newest
 
+
+def _small(entry: _Entry, path: Path, parse: Any) -> Any:
+    info = _stat_regular(path)
+    signature = _signature(info)
+    cached = entry.small.get(path.name)
+    if cached is not None and cached[0] == signature:
+        value = cached[1]
+    else:
+        try:
+            value = None if info is None else parse(path, info)
+        except RunFileError as error:
+            value = error
+        entry.small[path.name] = (signature, value)
+    if isinstance(value, RunFileError):
+        raise value
+    return value
+
+
+def _refresh(entry: _Entry, run_dir: Path) -> RunRecord:
+    name = run_dir.name
+    try:
+        summary = _small(entry, run_dir / SUMMARY_FILE, parse_summary)
+        config = _small(entry, run_dir / CONFIG_FILE, parse_config) or {}
+        metrics_path = run_dir / METRICS_FILE
+        info = _stat_regular(metrics_path)
+        entry.metrics.refresh(metrics_path, info)
+        if entry.metrics.error is not None:
+            raise RunFileError(entry.metrics.error)
+    except RunFileError as error:
+        return RunRecord(name, run_dir, error=_short(error, 240), version=("error", str(error)))
+    except OSError as error:  # the directory itself vanished or is unreadable
+        return RunRecord(name, run_dir, error=_short(f"cannot read: {error.strerror or error}", 240),
+                         version=("error", str(error)))
+    version = (entry.metrics.identity, entry.metrics.offset,
+               tuple(sig for sig, _ in entry.small.values()))
+    if entry.record is not None and entry.record.version == version:
+        return entry.record
+    entry.record = RunRecord(name, run_dir, entry.metrics.columns, summary, config, None, version)
+    return entry.record
+
+
+# -- module-level helpers (one-shot readers: reports, tests) ------------------------------------------------
 
 def list_runs(runs_dir: Path | str) -> list[Path]:
     """Run directories under `runs_dir` (those with a metrics.jsonl, config.yaml or summary.json), oldest first."""
     root = Path(runs_dir)
-    if not root.is_dir():
+    try:
+        children = list(root.iterdir()) if root.is_dir() else []
+    except OSError:
         return []
-    found = [
-        child for child in root.iterdir()
-        if child.is_dir() and any((child / name).exists() for name in ("metrics.jsonl", "summary.json", "config.yaml"))
-    ]
-    return sorted(found, key=lambda p: ((p / "metrics.jsonl").stat().st_mtime if (p / "metrics.jsonl").exists() else 0, p.name))
+    found = []
+    for child in children:
+        present, mtime = False, 0.0
+        base = os.fspath(child)
+        for file_name in RUN_FILES:
+            try:
+                info = os.lstat(os.path.join(base, file_name))  # a dangling link still marks a run (unreadable)
+            except OSError:
+                continue
+            present = True
+            if file_name == METRICS_FILE:
+                mtime = info.st_mtime
+        if present:
+            found.append((mtime, child.name, child))
+    return [path for _, _, path in sorted(found)]
+
+
+def load_run(path: Path | str) -> RunRecord:
+    """One run, read now. Raises UserError only when `path` is not a directory at all."""
+    run_dir = Path(path)
+    if not run_dir.is_dir():
+        raise UserError(f"--run: {run_dir} is not a run directory (expected runs/<name>/ with metrics.jsonl)")
+    return RunStore(run_dir.parent).load(run_dir)
 
 
 def load_runs(runs_dir: Path | str, since: Optional[float] = None, names: Optional[list[str]] = None) -> list[RunRecord]:
-    """Runs of the store that logged a step at or after `since` (Unix seconds), optionally only `names`."""
-    runs = []
-    for path in list_runs(runs_dir):
-        if names and path.name not in names:
-            continue
-        run = load_run(path)
-        if since is not None and (run.end_time is None or run.end_time < since):
-            continue
-        runs.append(run)
-    return runs
+    """Runs of the store that logged a step at or after `since` (Unix seconds), optionally only `names`;
+    unreadable runs are included with their `error`."""
+    return RunStore(runs_dir).runs(since=since, names=names)

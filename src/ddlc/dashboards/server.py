@@ -1,5 +1,10 @@
 """The local dashboard's web server: one page, Plotly.js from the installed `plotly` package (never a CDN),
-JSON under /api. Standard library HTTP server; binds 127.0.0.1 unless told otherwise.
+JSON under /api. Served by ddlc.monitor.server.WsgiServer (waitress: backlog 128, idle timeout, bounded
+threads, HEAD, small error bodies); binds 127.0.0.1 unless told otherwise.
+
+    GET /                      index.html          GET /static/dashboard.js, /static/plotly.min.js
+    GET /api/definition        dashboards, runs (and which are unreadable, why)
+    GET /api/dashboards/<slug>?run=NAME   panel data (PanelData: cached run store, downsampled series)
 
     server = DashboardServer(PanelData(...), port=0).start()
     print(server.url)
@@ -11,10 +16,8 @@ from __future__ import annotations
 
 import json
 import math
-import threading
 import urllib.parse
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from pathlib import Path
 from typing import Any, Optional
@@ -22,6 +25,7 @@ from typing import Any, Optional
 from ddlc.dashboards.definition import DASHBOARDS, GPU_UTILIZATION_TARGET_PERCENT, definition_as_json
 from ddlc.dashboards.panel_data import PanelData
 from ddlc.errors import UserError
+from ddlc.monitor.server import WsgiServer, bounded
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8050
@@ -66,96 +70,87 @@ class DashboardServer:
         self.refresh_ms = refresh_ms
         self._plotly = plotly_js_path()
         self._files = {
-            "/": ("text/html; charset=utf-8", _static("index.html")),
-            "/static/dashboard.js": ("text/javascript; charset=utf-8", _static("dashboard.js")),
+            "/": ("text/html; charset=utf-8", _static("index.html"), False),
+            "/static/dashboard.js": ("text/javascript; charset=utf-8", _static("dashboard.js"), False),
+            "/static/plotly.min.js": ("text/javascript; charset=utf-8", self._plotly.read_bytes(), True),
         }
-        handler = self._handler()
         try:
-            self._httpd = ThreadingHTTPServer((host, port), handler)
-        except (OSError, OverflowError) as error:  # in use, no such address, or not a port number at all
-            reason = getattr(error, "strerror", None) or error
-            raise UserError(f"--port {port}: cannot listen on {host}:{port}: {reason}") from None
-        self._httpd.daemon_threads = True
-        self._thread: Optional[threading.Thread] = None
+            self._server = WsgiServer(self.app, host, port, what="dashboard", name="ddlc-dashboard")
+        except UserError as error:
+            raise UserError(f"--port {port}: cannot listen on {host}:{port}: {error}") from None
+        self._host = host
+        self._started = False
 
     @property
     def host(self) -> str:
-        return self._httpd.server_address[0]
+        return self._host
 
     @property
     def port(self) -> int:
-        return self._httpd.server_address[1]
+        return self._server.port
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}/"
+        return f"http://{self._server.url_host}:{self.port}/"
 
     def start(self) -> "DashboardServer":
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name="ddlc-dashboard", daemon=True)
-        self._thread.start()
+        self._server.start()
         return self
 
     def serve_forever(self) -> None:
-        self._httpd.serve_forever()
+        self._server.serve_forever()
 
     def close(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        self._server.close()
 
     def definition(self) -> dict[str, Any]:
         return {
             "dashboards": definition_as_json(),
             "runs": self.data.run_names(),
+            "unreadable": self.data.run_errors(),  # run name -> one-line reason
             "default_run": self.data.default_run(),
             "refresh_ms": self.refresh_ms,
             "gpu_target_percent": GPU_UTILIZATION_TARGET_PERCENT,
             "prometheus": self.data.prometheus.url if self.data.prometheus else None,
         }
 
-    def _handler(self) -> type[BaseHTTPRequestHandler]:
-        server = self
+    # -- the WSGI app ---------------------------------------------------------------------------------------
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - quiet: the CLI prints the URL
-                pass
+    def app(self, environ: dict, start_response: Any) -> list[bytes]:
+        path = environ.get("PATH_INFO") or "/"
+        query = urllib.parse.parse_qs(environ.get("QUERY_STRING") or "", max_num_fields=20)
 
-            def _send(self, status: int, content_type: str, body: bytes, cache: bool = False) -> None:
-                self.send_response(status)
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(body)))
-                self.send_header("Cache-Control", "max-age=3600" if cache else "no-store")
-                self.end_headers()
-                self.wfile.write(body)
+        def send(status: int, content_type: str, body: bytes, cache: bool = False) -> list[bytes]:
+            start_response(f"{status} {HTTPStatus(status).phrase}", [
+                ("Content-Type", content_type), ("Content-Length", str(len(body))),
+                ("Cache-Control", "max-age=3600" if cache else "no-store"),
+                ("X-Content-Type-Options", "nosniff"),
+            ])
+            return [body]
 
-            def _json(self, payload: Any, status: int = HTTPStatus.OK) -> None:
-                self._send(status, "application/json", _dumps(payload))
+        def reply(payload: Any, status: int = HTTPStatus.OK) -> list[bytes]:
+            return send(status, "application/json", _dumps(payload))
 
-            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-                parsed = urllib.parse.urlsplit(self.path)
-                query = urllib.parse.parse_qs(parsed.query)
-                path = parsed.path
-                try:
-                    if path in server._files:
-                        content_type, body = server._files[path]
-                        self._send(HTTPStatus.OK, content_type, body)
-                    elif path == "/static/plotly.min.js":
-                        self._send(HTTPStatus.OK, "text/javascript; charset=utf-8", server._plotly.read_bytes(), cache=True)
-                    elif path == "/api/definition":
-                        self._json(server.definition())
-                    elif path.startswith("/api/dashboards/"):
-                        slug = path.rsplit("/", 1)[-1]
-                        run = (query.get("run") or [""])[0] or None
-                        self._json(server.data.dashboard_data(slug, run))
-                    elif path == "/healthz":
-                        self._send(HTTPStatus.OK, "text/plain", b"ok")
-                    else:
-                        self._json({"error": f"no such page: {path}"}, HTTPStatus.NOT_FOUND)
-                except UserError as error:
-                    self._json({"error": str(error)}, HTTPStatus.BAD_REQUEST)
-
-        return Handler
+        try:
+            if path in self._files:
+                content_type, body, cache = self._files[path]
+                return send(HTTPStatus.OK, content_type, body, cache)
+            if path == "/api/definition":
+                return reply(self.definition())
+            if path.startswith("/api/dashboards/"):
+                slug = path.rsplit("/", 1)[-1]
+                run = (query.get("run") or [""])[0] or None
+                return reply(self.data.dashboard_data(slug, run))
+            if path == "/healthz":
+                return send(HTTPStatus.OK, "text/plain", b"ok")
+            return reply({"error": bounded(f"no such page: {path}")}, HTTPStatus.NOT_FOUND)
+        except UserError as error:
+            return reply({"error": bounded(str(error))}, HTTPStatus.BAD_REQUEST)
+        except ValueError as error:  # a query string past its limits
+            return reply({"error": bounded(f"bad request: {error}")}, HTTPStatus.BAD_REQUEST)
+        except Exception as error:  # never an empty reply: say what failed, in one line
+            return reply({"error": bounded(f"internal error: {type(error).__name__}: {error}")},
+                         HTTPStatus.INTERNAL_SERVER_ERROR)
 
 
 __all__ = ["DashboardServer", "DEFAULT_HOST", "DEFAULT_PORT", "DASHBOARDS", "plotly_js_path"]

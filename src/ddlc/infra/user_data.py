@@ -293,7 +293,10 @@ def render_user_data(boot: NodeBootConfig) -> list[str]:
             f"EnvironmentFile={CLUSTER_ENV}",
             # All interfaces: the head node's Prometheus scrapes every node; the EFA security group admits only
             # cluster members, so the port is not reachable from anywhere else.
-            f"ExecStart=/usr/local/bin/ddlc agent --host 0.0.0.0 --port {AGENT_PORT}",
+            # `ddlc health` every minute (ddlc_node_healthy); after 3 failed runs in a row a worker marks itself
+            # Unhealthy in its Auto Scaling group, which replaces it (the head node is in no group: left alone).
+            f"ExecStart=/usr/local/bin/ddlc agent --host 0.0.0.0 --port {AGENT_PORT} --health-interval 60 "
+            "--replace-unhealthy",
             "Restart=always",
             "RestartSec=5",
             "StandardOutput=append:/var/log/ddlc/agent.log",

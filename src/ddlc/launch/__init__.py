@@ -8,7 +8,8 @@ from importlib import import_module
 _EXPORTS = {
     "LocalJob": "local", "default_nproc": "local", "plan_local_job": "local", "read_summary": "local",
     "run_local_job": "local", "Host": "multinode", "LaunchPlan": "multinode", "SSH": "multinode",
-    "parse_hostfile": "multinode", "plan_launch": "multinode", "preflight": "multinode", "run_plan": "multinode",
+    "parse_hostfile": "multinode", "plan_launch": "multinode", "preflight": "multinode", "run_plan": "supervise",
+    "ElasticRun": "supervise", "Elastic": "multinode",
     "node_environment": "env",
 }
 

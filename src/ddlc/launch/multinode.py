@@ -1,41 +1,41 @@
 """`ddlc launch`: one command on the head node starts a training job on every node.
 
     hosts (hostfile | `ddlc cluster hosts` output | Slurm variables)
-      -> plan: master address/port + the exact per-node command for the engine (torchrun / deepspeed / horovod)
-      -> preflight: every host answers over ssh and has the engine installed (else exit 2 naming the host)
-      -> run: one ssh session per node, output prefixed with the host; the first node to fail stops them all
+      -> plan: the exact per-node command for the engine; torchrun is elastic (c10d rendezvous on a store this
+         machine hosts, --nnodes=MIN:MAX, --max-restarts), DeepSpeed / Horovod are fixed-size
+      -> preflight: every host answers over ssh and has the engine installed (else exit 2 naming the host), and
+         passes `ddlc health` (else it is left out, with the reason)
+      -> run (ddlc.launch.supervise): one ssh session per node (ddlc.launch.node_session), output prefixed with
+         the host; elastic jobs carry on while at least MIN nodes remain, fixed-size jobs stop at the first failure
 
-Each node's command runs in its own session (setsid) under a small shell wrapper that kills that whole process
-group when the ssh connection's stdin closes. Closing stdin is therefore how the launcher stops a node, and a
-launcher that dies (Ctrl-C, kill) stops every node too: no orphaned workers are left behind.
+Each node's command runs under a small shell wrapper that kills every process of that node when the ssh
+connection's stdin closes, so a launcher that dies (Ctrl-C, kill) stops every node too: no orphaned workers.
 """
 
 from __future__ import annotations
 
 import base64
+import ipaddress
 import json
 import os
 import re
 import shlex
-import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping, Optional, Sequence, TextIO
+from typing import Mapping, Optional, Sequence
 
 from ddlc.errors import UserError
 from ddlc.launch.slurm import expand_nodelist
 
 ENGINES = ("torchrun", "deepspeed", "horovod")
-LOCAL_NAMES = {"localhost", "127.0.0.1"}
+LOCAL_NAMES = {"localhost", "localhost.localdomain", "127.0.0.1", "::1"}
 # What preflight imports on each node to prove the engine is installed there.
-ENGINE_MODULES = {"torchrun": "torch.distributed.run", "deepspeed": "deepspeed", "horovod": "horovod.torch"}
-STOP_GRACE_S = 3  # SIGTERM, then SIGKILL this many seconds later (remote wrapper and local fallback)
+ENGINE_MODULES = {"torchrun": "torch.distributed.run, ddlc.launch.torchrun_agent", "deepspeed": "deepspeed", "horovod": "horovod.torch"}
 
 
 # -- hosts ------------------------------------------------------------------------------------------------------
@@ -64,14 +64,14 @@ def parse_hostfile_text(text: str, origin: str) -> list[Host]:
         where = f"{origin}:{number}"
         parts = line.split()
         name, slots = parts[0], 1
-        if ":" in name and len(parts) == 1:
+        if ":" in name and len(parts) == 1 and not _is_ipv6(name):
             name, _, count = name.partition(":")
             slots = _slots(count, where, raw)
         elif len(parts) == 2 and parts[1].startswith("slots="):
             slots = _slots(parts[1][len("slots="):], where, raw)
         elif len(parts) != 1:
             raise UserError(f"{where}: expected 'host slots=N', 'host:N' or 'host', got {raw.strip()!r}")
-        if not _HOST_RE.match(name):
+        if not (_HOST_RE.match(name) or _is_ipv6(name)):
             raise UserError(f"{where}: {name!r} is not a host name or address")
         if name in seen:
             raise UserError(f"{where}: host {name!r} is listed twice")
@@ -80,6 +80,13 @@ def parse_hostfile_text(text: str, origin: str) -> list[Host]:
     if not hosts:
         raise UserError(f"{origin}: no hosts listed")
     return hosts
+
+
+def _is_ipv6(name: str) -> bool:
+    try:
+        return isinstance(ipaddress.ip_address(name), ipaddress.IPv6Address)
+    except ValueError:
+        return False
 
 
 def _slots(value: str, where: str, raw: str) -> int:
@@ -124,10 +131,13 @@ class SSH:
     user: Optional[str] = None
     options: tuple[str, ...] = ()
     connect_timeout_s: int = 10
+    # A host that answers no keep-alive for this long counts as lost (3 probes, one every third of it).
+    alive_timeout_s: int = 45
 
     def argv(self, host: str) -> list[str]:
+        interval = max(self.alive_timeout_s // 3, 1)
         argv = ["ssh", "-o", "BatchMode=yes", "-o", f"ConnectTimeout={self.connect_timeout_s}",
-                "-o", "ServerAliveInterval=15", "-o", "LogLevel=ERROR"]
+                "-o", f"ServerAliveInterval={interval}", "-o", "ServerAliveCountMax=3", "-o", "LogLevel=ERROR"]
         if self.port is not None:
             argv += ["-p", str(self.port)]
         if self.identity:
@@ -153,15 +163,57 @@ class NodeCommand:
         return f"cd {shlex.quote(workdir)} && env {assignments} {launcher}".replace("env  ", "env ")
 
 
+@dataclass(frozen=True)
+class Elastic:
+    """torchrun's elastic settings. The rendezvous timeouts trade recovery time against spurious restarts:
+    - a dead node stays a participant of the current round until it missed `keep_alive_attempts` heartbeats
+      `keep_alive_s` apart (torch's default: 3 x 5 s); the survivors cannot start the next round before. Shorter
+      means faster recovery, but more heartbeat writes to the store and a node that stalls that long (swapping,
+      a loaded head node) is dropped;
+    - `last_call_s`: how long a round waits for more nodes once MIN have joined. Every recovery pays it; too short
+      and a slow node misses the round and causes one more restart when it joins;
+    - `join_timeout_s`: how long a node waits for MIN nodes at all."""
+
+    min_nodes: int
+    max_nodes: int
+    max_restarts: int = 3
+    job_id: str = ""
+    last_call_s: int = 3
+    keep_alive_s: int = 2
+    keep_alive_attempts: int = 3
+    join_timeout_s: int = 600
+    read_timeout_s: int = 60
+    monitor_interval_s: float = 0.5
+
+
 @dataclass
 class LaunchPlan:
     engine: str
     hosts: list[Host]
-    master_addr: str
+    master_addr: str  # torchrun: the rendezvous store on this machine
     master_port: int
     workdir: str
     env: dict[str, str]
     nodes: list[NodeCommand] = field(default_factory=list)
+    elastic: Optional[Elastic] = None
+    python: str = sys.executable
+    user_argv: list[str] = field(default_factory=list)
+
+    def torchrun_node(self, host: Host, rank: int) -> NodeCommand:
+        """The elastic torchrun agent for `host` (any host: the rendezvous, not the rank, places it)."""
+        assert self.elastic is not None
+        e = self.elastic
+        local = host.is_local and len(self.hosts) == 1
+        conf = (f"is_host=false,join_timeout={e.join_timeout_s},last_call_timeout={e.last_call_s},"
+                f"close_timeout=10,read_timeout={e.read_timeout_s},keep_alive_interval={e.keep_alive_s},"
+                f"keep_alive_max_attempt={e.keep_alive_attempts}")
+        argv = [self.python, "-m", "ddlc.launch.torchrun_agent", f"--nnodes={e.min_nodes}:{e.max_nodes}",
+                f"--nproc_per_node={host.slots}", "--rdzv-backend=c10d",
+                f"--rdzv-endpoint={self.master_addr}:{self.master_port}", f"--rdzv-id={e.job_id}",
+                f"--rdzv-conf={conf}", f"--max-restarts={e.max_restarts}", f"--monitor-interval={e.monitor_interval_s}"]
+        if not local:
+            argv.append(f"--local-addr={host.name}")  # workers' MASTER_ADDR when this node is rank 0
+        return NodeCommand(host, rank, argv + self.user_argv, local=local)
 
     @property
     def world_size(self) -> int:
@@ -169,8 +221,14 @@ class LaunchPlan:
 
     def describe(self, ssh: SSH) -> str:
         """What `--dry-run` prints: one line per node, exactly what will run."""
-        lines = [f"# engine={self.engine} nodes={len(self.hosts)} world_size={self.world_size} "
-                 f"master={self.master_addr}:{self.master_port}"]
+        if self.elastic is not None:
+            e = self.elastic
+            lines = [f"# engine={self.engine} nodes={len(self.hosts)} (min {e.min_nodes}, max {e.max_nodes}) "
+                     f"rendezvous={self.master_addr}:{self.master_port} (this machine) job={e.job_id} "
+                     f"max_restarts={e.max_restarts}"]
+        else:
+            lines = [f"# engine={self.engine} nodes={len(self.hosts)} world_size={self.world_size} "
+                     f"master={self.master_addr}:{self.master_port}"]
         for node in self.nodes:
             inner = node.shell(self.workdir, self.env)
             if node.local:
@@ -187,6 +245,21 @@ def pick_port() -> int:
         return sock.getsockname()[1]
 
 
+def address_towards(hosts: Sequence[Host]) -> str:
+    """This machine's address as the hosts reach it (the rendezvous store's address): the source address the
+    kernel picks towards the first remote host; 127.0.0.1 when every host is this machine."""
+    remote = [h for h in hosts if not h.is_local]
+    if not remote:
+        return "127.0.0.1"
+    try:
+        target = socket.getaddrinfo(remote[0].name, 9, type=socket.SOCK_DGRAM)[0]
+        with socket.socket(target[0], socket.SOCK_DGRAM) as probe:
+            probe.connect(target[4])  # no packet is sent: this only asks the kernel for the outgoing address
+            return probe.getsockname()[0]
+    except OSError:  # a host name that does not resolve here (a dry run elsewhere): name this machine
+        return socket.gethostname()
+
+
 def plan_launch(
     engine: str,
     hosts: Sequence[Host],
@@ -199,21 +272,29 @@ def plan_launch(
     workdir: Optional[str] = None,
     env: Optional[Mapping[str, str]] = None,
     ssh: SSH = SSH(),
+    elastic: Optional[Elastic] = None,
 ) -> LaunchPlan:
     if engine not in ENGINES:
         raise UserError(f"--engine {engine!r}: choose one of {', '.join(ENGINES)}")
     hosts = [Host(h.name, nproc_per_node or h.slots, h.origin) for h in hosts]
-    addr = master_addr or ("127.0.0.1" if hosts[0].is_local else hosts[0].name)
-    port = master_port or pick_port()
-    plan = LaunchPlan(engine, hosts, addr, port, workdir or os.getcwd(), dict(env or {}))
     nnodes = len(hosts)
     user = [script, *script_args]
     if engine == "torchrun":
-        for rank, host in enumerate(hosts):
-            argv = [python, "-m", "torch.distributed.run", f"--nnodes={nnodes}", f"--nproc_per_node={host.slots}",
-                    f"--node_rank={rank}", f"--master_addr={addr}", f"--master_port={port}", *user]
-            plan.nodes.append(NodeCommand(host, rank, argv, local=host.is_local and nnodes == 1))
-    elif engine == "deepspeed":
+        # The rendezvous store lives here, on the launching host, not on a training node that can die.
+        elastic = elastic or Elastic(nnodes, nnodes)
+        if not elastic.job_id:
+            elastic = Elastic(**{**elastic.__dict__, "job_id": uuid.uuid4().hex[:12]})
+        plan = LaunchPlan(engine, hosts, master_addr or address_towards(hosts), master_port or pick_port(),
+                          workdir or os.getcwd(), dict(env or {}), elastic=elastic, python=python, user_argv=user)
+        # Restarted workers must not reuse the agent's store (pytorch/pytorch#135712).
+        plan.env["TORCH_DISABLE_SHARE_RDZV_TCP_STORE"] = "1"
+        plan.nodes = [plan.torchrun_node(host, rank) for rank, host in enumerate(hosts)]
+        return plan
+    addr = master_addr or ("127.0.0.1" if hosts[0].is_local else hosts[0].name)
+    port = master_port or pick_port()
+    plan = LaunchPlan(engine, hosts, addr, port, workdir or os.getcwd(), dict(env or {}), python=python,
+                      user_argv=user)
+    if engine == "deepspeed":
         # What DeepSpeed's own pdsh runner starts on each node: its per-node launcher with the whole world encoded.
         world = {h.name: list(range(h.slots)) for h in hosts}
         world_info = base64.urlsafe_b64encode(json.dumps(world).encode()).decode()
@@ -272,40 +353,110 @@ except OSError:
 print(name, address)"""
 
 
-def preflight(plan: LaunchPlan, ssh: SSH, python: str = sys.executable) -> None:
-    """Every host answers over ssh and can import the engine; otherwise exit 2 naming the host."""
+@dataclass(frozen=True)
+class HealthGate:
+    """`ddlc health` on every host before it starts (and before a lost node rejoins); a failing host is left out."""
+
+    enabled: bool = True
+    args: tuple[str, ...] = ()  # extra `ddlc health` options, e.g. ("--min-free-gb", "50")
+
+    def command(self, python: str) -> str:
+        # --reference-time: the host's clock is compared with this machine's (ssh latency is far below the limit).
+        argv = [python, "-m", "ddlc.cli.main", "health", "--reference-time", f"{time.time():.3f}", *self.args]
+        return " ".join(shlex.quote(a) for a in argv)
+
+
+_ENGINE_MISSING, _UNHEALTHY = 97, 98  # exit codes of the probe script (ssh itself uses 255)
+
+
+def probe_script(plan: LaunchPlan, python: str, health: HealthGate, cleanup_tag: Optional[str] = None) -> str:
+    """One shell command per host: (kill leftovers of an earlier session,) import the engine, run `ddlc health`."""
     module = ENGINE_MODULES[plan.engine]
     code = f"import {module}"
-    check_hostname = plan.engine == "horovod" and len(plan.hosts) > 1
-    if check_hostname:
+    if plan.engine == "horovod" and len(plan.hosts) > 1:
         code += _HOSTNAME_PROBE
-    probe = f"cd {shlex.quote(plan.workdir)} && {shlex.quote(python)} -c {shlex.quote(code)}"
-    targets = [h for h in plan.hosts if not (h.is_local and len(plan.hosts) == 1)]
-    if plan.engine == "horovod" or not targets:
-        _check_local_engine(module, python, plan.engine)
-    procs = {h.name: subprocess.Popen(ssh.argv(h.name) + [probe], stdin=subprocess.DEVNULL,
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for h in targets}
-    problems = []
-    for host in targets:
-        proc = procs[host.name]
+    parts = [f"cd {shlex.quote(plan.workdir)}"]
+    if plan.env:  # the job's environment (PYTHONPATH, ...) so the probe imports what the job will
+        parts.append("export " + " ".join(f"{k}={shlex.quote(v)}" for k, v in plan.env.items()))
+    if cleanup_tag:
+        # A node that was cut off (network down) may still run the job's processes: never two agents on a host.
+        parts.append(f'for p in $(grep -lzx {shlex.quote("DDLC_LAUNCH_ID=" + cleanup_tag)} /proc/[0-9]*/environ '
+                     f'2>/dev/null | cut -d/ -f3); do kill -9 $p 2>/dev/null; done; true')
+    parts.append(f"{{ {shlex.quote(python)} -c {shlex.quote(code)} || exit {_ENGINE_MISSING}; }}")
+    if health.enabled:
+        parts.append(f"{{ {health.command(python)} || exit {_UNHEALTHY}; }}")
+    return " && ".join(parts)
+
+
+@dataclass
+class ProbeResult:
+    host: Host
+    fatal: Optional[str] = None  # unreachable, engine missing, loopback hostname: the user must fix it
+    unhealthy: Optional[str] = None  # `ddlc health` failed: the host is left out
+
+    @property
+    def ok(self) -> bool:
+        return self.fatal is None and self.unhealthy is None
+
+
+def probe_hosts(plan: LaunchPlan, hosts: Sequence[Host], ssh: SSH, python: str, health: HealthGate,
+                cleanup_tags: Optional[Mapping[str, str]] = None) -> list[ProbeResult]:
+    """Run the probe on every host at once (a host that is this machine, alone in the job, runs it here)."""
+    module = ENGINE_MODULES[plan.engine]
+    procs = {}
+    for host in hosts:
+        script = probe_script(plan, python, health, (cleanup_tags or {}).get(host.name))
+        argv = ["bash", "-c", script] if host.is_local and len(plan.hosts) == 1 else ssh.argv(host.name) + [script]
+        procs[host.name] = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                            stderr=subprocess.PIPE, text=True)
+    results = []
+    for host in hosts:
+        proc, result = procs[host.name], ProbeResult(host)
+        results.append(result)
         try:
             out, err = proc.communicate(timeout=ssh.connect_timeout_s + 60)
         except subprocess.TimeoutExpired:
             proc.kill()
-            problems.append(f"host {host.name} ({host.origin}) did not answer over ssh")
+            proc.communicate()
+            result.fatal = f"host {host.name} ({host.origin}) did not answer over ssh"
             continue
         last = (err.strip().splitlines() or [""])[-1]
         if proc.returncode == 255:
-            problems.append(f"host {host.name} ({host.origin}) unreachable over ssh: {last}")
-        elif proc.returncode != 0:
-            problems.append(f"engine {plan.engine} missing on host {host.name}: `{python} -c 'import {module}'` "
+            result.fatal = f"host {host.name} ({host.origin}) unreachable over ssh: {last}"
+        elif proc.returncode == _ENGINE_MISSING:
+            result.fatal = (f"engine {plan.engine} missing on host {host.name}: `{python} -c 'import {module}'` "
                             f"failed: {last}")
-        elif check_hostname:
-            problem = _loopback_hostname(host, out)
-            if problem:
-                problems.append(problem)
+        elif proc.returncode == _UNHEALTHY:
+            lines = [line[len("UNHEALTHY "):] for line in out.splitlines() if line.startswith("UNHEALTHY ")]
+            result.unhealthy = "; ".join(lines) or f"`ddlc health` did not run: {last or out.strip()[-200:]}"
+        elif proc.returncode != 0:
+            result.fatal = f"host {host.name}: the preflight probe failed (exit {proc.returncode}): {last}"
+        elif plan.engine == "horovod" and len(plan.hosts) > 1:
+            result.fatal = _loopback_hostname(host, _probe_line(out))
+    return results
+
+
+def _probe_line(out: str) -> str:
+    """The hostname probe's line (`name address`), before whatever `ddlc health` printed."""
+    for line in out.splitlines():
+        if len(line.split()) == 2 and not line.startswith(("healthy:", "UNHEALTHY")):
+            return line
+    return ""
+
+
+def preflight(plan: LaunchPlan, ssh: SSH, python: str = sys.executable,
+              health: HealthGate = HealthGate()) -> dict[str, str]:
+    """Every host answers over ssh and can import the engine (otherwise exit 2 naming the host). Returns the hosts
+    that failed `ddlc health`, host name -> the failed checks."""
+    targets = [h for h in plan.hosts if not (h.is_local and len(plan.hosts) == 1)]
+    if plan.engine == "horovod" or not targets:
+        _check_local_engine(ENGINE_MODULES[plan.engine], python, plan.engine)
+    hosts = plan.hosts if plan.engine != "horovod" else targets
+    results = probe_hosts(plan, hosts, ssh, python, health)
+    problems = [r.fatal for r in results if r.fatal]
     if problems:
         raise UserError("; ".join(problems))
+    return {r.host.name: r.unhealthy for r in results if r.unhealthy}
 
 
 def _loopback_hostname(host: Host, probe_output: str) -> Optional[str]:
@@ -327,113 +478,3 @@ def _check_local_engine(module: str, python: str, engine: str) -> None:
         last = (proc.stderr.strip().splitlines() or [""])[-1]
         hint = " (make horovod)" if engine == "horovod" else f" (pip install 'ddlc[{engine}]')" if engine == "deepspeed" else ""
         raise UserError(f"engine {engine} missing on this host: import {module} failed: {last}{hint}")
-
-
-# -- run --------------------------------------------------------------------------------------------------------
-# Runs the node's launcher with a unique DDLC_LAUNCH_ID in its environment, which every process it starts inherits
-# (torchrun puts each worker in a new session, so a process group would not reach them). When our stdin closes
-# (the launcher stopping this node, or gone), every process carrying the id gets SIGTERM, then SIGKILL. After the
-# launcher exits, whatever still carries the id (workers of a launcher that was killed) is killed too.
-_WRAPPER = """exec 3<&0
-tag={tag}
-kill_tagged() {{ pids=$(grep -lzx "DDLC_LAUNCH_ID=$tag" /proc/[0-9]*/environ 2>/dev/null | cut -d/ -f3); [ -n "$pids" ] && kill -$1 $pids 2>/dev/null; }}
-bash -c {inner} </dev/null &
-child=$!
-( while read -r -u 3 _; do :; done; kill_tagged TERM; sleep {grace}; kill_tagged KILL ) >/dev/null 2>&1 &
-watcher=$!
-wait $child; rc=$?
-if kill_tagged TERM; then sleep 1; kill_tagged KILL; fi
-kill $watcher 2>/dev/null
-exit $rc"""
-
-
-def wrap_remote(inner: str, tag: str) -> str:
-    return _WRAPPER.format(inner=shlex.quote(inner), tag=shlex.quote(tag), grace=STOP_GRACE_S)
-
-
-@dataclass
-class _Running:
-    node: NodeCommand
-    proc: subprocess.Popen
-    reader: threading.Thread
-
-
-def run_plan(plan: LaunchPlan, ssh: SSH, out: TextIO = sys.stdout,
-             on_start: Optional[Callable[[list[subprocess.Popen]], None]] = None) -> int:
-    """Start every node, stream `[host] line` output, stop all on the first failure or Ctrl-C; return the code."""
-    lock = threading.Lock()
-    running: list[_Running] = []
-    stop_requested = threading.Event()
-
-    def _signal(signum, _frame):
-        stop_requested.set()
-
-    previous = {s: signal.signal(s, _signal) for s in (signal.SIGINT, signal.SIGTERM)} \
-        if threading.current_thread() is threading.main_thread() else {}
-    try:
-        launch_id = uuid.uuid4().hex[:12]
-        for node in plan.nodes:
-            tag = f"{launch_id}-{node.node_rank}"
-            script = wrap_remote(node.shell(plan.workdir, {**plan.env, "DDLC_LAUNCH_ID": tag}), tag)
-            argv = ["bash", "-c", script] if node.local else ssh.argv(node.host.name) + [script]
-            proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                    start_new_session=True)
-            reader = threading.Thread(target=_stream, args=(proc, node.host.name, out, lock), daemon=True)
-            reader.start()
-            running.append(_Running(node, proc, reader))
-        if on_start is not None:
-            on_start([r.proc for r in running])
-        code = 0
-        while True:
-            if stop_requested.is_set():
-                _say(out, lock, "ddlc launch: interrupted; stopping all nodes")
-                code = 130
-                break
-            codes = [r.proc.poll() for r in running]
-            failed = [(r, c) for r, c in zip(running, codes) if c not in (None, 0)]
-            if failed:
-                bad, code = failed[0]
-                _say(out, lock, f"ddlc launch: node {bad.node.host.name} (rank {bad.node.node_rank}) exited with "
-                     f"code {code}; stopping all nodes")
-                break
-            if all(c == 0 for c in codes):
-                break
-            time.sleep(0.1)
-        _stop_all(running)
-        for r in running:
-            r.reader.join(timeout=5)
-        return code
-    finally:
-        _stop_all(running)
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
-def _stop_all(running: list[_Running]) -> None:
-    """Close every node's stdin (its wrapper kills the node's processes), then wait; kill ssh as a last resort."""
-    for r in running:
-        if r.proc.poll() is None and r.proc.stdin and not r.proc.stdin.closed:
-            try:
-                r.proc.stdin.close()
-            except OSError:
-                pass
-    deadline = time.monotonic() + STOP_GRACE_S + 10
-    for r in running:
-        try:
-            r.proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
-        except subprocess.TimeoutExpired:
-            os.killpg(r.proc.pid, signal.SIGKILL)
-            r.proc.wait()
-
-
-def _stream(proc: subprocess.Popen, host: str, out: TextIO, lock: threading.Lock) -> None:
-    assert proc.stdout is not None
-    for raw in iter(proc.stdout.readline, b""):
-        line = raw.decode(errors="replace").rstrip("\n")
-        _say(out, lock, f"[{host}] {line}")
-
-
-def _say(out: TextIO, lock: threading.Lock, line: str) -> None:
-    with lock:
-        out.write(line + "\n")
-        out.flush()

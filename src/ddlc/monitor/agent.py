@@ -1,8 +1,9 @@
 """The node agent: GPU, network/EFA, CPU/memory/disk metrics of one node on a Prometheus endpoint.
 
 One agent runs per node (`ddlc agent`, started by the cluster's user data or by hand). Every value is
-read when Prometheus scrapes, so the agent does no work between scrapes. Optionally the same registry is
-published to CloudWatch on an interval.
+read when Prometheus scrapes (scrapes within 0.5 s of each other share one reading), so the agent does no work
+between scrapes. Served by ddlc.monitor.server (waitress: bounded threads, backlog, idle timeout). Optionally the
+same registry is published to CloudWatch on an interval.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from ddlc.monitor.cloudwatch import DEFAULT_NAMESPACE, CloudWatchPublisher, make
 from ddlc.monitor.gpu import GpuCollector
 from ddlc.monitor.host import HostCollector
 from ddlc.monitor.network import DEFAULT_INFINIBAND_ROOT, NetworkCollector
-from ddlc.monitor.server import MetricsServer
+from ddlc.monitor.server import CachedExposition, MetricsServer
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,13 @@ class AgentSettings:
     cloudwatch_interval_s: float = 60.0
     region: str | None = None
     cloudwatch_endpoint_url: str | None = None
+    # Periodic `ddlc health` (ddlc.monitor.node_health): 0 turns it off.
+    health_interval_s: float = 0.0
+    health_options: Any = None  # ddlc.ops.health.HealthOptions; None: the defaults
+    unhealthy_after: int = 3  # failed runs in a row before the instance is handed to its Auto Scaling group
+    replace_unhealthy: bool = False
+    imds_url: str = "http://169.254.169.254"
+    autoscaling_endpoint_url: str | None = None
 
 
 class _AgentInfo:
@@ -82,6 +90,9 @@ class Agent:
         self.registry, self._gpus = build_node_registry(
             settings.node, settings.checkpoint_path, settings.infiniband_root, nvml=nvml
         )
+        self.health = _health_monitor(settings)
+        if self.health is not None:
+            self.registry.register(self.health)
         self.publisher: CloudWatchPublisher | None = None
         if settings.cloudwatch:
             client = cloudwatch_client or make_client(settings.region, settings.cloudwatch_endpoint_url)
@@ -89,12 +100,15 @@ class Agent:
                 self.registry, client, settings.cloudwatch_namespace, settings.cloudwatch_interval_s
             )
         try:
-            self.server = MetricsServer(self.registry, settings.host, settings.port)
+            # Concurrent scrapes share one collection (at most one per 0.5 s), so many scrapers cost like one.
+            self.server = MetricsServer(None, settings.host, settings.port, render=CachedExposition(self.registry))
         except BaseException:
             self._gpus.close()
             raise
         if self.publisher is not None:
             self.publisher.start()
+        if self.health is not None:
+            self.health.start()
         log.info("ddlc agent for node %s serving %s", settings.node, self.server.url)
 
     @property
@@ -106,6 +120,8 @@ class Agent:
         return self.server.url
 
     def close(self) -> None:
+        if self.health is not None:
+            self.health.close()
         if self.publisher is not None:
             self.publisher.close()
         self.server.close()
@@ -116,6 +132,17 @@ class Agent:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _health_monitor(settings: AgentSettings) -> Any:
+    if settings.health_interval_s <= 0:
+        return None
+    from ddlc.monitor.node_health import HealthMonitor, replace_via_autoscaling
+
+    on_unhealthy = (replace_via_autoscaling(settings.imds_url, settings.autoscaling_endpoint_url)
+                    if settings.replace_unhealthy else None)
+    return HealthMonitor(settings.node, settings.health_interval_s, settings.unhealthy_after,
+                         settings.health_options, on_unhealthy=on_unhealthy)
 
 
 def run_agent(settings: AgentSettings, on_ready: Any = None) -> None:

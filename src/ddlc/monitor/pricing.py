@@ -24,7 +24,9 @@ def _parse_table(text: str, source: str) -> dict[str, float]:
     try:
         document = yaml.safe_load(text)
     except yaml.YAMLError as error:
-        raise UserError(f"price table {source} is not valid YAML: {error}") from error
+        raise UserError(f"price table {source} is not valid YAML: {' '.join(str(error).split())[:200]}") from error
+    except ValueError as error:  # e.g. an integer of more than 4,300 digits
+        raise UserError(f"price table {source}: {str(error)[:120]}") from error
     if not isinstance(document, dict) or not isinstance(document.get("prices"), dict):
         raise UserError(f"price table {source} must have a `prices` mapping of instance type -> USD per hour")
     table: dict[str, float] = {}
@@ -48,9 +50,11 @@ def load_price_table(path: Path | str | None = None) -> dict[str, float]:
     if path is not None:
         override = Path(path)
         try:
-            text = override.read_text()
+            text = override.read_text(encoding="utf-8")
         except OSError as error:
             raise UserError(f"price table {override} cannot be read: {error.strerror or error}") from error
+        except UnicodeDecodeError as error:  # a binary file named by mistake
+            raise UserError(f"price table {override} is not UTF-8 text (byte {error.start})") from error
         table.update(_parse_table(text, str(override)))
     return table
 

@@ -13,9 +13,15 @@ so a node with 8 ranks serves on base..base+7 and `ddlc monitor prometheus-confi
   estimated cost, world size, node count, the checkpoint recovery point objective.
 * Checkpoint series are exported by whichever rank calls `observe_checkpoint` (normally rank 0).
 
-The hot path (`observe_step`) only assigns a few numbers; all formatting happens when Prometheus scrapes,
-in the HTTP server's thread. There is one writer (the training thread), so no lock is needed: a scrape
-may see one step's loss next to the previous step's lr, which is harmless.
+The hot path (`observe_step`) only assigns a few numbers. On log steps the loop calls `publish()`, which
+renders this rank's series into a snapshot (bytes, ~0.2 ms per log interval); the endpoint serves that
+snapshot plus the one live line that moves with the clock (the cost so far, rank 0), so a scrape never
+collects or formats the rank's series and holds the GIL only to copy bytes:
+
+    train loop: observe_step (numbers) ... publish() on log steps -> snapshot bytes
+    scrape (server thread): snapshot + live cost line            -> reply
+
+There is one writer (the training thread), so no lock is needed: the snapshot is replaced whole.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Callable, Iterator
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from ddlc.errors import UserError
@@ -44,6 +50,13 @@ def rank_metrics_port(base_port: int | None, local_rank: int) -> int | None:
     if port > 65535:
         raise UserError(f"monitoring.metrics_port {base_port} + local rank {local_rank} is above 65535")
     return port
+
+
+class _Families:
+    """A registry-shaped view of a function yielding metric families (what generate_latest renders)."""
+
+    def __init__(self, families: Callable[[], Iterator[Metric]]) -> None:
+        self.collect = families
 
 
 class TrainingMetrics:
@@ -95,7 +108,8 @@ class TrainingMetrics:
 
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
-        self._server = MetricsServer(self.registry, host, port) if port is not None else None
+        self._snapshot: bytes | None = None  # the rank's series as of the last publish()
+        self._server = MetricsServer(None, host, port, render=self.exposition) if port is not None else None
 
     @property
     def port(self) -> int | None:
@@ -133,6 +147,20 @@ class TrainingMetrics:
             self._checkpoint_last_step = step
         else:
             self._checkpoint_failed += 1
+        if self._snapshot is not None:
+            self.publish()
+
+    def publish(self) -> None:
+        """Render the series observed so far into the snapshot the endpoint serves (the loop calls this on log
+        steps; a scrape before the first one renders on the spot)."""
+        self._snapshot = generate_latest(_Families(self._snapshot_families))
+
+    def exposition(self) -> bytes:
+        """What a scrape gets: the last snapshot and the live cost line."""
+        snapshot = self._snapshot
+        if snapshot is None:
+            snapshot = generate_latest(_Families(self._snapshot_families))
+        return snapshot + generate_latest(_Families(self._live_families))
 
     def close(self) -> None:
         if self._server is not None:
@@ -151,6 +179,19 @@ class TrainingMetrics:
         return estimate_cost_usd(self.hourly_usd, self.num_nodes, self._clock() - self.started_at)
 
     def collect(self) -> Iterator[Metric]:
+        yield from self._snapshot_families()
+        yield from self._live_families()
+
+    def _live_families(self) -> Iterator[Metric]:
+        if self.rank != 0:
+            return
+        cost = CounterMetricFamily(
+            "ddlc_cost_usd", "Estimated cost so far: hourly price x nodes x wall time.", labels=["run", "instance_type"]
+        )
+        cost.add_metric([self.run, self.instance_type], self.cost_usd())
+        yield cost
+
+    def _snapshot_families(self) -> Iterator[Metric]:
         rank_labels = ["run", "rank", "node"]
         ids = [self.run, str(self.rank), self.node]
 
@@ -202,8 +243,4 @@ class TrainingMetrics:
         rpo.add_metric([self.run], self.checkpoint_rpo_seconds)
         price = GaugeMetricFamily("ddlc_cost_usd_per_hour", "Price of the job's instances per hour.", labels=["run", "instance_type"])
         price.add_metric([self.run, self.instance_type], self.hourly_usd * self.num_nodes)
-        cost = CounterMetricFamily(
-            "ddlc_cost_usd", "Estimated cost so far: hourly price x nodes x wall time.", labels=["run", "instance_type"]
-        )
-        cost.add_metric([self.run, self.instance_type], self.cost_usd())
-        yield from (job, nodes, rpo, price, cost)
+        yield from (job, nodes, rpo, price)

@@ -30,8 +30,9 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Protocol, Sequence
 
+from ddlc.ops.cluster_env import CLUSTER_ENV_FILE, node_environment, read_env_file  # noqa: F401 (re-exported)
+
 TROUBLESHOOTING = "docs/troubleshooting.md"
-CLUSTER_ENV_FILE = Path("/etc/ddlc/cluster.env")
 DEFAULT_MASTER_PORT = 29500
 DEFAULT_MIN_FREE_GB = 50.0
 NETWORK_TIMEOUT_S = 20.0
@@ -87,25 +88,6 @@ def report(results: Sequence[CheckResult]) -> dict:
 
 
 # -- node facts ---------------------------------------------------------------------------------------------
-
-def read_env_file(path: Path) -> dict[str, str]:
-    """KEY=VALUE lines (the /etc/ddlc/cluster.env the cluster's boot script writes); {} when absent."""
-    try:
-        lines = path.read_text().splitlines()
-    except OSError:
-        return {}
-    values = {}
-    for line in lines:
-        key, sep, value = line.strip().partition("=")
-        if sep and key and not key.startswith("#"):
-            values[key.strip()] = value.strip().strip("'\"")
-    return values
-
-
-def node_environment(environ: Mapping[str, str], cluster_env_file: Path = CLUSTER_ENV_FILE) -> dict[str, str]:
-    """The cluster's boot-time settings overlaid by the process environment (which wins)."""
-    return {**read_env_file(cluster_env_file), **environ}
-
 
 @dataclass(frozen=True)
 class TorchFacts:

@@ -10,6 +10,7 @@ import os
 import sys
 from typing import Optional, Sequence
 
+from ddlc.checkpoint.errors import CheckpointIOError
 from ddlc.config.loader import load_config
 from ddlc.errors import UserError
 from ddlc.runtime.run_identity import resolve_config_path, run_name
@@ -96,6 +97,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if result.preempted:
             return PREEMPTED_EXIT_CODE
     except UserError as error:
+        if _is_rank_zero():
+            print(f"error: {error}", file=sys.stderr, flush=True)
+        return error.exit_code
+    except CheckpointIOError as error:  # a final save or a load that failed on every rank: one line, its own code
         if _is_rank_zero():
             print(f"error: {error}", file=sys.stderr, flush=True)
         return error.exit_code

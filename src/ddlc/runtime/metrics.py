@@ -10,7 +10,7 @@ Usable on its own::
 from __future__ import annotations
 
 import json
-import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -18,6 +18,8 @@ from typing import Any, Literal, Mapping, Optional
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from ddlc.run_format import METRICS_FILE, validate_step
 
 ProgressMode = Literal["auto", "bar", "plain"]
 
@@ -57,7 +59,8 @@ class MetricsLogger:
         if not enabled:
             return
         run_dir.mkdir(parents=True, exist_ok=True)
-        self.path = run_dir / "metrics.jsonl"
+        self.path = run_dir / METRICS_FILE
+        _drop_torn_tail(self.path)
         self._file = self.path.open("a", encoding="utf-8")
         use_bar = progress == "bar" or (progress == "auto" and sys.stdout.isatty())
         if use_bar:
@@ -77,7 +80,7 @@ class MetricsLogger:
     def log(self, record: Mapping[str, Any]) -> None:
         if not self.enabled:
             return
-        self._file.write(json.dumps(_json_safe(record)) + "\n")
+        self._file.write(json.dumps(_json_safe(record)) + "\n")  # validated: readers use the same model
         step = int(record["step"])
         if self._progress is not None:
             self._progress.update(self._task, completed=step, status=f"loss {record['loss']:.4f}")
@@ -109,14 +112,39 @@ class MetricsLogger:
 
 
 def _json_safe(record: Mapping[str, Any]) -> dict:
-    # JSON has no NaN/Infinity; keep the record parseable and the fact visible.
-    out = {}
-    for key, value in record.items():
-        if isinstance(value, float) and not math.isfinite(value):
-            value = str(value)
-        out[key] = value
+    """The record as metrics.jsonl holds it (ddlc.run_format.StepRecord): NaN/inf spelled as strings (JSON has
+    none; the fact stays visible), `time` added when missing. A record the readers would reject raises here."""
+    out = dict(record)
     out.setdefault("time", time.time())
-    return out
+    return validate_step(out)
+
+
+def _drop_torn_tail(path: Path) -> None:
+    """A writer killed mid-line (kill -9, node loss) leaves a line without its newline; a resumed run appending
+    after it would glue two records into one malformed line. Cut the torn piece off: its step is logged again
+    after the resume, from the checkpoint."""
+    try:
+        with path.open("rb+") as handle:
+            size = handle.seek(0, os.SEEK_END)
+            if size == 0:
+                return
+            handle.seek(size - 1)
+            if handle.read(1) == b"\n":
+                return
+            keep = 0
+            position = size
+            while position > 0:  # find the last newline, reading backwards in blocks
+                start = max(position - 65536, 0)
+                handle.seek(start)
+                block = handle.read(position - start)
+                index = block.rfind(b"\n")
+                if index >= 0:
+                    keep = start + index + 1
+                    break
+                position = start
+            handle.truncate(keep)
+    except FileNotFoundError:
+        return
 
 
 def read_metrics(run_dir: Path) -> list[dict]:

@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import sys
@@ -21,9 +20,11 @@ import torch
 import torch.distributed as dist
 
 from ddlc.checkpoint.checkpointer import Checkpointer
+from ddlc.checkpoint.errors import CheckpointSaveError
 from ddlc.checkpoint.optimizer_guard import check_optimizer_restored, optimizer_state_entries
 from ddlc.config.loader import dump_config
 from ddlc.config.schema import Config
+from ddlc.run_format import CONFIG_FILE, write_atomic, write_summary
 from ddlc.runtime.data import GlobalBatchSampler, load_corpus, plan_batches
 from ddlc.runtime.distributed import DistContext
 from ddlc.runtime.metrics import MetricsLogger
@@ -131,6 +132,7 @@ class Trainer:
                 keep_every=cfg.checkpoint.keep_every,
                 commit_timeout_s=cfg.distributed.timeout_s,
                 endpoint_url=cfg.checkpoint.endpoint_url,
+                load_timeout_s=cfg.checkpoint.load_timeout_s,
                 on_commit=self._on_checkpoint_commit,
                 warn=lambda message: print(f"warning: {message}", file=sys.stderr, flush=True),
             )
@@ -180,7 +182,10 @@ class Trainer:
 
     def resume(self) -> Optional[dict]:
         """Continue from the newest valid checkpoint, if any (model, optimizer, schedule, data, RNG)."""
-        if self.checkpointer is None or not self.cfg.checkpoint.resume:
+        if self.checkpointer is None:
+            return None
+        if not self.cfg.checkpoint.resume:  # a new lineage: never mixed with another run's checkpoints
+            self.checkpointer.start_fresh(self.cfg.checkpoint.on_existing)
             return None
         # Leftover gradients (Horovod's broadcast_optimizer_state leaves zeros) make DCP think the optimizer is
         # initialised and load no optimizer state at all: start the load from a clean slate.
@@ -201,9 +206,16 @@ class Trainer:
         self.resumed_from = restored["checkpoint"]
         return restored
 
-    def save_checkpoint(self, blocking: bool) -> None:
+    def save_checkpoint(self, blocking: bool, final: bool = False) -> None:
+        """A failed save is a warning (the previous commit stands), except the final one: CheckpointSaveError."""
         if self.checkpointer is not None and self.checkpointer.last_step != self.state.step:
-            self.checkpointer.save(self.state.step, self.model, self.optimizer, self.trainer_state(), blocking)
+            try:
+                self.checkpointer.save(self.state.step, self.model, self.optimizer, self.trainer_state(), blocking)
+            except CheckpointSaveError as error:
+                if final:
+                    raise
+                if self.ctx.is_main:
+                    print(f"warning: {error}; training goes on", file=sys.stderr, flush=True)
 
     def full_state_dict(self) -> dict[str, torch.Tensor]:
         """Every model parameter and buffer, unsharded, on every rank (a collective under FSDP and ZeRO-3)."""
@@ -253,7 +265,7 @@ class Trainer:
         if restored is not None and start_step >= self.last_step:
             return self._already_finished(start_step)
         if ctx.is_main:
-            (self.run_dir / "config.yaml").write_text(dump_config(cfg))
+            write_atomic(self.run_dir / CONFIG_FILE, dump_config(cfg))
             run_files.record_workers(self.run_dir)
             if restored is not None:
                 # Steps after the checkpoint are trained again: their old records would be counted twice.
@@ -284,7 +296,7 @@ class Trainer:
         try:
             self.run_until(self.last_step, logger)
             # The last step (and a preempted one) is always saved, synchronously, before we report success.
-            self.save_checkpoint(blocking=True)
+            self.save_checkpoint(blocking=True, final=True)
             if self.checkpointer is not None:
                 self.checkpointer.close()
         finally:
@@ -317,7 +329,7 @@ class Trainer:
             gpus=ctx.world_size if ctx.device.type == "cuda" else 0,
         )
         if ctx.is_main:
-            (self.run_dir / "summary.json").write_text(json.dumps(asdict(result), indent=2))
+            write_summary(self.run_dir, asdict(result))  # validated with the readers' model, written atomically
             run_files.clear_workers(self.run_dir)
         return result
 
@@ -362,6 +374,8 @@ class Trainer:
                         share = self.plan.micro_batch_size * self.plan.grad_accum_steps  # this rank's samples
                         self.metrics.observe_step(record["step"], record["loss"], record["lr"], record["grad_norm"],
                                                   record["step_time_s"], share * self.cfg.model.block_size, share)
+                if self.metrics is not None:
+                    self.metrics.publish()  # the rank endpoint serves this snapshot until the next log step
                 pending.clear()
             if stop:
                 self.preempted = True

@@ -40,14 +40,16 @@ function build() {
       const card = el("section", {
         class: `panel ${panel.kind}`, id: `panel-${board.slug}-${panel.id}`, "data-panel": panel.id, "data-state": "loading",
         style: `grid-column: span ${panel.width}`, title: panel.description || "",
-      }, [el("span", { class: "source" }), el("h3", {}, [panel.title]), el("div", { class: "plot" }), el("div", { class: "empty" })]);
+      }, [el("span", { class: "source" }), el("h3", {}, [panel.title]), el("div", { class: "plot" }), el("div", { class: "empty" }), el("div", { class: "note" })]);
       grid.append(card);
     });
     boards.append(el("section", { class: "board", id: `board-${board.slug}`, role: "tabpanel" },
                      [el("p", {}, [board.description]), grid]));
   });
   const runSelect = document.getElementById("run");
-  definition.runs.forEach((name) => runSelect.append(el("option", { value: name }, [name])));
+  const unreadable = definition.unreadable || {};
+  definition.runs.forEach((name) => runSelect.append(el("option", unreadable[name] ? { value: name, title: unreadable[name] } : { value: name },
+                                                        [unreadable[name] ? `${name} (unreadable)` : name])));
   if (definition.default_run) runSelect.value = definition.default_run;
   runSelect.addEventListener("change", refresh);
 }
@@ -125,6 +127,7 @@ async function refresh() {
       const result = data.panels[panel.id];
       const plot = card.querySelector(".plot");
       card.querySelector(".source").textContent = result.series.length ? result.source : "";
+      card.querySelector(".note").textContent = result.note || "";
       if (!result.series.length) {
         card.querySelector(".empty").textContent = result.message;
         card.dataset.state = "empty";
@@ -135,7 +138,8 @@ async function refresh() {
       const fig = figure(panel, result);
       Plotly.react(plot, fig.traces, fig.layout, { displaylogo: false, responsive: true });
     });
-    status.textContent = `run ${data.run || "–"} · updated ${new Date(data.updated * 1000).toLocaleTimeString()}`;
+    const runState = data.run_error ? ` is unreadable: ${data.run_error}` : "";
+    status.textContent = `run ${data.run || "–"}${runState} · updated ${new Date(data.updated * 1000).toLocaleTimeString()}`;
     document.body.dataset.refreshed = String(Number(document.body.dataset.refreshed || 0) + 1);
   } catch (error) {
     status.textContent = `update failed: ${error.message}`;

@@ -1,0 +1,177 @@
+"""One malformed checkpoint never breaks a view of the store: a generated corpus of broken COMMITs and `latest`
+pointers through the real `ddlc checkpoints` CLI (list, show, verify, prune, export), plus its argument fuzz."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from ddlc.checkpoint import Checkpointer
+from ddlc.checkpoint.manifest import COMMIT, parse_commit
+from tests.support import PYTHON, run
+
+DDLC = str(Path(PYTHON).parent / "ddlc")
+GOOD = [10, 20, 30]
+
+
+def _good_commit(store: Path) -> dict:
+    return json.loads((store / "step-00000030" / COMMIT).read_text())
+
+
+def _variants(good: dict) -> dict[str, bytes]:
+    """COMMIT contents that are each broken in a different way (step 101 upwards)."""
+    def with_(**changes) -> bytes:
+        return json.dumps({**good, **changes}).encode()
+
+    first = next(iter(good["files"]))
+    return {
+        "list": b"[1, 2, 3]",
+        "scalar": b"42",
+        "null": b"null",
+        "string": b'"COMMIT"',
+        "empty": b"",
+        "not-json": b"{not json",
+        "non-utf8": b"\xff\xfe\x00garbage\x80",
+        "files-list": with_(files=[1, 2]),
+        "files-entry-list": with_(files={first: [1, "a"]}),
+        "files-entry-missing-sha": with_(files={first: {"size": 3}}),
+        "files-size-string": with_(files={first: {"size": "3", "sha256": "0" * 64}}),
+        "files-size-huge-float": json.dumps({**good, "files": {first: {"size": 1e308, "sha256": "0" * 64}}}).encode()
+        .replace(b"1e+308", b"1e999"),
+        "files-size-negative": with_(files={first: {"size": -5, "sha256": "0" * 64}}),
+        "files-sha-not-hex": with_(files={first: {"size": 3, "sha256": "z" * 64}}),
+        "files-name-traversal": with_(files={"../../etc/passwd": {"size": 3, "sha256": "0" * 64}}),
+        "files-name-absolute": with_(files={"/etc/passwd": {"size": 3, "sha256": "0" * 64}}),
+        "step-huge-int": json.dumps(good).encode().replace(b'"step": 30', b'"step": 1' + b"0" * 5000),
+        "step-bool": with_(step=True),
+        "step-mismatch": with_(step=7),
+        "world-size-zero": with_(world_size=0),
+        "created-nan": json.dumps(good).encode().replace(b'"created": ', b'"created": NaN, "x": '),
+        "unknown-format": with_(format="ddlc-checkpoint/99"),
+        "unknown-field": with_(surprise={"a": 1}),
+        "deep-nesting": b"[" * 100_000 + b"]" * 100_000,
+        "extra-not-dict": with_(extra=[1]),
+    }
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> tuple[Path, dict[str, str]]:
+    from ddlc.runtime.distributed import init_distributed
+
+    init_distributed("cpu", "gloo")
+    root = tmp_path_factory.mktemp("corpus")
+    store = root / "ck"
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 4)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
+    ckpt = Checkpointer(str(store), keep_last=10)
+    for step in GOOD:
+        ckpt.save(step, model, optimizer, {"step": step}, blocking=True)
+    ckpt.close()
+    good = _good_commit(store)
+    broken: dict[str, str] = {}
+    for index, (kind, data) in enumerate(_variants(good).items()):
+        name = f"step-{101 + index:08d}"
+        shutil.copytree(store / "step-00000030", store / name)
+        (store / name / COMMIT).write_bytes(data)
+        broken[name] = kind
+    name = f"step-{101 + len(broken):08d}"  # COMMIT is a directory
+    shutil.copytree(store / "step-00000030", store / name)
+    (store / name / COMMIT).unlink()
+    (store / name / COMMIT).mkdir()
+    broken[name] = "commit-is-directory"
+    return store, broken
+
+
+def test_every_variant_is_unreadable_with_a_one_line_reason(corpus):
+    store, broken = corpus
+    for name, kind in broken.items():
+        if kind == "commit-is-directory":
+            continue
+        read = parse_commit((store / name / COMMIT).read_bytes(), name)
+        assert read.manifest is None and read.reason and "\n" not in read.reason, (kind, read)
+
+
+def _no_traceback(proc) -> None:
+    assert "Traceback" not in proc.stdout + proc.stderr, proc.stderr[-3000:]
+
+
+def test_list_shows_good_checkpoints_and_names_each_bad_one(corpus, tmp_path):
+    store, broken = corpus
+    proc = run([DDLC, "checkpoints", "list", str(store)], cwd=tmp_path, COLUMNS="400")
+    _no_traceback(proc)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    for step in GOOD:
+        assert any(f"step-{step:08d}" in line and "committed" in line for line in lines), proc.stdout
+    for name in broken:
+        assert any(name in line and "unreadable" in line for line in lines), (name, proc.stdout)
+
+
+def test_verify_fails_the_bad_ones_and_passes_the_good(corpus, tmp_path):
+    store, broken = corpus
+    proc = run([DDLC, "checkpoints", "verify", str(store)], cwd=tmp_path, COLUMNS="400")
+    _no_traceback(proc)
+    assert proc.returncode == 1
+    for step in GOOD:
+        assert f"OK   step-{step:08d}: ok" in proc.stdout
+    for name in broken:
+        assert f"FAIL {name}: unreadable COMMIT" in proc.stdout, (name, proc.stdout[-2000:])
+
+
+@pytest.mark.parametrize("which, code", [("30", 0), ("step-00000101", 1), ("step-00000126", 1), ("²", 2),
+                                         ("9" * 5000, 2), ("../ck/step-00000030", 2), ("", 2)])
+def test_show(corpus, tmp_path, which, code):
+    store, _ = corpus
+    proc = run([DDLC, "checkpoints", "show", str(store), which], cwd=tmp_path)
+    _no_traceback(proc)
+    assert proc.returncode == code, proc.stdout + proc.stderr
+    if code:
+        assert len((proc.stdout + proc.stderr).strip().splitlines()) == 1, proc.stdout + proc.stderr
+    else:
+        assert json.loads(proc.stdout)["step"] == 30
+
+
+def test_prune_keeps_unreadable_ones_and_the_newest_verified(corpus, tmp_path):
+    store, broken = corpus
+    copy = tmp_path / "ck"
+    shutil.copytree(store, copy, symlinks=True)
+    proc = run([DDLC, "checkpoints", "prune", str(copy), "--keep-last", "1"], cwd=tmp_path, COLUMNS="400")
+    _no_traceback(proc)
+    assert proc.returncode == 0, proc.stderr
+    left = sorted(p.name for p in copy.glob("step-*"))
+    assert left == sorted(["step-00000030", *broken]), left
+
+
+@pytest.mark.parametrize("content", ["../outside/step-00000030", "/etc", "\udcff garbage"])
+def test_latest_is_only_a_name_inside_the_root(tmp_path, corpus, content):
+    """A `latest` that leaves the root is never followed: export reads the newest verified checkpoint instead."""
+    store, _ = corpus
+    root = tmp_path / "root"
+    inside = root / "ck"
+    inside.mkdir(parents=True)
+    shutil.copytree(store / "step-00000020", inside / "step-00000020")
+    outside = root / "outside" / "step-00000030"  # a checkpoint outside the root, which must not be read
+    shutil.copytree(store / "step-00000030", outside)
+    (inside / "latest").write_bytes(content.encode("utf-8", "surrogateescape"))
+    proc = run([DDLC, "checkpoints", "export", str(inside), "-o", str(tmp_path / "w.pt")], cwd=tmp_path, COLUMNS="400")
+    _no_traceback(proc)
+    assert proc.returncode == 0, proc.stderr
+    assert f"from {inside / 'step-00000020'}" in proc.stdout, proc.stdout
+
+
+@pytest.mark.parametrize("args", [["export", "{store}", "--format", "nope", "-o", "{tmp}/x.pt"], ["list", ""],
+                                  ["verify", ""], ["show", "", "latest"], ["prune", "", "--keep-last", "1"],
+                                  ["list", "{tmp}/missing"], ["export", "{store}", "²", "-o", "{tmp}/x.pt"]])
+def test_bad_arguments_exit_2_with_one_line(corpus, tmp_path, args):
+    store, _ = corpus
+    argv = [a.format(store=store, tmp=tmp_path) for a in args]
+    proc = run([DDLC, "checkpoints", *argv], cwd=tmp_path)
+    _no_traceback(proc)
+    assert proc.returncode == 2, (argv, proc.stdout, proc.stderr)
+    assert proc.stderr.startswith("error: ") and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert not (tmp_path / "x.pt").exists()

@@ -1,0 +1,189 @@
+"""One bad file never breaks a view: a generated corpus of malformed run directories (tests/dashboards/malformed.py,
+~50 kinds over metrics.jsonl, summary.json and config.yaml) next to a good run, read by every view.
+
+Each view shows the good run as normal and names every bad run with a one-line reason that names the file:
+the reader (RunStore), the dashboard's JSON API served over HTTP (every tab, every run), and
+`ddlc report utilization` run as a user runs it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+import urllib.request
+
+import pytest
+
+from ddlc.dashboards.cost import Pricing
+from ddlc.dashboards.definition import DASHBOARDS
+from ddlc.dashboards.panel_data import PanelData
+from ddlc.dashboards.runs import RunStore, load_runs
+from ddlc.dashboards.server import DashboardServer
+from ddlc.monitor.pricing import load_price_table
+from tests.dashboards.conftest import PRICED_AS
+from tests.dashboards.malformed import GOOD, KINDS, make_corpus
+from tests.support import PYTHON, REPO, run
+
+
+@pytest.fixture(scope="module")
+def corpus(run_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("corpus")
+    broken = make_corpus(run_dir, root)
+    return root, broken
+
+
+def test_the_reader_names_every_bad_run_and_reads_the_good_one(corpus):
+    root, broken = corpus
+    runs = {r.name: r for r in load_runs(root)}
+    assert set(runs) == {GOOD, *broken}
+    good = runs[GOOD]
+    assert good.readable and good.num_steps == 20 and good.finished and good.target_steps == 20
+    for name, file in broken.items():
+        error = runs[name].error
+        assert error is not None, f"{name}: read as good"
+        assert file in error and "\n" not in error and len(error) <= 240, (name, error)
+    assert len(broken) >= 45
+
+
+def test_reasons_name_the_line_and_field(corpus):
+    root, _ = corpus
+    runs = {r.name: r for r in load_runs(root)}
+    assert runs["m-loss-string"].error.startswith("metrics.jsonl line 4: loss")
+    assert runs["m-truncated-middle-line"].error.startswith("metrics.jsonl line 4: not valid JSON")
+    assert runs["m-not-utf8"].error == "metrics.jsonl line 4: not UTF-8 text"
+    assert runs["m-directory"].error == "metrics.jsonl is a directory"
+    assert runs["m-fifo"].error == "metrics.jsonl is not a regular file"
+    assert runs["s-nodes-string"].error.startswith("summary.json: num_nodes")
+    assert runs["c-max-steps-string"].error.startswith("config.yaml: training.max_steps")
+    assert runs["s-list"].error.startswith("summary.json: ")
+
+
+def test_the_dashboard_shows_the_good_run_and_names_the_bad_ones_on_every_tab(corpus):
+    root, broken = corpus
+    data = PanelData(root, Pricing(PRICED_AS, None, load_price_table()))
+    server = DashboardServer(data, port=0).start()
+    try:
+        def get(path: str) -> dict:
+            with urllib.request.urlopen(server.url + path, timeout=30) as response:
+                body = response.read()
+                assert response.status == 200 and body, path
+                return json.loads(body)
+
+        definition = get("api/definition")
+        assert set(definition["runs"]) == {GOOD, *broken}
+        assert set(definition["unreadable"]) == set(broken)
+        for board in DASHBOARDS:
+            page = get(f"api/dashboards/{board.slug}?run={GOOD}")
+            assert page["run_error"] is None
+        cost = get(f"api/dashboards/cost-tracking?run={GOOD}")["panels"]
+        assert [s["name"] for s in cost["cost-by-run"]["series"]] == [GOOD]  # the Cost tab reads every run
+        assert cost["cost-by-run"]["note"].startswith(f"{len(broken)} unreadable run(s) left out")
+        assert cost["cost-total"]["series"][0]["y"][-1] > 0
+        training = get(f"api/dashboards/training-progress?run={GOOD}")["panels"]
+        assert len(training["loss"]["series"][0]["y"]) == 20
+        for name in broken:
+            for board in DASHBOARDS:
+                page = get(f"api/dashboards/{board.slug}?run={urllib.request.quote(name)}")
+                assert page["run_error"] == definition["unreadable"][name]
+            loss = get(f"api/dashboards/training-progress?run={name}")["panels"]["loss"]
+            assert loss["series"] == [] and loss["message"] == f"run {name} is unreadable: {page['run_error']}"
+    finally:
+        server.close()
+
+
+def test_report_names_the_bad_runs_and_reports_the_good_one(corpus, tmp_path):
+    root, broken = corpus
+    out = tmp_path / "report.md"
+    result = run([PYTHON, "-m", "ddlc", "report", "utilization", "--runs-dir", str(root), "-o", str(out),
+                  "--instance-type", PRICED_AS], cwd=REPO, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    text = out.read_text()
+    assert f"Runs in the window: 1, and {len(broken)} unreadable" in text
+    runs_table = text.split("## Runs")[1].split("##")[0]
+    assert f"| {GOOD} |" in runs_table
+    unreadable = text.split("## Unreadable runs")[1]
+    for name, file in broken.items():
+        assert f"| {name} | " in unreadable and file in unreadable.split(f"| {name} | ")[1].split("\n")[0], name
+
+
+def test_a_half_written_last_line_is_not_an_error_and_is_read_when_finished(run_dir, tmp_path):
+    store = RunStore(tmp_path)
+    live = tmp_path / "live"
+    live.mkdir()
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    metrics = live / "metrics.jsonl"
+    metrics.write_text("\n".join(lines[:5]) + "\n" + lines[5][:17])  # the trainer is writing line 6
+    first = store.load(live)
+    assert first.readable and first.num_steps == 5
+    assert store.load(live) is first  # nothing changed: not read again
+    with metrics.open("a") as handle:
+        handle.write(lines[5][17:] + "\n" + "\n".join(lines[6:10]) + "\n")
+    second = store.load(live)
+    assert second.readable and list(second.columns["step"]) == list(range(1, 11))
+    assert first.num_steps == 5  # a record handed out earlier does not change under its reader
+
+
+def test_only_appended_bytes_are_parsed_and_a_replaced_file_is_read_again(run_dir, tmp_path, monkeypatch):
+    from ddlc.dashboards import runs as runs_module
+
+    parsed: list[int] = []
+    original = runs_module._Metrics._parse
+    monkeypatch.setattr(runs_module._Metrics, "_parse",
+                        lambda self, name, block: (parsed.append(len(block)), original(self, name, block))[1])
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines(keepends=True)
+    live = tmp_path / "live"
+    live.mkdir()
+    metrics = live / "metrics.jsonl"
+    metrics.write_text("".join(lines[:10]))
+    store = RunStore(tmp_path)
+    assert store.load(live).num_steps == 10
+    with metrics.open("a") as handle:
+        handle.write("".join(lines[10:12]))
+    assert store.load(live).num_steps == 12
+    assert parsed == [len("".join(lines[:10])), len("".join(lines[10:12]))]
+    # Rewritten in place as something shorter (a new run of the same name): read from the start.
+    replacement = live / "new.jsonl"
+    replacement.write_text("".join(lines[:3]))
+    os.replace(replacement, metrics)
+    assert store.load(live).num_steps == 3
+    # Rewritten in place (same inode) with other content of at least the same length: read from the start.
+    metrics.write_text("".join(lines[5:12]))
+    assert list(store.load(live).columns["step"]) == list(range(6, 13))
+    # A malformed file that gets repaired is read again.
+    metrics.write_text("".join(lines[:3]) + "oops\n")
+    assert "line 4" in store.load(live).error
+    time.sleep(0.01)
+    metrics.write_text("".join(lines[:4]))
+    assert store.load(live).num_steps == 4
+
+
+def test_every_kind_in_the_corpus_is_distinct():
+    assert len(KINDS) == len(set(KINDS)) and all(file in ("metrics.jsonl", "summary.json", "config.yaml")
+                                                  for file, _ in KINDS.values())
+
+
+def test_the_writer_uses_the_same_model_and_repairs_its_own_torn_line(tmp_path):
+    """MetricsLogger validates each record with StepRecord (what the readers use) and, restarted after a kill -9
+    that left half a line, cuts that half off before appending, so the resumed run stays readable."""
+    from pydantic import ValidationError
+
+    from ddlc.runtime.metrics import MetricsLogger
+
+    run_dir = tmp_path / "resumed"
+    logger = MetricsLogger(run_dir, total_steps=10, progress="plain", log_interval=1)
+    for step in (1, 2, 3):
+        logger.log({"step": step, "loss": float("nan") if step == 2 else 1.0 / step})
+    with pytest.raises(ValidationError):
+        logger.log({"step": "four", "loss": 0.2})  # the reader would reject it: so does the writer
+    logger.close()
+    with (run_dir / "metrics.jsonl").open("a") as handle:
+        handle.write('{"step": 4, "loss": 0.2')  # killed mid-line
+    logger = MetricsLogger(run_dir, total_steps=10, progress="plain", log_interval=1)
+    logger.log({"step": 4, "loss": 0.25})
+    logger.close()
+    run = RunStore(tmp_path).load(run_dir)
+    assert run.readable, run.error
+    assert list(run.columns["step"]) == [1, 2, 3, 4] and math.isnan(run.columns["loss"][1])
