@@ -204,8 +204,9 @@ def attempt_store(launch: LaunchEnv, timeout: _dt.timedelta, env: Mapping[str, s
 
     torchrun hands its workers its own rendezvous store, which outlives a restart: restarted workers then read the
     previous attempt's addresses from it and dial dead peers ("Connection refused") unless the user knew to set
-    TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1. On one node every worker has the same restart count, so its keys go under
-    a prefix per attempt. Across nodes the agents' counts can differ: there the variable is needed (the cluster's
+    TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1. On one node every worker has the same restart count: rank 0 starts the
+    job's own store and announces its port under a prefix per attempt, so no stale key is ever read, and the
+    store outlives a killed agent (checkpoint agreement goes through it). Across nodes the agents' counts can differ: there the variable is needed (the cluster's
     /etc/ddlc/cluster.env sets it) and rank 0 says so when it is missing.
     """
     env = os.environ if env is None else env
@@ -217,9 +218,22 @@ def attempt_store(launch: LaunchEnv, timeout: _dt.timedelta, env: Mapping[str, s
                   "torchrun's environment (pytorch/pytorch#135712; /etc/ddlc/cluster.env sets it): without it "
                   "restarted workers can fail with 'Connection refused'", file=sys.stderr, flush=True)
         return None
-    client = dist.TCPStore(launch.master_addr, launch.master_port, launch.world_size, is_master=False,
-                           timeout=timeout)
-    return dist.PrefixStore(f"ddlc/attempt-{env.get('TORCHELASTIC_RESTART_COUNT', '0')}", client)
+    agent = dist.TCPStore(launch.master_addr, launch.master_port, launch.world_size, is_master=False,
+                          timeout=timeout)
+    attempt = dist.PrefixStore(f"ddlc/attempt-{env.get('TORCHELASTIC_RESTART_COUNT', '0')}", agent)
+    # The job's own store lives in rank 0, not in the agent: if torchrun's agent is killed, the workers can still
+    # agree on (and commit) the checkpoint they make before they stop.
+    global _OWN_STORE
+    if launch.rank == 0:
+        _OWN_STORE = dist.TCPStore(launch.master_addr, 0, launch.world_size, is_master=True, timeout=timeout,
+                                   wait_for_workers=False)
+        attempt.set("store_port", str(_OWN_STORE.port))
+        return _OWN_STORE
+    port = int(attempt.get("store_port").decode())
+    return dist.TCPStore(launch.master_addr, port, launch.world_size, is_master=False, timeout=timeout)
+
+
+_OWN_STORE = None  # rank 0's store server: kept alive for the life of the process
 
 
 def horovod_rendezvous() -> None:
