@@ -64,7 +64,8 @@ def test_dry_run_prints_every_node_command(tmp_path):
     hostfile = tmp_path / "hosts"
     hostfile.write_text("node-a slots=4\nnode-b slots=4\n")
     proc = ddlc("launch", "--engine", "deepspeed", "--hostfile", str(hostfile), "--master-port", "29511",
-                "--nproc-per-node", "2", "--dry-run", "train.py", "--", "--config", "config.yaml")
+                "--nproc-per-node", "2", "--dry-run", "train.py", "--", "--config", "config.yaml",
+                "training.micro_batch_size=4")  # global batch 16 over 4 workers (checked before planning)
     assert_ok(proc)
     lines = proc.stdout.strip().splitlines()
     assert lines[0].startswith("# engine=deepspeed nodes=2 world_size=4 master=node-a:29511")
@@ -75,7 +76,7 @@ def test_dry_run_prints_every_node_command(tmp_path):
     # torchrun is elastic: a c10d rendezvous on a store this machine hosts, no fixed node ranks.
     proc = ddlc("launch", "--hostfile", str(hostfile), "--master-addr", "10.0.0.9", "--master-port", "29511",
                 "--nproc-per-node", "2", "--min-nodes", "1", "--max-restarts", "5", "--job-id", "gpt-1", "--dry-run",
-                "train.py", "--", "--config", "config.yaml")
+                "train.py", "--", "--config", "config.yaml", "training.micro_batch_size=4")
     assert_ok(proc)
     lines = proc.stdout.strip().splitlines()
     assert lines[0] == ("# engine=torchrun nodes=2 (min 1, max 2) rendezvous=10.0.0.9:29511 (this machine) job=gpt-1 "

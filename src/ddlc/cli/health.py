@@ -4,6 +4,7 @@ failed check, 2 for bad input."""
 from __future__ import annotations
 
 import json
+import math
 import socket
 from pathlib import Path
 from typing import Optional
@@ -32,6 +33,9 @@ def health(
     """Check this node: GPU count, Xid/ECC/row-remap errors, EFA devices, free disk, clock."""
     from ddlc.ops.health import HealthOptions, NodeReadings, failures, report, run_checks, run_health
 
+    if reference_time is not None and not math.isfinite(reference_time):
+        # nan/inf would make every skew comparison false: the clock check would pass unchecked
+        raise UserError(f"--reference-time {reference_time}: must be a finite number of epoch seconds")
     options = HealthOptions(expect_gpus=expect_gpus, expect_efa=expect_efa, disk_path=disk_path,
                             min_free_gb=min_free_gb, reference_time=reference_time, max_skew_s=max_skew)
     if readings_file is not None:

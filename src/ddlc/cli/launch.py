@@ -71,8 +71,11 @@ def launch(
     for name, value in (("--node-timeout", node_timeout), ("--stop-timeout", stop_timeout)):
         if value is not None and value < 1:
             raise UserError(f"{name} {value}: must be at least 1 second")
-    if rejoin_interval <= 0:
-        raise UserError(f"--rejoin-interval {rejoin_interval:g}: must be positive")
+    if not 0 < rejoin_interval < float("inf"):  # nan would silently never probe lost hosts
+        raise UserError(f"--rejoin-interval {rejoin_interval:g}: must be a positive number of seconds")
+    for name, port, lowest in (("--master-port", master_port, 0), ("--ssh-port", ssh_port, 1)):
+        if port is not None and not lowest <= port <= 65535:
+            raise UserError(f"{name} {port}: not a TCP port ({lowest}-65535)")
     alive = node_timeout or (10 if elastic else 45)
     ssh = SSH(port=ssh_port, identity=ssh_identity, user=ssh_user, options=tuple(ssh_option or ()),
               alive_timeout_s=alive)
@@ -81,6 +84,10 @@ def launch(
     plan = plan_launch(engine, hosts, script, script_args or [], nproc_per_node, master_addr, master_port,
                        interpreter, workdir, node_env, ssh, elastic)
     health_args = _checked_health_args(health_arg or [])
+    from ddlc.launch.jobcheck import check_training_job, possible_world_sizes
+
+    sizes = possible_world_sizes([h.slots for h in plan.hosts], plan.elastic.min_nodes if plan.elastic else None)
+    check_training_job(script, script_args or [], sizes, workdir)  # before any ssh
     if dry_run:
         typer.echo(plan.describe(ssh))
         return

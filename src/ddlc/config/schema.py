@@ -1,13 +1,46 @@
 """The typed configuration of a ddlc training job.
 
-Every section forbids unknown keys, so a typo fails loudly instead of being ignored.
+Every section forbids unknown keys, so a typo fails loudly instead of being ignored. Types are strict where a
+lax conversion would hide a mistake: a boolean is not a number (`max_steps: true` is not 1), an integer field
+takes no float or string (`1e23`, `2.5`), every float is finite (`.inf`, `.nan` are rejected), and each count has
+an upper bound so that an absurd value fails here instead of hanging a worker.
 """
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+import math
+from typing import Annotated, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, model_validator
+
+
+def _not_a_bool(value):
+    # pydantic's lax float accepts True as 1.0; YAML's `yes`/`true` in a number field is a mistake.
+    if isinstance(value, bool):
+        raise ValueError("Input should be a number, not a boolean")
+    return value
+
+
+def _finite_number(value):
+    """Before any bound is checked, so `.inf` is called what it is rather than "greater than 1e30"."""
+    value = _not_a_bool(value)
+    try:
+        number = float(value) if isinstance(value, (int, float, str)) else None
+    except (ValueError, OverflowError):
+        number = None
+    if number is not None and not math.isfinite(number):
+        raise ValueError("Input should be a finite number")
+    return value
+
+
+Int = Annotated[int, Strict()]  # no bool, no float, no string
+# Lax on purpose for strings: PyYAML reads `3e-4` (no dot) as a string, and users write it that way.
+Float = Annotated[float, BeforeValidator(_finite_number), Field(allow_inf_nan=False)]
+Bool = Annotated[bool, Strict()]
+BIG = 10**9  # upper bound for step counts, sizes and intervals: beyond it a job would never finish anyway
+PositiveInt = Annotated[Int, Field(gt=0, le=BIG)]
+PositiveFloat = Annotated[Float, Field(gt=0)]
+Beta = Annotated[Float, Field(ge=0.0, lt=1.0)]
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -21,8 +54,8 @@ class ModelConfig(Section):
     n_embd: PositiveInt = 128
     block_size: PositiveInt = 64  # context length in tokens
     vocab_size: Optional[PositiveInt] = None  # None: taken from the dataset
-    dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
-    bias: bool = False
+    dropout: Float = Field(default=0.0, ge=0.0, lt=1.0)
+    bias: Bool = False
 
     @model_validator(mode="after")
     def _heads_divide_width(self) -> "ModelConfig":
@@ -42,8 +75,8 @@ class DataConfig(Section):
     source: Literal["synthetic", "text", "tokens"] = "synthetic"
     path: Optional[str] = None
     synthetic_tokens: PositiveInt = 1_000_000
-    synthetic_vocab: int = Field(default=256, ge=2, le=65536)
-    shuffle: bool = True
+    synthetic_vocab: Int = Field(default=256, ge=2, le=65536)
+    shuffle: Bool = True
 
     @model_validator(mode="after")
     def _path_required(self) -> "DataConfig":
@@ -56,13 +89,13 @@ class OptimizerConfig(Section):
     """AdamW with linear warmup followed by cosine (or linear/constant) decay to min_lr_ratio * lr."""
 
     name: Literal["adamw"] = "adamw"
-    lr: PositiveFloat = 3e-3
-    betas: tuple[float, float] = (0.9, 0.95)
+    lr: PositiveFloat = Field(default=3e-3, le=1.0e30)  # beyond ~3e38 torch's AdamW cannot even convert it to fp32
+    betas: tuple[Beta, Beta] = (0.9, 0.95)  # each in [0, 1)
     eps: PositiveFloat = 1e-8
-    weight_decay: float = Field(default=0.1, ge=0.0)
-    warmup_steps: int = Field(default=20, ge=0)
+    weight_decay: Float = Field(default=0.1, ge=0.0)
+    warmup_steps: Int = Field(default=20, ge=0, le=BIG)
     decay: Literal["cosine", "linear", "constant"] = "cosine"
-    min_lr_ratio: float = Field(default=0.1, ge=0.0, le=1.0)
+    min_lr_ratio: Float = Field(default=0.1, ge=0.0, le=1.0)
 
 
 class TrainingConfig(Section):
@@ -73,17 +106,20 @@ class TrainingConfig(Section):
     """
 
     max_steps: Optional[PositiveInt] = 200
-    epochs: Optional[PositiveFloat] = None
+    epochs: Optional[PositiveFloat] = Field(default=None, le=1e6)
     micro_batch_size: PositiveInt = 8
     global_batch_size: Optional[PositiveInt] = None
     grad_accum_steps: Optional[PositiveInt] = None
-    grad_clip: Optional[float] = Field(default=1.0, gt=0.0)
+    grad_clip: Optional[Float] = Field(default=1.0, gt=0.0)
     precision: Literal["fp32", "bf16"] = "fp32"
-    seed: int = 1337
+    seed: Int = Field(default=1337, ge=-(2**63), lt=2**63 - 2**20)  # torch's range, minus room for + rank
     log_interval: PositiveInt = 10
     # End this invocation early at this step (after a checkpoint); the LR schedule still targets the full
     # length. For time-boxed jobs, and to test that stopping and resuming changes nothing.
     stop_at_step: Optional[PositiveInt] = None
+    # A step whose loss or gradient norm is not finite is skipped (no update); this many in a row stop the job
+    # with exit code 65 (ddlc.errors.DIVERGED_EXIT_CODE).
+    max_nonfinite_steps: PositiveInt = 5
 
     @model_validator(mode="before")
     @classmethod
@@ -101,14 +137,14 @@ class TrainingConfig(Section):
 
 
 class FSDPConfig(Section):
-    reshard_after_forward: bool = True
+    reshard_after_forward: Bool = True
 
 
 class DeepSpeedConfig(Section):
     """strategy=deepspeed: ZeRO stage and the DeepSpeed JSON to start from (batch sizes, clipping and precision
     always come from this config, so the two cannot disagree)."""
 
-    zero_stage: Optional[Literal[0, 1, 2, 3]] = None  # None: the JSON's zero_optimization.stage (else 2)
+    zero_stage: Optional[Annotated[Literal[0, 1, 2, 3], BeforeValidator(_not_a_bool)]] = None  # None: the JSON's zero_optimization.stage (else 2)
     config: Optional[str] = None  # ds_config.json; None: --deepspeed/--deepspeed_config, else built-in defaults
 
 
@@ -116,19 +152,19 @@ class DistributedConfig(Section):
     strategy: Literal["ddp", "fsdp", "deepspeed", "horovod"] = "ddp"
     backend: Literal["auto", "nccl", "gloo"] = "auto"  # auto: nccl on CUDA, gloo otherwise
     device: Literal["auto", "cuda", "cpu"] = "auto"
-    timeout_s: PositiveInt = 600
+    timeout_s: Int = Field(default=600, gt=0, le=7 * 24 * 3600)
     fsdp: FSDPConfig = FSDPConfig()
     deepspeed: DeepSpeedConfig = DeepSpeedConfig()
 
 
 class CheckpointConfig(Section):
-    enabled: bool = True
+    enabled: Bool = True
     uri: Optional[str] = None  # None: <run_dir>/<run_name>/checkpoints; local path, file:// or s3://
     interval_steps: PositiveInt = 100
     keep_last: PositiveInt = 3
     keep_every: Optional[PositiveInt] = None
-    async_save: bool = True
-    resume: bool = True
+    async_save: Bool = True
+    resume: Bool = True
     verify_on_resume: Literal["sha256", "size"] = "sha256"
     rpo_seconds: PositiveFloat = 3600.0  # recovery point objective: alert when the newest commit is older
     endpoint_url: Optional[str] = None  # S3-compatible endpoint; default: AWS_ENDPOINT_URL or AWS itself
@@ -141,7 +177,7 @@ class MonitoringConfig(Section):
     run_dir: str = "runs"
     run_name: Optional[str] = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     # Prometheus endpoint per rank at metrics_port + local_rank (0: ephemeral); None: no endpoint.
-    metrics_port: Optional[int] = Field(default=None, ge=0, le=65535)
+    metrics_port: Optional[Int] = Field(default=None, ge=0, le=65535)
     metrics_host: str = "127.0.0.1"
     # For the cost estimate (price table in ddlc/monitor/prices.yaml); None: $DDLC_INSTANCE_TYPE or cpu-local.
     instance_type: Optional[str] = None

@@ -6,6 +6,7 @@ bad value fails the synth with one line naming `environments.<env>.<field>`.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 from pathlib import Path
@@ -25,6 +26,10 @@ DEFAULT_AMI_SSM_PARAMETER = (
 LOG_RETENTION_DAYS = (1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557,
                       2922, 3288, 3653)
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+_VPC_SPACES = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10")
+_MOUNT_PATH = re.compile(r"^(/[A-Za-z0-9_][A-Za-z0-9._-]*)+/?$")
+_SYSTEM_DIRS = {"", "/home", "/mnt", "/opt", "/srv", "/var", "/tmp", "/root", "/run"}
+_SYSTEM_TREES = {"bin", "boot", "dev", "etc", "lib", "lib32", "lib64", "proc", "sbin", "sys", "usr"}
 
 
 class LustreSettings(BaseModel):
@@ -42,6 +47,17 @@ class LustreSettings(BaseModel):
     def _capacity_steps(cls, value: int) -> int:
         if value != 1200 and value % 2400 != 0:
             raise ValueError("must be 1200 or a multiple of 2400")
+        return value
+
+    @field_validator("mount_path")
+    @classmethod
+    def _safe_mount_path(cls, value: str) -> str:
+        # It is written unquoted into the root boot script and /etc/fstab: plain absolute paths only, and not a
+        # directory the node itself lives on.
+        if not _MOUNT_PATH.match(value) or ".." in value.split("/"):
+            raise ValueError(f"{value!r} is not an absolute path of letters, digits, '.', '_', '-' and '/'")
+        if value.rstrip("/") in _SYSTEM_DIRS or value.split("/")[1] in _SYSTEM_TREES:
+            raise ValueError(f"{value!r} is a system directory of the node; use e.g. /fsx")
         return value
 
     @model_validator(mode="after")
@@ -75,7 +91,7 @@ class ClusterEnvironment(BaseModel):
     checkpoint_noncurrent_days: int = Field(14, ge=1)
     log_retention_days: int = 30
     root_volume_gib: int = Field(200, ge=100, le=16384)
-    vpc_cidr: str = Field("10.42.0.0/16", pattern=r"^\d{1,3}(\.\d{1,3}){3}/(1[6-9]|2[0-4])$")
+    vpc_cidr: str = "10.42.0.0/16"
     ami_ssm_parameter: str = Field(DEFAULT_AMI_SSM_PARAMETER, pattern=r"^/aws/service/.+")
     # Pin the AMI (ami-...) so routine deploys never replace GPU nodes; see the quarterly rollover in docs.
     ami_id: Optional[str] = Field(None, pattern=r"^ami-[0-9a-f]{8,17}$")
@@ -95,6 +111,22 @@ class ClusterEnvironment(BaseModel):
     def _known_head_type(cls, value: str) -> str:
         if value not in HEAD_INSTANCE_TYPES:
             raise ValueError(f"unsupported head instance type '{value}'; valid choices: {', '.join(HEAD_INSTANCE_TYPES)}")
+        return value
+
+    @field_validator("vpc_cidr")
+    @classmethod
+    def _network_address(cls, value: str) -> str:
+        # Host bits set ("10.42.0.1/16") would make CDK place the VPC elsewhere (10.43.0.0/16) while the endpoint
+        # security group and the ssh trust patterns use the range as written. /19 is the smallest VPC that holds
+        # the /20 node subnet and the /28 NAT subnet.
+        try:
+            network = ipaddress.IPv4Network(value)
+        except ValueError as error:
+            raise ValueError(f"'{value}' is not an IPv4 network ({error})") from None
+        if not 16 <= network.prefixlen <= 19:
+            raise ValueError(f"'{value}': the prefix must be /16 to /19")
+        if not any(network.subnet_of(ipaddress.IPv4Network(space)) for space in _VPC_SPACES):
+            raise ValueError(f"'{value}' is not in a private range ({', '.join(_VPC_SPACES)})")
         return value
 
     @field_validator("alert_email")

@@ -19,7 +19,7 @@ from ddlc.config.loader import load_config
 from ddlc.config.schema import Config
 from ddlc.errors import UserError
 from ddlc.launch import run_files
-from ddlc.runtime.data import check_data_config, plan_batches
+from ddlc.runtime.preflight import check_job, local_device
 from ddlc.runtime.run_identity import resolve_config_path, run_name
 
 
@@ -64,10 +64,8 @@ def plan_local_job(
         overrides.append(f"monitoring.run_name={run_name(cfg, config_path)}")
         cfg = load_config(config_path, overrides)
     workers = nproc or default_nproc()
-    # Checks that would otherwise fail inside every worker: batch split for this world size, data path.
-    train = cfg.training
-    plan_batches(train.micro_batch_size, train.global_batch_size, train.grad_accum_steps, workers)
-    check_data_config(cfg.data)
+    # Checks that would otherwise fail inside every worker: batch split, data path, output dirs, memory.
+    check_job(cfg, workers, workers, local_device(cfg.distributed.device))
     command = [
         python,
         "-m",

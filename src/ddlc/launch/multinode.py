@@ -97,11 +97,33 @@ def _slots(value: str, where: str, raw: str) -> int:
 
 def parse_hostfile(path: str | Path) -> list[Host]:
     if str(path) == "-":
-        return parse_hostfile_text(sys.stdin.read(), "<stdin>")
+        return parse_hostfile_text(hostfile_text(sys.stdin.buffer.read(), "<stdin>"), "<stdin>")
     file = Path(path)
     if not file.is_file():
         raise UserError(f"--hostfile {path}: no such file")
-    return parse_hostfile_text(file.read_text(), str(path))
+    try:
+        data = file.read_bytes()
+    except OSError as error:
+        raise UserError(f"--hostfile {path}: cannot read it: {error.strerror or error}") from None
+    return parse_hostfile_text(hostfile_text(data, str(path)), str(path))
+
+
+MAX_HOSTFILE_BYTES = 1 << 20  # 1 MiB: tens of thousands of hosts
+
+
+def hostfile_text(data: bytes, origin: str) -> str:
+    """A hostfile is short UTF-8 text: say so in one line for anything else (a binary, an image, a tarball)."""
+    if len(data) > MAX_HOSTFILE_BYTES:
+        raise UserError(f"--hostfile {origin}: {len(data):,} bytes is not a hostfile (one 'host slots=N' per line)")
+    nul = data.find(b"\0")
+    if nul >= 0:
+        raise UserError(f"--hostfile {origin}: binary data (NUL byte at offset {nul}), expected text lines "
+                        "'host slots=N'")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise UserError(f"--hostfile {origin}: not UTF-8 text (byte offset {error.start}), expected lines "
+                        "'host slots=N'") from None
 
 
 def slurm_hosts(env: Mapping[str, str]) -> Optional[list[Host]]:

@@ -30,9 +30,11 @@ class HostEntry:
 
 
 def parse_hostfile(path: Path | str) -> list[HostEntry]:
+    from ddlc.launch.multinode import hostfile_text  # one check for binary / non-UTF-8 hostfiles
+
     path = Path(path)
     try:
-        lines = path.read_text().splitlines()
+        lines = hostfile_text(path.read_bytes(), str(path)).splitlines()
     except OSError as error:
         raise UserError(f"hostfile {path} cannot be read: {error.strerror or error}") from error
     entries: list[HostEntry] = []

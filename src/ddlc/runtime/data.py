@@ -70,7 +70,9 @@ def plan_batches(micro: int, global_batch: int | None, accum: int | None, world_
     if global_batch % per_step:
         raise UserError(
             f"training.global_batch_size={global_batch} is not a multiple of micro_batch_size ({micro}) x "
-            f"world size ({world_size}) = {per_step}"
+            f"world size ({world_size}) = {per_step}; set training.global_batch_size to a multiple of {per_step}"
+            + (f" or training.micro_batch_size to a divisor of {global_batch // world_size}"
+               if global_batch % world_size == 0 else "")
         )
     derived = global_batch // per_step
     if accum is not None and accum != derived:

@@ -1,7 +1,13 @@
 """The training loop, readable in one sitting.
 
     corpus -> sampler -> GPT -> wrap (DDP/FSDP2) -> AdamW + schedule
-    for step: for micro_step: forward/backward (sync on the last) -> clip -> optimizer -> schedule -> metrics
+    for step: for micro_step: forward/backward (sync on the last) -> clip -> finite? -> optimizer -> schedule
+              -> metrics
+
+Non-finite guard: a step whose loss (on any rank) or global gradient norm is NaN/inf does not touch the
+parameters or the optimizer state; all ranks agree through one tiny all-reduce. After
+training.max_nonfinite_steps such steps in a row the job stops with DivergedError (exit 65). A checkpoint of
+non-finite parameters is never written.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from ddlc.checkpoint.errors import CheckpointSaveError
 from ddlc.checkpoint.optimizer_guard import check_optimizer_restored, optimizer_state_entries
 from ddlc.config.loader import dump_config
 from ddlc.config.schema import Config
+from ddlc.errors import DivergedError
 from ddlc.run_format import CONFIG_FILE, write_atomic, write_summary
 from ddlc.runtime.data import GlobalBatchSampler, load_corpus, plan_batches
 from ddlc.runtime.distributed import DistContext
@@ -115,6 +122,9 @@ class Trainer:
         self.state = TrainState()
         self.first_loss: Optional[float] = None
         self.final_loss: Optional[float] = None
+        self.nonfinite_in_row = 0  # consecutive skipped steps (reset by a finite one)
+        self.nonfinite_total = 0
+        self.last_skipped = False
 
         self.run_dir = Path(cfg.monitoring.run_dir) / self.run_name
         self.tokens_per_step = self.plan.global_batch_size * cfg.model.block_size
@@ -207,15 +217,85 @@ class Trainer:
         return restored
 
     def save_checkpoint(self, blocking: bool, final: bool = False) -> None:
-        """A failed save is a warning (the previous commit stands), except the final one: CheckpointSaveError."""
-        if self.checkpointer is not None and self.checkpointer.last_step != self.state.step:
-            try:
-                self.checkpointer.save(self.state.step, self.model, self.optimizer, self.trainer_state(), blocking)
-            except CheckpointSaveError as error:
-                if final:
-                    raise
-                if self.ctx.is_main:
-                    print(f"warning: {error}; training goes on", file=sys.stderr, flush=True)
+        """A failed save is a warning (the previous commit stands), except the final one: CheckpointSaveError.
+        A non-finite state is never saved (the final save then raises DivergedError)."""
+        if self.checkpointer is None or self.checkpointer.last_step == self.state.step:
+            return
+        if self.nonfinite_total and isinstance(self.optimizer, torch.optim.Optimizer) and not self.optimizer.state:
+            # Every step so far was skipped: no update exists to save, and DCP would have to invent optimizer state.
+            if self.ctx.is_main:
+                print(f"warning: step {self.state.step}: no update applied yet (every step was non-finite): "
+                      "no checkpoint written", file=sys.stderr, flush=True)
+            return
+        if not self.state_is_finite():
+            # A checkpoint of NaN/inf weights would become `latest` and push good ones out of retention.
+            message = (f"parameters are not finite at step {self.state.step}: no checkpoint written; the newest good "
+                       f"one stays (lower optimizer.lr, raise warmup_steps or set training.grad_clip)")
+            if final:
+                raise DivergedError(message)
+            if self.ctx.is_main:
+                print(f"warning: {message}", file=sys.stderr, flush=True)
+            return
+        try:
+            self.checkpointer.save(self.state.step, self.model, self.optimizer, self.trainer_state(), blocking)
+        except CheckpointSaveError as error:
+            if final:
+                raise
+            if self.ctx.is_main:
+                print(f"warning: {error}; training goes on", file=sys.stderr, flush=True)
+
+    # -- the non-finite guard ----------------------------------------------------------------------------------
+    def _agree_nonfinite(self, local_bad: torch.Tensor) -> bool:
+        """True if any rank saw something non-finite (one all-reduce of a single number)."""
+        flag = local_bad.to(self.ctx.device, torch.float32).reshape(())
+        if dist.is_initialized() and self.ctx.world_size > 1:
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+
+    def step_is_finite(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> bool:
+        """Whether every rank's loss and the gradient norm are finite (the same answer on every rank)."""
+        bad = ~torch.isfinite(loss.detach().float()) | ~torch.isfinite(grad_norm.detach().float().to(loss.device))
+        return not self._agree_nonfinite(bad)
+
+    def state_is_finite(self) -> bool:
+        """Every parameter (each rank's shard) and, for DDP/FSDP, every optimizer-state tensor is finite."""
+        bad = torch.zeros((), dtype=torch.bool, device=self.ctx.device)
+        # ZeRO-3 parameters are empty outside a forward pass; each rank's partition is in ds_tensor.
+        tensors = [getattr(p, "ds_tensor", None) if p.numel() == 0 and hasattr(p, "ds_tensor") else p.detach()
+                   for p in self.model.parameters()]
+        tensors = [t for t in tensors if t is not None]
+        if self.engine is None:
+            tensors += [v for state in self.optimizer.state.values() for v in state.values()
+                        if isinstance(v, torch.Tensor) and v.is_floating_point()]
+        for tensor in tensors:
+            tensor = tensor.to_local() if hasattr(tensor, "to_local") else tensor  # FSDP2 DTensor: own shard
+            if tensor.numel():
+                bad |= ~torch.isfinite(tensor).all().to(bad.device)
+        return not self._agree_nonfinite(bad)
+
+    def _count_step(self, finite: bool, loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
+        """Count a skipped step; stop the job after max_nonfinite_steps of them in a row."""
+        self.last_skipped = not finite
+        if finite:
+            self.nonfinite_in_row = 0
+            return
+        self.nonfinite_in_row += 1
+        self.nonfinite_total += 1
+        limit = self.cfg.training.max_nonfinite_steps
+        step = self.state.step + 1
+        if self.ctx.is_main:
+            skipped = "update skipped" if getattr(self.engine, "skips_nonfinite", True) else (
+                "counted; this engine applied the update itself (see docs/configuration.md)")
+            print(f"warning: step {step}: non-finite loss or gradient norm (loss {float(loss):.4g}, grad norm "
+                  f"{float(grad_norm):.4g} on rank 0): {skipped} ({self.nonfinite_in_row} in a row, stop at "
+                  f"{limit})", file=sys.stderr, flush=True)
+        if self.nonfinite_in_row >= limit:
+            first = step - self.nonfinite_in_row + 1
+            raise DivergedError(
+                f"training diverged: steps {first}-{step} ({self.nonfinite_in_row} in a row, "
+                f"training.max_nonfinite_steps={limit}) had a non-finite loss or gradient norm; lower optimizer.lr, "
+                f"raise optimizer.warmup_steps or set training.grad_clip, and resume from the newest checkpoint"
+            )
 
     def full_state_dict(self) -> dict[str, torch.Tensor]:
         """Every model parameter and buffer, unsharded, on every rank (a collective under FSDP and ZeRO-3)."""
@@ -232,7 +312,8 @@ class Trainer:
         if self.engine is not None:
             step = self.state.step
             micro_batches = (self.sampler.batch(step, micro, ctx.rank) for micro in range(accum))
-            total_loss, grad_norm = self.engine.train_step(micro_batches)
+            total_loss, grad_norm, finite = self.engine.train_step(micro_batches, self.step_is_finite)
+            self._count_step(finite, total_loss, grad_norm)
             self.scheduler.step()
             self.state.step += 1
             self.state.tokens_seen += self.tokens_per_step
@@ -248,7 +329,10 @@ class Trainer:
                 (loss / accum).backward()
             total_loss += loss.detach() / accum
         grad_norm = clip_and_measure(model, self.cfg.training.grad_clip)
-        self.optimizer.step()
+        finite = self.step_is_finite(total_loss, grad_norm)
+        self._count_step(finite, total_loss, grad_norm)
+        if finite:
+            self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
         self.state.step += 1
@@ -294,9 +378,14 @@ class Trainer:
             logger.event(f"ddlc: resumed from {self.resumed_from} at step {self.state.step}")
         started = time.perf_counter()
         try:
-            self.run_until(self.last_step, logger)
-            # The last step (and a preempted one) is always saved, synchronously, before we report success.
-            self.save_checkpoint(blocking=True, final=True)
+            try:
+                self.run_until(self.last_step, logger)
+                # The last step (and a preempted one) is always saved, synchronously, before we report success.
+                self.save_checkpoint(blocking=True, final=True)
+            except DivergedError:
+                if self.checkpointer is not None:
+                    self.checkpointer.close()  # an async save of an earlier, finite step still completes
+                raise
             if self.checkpointer is not None:
                 self.checkpointer.close()
         finally:
@@ -355,14 +444,14 @@ class Trainer:
     def run_until(self, last_step: int, logger: MetricsLogger) -> None:
         """Train until `state.step == last_step`, logging every step (reduced once per log interval)."""
         interval = self.cfg.training.log_interval
-        pending: list[tuple[int, float, float, torch.Tensor, torch.Tensor]] = []
+        pending: list[tuple[int, float, float, torch.Tensor, torch.Tensor, bool]] = []
         self.model.train()
         last = time.perf_counter()
         while self.state.step < last_step:
             lr = self.scheduler.get_last_lr()[0]
             loss, grad_norm = self.train_step()
             now = time.perf_counter()
-            pending.append((self.state.step, lr, now - last, loss, grad_norm))
+            pending.append((self.state.step, lr, now - last, loss, grad_norm, self.last_skipped))
             last = now
             stop = self.preemption.should_stop()
             if self.state.step % interval == 0 or self.state.step == last_step or stop:
@@ -393,9 +482,10 @@ class Trainer:
         losses = losses.tolist()
         norms = torch.stack([p[4] for p in pending]).float().tolist()
         records = []
-        for (step, lr, seconds, _, _), loss, norm in zip(pending, losses, norms):
+        for (step, lr, seconds, _, _, skipped), loss, norm in zip(pending, losses, norms):
             records.append(
                 {
+                    **({"skipped": True} if skipped else {}),  # non-finite: no update was applied
                     "step": step,
                     "loss": loss,
                     "lr": lr,

@@ -22,6 +22,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+import pydantic
+
 NVML_MEMORY_ERROR_UNCORRECTED = 1
 NVML_VOLATILE_ECC = 0  # since the driver loaded: what a reset clears
 KMSG = Path("/dev/kmsg")
@@ -64,15 +66,21 @@ class NodeReadings:
         return json.dumps(asdict(self), indent=2)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "NodeReadings":
-        data = dict(data)
-        gpus = [GpuReading(**g) for g in data.pop("gpus", [])]
-        xids = data.pop("xids", None)
-        known = set(cls.__dataclass_fields__)
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown fields {sorted(unknown)}")
-        return cls(gpus=gpus, xids=None if xids is None else [XidEvent(**x) for x in xids], **data)
+    def from_dict(cls, data: Any) -> "NodeReadings":
+        """A recording, checked field by field: a wrong type or a non-finite number is a ValueError naming the
+        field (a hand-edited file must not crash a check or pass one, as `"now": 1e400` would pass the clock)."""
+        try:
+            return _READINGS.validate_python(data)
+        except pydantic.ValidationError as error:
+            first = error.errors()[0]
+            where = ".".join(str(part) for part in first["loc"]) or "the file"
+            raise ValueError(f"{where}: {first['msg']}") from None
+
+
+# Recordings are validated as pydantic validates a model: unknown fields and inf/nan are refused.
+for _cls in (NodeReadings, GpuReading, XidEvent):
+    _cls.__pydantic_config__ = pydantic.ConfigDict(extra="forbid", allow_inf_nan=False)  # type: ignore[attr-defined]
+_READINGS = pydantic.TypeAdapter(NodeReadings)
 
 
 # -- NVML ---------------------------------------------------------------------------------------------------

@@ -2,7 +2,9 @@
 Horovod. The Trainer drives them through the same small surface:
 
     engine.model / engine.optimizer / engine.scheduler
-    engine.train_step(micro_batches) -> (mean loss, grad norm)     # forward/backward/optimizer, sync included
+    engine.train_step(micro_batches, is_finite) -> (mean loss, grad norm, finite)
+                                                                     # forward/backward/optimizer, sync included;
+                                                                     # is_finite(loss, norm) agrees a skip on all ranks
     engine.full_state_dict()                                         # unsharded parameters on every rank
     engine.checkpointer(uri, **kwargs)                               # a Checkpointer that speaks the engine's format
 

@@ -12,7 +12,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Callable, Iterable, Optional
 
 import torch
 
@@ -73,6 +73,9 @@ class DeepSpeedEngine:
         self.cfg, self.ctx = cfg, ctx
         self.config = deepspeed_config(cfg, plan)
         self.zero_stage = self.config["zero_optimization"]["stage"]
+        # ZeRO 1/2 skip a step whose gradient norm is not finite (their overflow check); stage 0 and 3 do so only
+        # for fp16, which ddlc does not use: they apply the update, and ddlc's save guard keeps it out of checkpoints.
+        self.skips_nonfinite = self.zero_stage in (1, 2)
         model = model.to(ctx.device)
         client_optimizer = build_optimizer(model, cfg.optimizer)
         # The schedule drives the client optimizer's param groups, which every ZeRO stage keeps using.
@@ -81,7 +84,10 @@ class DeepSpeedEngine:
             model=model, optimizer=client_optimizer, config=self.config, dist_init_required=False
         )
 
-    def train_step(self, micro_batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+    def train_step(self, micro_batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+                   is_finite: Callable[[torch.Tensor, torch.Tensor], bool]) -> tuple[torch.Tensor, torch.Tensor, bool]:
+        """One optimizer step. DeepSpeed applies the update inside engine.step(); ZeRO 1-3 skip it themselves when
+        the gradient norm is not finite (their overflow check), so ddlc only counts such steps here."""
         engine, device = self.model, self.ctx.device
         total = torch.zeros((), device=device)
         count = 0
@@ -101,7 +107,8 @@ class DeepSpeedEngine:
         if norm is None and own_norm is not None:
             norm = own_norm
         norm = torch.as_tensor(0.0 if norm is None else float(norm))
-        return total / max(count, 1), norm
+        loss = total / max(count, 1)
+        return loss, norm, is_finite(loss, norm)
 
     def full_state_dict(self) -> dict[str, torch.Tensor]:
         module = self.model.module

@@ -7,7 +7,7 @@ work unchanged under horovodrun: only gradient sync goes through Horovod.
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Callable, Iterable
 
 import torch
 
@@ -42,7 +42,8 @@ class HorovodEngine:
         )
         self.scheduler = build_scheduler(self.optimizer, cfg.optimizer, total_steps)
 
-    def train_step(self, micro_batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+    def train_step(self, micro_batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+                   is_finite: Callable[[torch.Tensor, torch.Tensor], bool]) -> tuple[torch.Tensor, torch.Tensor, bool]:
         device = self.ctx.device
         total = torch.zeros((), device=device)
         for inputs, targets in micro_batches:
@@ -52,10 +53,12 @@ class HorovodEngine:
         self.optimizer.synchronize()  # averaged gradients are in place: clip them, then step without re-syncing
         clip = self.cfg.training.grad_clip
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip if clip is not None else float("inf"))
-        with self.optimizer.skip_synchronize():
-            self.optimizer.step()
+        finite = is_finite(total, norm)  # agreed by every rank: a non-finite step leaves the state untouched
+        if finite:
+            with self.optimizer.skip_synchronize():
+                self.optimizer.step()
         self.optimizer.zero_grad()  # Horovod's override takes no set_to_none (torch's default is True)
-        return total, norm
+        return total, norm, finite
 
     def prepare_resume(self) -> None:
         """Give the optimizer the (zero) state that a checkpoint load fills in.
