@@ -225,15 +225,30 @@ def attempt_store(launch: LaunchEnv, timeout: _dt.timedelta, env: Mapping[str, s
     # agree on (and commit) the checkpoint they make before they stop.
     global _OWN_STORE
     if launch.rank == 0:
-        _OWN_STORE = dist.TCPStore(launch.master_addr, 0, launch.world_size, is_master=True, timeout=timeout,
-                                   wait_for_workers=False)
-        attempt.set("store_port", str(_OWN_STORE.port))
-        return _OWN_STORE
-    port = int(attempt.get("store_port").decode())
-    return dist.TCPStore(launch.master_addr, port, launch.world_size, is_master=False, timeout=timeout)
+        store = dist.TCPStore(launch.master_addr, 0, launch.world_size, is_master=True, timeout=timeout,
+                              wait_for_workers=False)
+        attempt.set("store_port", str(store.port))
+    else:
+        port = int(attempt.get("store_port").decode())
+        store = dist.TCPStore(launch.master_addr, port, launch.world_size, is_master=False, timeout=timeout)
+    _OWN_STORE = (store, launch.rank, launch.world_size)
+    return store
 
 
-_OWN_STORE = None  # rank 0's store server: kept alive for the life of the process
+_OWN_STORE = None  # (store, rank, world size) when rank 0 hosts the job's store: kept alive for the process
+
+
+def _release_own_store(wait_s: float = 30.0) -> None:
+    """Rank 0 hosts the store: it leaves only after every other rank is done with it (bounded wait)."""
+    if _OWN_STORE is None:
+        return
+    store, rank, world = _OWN_STORE
+    try:
+        store.set(f"ddlc/exiting/{rank}", "1")
+        if rank == 0 and world > 1:
+            store.wait([f"ddlc/exiting/{r}" for r in range(1, world)], _dt.timedelta(seconds=wait_s))
+    except Exception:  # a peer that died never says so: leave anyway after the wait
+        pass
 
 
 def horovod_rendezvous() -> None:
@@ -261,6 +276,7 @@ def horovod_rendezvous() -> None:
 
 def shutdown_distributed() -> None:
     if dist.is_initialized():
+        _release_own_store()
         dist.destroy_process_group()
 
 
