@@ -175,3 +175,57 @@ def test_bad_arguments_exit_2_with_one_line(corpus, tmp_path, args):
     assert proc.returncode == 2, (argv, proc.stdout, proc.stderr)
     assert proc.stderr.startswith("error: ") and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert not (tmp_path / "x.pt").exists()
+
+
+@pytest.mark.parametrize("output", ["/proc/ddlc-export.pt", "/proc/ddlc-export.safetensors", "{tmp}",
+                                    "{tmp}/a-file/x.pt"])
+def test_export_to_an_unwritable_output_is_one_line(corpus, tmp_path, output):
+    """An output that cannot be written (no such directory under /proc, a directory, a path under a file) is a bad
+    argument: exit 2 and one line, never torch's or safetensors' traceback."""
+    store, _ = corpus
+    (tmp_path / "a-file").write_text("x")
+    proc = run([DDLC, "checkpoints", "export", str(store), "-o", output.format(tmp=tmp_path)], cwd=tmp_path)
+    _no_traceback(proc)
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    assert proc.stderr.startswith("error: --output") and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+@pytest.mark.parametrize("verb", [["list"], ["verify"], ["show", "latest"], ["prune", "--keep-last", "1"]])
+def test_a_uri_that_is_a_file_is_refused(tmp_path, verb):
+    """A URI naming a regular file used to list as an empty store with exit 0, hiding a mistyped path."""
+    uri = tmp_path / "not-a-store"
+    uri.write_text("hello")
+    argv = [verb[0], str(uri), *verb[1:]]
+    proc = run([DDLC, "checkpoints", *argv], cwd=tmp_path)
+    _no_traceback(proc)
+    assert proc.returncode == 2, (argv, proc.stdout, proc.stderr)
+    assert "is a file" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert uri.read_text() == "hello"
+
+
+def test_prune_hashes_the_checkpoints_it_keeps_before_deleting_older_ones(corpus, tmp_path):
+    """A same-size flipped byte in the newest checkpoint passes the size check: plain `prune --keep-last 1` used to
+    keep only that corrupt one and delete every good one. The kept ones are hashed before anything is deleted."""
+    store, _ = corpus
+    copy = tmp_path / "ck"
+    copy.mkdir()
+    for step in GOOD:
+        shutil.copytree(store / f"step-{step:08d}", copy / f"step-{step:08d}")
+    newest = copy / "step-00000040"
+    shutil.copytree(copy / "step-00000030", newest)
+    commit = json.loads((newest / COMMIT).read_text())
+    commit["step"], commit["extra"]["seq"] = 40, commit["extra"]["seq"] + 1
+    (newest / COMMIT).write_text(json.dumps(commit))
+    shard = next(newest.glob("*.distcp"))
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    (copy / "latest").write_text("step-00000040")
+    proc = run([DDLC, "checkpoints", "prune", str(copy), "--keep-last", "1"], cwd=tmp_path, COLUMNS="400")
+    _no_traceback(proc)
+    assert proc.returncode == 0, proc.stderr
+    assert (copy / "step-00000030").is_dir() and newest.is_dir(), proc.stdout  # the good one and the evidence stay
+    assert not (copy / "step-00000010").exists() and not (copy / "step-00000020").exists(), proc.stdout
+    assert (copy / "latest").read_text().strip() == "step-00000030"
+    verify = run([DDLC, "checkpoints", "verify", str(copy)], cwd=tmp_path, COLUMNS="400")
+    assert "OK   step-00000030" in verify.stdout, verify.stdout

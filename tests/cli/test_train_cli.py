@@ -186,3 +186,16 @@ def test_stop_without_a_running_run(tmp_path):
     assert proc.returncode == 1 and "run r is not running" in proc.stdout
     proc = run([DDLC, "stop", "nope", "--run-dir", str(tmp_path)], cwd=tmp_path, timeout=60)
     assert proc.returncode == 2 and "no run 'nope'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_ddlc_train_again_on_a_finished_run_summarises_without_a_traceback(tmp_path):
+    """Re-running a job whose checkpoint already reached max_steps (a rerun after success, a restart after the final
+    save) trains nothing: its summary has no loss, which the CLI table used to format as a number (TypeError)."""
+    args = [DDLC, "train", "--nproc", "1", "--config", str(CONFIG), *FAST, "training.max_steps=3",
+            f"monitoring.run_dir={tmp_path}", f"checkpoint.uri={tmp_path / 'ck'}"]
+    assert_ok(run([*args, "monitoring.run_name=first"], cwd=tmp_path))
+    proc = run([*args, "monitoring.run_name=again"], cwd=tmp_path)
+    assert_ok(proc)
+    assert "Traceback" not in proc.stderr
+    # #13: it says the run is finished and writes no summary with null losses (reports and dashboards read them).
+    assert "already finished" in proc.stdout and not (tmp_path / "again" / "summary.json").exists()

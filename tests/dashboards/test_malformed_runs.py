@@ -187,3 +187,42 @@ def test_the_writer_uses_the_same_model_and_repairs_its_own_torn_line(tmp_path):
     run = RunStore(tmp_path).load(run_dir)
     assert run.readable, run.error
     assert list(run.columns["step"]) == [1, 2, 3, 4] and math.isnan(run.columns["loss"][1])
+
+
+def test_a_run_priced_as_an_unknown_instance_type_leaves_out_only_that_run(run_dir, tmp_path):
+    """summary.json naming an instance type the price table lacks used to fail the Cost tab (HTTP 400) for every
+    run and abort `ddlc report` (exit 2): that one run is named as unreadable for cost; every other run shows."""
+    import shutil
+
+    root = tmp_path / "runs"
+    shutil.copytree(run_dir, root / "good")
+    shutil.copytree(run_dir, root / "unpriced")
+    summary_path = root / "unpriced" / "summary.json"
+    summary = json.loads(summary_path.read_text())
+    summary["instance_type"] = "p9.nowhere"
+    summary_path.write_text(json.dumps(summary))
+
+    server = DashboardServer(PanelData(root, Pricing(PRICED_AS, None, load_price_table())), port=0).start()
+    try:
+        def get(path: str) -> dict:
+            with urllib.request.urlopen(server.url + path, timeout=30) as response:
+                assert response.status == 200, path
+                return json.loads(response.read())
+
+        good = get("api/dashboards/cost-tracking?run=good")
+        assert good["run_error"] is None and "p9.nowhere" in good["unreadable"]["unpriced"]
+        assert [s["name"] for s in good["panels"]["cost-by-run"]["series"]] == ["good"]
+        assert good["panels"]["cost-total"]["series"][0]["y"][-1] > 0
+        bad = get("api/dashboards/cost-tracking?run=unpriced")
+        assert "p9.nowhere" in bad["run_error"] and bad["panels"]["cost-total"]["series"] == []
+        assert get("api/dashboards/training-progress?run=unpriced")["run_error"] is None  # its metrics are fine
+    finally:
+        server.close()
+
+    out = tmp_path / "report.md"
+    result = run([PYTHON, "-m", "ddlc", "report", "utilization", "--runs-dir", str(root), "-o", str(out),
+                  "--instance-type", PRICED_AS], cwd=REPO, timeout=300)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    text = out.read_text()
+    assert "| good |" in text.split("## Runs")[1].split("##")[0]
+    assert "| unpriced | " in text.split("## Unreadable runs")[1] and "p9.nowhere" in text.split("## Unreadable runs")[1]

@@ -17,6 +17,7 @@ import os
 import subprocess
 import sys
 import time
+import urllib.request
 
 import boto3
 import pytest
@@ -97,6 +98,10 @@ def deployed():
         return session.client(service, endpoint_url=env["AWS_ENDPOINT_URL"])
 
     try:
+        # ThreadedMotoServer serves moto's in-process backends, which other tests in this session may have used
+        # (mock_aws): start from an empty account so the stack name is free.
+        urllib.request.urlopen(urllib.request.Request(f"{env['AWS_ENDPOINT_URL']}/moto-api/reset", method="POST"),
+                               timeout=30).read()
         client("ssm").put_parameter(Name="/cdk-bootstrap/hnb659fds/version", Value="30", Type="String")
         cloudformation = client("cloudformation")
         cloudformation.create_stack(

@@ -10,6 +10,7 @@ never stops the others from being listed, verified, kept or pruned.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Optional
@@ -53,6 +54,9 @@ def open_store(uri: str, endpoint_url: Optional[str] = None, must_exist: bool = 
     store = CheckpointStore(uri, endpoint_url)
     if must_exist and not store.exists():
         raise StorageError(f"checkpoint URI not found: {uri}")
+    if store.scheme == "file" and Path(store.root).exists() and not Path(store.root).is_dir():
+        # A file here would list as an empty store (exit 0) and hide a mistyped URI.
+        raise StorageError(f"checkpoint URI is a file, not a directory: {uri}")
     return store
 
 
@@ -188,6 +192,24 @@ def prune(store: CheckpointStore, keep_last: int, keep_every: Optional[int] = No
         raise StorageError(f"--keep-last must be at least 1 (got {keep_last})")
     entries = scan(store, check_hashes=check_hashes)
     decisions = retention.plan(entries, keep_last, keep_every)
+    # A size check cannot see a flipped byte: before deleting anything on the strength of the checkpoints that
+    # stay, SHA-256 those (only the kept ones, so the cost stays bounded) and plan again if one is corrupt.
+    hashed: set[str] = set()
+    while not check_hashes and any(d.delete for d in decisions):
+        corrupt = {}
+        for decision in decisions:
+            entry = decision.entry
+            if decision.delete or entry.state != retention.VERIFIED or entry.name in hashed:
+                continue
+            hashed.add(entry.name)
+            result = verify(store, entry.name, check_hashes=True)
+            if not result.ok:
+                corrupt[entry.name] = result.summary()
+        if not corrupt:
+            break
+        entries = [dataclasses.replace(e, state=retention.CORRUPT, problem=corrupt[e.name]) if e.name in corrupt
+                   else e for e in entries]
+        decisions = retention.plan(entries, keep_last, keep_every)
     apply(store, entries, decisions, dry_run)
     return decisions
 
@@ -205,6 +227,13 @@ def export(store: CheckpointStore, which: Optional[str], output: Path, fmt: str 
 
     if fmt not in EXPORT_FORMATS:
         raise StorageError(f"--format: {fmt[:40]!r} is not one of {', '.join(EXPORT_FORMATS)}")
+    # The output is checked before the (possibly long) load, so a bad -o fails at once with one line.
+    if output.is_dir():
+        raise StorageError(f"--output: {output} is a directory; give a file name (.pt or .safetensors)")
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise StorageError(f"--output: cannot create {output.parent}: {error.strerror or error}") from None
     name = resolve(store, which)
     result = verify(store, name)  # every file's SHA-256 before anything is unpickled
     if not result.ok:
@@ -216,19 +245,22 @@ def export(store: CheckpointStore, which: Optional[str], output: Path, fmt: str 
     weights = {key: value.contiguous() for key, value in state["model"].items() if isinstance(value, torch.Tensor)}
     if fmt == "auto":
         fmt = "safetensors" if output.suffix == ".safetensors" else "torch"
-    try:
-        output.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise StorageError(f"--output: cannot create {output.parent}: {error.strerror or error}") from None
     if fmt == "safetensors":
         try:
             from safetensors.torch import save_file
         except ImportError:
             raise StorageError("export to .safetensors needs the safetensors package") from None
-        # safetensors refuses shared storage (the tied embedding/head): store each tensor on its own.
-        save_file({k: v.clone() for k, v in weights.items()}, str(output), metadata={"source": store.display(name)})
-    else:
-        torch.save(weights, output)
+    try:
+        if fmt == "safetensors":
+            # safetensors refuses shared storage (the tied embedding/head): store each tensor on its own.
+            save_file({k: v.clone() for k, v in weights.items()}, str(output),
+                      metadata={"source": store.display(name)})
+        else:
+            torch.save(weights, output)
+    except Exception as error:  # noqa: BLE001 - torch (RuntimeError) and safetensors (SafetensorError) wrap OSError
+        message = (getattr(error, "strerror", None) or str(error) or type(error).__name__).splitlines()[0]
+        reason = message.rsplit("strerror: ", 1)[-1].rsplit("I/O error: ", 1)[-1][:200]
+        raise StorageError(f"--output: cannot write {output}: {reason}") from None
     return name, len(weights)
 
 

@@ -13,6 +13,7 @@ choice (`--instance-type`), else `cpu-local` (price 0).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Mapping, Optional, Sequence
@@ -34,6 +35,19 @@ class Pricing:
         instance_type = run.instance_type or self.instance_type or LOCAL_INSTANCE_TYPE
         nodes = self.num_nodes or run.num_nodes
         return instance_type, nodes, hourly_price(instance_type, self.table)
+
+    def check(self, run: RunRecord) -> RunRecord:
+        """The run as the cost views see it: one whose summary.json names an instance type the price table lacks
+        is marked unreadable (with the reason) instead of failing the whole Cost tab or report for every run."""
+        if not run.readable:
+            return run
+        instance_type = run.instance_type or self.instance_type or LOCAL_INSTANCE_TYPE
+        if instance_type in self.table:
+            return run
+        shown = instance_type if len(instance_type) <= 80 else instance_type[:60] + "..."
+        where = "summary.json: instance_type" if run.instance_type else "--instance-type"
+        return dataclasses.replace(run, error=f"{where} {shown!r} has no price in the price table "
+                                              "(add it with --price-table or $DDLC_PRICE_TABLE)")
 
 
 @dataclass(frozen=True)

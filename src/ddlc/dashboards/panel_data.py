@@ -116,6 +116,10 @@ class PanelData:
         all_runs = self.store.runs(paths=paths) if any(
             p.series and p.series[0].local and p.series[0].local.key in ("usd_by_run", "usd_by_node") for p in board.panels
         ) else []
+        if any(spec.local is not None and spec.local.kind == "cost" for p in board.panels for spec in p.series):
+            # A run whose instance type has no price is unreadable for cost only: named, never failing the tab.
+            run = self.pricing.check(run) if run is not None else None
+            all_runs = [self.pricing.check(r) for r in all_runs]
         panels = {panel.id: self.panel(panel, run, all_runs) for panel in board.panels}
         return {"dashboard": slug, "run": run.name if run else None, "run_error": run.error if run else None,
                 "unreadable": {r.name: r.error for r in all_runs if r.error}, "updated": time.time(), "panels": panels}
@@ -187,11 +191,11 @@ class PanelData:
             hours = idle_gpu_hours(samples)
             return [] if hours is None else [_series("idle", [time.time()], [hours])]
         if key in ("usd_by_run", "usd_by_node"):
-            costs = [self._run_cost(r) for r in all_runs if r.has_steps]
+            costs = [self._run_cost(r) for r in all_runs if r.readable and r.has_steps]
             if key == "usd_by_run":
                 return [{"name": c.run, "x": [c.run], "y": [c.usd_total]} for c in costs]
             return [{"name": node, "x": [node], "y": [usd]} for node, usd in sorted(cost_by_node(costs).items())]
-        if run is None or not run.has_steps:
+        if run is None or not run.readable or not run.has_steps:
             return []
         name = render_legend(label, {"run": run.name})
         if key == "projected_usd":

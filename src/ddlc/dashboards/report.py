@@ -114,6 +114,7 @@ def collect(
             shown = ", ".join(missing)
             raise UserError(f"--run: no run named {shown[:200]} with steps in the last "
                             f"{since_seconds / 86400:g} days under {runs_dir}")
+    every = [pricing.check(run) for run in every]  # an unpriced instance type leaves out that run only
     runs = [run for run in every if run.readable]
     unreadable = [run for run in every if not run.readable]
     costs = [run_cost(run, pricing) for run in runs if run.has_steps]
