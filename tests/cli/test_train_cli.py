@@ -1,11 +1,14 @@
 """`ddlc train` as a user runs it: real torchrun workers, summary at the end, clear errors."""
 
 import json
+import re
 import shutil
 from pathlib import Path
 
+import psutil
 import pytest
 
+from ddlc.runtime.metrics import read_metrics
 from tests.support import CONFIG, FAST, PYTHON, REPO, assert_ok, run, torchrun
 
 DDLC = str(Path(PYTHON).parent / "ddlc")
@@ -22,19 +25,48 @@ def test_ddlc_train_runs_two_workers_and_summarises(tmp_path):
     assert f"{summary['final_loss']:.4f}" in proc.stdout
 
 
-def test_ddlc_train_names_the_run_when_config_does_not(tmp_path):
-    proc = run([DDLC, "train", "--nproc", "1", *FAST, "training.max_steps=5", f"monitoring.run_dir={tmp_path}"],
-               cwd=tmp_path)
-    assert_ok(proc)
+def test_ddlc_train_names_the_run_after_the_config_and_the_same_command_resumes(tmp_path):
+    """#13: no run name given: one derived from the config, so launching the same command again resumes it, and
+    re-running a finished run says so and rewrites nothing (it used to crash and overwrite summary.json)."""
+    args = [DDLC, "train", "--nproc", "1", *FAST, "training.max_steps=5", f"monitoring.run_dir={tmp_path}"]
+    first = run(args, cwd=tmp_path)
+    assert_ok(first)
     runs = list(tmp_path.iterdir())
-    assert len(runs) == 1 and runs[0].name.startswith("run-") and (runs[0] / "metrics.jsonl").exists()
+    assert len(runs) == 1 and re.fullmatch(r"run-[0-9a-f]{8}", runs[0].name), runs
+    assert f"starting run {runs[0].name}" in first.stdout
+    kept = {p: p.read_bytes() for p in runs[0].rglob("*") if p.is_file()}
+    again = run(args, cwd=tmp_path)
+    assert_ok(again)
+    assert "already finished" in again.stdout and "Traceback" not in again.stdout + again.stderr
+    assert {p: p.read_bytes() for p in runs[0].rglob("*") if p.is_file()} == kept  # nothing rewritten
+    longer = run([*args, "training.max_steps=8"], cwd=tmp_path)  # length is not part of the run's identity
+    assert_ok(longer)
+    assert f"resuming run {runs[0].name} from step 5" in longer.stdout
+    assert [r["step"] for r in read_metrics(runs[0])] == list(range(1, 9))
+    other = run([*args, "optimizer.lr=1e-3"], cwd=tmp_path)  # another computation: another run
+    assert_ok(other)
+    assert len(list(tmp_path.iterdir())) == 2
+
+
+def test_new_run_starts_over_and_keeps_the_old_directory(tmp_path):
+    args = [DDLC, "train", "--nproc", "1", *FAST, "training.max_steps=3", f"monitoring.run_dir={tmp_path}",
+            "monitoring.run_name=again"]
+    assert_ok(run(args, cwd=tmp_path))
+    old_summary = (tmp_path / "again" / "summary.json").read_bytes()
+    proc = run([*args[:2], "--new-run", *args[2:]], cwd=tmp_path)
+    assert_ok(proc)
+    assert "starting run again" in proc.stdout and "resuming" not in proc.stdout
+    aside = [p for p in tmp_path.iterdir() if p.name.startswith("again.replaced-")]
+    assert len(aside) == 1 and (aside[0] / "summary.json").read_bytes() == old_summary
+    assert json.loads((tmp_path / "again" / "summary.json").read_text())["start_step"] == 0
 
 
 def test_dry_run_prints_torchrun_command(tmp_path):
     proc = run([DDLC, "train", "--config", str(CONFIG), "--nproc", "3", "--dry-run", "training.global_batch_size=24",
                 "monitoring.run_name=x"], cwd=tmp_path)
     assert_ok(proc)
-    assert "torch.distributed.run --standalone --nproc_per_node=3 --max-restarts=0 -m ddlc.train --config" in proc.stdout
+    assert "ddlc.launch.torchrun --standalone --nproc_per_node=3 --max-restarts=0" in proc.stdout
+    assert "-m ddlc.train --config" in proc.stdout
     assert "training.global_batch_size=24" in proc.stdout
     assert not (tmp_path / "runs").exists()
 
@@ -71,6 +103,91 @@ def test_library_example_from_docs_runs_under_torchrun(tmp_path):
     assert len(losses) == 20 and losses[-1] < losses[0]
 
 
+# -- stopping: signals and `ddlc stop` (#13 items 6-7, #12 item 5) ------------------------------------------------
+
+def _processes(root_pid):
+    import psutil
+
+    root = psutil.Process(root_pid)
+    return [root, *root.children(recursive=True)]
+
+
+def _start_long_job(tmp_path, name):
+    import subprocess
+    import time
+
+    from tests.support import child_env
+
+    cmd = [DDLC, "train", "--nproc", "2", "--config", str(CONFIG), *FAST, "training.max_steps=100000",
+           "checkpoint.interval_steps=100000", f"monitoring.run_dir={tmp_path}", f"monitoring.run_name={name}",
+           "monitoring.progress=plain"]
+    # Output to files: a pipe nobody reads while the job runs would fill up and block the workers.
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=child_env(), stdout=(tmp_path / "stdout").open("w"),
+                            stderr=(tmp_path / "stderr").open("w"), text=True)
+    metrics = tmp_path / name / "metrics.jsonl"
+    deadline = time.monotonic() + 240
+    while not (metrics.exists() and metrics.stat().st_size > 0):  # training has started on every rank
+        assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "stderr").read_text()
+        time.sleep(0.5)
+    procs = _processes(proc.pid)
+    assert len(procs) >= 4, procs  # ddlc train, torchrun's agent, 2 workers
+    return proc, procs
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGINT", "ddlc stop"])
+def test_stop_checkpoints_and_exits_75_without_a_traceback(tmp_path, how):
+    name = "stop-" + how.replace(" ", "-").lower()
+    proc, procs = _start_long_job(tmp_path, name)
+    try:
+        _stop_and_check(tmp_path, how, name, proc, procs)
+    finally:
+        for p in procs:  # by pid: workers orphaned by a failure are nobody's children any more
+            try:
+                p.kill()
+            except psutil.Error:
+                pass
+
+
+def _stop_and_check(tmp_path, how, name, proc, procs):
+    import signal
+
+    if how == "SIGTERM":  # meanwhile, a second launch of the same run refuses instead of writing the same files
+        second = run([DDLC, "train", "--nproc", "2", "--config", str(CONFIG), *FAST, "training.max_steps=100000",
+                      "checkpoint.interval_steps=100000", f"monitoring.run_dir={tmp_path}",
+                      f"monitoring.run_name={name}"], cwd=tmp_path, timeout=120)
+        assert second.returncode == 2 and f"run {name} is already running" in second.stderr, second.stderr
+    stopper = None
+    if how == "ddlc stop":
+        stopper = run([DDLC, "stop", "--run-dir", str(tmp_path)], cwd=tmp_path, timeout=300)  # the one running run
+    else:
+        proc.send_signal(getattr(signal, how))
+    proc.wait(timeout=300)
+    stdout, stderr = (tmp_path / "stdout").read_text(), (tmp_path / "stderr").read_text()
+    assert proc.returncode == 75, stdout + stderr
+    summary = json.loads((tmp_path / name / "summary.json").read_text())
+    assert summary["preempted"] and f"stopped cleanly at step {summary['steps']}" in stdout
+    assert "Resume with:" in stdout and f"monitoring.run_name={name}" in stdout
+    assert (tmp_path / name / "checkpoints" / f"step-{summary['steps']:08d}" / "COMMIT").exists()
+    assert "Traceback" not in stdout + stderr and "ChildFailedError" not in stdout + stderr
+    _, alive = psutil.wait_procs(procs, timeout=30)
+    assert not alive, alive  # no orphan: launcher, agent and both workers are gone (checked by pid)
+    assert not (tmp_path / name / "launcher.json").exists() and not (tmp_path / name / "workers.json").exists()
+    if stopper is not None:
+        assert stopper.returncode == 0, stopper.stdout + stopper.stderr
+        assert f"run {name} stopped at step {summary['steps']}" in stopper.stdout
+
+
+def test_stop_without_a_running_run(tmp_path):
+    proc = run([DDLC, "stop", "--run-dir", str(tmp_path)], cwd=tmp_path, timeout=60)
+    assert proc.returncode == 1 and "no run is running" in proc.stdout
+    (tmp_path / "r").mkdir()
+    proc = run([DDLC, "stop", "r", "--run-dir", str(tmp_path)], cwd=tmp_path, timeout=60)
+    assert proc.returncode == 1 and "run r is not running" in proc.stdout
+    proc = run([DDLC, "stop", "nope", "--run-dir", str(tmp_path)], cwd=tmp_path, timeout=60)
+    assert proc.returncode == 2 and "no run 'nope'" in proc.stderr and "Traceback" not in proc.stderr
+
+
 def test_ddlc_train_again_on_a_finished_run_summarises_without_a_traceback(tmp_path):
     """Re-running a job whose checkpoint already reached max_steps (a rerun after success, a restart after the final
     save) trains nothing: its summary has no loss, which the CLI table used to format as a number (TypeError)."""
@@ -80,5 +197,5 @@ def test_ddlc_train_again_on_a_finished_run_summarises_without_a_traceback(tmp_p
     proc = run([*args, "monitoring.run_name=again"], cwd=tmp_path)
     assert_ok(proc)
     assert "Traceback" not in proc.stderr
-    assert json.loads((tmp_path / "again" / "summary.json").read_text())["first_loss"] is None
-    assert "no step trained" in proc.stdout
+    # #13: it says the run is finished and writes no summary with null losses (reports and dashboards read them).
+    assert "already finished" in proc.stdout and not (tmp_path / "again" / "summary.json").exists()

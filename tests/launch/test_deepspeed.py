@@ -56,7 +56,10 @@ def assert_close_to(reference: dict, out: Path) -> None:
 def export_checkpoint(uri: str, output: Path, **env: str) -> dict:
     proc = run([PYTHON, "-m", "ddlc.cli.main", "checkpoints", "export", uri, "-o", str(output)], cwd=REPO, **ENV, **env)
     assert_ok(proc)
-    return torch.load(output, weights_only=True)
+    exported = torch.load(output, weights_only=True)
+    # One count on the screen: DeepSpeed's own "N params" progress lines used to contradict "M tensors" (#13).
+    assert " params " not in proc.stdout and f"exported {len(exported)} tensors" in proc.stdout, proc.stdout
+    return exported
 
 
 def assert_equal_weights(exported: dict, final: dict) -> None:

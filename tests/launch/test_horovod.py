@@ -54,3 +54,36 @@ def test_horovod_refuses_a_host_whose_name_resolves_to_loopback(hosts, tmp_path)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert f"host {hosts.addresses[1]}: its hostname" in proc.stderr and "resolves to 127.0.1.1" in proc.stderr
     assert hosts.addresses[0] not in proc.stderr and "Traceback" not in proc.stderr
+
+
+WORKER = REPO / "tests" / "runtime" / "dump_params_worker.py"
+
+
+def _horovodrun_worker(tmp_path, out, name, *extra):
+    return run([str(HOROVODRUN), "-np", "2", "-H", "localhost:2", PYTHON, str(WORKER), str(out), str(CONFIG), *FAST,
+                "training.max_steps=20", f"monitoring.run_dir={tmp_path / 'runs'}", f"monitoring.run_name={name}",
+                "monitoring.progress=plain", "checkpoint.interval_steps=5", "distributed.strategy=horovod", *extra],
+               cwd=REPO, timeout=240, **ENV)
+
+
+@pytest.mark.slow
+def test_horovod_stop_and_resume_is_bit_exact(tmp_path):
+    """Issue #13: a resumed Horovod run must restore the optimizer (it came back empty and every loss drifted)."""
+    from ddlc.runtime.metrics import read_metrics
+
+    assert_ok(_horovodrun_worker(tmp_path, tmp_path / "straight", "straight"))
+    first = _horovodrun_worker(tmp_path, tmp_path / "first", "split", "training.stop_at_step=10")
+    assert_ok(first)
+    resumed = _horovodrun_worker(tmp_path, tmp_path / "resumed", "split")
+    assert_ok(resumed)
+    assert "at step 10" in resumed.stdout
+    losses = {name: [r["loss"] for r in read_metrics(tmp_path / "runs" / name)] for name in ("straight", "split")}
+    assert len(losses["straight"]) == 20 and losses["split"] == losses["straight"]  # exact float equality
+    import torch
+
+    for rank in (0, 1):
+        expected = torch.load(tmp_path / "straight" / f"rank{rank}.pt", weights_only=True)
+        got = torch.load(tmp_path / "resumed" / f"rank{rank}.pt", weights_only=True)
+        assert expected.keys() == got.keys()
+        for key in expected:
+            assert torch.equal(expected[key], got[key]), (rank, key)

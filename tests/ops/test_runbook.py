@@ -58,6 +58,7 @@ def expand(command: str) -> list[str]:
 
 
 COMMANDS = runnable_commands(RUNBOOK.read_text())
+NODE_SIDE_CONFIGS = {"gpt.yaml"}  # the runbook's own config on the cluster's /fsx, not a file of this repository
 
 
 def test_runbook_has_runnable_commands_for_every_stage():
@@ -120,7 +121,9 @@ def check_train_args(script_args: list[str]) -> None:
     bad = [o for o in parsed.overrides if "=" not in o]
     assert not bad, f"not a dotted override: {bad}"
     config = parsed.config
-    if config is not None and not Path(config).is_absolute():
+    if config in NODE_SIDE_CONFIGS:
+        config = None  # the user's file on the node (/fsx/gpt.yaml): validate the overrides against the defaults
+    elif config is not None and not Path(config).is_absolute():
         assert (REPO / config).is_file(), f"--config {config}: no such file in the repository"
         config = str(REPO / config)
     elif config is not None:
@@ -232,3 +235,38 @@ def test_the_validator_catches_mistakes():
     if CDK.exists():
         with pytest.raises(AssertionError):
             check_cdk(["teardown", "--context", "environment=prod"])
+
+
+# -- commands that run on a CPU machine, run as written ----------------------------------------------------
+# Elsewhere: the two-node rehearsal pair (tests/ops/test_runbook_rehearsal.py), the `--max_restarts` command and
+# the checkpoint list/show/verify/export/prune commands on its checkpoints (tests/launch/test_restarts.py).
+
+def _run_as_written(command: str, cwd: Path) -> subprocess.CompletedProcess:
+    for name in ("train.py", "config.yaml"):  # the repository root, where the runbook's commands run
+        (cwd / name).write_bytes((REPO / name).read_bytes())
+    env = {**os.environ, "PATH": f"{Path(PYTHON).parent}{os.pathsep}{os.environ['PATH']}", "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")]))}
+    for name in ("RANK", "WORLD_SIZE", "TORCH_DISABLE_SHARE_RDZV_TCP_STORE"):
+        env.pop(name, None)
+    return subprocess.run(["bash", "-c", command], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+LOCAL = [c for c in COMMANDS if c.startswith(("torchrun --standalone", "ddlc train", "ddlc monitor rules"))]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", LOCAL, ids=[c[:60] for c in LOCAL])
+def test_local_command_runs_as_written(tmp_path, command):
+    assert len(LOCAL) == 3, LOCAL
+    proc = _run_as_written(command, tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    if command.startswith("torchrun"):
+        [summary] = (tmp_path / "runs").glob("*/summary.json")
+        data = json.loads(summary.read_text())
+        assert data["steps"] == 50 and data["world_size"] == 2 and data["final_loss"] < data["first_loss"]
+    elif "--dry-run" in command:
+        assert "ddlc.launch.torchrun --standalone --nproc_per_node=2" in proc.stdout
+        assert not (tmp_path / "runs").exists()
+    else:
+        assert (tmp_path / "ddlc-alerts.yml").stat().st_size > 0

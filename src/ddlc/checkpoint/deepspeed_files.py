@@ -9,6 +9,8 @@ and COMMIT, DeepSpeed's own files: `mp_rank_00_model_states.pt` (module, or unde
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import shutil
 import tempfile
@@ -73,4 +75,7 @@ def consolidated_weights(store: CheckpointStore, directory: str) -> dict[str, to
             # No ZeRO: DeepSpeed saved the whole module itself, there are no partitions to merge.
             saved = torch.load(root / directory / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)
             return dict(saved["module"])
-        return get_fp32_state_dict_from_zero_checkpoint(str(root), tag=directory)
+        # Its progress prints count parameters ("15 params"), ours counts tensors written, tied ones included:
+        # keep one count on the screen (#13).
+        with contextlib.redirect_stdout(io.StringIO()):
+            return get_fp32_state_dict_from_zero_checkpoint(str(root), tag=directory)

@@ -131,4 +131,5 @@ def export_(uri: str, output: Path = typer.Option(..., "--output", "-o", help=".
         raise UserError(f"--format: {fmt[:40]!r} is not one of {', '.join(catalog.EXPORT_FORMATS)}")
     store = catalog.open_store(uri, endpoint_url)
     name, count = catalog.export(store, which, output, fmt)
-    console.print(f"exported {count} tensors from {store.display(name)} to {output}", highlight=False)
+    console.print(f"exported {count} tensors (every parameter and buffer, by name) from "
+                  f"{store.display(name)} to {output}", highlight=False)

@@ -7,6 +7,8 @@ from typing import Optional
 
 import typer
 
+from ddlc.errors import UserError
+
 report_app = typer.Typer(help="Reports from the run store and Prometheus.", no_args_is_help=True)
 
 
@@ -15,7 +17,7 @@ def utilization(
     since: str = typer.Option("7d", "--since", help="Window to review: 7d, 24h, 90m, 2w."),
     run: list[str] = typer.Option([], "--run", help="Only this run (name or runs/NAME); repeatable."),
     runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="The local run store."),
-    output: Path = typer.Option(Path("utilization-report.md"), "-o", "--output", help="Report file: .md or .html."),
+    output: Path = typer.Option(Path("utilization-report.md"), "-o", "--output", help="Report file; its suffix picks the format: .md (Markdown) or .html."),
     prometheus: Optional[str] = typer.Option(None, "--prometheus", help="Prometheus URL for GPU utilization per node."),
     instance_type: Optional[str] = typer.Option(
         None, "--instance-type", help="Price runs as this instance type when their summary names none (default cpu-local)."),
@@ -28,6 +30,8 @@ def utilization(
     from ddlc.dashboards.report import collect, parse_since, write_report
     from ddlc.monitor.pricing import hourly_price, load_price_table
 
+    if output.suffix.lower() not in (".md", ".html", ".htm"):  # before the (slow) collection, not after it
+        raise UserError(f"-o/--output: {output} must end in .md or .html (the report's format)")
     window = parse_since(since)
     table = load_price_table(price_table)
     if instance_type is not None:

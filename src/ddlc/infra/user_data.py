@@ -185,6 +185,9 @@ def render_user_data(boot: NodeBootConfig) -> list[str]:
         "DDLC_METRICS_NAMESPACE": "DDLC",
         "DDLC_HOSTFILE": HOSTFILE,
         "DDLC_WORKER_GROUP": boot.worker_group_name,
+        # torchrun --max_restarts across nodes: restarted workers must not reuse the last attempt's store
+        # (pytorch/pytorch#135712); the runbook sources this file before torchrun.
+        "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1",
     }
     region = shlex.quote(boot.region)
     extras = ",".join(boot.extras)

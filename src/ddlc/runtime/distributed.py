@@ -194,15 +194,71 @@ def init_distributed(
             os.environ.setdefault("MASTER_ADDR", launch.master_addr)
             os.environ.setdefault("MASTER_PORT", str(launch.master_port))
             kwargs = {"device_id": dev} if dev.type == "cuda" else {}
+            store = attempt_store(launch, timeout, env)
+            if store is not None:
+                kwargs["store"] = store
+            else:
+                kwargs["init_method"] = "env://"
             dist.init_process_group(
                 chosen,
-                init_method="env://",
                 rank=launch.rank,
                 world_size=launch.world_size,
                 timeout=timeout,
                 **kwargs,
             )
     return DistContext(env=launch, device=dev, backend=chosen)
+
+
+def attempt_store(launch: LaunchEnv, timeout: _dt.timedelta, env: Mapping[str, str] | None = None):
+    """Under torchrun --max-restarts, keep each restart's process-group keys apart (pytorch/pytorch#135712).
+
+    torchrun hands its workers its own rendezvous store, which outlives a restart: restarted workers then read the
+    previous attempt's addresses from it and dial dead peers ("Connection refused") unless the user knew to set
+    TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1. On one node every worker has the same restart count: rank 0 starts the
+    job's own store and announces its port under a prefix per attempt, so no stale key is ever read, and the
+    store outlives a killed agent (checkpoint agreement goes through it). Across nodes the agents' counts can differ: there the variable is needed (the cluster's
+    /etc/ddlc/cluster.env sets it) and rank 0 says so when it is missing.
+    """
+    env = os.environ if env is None else env
+    if launch.launcher != "torchrun" or env.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    if launch.num_nodes > 1:
+        if launch.rank == 0 and env.get("TORCHELASTIC_MAX_RESTARTS", "0") not in ("", "0"):
+            print("warning: torchrun --max-restarts across nodes needs TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 in "
+                  "torchrun's environment (pytorch/pytorch#135712; /etc/ddlc/cluster.env sets it): without it "
+                  "restarted workers can fail with 'Connection refused'", file=sys.stderr, flush=True)
+        return None
+    agent = dist.TCPStore(launch.master_addr, launch.master_port, launch.world_size, is_master=False,
+                          timeout=timeout)
+    attempt = dist.PrefixStore(f"ddlc/attempt-{env.get('TORCHELASTIC_RESTART_COUNT', '0')}", agent)
+    # The job's own store lives in rank 0, not in the agent: if torchrun's agent is killed, the workers can still
+    # agree on (and commit) the checkpoint they make before they stop.
+    global _OWN_STORE
+    if launch.rank == 0:
+        store = dist.TCPStore(launch.master_addr, 0, launch.world_size, is_master=True, timeout=timeout,
+                              wait_for_workers=False)
+        attempt.set("store_port", str(store.port))
+    else:
+        port = int(attempt.get("store_port").decode())
+        store = dist.TCPStore(launch.master_addr, port, launch.world_size, is_master=False, timeout=timeout)
+    _OWN_STORE = (store, launch.rank, launch.world_size)
+    return store
+
+
+_OWN_STORE = None  # (store, rank, world size) when rank 0 hosts the job's store: kept alive for the process
+
+
+def _release_own_store(wait_s: float = 30.0) -> None:
+    """Rank 0 hosts the store: it leaves only after every other rank is done with it (bounded wait)."""
+    if _OWN_STORE is None:
+        return
+    store, rank, world = _OWN_STORE
+    try:
+        store.set(f"ddlc/exiting/{rank}", "1")
+        if rank == 0 and world > 1:
+            store.wait([f"ddlc/exiting/{r}" for r in range(1, world)], _dt.timedelta(seconds=wait_s))
+    except Exception:  # a peer that died never says so: leave anyway after the wait
+        pass
 
 
 def horovod_rendezvous() -> None:
@@ -230,6 +286,7 @@ def horovod_rendezvous() -> None:
 
 def shutdown_distributed() -> None:
     if dist.is_initialized():
+        _release_own_store()
         dist.destroy_process_group()
 
 

@@ -13,6 +13,7 @@ from typing import Optional, Sequence
 from ddlc.checkpoint.errors import CheckpointIOError
 from ddlc.config.loader import load_config
 from ddlc.errors import UserError
+from ddlc.runtime.run_identity import resolve_config_path, run_name
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -20,7 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="train.py",
         description="Train with ddlc. Extra arguments are dotted config overrides, e.g. training.max_steps=200.",
     )
-    parser.add_argument("--config", help="YAML config file (default: built-in defaults)")
+    parser.add_argument("--config", help="YAML config file (default: ./config.yaml when present, else built-in defaults)")
     # Launchers pass these; accepted here so train.py runs unchanged under each of them.
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     # `--deepspeed ds_config.json` (as in the runbook) or DeepSpeed's `--deepspeed --deepspeed_config FILE`.
@@ -35,6 +36,24 @@ def _is_rank_zero() -> bool:
         if name in os.environ:
             return os.environ[name] == "0"
     return True
+
+
+def limit_cpu_threads() -> None:
+    """Without OMP_NUM_THREADS, share this machine's cores among the workers on it instead of each taking all.
+
+    torchrun sets OMP_NUM_THREADS=1 itself; a plain `python train.py`, horovodrun or mpirun do not.
+    """
+    if os.environ.get("OMP_NUM_THREADS"):
+        return
+    import torch
+
+    local = 1
+    for name in ("LOCAL_WORLD_SIZE", "HOROVOD_LOCAL_SIZE", "OMPI_COMM_WORLD_LOCAL_SIZE", "SLURM_NTASKS_PER_NODE"):
+        if os.environ.get(name, "").isdigit():
+            local = max(int(os.environ[name]), 1)
+            break
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    torch.set_num_threads(max(1, min(torch.get_num_threads(), cores // local)))
 
 
 def config_arguments(args: argparse.Namespace) -> tuple[Optional[str], list[str]]:
@@ -65,9 +84,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
         check_torch_version(torch.__version__)
         config_path, overrides = config_arguments(args)
+        config_path = resolve_config_path(config_path)
         cfg = load_config(config_path, overrides)
+        if _is_rank_zero():
+            source = f"{config_path}" + (" (found in the working directory)" if args.config is None else "")
+            print(f"ddlc: config {source if config_path else 'built-in defaults (no --config, no ./config.yaml)'}",
+                  flush=True)
+        cfg.monitoring.run_name = run_name(cfg, config_path)  # before any process changes cfg
         if "HOROVOD_RANK" in os.environ and cfg.distributed.strategy == "ddp":
             cfg.distributed.strategy = "horovod"  # started by horovodrun: let Horovod carry the gradients
+        limit_cpu_threads()
         from ddlc.runtime.distributed import detect_launch_env, init_distributed, shutdown_distributed
         from ddlc.runtime.preflight import check_job, worker_device
         from ddlc.runtime.trainer import train

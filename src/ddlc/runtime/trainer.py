@@ -18,7 +18,6 @@ import sys
 import random
 import time
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional
 
@@ -28,6 +27,7 @@ import torch.distributed as dist
 
 from ddlc.checkpoint.checkpointer import Checkpointer
 from ddlc.checkpoint.errors import CheckpointSaveError
+from ddlc.checkpoint.optimizer_guard import check_optimizer_restored, optimizer_state_entries
 from ddlc.checkpoint.shared_location import verify_shared_location
 from ddlc.config.loader import dump_config
 from ddlc.config.schema import Config
@@ -42,6 +42,8 @@ from ddlc.runtime.optim import build_optimizer, build_scheduler
 from ddlc.runtime.parallel import autocast_context, clip_and_measure, gradient_sync, wrap_model
 from ddlc.runtime.precision import configure as configure_precision
 from ddlc.runtime.preemption import PreemptionWatcher
+from ddlc.runtime.run_identity import run_name
+from ddlc.launch import run_files
 
 
 @dataclass
@@ -67,6 +69,7 @@ class TrainResult:
     checkpoint_uri: Optional[str] = None
     resumed_from: Optional[str] = None
     preempted: bool = False
+    already_finished: bool = False  # resumed at (or past) its last step: nothing trained, nothing written
     # For cost and utilization views (ddlc dashboard, ddlc report): what the job ran on.
     instance_type: Optional[str] = None
     node: Optional[str] = None
@@ -75,18 +78,9 @@ class TrainResult:
     extra: dict = field(default_factory=dict)
 
 
-def resolve_run_name(cfg: Config, ctx: DistContext) -> str:
-    """Use the configured name or make one on rank 0 and share it, so all ranks agree."""
-    if cfg.monitoring.run_name:
-        return cfg.monitoring.run_name
-    run_id = os.environ.get("TORCHELASTIC_RUN_ID", "none")
-    if run_id != "none":
-        # Stable across torchrun's elastic restarts, so a restarted job finds its own checkpoints.
-        return f"torchrun-{run_id[:12]}"
-    name = [datetime.now(timezone.utc).strftime("run-%Y%m%d-%H%M%S") if ctx.is_main else None]
-    if dist.is_initialized() and ctx.world_size > 1:
-        dist.broadcast_object_list(name, src=0)
-    return name[0]
+def resolve_run_name(cfg: Config, ctx: Optional[DistContext] = None) -> str:
+    """The configured name, else one derived from the config: every rank computes the same, every launch too."""
+    return run_name(cfg)
 
 
 def seed_everything(seed: int) -> None:
@@ -101,6 +95,8 @@ class Trainer:
     def __init__(self, cfg: Config, ctx: DistContext):
         self.cfg = cfg
         self.ctx = ctx
+        self.run_name = resolve_run_name(cfg, ctx)
+        cfg.monitoring.run_name = self.run_name
         train = cfg.training
         self.plan = plan_batches(train.micro_batch_size, train.global_batch_size, train.grad_accum_steps, ctx.world_size)
         self.corpus = load_corpus(cfg.data, cfg.model.block_size, cfg.model.vocab_size, train.seed)
@@ -175,7 +171,8 @@ class Trainer:
             )
         self.instance_type = cfg.monitoring.instance_type or os.environ.get("DDLC_INSTANCE_TYPE")
         self.metrics = self._training_metrics()
-        self.preemption = PreemptionWatcher(ctx.world_size)
+        # Under a launcher that supervises us (torchrun's agent), its death is a stop request too (#12).
+        self.preemption = PreemptionWatcher(ctx.world_size, watch_parent=ctx.env.launcher in ("torchrun", "deepspeed"))
         self.preempted = False
         self.resumed_from: Optional[str] = None
 
@@ -217,6 +214,7 @@ class Trainer:
             "global_batch_size": self.plan.global_batch_size,
             "scheduler": self.scheduler.state_dict(),
             "run_name": self.run_name,
+            "optimizer_state_entries": optimizer_state_entries(self.optimizer),
         }
 
     def resume(self) -> Optional[dict]:
@@ -226,11 +224,18 @@ class Trainer:
         if not self.cfg.checkpoint.resume:  # a new lineage: never mixed with another run's checkpoints
             self.checkpointer.start_fresh(self.cfg.checkpoint.on_existing)
             return None
+        # Leftover gradients (Horovod's broadcast_optimizer_state leaves zeros) make DCP think the optimizer is
+        # initialised and load no optimizer state at all: start the load from a clean slate.
+        for param in self.model.parameters():
+            param.grad = None
+        if self.engine is not None and hasattr(self.engine, "prepare_resume"):
+            self.engine.prepare_resume()
         restored = self.checkpointer.resume(
             self.model, self.optimizer, check_hashes=self.cfg.checkpoint.verify_on_resume == "sha256"
         )
         if restored is None:
             return None
+        check_optimizer_restored(self.optimizer, restored, self.checkpointer.group, restored.get("checkpoint", ""))
         self.state.step = restored["step"]
         self.state.tokens_seen = restored["tokens_seen"]
         self.scheduler.load_state_dict(restored["scheduler"])
@@ -368,9 +373,16 @@ class Trainer:
         cfg, ctx = self.cfg, self.ctx
         if ctx.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            write_atomic(self.run_dir / CONFIG_FILE, dump_config(cfg))
         restored = self.resume()
         start_step = self.state.step
+        if restored is not None and start_step >= self.last_step:
+            return self._already_finished(start_step)
+        if ctx.is_main:
+            write_atomic(self.run_dir / CONFIG_FILE, dump_config(cfg))
+            run_files.record_workers(self.run_dir)
+            if restored is not None:
+                # Steps after the checkpoint are trained again: their old records would be counted twice.
+                run_files.truncate_metrics(self.run_dir / "metrics.jsonl", start_step)
         logger = MetricsLogger(
             self.run_dir,
             self.total_steps,
@@ -379,6 +391,10 @@ class Trainer:
             log_interval=cfg.training.log_interval,
             start_step=start_step,
         )
+        if restored is not None:
+            logger.event(f"ddlc: resuming run {self.run_name} from step {start_step}")
+        else:
+            logger.event(f"ddlc: starting run {self.run_name}")
         params = self.num_params
         logger.event(
             f"ddlc: run {self.run_name} | {ctx.world_size} x {ctx.device.type} ({ctx.backend}) | "
@@ -406,7 +422,8 @@ class Trainer:
             if self.metrics is not None:
                 self.metrics.close()
         if self.preempted and ctx.is_main:
-            print(f"ddlc: stopped by signal at step {self.state.step}; checkpoint saved", file=sys.stderr, flush=True)
+            print(f"ddlc: run {self.run_name} stopped ({self.preemption.reason()}) at step {self.state.step}; "
+                  "checkpoint saved. Resume: run the same command again", file=sys.stderr, flush=True)
         wall = time.perf_counter() - started
         steps_done = self.state.step - start_step
         result = TrainResult(
@@ -432,7 +449,27 @@ class Trainer:
         result.extra.update(mfu=round(mfu, 4) if mfu is not None else "unknown", mfu_peak=self.mfu.peak.source)
         if ctx.is_main:
             write_summary(self.run_dir, asdict(result))  # validated with the readers' model, written atomically
+            run_files.clear_workers(self.run_dir)
         return result
+
+    def _already_finished(self, step: int) -> TrainResult:
+        """Re-running a finished run: say so, and leave its summary, metrics, config and checkpoints as they are."""
+        if self.checkpointer is not None:
+            self.checkpointer.close()
+        self.preemption.close()
+        if self.metrics is not None:
+            self.metrics.close()
+        if self.ctx.is_main:
+            why = "training.stop_at_step" if self.last_step < self.total_steps else "training.max_steps"
+            print(f"ddlc: run {self.run_name} is already finished: its checkpoint is at step {step} and {why} is "
+                  f"{self.last_step}. Nothing to do (raise {why} to train on, or start over with another run name)",
+                  flush=True)
+        return TrainResult(
+            run_name=self.run_name, run_dir=str(self.run_dir), steps=step, start_step=step, first_loss=None,
+            final_loss=None, tokens_per_second=0.0, wall_time_s=0.0, world_size=self.ctx.world_size,
+            strategy=self.cfg.distributed.strategy, resumed_from=self.resumed_from, already_finished=True,
+            checkpoint_uri=self.checkpointer.store.display() if self.checkpointer else None,
+        )
 
     def run_until(self, last_step: int, logger: MetricsLogger) -> None:
         """Train until `state.step == last_step`, logging every step (reduced once per log interval)."""

@@ -1,5 +1,5 @@
-"""strategy=horovod: `hvd.DistributedOptimizer` around ddlc's AdamW, parameters and optimizer state broadcast from
-rank 0, gradients averaged once per optimizer step (after the last accumulation micro-batch).
+"""strategy=horovod: `hvd.DistributedOptimizer` around ddlc's AdamW, parameters broadcast from rank 0,
+gradients averaged once per optimizer step (after the last accumulation micro-batch).
 
 torch.distributed is initialised as well (see `horovod_rendezvous`), so ddlc's loss reduction and DCP checkpoints
 work unchanged under horovodrun: only gradient sync goes through Horovod.
@@ -44,7 +44,9 @@ class HorovodEngine:
         self.model = model.to(ctx.device)
         optimizer = build_optimizer(self.model, cfg.optimizer)
         hvd.broadcast_parameters(self.model.state_dict(), root_rank=0)
-        hvd.broadcast_optimizer_state(optimizer, root_rank=0)
+        # No hvd.broadcast_optimizer_state: a new optimizer has no state to share (a resumed one is loaded from the
+        # checkpoint on every rank), and that call "initialises" it with a zero-gradient step that decays the
+        # weights once and leaves zero gradients behind, which made DCP restore no optimizer state (issue #13).
         self.optimizer = hvd.DistributedOptimizer(
             optimizer, named_parameters=self.model.named_parameters(), backward_passes_per_step=self.accum,
             op=hvd.Average,
@@ -69,6 +71,30 @@ class HorovodEngine:
                 self.optimizer.step()
         self.optimizer.zero_grad()  # Horovod's override takes no set_to_none (torch's default is True)
         return total, norm, finite
+
+    def prepare_resume(self) -> None:
+        """Give the optimizer the (zero) state that a checkpoint load fills in.
+
+        DCP initialises an empty optimizer itself with `step()` and `zero_grad(set_to_none=True)`; Horovod's step
+        would all-reduce and its zero_grad takes no argument. Here: a zero-lr step of the wrapped class (AdamW
+        itself, no Horovod), after which the load overwrites every value.
+        """
+        optimizer = self.optimizer
+        if any(optimizer.state.values()):
+            return
+        params = [p for group in optimizer.param_groups for p in group["params"] if p.requires_grad]
+        for param in params:
+            param.grad = torch.zeros_like(param)
+        lrs = [group["lr"] for group in optimizer.param_groups]
+        for group in optimizer.param_groups:
+            group["lr"] = 0.0
+        try:
+            super(type(optimizer), optimizer).step()  # Horovod's own pattern for "the wrapped optimizer's step"
+        finally:
+            for group, lr in zip(optimizer.param_groups, lrs):
+                group["lr"] = lr
+            for param in params:
+                param.grad = None
 
     def full_state_dict(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
