@@ -97,3 +97,15 @@ def test_no_credentials_is_one_line_exit_2(tmp_path):
     assert result.returncode == 2
     assert result.stderr.startswith("error: describing stack 'ddlc-prod': no AWS credentials found")
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_connect_dry_run_without_credentials_shows_the_command(tmp_path):
+    """#13: a dry run needs no AWS account; it shows the command and says the head node's id was not looked up."""
+    no_credentials = {"HOME": str(tmp_path), "AWS_CONFIG_FILE": os.devnull, "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+                      "AWS_EC2_METADATA_DISABLED": "true", "AWS_DEFAULT_REGION": REGION}
+    result = ddlc("connect", "--env", "prod", "--dry-run", env=no_credentials, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"aws ssm start-session --target <ddlc-prod HeadNodeId> --region {REGION}"
+    assert "no AWS credentials" in result.stderr and "Traceback" not in result.stderr
+    real = ddlc("connect", "--env", "prod", env=no_credentials, cwd=tmp_path)
+    assert real.returncode == 2 and real.stderr.count("\n") == 1 and "no AWS credentials" in real.stderr

@@ -69,9 +69,16 @@ def connect(
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the command instead of running it."),
 ) -> None:
     """Open a shell on the head node through SSM Session Manager (runs the stack's ConnectCommand)."""
-    from ddlc.infra.discovery import describe_stack
+    from ddlc.infra.discovery import describe_stack, has_aws_credentials
 
     name, region = _target(env, cluster, region)
+    if dry_run and not has_aws_credentials():
+        # A dry run only shows what would run: without credentials the head node's id cannot be looked up, so
+        # show the command's shape and say where the id comes from instead of failing.
+        typer.echo(f"aws ssm start-session --target <{name} HeadNodeId> --region {region}")
+        typer.echo(f"note: no AWS credentials found, so the head node's instance id (stack output HeadNodeId of "
+                   f"{name}) was not looked up", err=True)
+        return
     command = describe_stack(name, region).connect_command
     if dry_run:
         typer.echo(command)

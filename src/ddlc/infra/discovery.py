@@ -93,6 +93,16 @@ def _aws_error(action: str, error: Exception) -> UserError:
     return UserError(f"{action}: {str(error).splitlines()[0] if str(error) else type(error).__name__}")
 
 
+def has_aws_credentials() -> bool:
+    """Whether boto3 finds any credentials (environment, profile, SSO, instance role), without calling AWS."""
+    import boto3
+
+    try:
+        return boto3.session.Session().get_credentials() is not None
+    except BotoCoreError:
+        return False
+
+
 def describe_stack(stack_name: str, region: str) -> StackInfo:
     cloudformation = _client("cloudformation", region)
     try:
