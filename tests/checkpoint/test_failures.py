@@ -1,6 +1,7 @@
 """Failure drills with real processes: kill -9 under elastic restarts, kill -9 during a save, preemption signals."""
 
 import json
+import re
 import signal
 import subprocess
 import time
@@ -153,7 +154,7 @@ def test_sigterm_checkpoints_and_exits_with_preempted_code(tmp_path):
     proc.send_signal(signal.SIGTERM)
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == PREEMPTED_EXIT_CODE, stderr[-3000:]
-    stopped = int(stderr.split("stopped by signal at step ")[1].split(";")[0])
+    stopped = int(re.search(r"stopped \([^)]*\) at step (\d+);", stderr).group(1))
     assert _committed(tmp_path / "spot" / "checkpoints", stopped)
     summary = json.loads((tmp_path / "spot" / "summary.json").read_text())
     assert summary["preempted"] is True and summary["steps"] == stopped
@@ -176,5 +177,5 @@ def test_sigusr1_to_one_rank_stops_every_rank(tmp_path):
     finally:
         _kill_job(proc)
     assert f"exitcode  : {PREEMPTED_EXIT_CODE}" in stderr  # torchrun reports the workers' clean-stop code
-    stopped = int(stderr.split("stopped by signal at step ")[1].split(";")[0])
+    stopped = int(re.search(r"stopped \([^)]*\) at step (\d+);", stderr).group(1))
     assert _committed(tmp_path / "preempt" / "checkpoints", stopped)
