@@ -115,7 +115,7 @@ def test_semantic_bad_input_is_one_line_through_the_console_entry(tmp_path):
         (report + ["--price-table", str(tmp_path)], "price table"),
         (report + ["--price-table", str(digits)], "price table"),
         (report + ["-o", str(a_file / "sub" / "r.md")], "-o: cannot write"),
-        (report + ["-o", str(tmp_path / "r.pdf")], "-o:"),
+        (report + ["-o", str(tmp_path / "r.pdf")], "-o/--output:"),
         (["dashboard", "--runs-dir", str(runs), "--price-table", str(binary), "--port", "0"], "price table"),
         (["dashboard", "export", "--grafana", str(a_file)], "--grafana"),
         (["train", "--dry-run", "training.max_steps=" + "9" * 5000], "training.max_steps"),

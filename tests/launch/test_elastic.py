@@ -92,14 +92,17 @@ def first_attempt(records: list[dict]) -> list[dict]:
 def test_node_dies_job_finishes_on_the_others_and_it_rejoins(hosts, tmp_path):
     name = f"elastic-{int(time.time())}"
     hostfile = hosts.hostfile(count=3, name="three")
+    slow = tmp_path / "slow-while-this-exists"  # the rest of the job then outlasts the recovery and the rejoin
     job = Job(launch_on(hosts, "torchrun", job_args(tmp_path / "p", tmp_path, name, STEPS, *SHAPE), "--min-nodes",
-                        "2", "--rejoin-interval", "1", hostfile=hostfile, wait=False))
+                        "2", "--rejoin-interval", "1", "--env", f"DDLC_TEST_SLOW_WHILE={slow}", hostfile=hostfile,
+                        wait=False))
     checkpoints = tmp_path / name / "checkpoints"
     try:
         job.wait_for(r"\| 3 x cpu")
         while not [s for s in committed(checkpoints) if s >= 2 * INTERVAL]:
             assert job.proc.poll() is None, job.text()[-3000:]
             time.sleep(0.1)
+        slow.touch()
         crashed_at = time.monotonic()
         killed = hosts.crash(2)  # every process on host c, then its link goes down
         assert killed
@@ -118,6 +121,7 @@ def test_node_dies_job_finishes_on_the_others_and_it_rejoins(hosts, tmp_path):
         job.wait_for(r"ddlc launch: node 10\.213\.0\.3 is reachable and healthy at [0-9:]{8} \(lost: ssh connection "
                      r"lost", after=revived_at, timeout=120)
         job.wait_for(r"\| 3 x cpu", after=revived_at)  # part of the job after the next rendezvous
+        slow.unlink()
         code = job.finish()
     finally:
         if job.proc.poll() is None:

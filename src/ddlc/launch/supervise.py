@@ -32,7 +32,7 @@ from ddlc.launch.multinode import SSH, HealthGate, Host, LaunchPlan, probe_hosts
 from ddlc.launch.node_session import DEFAULT_STOP_TIMEOUT_S, NodeSession, Output, stop_sessions
 
 PREEMPTED_EXIT_CODE = 75  # what the workers exit with after a checkpoint on SIGTERM (ddlc.runtime.preemption)
-_PREEMPTED_LINE = re.compile(r"ddlc: stopped by signal at step (\d+)")
+_PREEMPTED_LINE = re.compile(r"ddlc: (?:run \S+ )?stopped (?:by signal|\([^)]*\)) at step (\d+)")
 _FINISH_GRACE_S = 20  # once one node finished the job, how long the others get to finish too (a node still
 # waiting to join a rendezvous when the job ends is stopped then)
 
