@@ -174,7 +174,10 @@ def test_workers_stop_after_a_checkpoint_when_torchrun_is_killed(tmp_path):
         _, alive = psutil.wait_procs(workers, timeout=300)
         assert not alive, f"orphaned workers still running: {alive}"
     finally:
-        for p in [*psutil.Process().children(recursive=True), *workers]:  # orphans are nobody's children
+        # The job runs in its own session: kill what is left of it (orphans are nobody's children), and nothing
+        # else this test process started (moto servers, the CDK's jsii kernel are session fixtures).
+        job_session = [q for q in psutil.process_iter() if _session_of(q.pid) == proc.pid]
+        for p in [*job_session, *workers]:
             try:
                 p.kill()
             except psutil.Error:
@@ -201,3 +204,10 @@ def test_cluster_env_file_gives_torchrun_the_restart_setting(tmp_path):
                            "print(os.environ[\"TORCH_DISABLE_SHARE_RDZV_TCP_STORE\"])'"],
                           capture_output=True, text=True, timeout=60)
     assert proc.stdout.strip() == "1", (line, (tmp_path / "cluster.env").read_text(), proc.stderr)
+
+
+def _session_of(pid: int):
+    try:
+        return os.getsid(pid)
+    except OSError:
+        return None

@@ -93,7 +93,10 @@ class Agreement:
             self.store.wait([f"{self.prefix}/{phase}/decision"], timedelta(seconds=timeout_s))
             decided = self.store.get(f"{self.prefix}/{phase}/decision").decode("utf-8")
         except Exception:  # noqa: BLE001 (nobody decided in time)
-            decided = self.decide(phase, f"rank 0 did not commit within {timeout_s:.0f}s")
+            try:
+                decided = self.decide(phase, f"rank 0 did not commit within {timeout_s:.0f}s")
+            except Exception as exc:  # noqa: BLE001 (the store itself is gone: rank 0 has left)
+                return f"the job's store is unreachable ({type(exc).__name__}): rank 0's commit outcome is unknown"
         if decided != self.CLAIMED:
             return decided
         try:  # claimed: rank 0 is writing COMMIT (small files); its outcome follows
