@@ -35,11 +35,12 @@ import hashlib
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from torchrun_self import relaunch_under_torchrun
 
 CHUNK = 8 << 20
 
@@ -59,10 +60,7 @@ def launch(args: argparse.Namespace) -> int:
     if args.nproc == 1:
         worker(args)
         return 0
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}",
-           __file__, *sys.argv[1:]]
-    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
-    return subprocess.call(cmd, env=env)
+    return relaunch_under_torchrun(__file__, args.nproc)
 
 
 def drop_page_cache() -> bool:

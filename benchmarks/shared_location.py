@@ -13,10 +13,11 @@ import argparse
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
+
+from torchrun_self import relaunch_under_torchrun
 
 
 def parse() -> argparse.Namespace:
@@ -64,6 +65,4 @@ if __name__ == "__main__":
     if "RANK" in os.environ:
         worker(arguments)
     else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={arguments.nproc}",
-               __file__, *sys.argv[1:]]
-        sys.exit(subprocess.call(cmd, env=dict(os.environ, OMP_NUM_THREADS="1")))
+        sys.exit(relaunch_under_torchrun(__file__, arguments.nproc))

@@ -13,11 +13,12 @@ import argparse
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from torchrun_self import relaunch_under_torchrun
 
 DEFAULTS = [
     "model.n_layer=2",
@@ -44,10 +45,7 @@ def parse() -> argparse.Namespace:
 
 
 def launch(args: argparse.Namespace) -> int:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}",
-           __file__, *sys.argv[1:]]
-    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
-    return subprocess.call(cmd, env=env)
+    return relaunch_under_torchrun(__file__, args.nproc)
 
 
 def worker(args: argparse.Namespace) -> None:
