@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 from pathlib import Path
 from typing import Optional
@@ -19,6 +20,15 @@ import psutil
 
 LAUNCHER = "launcher.json"
 WORKERS = "workers.json"
+
+# The line rank 0 prints after a clean stop; `ddlc launch` reads it from the nodes' output to report the step.
+# (The older "stopped by signal at step N" form is still read from nodes running an older ddlc.)
+STOPPED_LINE = re.compile(r"ddlc: (?:run \S+ )?stopped (?:by signal|\([^)]*\)) at step (\d+)")
+
+
+def stopped_line(run_name: str, reason: str, step: int) -> str:
+    return (f"ddlc: run {run_name} stopped ({reason}) at step {step}; checkpoint saved. "
+            "Resume: run the same command again")
 
 
 def process_record(pid: int) -> Optional[dict]:

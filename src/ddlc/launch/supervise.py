@@ -30,9 +30,9 @@ from typing import Callable, Optional, Sequence, TextIO
 from ddlc.errors import UserError
 from ddlc.launch.multinode import SSH, HealthGate, Host, LaunchPlan, probe_hosts
 from ddlc.launch.node_session import DEFAULT_STOP_TIMEOUT_S, NodeSession, Output, stop_sessions
+from ddlc.launch.run_files import STOPPED_LINE
 
 PREEMPTED_EXIT_CODE = 75  # what the workers exit with after a checkpoint on SIGTERM (ddlc.runtime.preemption)
-_PREEMPTED_LINE = re.compile(r"ddlc: (?:run \S+ )?stopped (?:by signal|\([^)]*\)) at step (\d+)")
 _FINISH_GRACE_S = 20  # once one node finished the job, how long the others get to finish too (a node still
 # waiting to join a rendezvous when the job ends is stopped then)
 
@@ -65,7 +65,7 @@ class _Preemption:
         self.step: Optional[int] = None
 
     def __call__(self, host: str, line: str) -> None:
-        match = _PREEMPTED_LINE.search(line)
+        match = STOPPED_LINE.search(line)
         if match:
             self.step = int(match.group(1))
 

@@ -422,8 +422,8 @@ class Trainer:
             if self.metrics is not None:
                 self.metrics.close()
         if self.preempted and ctx.is_main:
-            print(f"ddlc: run {self.run_name} stopped ({self.preemption.reason()}) at step {self.state.step}; "
-                  "checkpoint saved. Resume: run the same command again", file=sys.stderr, flush=True)
+            print(run_files.stopped_line(self.run_name, self.preemption.reason(), self.state.step), file=sys.stderr,
+                  flush=True)
         wall = time.perf_counter() - started
         steps_done = self.state.step - start_step
         result = TrainResult(
