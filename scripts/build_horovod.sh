@@ -19,6 +19,9 @@ if [[ $MODE == gpu ]]; then
 else
     WANT="import horovod.torch"
 fi
+# Horovod is installed below with --no-deps (so pip never touches the pinned torch); its own runtime requirements
+# come in here, first, so that an installed Horovod missing one is repaired rather than rebuilt.
+"$PY" -m pip install -q cloudpickle cffi psutil pyyaml packaging
 if "$PY" -c "$WANT" 2>/dev/null; then
     echo "horovod: already installed ($("$PY" -c 'import horovod; print(horovod.__version__)'), mode $MODE)"
     exit 0
