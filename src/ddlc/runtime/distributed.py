@@ -245,19 +245,30 @@ def attempt_store(launch: LaunchEnv, timeout: _dt.timedelta, env: Mapping[str, s
     return store
 
 
-_OWN_STORE = None  # (store, rank, world size) when rank 0 hosts the job's store: kept alive for the process
+_OWN_STORE = None  # (store, rank, world size) when rank 0 hosts ddlc's own store: kept alive for the process
 
 
-def _release_own_store(wait_s: float = 30.0) -> None:
-    """Rank 0 hosts the store: it leaves only after every other rank is done with it (bounded wait)."""
-    if _OWN_STORE is None:
+def _leave_store_last(wait_s: float = 30.0) -> None:
+    """The process hosting the job's store (rank 0: it hosts the env:// store and ddlc's own one, and on node 0 its
+    agent hosts torchrun's) leaves only after every other rank is done with the store (bounded wait).
+
+    Without this, rank 0 publishes the final checkpoint's commit outcome and exits at once, taking the store with it
+    while another rank is still reading that outcome: that rank saw "Connection reset by peer" and reported a
+    failed final save (exit 74) for a checkpoint that had committed.
+    """
+    try:
+        from torch.distributed.distributed_c10d import _get_default_store
+
+        store, rank, world = _get_default_store(), dist.get_rank(), dist.get_world_size()
+    except Exception:  # noqa: BLE001 (an init method without a store: nothing to keep alive)
         return
-    store, rank, world = _OWN_STORE
+    if world <= 1:
+        return
     try:
         store.set(f"ddlc/exiting/{rank}", "1")
-        if rank == 0 and world > 1:
+        if rank == 0:
             store.wait([f"ddlc/exiting/{r}" for r in range(1, world)], _dt.timedelta(seconds=wait_s))
-    except Exception:  # a peer that died never says so: leave anyway after the wait
+    except Exception:  # noqa: BLE001 (a peer that died never says so; a gone store needs no waiting)
         pass
 
 
@@ -286,7 +297,7 @@ def horovod_rendezvous() -> None:
 
 def shutdown_distributed() -> None:
     if dist.is_initialized():
-        _release_own_store()
+        _leave_store_last()
         dist.destroy_process_group()
 
 
