@@ -183,6 +183,41 @@ def resolve(store: CheckpointStore, which: Optional[str]) -> str:
     return name
 
 
+def plan_on_proof(store: CheckpointStore, entries: list[retention.Entry], keep_last: int,
+                  keep_every: Optional[int] = None, protect: Iterable[str] = (), own_lineages: Optional[set] = None,
+                  proven: Optional[dict] = None) -> tuple[list[retention.Entry], list[retention.Decision]]:
+    """retention.plan, but nothing is deleted on the strength of a checkpoint that only passed a size check.
+
+    A size check cannot see a flipped byte. The newest `keep_last` verified checkpoints are what make deleting
+    the others safe, so before anything is deleted those are SHA-256'd (each at most once: `proven` maps a name
+    to the commit order it was proven at, and is updated), and a corrupt one is counted as such and the plan made
+    again. `proven=None`: the entries' hashes were already checked. Returns (entries, decisions).
+    """
+    def plan(current):
+        return retention.plan(current, keep_last, keep_every, protect=protect, own_lineages=own_lineages)
+
+    decisions = plan(entries)
+    while proven is not None and any(d.delete for d in decisions):
+        mine = [e for e in entries if e.state == retention.VERIFIED
+                and (own_lineages is None or e.lineage in own_lineages)]
+        leaned_on = sorted(mine, key=lambda e: e.order, reverse=True)[:max(keep_last, 1)]
+        corrupt = {}
+        for entry in leaned_on:
+            if proven.get(entry.name) == entry.order:
+                continue
+            result = verify(store, entry.name, check_hashes=True)
+            if result.ok:
+                proven[entry.name] = entry.order
+            else:
+                corrupt[entry.name] = result.summary()
+        if not corrupt:
+            break
+        entries = [dataclasses.replace(e, state=retention.CORRUPT, problem=corrupt[e.name]) if e.name in corrupt
+                   else e for e in entries]
+        decisions = plan(entries)
+    return entries, decisions
+
+
 def prune(store: CheckpointStore, keep_last: int, keep_every: Optional[int] = None, dry_run: bool = False,
           check_hashes: bool = False) -> list[retention.Decision]:
     """Verify every checkpoint (sizes; SHA-256 with check_hashes), then delete what retention allows: never a
@@ -191,25 +226,7 @@ def prune(store: CheckpointStore, keep_last: int, keep_every: Optional[int] = No
     if keep_last < 1:
         raise StorageError(f"--keep-last must be at least 1 (got {keep_last})")
     entries = scan(store, check_hashes=check_hashes)
-    decisions = retention.plan(entries, keep_last, keep_every)
-    # A size check cannot see a flipped byte: before deleting anything on the strength of the checkpoints that
-    # stay, SHA-256 those (only the kept ones, so the cost stays bounded) and plan again if one is corrupt.
-    hashed: set[str] = set()
-    while not check_hashes and any(d.delete for d in decisions):
-        corrupt = {}
-        for decision in decisions:
-            entry = decision.entry
-            if decision.delete or entry.state != retention.VERIFIED or entry.name in hashed:
-                continue
-            hashed.add(entry.name)
-            result = verify(store, entry.name, check_hashes=True)
-            if not result.ok:
-                corrupt[entry.name] = result.summary()
-        if not corrupt:
-            break
-        entries = [dataclasses.replace(e, state=retention.CORRUPT, problem=corrupt[e.name]) if e.name in corrupt
-                   else e for e in entries]
-        decisions = retention.plan(entries, keep_last, keep_every)
+    entries, decisions = plan_on_proof(store, entries, keep_last, keep_every, proven=None if check_hashes else {})
     apply(store, entries, decisions, dry_run)
     return decisions
 

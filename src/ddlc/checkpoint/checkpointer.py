@@ -162,6 +162,7 @@ class Checkpointer:
         self._last_seq: Optional[int] = None
         self.resumed_from: Optional[str] = None  # directory name
         self._known_corrupt: dict[str, str] = {}  # found corrupt at resume: retention need not read them again
+        self._proven: dict[str, tuple] = {}  # name -> commit order, SHA-256 checked (see catalog.plan_on_proof)
 
     def _shared_token(self) -> str:
         token = [uuid.uuid4().hex[:12] if self.rank == 0 else None]
@@ -395,11 +396,16 @@ class Checkpointer:
     def apply_retention(self, just_committed: Optional[str] = None) -> list[str]:
         """Delete what the retention rules allow (retention.py) among this run's checkpoints; `latest` is moved
         first if it named one of them. Returns the deleted directory names."""
+        if just_committed:  # a new checkpoint under the name of one found corrupt at resume (a rerun step)
+            self._known_corrupt.pop(just_committed, None)
         entries = catalog.scan(self.store, known=self._known_corrupt,
                                known_good=[just_committed] if just_committed else [])
+        if just_committed:  # its hashes were computed from the bytes this job wrote
+            self._proven.update({e.name: e.order for e in entries if e.name == just_committed})
         protect = [self.resumed_from] if self.resumed_from else []
-        decisions = retention.plan(entries, self.keep_last, self.keep_every, protect=protect,
-                                   own_lineages={None, self.lineage})
+        entries, decisions = catalog.plan_on_proof(self.store, entries, self.keep_last, self.keep_every,
+                                                   protect=protect, own_lineages={None, self.lineage},
+                                                   proven=self._proven)
         return catalog.apply(self.store, entries, decisions)
 
     def wait(self) -> Optional[SaveStats]:
