@@ -30,9 +30,9 @@ if slow_while:
         return train_step()
 
     trainer.train_step = slowed_step
-trainer.fit()
+result = trainer.fit()
 state = trainer.full_state_dict()
 out.mkdir(parents=True, exist_ok=True)
 torch.save({k: v.detach().cpu().clone() for k, v in state.items()}, out / f"rank{ctx.rank}.pt")
 shutdown_distributed()
-hard_exit(0)
+hard_exit(result.exit_code)  # 75 after a stop: an elastic agent then re-rendezvous

@@ -312,6 +312,8 @@ def plan_launch(
                           workdir or os.getcwd(), dict(env or {}), elastic=elastic, python=python, user_argv=user)
         # Restarted workers must not reuse the agent's store (pytorch/pytorch#135712).
         plan.env["TORCH_DISABLE_SHARE_RDZV_TCP_STORE"] = "1"
+        if elastic.min_nodes < elastic.max_nodes:  # nodes may join mid-job (ddlc.runtime.preemption.let_the_agent_notice)
+            plan.env["DDLC_ELASTIC_NODES"] = f"{elastic.min_nodes}:{elastic.max_nodes}"
         plan.nodes = [plan.torchrun_node(host, rank) for rank, host in enumerate(hosts)]
         return plan
     addr = master_addr or ("127.0.0.1" if hosts[0].is_local else hosts[0].name)

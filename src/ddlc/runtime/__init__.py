@@ -10,6 +10,7 @@ from ddlc.runtime.distributed import (
 )
 from ddlc.runtime.metrics import MetricsLogger, read_metrics
 from ddlc.runtime.model import GPT
+from ddlc.runtime.preemption import PREEMPTED_EXIT_CODE
 from ddlc.runtime.parallel import clip_and_measure, gradient_sync, unwrap, wrap_model
 from ddlc.runtime.trainer import Trainer, TrainResult, train
 
@@ -18,6 +19,7 @@ __all__ = [
     "GPT",
     "LaunchEnv",
     "MetricsLogger",
+    "PREEMPTED_EXIT_CODE",
     "TrainResult",
     "Trainer",
     "clip_and_measure",

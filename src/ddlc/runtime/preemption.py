@@ -70,7 +70,38 @@ class PreemptionWatcher:
             return "its launcher died"
         return "stop requested on another rank"
 
+    @property
+    def stopped_by_peer(self) -> bool:
+        """Stopping only because another rank did (no signal here, this rank's launcher alive)."""
+        return self.requested_by is None and not self.parent_died and int(self._flag[0]) == 1
+
     def close(self) -> None:
         for sig, previous in self._previous.items():
             signal.signal(sig, previous)
         self._previous.clear()
+
+
+AGENT_NOTICE_S = 2.0  # > 2 polls of the agent's monitor loop (`ddlc launch` polls every 0.5 s, bare torchrun 0.1 s)
+
+
+def let_the_agent_notice(seconds: float = AGENT_NOTICE_S) -> None:
+    """Under an elastic torchrun agent, a rank that stopped because a peer did waits a moment before it exits.
+
+    When a node joins a running job, every agent stops its own workers (SIGTERM) for the next rendezvous, each at
+    its next poll. Workers on a node whose agent has not polled yet follow their peers' stop and exit 75 first:
+    that agent then counts a failure (one of --max-restarts spent on a routine rejoin) instead of a membership
+    change. The agent's SIGTERM, with the handlers put back by now, ends this wait: it is restarting us anyway.
+    """
+    import os
+    import sys
+    import time
+
+    # Only where nodes can join mid-job: `ddlc launch --min-nodes` below the host count says so in the workers'
+    # environment. Elsewhere a peer's stop is a plain stop, and the agent stops the job on the first exit.
+    if "DDLC_ELASTIC_NODES" not in os.environ or "TORCHELASTIC_RUN_ID" not in os.environ:
+        return
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    time.sleep(seconds)

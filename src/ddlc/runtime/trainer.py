@@ -41,7 +41,7 @@ from ddlc.runtime.model import GPT
 from ddlc.runtime.optim import build_optimizer, build_scheduler
 from ddlc.runtime.parallel import autocast_context, clip_and_measure, gradient_sync, wrap_model
 from ddlc.runtime.precision import configure as configure_precision
-from ddlc.runtime.preemption import PreemptionWatcher
+from ddlc.runtime.preemption import PreemptionWatcher, let_the_agent_notice
 from ddlc.runtime.run_identity import run_name
 from ddlc.launch import run_files
 
@@ -76,6 +76,15 @@ class TrainResult:
     num_nodes: int = 1
     gpus: int = 0
     extra: dict = field(default_factory=dict)
+
+    @property
+    def exit_code(self) -> int:
+        """What the process should exit with: 75 (PREEMPTED_EXIT_CODE) after a stop on a signal or a peer's stop,
+        else 0. Exit with it from your own script too: an elastic torchrun agent whose workers exit 0 counts the
+        job as finished on that node, waits for the others and never joins the next rendezvous."""
+        from ddlc.runtime.preemption import PREEMPTED_EXIT_CODE
+
+        return PREEMPTED_EXIT_CODE if self.preempted else 0
 
 
 def resolve_run_name(cfg: Config, ctx: Optional[DistContext] = None) -> str:
@@ -450,6 +459,8 @@ class Trainer:
         if ctx.is_main:
             write_summary(self.run_dir, asdict(result))  # validated with the readers' model, written atomically
             run_files.clear_workers(self.run_dir)
+        if self.preempted and self.preemption.stopped_by_peer:
+            let_the_agent_notice()
         return result
 
     def _already_finished(self, step: int) -> TrainResult:
