@@ -182,7 +182,9 @@ GPU_CLUSTER_HEALTH = Dashboard(
             description="Xid and uncorrected ECC errors (Prometheus: in the last hour; locally: since the agent started).",
             series=(Series(
                 "Xid + uncorrected ECC",
-                promql='sum(increase(ddlc_gpu_xid_errors_total[1h])) + sum(increase(ddlc_gpu_ecc_errors_total{type="uncorrected"}[1h]))',
+                # Each side `or vector(0)`: a node without ECC reporting (or without Xid events) still shows 0.
+                promql='(sum(increase(ddlc_gpu_xid_errors_total[1h])) or vector(0))'
+                       ' + (sum(increase(ddlc_gpu_ecc_errors_total{type="uncorrected"}[1h])) or vector(0))',
                 local=LocalSource("host", "ddlc_gpu_xid_errors_total", combine="sum"),
             ),),
             empty_message=NO_GPU, width=6,
