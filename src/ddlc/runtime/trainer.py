@@ -198,6 +198,9 @@ class Trainer:
             host=mon.metrics_host,
             port=rank_metrics_port(mon.metrics_port, self.ctx.local_rank),
             checkpoint_rpo_seconds=self.cfg.checkpoint.rpo_seconds,
+            # Checkpointing off: ddlc_checkpoint_enabled 0, so DDLCCheckpointOverdue stays quiet for this run.
+            checkpoint_enabled=self.checkpointer is not None,
+            linger_s=mon.metrics_linger_s,
         )
 
     def _on_checkpoint_commit(self, stats) -> None:
@@ -416,11 +419,23 @@ class Trainer:
                 raise
             if self.checkpointer is not None:
                 self.checkpointer.close()
+            if self.metrics is not None:
+                # A clean end: ddlc_train_finished 1, and close() below lingers, except after a stop request (the
+                # launcher's grace period is short, and it kills what is still running).
+                self.metrics.finish(linger=not self.preempted)
         finally:
             self.preemption.close()
             logger.close()
+            if self.metrics is not None and not self.metrics.finished:
+                self.metrics.close()  # failed: the endpoint goes at once (DDLCTrainingRankDown)
+        try:
+            return self._result(start_step, started)
+        finally:
             if self.metrics is not None:
-                self.metrics.close()
+                self.metrics.close()  # after monitoring.metrics_linger_s: the last step gets scraped
+
+    def _result(self, start_step: int, started: float) -> TrainResult:
+        cfg, ctx = self.cfg, self.ctx
         if self.preempted and ctx.is_main:
             print(run_files.stopped_line(self.run_name, self.preemption.reason(), self.state.step), file=sys.stderr,
                   flush=True)
