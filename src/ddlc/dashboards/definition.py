@@ -125,6 +125,8 @@ _CW_AGENT_NET = "CWAgent"
 _DDLC_RANK = "DDLC,node,rank,run"
 _DDLC_COST = "DDLC,instance_type,run"
 
+_RATE = "[$__rate_interval]"
+
 GPU_CLUSTER_HEALTH = Dashboard(
     slug="gpu-cluster-health",
     title="GPU cluster health",
@@ -225,9 +227,10 @@ TRAINING_PROGRESS = Dashboard(
         ),
         Panel(
             "throughput", "Throughput", "tokens_per_second",
-            description="Tokens per second of the whole job (sum over ranks).",
+            description="Tokens per second of the whole job (sum over ranks), from the token counters: every step "
+                        "counts, not only the last one before a scrape.",
             series=(Series(
-                "{{run}}", promql="sum by (run) (ddlc_train_tokens_per_second)",
+                "{{run}}", promql=f"sum by (run) (rate(ddlc_train_tokens_total{_RATE}))",
                 cloudwatch=f"SUM({_cw_search(_DDLC_RANK, 'ddlc_train_tokens_per_second')})",
                 local=LocalSource("run", "tokens_per_s"),
             ),),
@@ -281,7 +284,6 @@ TRAINING_PROGRESS = Dashboard(
     ),
 )
 
-_RATE = "[$__rate_interval]"
 NETWORK_PERFORMANCE = Dashboard(
     slug="network-performance",
     title="Network performance",
@@ -380,7 +382,7 @@ COST_TRACKING = Dashboard(
             "cost-per-1m-tokens", "Cost per 1M tokens", "usd", kind="stat", width=6,
             series=(Series(
                 "{{run}}",
-                promql="sum by (run) (ddlc_cost_usd_per_hour) / 3600 / sum by (run) (ddlc_train_tokens_per_second) * 1e6",
+                promql=f"sum by (run) (ddlc_cost_usd_per_hour) / 3600 / sum by (run) (rate(ddlc_train_tokens_total{_RATE})) * 1e6",
                 cloudwatch=f"SUM({_COST_PER_HOUR}) / 3600 / SUM({_cw_search(_DDLC_RANK, 'ddlc_train_tokens_per_second')}) * 1000000",
                 local=LocalSource("cost", "usd_per_1m_tokens"),
             ),),
