@@ -40,7 +40,7 @@ def test_promtool_check_rules(promtool: str, tmp_path: Path) -> None:
     assert path.name == RULES_FILE_NAME
     result = promtool_run(promtool, "check", "rules", str(path), cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 16 rules found" in result.stdout
+    assert "SUCCESS: 18 rules found" in result.stdout
 
 
 def test_every_alert_has_a_firing_and_a_quiet_case() -> None:
@@ -115,7 +115,7 @@ def test_rule_test_series_are_shaped_like_the_exports(tmp_path: Path) -> None:
     ranks = [TrainingMetrics("r", rank=r, world_size=2, node="n", instance_type=None, num_nodes=1) for r in (0, 1)]
     try:
         for metrics in ranks:
-            metrics.observe_step(1, 1.0, 1e-3, 1.0, 0.1, 10, 1)
+            metrics.observe_step(1, 1.0, 1e-3, 1.0, 0.1, 10, 1, compute_seconds=0.05)
             metrics.observe_checkpoint(1, 0.1, True, 0.0)
         samples = collected(registry) | collected(*ranks)
     finally:

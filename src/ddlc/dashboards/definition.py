@@ -238,12 +238,20 @@ TRAINING_PROGRESS = Dashboard(
         ),
         Panel(
             "step-time", "Step time", "seconds",
-            description="Per rank: a rank well above the others is a straggler (DDLCStragglerRank).",
-            series=(Series(
-                "{{run}} rank {{rank}}", promql="ddlc_train_step_seconds",
-                cloudwatch=_cw_search(_DDLC_RANK, "ddlc_train_step_seconds"),
-                local=LocalSource("run", "step_time_s"),
-            ),),
+            description="Per rank. The gradient all-reduce makes every rank's step about as long as the slowest "
+                        "one's; the compute time up to the all-reduce (Prometheus, DDP) singles out a straggler "
+                        "(DDLCStragglerRank).",
+            series=(
+                Series(
+                    "{{run}} rank {{rank}}", promql="ddlc_train_step_seconds",
+                    cloudwatch=_cw_search(_DDLC_RANK, "ddlc_train_step_seconds"),
+                    local=LocalSource("run", "step_time_s"),
+                ),
+                Series(
+                    "{{run}} rank {{rank}} compute",
+                    promql=f"rate(ddlc_train_compute_seconds_total{_RATE}) / rate(ddlc_train_compute_steps_total{_RATE})",
+                ),
+            ),
             empty_message=NO_RUN,
         ),
         Panel(

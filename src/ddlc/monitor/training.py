@@ -116,6 +116,8 @@ class TrainingMetrics:
         self._tokens_total = 0
         self._samples_total = 0
         self._step_time_total = 0.0
+        self._compute_total = 0.0
+        self._compute_steps = 0
         self._checkpoint_ok = 0
         self._checkpoint_failed = 0
         self._checkpoint_last_success = math.nan
@@ -140,10 +142,11 @@ class TrainingMetrics:
 
     def observe_step(
         self, step: int, loss: float, lr: float, grad_norm: float, step_seconds: float, tokens: int, samples: int,
-        mfu: float | None = None,
+        mfu: float | None = None, compute_seconds: float | None = None,
     ) -> None:
         """Record one finished optimizer step of this rank. `tokens`/`samples` are this rank's, in this step;
-        `mfu` is the job's model FLOPs utilization (None: unknown for this GPU)."""
+        `mfu` is the job's model FLOPs utilization (None: unknown for this GPU); `compute_seconds` this rank's time
+        up to the gradient all-reduce (ddlc.runtime.compute_timer; None: not measured)."""
         self._step = step
         self._mfu = math.nan if mfu is None else mfu
         self._loss, self._lr, self._grad_norm = loss, lr, grad_norm
@@ -155,6 +158,9 @@ class TrainingMetrics:
         self._tokens_total += tokens
         self._samples_total += samples
         self._step_time_total += step_seconds
+        if compute_seconds is not None:
+            self._compute_total += compute_seconds
+            self._compute_steps += 1
         self._last_step_at = self._clock()
 
     def observe_checkpoint(self, step: int, duration_s: float, ok: bool, timestamp: float) -> None:
@@ -246,6 +252,10 @@ class TrainingMetrics:
         yield counter("ddlc_train_tokens", "Tokens this rank processed since it started.", self._tokens_total)
         yield counter("ddlc_train_samples", "Samples this rank processed since it started.", self._samples_total)
         yield counter("ddlc_train_step_time_seconds", "Sum of this rank's step times.", self._step_time_total)
+        if self._compute_steps:
+            yield counter("ddlc_train_compute_seconds", "Sum of this rank's compute time up to the gradient all-reduce "
+                          "(before waiting for other ranks).", self._compute_total)
+            yield counter("ddlc_train_compute_steps", "Steps whose compute time was measured.", self._compute_steps)
         yield gauge("ddlc_train_finished", "1 once the run ended cleanly (finished or stopped on request); a rank "
                     "whose endpoint goes away at 0 crashed.", 1 if self.finished else 0)
         if self._step >= 0:

@@ -19,7 +19,7 @@ import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -171,6 +171,12 @@ class Trainer:
             )
         self.instance_type = cfg.monitoring.instance_type or os.environ.get("DDLC_INSTANCE_TYPE")
         self.metrics = self._training_metrics()
+        # Per-rank compute time up to the gradient all-reduce, for the straggler rule (DDP only; with an endpoint).
+        self.compute_timer = None
+        if self.metrics is not None and self.engine is None:
+            from ddlc.runtime.compute_timer import ComputeTimer
+
+            self.compute_timer = ComputeTimer(self.model, ctx.device)
         # Under a launcher that supervises us (torchrun's agent), its death is a stop request too (#12).
         self.preemption = PreemptionWatcher(ctx.world_size, watch_parent=ctx.env.launcher in ("torchrun", "deepspeed"))
         self.preempted = False
@@ -489,14 +495,19 @@ class Trainer:
     def run_until(self, last_step: int, logger: MetricsLogger) -> None:
         """Train until `state.step == last_step`, logging every step (reduced once per log interval)."""
         interval = self.cfg.training.log_interval
-        pending: list[tuple[int, float, float, torch.Tensor, torch.Tensor, bool]] = []
+        # (step, lr, seconds, loss, grad norm, skipped, compute-timer marks)
+        pending: list[tuple[int, float, float, torch.Tensor, torch.Tensor, bool, Any]] = []
+        timer = self.compute_timer
         self.model.train()
         last = interval_started = time.perf_counter()
         while self.state.step < last_step:
             lr = self.scheduler.get_last_lr()[0]
+            if timer is not None:
+                timer.start_step()
             loss, grad_norm = self.train_step()
             now = time.perf_counter()
-            pending.append((self.state.step, lr, now - last, loss, grad_norm, self.last_skipped))
+            marks = timer.end_step() if timer is not None else None
+            pending.append((self.state.step, lr, now - last, loss, grad_norm, self.last_skipped, marks))
             last = now
             stop = self.preemption.should_stop()
             if self.state.step % interval == 0 or self.state.step == last_step or stop:
@@ -506,9 +517,10 @@ class Trainer:
                     torch.cuda.synchronize(self.ctx.device)
                     now = time.perf_counter()
                     share = (now - interval_started) / len(pending)
-                    pending = [(s, lr_, share, l, g) for s, lr_, _, l, g in pending]
+                    pending = [(p[0], p[1], share, *p[3:]) for p in pending]
                     last = interval_started = now
-                for record in self._reduce(pending):
+                computes = [timer.seconds(p[6]) if timer is not None else None for p in pending]
+                for record, compute_s in zip(self._reduce(pending), computes):
                     self.first_loss = record["loss"] if self.first_loss is None else self.first_loss
                     self.final_loss = record["loss"]
                     logger.log(record)
@@ -516,7 +528,7 @@ class Trainer:
                         share = self.plan.micro_batch_size * self.plan.grad_accum_steps  # this rank's samples
                         self.metrics.observe_step(record["step"], record["loss"], record["lr"], record["grad_norm"],
                                                   record["step_time_s"], share * self.cfg.model.block_size, share,
-                                                  mfu=record["mfu"])
+                                                  mfu=record["mfu"], compute_seconds=compute_s)
                 if self.metrics is not None:
                     self.metrics.publish()  # the rank endpoint serves this snapshot until the next log step
                 pending.clear()
@@ -536,7 +548,7 @@ class Trainer:
         losses = losses.tolist()
         norms = torch.stack([p[4] for p in pending]).float().tolist()
         records = []
-        for (step, lr, seconds, _, _, skipped), loss, norm in zip(pending, losses, norms):
+        for (step, lr, seconds, _, _, skipped, _), loss, norm in zip(pending, losses, norms):
             records.append(
                 {
                     **({"skipped": True} if skipped else {}),  # non-finite: no update was applied
