@@ -20,7 +20,7 @@ ISSUE_ALERTS = {  # the alerts issue #6 asks for, plus the extras documented in 
     "DDLCCheckpointFailed", "DDLCTrainingRankDown",
 }
 # Tested with what the ranks export, scrape by scrape (tests/monitor/test_training_alerts.py), not in the YAML.
-EXPORTER_DRIVEN = {"DDLCCheckpointFailed", "DDLCTrainingRankDown"}
+EXPORTER_DRIVEN = {"DDLCCheckpointFailed", "DDLCTrainingRankDown", "DDLCTrainingStalled"}
 
 
 def promtool_run(promtool: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:

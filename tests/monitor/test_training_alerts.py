@@ -107,3 +107,44 @@ def test_a_crashed_rank_alerts_and_a_finished_one_does_not(promtool: str, tmp_pa
         {"eval_time": "30m", "alertname": "DDLCTrainingRankDown", "exp_alerts": []},  # 15 minutes on: resolved
     ])
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_training_stalled_respects_the_log_interval(promtool: str, tmp_path: Path) -> None:
+    # "slow": 60 s steps logged every 20 steps, so its series move every 20 minutes; healthy all along.
+    # "fast": 1 s steps logged every 10 steps (every 10 s; the recording keeps one scrape a minute), until it
+    # hangs after minute 30. "slow-hung": like "slow", hangs after minute 40 (3 log intervals = 60 minutes).
+    clock = Clock()
+    slow = rank("slow", 0, clock, log_interval=20)
+    fast = rank("fast", 0, clock, log_interval=10)
+    slow_hung = rank("slow-hung", 0, clock, log_interval=20)
+    recording = Recording()
+    steps = {"slow": 0, "fast": 0, "slow-hung": 0}
+    for minute in range(131):
+        clock.now = 60.0 * minute
+        for name, metrics, interval, seconds, until in (
+            ("slow", slow, 20, 60.0, 999), ("slow-hung", slow_hung, 20, 60.0, 40), ("fast", fast, 10, 1.0, 30),
+        ):
+            if minute == 0 or minute > until:
+                continue
+            logs = 60 // (interval * seconds) if seconds < 60 else (1 if minute % interval == 0 else 0)
+            for _ in range(int(logs)):
+                for _ in range(interval):
+                    steps[name] += 1
+                    metrics.observe_step(steps[name], 2.0, 1e-3, 1.0, seconds, 1000, 1)
+                metrics.publish()
+        for instance, metrics in (("n0:9500", slow), ("n0:9501", fast), ("n0:9502", slow_hung)):
+            recording.scrape(minute, metrics, job="ddlc-train", instance=instance)
+
+    def fired(run: str, instance: str) -> dict:
+        return {"exp_labels": {"severity": "critical", "run": run, "rank": "0", "node": "n0", "job": "ddlc-train",
+                               "instance": instance},
+                "exp_annotations": {"summary": f"run {run} rank 0 finished no step for 3 log intervals (at least "
+                                               "20 minutes)"}}
+    result = run_rule_test(promtool, tmp_path, rules_text(), recording, alert_tests=[
+        {"eval_time": "45m", "alertname": "DDLCTrainingStalled", "exp_alerts": []},  # fast: 15 min quiet, pending
+        {"eval_time": "51m", "alertname": "DDLCTrainingStalled", "exp_alerts": [fired("fast", "n0:9501")]},
+        {"eval_time": "100m", "alertname": "DDLCTrainingStalled", "exp_alerts": [fired("fast", "n0:9501")]},
+        {"eval_time": "106m", "alertname": "DDLCTrainingStalled",
+         "exp_alerts": [fired("fast", "n0:9501"), fired("slow-hung", "n0:9502")]},
+    ])
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -83,6 +83,7 @@ class TrainingMetrics:
         price_table: Path | str | None = None,
         clock: Callable[[], float] = time.time,
         linger_s: float = 0.0,
+        log_interval: int = 1,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         """checkpoint_enabled=False: the job saves no checkpoints (ddlc_checkpoint_enabled 0: no overdue alert)."""
@@ -92,6 +93,8 @@ class TrainingMetrics:
             raise UserError(f"num_nodes must be at least 1, got {num_nodes}")
         if not checkpoint_rpo_seconds > 0:
             raise UserError(f"checkpoint recovery point objective must be positive, got {checkpoint_rpo_seconds}")
+        if log_interval < 1:
+            raise UserError(f"log interval must be at least 1 step, got {log_interval}")
         if not linger_s >= 0:
             raise UserError(f"metrics linger must be zero or more seconds, got {linger_s}")
         self.run, self.rank, self.world_size, self.node = run, rank, world_size, node
@@ -100,6 +103,7 @@ class TrainingMetrics:
         self.checkpoint_rpo_seconds = float(checkpoint_rpo_seconds)
         self.checkpoint_enabled = bool(checkpoint_enabled)
         self.linger_s = float(linger_s)
+        self.log_interval = int(log_interval)
         self._sleep = sleep
         self.finished_at: float | None = None
         self.hourly_usd = hourly_price(self.instance_type, load_price_table(price_table))
@@ -269,6 +273,8 @@ class TrainingMetrics:
             yield gauge("ddlc_train_mfu_ratio", "Model FLOPs utilization of the job in the last step (0-1; NaN: "
                         "peak unknown for this GPU, see ddlc/runtime/mfu.py).", self._mfu)
             yield gauge("ddlc_train_last_step_timestamp_seconds", "When the last step finished.", self._last_step_at)
+            yield gauge("ddlc_train_log_interval_steps", "Steps between two publishes of these series "
+                        "(training.log_interval): they move once per log interval.", self.log_interval)
 
         if self._checkpoint_ok or self._checkpoint_failed or (self.rank == 0 and self.checkpoint_enabled):
             results = CounterMetricFamily("ddlc_checkpoints", "Checkpoint saves by result.", labels=rank_labels + ["result"])

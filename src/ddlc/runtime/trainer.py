@@ -207,6 +207,7 @@ class Trainer:
             # Checkpointing off: ddlc_checkpoint_enabled 0, so DDLCCheckpointOverdue stays quiet for this run.
             checkpoint_enabled=self.checkpointer is not None,
             linger_s=mon.metrics_linger_s,
+            log_interval=self.cfg.training.log_interval,
         )
 
     def _on_checkpoint_commit(self, stats) -> None:
