@@ -126,6 +126,9 @@ _DDLC_RANK = "DDLC,node,rank,run"
 _DDLC_COST = "DDLC,instance_type,run"
 
 _RATE = "[$__rate_interval]"
+# Stat and bar panels read the last value in the dashboard's range: a finished run's series are stale minutes after
+# its end, and an instant query would drop it.
+_LAST = "[$__range]"
 
 GPU_CLUSTER_HEALTH = Dashboard(
     slug="gpu-cluster-health",
@@ -275,7 +278,7 @@ TRAINING_PROGRESS = Dashboard(
         Panel(
             "step", "Step", "count", kind="stat", width=6,
             series=(Series(
-                "{{run}}", promql="max by (run) (ddlc_train_step)",
+                "{{run}}", promql=f"max by (run) (last_over_time(ddlc_train_step{_LAST}))",
                 cloudwatch=f"MAX({_cw_search(_DDLC_RANK, 'ddlc_train_step', 'Maximum')})",
                 local=LocalSource("run", "step"),
             ),),
@@ -284,7 +287,8 @@ TRAINING_PROGRESS = Dashboard(
         Panel(
             "tokens-seen", "Tokens seen", "count", kind="stat", width=6,
             series=(Series(
-                "{{run}}", promql="sum by (run) (ddlc_train_tokens_total)",
+                # Across resumes (the per-rank counters restart with each attempt).
+                "{{run}}", promql=f"max by (run) (last_over_time(ddlc_train_tokens_seen{_LAST}))",
                 local=LocalSource("run", "tokens_seen"),
             ),),
             empty_message=NO_RUN,
@@ -371,9 +375,10 @@ COST_TRACKING = Dashboard(
     panels=(
         Panel(
             "cost-total", "Cost so far", "usd", kind="stat", width=6,
-            description="Hourly price x nodes x wall hours since the job started.",
+            description="Hourly price x nodes x wall hours since the run began (earlier attempts of a resumed run "
+                        "included, up to the checkpoint it resumed from).",
             series=(Series(
-                "{{run}}", promql="sum by (run) (ddlc_cost_usd_total)",
+                "{{run}}", promql=f"max by (run) (last_over_time(ddlc_run_cost_usd{_LAST}))",
                 # USD/hour gauge integrated over the dashboard's time range (5-minute periods).
                 cloudwatch=f"RUNNING_SUM(SUM({_COST_PER_HOUR}) * 300 / 3600)",
                 local=LocalSource("cost", "usd_total"),
@@ -410,7 +415,7 @@ COST_TRACKING = Dashboard(
         Panel(
             "cost-over-time", "Cost so far over time", "usd",
             series=(Series(
-                "{{run}}", promql="sum by (run) (ddlc_cost_usd_total)",
+                "{{run}}", promql="max by (run) (ddlc_run_cost_usd)",
                 cloudwatch=f"RUNNING_SUM(SUM({_COST_PER_HOUR}) * 300 / 3600)",
                 local=LocalSource("cost", "usd_total"),
             ),),
@@ -434,7 +439,7 @@ COST_TRACKING = Dashboard(
         Panel(
             "cost-by-run", "Cost by run", "usd", kind="bar", width=9,
             series=(Series(
-                "{{run}}", promql="sum by (run) (ddlc_cost_usd_total)",
+                "{{run}}", promql=f"max by (run) (last_over_time(ddlc_run_cost_usd{_LAST}))",
                 local=LocalSource("cost", "usd_by_run"),
             ),),
             empty_message=NO_RUN,
@@ -444,8 +449,9 @@ COST_TRACKING = Dashboard(
             description="A run's cost split evenly over its nodes, summed per node.",
             series=(Series(
                 "{{node}}",
-                promql="sum by (node) (group by (run, node) (ddlc_train_steps_total) * on (run) group_left () "
-                       "(max by (run) (ddlc_cost_usd_total) / max by (run) (ddlc_train_nodes)))",
+                promql=f"sum by (node) (group by (run, node) (last_over_time(ddlc_train_steps_total{_LAST})) "
+                       f"* on (run) group_left () (max by (run) (last_over_time(ddlc_run_cost_usd{_LAST})) "
+                       f"/ max by (run) (last_over_time(ddlc_train_nodes{_LAST}))))",
                 local=LocalSource("cost", "usd_by_node"),
             ),),
             empty_message=NO_RUN,

@@ -121,6 +121,8 @@ class TrainingMetrics:
         self._samples_total = 0
         self._step_time_total = 0.0
         self._compute_total = 0.0
+        self._tokens_seen = -1  # the job's, across resumes; -1: not known yet
+        self.prior_cost_usd = 0.0  # cost of the run's earlier attempts, from the checkpoint it resumed from
         self._compute_steps = 0
         self._checkpoint_ok = 0
         self._checkpoint_failed = 0
@@ -146,12 +148,15 @@ class TrainingMetrics:
 
     def observe_step(
         self, step: int, loss: float, lr: float, grad_norm: float, step_seconds: float, tokens: int, samples: int,
-        mfu: float | None = None, compute_seconds: float | None = None,
+        mfu: float | None = None, compute_seconds: float | None = None, tokens_seen: int | None = None,
     ) -> None:
         """Record one finished optimizer step of this rank. `tokens`/`samples` are this rank's, in this step;
         `mfu` is the job's model FLOPs utilization (None: unknown for this GPU); `compute_seconds` this rank's time
-        up to the gradient all-reduce (ddlc.runtime.compute_timer; None: not measured)."""
+        up to the gradient all-reduce (ddlc.runtime.compute_timer; None: not measured); `tokens_seen` the whole job's
+        tokens since the run began, across resumes (the trainer state's; rank 0 exports it)."""
         self._step = step
+        if tokens_seen is not None:
+            self._tokens_seen = tokens_seen
         self._mfu = math.nan if mfu is None else mfu
         self._loss, self._lr, self._grad_norm = loss, lr, grad_norm
         self._step_seconds = step_seconds
@@ -220,6 +225,16 @@ class TrainingMetrics:
 
     # -- read at scrape time ------------------------------------------------------------------------------
 
+    def resumed(self, prior_cost_usd: float | None) -> None:
+        """The run continues from a checkpoint that recorded `prior_cost_usd` (the run's cost when it was saved;
+        None: an older checkpoint without it)."""
+        if prior_cost_usd is not None and math.isfinite(prior_cost_usd) and prior_cost_usd > 0:
+            self.prior_cost_usd = float(prior_cost_usd)
+
+    def run_cost_usd(self) -> float:
+        """The run's cost across its attempts: what the checkpoint carried + this attempt's cost so far."""
+        return self.prior_cost_usd + self.cost_usd()
+
     def cost_usd(self) -> float:
         until = self.finished_at if self.finished_at is not None else self._clock()
         return estimate_cost_usd(self.hourly_usd, self.num_nodes, until - self.started_at)
@@ -235,7 +250,12 @@ class TrainingMetrics:
             "ddlc_cost_usd", "Estimated cost so far: hourly price x nodes x wall time.", labels=["run", "instance_type"]
         )
         cost.add_metric([self.run, self.instance_type], self.cost_usd())
-        yield cost
+        run_cost = GaugeMetricFamily(
+            "ddlc_run_cost_usd", "Estimated cost of the run since it began, across resumes (carried in the checkpoint).",
+            labels=["run", "instance_type"],
+        )
+        run_cost.add_metric([self.run, self.instance_type], self.run_cost_usd())
+        yield from (cost, run_cost)
 
     def _snapshot_families(self) -> Iterator[Metric]:
         rank_labels = ["run", "rank", "node"]
@@ -302,3 +322,8 @@ class TrainingMetrics:
         price = GaugeMetricFamily("ddlc_cost_usd_per_hour", "Price of the job's instances per hour.", labels=["run", "instance_type"])
         price.add_metric([self.run, self.instance_type], self.hourly_usd * self.num_nodes)
         yield from (job, nodes, enabled, rpo, price)
+        if self._tokens_seen >= 0:
+            seen = GaugeMetricFamily("ddlc_train_tokens_seen", "Tokens the job trained on since the run began, across "
+                                     "resumes (the counters restart with each attempt).", labels=["run"])
+            seen.add_metric([self.run], self._tokens_seen)
+            yield seen

@@ -225,6 +225,8 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "run_name": self.run_name,
             "optimizer_state_entries": optimizer_state_entries(self.optimizer),
+            # The run's cost so far, so a resumed run's cost continues (ddlc_run_cost_usd); None without metrics.
+            "cost_usd": self.metrics.run_cost_usd() if self.metrics is not None else None,
         }
 
     def resume(self) -> Optional[dict]:
@@ -251,6 +253,8 @@ class Trainer:
         self.scheduler.load_state_dict(restored["scheduler"])
         self.sampler.rebase(restored["step"], restored["samples_seen"])
         self.resumed_from = restored["checkpoint"]
+        if self.metrics is not None:
+            self.metrics.resumed(restored.get("cost_usd"))
         return restored
 
     def save_checkpoint(self, blocking: bool, final: bool = False) -> None:
@@ -529,7 +533,8 @@ class Trainer:
                         share = self.plan.micro_batch_size * self.plan.grad_accum_steps  # this rank's samples
                         self.metrics.observe_step(record["step"], record["loss"], record["lr"], record["grad_norm"],
                                                   record["step_time_s"], share * self.cfg.model.block_size, share,
-                                                  mfu=record["mfu"], compute_seconds=compute_s)
+                                                  mfu=record["mfu"], compute_seconds=compute_s,
+                                                  tokens_seen=record["tokens_seen"])
                 if self.metrics is not None:
                     self.metrics.publish()  # the rank endpoint serves this snapshot until the next log step
                 pending.clear()
