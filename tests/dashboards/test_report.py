@@ -91,6 +91,9 @@ def prometheus(tmp_path_factory):
     lines.append("# TYPE ddlc_cost_usd counter")
     lines += [f'ddlc_cost_usd_total{{run="week-run",instance_type="p4d.24xlarge"}} {(t - samples[0]) / 3600 * 32.7726:.4f} {t}'
               for t in samples]
+    lines.append("# TYPE ddlc_run_cost_usd gauge")  # what rank 0 exports with the counter: the run's cost across resumes
+    lines += [f'ddlc_run_cost_usd{{run="week-run",instance_type="p4d.24xlarge"}} {(t - samples[0]) / 3600 * 32.7726:.4f} {t}'
+              for t in samples]
     lines.append("# EOF")
     source = workdir / "backfill.om"
     source.write_text("\n".join(lines) + "\n")

@@ -33,14 +33,19 @@ def agent_metrics(config: dict) -> set[tuple[str, str, frozenset]]:
     return published
 
 
-def exported_by_training_ranks() -> set[str]:
-    """Sample names a training rank's Prometheus endpoint serves after a checkpoint (ddlc.monitor.training)."""
+def exported_by_training_ranks() -> dict[str, set[str]]:
+    """Sample names a training rank's Prometheus endpoint serves after a checkpoint (ddlc.monitor.training), with
+    their label names."""
     from ddlc.monitor.training import TrainingMetrics
 
     metrics = TrainingMetrics("run", 0, 1, "node", None, 1, port=None)
     metrics.observe_step(1, 1.0, 1e-3, 1.0, 0.1, 100, 4)
     metrics.observe_checkpoint(1, 0.5, True, 1.7e9)
-    return {sample.name for family in metrics.registry.collect() for sample in family.samples}
+    exported: dict[str, set[str]] = {}
+    for family in metrics.registry.collect():
+        for sample in family.samples:
+            exported.setdefault(sample.name, set()).update(sample.labels)
+    return exported
 
 
 def scraped_metrics(config: dict, scrape_yaml: str) -> set[tuple[str, str, frozenset]]:
@@ -61,10 +66,11 @@ def scraped_metrics(config: dict, scrape_yaml: str) -> set[tuple[str, str, froze
         assert selected_jobs, f"no scrape job matches {declaration['label_matcher']}"
         for job_name in selected_jobs:
             labels = set().union(*(static.get("labels", {}) for static in jobs[job_name]["static_configs"]))
-            for metric in exported:
+            for metric, metric_labels in exported.items():
                 if any(re.fullmatch(selector, metric) for selector in declaration["metric_selectors"]):
                     for dims in declaration["dimensions"]:
-                        assert set(dims) <= labels, f"{metric}: dimension {dims} is not a label of job {job_name}"
+                        assert set(dims) <= labels | metric_labels, \
+                            f"{metric}: dimension {dims} is neither a label of job {job_name} nor of the metric"
                         published.add((emf["metric_namespace"], metric, frozenset(dims)))
     return published
 

@@ -55,7 +55,7 @@ def prometheus_tool(name: str) -> str:
 class PrometheusServer:
     """A real Prometheus process on 127.0.0.1 with its config and TSDB in a temporary directory."""
 
-    def __init__(self, binary: str, workdir: Path, config: dict[str, Any]) -> None:
+    def __init__(self, binary: str, workdir: Path, config: dict[str, Any], extra_args: tuple[str, ...] = ()) -> None:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         config_path = workdir / "prometheus.yml"
@@ -69,6 +69,7 @@ class PrometheusServer:
                 f"--storage.tsdb.path={workdir / 'tsdb'}",
                 f"--web.listen-address=127.0.0.1:{self.port}",
                 "--web.enable-lifecycle",
+                *extra_args,
             ],
             stdout=self._log,
             stderr=subprocess.STDOUT,

@@ -35,10 +35,10 @@ def exported_names(tmp_path: Path) -> set[str]:
         "rdma_read_resp_bytes", "rdma_write_recv_bytes")})
     registry, gpus = build_node_registry("n", tmp_path, tmp_path / "ib", nvml=StandInNvml())
     metrics = TrainingMetrics("r", rank=0, world_size=1, node="n", instance_type=None, num_nodes=1)
-    metrics.observe_step(1, 1.0, 1e-3, 1.0, 0.1, 10, 1)
+    metrics.observe_step(1, 1.0, 1e-3, 1.0, 0.1, 10, 1, compute_seconds=0.05, tokens_seen=10)
     metrics.observe_checkpoint(1, 0.1, True, 0.0)
     try:
-        gpus._xid_counts[("0", 79)] = 1  # an Xid seen, so its counter is exported too
+        gpus.xids.record("0", 79)  # an Xid seen
         health = HealthMonitor("n", run=lambda: [HealthResult("gpus", True, "1 of 1 GPUs visible")])
         health.run_once()  # `ddlc agent --health-interval` registers this collector too
         names = {name for name, _ in collected(registry)} | {name for name, _ in collected(metrics)}

@@ -139,20 +139,23 @@ def test_nvml_values_map_to_metrics() -> None:
     assert nvml.shut_down
 
 
-def test_xid_events_are_counted_per_gpu_and_code() -> None:
+def test_xid_events_are_counted_per_gpu_from_zero() -> None:
     nvml = StandInNvml()
     collector = GpuCollector("n1", nvml=nvml)
     try:
+        key0 = ("ddlc_gpu_xid_errors_total", frozenset({("node", "n1"), ("gpu", "0")}))
+        key1 = ("ddlc_gpu_xid_errors_total", frozenset({("node", "n1"), ("gpu", "1")}))
+        before = collected(collector)
+        assert before[key0] == 0 and before[key1] == 0  # both watched GPUs, before any event
         nvml.events.put(SimpleNamespace(device="dev1", eventData=79))
         nvml.events.put(SimpleNamespace(device="dev1", eventData=79))
         nvml.events.put(SimpleNamespace(device="dev0", eventData=48))
-        key79 = ("ddlc_gpu_xid_errors_total", frozenset({("node", "n1"), ("gpu", "1"), ("xid", "79")}))
-        key48 = ("ddlc_gpu_xid_errors_total", frozenset({("node", "n1"), ("gpu", "0"), ("xid", "48")}))
         deadline = time.monotonic() + 5
-        while key48 not in collected(collector) and time.monotonic() < deadline:  # events are handled in order
+        while collected(collector)[key0] == 0 and time.monotonic() < deadline:  # events are handled in order
             time.sleep(0.02)
         samples = collected(collector)
-        assert samples[key79] == 2
-        assert samples[key48] == 1
+        assert samples[key1] == 2
+        assert samples[key0] == 1
+        assert samples[("ddlc_gpu_last_xid", frozenset({("node", "n1"), ("gpu", "0")}))] == 48
     finally:
         collector.close()

@@ -49,7 +49,11 @@ def test_targets_cover_agents_and_every_rank() -> None:
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
     assert [g["targets"] for g in jobs["ddlc-agent"]["static_configs"]] == [["a:9400"], ["b:9400"]]
     assert [g["targets"] for g in jobs["ddlc-train"]["static_configs"]] == [["a:9500", "a:9501"], ["b:9500"]]
-    assert [g["labels"] for g in jobs["ddlc-train"]["static_configs"]] == [{"node": "a"}, {"node": "b"}]
+    assert all("labels" not in g for job in jobs.values() for g in job["static_configs"])  # node: the samples' own
+    assert config["alerting"] == {"alertmanagers": [{"static_configs": [{"targets": ["localhost:9093"]}]}]}
+    assert "alerting" not in build_prometheus_config([HostEntry("a")], alertmanagers=())
+    with pytest.raises(UserError, match="alertmanager 'am' is not host:port"):
+        build_prometheus_config([HostEntry("a")], alertmanagers=["am"])
     assert config["rule_files"] == ["r.yml"]
     only_agents = build_prometheus_config([HostEntry("a", 2)], train_port=None)
     assert [job["job_name"] for job in only_agents["scrape_configs"]] == ["ddlc-agent"]
@@ -75,6 +79,13 @@ def test_cli_prometheus_config_and_rules(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     config = yaml.safe_load(result.stdout)
     assert config["scrape_configs"][1]["static_configs"][0]["targets"] == ["worker-1:9500", "worker-1:9501"]
+    assert config["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"] == ["localhost:9093"]
+    result = runner.invoke(app, ["monitor", "prometheus-config", "--hostfile", str(hostfile),
+                                 "--alertmanager", "head:9093", "--alertmanager", "backup:9093"])
+    targets = yaml.safe_load(result.stdout)["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"]
+    assert result.exit_code == 0 and targets == ["head:9093", "backup:9093"]
+    result = runner.invoke(app, ["monitor", "prometheus-config", "--hostfile", str(hostfile), "--no-alertmanager"])
+    assert result.exit_code == 0 and "alerting" not in yaml.safe_load(result.stdout)
 
     out = tmp_path / "prom.yml"
     result = runner.invoke(app, ["monitor", "prometheus-config", "--hostfile", str(hostfile), "-o", str(out), "--no-training"])

@@ -128,7 +128,7 @@ def test_rules_load_and_evaluate(stack) -> None:
     server, _, _ = stack
     groups = server.api("rules")["groups"]
     rules = [rule for group in groups for rule in group["rules"]]
-    assert len(rules) == 10
+    assert len(rules) == 18  # alerts and recording rules of ddlc-alerts.yml
     server.wait_for(lambda: all(r.get("lastEvaluation", "").startswith("20") for r in
                                  (rule for g in server.api("rules")["groups"] for rule in g["rules"])), "rules evaluated")
     unhealthy = [r["name"] for g in server.api("rules")["groups"] for r in g["rules"] if r["health"] != "ok"]

@@ -66,13 +66,22 @@ def prometheus_config(
     no_training: bool = typer.Option(False, "--no-training", help="Scrape only the node agents."),
     scrape_interval: str = typer.Option("15s", help="Prometheus scrape and rule evaluation interval."),
     rules: list[str] = typer.Option([], "--rules", help="Rule file(s) for Prometheus to load (repeatable)."),
+    alertmanager: list[str] = typer.Option(
+        [], "--alertmanager", help="host:port of an Alertmanager to send alerts to (repeatable; default localhost:9093)."
+    ),
+    no_alertmanager: bool = typer.Option(False, "--no-alertmanager", help="No `alerting:` block."),
 ) -> None:
     """Write a prometheus.yml scraping every node's agent and training ranks."""
-    from ddlc.monitor.prometheus_config import build_prometheus_config, parse_hostfile, render_prometheus_config
+    from ddlc.monitor.prometheus_config import (
+        DEFAULT_ALERTMANAGER, build_prometheus_config, parse_hostfile, render_prometheus_config,
+    )
 
+    if no_alertmanager and alertmanager:
+        raise UserError("--alertmanager and --no-alertmanager contradict each other")
     config = build_prometheus_config(
         parse_hostfile(hostfile), agent_port=agent_port, train_port=None if no_training else train_port,
         scrape_interval=scrape_interval, rule_files=rules,
+        alertmanagers=() if no_alertmanager else (alertmanager or [DEFAULT_ALERTMANAGER]),
     )
     _emit(render_prometheus_config(config), output)
 

@@ -181,6 +181,9 @@ class MonitoringConfig(Section):
     # Prometheus endpoint per rank at metrics_port + local_rank (0: ephemeral); None: no endpoint.
     metrics_port: Optional[Int] = Field(default=None, ge=0, le=65535)
     metrics_host: str = "127.0.0.1"
+    # After a clean end, the endpoint stays up this long so Prometheus scrapes the last step: at least two scrape
+    # intervals (35 s covers the generated config's default 15 s).
+    metrics_linger_s: Float = Field(default=35.0, ge=0, le=3600)
     # For the cost estimate (price table in ddlc/monitor/prices.yaml); None: $DDLC_INSTANCE_TYPE or cpu-local.
     instance_type: Optional[str] = None
     progress: Literal["auto", "bar", "plain"] = "auto"

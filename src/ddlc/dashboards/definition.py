@@ -125,6 +125,11 @@ _CW_AGENT_NET = "CWAgent"
 _DDLC_RANK = "DDLC,node,rank,run"
 _DDLC_COST = "DDLC,instance_type,run"
 
+_RATE = "[$__rate_interval]"
+# Stat and bar panels read the last value in the dashboard's range: a finished run's series are stale minutes after
+# its end, and an instant query would drop it.
+_LAST = "[$__range]"
+
 GPU_CLUSTER_HEALTH = Dashboard(
     slug="gpu-cluster-health",
     title="GPU cluster health",
@@ -182,7 +187,9 @@ GPU_CLUSTER_HEALTH = Dashboard(
             description="Xid and uncorrected ECC errors (Prometheus: in the last hour; locally: since the agent started).",
             series=(Series(
                 "Xid + uncorrected ECC",
-                promql='sum(increase(ddlc_gpu_xid_errors_total[1h])) + sum(increase(ddlc_gpu_ecc_errors_total{type="uncorrected"}[1h]))',
+                # Each side `or vector(0)`: a node without ECC reporting (or without Xid events) still shows 0.
+                promql='(sum(increase(ddlc_gpu_xid_errors_total[1h])) or vector(0))'
+                       ' + (sum(increase(ddlc_gpu_ecc_errors_total{type="uncorrected"}[1h])) or vector(0))',
                 local=LocalSource("host", "ddlc_gpu_xid_errors_total", combine="sum"),
             ),),
             empty_message=NO_GPU, width=6,
@@ -223,9 +230,10 @@ TRAINING_PROGRESS = Dashboard(
         ),
         Panel(
             "throughput", "Throughput", "tokens_per_second",
-            description="Tokens per second of the whole job (sum over ranks).",
+            description="Tokens per second of the whole job (sum over ranks), from the token counters: every step "
+                        "counts, not only the last one before a scrape.",
             series=(Series(
-                "{{run}}", promql="sum by (run) (ddlc_train_tokens_per_second)",
+                "{{run}}", promql=f"sum by (run) (rate(ddlc_train_tokens_total{_RATE}))",
                 cloudwatch=f"SUM({_cw_search(_DDLC_RANK, 'ddlc_train_tokens_per_second')})",
                 local=LocalSource("run", "tokens_per_s"),
             ),),
@@ -233,12 +241,20 @@ TRAINING_PROGRESS = Dashboard(
         ),
         Panel(
             "step-time", "Step time", "seconds",
-            description="Per rank: a rank well above the others is a straggler (DDLCStragglerRank).",
-            series=(Series(
-                "{{run}} rank {{rank}}", promql="ddlc_train_step_seconds",
-                cloudwatch=_cw_search(_DDLC_RANK, "ddlc_train_step_seconds"),
-                local=LocalSource("run", "step_time_s"),
-            ),),
+            description="Per rank. The gradient all-reduce makes every rank's step about as long as the slowest "
+                        "one's; the compute time up to the all-reduce (Prometheus, DDP) singles out a straggler "
+                        "(DDLCStragglerRank).",
+            series=(
+                Series(
+                    "{{run}} rank {{rank}}", promql="ddlc_train_step_seconds",
+                    cloudwatch=_cw_search(_DDLC_RANK, "ddlc_train_step_seconds"),
+                    local=LocalSource("run", "step_time_s"),
+                ),
+                Series(
+                    "{{run}} rank {{rank}} compute",
+                    promql=f"rate(ddlc_train_compute_seconds_total{_RATE}) / rate(ddlc_train_compute_steps_total{_RATE})",
+                ),
+            ),
             empty_message=NO_RUN,
         ),
         Panel(
@@ -262,7 +278,7 @@ TRAINING_PROGRESS = Dashboard(
         Panel(
             "step", "Step", "count", kind="stat", width=6,
             series=(Series(
-                "{{run}}", promql="max by (run) (ddlc_train_step)",
+                "{{run}}", promql=f"max by (run) (last_over_time(ddlc_train_step{_LAST}))",
                 cloudwatch=f"MAX({_cw_search(_DDLC_RANK, 'ddlc_train_step', 'Maximum')})",
                 local=LocalSource("run", "step"),
             ),),
@@ -271,7 +287,8 @@ TRAINING_PROGRESS = Dashboard(
         Panel(
             "tokens-seen", "Tokens seen", "count", kind="stat", width=6,
             series=(Series(
-                "{{run}}", promql="sum by (run) (ddlc_train_tokens_total)",
+                # Across resumes (the per-rank counters restart with each attempt).
+                "{{run}}", promql=f"max by (run) (last_over_time(ddlc_train_tokens_seen{_LAST}))",
                 local=LocalSource("run", "tokens_seen"),
             ),),
             empty_message=NO_RUN,
@@ -279,7 +296,6 @@ TRAINING_PROGRESS = Dashboard(
     ),
 )
 
-_RATE = "[$__rate_interval]"
 NETWORK_PERFORMANCE = Dashboard(
     slug="network-performance",
     title="Network performance",
@@ -359,9 +375,10 @@ COST_TRACKING = Dashboard(
     panels=(
         Panel(
             "cost-total", "Cost so far", "usd", kind="stat", width=6,
-            description="Hourly price x nodes x wall hours since the job started.",
+            description="Hourly price x nodes x wall hours since the run began (earlier attempts of a resumed run "
+                        "included, up to the checkpoint it resumed from).",
             series=(Series(
-                "{{run}}", promql="sum by (run) (ddlc_cost_usd_total)",
+                "{{run}}", promql=f"max by (run) (last_over_time(ddlc_run_cost_usd{_LAST}))",
                 # USD/hour gauge integrated over the dashboard's time range (5-minute periods).
                 cloudwatch=f"RUNNING_SUM(SUM({_COST_PER_HOUR}) * 300 / 3600)",
                 local=LocalSource("cost", "usd_total"),
@@ -378,7 +395,7 @@ COST_TRACKING = Dashboard(
             "cost-per-1m-tokens", "Cost per 1M tokens", "usd", kind="stat", width=6,
             series=(Series(
                 "{{run}}",
-                promql="sum by (run) (ddlc_cost_usd_per_hour) / 3600 / sum by (run) (ddlc_train_tokens_per_second) * 1e6",
+                promql=f"sum by (run) (ddlc_cost_usd_per_hour) / 3600 / sum by (run) (rate(ddlc_train_tokens_total{_RATE})) * 1e6",
                 cloudwatch=f"SUM({_COST_PER_HOUR}) / 3600 / SUM({_cw_search(_DDLC_RANK, 'ddlc_train_tokens_per_second')}) * 1000000",
                 local=LocalSource("cost", "usd_per_1m_tokens"),
             ),),
@@ -398,7 +415,7 @@ COST_TRACKING = Dashboard(
         Panel(
             "cost-over-time", "Cost so far over time", "usd",
             series=(Series(
-                "{{run}}", promql="sum by (run) (ddlc_cost_usd_total)",
+                "{{run}}", promql="max by (run) (ddlc_run_cost_usd)",
                 cloudwatch=f"RUNNING_SUM(SUM({_COST_PER_HOUR}) * 300 / 3600)",
                 local=LocalSource("cost", "usd_total"),
             ),),
@@ -422,7 +439,7 @@ COST_TRACKING = Dashboard(
         Panel(
             "cost-by-run", "Cost by run", "usd", kind="bar", width=9,
             series=(Series(
-                "{{run}}", promql="sum by (run) (ddlc_cost_usd_total)",
+                "{{run}}", promql=f"max by (run) (last_over_time(ddlc_run_cost_usd{_LAST}))",
                 local=LocalSource("cost", "usd_by_run"),
             ),),
             empty_message=NO_RUN,
@@ -432,8 +449,9 @@ COST_TRACKING = Dashboard(
             description="A run's cost split evenly over its nodes, summed per node.",
             series=(Series(
                 "{{node}}",
-                promql="sum by (node) (group by (run, node) (ddlc_train_steps_total) * on (run) group_left () "
-                       "(max by (run) (ddlc_cost_usd_total) / max by (run) (ddlc_train_nodes)))",
+                promql=f"sum by (node) (group by (run, node) (last_over_time(ddlc_train_steps_total{_LAST})) "
+                       f"* on (run) group_left () (max by (run) (last_over_time(ddlc_run_cost_usd{_LAST})) "
+                       f"/ max by (run) (last_over_time(ddlc_train_nodes{_LAST}))))",
                 local=LocalSource("cost", "usd_by_node"),
             ),),
             empty_message=NO_RUN,

@@ -137,7 +137,7 @@ def collect(
             mean = sum(p * w for p, w in pairs) / sum(w for _, w in pairs) if pairs and sum(w for _, w in pairs) else (
                 sum(finite) / len(finite) if finite else math.nan)
             nodes.append(NodeUtilization(node, mean, gpu_hours, times, percents))
-        for labels, _, values in prometheus.query_range("sum by (run) (ddlc_cost_usd_total)", start, end, step):
+        for labels, _, values in prometheus.query_range("max by (run) (ddlc_run_cost_usd)", start, end, step):
             finite = [v for v in values if math.isfinite(v)]
             if finite:
                 prometheus_cost[labels.get("run", "?")] = max(finite)

@@ -40,6 +40,11 @@ TRAINING_LOG_DIR = "/var/log/ddlc/training"
 CLUSTER_DIMENSION = "ClusterName"
 # Metrics the CloudWatch agent takes from the ranks' Prometheus endpoints (EMF, namespace DDLC, ClusterName).
 SCRAPED_TRAINING_METRICS = ("ddlc_checkpoint_last_success_timestamp_seconds",)
+# ... and what the CloudWatch training and cost dashboards read, with the dimensions they search for
+# (ddlc.dashboards.definition: `{DDLC,node,rank,run}` per rank, `{DDLC,instance_type,run}` for the job's price).
+SCRAPED_RANK_METRICS = ("ddlc_train_loss", "ddlc_train_learning_rate", "ddlc_train_grad_norm", "ddlc_train_step",
+                        "ddlc_train_step_seconds", "ddlc_train_tokens_per_second")
+SCRAPED_JOB_METRICS = ("ddlc_cost_usd_per_hour",)
 SCRAPE_JOB = "ddlc-training"
 FSX_KEY_URL = "https://fsx-lustre-client-repo-public-keys.s3.amazonaws.com/fsx-ubuntu-public-key.asc"
 FSX_REPO_URL = "https://fsx-lustre-client-repo.s3.amazonaws.com/ubuntu"
@@ -148,12 +153,19 @@ def cloudwatch_agent_config(boot: NodeBootConfig) -> dict:
                 "emf_processor": {
                     "metric_declaration_dedup": True,
                     "metric_namespace": "DDLC",
-                    "metric_declaration": [{
-                        "source_labels": ["job"],
-                        "label_matcher": f"^{SCRAPE_JOB}$",
-                        "dimensions": [[CLUSTER_DIMENSION]],
-                        "metric_selectors": [f"^{name}$" for name in SCRAPED_TRAINING_METRICS],
-                    }],
+                    "metric_declaration": [
+                        {
+                            "source_labels": ["job"],
+                            "label_matcher": f"^{SCRAPE_JOB}$",
+                            "dimensions": dimensions,
+                            "metric_selectors": [f"^{name}$" for name in names],
+                        }
+                        for dimensions, names in (
+                            ([[CLUSTER_DIMENSION]], SCRAPED_TRAINING_METRICS),
+                            ([["node", "rank", "run"]], SCRAPED_RANK_METRICS),
+                            ([["instance_type", "run"]], SCRAPED_JOB_METRICS),
+                        )
+                    ],
                 },
             }
         }
@@ -295,8 +307,10 @@ def render_user_data(boot: NodeBootConfig) -> list[str]:
             # cluster members, so the port is not reachable from anywhere else.
             # `ddlc health` every minute (ddlc_node_healthy); after 3 failed runs in a row a worker marks itself
             # Unhealthy in its Auto Scaling group, which replaces it (the head node is in no group: left alone).
+            # --cloudwatch: the agent's own series (GPU, EFA, host) in namespace DDLC, which the network
+            # dashboard's EFA panels read.
             f"ExecStart=/usr/local/bin/ddlc agent --host 0.0.0.0 --port {AGENT_PORT} --health-interval 60 "
-            "--replace-unhealthy",
+            f"--replace-unhealthy --cloudwatch --region {boot.region}",
             "Restart=always",
             "RestartSec=5",
             "StandardOutput=append:/var/log/ddlc/agent.log",

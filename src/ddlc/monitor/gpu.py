@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
@@ -55,6 +55,42 @@ def _load_nvml() -> Any | None:
     return pynvml
 
 
+class XidCounts:
+    """Xid critical errors per GPU, counted by the agent since it started.
+
+    Every GPU named at construction has its counter from 0, before any event: `increase()` needs a sample
+    before the first event, or the first Xid of a GPU is never counted (a series born at 1 has no increase).
+    The code of the latest Xid is a separate gauge, so the counter does not split into one series per code,
+    each born at 1. Thread-safe: the NVML event thread records, scrapes read.
+    """
+
+    def __init__(self, gpus: Iterable[str]) -> None:
+        self._lock = threading.Lock()
+        self._counts: dict[str, int] = {gpu: 0 for gpu in gpus}
+        self._last: dict[str, int] = {gpu: 0 for gpu in self._counts}
+
+    def record(self, gpu: str, code: int) -> None:
+        with self._lock:
+            self._counts[gpu] = self._counts.get(gpu, 0) + 1
+            self._last[gpu] = int(code)
+
+    def families(self, node: str) -> tuple[CounterMetricFamily, GaugeMetricFamily]:
+        labels = ["node", "gpu"]
+        counts = CounterMetricFamily(
+            "ddlc_gpu_xid_errors", "Xid critical errors seen since the agent started (0 from the start).", labels=labels
+        )
+        last = GaugeMetricFamily("ddlc_gpu_last_xid", "Code of the latest Xid critical error (0: none yet).", labels=labels)
+        with self._lock:
+            for gpu in sorted(self._counts, key=_gpu_order):
+                counts.add_metric([node, gpu], self._counts[gpu])
+                last.add_metric([node, gpu], self._last[gpu])
+        return counts, last
+
+
+def _gpu_order(gpu: str) -> tuple[int, str]:
+    return (int(gpu), "") if gpu.isdigit() else (1 << 30, gpu)
+
+
 class GpuCollector:
     """A prometheus_client collector for every GPU NVML can see.
 
@@ -66,8 +102,7 @@ class GpuCollector:
         self.node = node
         self._nvml = nvml if nvml is not None else _load_nvml()
         self._handles: list[Any] = []
-        self._xid_counts: dict[tuple[str, int], int] = {}
-        self._xid_lock = threading.Lock()
+        self.xids = XidCounts(())  # the GPUs whose Xid events are watched, from 0 (see _start_xid_watch)
         self._stop = threading.Event()
         self._xid_thread: threading.Thread | None = None
         if self._nvml is None:
@@ -100,16 +135,17 @@ class GpuCollector:
         except Exception as error:
             log.info("Xid events are not supported here (%s): Xid counts stay at zero", error)
             return
-        registered = 0
-        for handle in self._handles:
+        registered: list[str] = []
+        for index, handle in enumerate(self._handles):
             try:
                 nvml.nvmlDeviceRegisterEvents(handle, _NVML_EVENT_XID_CRITICAL, event_set)
-                registered += 1
+                registered.append(str(index))
             except Exception as error:
-                log.info("Xid events unsupported on a device (%s)", error)
+                log.info("Xid events unsupported on GPU %d (%s): no Xid counter for it", index, error)
         if not registered:
             nvml.nvmlEventSetFree(event_set)
             return
+        self.xids = XidCounts(registered)  # watched GPUs count from 0 before the first event
         self._xid_thread = threading.Thread(
             target=self._watch_xid, args=(event_set,), name="ddlc-xid-watch", daemon=True
         )
@@ -126,10 +162,7 @@ class GpuCollector:
                         continue
                     log.warning("stopped watching Xid events: %s", error)
                     return
-                gpu = self._gpu_index_for(event.device)
-                with self._xid_lock:
-                    key = (gpu, int(event.eventData))
-                    self._xid_counts[key] = self._xid_counts.get(key, 0) + 1
+                self.xids.record(self._gpu_index_for(event.device), int(event.eventData))
         finally:
             try:
                 nvml.nvmlEventSetFree(event_set)
@@ -203,11 +236,8 @@ class GpuCollector:
                 errors = read(nvml.nvmlDeviceGetTotalEccErrors, error_type, _NVML_VOLATILE_ECC)
                 if errors is not None:
                     ecc.add_metric(values + [kind], errors)
-        xid = CounterMetricFamily("ddlc_gpu_xid_errors", "Xid critical errors seen since the agent started.", labels=labels + ["xid"])
-        with self._xid_lock:
-            for (gpu, code), seen in sorted(self._xid_counts.items()):
-                xid.add_metric([node, gpu, str(code)], seen)
-        yield from (info, util, mem_util, mem_used, mem_total, power, temp, throttle, ecc, xid)
+        yield from (info, util, mem_util, mem_used, mem_total, power, temp, throttle, ecc)
+        yield from self.xids.families(node)
 
 
 class _Reader:

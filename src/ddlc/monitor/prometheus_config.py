@@ -2,6 +2,11 @@
 
 Hostfile lines are DeepSpeed/MPI style `host slots=N` (N ranks on that host) or a bare `host` (one rank);
 `#` starts a comment. Rank i of a host serves on train_port + i (see `ddlc.monitor.training`).
+
+One `node` identity: the agent and the ranks label their samples with the node's hostname, so targets get no
+`node` label of their own (a hostfile holds IPs on the cluster, and a second meaning of `node` breaks joins).
+`up` names the target by `instance`; the agent-down alert finds the hostname through `ddlc_agent_info`.
+Alerts go to the Alertmanager(s) in the `alerting:` block (default localhost:9093, the head node's).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ AGENT_JOB = "ddlc-agent"
 TRAIN_JOB = "ddlc-train"
 _HOST = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$")
 _DURATION = re.compile(r"^([0-9]+(ms|s|m|h))+$")
+DEFAULT_ALERTMANAGER = "localhost:9093"
 
 
 @dataclass(frozen=True)
@@ -69,16 +75,21 @@ def build_prometheus_config(
     train_port: int | None = DEFAULT_TRAIN_METRICS_PORT,
     scrape_interval: str = "15s",
     rule_files: Sequence[str] = (),
+    alertmanagers: Sequence[str] = (DEFAULT_ALERTMANAGER,),
 ) -> dict[str, Any]:
-    """The prometheus.yml document. train_port=None leaves the training ranks out."""
+    """The prometheus.yml document. train_port=None leaves the training ranks out; alertmanagers=() leaves the
+    `alerting:` block out (rules are evaluated, but nothing is notified)."""
     if not _DURATION.match(scrape_interval):
         raise UserError(f"scrape interval {scrape_interval!r} is not a Prometheus duration such as 15s or 1m")
     for name, port in (("agent port", agent_port), ("training port", train_port)):
         if port is not None and not 1 <= port <= 65535:
             raise UserError(f"{name} {port} is outside 1-65535")
-    # `node` is set per target so that `up` (and the agent-down alert) names the node even when nothing
-    # answers; honor_labels keeps the node label the agent reports itself when it does answer.
-    agent_targets = [{"targets": [f"{h.host}:{agent_port}"], "labels": {"node": h.host}} for h in hosts]
+    for target in alertmanagers:
+        host, _, port = target.rpartition(":")
+        if not _HOST.match(host) or not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise UserError(f"alertmanager {target!r} is not host:port")
+    # No `node` target label: the samples carry the node's hostname (see the module docstring).
+    agent_targets = [{"targets": [f"{h.host}:{agent_port}"]} for h in hosts]
     scrape_configs: list[dict[str, Any]] = [
         {"job_name": AGENT_JOB, "honor_labels": True, "static_configs": agent_targets}
     ]
@@ -86,14 +97,13 @@ def build_prometheus_config(
         last_port = train_port + max(h.slots for h in hosts) - 1
         if last_port > 65535:
             raise UserError(f"training port {train_port} + slots runs past 65535")
-        train_targets = [
-            {"targets": [f"{h.host}:{train_port + rank}" for rank in range(h.slots)], "labels": {"node": h.host}}
-            for h in hosts
-        ]
+        train_targets = [{"targets": [f"{h.host}:{train_port + rank}" for rank in range(h.slots)]} for h in hosts]
         scrape_configs.append({"job_name": TRAIN_JOB, "honor_labels": True, "static_configs": train_targets})
     config: dict[str, Any] = {
         "global": {"scrape_interval": scrape_interval, "evaluation_interval": scrape_interval},
     }
+    if alertmanagers:
+        config["alerting"] = {"alertmanagers": [{"static_configs": [{"targets": list(alertmanagers)}]}]}
     if rule_files:
         config["rule_files"] = list(rule_files)
     config["scrape_configs"] = scrape_configs

@@ -11,7 +11,11 @@ so a node with 8 ranks serves on base..base+7 and `ddlc monitor prometheus-confi
   each rank with the median over the ranks of a run (`quantile by (run)`).
 * Job-level series (label run) are exported by rank 0 only, so summing over ranks never double-counts:
   estimated cost, world size, node count, the checkpoint recovery point objective.
-* Checkpoint series are exported by whichever rank calls `observe_checkpoint` (normally rank 0).
+* Checkpoint series are exported by whichever rank calls `observe_checkpoint` (normally rank 0); with checkpointing
+  on, rank 0 exports `ddlc_checkpoints_total{result}` from 0, so the first failed save is an increase.
+* At the end of a run the trainer calls `finish()` (ddlc_train_finished becomes 1, the cost stops) and `close()`
+  keeps the endpoint up `linger_s` longer, so Prometheus scrapes the last step before the target goes away: at
+  least two scrape intervals (default 35 s for the default 15 s interval; monitoring.metrics_linger_s).
 
 The hot path (`observe_step`) only assigns a few numbers. On log steps the loop calls `publish()`, which
 renders this rank's series into a snapshot (bytes, ~0.2 ms per log interval); the endpoint serves that
@@ -40,6 +44,7 @@ from ddlc.monitor.server import MetricsServer
 
 DEFAULT_TRAIN_METRICS_PORT = 9500
 DEFAULT_CHECKPOINT_RPO_SECONDS = 3600.0
+DEFAULT_LINGER_SECONDS = 35.0  # > two scrape intervals of the generated config's default 15 s
 
 
 def rank_metrics_port(base_port: int | None, local_rank: int) -> int | None:
@@ -74,19 +79,33 @@ class TrainingMetrics:
         port: int | None = None,
         *,
         checkpoint_rpo_seconds: float = DEFAULT_CHECKPOINT_RPO_SECONDS,
+        checkpoint_enabled: bool = True,
         price_table: Path | str | None = None,
         clock: Callable[[], float] = time.time,
+        linger_s: float = 0.0,
+        log_interval: int = 1,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
+        """checkpoint_enabled=False: the job saves no checkpoints (ddlc_checkpoint_enabled 0: no overdue alert)."""
         if not 0 <= rank < world_size:
             raise UserError(f"rank {rank} is outside world size {world_size}")
         if num_nodes < 1:
             raise UserError(f"num_nodes must be at least 1, got {num_nodes}")
         if not checkpoint_rpo_seconds > 0:
             raise UserError(f"checkpoint recovery point objective must be positive, got {checkpoint_rpo_seconds}")
+        if log_interval < 1:
+            raise UserError(f"log interval must be at least 1 step, got {log_interval}")
+        if not linger_s >= 0:
+            raise UserError(f"metrics linger must be zero or more seconds, got {linger_s}")
         self.run, self.rank, self.world_size, self.node = run, rank, world_size, node
         self.instance_type = instance_type or LOCAL_INSTANCE_TYPE
         self.num_nodes = num_nodes
         self.checkpoint_rpo_seconds = float(checkpoint_rpo_seconds)
+        self.checkpoint_enabled = bool(checkpoint_enabled)
+        self.linger_s = float(linger_s)
+        self.log_interval = int(log_interval)
+        self._sleep = sleep
+        self.finished_at: float | None = None
         self.hourly_usd = hourly_price(self.instance_type, load_price_table(price_table))
         self._clock = clock
         self.started_at = clock()
@@ -101,6 +120,10 @@ class TrainingMetrics:
         self._tokens_total = 0
         self._samples_total = 0
         self._step_time_total = 0.0
+        self._compute_total = 0.0
+        self._tokens_seen = -1  # the job's, across resumes; -1: not known yet
+        self.prior_cost_usd = 0.0  # cost of the run's earlier attempts, from the checkpoint it resumed from
+        self._compute_steps = 0
         self._checkpoint_ok = 0
         self._checkpoint_failed = 0
         self._checkpoint_last_success = math.nan
@@ -125,11 +148,15 @@ class TrainingMetrics:
 
     def observe_step(
         self, step: int, loss: float, lr: float, grad_norm: float, step_seconds: float, tokens: int, samples: int,
-        mfu: float | None = None,
+        mfu: float | None = None, compute_seconds: float | None = None, tokens_seen: int | None = None,
     ) -> None:
         """Record one finished optimizer step of this rank. `tokens`/`samples` are this rank's, in this step;
-        `mfu` is the job's model FLOPs utilization (None: unknown for this GPU)."""
+        `mfu` is the job's model FLOPs utilization (None: unknown for this GPU); `compute_seconds` this rank's time
+        up to the gradient all-reduce (ddlc.runtime.compute_timer; None: not measured); `tokens_seen` the whole job's
+        tokens since the run began, across resumes (the trainer state's; rank 0 exports it)."""
         self._step = step
+        if tokens_seen is not None:
+            self._tokens_seen = tokens_seen
         self._mfu = math.nan if mfu is None else mfu
         self._loss, self._lr, self._grad_norm = loss, lr, grad_norm
         self._step_seconds = step_seconds
@@ -140,6 +167,9 @@ class TrainingMetrics:
         self._tokens_total += tokens
         self._samples_total += samples
         self._step_time_total += step_seconds
+        if compute_seconds is not None:
+            self._compute_total += compute_seconds
+            self._compute_steps += 1
         self._last_step_at = self._clock()
 
     def observe_checkpoint(self, step: int, duration_s: float, ok: bool, timestamp: float) -> None:
@@ -154,6 +184,19 @@ class TrainingMetrics:
         if self._snapshot is not None:
             self.publish()
 
+    @property
+    def finished(self) -> bool:
+        return self.finished_at is not None
+
+    def finish(self, linger: bool = True) -> None:
+        """The run ended cleanly (last step trained and saved, or stopped on request): say so and stop the cost.
+        linger=False: close() does not wait (a stop request must not be held up; the launcher may kill us)."""
+        if self.finished_at is None:
+            self.finished_at = self._clock()
+        if not linger:
+            self.linger_s = 0.0
+        self.publish()
+
     def publish(self) -> None:
         """Render the series observed so far into the snapshot the endpoint serves (the loop calls this on log
         steps; a scrape before the first one renders on the spot)."""
@@ -167,7 +210,10 @@ class TrainingMetrics:
         return snapshot + generate_latest(_Families(self._live_families))
 
     def close(self) -> None:
+        """Stop serving; after `finish()`, only `linger_s` later, so the last values are scraped (twice)."""
         if self._server is not None:
+            if self.finished and self.linger_s > 0:
+                self._sleep(self.linger_s)
             self._server.close()
             self._server = None
 
@@ -179,8 +225,19 @@ class TrainingMetrics:
 
     # -- read at scrape time ------------------------------------------------------------------------------
 
+    def resumed(self, prior_cost_usd: float | None) -> None:
+        """The run continues from a checkpoint that recorded `prior_cost_usd` (the run's cost when it was saved;
+        None: an older checkpoint without it)."""
+        if prior_cost_usd is not None and math.isfinite(prior_cost_usd) and prior_cost_usd > 0:
+            self.prior_cost_usd = float(prior_cost_usd)
+
+    def run_cost_usd(self) -> float:
+        """The run's cost across its attempts: what the checkpoint carried + this attempt's cost so far."""
+        return self.prior_cost_usd + self.cost_usd()
+
     def cost_usd(self) -> float:
-        return estimate_cost_usd(self.hourly_usd, self.num_nodes, self._clock() - self.started_at)
+        until = self.finished_at if self.finished_at is not None else self._clock()
+        return estimate_cost_usd(self.hourly_usd, self.num_nodes, until - self.started_at)
 
     def collect(self) -> Iterator[Metric]:
         yield from self._snapshot_families()
@@ -193,7 +250,12 @@ class TrainingMetrics:
             "ddlc_cost_usd", "Estimated cost so far: hourly price x nodes x wall time.", labels=["run", "instance_type"]
         )
         cost.add_metric([self.run, self.instance_type], self.cost_usd())
-        yield cost
+        run_cost = GaugeMetricFamily(
+            "ddlc_run_cost_usd", "Estimated cost of the run since it began, across resumes (carried in the checkpoint).",
+            labels=["run", "instance_type"],
+        )
+        run_cost.add_metric([self.run, self.instance_type], self.run_cost_usd())
+        yield from (cost, run_cost)
 
     def _snapshot_families(self) -> Iterator[Metric]:
         rank_labels = ["run", "rank", "node"]
@@ -214,6 +276,12 @@ class TrainingMetrics:
         yield counter("ddlc_train_tokens", "Tokens this rank processed since it started.", self._tokens_total)
         yield counter("ddlc_train_samples", "Samples this rank processed since it started.", self._samples_total)
         yield counter("ddlc_train_step_time_seconds", "Sum of this rank's step times.", self._step_time_total)
+        if self._compute_steps:
+            yield counter("ddlc_train_compute_seconds", "Sum of this rank's compute time up to the gradient all-reduce "
+                          "(before waiting for other ranks).", self._compute_total)
+            yield counter("ddlc_train_compute_steps", "Steps whose compute time was measured.", self._compute_steps)
+        yield gauge("ddlc_train_finished", "1 once the run ended cleanly (finished or stopped on request); a rank "
+                    "whose endpoint goes away at 0 crashed.", 1 if self.finished else 0)
         if self._step >= 0:
             yield gauge("ddlc_train_step", "Index of the last finished step (continues across resumes).", self._step)
             yield gauge("ddlc_train_loss", "Training loss of the last step (NaN when it diverged).", self._loss)
@@ -225,8 +293,10 @@ class TrainingMetrics:
             yield gauge("ddlc_train_mfu_ratio", "Model FLOPs utilization of the job in the last step (0-1; NaN: "
                         "peak unknown for this GPU, see ddlc/runtime/mfu.py).", self._mfu)
             yield gauge("ddlc_train_last_step_timestamp_seconds", "When the last step finished.", self._last_step_at)
+            yield gauge("ddlc_train_log_interval_steps", "Steps between two publishes of these series "
+                        "(training.log_interval): they move once per log interval.", self.log_interval)
 
-        if self._checkpoint_ok or self._checkpoint_failed:
+        if self._checkpoint_ok or self._checkpoint_failed or (self.rank == 0 and self.checkpoint_enabled):
             results = CounterMetricFamily("ddlc_checkpoints", "Checkpoint saves by result.", labels=rank_labels + ["result"])
             results.add_metric(ids + ["success"], self._checkpoint_ok)
             results.add_metric(ids + ["failure"], self._checkpoint_failed)
@@ -245,8 +315,15 @@ class TrainingMetrics:
         job.add_metric([self.run], self.world_size)
         nodes = GaugeMetricFamily("ddlc_train_nodes", "Nodes in the job.", labels=["run"])
         nodes.add_metric([self.run], self.num_nodes)
+        enabled = GaugeMetricFamily("ddlc_checkpoint_enabled", "1 when the job saves checkpoints (checkpoint.enabled).", labels=["run"])
+        enabled.add_metric([self.run], 1 if self.checkpoint_enabled else 0)
         rpo = GaugeMetricFamily("ddlc_checkpoint_rpo_seconds", "Recovery point objective: longest allowed time without a checkpoint.", labels=["run"])
         rpo.add_metric([self.run], self.checkpoint_rpo_seconds)
         price = GaugeMetricFamily("ddlc_cost_usd_per_hour", "Price of the job's instances per hour.", labels=["run", "instance_type"])
         price.add_metric([self.run, self.instance_type], self.hourly_usd * self.num_nodes)
-        yield from (job, nodes, rpo, price)
+        yield from (job, nodes, enabled, rpo, price)
+        if self._tokens_seen >= 0:
+            seen = GaugeMetricFamily("ddlc_train_tokens_seen", "Tokens the job trained on since the run began, across "
+                                     "resumes (the counters restart with each attempt).", labels=["run"])
+            seen.add_metric([self.run], self._tokens_seen)
+            yield seen

@@ -19,7 +19,7 @@ import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -180,6 +180,12 @@ class Trainer:
             )
         self.instance_type = cfg.monitoring.instance_type or os.environ.get("DDLC_INSTANCE_TYPE")
         self.metrics = self._training_metrics()
+        # Per-rank compute time up to the gradient all-reduce, for the straggler rule (DDP only; with an endpoint).
+        self.compute_timer = None
+        if self.metrics is not None and self.engine is None:
+            from ddlc.runtime.compute_timer import ComputeTimer
+
+            self.compute_timer = ComputeTimer(self.model, ctx.device)
         # Under a launcher that supervises us (torchrun's agent), its death is a stop request too (#12).
         self.preemption = PreemptionWatcher(ctx.world_size, watch_parent=ctx.env.launcher in ("torchrun", "deepspeed"))
         self.preempted = False
@@ -207,6 +213,10 @@ class Trainer:
             host=mon.metrics_host,
             port=rank_metrics_port(mon.metrics_port, self.ctx.local_rank),
             checkpoint_rpo_seconds=self.cfg.checkpoint.rpo_seconds,
+            # Checkpointing off: ddlc_checkpoint_enabled 0, so DDLCCheckpointOverdue stays quiet for this run.
+            checkpoint_enabled=self.checkpointer is not None,
+            linger_s=mon.metrics_linger_s,
+            log_interval=self.cfg.training.log_interval,
         )
 
     def _on_checkpoint_commit(self, stats) -> None:
@@ -224,6 +234,8 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "run_name": self.run_name,
             "optimizer_state_entries": optimizer_state_entries(self.optimizer),
+            # The run's cost so far, so a resumed run's cost continues (ddlc_run_cost_usd); None without metrics.
+            "cost_usd": self.metrics.run_cost_usd() if self.metrics is not None else None,
         }
 
     def resume(self) -> Optional[dict]:
@@ -250,6 +262,8 @@ class Trainer:
         self.scheduler.load_state_dict(restored["scheduler"])
         self.sampler.rebase(restored["step"], restored["samples_seen"])
         self.resumed_from = restored["checkpoint"]
+        if self.metrics is not None:
+            self.metrics.resumed(restored.get("cost_usd"))
         return restored
 
     def save_checkpoint(self, blocking: bool, final: bool = False) -> None:
@@ -425,11 +439,23 @@ class Trainer:
                 raise
             if self.checkpointer is not None:
                 self.checkpointer.close()
+            if self.metrics is not None:
+                # A clean end: ddlc_train_finished 1, and close() below lingers, except after a stop request (the
+                # launcher's grace period is short, and it kills what is still running).
+                self.metrics.finish(linger=not self.preempted)
         finally:
             self.preemption.close()
             logger.close()
+            if self.metrics is not None and not self.metrics.finished:
+                self.metrics.close()  # failed: the endpoint goes at once (DDLCTrainingRankDown)
+        try:
+            return self._result(start_step, started)
+        finally:
             if self.metrics is not None:
-                self.metrics.close()
+                self.metrics.close()  # after monitoring.metrics_linger_s: the last step gets scraped
+
+    def _result(self, start_step: int, started: float) -> TrainResult:
+        cfg, ctx = self.cfg, self.ctx
         if self.preempted and ctx.is_main:
             print(run_files.stopped_line(self.run_name, self.preemption.reason(), self.state.step), file=sys.stderr,
                   flush=True)
@@ -485,14 +511,19 @@ class Trainer:
     def run_until(self, last_step: int, logger: MetricsLogger) -> None:
         """Train until `state.step == last_step`, logging every step (reduced once per log interval)."""
         interval = self.cfg.training.log_interval
-        pending: list[tuple[int, float, float, torch.Tensor, torch.Tensor, bool]] = []
+        # (step, lr, seconds, loss, grad norm, skipped, compute-timer marks)
+        pending: list[tuple[int, float, float, torch.Tensor, torch.Tensor, bool, Any]] = []
+        timer = self.compute_timer
         self.model.train()
         last = interval_started = time.perf_counter()
         while self.state.step < last_step:
             lr = self.scheduler.get_last_lr()[0]
+            if timer is not None:
+                timer.start_step()
             loss, grad_norm = self.train_step()
             now = time.perf_counter()
-            pending.append((self.state.step, lr, now - last, loss, grad_norm, self.last_skipped))
+            marks = timer.end_step() if timer is not None else None
+            pending.append((self.state.step, lr, now - last, loss, grad_norm, self.last_skipped, marks))
             last = now
             stop = self.preemption.should_stop()
             if self.state.step % interval == 0 or self.state.step == last_step or stop:
@@ -502,9 +533,10 @@ class Trainer:
                     torch.cuda.synchronize(self.ctx.device)
                     now = time.perf_counter()
                     share = (now - interval_started) / len(pending)
-                    pending = [(s, lr_, share, l, g) for s, lr_, _, l, g in pending]
+                    pending = [(p[0], p[1], share, *p[3:]) for p in pending]
                     last = interval_started = now
-                for record in self._reduce(pending):
+                computes = [timer.seconds(p[6]) if timer is not None else None for p in pending]
+                for record, compute_s in zip(self._reduce(pending), computes):
                     self.first_loss = record["loss"] if self.first_loss is None else self.first_loss
                     self.final_loss = record["loss"]
                     logger.log(record)
@@ -512,7 +544,8 @@ class Trainer:
                         share = self.plan.micro_batch_size * self.plan.grad_accum_steps  # this rank's samples
                         self.metrics.observe_step(record["step"], record["loss"], record["lr"], record["grad_norm"],
                                                   record["step_time_s"], share * self.cfg.model.block_size, share,
-                                                  mfu=record["mfu"])
+                                                  mfu=record["mfu"], compute_seconds=compute_s,
+                                                  tokens_seen=record["tokens_seen"])
                 if self.metrics is not None:
                     self.metrics.publish()  # the rank endpoint serves this snapshot until the next log step
                 pending.clear()
@@ -532,7 +565,7 @@ class Trainer:
         losses = losses.tolist()
         norms = torch.stack([p[4] for p in pending]).float().tolist()
         records = []
-        for (step, lr, seconds, _, _, skipped), loss, norm in zip(pending, losses, norms):
+        for (step, lr, seconds, _, _, skipped, _), loss, norm in zip(pending, losses, norms):
             records.append(
                 {
                     **({"skipped": True} if skipped else {}),  # non-finite: no update was applied
