@@ -157,3 +157,38 @@ def test_memory_tier_that_cannot_fit_exits_2_with_the_numbers(tmp_path):
     finally:
         subprocess.run(["umount", str(small)], capture_output=True)
         subprocess.run(["umount", str(roomy)], capture_output=True)
+
+
+def _fill(directory: Path) -> None:
+    """Write a file into `directory` until its filesystem is full."""
+    block = b"\0" * (64 << 10)
+    with open(directory / "filler", "wb") as handle:
+        try:
+            while True:
+                handle.write(block)
+                handle.flush()
+        except OSError:
+            pass
+
+
+def test_memory_tier_out_of_space_turns_itself_off(tmp_path, straight_losses):
+    """A snapshot that runs out of space at run time: one warning, the tier is off, training goes on and is exact."""
+    shm = tmp_path / "shm"
+    _mount_tmpfs(shm, "16M")
+    try:
+        job = _job(tmp_path, "full", "checkpoint.interval_steps=30", "checkpoint.memory_interval_steps=2",
+                   f"checkpoint.memory_dir={shm}")
+        proc = _start(torchrun("--standalone", "--nproc_per_node=2", *job), tmp_path)
+        try:
+            _wait_for(lambda: (shm / "full").exists() and _committed_steps(shm / "full"), proc=proc)
+            _fill(shm)
+            stdout, stderr = _communicate(proc, timeout=300)
+        finally:
+            _kill_job(proc)
+        assert proc.returncode == 0, stderr[-4000:]
+        warnings = [line for line in stderr.splitlines() if "memory tier" in line]
+        assert len(warnings) == 1 and "ran out of space" in warnings[0] and "the tier is off" in warnings[0], warnings
+        assert _committed_steps(tmp_path / "runs" / "full" / "checkpoints")[-1] == STEPS
+        assert _losses(tmp_path, "full") == straight_losses
+    finally:
+        subprocess.run(["umount", str(shm)], capture_output=True)
