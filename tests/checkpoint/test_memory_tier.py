@@ -19,6 +19,8 @@ from ddlc.runtime.metrics import read_metrics
 from tests.checkpoint.test_failures import _communicate, _kill_job, _last_logged_step, _start, _wait_for
 from tests.support import CONFIG, FAST, PYTHON, TRAIN_PY, assert_ok, run, torchrun
 
+DDLC = str(Path(PYTHON).parent / "ddlc")
+
 STEPS = 80
 
 
@@ -90,9 +92,9 @@ def _flip_bytes(path: Path) -> None:
     path.write_bytes(bytes(data))
 
 
-@pytest.mark.parametrize("corrupt", ["newest", "both"])
+@pytest.mark.parametrize("corrupt", ["newest", "both", "both, no storage checkpoint"])
 def test_corrupt_memory_snapshot_falls_back(tmp_path, straight_losses, corrupt):
-    interval, memory_interval = 10, 2
+    interval, memory_interval = (1000 if "no storage" in corrupt else 10), 2
     name, shm = "corrupt", tmp_path / "shm"
     ckpt, tier = tmp_path / "runs" / name / "checkpoints", shm / name
     job = _job(tmp_path, name, f"checkpoint.interval_steps={interval}",
@@ -100,6 +102,8 @@ def test_corrupt_memory_snapshot_falls_back(tmp_path, straight_losses, corrupt):
 
     def two_snapshots_past_storage():
         storage, memory = _committed_steps(ckpt), _committed_steps(tier) if tier.exists() else []
+        if "no storage" in corrupt:
+            return len(memory) >= 2 and memory[-2] >= 10
         return storage and storage[-1] >= 2 * interval and len(memory) >= 2 and memory[-2] > storage[-1]
 
     proc = _start(torchrun("--standalone", "--nproc_per_node=2", *job), tmp_path)
@@ -109,9 +113,12 @@ def test_corrupt_memory_snapshot_falls_back(tmp_path, straight_losses, corrupt):
     finally:
         _kill_job(proc)
         proc.communicate()
-    storage_step = _committed_steps(ckpt)[-1]
+    storage_step = (_committed_steps(ckpt) or [0])[-1]
     older, newest = _committed_steps(tier)[-2:]
     assert storage_step < older < newest
+    listed = run([DDLC, "checkpoints", "list", str(tier)], cwd=tmp_path)  # a memory tier is a checkpoint store
+    assert_ok(listed)
+    assert f"{older}" in listed.stdout and f"{newest}" in listed.stdout, listed.stdout
     victims = [newest] if corrupt == "newest" else [older, newest]
     for step in victims:
         shards = sorted((tier / f"step-{step:08d}").glob("__*.distcp"))
@@ -119,6 +126,10 @@ def test_corrupt_memory_snapshot_falls_back(tmp_path, straight_losses, corrupt):
         _flip_bytes(shards[0])
 
     proc = run(torchrun("--standalone", "--nproc_per_node=2", *job), cwd=tmp_path)
+    if "no storage" in corrupt:  # the corrupt values were loaded before being rejected: never train on from them
+        assert proc.returncode != 0 and "resumed from" not in proc.stdout
+        assert "error: every memory-tier snapshot is corrupt" in proc.stderr and "refusing to start over" in proc.stderr
+        return
     assert_ok(proc)
     line = _resume_line(proc.stdout)
     if corrupt == "newest":

@@ -102,20 +102,29 @@ class MemoryTier:
                                          warn=quiet_warn, private_store=True)
 
     # -- sizing ------------------------------------------------------------------------------------------------
-    def check_fits(self, snapshot_bytes: int, free: Optional[int] = None) -> int:
-        """Raise UserError (exit 2) when SNAPSHOTS_AT_PEAK snapshots do not fit in memory_dir; returns the need."""
+    def check_fits(self, snapshot_bytes: int) -> int:
+        """Raise UserError (exit 2) on every rank when SNAPSHOTS_AT_PEAK snapshots do not fit in memory_dir (rank
+        0 measures, so every rank has the same verdict); returns the need."""
         need = SNAPSHOTS_AT_PEAK * snapshot_bytes
-        free = free_bytes(str(self.path)) if free is None else free
+        verdict = [self._fit_problem(need, snapshot_bytes) if self.rank == 0 else None]
+        if self.checkpointer.group is not None and self.world_size > 1:
+            dist.broadcast_object_list(verdict, src=0, group=self.checkpointer.group)
+        if verdict[0]:
+            raise UserError(verdict[0])
+        return need
+
+    def _fit_problem(self, need: int, snapshot_bytes: int) -> Optional[str]:
+        free = free_bytes(str(self.path))
         # Snapshots of this very run already there are replaced as the tier runs: their space counts as free.
         free += sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file())
         if need > HEADROOM * free:
-            raise UserError(
+            return (
                 f"checkpoint.memory_interval_steps: the memory tier needs {_mib(need)} ({SNAPSHOTS_AT_PEAK} x "
                 f"{_mib(snapshot_bytes)} of model and optimizer state: two kept snapshots and one being written) "
                 f"but checkpoint.memory_dir {self.root} has {_mib(free)} free (at most {HEADROOM:.0%} of it is "
                 f"used); point checkpoint.memory_dir at a larger tmpfs, or set checkpoint.memory_interval_steps "
                 f"to null to turn the tier off")
-        return need
+        return None
 
     # -- saving ------------------------------------------------------------------------------------------------
     def due(self, step: int, storage_interval: int) -> bool:
