@@ -203,3 +203,15 @@ def test_memory_tier_out_of_space_turns_itself_off(tmp_path, straight_losses):
         assert _losses(tmp_path, "full") == straight_losses
     finally:
         subprocess.run(["umount", str(shm)], capture_output=True)
+
+
+@pytest.mark.parametrize("setting, named", [
+    ("checkpoint.memory_interval_steps=0", "checkpoint.memory_interval_steps: Input should be greater than 0"),
+    ("checkpoint.memory_interval_steps=true", "checkpoint.memory_interval_steps: Input should be a valid integer"),
+    ("checkpoint.memory_dir=/proc/ddlc-cannot-be-here", "checkpoint.memory_dir /proc/ddlc-cannot-be-here: cannot create"),
+])
+def test_bad_memory_tier_settings_exit_2(tmp_path, setting, named):
+    proc = run([PYTHON, *_job(tmp_path, "bad", "checkpoint.memory_interval_steps=2", setting)], cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    [line] = proc.stderr.strip().splitlines()
+    assert line.startswith("error: ") and named in line, line
