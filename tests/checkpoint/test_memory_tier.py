@@ -215,3 +215,25 @@ def test_bad_memory_tier_settings_exit_2(tmp_path, setting, named):
     assert proc.returncode == 2, proc.stderr[-2000:]
     [line] = proc.stderr.strip().splitlines()
     assert line.startswith("error: ") and named in line, line
+
+
+def test_memory_snapshot_of_two_ranks_resumes_on_one(tmp_path):
+    """DCP reshards: a snapshot written by 2 ranks loads on 1 (same node, the job relaunched smaller)."""
+    name, shm = "reshard", tmp_path / "shm"
+    tier = shm / name
+    job = _job(tmp_path, name, "checkpoint.interval_steps=1000", "checkpoint.memory_interval_steps=3",
+               f"checkpoint.memory_dir={shm}")
+    proc = _start(torchrun("--standalone", "--nproc_per_node=2", *job), tmp_path)
+    try:
+        _wait_for(lambda: tier.exists() and (_committed_steps(tier) or [0])[-1] >= 9, proc=proc)
+        _kill_job(proc)
+    finally:
+        _kill_job(proc)
+        proc.communicate()
+    newest = _committed_steps(tier)[-1]
+    proc = run([PYTHON, *job], cwd=tmp_path)
+    assert_ok(proc)
+    line = _resume_line(proc.stdout)
+    assert "memory tier" in line and line.endswith(f"step-{newest:08d} at step {newest}"), line
+    summary = json.loads((tmp_path / "runs" / name / "summary.json").read_text())
+    assert summary["world_size"] == 1 and summary["start_step"] == newest and summary["steps"] == STEPS
