@@ -116,10 +116,15 @@ def test_corrupt_memory_snapshot_falls_back(tmp_path, straight_losses, corrupt):
     storage_step = (_committed_steps(ckpt) or [0])[-1]
     older, newest = _committed_steps(tier)[-2:]
     assert storage_step < older < newest
-    listed = run([DDLC, "checkpoints", "list", str(tier)], cwd=tmp_path)  # a memory tier is a checkpoint store
+    if "no storage" in corrupt:  # a memory tier is a checkpoint store of its own
+        listed = run([DDLC, "checkpoints", "list", str(tier)], cwd=tmp_path)
+    else:  # listed after the storage checkpoints of its run
+        listed = run([DDLC, "checkpoints", "list", str(ckpt), "--memory-dir", str(shm)], cwd=tmp_path)
+        assert "memory tier" in listed.stdout.split(f"step-{storage_step:08d}", 1)[1], listed.stdout
     assert_ok(listed)
-    assert f"{older}" in listed.stdout and f"{newest}" in listed.stdout, listed.stdout
-    victims = [newest] if corrupt == "newest" else [older, newest]
+    assert f"step-{older:08d}" in listed.stdout and f"step-{newest:08d}" in listed.stdout, listed.stdout
+    # Every snapshot for "both": a third may still be there if the kill came between a commit and retention.
+    victims = [newest] if corrupt == "newest" else _committed_steps(tier)
     for step in victims:
         shards = sorted((tier / f"step-{step:08d}").glob("__*.distcp"))
         assert shards
