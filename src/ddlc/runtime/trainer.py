@@ -3,6 +3,8 @@
     corpus -> sampler -> GPT -> wrap (DDP/FSDP2) -> AdamW + schedule
     for step: for micro_step: forward/backward (sync on the last) -> clip -> finite? -> optimizer -> schedule
               -> metrics
+              -> checkpoint every checkpoint.interval_steps (storage), else every memory_interval_steps (host
+                 memory, checkpoint/memory_tier.py); resume: the newest verified step of the two tiers
 
 Non-finite guard: a step whose loss (on any rank) or global gradient norm is NaN/inf does not touch the
 parameters or the optimizer state; all ranks agree through one tiny all-reduce. After
