@@ -242,3 +242,26 @@ def test_memory_snapshot_of_two_ranks_resumes_on_one(tmp_path):
     assert "memory tier" in line and line.endswith(f"step-{newest:08d} at step {newest}"), line
     summary = json.loads((tmp_path / "runs" / name / "summary.json").read_text())
     assert summary["world_size"] == 1 and summary["start_step"] == newest and summary["steps"] == STEPS
+
+
+def test_fsdp_job_killed_resumes_from_memory_tier_bit_exact(tmp_path):
+    """FSDP2 shards (DTensors) go through the tier too: the whole job killed, rerun, resumes from memory, exact."""
+    fsdp = "distributed.strategy=fsdp"
+    assert_ok(run(torchrun("--standalone", "--nproc_per_node=2", *_job(tmp_path, "straight-fsdp", fsdp)),
+                  cwd=tmp_path))
+    name, shm = "fsdp", tmp_path / "shm"
+    job = _job(tmp_path, name, fsdp, "checkpoint.interval_steps=1000", "checkpoint.memory_interval_steps=3",
+               f"checkpoint.memory_dir={shm}")
+    proc = _start(torchrun("--standalone", "--nproc_per_node=2", *job), tmp_path)
+    try:
+        _wait_for(lambda: (shm / name).exists() and len(_committed_steps(shm / name)) >= 2, proc=proc)
+        _kill_job(proc)
+    finally:
+        _kill_job(proc)
+        proc.communicate()
+    newest = _committed_steps(shm / name)[-1]
+    proc = run(torchrun("--standalone", "--nproc_per_node=2", *job), cwd=tmp_path)
+    assert_ok(proc)
+    line = _resume_line(proc.stdout)
+    assert "memory tier" in line and line.endswith(f"step-{newest:08d} at step {newest}"), line
+    assert _losses(tmp_path, name) == _losses(tmp_path, "straight-fsdp")  # exact float equality
