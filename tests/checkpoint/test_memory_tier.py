@@ -163,7 +163,7 @@ def test_memory_tier_that_cannot_fit_exits_2_with_the_numbers(tmp_path):
         proc = run([PYTHON, *job], cwd=tmp_path)
         assert proc.returncode == 2, proc.stderr[-3000:]
         [line] = proc.stderr.strip().splitlines()  # one line, no traceback
-        assert line.startswith("error: checkpoint.memory_interval_steps: the memory tier needs 2.3 MiB"), line
+        assert line.startswith("error: checkpoint.memory_interval_steps: the memory tier needs 3.1 MiB"), line
         assert f"checkpoint.memory_dir {small} has 1.0 MiB free" in line, line
         # The same job fits in 16 MiB: it runs, snapshots, and leaves the tmpfs empty when done.
         job = _job(tmp_path, "roomy", "training.max_steps=6", "checkpoint.memory_interval_steps=2",

@@ -41,29 +41,29 @@ def free_bytes(path: str) -> int:
     return info.f_bavail * info.f_frsize
 
 
+PER_TENSOR_BYTES = 4096  # a DCP shard file's own bytes around each tensor (generous)
+PER_RANK_BYTES = 64 << 10  # a rank's RNG file, plus its part of .metadata, COMMIT and trainer_state.json
+
+
 def state_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer, world_size: int) -> int:
-    """Estimated bytes of one snapshot of the whole job: parameters, buffers and optimizer state (AdamW's two
-    moments per parameter when the optimizer has not stepped yet). DDP replicas are written once in all; FSDP
-    shards (DTensors) once per rank."""
+    """Estimated bytes of one snapshot of the whole job, on the generous side: every model state-dict entry (tied
+    weights count twice, as DCP writes them), optimizer state (AdamW's two moments per parameter when it has not
+    stepped yet), an allowance per tensor and per rank. DDP replicas are written once in all; FSDP shards (DTensors)
+    once per rank."""
     def local(tensor: torch.Tensor) -> torch.Tensor:
         return tensor.to_local() if hasattr(tensor, "to_local") else tensor
 
-    sharded = False
-    params = 0
-    for param in model.parameters():
-        sharded |= hasattr(param, "to_local")
-        t = local(param)
-        params += t.numel() * t.element_size()
-    buffers = sum(local(b).numel() * local(b).element_size() for b in model.buffers())
-    optim = 0
-    for entry in optimizer.state.values():
-        for value in entry.values():
-            if isinstance(value, torch.Tensor):
-                optim += local(value).numel() * local(value).element_size()
-    if not optimizer.state:
-        optim = 2 * params
-    total = params + buffers + optim
-    return total * world_size if sharded else total
+    sharded = any(hasattr(p, "to_local") for p in model.parameters())
+    entries = [local(t) for t in model.state_dict().values() if isinstance(t, torch.Tensor)]
+    params = sum(local(p).numel() * local(p).element_size() for p in model.parameters())
+    optim = [local(v) for entry in optimizer.state.values() for v in entry.values() if isinstance(v, torch.Tensor)]
+    total = sum(t.numel() * t.element_size() for t in entries) + len(entries) * PER_TENSOR_BYTES
+    if optim:
+        total += sum(t.numel() * t.element_size() for t in optim) + len(optim) * PER_TENSOR_BYTES
+    else:
+        count = sum(1 for _ in model.parameters())
+        total += 2 * params + 3 * count * PER_TENSOR_BYTES  # exp_avg, exp_avg_sq, step
+    return (total * world_size if sharded else total) + world_size * PER_RANK_BYTES
 
 
 def _mib(n: float) -> str:
