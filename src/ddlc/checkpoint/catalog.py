@@ -101,6 +101,23 @@ def _step_dirs(store: CheckpointStore) -> list[tuple[str, int]]:
     return [(name, parse_step(name)) for name in store.list_dirs() if parse_step(name) is not None]
 
 
+def memory_tier_of(store: CheckpointStore, rows: list[CheckpointInfo], memory_dir: str) -> Optional[CheckpointStore]:
+    """The host-memory tier (memory_tier.py) of the run whose checkpoints `rows` are, on this node, if it has one:
+    `<memory_dir>/<run name>`, the run named by its newest committed checkpoint (else by a `<run>/checkpoints`
+    URI)."""
+    names = [row.manifest.extra.get("trainer_state", {}).get("run_name") for row in rows if row.manifest]
+    names = [name for name in names if isinstance(name, str) and name and "/" not in name and name not in (".", "..")]
+    run = names[-1] if names else None
+    if run is None and store.scheme == "file" and Path(store.root).name == "checkpoints":
+        run = Path(store.root).parent.name
+    if not run:
+        return None
+    tier = Path(memory_dir).expanduser().absolute() / run
+    if not tier.is_dir() or not any(parse_step(child.name) is not None for child in tier.iterdir()):
+        return None
+    return CheckpointStore(str(tier))
+
+
 def list_checkpoints(store: CheckpointStore) -> list[CheckpointInfo]:
     latest = latest_pointer(store)
     rows = []

@@ -122,6 +122,7 @@ class Checkpointer:
         io_threads: Optional[int] = None,
         agree_timeout_s: float = 60.0,
         load_timeout_s: Optional[float] = None,
+        private_store: bool = False,
     ):
         self.store = CheckpointStore(uri, endpoint_url)
         # Files each rank writes (and reads) in parallel: serialising, hashing and copying are CPU work, so use the
@@ -145,6 +146,10 @@ class Checkpointer:
         self.load_group = (dist.new_group(backend="gloo", timeout=timedelta(seconds=self.load_timeout_s))
                            if dist.is_initialized() else None)
         self._kv = default_store() if distributed else None
+        if private_store and self._kv is not None:
+            # A second checkpointer in the same job (the memory tier): a store client of its own, since a client
+            # serves one blocking wait at a time and each checkpointer's save thread waits on it for long.
+            self._kv = self._kv.clone()
         self._save_prefix = self._shared_token() if distributed else ""
         # The write-and-commit of an async save runs on a daemon thread: if this process dies mid-save, its exit is
         # never held up by a commit that can no longer happen (and no COMMIT is written — as it must be).
@@ -454,14 +459,19 @@ class Checkpointer:
                 return self.latest_valid(check_hashes, frozenset({*skip, choice.directory}))
         return choice.directory
 
-    def _choose(self, rejected: dict[str, str]) -> Choice:
+    def peek(self) -> Choice:
+        """Rank 0: what resume() would pick first (sizes checked, no hashes, no warnings); loads nothing."""
+        return choose(self.store, {}, lambda _message: None)
+
+    def _choose(self, rejected: dict[str, str], after_step: Optional[int] = None) -> Choice:
         try:
-            return choose(self.store, rejected, self.warn)
+            return choose(self.store, rejected, self.warn, after_step)
         except Exception as exc:  # noqa: BLE001 (storage down: every rank stops, none waits for rank 0)
             return Choice(error=f"cannot read the checkpoints under {self.store.display()} to resume: "
                                 f"{describe(exc)}")
 
-    def resume(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, check_hashes: bool = True) -> Optional[dict]:
+    def resume(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, check_hashes: bool = True,
+               after_step: Optional[int] = None) -> Optional[dict]:
         """Load the newest valid checkpoint into model and optimizer; return its trainer state (None: fresh).
 
         Rank 0 picks the newest committed checkpoint (commit order) whose files have their recorded sizes. Every
@@ -469,12 +479,13 @@ class Checkpointer:
         decodes, elsewhere by reading them in a thread alongside. If any file is corrupt, the loaded values are
         discarded — the next older checkpoint is loaded over every tensor — so a corrupt checkpoint never reaches
         the model. If every committed checkpoint is broken, raises UserError (exit 2) rather than start over.
+        `after_step` (rank 0's value counts): consider only later steps, and return None when none verifies.
         """
         loader = VerifiedLoad(self.store, self.rank, self.world_size, self.load_group, self.io_threads,
                               self.load_timeout_s)
         rejected: dict[str, str] = {}
         while True:
-            choice: Choice = self._broadcast(self._choose(rejected) if self.rank == 0 else None)
+            choice: Choice = self._broadcast(self._choose(rejected, after_step) if self.rank == 0 else None)
             if choice.error:
                 raise CheckpointLoadError(choice.error)
             directory = choice.directory
@@ -482,6 +493,7 @@ class Checkpointer:
                 if choice.refusal:
                     raise UserError(choice.refusal)
                 self.lineage, self._last_seq = new_lineage(), choice.highest_seq
+                self._known_corrupt = dict(rejected)
                 return None
             app_state = model_and_optimizer_state(model, optimizer)
             everyone = loader.gather(loader.load(directory, app_state, check_hashes))

@@ -41,13 +41,17 @@ class Choice:
     error: Optional[str] = None  # the store could not be read at all
 
 
-def choose(store: CheckpointStore, rejected: dict[str, str], warn: Callable[[str], None]) -> Choice:
-    """Newest committed checkpoint (commit order) whose files have their recorded sizes, skipping `rejected`."""
+def choose(store: CheckpointStore, rejected: dict[str, str], warn: Callable[[str], None],
+           after_step: Optional[int] = None) -> Choice:
+    """Newest committed checkpoint (commit order) whose files have their recorded sizes, skipping `rejected`.
+
+    `after_step` (the memory tier, memory_tier.py): only checkpoints of a later step count, and finding none that
+    verifies is not a refusal (the caller falls back to the other tier)."""
     committed: list[tuple[str, Manifest]] = []
     unreadable: dict[str, str] = {}
     uncommitted: list[str] = []
     for name in store.list_dirs():
-        if parse_step(name) is None:
+        if parse_step(name) is None or (after_step is not None and parse_step(name) <= after_step):
             continue
         commit = read_commit(store, name)
         if commit.manifest is not None:
@@ -72,7 +76,7 @@ def choose(store: CheckpointStore, rejected: dict[str, str], warn: Callable[[str
             warn(f"skipping checkpoint {store.display(name)}: not committed (no COMMIT marker)")
     for name, reason in sorted(unreadable.items(), reverse=True):
         warn(f"skipping checkpoint {store.display(name)}: {reason}")
-    if choice.directory is None and (committed or unreadable):
+    if choice.directory is None and (committed or unreadable) and after_step is None:
         broken = {**choice.broken, **unreadable}
         listed = "; ".join(f"{name}: {reason}" for name, reason in sorted(broken.items(), reverse=True)[:3])
         choice.refusal = (

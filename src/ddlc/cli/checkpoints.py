@@ -39,13 +39,26 @@ def _one_line(text: str) -> str:
 
 
 @checkpoints.command("list")
-def list_(uri: str, endpoint_url: Optional[str] = ENDPOINT) -> None:
-    """Every checkpoint under URI: step, committed or not, size, time; `*` marks the latest pointer."""
+def list_(uri: str, endpoint_url: Optional[str] = ENDPOINT,
+          memory_dir: str = typer.Option("/dev/shm/ddlc", "--memory-dir",
+                                         help="the run's checkpoint.memory_dir: its memory-tier snapshots on this "
+                                              "node are listed too")) -> None:
+    """Every checkpoint under URI: step, committed or not, size, time; `*` marks the latest pointer. Then the
+    run's memory-tier snapshots on this node, if any."""
     from ddlc.checkpoint import catalog  # torch is heavy: import only when a command runs
 
     store = catalog.open_store(uri, endpoint_url)
     rows = catalog.list_checkpoints(store)
-    table = Table(title=store.display())
+    _print_table(store.display(), rows)
+    if not rows:
+        console.print("no checkpoints")
+    tier = catalog.memory_tier_of(store, rows, memory_dir)
+    if tier is not None:
+        _print_table(f"memory tier (this node): {tier.display()}", catalog.list_checkpoints(tier))
+
+
+def _print_table(title: str, rows: list) -> None:
+    table = Table(title=title)
     for column in ("", "checkpoint", "step", "state", "size", "saved"):
         table.add_column(column, overflow="fold")
     for row in rows:
@@ -58,8 +71,6 @@ def list_(uri: str, endpoint_url: Optional[str] = ENDPOINT) -> None:
             state = "[yellow]incomplete[/yellow]"
         table.add_row("*" if row.is_latest else "", row.name, str(row.step), state, _human(row.size_bytes), saved)
     console.print(table)
-    if not rows:
-        console.print("no checkpoints")
 
 
 @checkpoints.command()

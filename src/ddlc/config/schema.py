@@ -173,6 +173,11 @@ class CheckpointConfig(Section):
     # A fresh start (resume=false) in a URI holding another run's checkpoints: refuse (exit 2) or move them aside.
     on_existing: Literal["refuse", "move_aside"] = "refuse"
     load_timeout_s: Optional[PositiveFloat] = None  # resume's own timeout; default max(1 h, 4 x distributed.timeout_s)
+    # Host-memory tier (docs/checkpointing.md, "Tiers"): every this many steps each rank's full state is also
+    # committed to <memory_dir>/<run name>/ (host shared memory), newest two kept; resume takes the newest verified
+    # step of either tier. None: off. Single node only: it does not survive the loss of the node.
+    memory_interval_steps: Optional[PositiveInt] = None
+    memory_dir: str = "/dev/shm/ddlc"
 
 
 class MonitoringConfig(Section):

@@ -3,6 +3,8 @@
     corpus -> sampler -> GPT -> wrap (DDP/FSDP2) -> AdamW + schedule
     for step: for micro_step: forward/backward (sync on the last) -> clip -> finite? -> optimizer -> schedule
               -> metrics
+              -> checkpoint every checkpoint.interval_steps (storage), else every memory_interval_steps (host
+                 memory, checkpoint/memory_tier.py); resume: the newest verified step of the two tiers
 
 Non-finite guard: a step whose loss (on any rank) or global gradient norm is NaN/inf does not touch the
 parameters or the optimizer state; all ranks agree through one tiny all-reduce. After
@@ -31,7 +33,7 @@ from ddlc.checkpoint.optimizer_guard import check_optimizer_restored, optimizer_
 from ddlc.checkpoint.shared_location import verify_shared_location
 from ddlc.config.loader import dump_config
 from ddlc.config.schema import Config
-from ddlc.errors import DivergedError
+from ddlc.errors import DivergedError, UserError
 from ddlc.run_format import CONFIG_FILE, write_atomic, write_summary
 from ddlc.runtime.data import GlobalBatchSampler, load_corpus, plan_batches
 from ddlc.runtime.distributed import DistContext
@@ -178,6 +180,7 @@ class Trainer:
                 on_commit=self._on_checkpoint_commit,
                 warn=lambda message: print(f"warning: {message}", file=sys.stderr, flush=True),
             )
+        self.memory = self._memory_tier()
         self.instance_type = cfg.monitoring.instance_type or os.environ.get("DDLC_INSTANCE_TYPE")
         self.metrics = self._training_metrics()
         # Per-rank compute time up to the gradient all-reduce, for the straggler rule (DDP only; with an endpoint).
@@ -194,6 +197,28 @@ class Trainer:
     @staticmethod
     def _warn(message: str) -> None:
         print(f"warning: {message}", file=sys.stderr, flush=True)
+
+    def _memory_tier(self):
+        """The host-memory tier (checkpoint/memory_tier.py) when checkpoint.memory_interval_steps is set."""
+        ckpt, ctx = self.cfg.checkpoint, self.ctx
+        if self.checkpointer is None or ckpt.memory_interval_steps is None:
+            return None
+        why_not = None
+        if self.engine is not None:
+            why_not = f"it supports ddp and fsdp, not {self.cfg.distributed.strategy}"
+        elif ctx.env.num_nodes > 1:
+            why_not = "it is single-node only (each node has its own host memory; peer replication is not built)"
+        if why_not:
+            if ctx.is_main:
+                self._warn(f"checkpoint.memory_interval_steps is set but the memory tier is off: {why_not}")
+            return None
+        from ddlc.checkpoint.memory_tier import MemoryTier, state_bytes
+
+        tier = MemoryTier(ckpt.memory_dir, self.run_name, ckpt.memory_interval_steps, ctx.rank, ctx.world_size,
+                          warn=self._warn, commit_timeout_s=self.cfg.distributed.timeout_s,
+                          load_timeout_s=ckpt.load_timeout_s)
+        tier.check_fits(state_bytes(self.model, self.optimizer, ctx.world_size))  # every rank: same verdict
+        return tier
 
     # -- monitoring -----------------------------------------------------------------------------------------
     def _training_metrics(self):
@@ -244,6 +269,8 @@ class Trainer:
             return None
         if not self.cfg.checkpoint.resume:  # a new lineage: never mixed with another run's checkpoints
             self.checkpointer.start_fresh(self.cfg.checkpoint.on_existing)
+            if self.memory is not None:
+                self.memory.discard()
             return None
         # Leftover gradients (Horovod's broadcast_optimizer_state leaves zeros) make DCP think the optimizer is
         # initialised and load no optimizer state at all: start the load from a clean slate.
@@ -251,9 +278,22 @@ class Trainer:
             param.grad = None
         if self.engine is not None and hasattr(self.engine, "prepare_resume"):
             self.engine.prepare_resume()
-        restored = self.checkpointer.resume(
-            self.model, self.optimizer, check_hashes=self.cfg.checkpoint.verify_on_resume == "sha256"
-        )
+        check_hashes = self.cfg.checkpoint.verify_on_resume == "sha256"
+        restored, corrupt = None, {}
+        if self.memory is not None:  # newer than storage's newest and verified, else storage
+            restored = self.memory.resume(self.checkpointer, self.model, self.optimizer, check_hashes)
+            if restored is not None:
+                restored["checkpoint"] = f"memory tier {restored['checkpoint']}"
+            else:
+                corrupt = dict(self.memory.checkpointer._known_corrupt)
+                self.memory.discard()  # older than storage's newest, or corrupt: never loaded
+        if restored is None:
+            restored = self.checkpointer.resume(self.model, self.optimizer, check_hashes=check_hashes)
+        if restored is None and self.memory is not None and corrupt:
+            # The corrupt snapshot was loaded before it was rejected: do not start over from its values.
+            raise UserError(f"every memory-tier snapshot is corrupt ({'; '.join(sorted(corrupt))}) and storage "
+                            f"holds no checkpoint; refusing to start over from step 0. Start a new run on purpose "
+                            f"with checkpoint.resume=false")
         if restored is None:
             return None
         check_optimizer_restored(self.optimizer, restored, self.checkpointer.group, restored.get("checkpoint", ""))
@@ -266,10 +306,13 @@ class Trainer:
             self.metrics.resumed(restored.get("cost_usd"))
         return restored
 
-    def save_checkpoint(self, blocking: bool, final: bool = False) -> None:
+    def save_checkpoint(self, blocking: bool, final: bool = False, memory: bool = False) -> None:
         """A failed save is a warning (the previous commit stands), except the final one: CheckpointSaveError.
-        A non-finite state is never saved (the final save then raises DivergedError)."""
+        A non-finite state is never saved (the final save then raises DivergedError). memory=True: a snapshot in
+        the host-memory tier instead (always async)."""
         if self.checkpointer is None or self.checkpointer.last_step == self.state.step:
+            return
+        if memory and (self.memory is None or self.memory.checkpointer.last_step == self.state.step):
             return
         if self.nonfinite_total and isinstance(self.optimizer, torch.optim.Optimizer) and not self.optimizer.state:
             # Every step so far was skipped: no update exists to save, and DCP would have to invent optimizer state.
@@ -287,7 +330,10 @@ class Trainer:
                 print(f"warning: {message}", file=sys.stderr, flush=True)
             return
         try:
-            self.checkpointer.save(self.state.step, self.model, self.optimizer, self.trainer_state(), blocking)
+            if memory:
+                self.memory.save(self.state.step, self.model, self.optimizer, self.trainer_state())
+            else:
+                self.checkpointer.save(self.state.step, self.model, self.optimizer, self.trainer_state(), blocking)
         except CheckpointSaveError as error:
             if final:
                 raise
@@ -436,9 +482,14 @@ class Trainer:
             except DivergedError:
                 if self.checkpointer is not None:
                     self.checkpointer.close()  # an async save of an earlier, finite step still completes
+                if self.memory is not None:
+                    self.memory.close()
                 raise
             if self.checkpointer is not None:
                 self.checkpointer.close()
+            if self.memory is not None:  # storage now holds the newest state: the snapshots are stale
+                self.memory.close()
+                self.memory.discard()
             if self.metrics is not None:
                 # A clean end: ddlc_train_finished 1, and close() below lingers, except after a stop request (the
                 # launcher's grace period is short, and it kills what is still running).
@@ -493,6 +544,8 @@ class Trainer:
         """Re-running a finished run: say so, and leave its summary, metrics, config and checkpoints as they are."""
         if self.checkpointer is not None:
             self.checkpointer.close()
+        if self.memory is not None:
+            self.memory.close()
         self.preemption.close()
         if self.metrics is not None:
             self.metrics.close()
@@ -555,6 +608,9 @@ class Trainer:
             ckpt = self.cfg.checkpoint
             if self.checkpointer is not None and self.state.step % ckpt.interval_steps == 0 and self.state.step < last_step:
                 self.save_checkpoint(blocking=not ckpt.async_save)
+            elif self.memory is not None and self.memory.due(self.state.step, ckpt.interval_steps) \
+                    and self.state.step < last_step:
+                self.save_checkpoint(blocking=False, memory=True)
 
     def _reduce(self, pending: list) -> list[dict]:
         """One collective per log interval: the global mean loss of every step in it."""
