@@ -27,9 +27,11 @@ def _one_error_line(proc) -> str:
     [
         (open("/bin/true", "rb").read(4096), "binary data (NUL byte at offset"),
         (b"\xff\xfenode-a slots=2\n", "not UTF-8 text (byte offset 0)"),
+        (b"node-a.invalid slots=2\nnode-b.invalid slots=0\n", ":2: slots must be a positive integer, got "
+                                                            "'node-b.invalid slots=0'"),
     ],
 )
-def test_binary_hostfile_is_one_line(tmp_path, data, expected):
+def test_unusable_hostfile_is_one_line(tmp_path, data, expected):
     assert expected in _one_error_line(_launch(tmp_path, "train.py", hostfile_bytes=data))
 
 

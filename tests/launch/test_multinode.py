@@ -34,6 +34,9 @@ def test_hostfile_formats():
     "text, message",
     [
         ("a slots=2\nb slots=two\n", "hf:2: slots must be a positive integer"),
+        ("a slots=2\nb slots=0\n", "hf:2: slots must be a positive integer, got 'b slots=0'"),
+        ("a:0\n", "hf:1: slots must be a positive integer, got 'a:0'"),
+        ("a slots=-1\n", "hf:1: slots must be a positive integer"),
         ("a slots=2\nb gpus=2\n", "hf:2: expected 'host slots=N'"),
         ("a\na\n", "hf:2: host 'a' is listed twice"),
         ("bad/host\n", "hf:1: 'bad/host' is not a host name"),
