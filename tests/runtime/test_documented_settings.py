@@ -97,3 +97,27 @@ def test_training_by_epochs_with_a_constant_schedule(tmp_path):
     assert lrs[:warmup] == pytest.approx([lr * (s + 1) / warmup for s in range(warmup)])
     assert lrs[warmup:] == [pytest.approx(lr, rel=1e-12)] * (steps - warmup)
     assert math.isclose(records[-1]["epoch"], steps * batch / windows, rel_tol=1e-9)  # epochs done after the step
+
+
+@pytest.mark.parametrize("clip", [0.05, None])
+def test_the_trainer_applies_grad_clip_to_the_update(tmp_path, clip):
+    """Through the Trainer's own step: what the optimizer applies has norm <= grad_clip; the norm it reports is the
+    one before clipping (docs: "null: no clipping, norm still logged")."""
+    from ddlc.runtime import Trainer, init_distributed
+
+    cfg = load_config(CONFIG, [*FAST, f"training.grad_clip={'null' if clip is None else clip}",
+                               "checkpoint.enabled=false", f"monitoring.run_dir={tmp_path}", "monitoring.run_name=c"])
+    trainer = Trainer(cfg, init_distributed("cpu", "gloo"))
+    applied = []
+
+    def record(optimizer, *_):
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        applied.append(float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))))
+
+    trainer.optimizer.register_step_pre_hook(record)
+    reported = [float(trainer.train_step()[1]) for _ in range(3)]
+    assert len(applied) == 3 and all(norm > 0.05 * 2 for norm in reported), reported
+    if clip is None:
+        assert applied == pytest.approx(reported, rel=1e-5)
+    else:
+        assert applied == pytest.approx([clip] * 3, rel=1e-4)
