@@ -102,10 +102,14 @@ class _GatedStager:
         pass
 
 
-def test_latest_moves_only_after_commit(tmp_path, ctx, monkeypatch):
-    """The last write of a save (COMMIT) fails: `latest` still names the previous checkpoint, which resumes."""
+@pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
+@pytest.mark.parametrize("in_the_way, io_threads", [(COMMIT, 2), ("__0_0.distcp", 1), ("__0_0.distcp", 2)])
+def test_latest_moves_only_after_commit(tmp_path, ctx, monkeypatch, in_the_way, io_threads):
+    """The last write of a save (COMMIT), or DCP's write of a shard, fails: `latest` still names the previous
+    checkpoint, which resumes. A shard that cannot even be opened is reported as itself, by the save (not as
+    "generator didn't yield", nor as a traceback from one of DCP's writer threads)."""
     model, optimizer = _model_and_optimizer()
-    ckpt = Checkpointer(str(tmp_path / "ck"), keep_last=10, warn=lambda message: None)
+    ckpt = Checkpointer(str(tmp_path / "ck"), keep_last=10, warn=lambda message: None, io_threads=io_threads)
     ckpt.save(1, model, optimizer, {"step": 1}, blocking=True)
     expected = {k: v.clone() for k, v in model.state_dict().items()}
     assert ckpt.store.read_text(LATEST).strip() == "step-00000001"
@@ -117,13 +121,14 @@ def test_latest_moves_only_after_commit(tmp_path, ctx, monkeypatch):
     while "directory" not in stats.phases:  # the directory of step 2 has been prepared
         assert time.monotonic() < deadline
         time.sleep(0.01)
-    blocker = tmp_path / "ck" / "step-00000002" / COMMIT / "in-the-way"
+    blocker = tmp_path / "ck" / "step-00000002" / in_the_way / "in-the-way"
     blocker.parent.mkdir(parents=True)
-    blocker.write_text("a directory where COMMIT goes: renaming COMMIT into place fails")
+    blocker.write_text(f"a directory where {in_the_way} goes: writing it fails")
     gate.open()
     ckpt.close()
 
-    assert not stats.committed and stats.error and "COMMIT" in stats.error, stats
+    assert not stats.committed and stats.error and in_the_way in stats.error, stats
+    assert stats.error.startswith("IsADirectoryError"), stats.error
     assert ckpt.store.read_text(LATEST).strip() == "step-00000001"
     assert not (tmp_path / "ck" / "step-00000002").exists()  # the failed save's debris is gone
     fresh, fresh_optimizer = _model_and_optimizer(seed=1)
