@@ -193,10 +193,11 @@ def _wait_for_line(job: subprocess.Popen, text: str) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("how", ["node-dies", "ctrl-c"])
+@pytest.mark.parametrize("how", ["node-dies", "ctrl-c", "sigterm"])
 def test_stopping_leaves_no_orphans(hosts, tmp_path, how):
     """A node's launcher killed mid-job leaves fewer than --min-nodes (default: every host): the whole job stops with
-    its code. Ctrl-C stops every node after the workers checkpoint: exit 75, reported as a preempted stop."""
+    its code. Ctrl-C, or SIGTERM to `ddlc launch` (docs/launch.md), stops every node after the workers checkpoint:
+    exit 75, reported as a preempted stop."""
     marker = f"{how}-{os.getpid()}"
     job = launch_on(hosts, "torchrun", job_args(tmp_path / "p", tmp_path, marker, 100000), wait=False)
     try:
@@ -204,8 +205,8 @@ def test_stopping_leaves_no_orphans(hosts, tmp_path, how):
         _wait_for_line(job, "step 1/")  # training under way: the workers handle SIGTERM by checkpointing
         if how == "node-dies":
             agent.send_signal(signal.SIGKILL)  # node 1's torchrun dies; its worker would be orphaned on that host
-        else:
-            job.send_signal(signal.SIGINT)  # `ip netns exec` execs the launcher: this is Ctrl-C on `ddlc launch`
+        else:  # `ip netns exec` execs the launcher: this is Ctrl-C (or a SIGTERM) on `ddlc launch` itself
+            job.send_signal(signal.SIGINT if how == "ctrl-c" else signal.SIGTERM)
         output, _ = job.communicate(timeout=60)
     finally:
         if job.poll() is None:
@@ -217,7 +218,8 @@ def test_stopping_leaves_no_orphans(hosts, tmp_path, how):
         assert "ddlc launch: 1 node left, fewer than --min-nodes 2; stopping the job" in output
     else:
         assert job.returncode == 75, output[-3000:]
-        assert "ddlc launch: SIGINT at" in output and "stopping all nodes (the workers checkpoint first" in output
+        name = "SIGINT" if how == "ctrl-c" else "SIGTERM"
+        assert f"ddlc launch: {name} at" in output and "stopping all nodes (the workers checkpoint first" in output
         assert re.search(r"ddlc launch: preempted: the job saved a checkpoint at step \d+ and stopped", output)
         assert "Traceback" not in output and "SignalException" not in output, output[-5000:]
     leftovers = _job_processes(marker)
