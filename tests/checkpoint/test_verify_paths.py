@@ -4,6 +4,7 @@ vanished. In-process, one rank, real files."""
 
 from __future__ import annotations
 
+import json
 import time
 from concurrent.futures import Future
 from pathlib import Path
@@ -174,3 +175,50 @@ def test_a_commit_refuses_when_a_ranks_files_are_gone(tmp_path, ctx):
         build_manifest(store, directory, 1, other, 2, "lin", 1)
     assert not (ck / directory / COMMIT).exists()
     assert (ck / LATEST).read_text().strip() == directory  # untouched by the refusals
+
+
+def test_check_file_reports_each_way_a_file_can_differ_from_commit(tmp_path, ctx):
+    """check_file guards what is decoded first (DCP's .metadata) before anything unpickles it."""
+    from ddlc.checkpoint.manifest import METADATA, check_file
+
+    ck = _saved(tmp_path, steps=(1,))
+    store = CheckpointStore(str(ck))
+    manifest = read_manifest(store, "step-00000001")
+    assert check_file(store, "step-00000001", manifest, METADATA) is None
+    assert check_file(store, "step-00000001", manifest, "extra.bin") == "extra.bin: not listed in COMMIT"
+    metadata = ck / "step-00000001" / METADATA
+    original = metadata.read_bytes()
+    metadata.write_bytes(original + b"x")
+    assert check_file(store, "step-00000001", manifest, METADATA) == (
+        f"{METADATA}: size {len(original) + 1} != {len(original)} (truncated or overwritten)")
+    metadata.write_bytes(bytes([original[0] ^ 1]) + original[1:])
+    assert check_file(store, "step-00000001", manifest, METADATA) == f"{METADATA}: sha256 mismatch (corrupted)"
+    metadata.unlink()
+    assert check_file(store, "step-00000001", manifest, METADATA) == f"{METADATA}: missing"
+
+
+@pytest.mark.parametrize("change, reason", [
+    ({"step": "1"}, "step"),  # a string is not a step, even one that reads as a number
+    ({"step": 1.0}, "step"),
+    ({"extra": {"seq": -1}}, "extra.seq is not a commit sequence number"),
+    ({"extra": {"seq": 10**16}}, "extra.seq is not a commit sequence number"),
+    ({"files": {"a.bin": {"size": -1, "sha256": "0" * 64}}}, "files.a.bin.size"),
+])
+def test_a_commit_with_out_of_range_fields_is_unreadable(change, reason):
+    from ddlc.checkpoint.manifest import Manifest, parse_commit
+
+    raw = json.loads(Manifest(step=1, files={"a.bin": {"size": 3, "sha256": "0" * 64}}, world_size=1).to_json())
+    raw.update(change)
+    read = parse_commit(json.dumps(raw).encode(), "step-00000001")
+    assert read.state == "unreadable" and reason in read.reason, read.reason
+
+
+def test_newer_means_commit_order_even_against_the_clock():
+    """A commit on a host whose clock is behind is still newer when its seq is higher (retention and resume)."""
+    from ddlc.checkpoint.manifest import Manifest
+
+    files = {"a.bin": {"size": 3, "sha256": "0" * 64}}
+    earlier = Manifest(step=30, files=files, world_size=1, created=2000.0, extra={"seq": 3})
+    later = Manifest(step=24, files=files, world_size=1, created=1000.0, extra={"seq": 4})
+    assert later.order > earlier.order
+    assert Manifest(step=24, files=files, world_size=1, created=1000.0, extra={"seq": 3}).order < earlier.order
