@@ -1,6 +1,9 @@
 """The paths of verification and commit that only show up when something is wrong: a file that COMMIT lists but
 that is gone, a shard that grew, a save that fails at its very last step (COMMIT), and a commit whose rank files
-vanished. In-process, one rank, real files."""
+vanished. In-process, one rank, real files.
+
+Equivalent mutant left alive in manifest.py: dropping `name.startswith("/")` from _safe_name (an absolute name's first
+part is empty, which the parts check refuses anyway)."""
 
 from __future__ import annotations
 
