@@ -89,9 +89,13 @@ def test_prune_verifies_before_deleting_and_keeps_keep_last_verified(tmp_path):
     ck = _store_with(tmp_path, [10, 20, 30, 40, 50, 60])
     shard = next((ck / "step-00000060").glob("*.distcp"))
     shard.write_bytes(shard.read_bytes()[:-9])  # truncated: a size check sees it
+    before = {p: p.read_bytes() for p in ck.rglob("*") if p.is_file()}
+    assert (ck / "latest").read_text().strip() == "step-00000060"
     dry = run([DDLC, "checkpoints", "prune", str(ck), "--keep-last", "1", "--dry-run"], cwd=tmp_path, COLUMNS="300")
     assert_ok(dry)
     assert len(_steps(ck)) == 6
+    # nothing at all changed: not a file, and not `latest` (which the real prune moves off the corrupt newest)
+    assert {p: p.read_bytes() for p in ck.rglob("*") if p.is_file()} == before
     for step in (10, 20, 30, 40):
         assert f"would delete {ck / f'step-{step:08d}'}" in dry.stdout
     assert f"would keep {ck / 'step-00000050'}: newest verified" in dry.stdout

@@ -182,25 +182,27 @@ def test_shard_digests_are_taken_only_from_front_to_back_writes(tmp_path):
     assert fs.take_digests(str(tmp_path)) == {}  # taken once
 
 
-class _SlowStager:
-    """DCP's async stager, made to start its copy late, so that anything racing it would show in the checkpoint."""
+class _GatedStager:
+    """DCP's async stager, made to start its copy only once the gate opens, so that anything racing it would show
+    in the checkpoint (and the test decides when the copy can happen, instead of a wall-clock guess)."""
 
-    def __init__(self, delay_s: float):
+    def __init__(self):
+        import threading
+
         from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
 
         self.inner = DefaultStager(StagingOptions(use_pinned_memory=False, use_shared_memory=False,
                                                   use_async_staging=True, use_non_blocking_copy=False))
-        self.delay_s = delay_s
+        self.gate = threading.Event()
         self.executor = __import__("concurrent.futures").futures.ThreadPoolExecutor(max_workers=1)
 
     def stage(self, state_dict):
-        import time
-
         def late_copy():
-            time.sleep(self.delay_s)
+            self.gate.wait(60)
             return self.inner.stage(state_dict).result()
 
-        return self.executor.submit(late_copy)
+        self.future = self.executor.submit(late_copy)
+        return self.future
 
     def close(self):
         self.executor.shutdown(wait=True)
@@ -218,12 +220,32 @@ def test_async_save_holds_the_state_of_its_step_while_training_goes_on(tmp_path,
     expected = {k: v.clone() for k, v in model.state_dict().items()}
     expected_moment = optimizer.state[model[0].weight]["exp_avg"].clone()
 
+    import threading
+    import time
+
     ckpt = Checkpointer(str(tmp_path / "ck"))
-    monkeypatch.setattr(ckpt, "_stager", lambda slow=_SlowStager(0.5): slow)
+    stager = _GatedStager()
+    monkeypatch.setattr(ckpt, "_stager", lambda: stager)
+    hold_s = 0.05
+    # Hooks run in the order they were registered: this one (before the save's) opens the gate only as the step
+    # begins, so the save's hook must wait at least hold_s; the one after the save's sees what that wait left.
+    optimizer.register_step_pre_hook(
+        lambda *_: threading.Thread(target=lambda: (time.sleep(hold_s), stager.gate.set())).start())
     stats = ckpt.save(1, model, optimizer, {"step": 1}, blocking=False)
+    seen = {}
+    optimizer.register_step_pre_hook(lambda *_: seen.update(
+        staged=stager.future.done(),
+        weight_unchanged=torch.equal(model[0].weight, expected["0.weight"])))
+    held_by_save = stats.blocking_s
     model(torch.randn(4, 8) * 5 + 3).sum().backward()  # BatchNorm running stats move now
+    assert not stager.gate.is_set()  # the copy has not started: the forward and backward ran alongside the save
+    began = time.perf_counter()
     optimizer.step()  # waits for the staging copy
-    assert stats.blocking_s > 0.3  # the wait before the step counts as time the loop was held
+    step_s = time.perf_counter() - began
+    assert seen == {"staged": True, "weight_unchanged": True}  # the step ran only after the copy, on the old weights
+    waited = stats.blocking_s - held_by_save  # the wait before the step counts as time the loop was held
+    assert hold_s <= waited <= step_s, (held_by_save, stats.blocking_s, step_s)
+    assert not torch.equal(model[0].weight, expected["0.weight"])  # and then the step itself went ahead
     assert not torch.equal(model[1].running_mean, expected["1.running_mean"])
     ckpt.close()
     assert ckpt.history[-1].committed

@@ -40,6 +40,9 @@ def files(tmp_path):
         (["checkpoint.uri={tmp}/a-file"], "checkpoint.uri: {tmp}/a-file is a file, not a directory"),
         (["training.global_batch_size=24"], "training.global_batch_size=24 is not a multiple of micro_batch_size (8) x world size (2) = 16"),
         (["--config", "{tmp}/bomb.yaml"], "bomb.yaml: expands to more than 10,000 values"),
+        # an empty `key=` is null: refused, naming the key, wherever the key needs a value
+        (["model.n_layer="], "model.n_layer: Input should be a valid integer (got None)"),
+        (["training.max_steps="], "training: set exactly one of training.max_steps and training.epochs"),
     ],
 )
 def test_ddlc_train_refuses_before_any_worker_starts(files, args, expected):

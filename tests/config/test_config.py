@@ -38,6 +38,16 @@ def test_malformed_override(text):
         parse_override(text)
 
 
+def test_an_empty_override_is_null():
+    """`key=` sets null: where null means something (grad_clip: no clipping; checkpoint.uri: the default place) it
+    is taken, and it replaces the file's value; elsewhere validation names the key."""
+    cfg = load_config(CONFIG, ["training.grad_clip=", "checkpoint.uri= "])
+    assert cfg.training.grad_clip is None and cfg.checkpoint.uri is None
+    assert load_config(CONFIG, []).training.grad_clip == 1.0  # config.yaml's own value, replaced above
+    with pytest.raises(ConfigError, match=r"model\.n_layer: Input should be a valid integer \(got None\)"):
+        load_config(CONFIG, ["model.n_layer="])
+
+
 def test_epochs_replace_default_steps():
     cfg = load_config(None, ["training.epochs=0.5"])
     assert cfg.training.max_steps is None and cfg.training.epochs == 0.5

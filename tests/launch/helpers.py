@@ -36,6 +36,35 @@ def assert_identical_ranks(out: Path, world: int) -> None:
             assert torch.equal(tensor, states[0][name]), f"rank {rank} differs from rank 0 in {name}"
 
 
+def initial_parameters() -> dict:
+    """The weights every rank starts from under job_args (FAST, config.yaml's seed), built here the same way."""
+    from ddlc.config import load_config
+    from ddlc.runtime.data import load_corpus
+    from ddlc.runtime.model import GPT
+    from ddlc.runtime.trainer import seed_everything
+
+    cfg = load_config(CONFIG, FAST)
+    cfg.model.vocab_size = load_corpus(cfg.data, cfg.model.block_size, None, cfg.training.seed).vocab_size
+    seed_everything(cfg.training.seed)
+    return {name: tensor.detach().clone() for name, tensor in GPT(cfg.model).state_dict().items()}
+
+
+def assert_trained(run_dir: Path, out: Path, steps: int, world: int) -> None:
+    """The job really trained (identical ranks alone also hold after zero steps, or with no update applied): every
+    step once, on `world` ranks, and every parameter moved away from the weights it started from."""
+    import json
+
+    from ddlc.runtime.metrics import read_metrics
+
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["steps"] == steps and summary["world_size"] == world, summary
+    assert [r["step"] for r in read_metrics(run_dir)] == list(range(1, steps + 1))
+    trained, initial = torch.load(out / "rank0.pt"), initial_parameters()
+    assert trained.keys() == initial.keys()
+    assert not any(torch.equal(trained[name], initial[name]) for name in initial if trained[name].numel() > 0), \
+        "parameters still have their initial values"
+
+
 def job_args(out: Path, tmp: Path, name: str, steps: int, *more: str) -> list[str]:
     return [str(out), str(CONFIG), *FAST, f"training.max_steps={steps}", f"monitoring.run_dir={tmp}",
             f"monitoring.run_name={name}", "monitoring.progress=plain", "checkpoint.interval_steps=1000", *more]

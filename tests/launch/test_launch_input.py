@@ -27,9 +27,11 @@ def _one_error_line(proc) -> str:
     [
         (open("/bin/true", "rb").read(4096), "binary data (NUL byte at offset"),
         (b"\xff\xfenode-a slots=2\n", "not UTF-8 text (byte offset 0)"),
+        (b"node-a.invalid slots=2\nnode-b.invalid slots=0\n", ":2: slots must be a positive integer, got "
+                                                            "'node-b.invalid slots=0'"),
     ],
 )
-def test_binary_hostfile_is_one_line(tmp_path, data, expected):
+def test_unusable_hostfile_is_one_line(tmp_path, data, expected):
     assert expected in _one_error_line(_launch(tmp_path, "train.py", hostfile_bytes=data))
 
 
@@ -77,3 +79,36 @@ def test_an_elastic_job_must_fit_every_node_count(tmp_path):
     ok = _launch(tmp_path, "--min-nodes", "1", "--dry-run", "train.py", "--", "--config", str(CONFIG),
                  "training.micro_batch_size=2", "training.global_batch_size=8")
     assert ok.returncode == 0, ok.stderr
+
+
+def test_hostfile_dash_reads_the_hosts_from_stdin(tmp_path):
+    import subprocess
+
+    from tests.support import child_env
+
+    script = tmp_path / "mine.py"
+    script.write_text("print('my own training script')\n")
+    proc = subprocess.run([*DDLC, "launch", "--hostfile", "-", "--dry-run", str(script)], cwd=REPO, env=child_env(),
+                          input="stdin-a.invalid slots=3\nstdin-b.invalid:3\n", capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.strip().splitlines()
+    assert lines[0].startswith("# engine=torchrun nodes=2"), lines[0]
+    assert [line.split()[0] for line in lines[1:]] == ["[stdin-a.invalid]", "[stdin-b.invalid]"]
+    assert all("--nproc_per_node=3" in line for line in lines[1:])
+    bad = subprocess.run([*DDLC, "launch", "--hostfile", "-", "--dry-run", str(script)], cwd=REPO, env=child_env(),
+                         input="stdin-a.invalid slots=0\n", capture_output=True, text=True, timeout=120)
+    assert "<stdin>:1: slots must be a positive integer" in _one_error_line(bad)
+
+
+def test_no_preflight_goes_straight_to_the_job(tmp_path):
+    """With preflight an unreachable host is exit 2 before anything starts; --no-preflight skips that probe, so the
+    job itself is started (and its ssh fails)."""
+    script = tmp_path / "mine.py"
+    script.write_text("print('my own training script')\n")
+    checked = _launch(tmp_path, str(script))
+    assert "unreachable over ssh" in _one_error_line(checked)
+    unchecked = _launch(tmp_path, "--no-preflight", str(script))
+    assert unchecked.returncode not in (0, 2), unchecked.stderr[-3000:]
+    assert "unreachable over ssh" not in unchecked.stdout + unchecked.stderr
+    assert "Could not resolve hostname node-a.invalid" in unchecked.stdout + unchecked.stderr

@@ -15,7 +15,7 @@ import pytest
 from ddlc.launch.env import node_environment, parse_env_overrides
 from ddlc.launch.multinode import expand_nodelist, parse_hostfile_text, slurm_hosts
 from ddlc.errors import UserError
-from tests.launch.helpers import DDLC, assert_identical_ranks, job_args, launch_on
+from tests.launch.helpers import DDLC, assert_identical_ranks, assert_trained, job_args, launch_on
 from tests.support import REPO, assert_ok, run
 
 
@@ -34,6 +34,9 @@ def test_hostfile_formats():
     "text, message",
     [
         ("a slots=2\nb slots=two\n", "hf:2: slots must be a positive integer"),
+        ("a slots=2\nb slots=0\n", "hf:2: slots must be a positive integer, got 'b slots=0'"),
+        ("a:0\n", "hf:1: slots must be a positive integer, got 'a:0'"),
+        ("a slots=-1\n", "hf:1: slots must be a positive integer"),
         ("a slots=2\nb gpus=2\n", "hf:2: expected 'host slots=N'"),
         ("a\na\n", "hf:2: host 'a' is listed twice"),
         ("bad/host\n", "hf:1: 'bad/host' is not a host name"),
@@ -145,8 +148,7 @@ def test_torchrun_two_hosts(hosts, tmp_path):
     assert_ok(proc)
     assert "[10.213.0.1] " in proc.stdout and "[10.213.0.2] " in proc.stdout
     assert_identical_ranks(out, 2)
-    summary = (tmp_path / "two-hosts" / "summary.json").read_text()
-    assert '"world_size": 2' in summary
+    assert_trained(tmp_path / "two-hosts", out, 6, 2)
 
 
 @pytest.mark.slow
@@ -191,10 +193,11 @@ def _wait_for_line(job: subprocess.Popen, text: str) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("how", ["node-dies", "ctrl-c"])
+@pytest.mark.parametrize("how", ["node-dies", "ctrl-c", "sigterm"])
 def test_stopping_leaves_no_orphans(hosts, tmp_path, how):
     """A node's launcher killed mid-job leaves fewer than --min-nodes (default: every host): the whole job stops with
-    its code. Ctrl-C stops every node after the workers checkpoint: exit 75, reported as a preempted stop."""
+    its code. Ctrl-C, or SIGTERM to `ddlc launch` (docs/launch.md), stops every node after the workers checkpoint:
+    exit 75, reported as a preempted stop."""
     marker = f"{how}-{os.getpid()}"
     job = launch_on(hosts, "torchrun", job_args(tmp_path / "p", tmp_path, marker, 100000), wait=False)
     try:
@@ -202,8 +205,8 @@ def test_stopping_leaves_no_orphans(hosts, tmp_path, how):
         _wait_for_line(job, "step 1/")  # training under way: the workers handle SIGTERM by checkpointing
         if how == "node-dies":
             agent.send_signal(signal.SIGKILL)  # node 1's torchrun dies; its worker would be orphaned on that host
-        else:
-            job.send_signal(signal.SIGINT)  # `ip netns exec` execs the launcher: this is Ctrl-C on `ddlc launch`
+        else:  # `ip netns exec` execs the launcher: this is Ctrl-C (or a SIGTERM) on `ddlc launch` itself
+            job.send_signal(signal.SIGINT if how == "ctrl-c" else signal.SIGTERM)
         output, _ = job.communicate(timeout=60)
     finally:
         if job.poll() is None:
@@ -215,7 +218,8 @@ def test_stopping_leaves_no_orphans(hosts, tmp_path, how):
         assert "ddlc launch: 1 node left, fewer than --min-nodes 2; stopping the job" in output
     else:
         assert job.returncode == 75, output[-3000:]
-        assert "ddlc launch: SIGINT at" in output and "stopping all nodes (the workers checkpoint first" in output
+        name = "SIGINT" if how == "ctrl-c" else "SIGTERM"
+        assert f"ddlc launch: {name} at" in output and "stopping all nodes (the workers checkpoint first" in output
         assert re.search(r"ddlc launch: preempted: the job saved a checkpoint at step \d+ and stopped", output)
         assert "Traceback" not in output and "SignalException" not in output, output[-5000:]
     leftovers = _job_processes(marker)
@@ -232,4 +236,5 @@ def test_deepspeed_zero3_two_hosts(hosts, tmp_path):
     assert "[10.213.0.2] " in proc.stdout
     assert_identical_ranks(out, 2)
     summary = (tmp_path / "ds-two-hosts" / "summary.json").read_text()
-    assert '"strategy": "deepspeed"' in summary and '"world_size": 2' in summary
+    assert '"strategy": "deepspeed"' in summary
+    assert_trained(tmp_path / "ds-two-hosts", out, 6, 2)

@@ -26,7 +26,9 @@ def test_agent_serves_node_metrics(tmp_path: Path) -> None:
         samples = scrape(agent.url)
     names = sample_names(samples)
     assert value_of(samples, "ddlc_agent_info", node="node-a") == 1
-    assert value_of(samples, "ddlc_gpu_count", node="node-a") >= 0
+    driver_gpus = Path("/proc/driver/nvidia/gpus")  # what the kernel driver registered (NVML sees the same)
+    assert value_of(samples, "ddlc_gpu_count", node="node-a") == (
+        len(list(driver_gpus.iterdir())) if driver_gpus.is_dir() else 0)
     assert {"ddlc_network_receive_bytes_total", "ddlc_network_transmit_bytes_total", "ddlc_cpu_utilization_ratio",
             "ddlc_memory_used_bytes", "ddlc_disk_free_bytes"} <= names
     assert value_of(samples, "ddlc_efa_receive_bytes_total", device="rdmap0") == 42

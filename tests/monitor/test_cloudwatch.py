@@ -174,3 +174,84 @@ def test_cli_agent_cloudwatch_without_region_is_a_user_error(monkeypatch: pytest
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == (
         "error: CloudWatch publishing needs an AWS region: pass --region or set AWS_REGION")
+
+
+class _Counters:
+    """A collector whose counter reads whatever the test sets (a process restart resets it to a small value)."""
+
+    def __init__(self) -> None:
+        self.value = 0.0
+
+    def collect(self):
+        from prometheus_client.core import CounterMetricFamily
+
+        family = CounterMetricFamily("ddlc_train_steps", "steps", labels=["run"])
+        family.add_metric(["r"], self.value)
+        yield family
+
+
+def test_a_counter_reset_skips_one_interval_then_rates_resume() -> None:
+    """docs/metrics.md: counters are published as per-second rates; a counter reset skips one interval."""
+    from prometheus_client import CollectorRegistry
+
+    registry, counter, clock = CollectorRegistry(), _Counters(), StepClock()
+    registry.register(counter)
+    publisher = CloudWatchPublisher(registry, client=None, clock=clock)
+
+    def rates(value: float) -> list[float]:
+        counter.value = value
+        clock.now += 60
+        return [d["Value"] for d in publisher.build_metric_data() if d["MetricName"] == "ddlc_train_steps_total"]
+
+    assert rates(100) == []  # first sight: no rate yet
+    assert rates(160) == [pytest.approx(1.0)]  # 60 more in 60 s
+    assert rates(10) == []  # the process restarted: no negative rate, nothing sent
+    assert rates(130) == [pytest.approx(2.0)]  # rates resume from the reset value
+    assert rates(130) == [0.0]
+
+
+def test_a_failed_publish_is_logged_and_retried_at_the_next_interval(caplog: pytest.LogCaptureFixture) -> None:
+    """docs/metrics.md: a failed publish is logged and retried at the next interval. CloudWatch is down (nothing
+    listens on its port), then comes up on that port: the same publisher's later rounds reach it."""
+    import logging
+
+    from botocore.config import Config
+    from prometheus_client import CollectorRegistry, Gauge
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    client = boto3.client("cloudwatch", region_name="us-east-1", endpoint_url=url, aws_access_key_id="testing",
+                          aws_secret_access_key="testing",
+                          config=Config(retries={"max_attempts": 1, "mode": "standard"}, connect_timeout=1))
+    registry = CollectorRegistry()
+    Gauge("ddlc_test_value_ratio", "a gauge", registry=registry).set(0.25)
+    publisher = CloudWatchPublisher(registry, client, namespace="DDLC-retry", interval_s=0.1)
+    server = None
+    caplog.set_level(logging.WARNING, logger="ddlc")
+    publisher.start()
+    try:
+        deadline = time.monotonic() + 30
+        while sum("CloudWatch publish failed" in r.getMessage() for r in caplog.records) < 2:
+            assert time.monotonic() < deadline, "no failed publish was logged"
+            time.sleep(0.05)
+        server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        reader = boto3.client("cloudwatch", region_name="us-east-1", endpoint_url=url, aws_access_key_id="testing",
+                              aws_secret_access_key="testing")
+        listed: list = []
+        deadline = time.monotonic() + 60
+        while not listed:
+            assert time.monotonic() < deadline, "the publisher never got through once CloudWatch was up"
+            assert server.poll() is None, "moto server exited"
+            try:
+                listed = reader.list_metrics(Namespace="DDLC-retry")["Metrics"]
+            except Exception:  # noqa: BLE001 (the server is still starting)
+                pass
+            time.sleep(0.1)
+        assert publisher._thread is not None and publisher._thread.is_alive()  # the loop survived the failures
+        assert {m["MetricName"] for m in listed} == {"ddlc_test_value_ratio"}
+    finally:
+        publisher.close()
+        if server is not None:
+            server.terminate()
+            server.wait(timeout=10)

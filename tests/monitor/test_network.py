@@ -49,12 +49,35 @@ def test_no_efa_root_means_no_efa_series(tmp_path: Path) -> None:
     assert not any(name.startswith("ddlc_efa_") for name, _ in samples)
 
 
+def _kernel_counters() -> dict[tuple[str, str], int]:
+    """Each interface's byte and packet counters as the kernel's sysfs shows them (not through psutil)."""
+    out = {}
+    for device in Path("/sys/class/net").iterdir():
+        for field in ("rx_bytes", "tx_bytes", "rx_packets", "tx_packets"):
+            try:
+                out[(device.name, field)] = int((device / "statistics" / field).read_text())
+            except (OSError, ValueError):
+                pass
+    return out
+
+
 def test_every_interface_reports_bytes_in_and_out(tmp_path: Path) -> None:
+    before_kernel = _kernel_counters()
     samples = collected(NetworkCollector("n1", infiniband_root=tmp_path))
+    after_kernel = _kernel_counters()
     interfaces = set(psutil.net_io_counters(pernic=True))
     assert "lo" in interfaces
     for direction in ("receive", "transmit"):
         reported = {dict(labels)["device"] for name, labels in samples if name == f"ddlc_network_{direction}_bytes_total"}
         assert reported == interfaces
-    before = samples[("ddlc_network_transmit_bytes_total", frozenset({("node", "n1"), ("device", "lo")}))]
-    assert before >= 0
+    # Each value lies between the kernel's counter read just before and just after the scrape: the right counter
+    # of the right interface, in the right direction.
+    names = {"rx_bytes": "ddlc_network_receive_bytes_total", "tx_bytes": "ddlc_network_transmit_bytes_total",
+             "rx_packets": "ddlc_network_receive_packets_total", "tx_packets": "ddlc_network_transmit_packets_total"}
+    checked = 0
+    for (device, field), low in before_kernel.items():
+        if device in interfaces and (device, field) in after_kernel:
+            value = samples[(names[field], frozenset({("node", "n1"), ("device", device)}))]
+            assert low <= value <= after_kernel[(device, field)], (device, field, low, value)
+            checked += 1
+    assert checked >= 4  # at least lo's four counters

@@ -88,6 +88,60 @@ def test_rule_tests_catch_a_wrong_threshold(promtool: str, tmp_path: Path, origi
     assert failing_case in result.stdout + result.stderr
 
 
+# Every threshold and every `for:`/range window of the shipped rules, moved either way (and each half of an `or`
+# dropped): the rule tests must fail for each. Not covered: `< 0.8` -> `<= 0.8` (a series sitting exactly on a
+# float threshold averages to it or not depending on Prometheus' summation, so no case can pin it portably).
+RULE_MUTANTS = [
+    ("avg_over_time(ddlc_gpu_utilization_ratio[5m]) < 0.8", "avg_over_time(ddlc_gpu_utilization_ratio[5m]) < 0.7"),
+    ("avg_over_time(ddlc_gpu_utilization_ratio[5m]) < 0.8", "avg_over_time(ddlc_gpu_utilization_ratio[5m]) < 0.9"),
+    ("< 0.8\n        for: 30m", "< 0.8\n        for: 20m"),
+    ("< 0.8\n        for: 30m", "< 0.8\n        for: 40m"),
+    ("ddlc_gpu_utilization_ratio[5m]", "ddlc_gpu_utilization_ratio[15m]"),
+    ("> 0.95\n", "> 0.97\n"),
+    ("> 0.95\n", "> 0.9\n"),
+    ("> 0.95\n        for: 5m", "> 0.95\n        for: 2m"),
+    ("> 0.95\n        for: 5m", "> 0.95\n        for: 9m"),
+    ('increase(ddlc_gpu_xid_errors_total[10m]) > 0 or ', ''),
+    (' or increase(ddlc_gpu_ecc_errors_total{type="uncorrected"}[10m]) > 0', ''),
+    ('type="uncorrected"', 'type=~".*"'),
+    ('ddlc_gpu_xid_errors_total[10m]) > 0', 'ddlc_gpu_xid_errors_total[10m]) > 1'),
+    ('ddlc_gpu_ecc_errors_total{type="uncorrected"}[10m]) > 0', 'ddlc_gpu_ecc_errors_total{type="uncorrected"}[10m]) > 1'),
+    ('ddlc_gpu_xid_errors_total[10m]', 'ddlc_gpu_xid_errors_total[5m]'),
+    ('ddlc_gpu_xid_errors_total[10m]', 'ddlc_gpu_xid_errors_total[30m]'),
+    ('== 0\n        for: 2m', '== 0\n        for: 1m'),
+    ('== 0\n        for: 2m', '== 0\n        for: 4m'),
+    ('up{job="ddlc-agent"}', 'up'),
+    (' or ddlc_train_grad_norm != ddlc_train_grad_norm', ''),
+    ('ddlc_train_loss > 2 * quantile', 'ddlc_train_loss > 3 * quantile'),
+    ('ddlc_train_loss > 2 * quantile', 'ddlc_train_loss > 1.5 * quantile'),
+    ('ddlc_train_loss[30m])\n        for: 2m', 'ddlc_train_loss[30m])\n        for: 1m'),
+    ('ddlc_train_loss[30m])\n        for: 2m', 'ddlc_train_loss[30m])\n        for: 4m'),
+    ('quantile_over_time(0.5, ddlc_train_loss[30m])', 'quantile_over_time(0.9, ddlc_train_loss[30m])'),
+    ('quantile_over_time(0.5, ddlc_train_loss[30m])', 'quantile_over_time(0.5, ddlc_train_loss[5m])'),
+    ("> max by (run) (ddlc_checkpoint_rpo_seconds)", "> 0.5 * max by (run) (ddlc_checkpoint_rpo_seconds)"),
+    ("> max by (run) (ddlc_checkpoint_rpo_seconds)", "> 1.5 * max by (run) (ddlc_checkpoint_rpo_seconds)"),
+    ("\n                    or max by (run) (ddlc_train_start_timestamp_seconds))", ")"),
+    ("(1.2 * quantile", "(1.1 * quantile"),
+    ("(1.2 * quantile", "(1.4 * quantile"),
+    ("ddlc:train_step_seconds:avg5m))\n        for: 5m", "ddlc:train_step_seconds:avg5m))\n        for: 2m"),
+    ("ddlc:train_step_seconds:avg5m))\n        for: 5m", "ddlc:train_step_seconds:avg5m))\n        for: 10m"),
+    ("(0.5, ddlc:train_step_seconds:avg5m)", "(0.9, ddlc:train_step_seconds:avg5m)"),
+    ("increase(ddlc_train_steps_total[15m]) == 0", "increase(ddlc_train_steps_total[10m]) == 0"),
+    ("increase(ddlc_train_steps_total[15m]) == 0", "increase(ddlc_train_steps_total[25m]) == 0"),
+    ("[15m]) == 0\n        for: 5m", "[15m]) == 0\n        for: 2m"),
+    ("[15m]) == 0\n        for: 5m", "[15m]) == 0\n        for: 10m"),
+    ("rate(ddlc_train_step_time_seconds_total[5m]) / rate(ddlc_train_steps_total[5m])", "rate(ddlc_train_step_time_seconds_total[5m])"),
+]
+
+
+@pytest.mark.parametrize("original, broken", RULE_MUTANTS)
+def test_rule_tests_catch_every_threshold_and_window_change(promtool: str, tmp_path: Path, original: str,
+                                                           broken: str) -> None:
+    assert rules_text().count(original) == 1, original
+    result = _run_rule_tests(promtool, tmp_path, rules_text().replace(original, broken))
+    assert result.returncode != 0, f"the rule tests pass with {original!r} -> {broken!r}"
+
+
 def test_missing_prometheus_skips_locally_and_fails_in_ci(monkeypatch: pytest.MonkeyPatch) -> None:
     from tests.monitor.helpers import prometheus_tool
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import re
 import socket
 import time
 from pathlib import Path
@@ -96,11 +98,26 @@ def test_nccl():
     assert doctor.check_nccl(CPU_TORCH, have_gpus=False).status is Status.WARN
 
 
-def test_real_torch_facts_are_consistent():
-    facts = TorchFacts.from_torch()
-    import torch
+def test_real_torch_facts_match_the_installed_build_and_the_driver():
+    """Against what pip installed (the distribution's metadata) and what the kernel driver registered."""
+    import importlib.metadata
 
-    assert facts.version == torch.__version__ and facts.cuda == torch.version.cuda
+    facts = TorchFacts.from_torch()
+    assert facts.version == importlib.metadata.version("torch")
+    local = facts.version.partition("+")[2]  # "cpu", "cu124", ... ("" for builds without a local tag)
+    if local == "cpu":
+        assert facts.cuda is None and not facts.cuda_available and not facts.nccl_available
+    elif local.startswith("cu"):
+        assert facts.cuda is not None and facts.cuda.replace(".", "") == local[2:]
+    gpus = Path("/proc/driver/nvidia/gpus")
+    registered = len(list(gpus.iterdir())) if gpus.is_dir() else 0
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if facts.cuda is not None and visible is None:
+        assert facts.device_count == registered and facts.cuda_available is (registered > 0)
+    elif facts.cuda is None:
+        assert facts.device_count == 0 and not facts.cuda_available
+    if facts.nccl_available and facts.cuda_available:
+        assert re.fullmatch(r"\d+\.\d+\.\d+", facts.nccl_version or ""), facts.nccl_version
 
 
 # -- EFA, plugin, environment, limits -----------------------------------------------------------------------
@@ -181,8 +198,9 @@ def test_memlock():
     limited = doctor.check_memlock(8 << 20, efa_present=True)
     assert limited.status is Status.FAIL and "8192 KiB" in limited.detail
     assert doctor.check_memlock(8 << 20, efa_present=False).status is Status.PASS
-    real = doctor.memlock_limit()
-    assert real is None or real >= 0
+    soft = next(line.split()[3] for line in Path("/proc/self/limits").read_text().splitlines()
+                if line.startswith("Max locked memory"))
+    assert doctor.memlock_limit() == (None if soft == "unlimited" else int(soft))
 
 
 def test_hugepages_with_efa(tmp_path):
@@ -349,6 +367,13 @@ def test_this_cpu_machine_says_what_is_absent():
     if not Path("/proc/driver/nvidia/version").exists():
         assert results["gpus"].status is Status.WARN and "no NVIDIA GPU" in results["gpus"].detail
         assert "no NVIDIA driver loaded" in results["driver-cuda"].detail
+    else:  # a GPU host: the count the driver registered, and the driver version it reports
+        count = len(list(Path("/proc/driver/nvidia/gpus").iterdir()))
+        assert results["gpus"].detail.startswith(f"{count} x "), results["gpus"]
+        driver = re.search(r"\b(\d{3}\.\d+(?:\.\d+)?)\b", Path("/proc/driver/nvidia/version").read_text()).group(1)
+        assert f"driver {driver}" in results["driver-cuda"].detail, results["driver-cuda"]
+        if "CUDA_VISIBLE_DEVICES" not in os.environ and count:
+            assert results["gpus"].status is Status.PASS, results["gpus"]
     if not Path("/sys/class/infiniband").exists():
         assert results["efa"].status is Status.WARN and "no EFA device" in results["efa"].detail
     assert results["checkpoint-write"].status is Status.SKIP and results["clock-skew"].status is Status.SKIP

@@ -42,6 +42,9 @@ def test_json_on_this_machine_with_s3_and_a_localhost_hostfile(moto, tmp_path):
     if not os.path.exists("/proc/driver/nvidia/version"):  # this CPU machine: absence is said, not failed
         assert checks["gpus"]["status"] == "WARN" and "no NVIDIA GPU" in checks["gpus"]["detail"]
         assert checks["gpus"]["doc"] == "docs/troubleshooting.md#gpus-missing-or-not-visible-to-pytorch"
+    else:  # a GPU host: the GPUs the driver registered are counted
+        count = len(os.listdir("/proc/driver/nvidia/gpus"))
+        assert checks["gpus"]["detail"].startswith(f"{count} x "), checks["gpus"]
 
 
 def test_failures_exit_1_with_fix_lines_whose_links_resolve():

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import io
 import os
 import threading
 from contextlib import contextmanager
@@ -158,12 +159,22 @@ def guard_write_errors(writer) -> None:
 
     @contextmanager
     def guarded(path, mode):
+        opened = False
         try:
             with create_stream(path, mode) as stream:
+                opened = True
                 yield stream
         except Exception as exc:  # noqa: BLE001 (recorded for the save, which fails with it)
             with fs._ddlc_errors_lock:
                 fs._ddlc_errors.append(root_cause(exc))
+        if not opened:
+            # The file could not even be opened (a directory in the way, no permission, too many open files): a
+            # context manager must still yield once, or DCP gets "generator didn't yield" instead of the cause.
+            # DCP writes this file's bytes into nothing; the save fails with the recorded error.
+            try:
+                yield io.BytesIO()
+            except Exception:  # noqa: BLE001 (anything DCP does with the stand-in: the recorded error stands)
+                pass
 
     fs.create_stream = guarded
 

@@ -1,0 +1,67 @@
+"""Each safety rule of retention.plan (its module docstring), on its own, as pure logic: which checkpoints a
+commit's retention or `ddlc checkpoints prune` may delete.
+
+Mutants of plan() these tests leave alive, being equivalent: `entry.step < newest.step` -> `<=` for debris (a
+directory name is its step, so debris never shares the newest verified step), and the `protect` branch removed or
+its `>=` made `>` (a protected entry at least as new as the newest verified one is that one, kept as newest, or a
+corrupt one newer than it, kept for inspection: the branch is a second guard, not a rule the others miss)."""
+
+from __future__ import annotations
+
+from ddlc.checkpoint.retention import CORRUPT, UNCOMMITTED, UNREADABLE, VERIFIED, Entry, plan
+
+
+def _entry(step: int, state: str = VERIFIED, seq: int | None = None, lineage: str | None = None) -> Entry:
+    order = None if state in (UNCOMMITTED, UNREADABLE) else (seq if seq is not None else step, 0.0, step)
+    return Entry(f"step-{step:08d}", step, state, order=order, lineage=lineage,
+                 problem=None if state == VERIFIED else "p")
+
+
+def _deleted(entries, keep_last, **kwargs) -> list[int]:
+    return sorted(d.entry.step for d in plan(entries, keep_last, **kwargs) if d.delete)
+
+
+def test_newer_is_commit_order_not_the_step():
+    """A run that resumed from step 20 (30 was bad at the time) commits 24 after 30: 24 is the newest."""
+    entries = [_entry(10, seq=1), _entry(20, seq=2), _entry(30, seq=3), _entry(24, seq=4)]
+    assert _deleted(entries, keep_last=1) == [10, 20, 30]
+    assert _deleted(entries, keep_last=2) == [10, 20]
+
+
+def test_a_corrupt_checkpoint_goes_only_when_older_than_the_newest_verified():
+    entries = [_entry(10, seq=1), _entry(20, CORRUPT, seq=2), _entry(30, seq=3), _entry(40, CORRUPT, seq=4)]
+    decisions = {d.entry.step: d for d in plan(entries, keep_last=5)}
+    assert decisions[20].delete and "a newer one does" in decisions[20].why  # can never be loaded
+    assert not decisions[40].delete and "kept for inspection" in decisions[40].why  # newer: a person looks at it
+    assert not decisions[10].delete and not decisions[30].delete
+
+
+def test_unreadable_checkpoints_always_stay():
+    entries = [_entry(5, UNREADABLE), _entry(10), _entry(20), _entry(30)]
+    assert _deleted(entries, keep_last=1) == [10, 20]
+
+
+def test_nothing_is_deleted_while_no_checkpoint_verifies():
+    entries = [_entry(10, CORRUPT), _entry(20, CORRUPT), _entry(5, UNCOMMITTED)]
+    assert _deleted(entries, keep_last=1) == []
+    assert all("nothing is deleted" in d.why for d in plan(entries, 1) if d.entry.state == CORRUPT)
+
+
+def test_another_runs_checkpoints_are_never_touched_by_a_jobs_retention():
+    entries = [_entry(10, seq=1, lineage="other"), _entry(20, seq=2, lineage="other"),
+               _entry(30, seq=3, lineage="mine"), _entry(40, seq=4, lineage="mine"),
+               _entry(50, CORRUPT, seq=0, lineage="other")]
+    decisions = {d.entry.step: d for d in plan(entries, keep_last=1, own_lineages={"mine", None})}
+    assert [s for s, d in sorted(decisions.items()) if d.delete] == [30]
+    assert all("another run's checkpoint" in decisions[s].why for s in (10, 20, 50))
+    assert _deleted(entries, keep_last=1) == [10, 20, 30, 50]  # prune (no lineage filter) sees them all
+
+
+def test_uncommitted_directories_go_only_below_the_newest_verified_step():
+    entries = [_entry(10, seq=1), _entry(20, seq=2), _entry(15, UNCOMMITTED), _entry(25, UNCOMMITTED)]
+    assert _deleted(entries, keep_last=2) == [15]  # 25 may be a save in flight
+
+
+def test_keep_every_keeps_multiples_only():
+    entries = [_entry(s) for s in (10, 20, 30, 40, 50, 60)]
+    assert _deleted(entries, keep_last=1, keep_every=20) == [10, 30, 50]
