@@ -9,7 +9,7 @@ TORCH_SPEC ?= torch==2.13.0
 EXTRAS ?= test
 STAMP := $(VENV)/.ddlc-installed
 
-.PHONY: venv sysdeps horovod demo test bench gpu-check clean
+.PHONY: venv sysdeps horovod demo test bench gpu-check mutate clean
 
 venv: $(STAMP)
 
@@ -53,6 +53,11 @@ horovod: venv sysdeps
 
 test: venv sysdeps node_modules horovod
 	$(VENV)/bin/pytest tests
+
+# Plant small bugs in the core modules one at a time and check the tests catch each (scripts/mutate.py; minutes).
+# e.g. make mutate MUTATE_ARGS="--only retention --max 40"
+mutate: venv
+	$(PY) scripts/mutate.py $(MUTATE_ARGS)
 
 gpu-check: venv
 	PYTHON=$(PY) bash scripts/gpu_check.sh
