@@ -1,0 +1,102 @@
+"""The memory tier's peer replica (#16) for multi-node jobs, with two real torchrun "nodes" on 127.0.0.1.
+
+Each node has its own checkpoint.memory_dir (standing for that host's /dev/shm); storage is a shared directory.
+Node 1's whole process tree is killed with -9 and its memory_dir deleted (the host is gone); node 0's job is
+killed too (its workers would otherwise wait out the collective timeout). A replacement node 1 with an empty
+memory_dir and node 0 restart: the job resumes from the memory tier, node 1's shards coming from node 0's copy of
+them, at the newest step that was replicated, and its losses equal an uninterrupted run's bit for bit.
+"""
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.checkpoint.test_failures import _communicate, _kill_job, _last_logged_step, _start, _wait_for
+from tests.checkpoint.test_memory_tier import STEPS, _committed_steps, _job, _losses, _resume_line, straight_losses  # noqa: F401
+from tests.support import free_port, torchrun
+
+NAME = "peer"
+
+
+def _node(tmp_path: Path, node: int, port: int, shm: Path, *extra: str) -> subprocess.Popen:
+    cmd = torchrun("--nnodes=2", f"--node-rank={node}", "--nproc-per-node=1", "--master-addr=127.0.0.1",
+                   f"--master-port={port}", *_job(tmp_path, NAME, f"checkpoint.memory_dir={shm}", *extra))
+    return _start(cmd, tmp_path)
+
+
+def _replicated_steps(shm0: Path) -> list[int]:
+    """Steps committed in node 0's memory whose node-1 files node 0 holds a whole copy of."""
+    copies = shm0 / f"{NAME}.peers" / "of-node-1"
+    return [s for s in (_committed_steps(shm0 / NAME) if (shm0 / NAME).exists() else [])
+            if (copies / f"step-{s:08d}").is_dir()]
+
+
+def test_node_lost_resumes_from_peer_replica_bit_exact(tmp_path, straight_losses):
+    interval, memory_interval = 20, 4
+    shm0, shm1 = tmp_path / "host0-shm", tmp_path / "host1-shm"
+    ckpt = tmp_path / "runs" / NAME / "checkpoints"
+    extra = (f"checkpoint.interval_steps={interval}", f"checkpoint.memory_interval_steps={memory_interval}",
+             "distributed.timeout_s=60")
+    port = free_port()
+    nodes = [_node(tmp_path, 0, port, shm0, *extra), _node(tmp_path, 1, port, shm1, *extra)]
+    try:
+        # A snapshot more than one memory interval past the second storage checkpoint, replicated to node 0.
+        _wait_for(lambda: [s for s in _replicated_steps(shm0) if s > 2 * interval + memory_interval], proc=nodes[0])
+        _kill_job(nodes[1])  # the host is gone: its processes, then its memory
+        killed_at = _last_logged_step(tmp_path / "runs" / NAME)
+        _kill_job(nodes[0])
+        for proc in nodes:
+            proc.communicate()
+    finally:
+        for proc in nodes:
+            _kill_job(proc)
+    own1 = _committed_steps(shm1 / NAME) if (shm1 / NAME).exists() else []
+    assert (shm1 / NAME).exists() and list((shm1 / NAME).glob("step-*/__1_*.distcp")), "node 1 held its own shards"
+    assert not own1, "node 1's memory holds no COMMIT: rank 0 commits on node 0"
+    shutil.rmtree(shm1)
+    replicated = _replicated_steps(shm0)[-1]
+    storage_step = _committed_steps(ckpt)[-1]
+    assert replicated > storage_step
+
+    port = free_port()
+    nodes = [_node(tmp_path, 0, port, shm0, *extra), _node(tmp_path, 1, port, shm1, *extra)]
+    try:
+        outputs = [_communicate(proc, timeout=300) for proc in nodes]
+    finally:
+        for proc in nodes:
+            _kill_job(proc)
+    for proc, (_, stderr) in zip(nodes, outputs):
+        assert proc.returncode == 0, stderr[-4000:]
+    line = _resume_line(outputs[0][0])
+    assert "memory tier" in line, line
+    resume_step = int(line.rsplit("at step ", 1)[1])
+    # The newest step whose every shard survived on node 0 (its own, and its copy of node 1's).
+    assert resume_step == replicated, (resume_step, replicated, line)
+    # Lost: the steps since that snapshot, under a memory interval plus the few steps its commit and copy take
+    # (the snapshot in flight at the kill is not used); storage alone would have lost every step since storage_step.
+    lost = killed_at - resume_step
+    assert lost < 2 * memory_interval and lost < killed_at - storage_step, (killed_at, resume_step, storage_step)
+    summary = json.loads((tmp_path / "runs" / NAME / "summary.json").read_text())
+    assert summary["start_step"] == resume_step and summary["resumed_from"].startswith("memory tier")
+    assert _losses(tmp_path, NAME) == straight_losses  # exact float equality
+    for shm in (shm0, shm1):  # the finished run leaves nothing in either host's memory
+        assert not list((shm / NAME).iterdir()) and not (shm / f"{NAME}.peers").exists()
+
+
+@pytest.mark.parametrize("replica", ["false"])
+def test_multi_node_without_peer_replica_turns_the_tier_off(tmp_path, replica):
+    port = free_port()
+    extra = ("checkpoint.interval_steps=20", "checkpoint.memory_interval_steps=4", "training.max_steps=10",
+             f"checkpoint.memory_peer_replica={replica}")
+    nodes = [_node(tmp_path, i, port, tmp_path / f"host{i}-shm", *extra) for i in (0, 1)]
+    try:
+        outputs = [_communicate(proc, timeout=180) for proc in nodes]
+    finally:
+        for proc in nodes:
+            _kill_job(proc)
+    assert all(proc.returncode == 0 for proc in nodes), outputs[0][1][-3000:]
+    assert "memory tier is off: checkpoint.memory_peer_replica is false" in outputs[0][1]
+    assert not (tmp_path / "host0-shm" / NAME / f"step-{4:08d}").exists()
