@@ -197,7 +197,7 @@ class MemoryTier:
                 self._warn(f"memory tier: {self.path} ran out of space (snapshot of step {previous.step}: "
                            f"{previous.error}); the tier is off for the rest of this run, training goes on with "
                            f"storage checkpoints (raise the tmpfs size or lower the model's state)")
-                self.discard()
+            self.discard()  # each node's leader, its own node's snapshots and copies
         return bool(full[1].item())
 
     # -- peer replica (multi-node) -------------------------------------------------------------------------------
