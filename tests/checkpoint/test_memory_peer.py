@@ -16,13 +16,13 @@ import pytest
 
 from tests.checkpoint.test_failures import _communicate, _kill_job, _last_logged_step, _start, _wait_for
 from tests.checkpoint.test_memory_tier import STEPS, _committed_steps, _job, _losses, _resume_line, straight_losses  # noqa: F401
-from tests.support import free_port, torchrun
+from tests.support import assert_ok, free_port, run, torchrun
 
 NAME = "peer"
 
 
-def _node(tmp_path: Path, node: int, port: int, shm: Path, *extra: str) -> subprocess.Popen:
-    cmd = torchrun("--nnodes=2", f"--node-rank={node}", "--nproc-per-node=1", "--master-addr=127.0.0.1",
+def _node(tmp_path: Path, node: int, port: int, shm: Path, *extra: str, nproc: int = 1) -> subprocess.Popen:
+    cmd = torchrun("--nnodes=2", f"--node-rank={node}", f"--nproc-per-node={nproc}", "--master-addr=127.0.0.1",
                    f"--master-port={port}", *_job(tmp_path, NAME, f"checkpoint.memory_dir={shm}", *extra))
     return _start(cmd, tmp_path)
 
@@ -34,19 +34,28 @@ def _replicated_steps(shm0: Path) -> list[int]:
             if (copies / f"step-{s:08d}").is_dir()]
 
 
-@pytest.mark.parametrize("case", ["node lost", "node lost, newest copy had not arrived"])
+@pytest.mark.parametrize("case", ["node lost", "node lost, newest copy had not arrived", "2 ranks per node"])
 def test_node_lost_resumes_from_peer_replica_bit_exact(tmp_path, straight_losses, case):
     """"newest copy had not arrived": node 0's copy of node 1's newest snapshot is removed before the restart (as
     if node 1 died while sending it): that step is committed on node 0 but incomplete, so every rank resumes from
-    the older snapshot, complete in the copies."""
+    the older snapshot, complete in the copies. "2 ranks per node": each node's first rank sends both ranks' files."""
     late = "not arrived" in case
+    nproc = 2 if "2 ranks" in case else 1
+    micro = ("training.micro_batch_size=2",) if nproc == 2 else ()
+    if nproc == 2:  # the uninterrupted run of the same 4 ranks
+        straight = tmp_path / "straight"
+        straight.mkdir()
+        assert_ok(run(torchrun("--standalone", "--nproc_per_node=4", *_job(straight, "straight", *micro)),
+                      cwd=straight, timeout=300))
+        straight_losses = _losses(straight, "straight")
+        assert len(straight_losses) == STEPS
     interval, memory_interval = 20, 4
     shm0, shm1 = tmp_path / "host0-shm", tmp_path / "host1-shm"
     ckpt = tmp_path / "runs" / NAME / "checkpoints"
     extra = (f"checkpoint.interval_steps={interval}", f"checkpoint.memory_interval_steps={memory_interval}",
-             "distributed.timeout_s=60")
+             "distributed.timeout_s=60", *micro)
     port = free_port()
-    nodes = [_node(tmp_path, 0, port, shm0, *extra), _node(tmp_path, 1, port, shm1, *extra)]
+    nodes = [_node(tmp_path, 0, port, shm0, *extra, nproc=nproc), _node(tmp_path, 1, port, shm1, *extra, nproc=nproc)]
     try:
         # A snapshot more than one memory interval past the second storage checkpoint, replicated to node 0.
         _wait_for(lambda: [s for s in _replicated_steps(shm0) if s > 2 * interval + memory_interval][late:],
@@ -60,7 +69,7 @@ def test_node_lost_resumes_from_peer_replica_bit_exact(tmp_path, straight_losses
         for proc in nodes:
             _kill_job(proc)
     own1 = _committed_steps(shm1 / NAME) if (shm1 / NAME).exists() else []
-    assert (shm1 / NAME).exists() and list((shm1 / NAME).glob("step-*/__1_*.distcp")), "node 1 held its own shards"
+    assert (shm1 / NAME).exists() and list((shm1 / NAME).glob(f"step-*/__{nproc}_*.distcp")), "node 1 held its own shards"
     assert not own1, "node 1's memory holds no COMMIT: rank 0 commits on node 0"
     shutil.rmtree(shm1)
     if late:
@@ -72,7 +81,7 @@ def test_node_lost_resumes_from_peer_replica_bit_exact(tmp_path, straight_losses
     assert replicated > storage_step
 
     port = free_port()
-    nodes = [_node(tmp_path, 0, port, shm0, *extra), _node(tmp_path, 1, port, shm1, *extra)]
+    nodes = [_node(tmp_path, 0, port, shm0, *extra, nproc=nproc), _node(tmp_path, 1, port, shm1, *extra, nproc=nproc)]
     try:
         outputs = [_communicate(proc, timeout=300) for proc in nodes]
     finally:
@@ -92,7 +101,10 @@ def test_node_lost_resumes_from_peer_replica_bit_exact(tmp_path, straight_losses
         (killed_at, resume_step, storage_step)
     summary = json.loads((tmp_path / "runs" / NAME / "summary.json").read_text())
     assert summary["start_step"] == resume_step and summary["resumed_from"].startswith("memory tier")
-    assert _losses(tmp_path, NAME) == straight_losses  # exact float equality
+    if nproc == 1:
+        assert _losses(tmp_path, NAME) == straight_losses  # exact float equality
+    else:  # 4 ranks on gloo: even a storage resume (no memory tier) is not bit-exact here, ~1e-7 off (see report)
+        assert _losses(tmp_path, NAME) == pytest.approx(straight_losses, rel=1e-5, abs=0)
     for shm in (shm0, shm1):  # the finished run leaves nothing in either host's memory
         assert not list((shm / NAME).iterdir()) and not (shm / f"{NAME}.peers").exists()
 
