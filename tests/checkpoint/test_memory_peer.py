@@ -34,12 +34,15 @@ def _replicated_steps(shm0: Path) -> list[int]:
             if (copies / f"step-{s:08d}").is_dir()]
 
 
-@pytest.mark.parametrize("case", ["node lost", "node lost, newest copy had not arrived", "2 ranks per node"])
+@pytest.mark.parametrize("case", ["node lost", "node lost, newest copy had not arrived", "2 ranks per node",
+                                  "node lost, node 0 restarted alone with 2 ranks"])
 def test_node_lost_resumes_from_peer_replica_bit_exact(tmp_path, straight_losses, case):
     """"newest copy had not arrived": node 0's copy of node 1's newest snapshot is removed before the restart (as
     if node 1 died while sending it): that step is committed on node 0 but incomplete, so every rank resumes from
-    the older snapshot, complete in the copies. "2 ranks per node": each node's first rank sends both ranks' files."""
+    the older snapshot, complete in the copies. "2 ranks per node": each node's first rank sends both ranks' files.
+    "restarted alone": no replacement node; node 0 holds its own files and its copy of node 1's: a complete set."""
     late = "not arrived" in case
+    alone = "alone" in case
     nproc = 2 if "2 ranks" in case else 1
     micro = ("training.micro_batch_size=2",) if nproc == 2 else ()
     if nproc == 2:  # the uninterrupted run of the same 4 ranks
@@ -81,7 +84,12 @@ def test_node_lost_resumes_from_peer_replica_bit_exact(tmp_path, straight_losses
     assert replicated > storage_step
 
     port = free_port()
-    nodes = [_node(tmp_path, 0, port, shm0, *extra, nproc=nproc), _node(tmp_path, 1, port, shm1, *extra, nproc=nproc)]
+    if alone:
+        nodes = [_start(torchrun("--standalone", "--nproc_per_node=2",
+                                 *_job(tmp_path, NAME, f"checkpoint.memory_dir={shm0}", *extra)), tmp_path)]
+    else:
+        nodes = [_node(tmp_path, 0, port, shm0, *extra, nproc=nproc),
+                 _node(tmp_path, 1, port, shm1, *extra, nproc=nproc)]
     try:
         outputs = [_communicate(proc, timeout=300) for proc in nodes]
     finally:
@@ -105,7 +113,7 @@ def test_node_lost_resumes_from_peer_replica_bit_exact(tmp_path, straight_losses
         assert _losses(tmp_path, NAME) == straight_losses  # exact float equality
     else:  # 4 ranks on gloo: even a storage resume (no memory tier) is not bit-exact here, ~1e-7 off (see report)
         assert _losses(tmp_path, NAME) == pytest.approx(straight_losses, rel=1e-5, abs=0)
-    for shm in (shm0, shm1):  # the finished run leaves nothing in either host's memory
+    for shm in (shm0,) if alone else (shm0, shm1):  # the finished run leaves nothing in either host's memory
         assert not list((shm / NAME).iterdir()) and not (shm / f"{NAME}.peers").exists()
 
 

@@ -23,9 +23,10 @@ Multi-node jobs (checkpoint.memory_peer_replica, on by default), the peer replic
     all-reduce each snapshot already does), so it never holds training up.
     resume: every leader lists the steps it holds (own and peer copies) with their file sizes and COMMIT; rank 0
     picks the newest step newer than storage's whose COMMIT-listed files are all held somewhere with their
-    recorded sizes, and the same number of ranks; the files each node lacks are broadcast among the leaders into
-    its own directory, newer steps are removed, and the usual verified load (SHA-256 against COMMIT) takes that
-    step on every rank. No such step (two adjacent nodes lost, fewer ranks): storage.
+    recorded sizes; the files each node lacks are broadcast among the leaders into its own directory, newer
+    steps are removed, and the usual verified load (SHA-256 against COMMIT) takes that step on every rank (DCP
+    reshards when the number of ranks changed: a surviving node restarted alone loads its own files plus its copy
+    of its peer's). No such step (two adjacent nodes lost): storage.
 """
 
 from __future__ import annotations
@@ -295,7 +296,7 @@ class MemoryTier:
             if parse_step(name) <= after:
                 break
             manifest = parse_commit(commits[name], name).manifest
-            if manifest is None or manifest.world_size != self.world_size:
+            if manifest is None:  # another number of ranks is fine: DCP reshards a complete set of files
                 continue
             need = {f: entry.size for f, entry in manifest.files.items()}
             need[COMMIT] = None
@@ -312,11 +313,14 @@ class MemoryTier:
     def _gather_replicas(self, after: int) -> Optional[int]:
         """Every rank: agree on the step to resume from the memory tier (None: none complete) and give every
         node's own directory all of its files. Returns the step."""
-        group = self.checkpointer.load_group
-        inventories = [None] * self.world_size
-        dist.all_gather_object(inventories, self._inventory() if self.leader else None, group=group)
+        group = self.checkpointer.load_group if self.world_size > 1 else None
+        inventories = [self._inventory() if self.leader else None]
+        if group is not None:
+            inventories = [None] * self.world_size
+            dist.all_gather_object(inventories, self._inventory() if self.leader else None, group=group)
         box = [self._plan(inventories, after) if self.rank == 0 else None]
-        dist.broadcast_object_list(box, src=0, group=group)
+        if group is not None:
+            dist.broadcast_object_list(box, src=0, group=group)
         plan = box[0]
         if self.leader:
             mine = inventories[self.rank]["found"]
@@ -328,8 +332,13 @@ class MemoryTier:
                     shutil.rmtree(child, ignore_errors=True)
             if plan is not None:
                 self._fill(plan, mine)
-        dist.barrier(group=group)
+        if group is not None:
+            dist.barrier(group=group)
         return plan["step"] if plan else None
+
+    def _holds_peer_copies(self) -> bool:
+        """This node holds copies of another node's snapshots (the same answer on every rank of a single node)."""
+        return self.peers_path.exists() and any(self.peers_path.glob("*/step-*"))
 
     def _fill(self, plan: dict, mine: dict) -> None:
         """Leaders: broadcast each file of the plan from its holder; write the ones this node lacks (COMMIT last)."""
@@ -347,10 +356,11 @@ class MemoryTier:
                 raw = (where / name / file_name).read_bytes()
                 size[0] = len(raw)
                 data = torch.frombuffer(bytearray(raw), dtype=torch.uint8) if raw else None
-            dist.broadcast(size, src=holder, group=self.leaders_group)
+            if self.leaders_group is not None:  # else one node now: it holds every file of the plan itself
+                dist.broadcast(size, src=holder, group=self.leaders_group)
             if data is None:
                 data = torch.empty(int(size), dtype=torch.uint8)
-            if int(size):
+            if int(size) and self.leaders_group is not None:
                 dist.broadcast(data, src=holder, group=self.leaders_group)
             if have.get(file_name) != expected:
                 tmp = target / f".{file_name}.part"
@@ -370,9 +380,12 @@ class MemoryTier:
                 after = parse_step(peek.directory) if peek.directory else -1
             except Exception:  # noqa: BLE001 (storage unreadable: storage's own resume reports it)
                 peek = None
-        if self.replicated:  # the newest step complete across own and peer copies; every node gets all its files
+        # Multi-node, or a node of a multi-node job restarted alone (it may hold its own files and a peer's copy:
+        # a complete set reshards): the newest step complete across own and peer copies, gathered on every node.
+        if self.replicated or self._holds_peer_copies():
             box = [after]
-            dist.broadcast_object_list(box, src=0, group=self.checkpointer.load_group)
+            if self.world_size > 1:
+                dist.broadcast_object_list(box, src=0, group=self.checkpointer.load_group)
             chosen = self._gather_replicas(box[0])
             if chosen is None:
                 return None
