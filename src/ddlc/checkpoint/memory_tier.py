@@ -314,10 +314,17 @@ class MemoryTier:
         """Every rank: agree on the step to resume from the memory tier (None: none complete) and give every
         node's own directory all of its files. Returns the step."""
         group = self.checkpointer.load_group if self.world_size > 1 else None
-        inventories = [self._inventory() if self.leader else None]
+        mine = None
+        if self.leader:
+            try:
+                mine = self._inventory()
+            except OSError as exc:  # this node's copies are unusable; the others may still make a complete set
+                self._warn(f"memory tier: cannot list {self.path} and its peer copies: {exc}")
+                mine = {"found": {}, "commits": {}}
+        inventories = [mine]
         if group is not None:
             inventories = [None] * self.world_size
-            dist.all_gather_object(inventories, self._inventory() if self.leader else None, group=group)
+            dist.all_gather_object(inventories, mine, group=group)
         box = [self._plan(inventories, after) if self.rank == 0 else None]
         if group is not None:
             dist.broadcast_object_list(box, src=0, group=group)
@@ -353,7 +360,11 @@ class MemoryTier:
             data = None
             if self.rank == holder:
                 where = self.path if place == "own" else self.peers_path / place
-                raw = (where / name / file_name).read_bytes()
+                try:
+                    raw = (where / name / file_name).read_bytes()
+                except OSError as exc:  # sent empty: the size check of the verified load then rejects the step
+                    self._warn(f"memory tier: cannot read {where / name / file_name}: {exc}")
+                    raw = b""
                 size[0] = len(raw)
                 data = torch.frombuffer(bytearray(raw), dtype=torch.uint8) if raw else None
             if self.leaders_group is not None:  # else one node now: it holds every file of the plan itself
@@ -363,9 +374,12 @@ class MemoryTier:
             if int(size) and self.leaders_group is not None:
                 dist.broadcast(data, src=holder, group=self.leaders_group)
             if have.get(file_name) != expected:
-                tmp = target / f".{file_name}.part"
-                tmp.write_bytes(data.numpy().tobytes())
-                os.rename(tmp, target / file_name)
+                try:  # a write that fails leaves the file missing: the verified load then rejects the step
+                    tmp = target / f".{file_name}.part"
+                    tmp.write_bytes(data.numpy().tobytes())
+                    os.rename(tmp, target / file_name)
+                except OSError as exc:  # every leader still takes part in every broadcast of the plan
+                    self._warn(f"memory tier: cannot write {target / file_name}: {exc}")
 
     # -- resume ------------------------------------------------------------------------------------------------
     def resume(self, storage: Checkpointer, model, optimizer, check_hashes: bool) -> Optional[dict]:
