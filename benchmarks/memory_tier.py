@@ -62,7 +62,8 @@ def drop_page_cache() -> bool:
         return False
 
 
-def resume_worker(args: argparse.Namespace) -> None:
+def resume_worker(args: argparse.Namespace, on_exit=None) -> None:
+    """on_exit: called before the hard exit at the end (which skips any `finally` of the caller)."""
     import torch
     import torch.distributed as dist
 
@@ -209,6 +210,8 @@ def resume_worker(args: argparse.Namespace) -> None:
         shutil.rmtree(Path("/dev/shm/ddlc-bench") / root.name, ignore_errors=True)
     barrier()
     shutdown_distributed()
+    if on_exit is not None:
+        on_exit()
     hard_exit(0)
 
 
@@ -272,7 +275,7 @@ def main() -> int:
         os.environ.update(server.env)
     try:
         if args.nproc == 1:
-            resume_worker(args)
+            resume_worker(args, on_exit=server.stop if server is not None else None)
             return 0
         return relaunch_under_torchrun(__file__, args.nproc)
     finally:
