@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """The host-memory checkpoint tier (#16): resume time from memory vs storage, and what the tier costs per step.
 
-    python benchmarks/memory_tier.py resume [--nproc 2] [--rounds 5] [--layers 6] [--width 512] [--dir PATH]
+    python benchmarks/memory_tier.py resume [--nproc 2] [--rounds 5] [--layers 6] [--width 512] [--dir PATH] [--s3]
     python benchmarks/memory_tier.py overhead [--rounds 3] [--steps 200]
 
 resume: re-launches itself under torchrun. One GPT (DDP) + AdamW state (weights and both moments) is committed once
@@ -9,7 +9,10 @@ to storage (a directory under --dir, default /tmp: this machine's disk) and once
 (/dev/shm/ddlc-bench), through the same Checkpointer code, then loaded back each round, in rotating order:
   * memory tier: MemoryTier.resume (peek storage's newest commit, then the full verified DCP load from /dev/shm);
   * storage, cold: Checkpointer.resume after the page cache is dropped (a new node, or a long-gone page cache);
-  * storage, warm: Checkpointer.resume with the files still in the page cache (a restart right after the save).
+  * storage, warm: Checkpointer.resume with the files still in the page cache (a restart right after the save);
+  * storage on s3:// (--s3): the same state committed to s3://ddlc-bench/... on a moto server (tests/support.py
+    MotoServer) on 127.0.0.1, started by this script: S3's protocol and the boto3 client path, over loopback, NOT
+    real S3 (no network latency or bandwidth limit; moto keeps objects in its own process's memory).
 Every load SHA-256-checks its share of the files, as resume does by default. Max over ranks, medians of rounds.
 
 overhead: the real trainer (train.py under torchrun, 2 workers) with checkpoint.memory_interval_steps=10 vs off,
@@ -45,6 +48,7 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--vocab", type=int, default=8192)
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--dir", default=None, help="storage directory parent (default: /tmp)")
+    parser.add_argument("--s3", action="store_true", help="add a storage row on s3:// (a local moto server)")
     return parser.parse_args()
 
 
@@ -58,7 +62,8 @@ def drop_page_cache() -> bool:
         return False
 
 
-def resume_worker(args: argparse.Namespace) -> None:
+def resume_worker(args: argparse.Namespace, on_exit=None) -> None:
+    """on_exit: called before the hard exit at the end (which skips any `finally` of the caller)."""
     import torch
     import torch.distributed as dist
 
@@ -101,11 +106,17 @@ def resume_worker(args: argparse.Namespace) -> None:
     tier = MemoryTier("/dev/shm/ddlc-bench", root.name, 10, rank, world, warn=print, commit_timeout_s=600)
     state = {"step": 1}
     storage.save(1, model, optimizer, state, blocking=True)
+    s3 = None
+    if args.s3:
+        s3 = Checkpointer(f"s3://ddlc-bench/{root.name}", rank=rank, world_size=world, keep_last=1,
+                          endpoint_url=os.environ["AWS_ENDPOINT_URL"])
+        s3.save(1, model, optimizer, state, blocking=True)
     tier.checkpointer.save(10**6, model, optimizer, state, blocking=True)  # newer than storage's: resume takes it
     cold = [True]
     saves = [2]
     results: dict[str, list[float]] = {"memory": [], "storage_cold": [], "storage_warm": [], "save_memory": [],
-                                       "save_storage": [], "held": [], "step_alone": [], "step_after_snapshot": []}
+                                       "save_storage": [], "held": [], "step_alone": [], "step_after_snapshot": [],
+                                       **({"storage_s3": [], "save_s3": []} if s3 is not None else {})}
 
     def train_step() -> float:
         started = time.perf_counter()
@@ -157,6 +168,9 @@ def resume_worker(args: argparse.Namespace) -> None:
         lambda: timed("storage_cold", lambda: storage.resume(model, optimizer), drop=True),
         lambda: timed("storage_warm", lambda: (storage.resume(model, optimizer), storage.resume(model, optimizer))[1]),
     ]
+    if s3 is not None:
+        phases += [lambda: timed("storage_s3", lambda: s3.resume(model, optimizer)),
+                   lambda: timed_save("save_s3", s3)]
     for round_ in range(args.rounds):
         shift = round_ % len(phases)
         for phase in phases[shift:] + phases[:shift]:
@@ -165,6 +179,8 @@ def resume_worker(args: argparse.Namespace) -> None:
     results["storage_warm"] = [s / 2 for s in results["storage_warm"]]
     storage.close()
     tier.close()
+    if s3 is not None:
+        s3.close()
     barrier()
     if rank == 0:
         med = {k: statistics.median(v) for k, v in results.items()}
@@ -173,10 +189,12 @@ def resume_worker(args: argparse.Namespace) -> None:
         print(f"storage cold reads: {'page cache dropped before each' if cold[0] else 'NOT cold (could not drop)'}")
         print(f"{'resume from':<34}{'seconds':>9}{'MB/s':>9}")
         for name, label in (("memory", "memory tier (/dev/shm)"), ("storage_cold", "storage, cold page cache"),
-                            ("storage_warm", "storage, warm page cache (<=)")):
+                            ("storage_warm", "storage, warm page cache (<=)"),
+                            *([("storage_s3", "storage s3:// (moto, loopback)")] if s3 is not None else [])):
             print(f"{label:<34}{med[name]:9.3f}{nbytes / 1e6 / med[name]:9.0f}")
         print(f"{'save until committed':<34}")
-        for name, label in (("save_memory", "memory tier (/dev/shm)"), ("save_storage", "storage (fsync to disk)")):
+        for name, label in (("save_memory", "memory tier (/dev/shm)"), ("save_storage", "storage (fsync to disk)"),
+                            *([("save_s3", "storage s3:// (moto, loopback)")] if s3 is not None else [])):
             print(f"{label:<34}{med[name]:9.3f}{nbytes / 1e6 / med[name]:9.0f}")
         print(f"{'loop held by an async snapshot':<34}{med['held']:9.3f}  (save() + staging wait, SaveStats.blocking_s)")
         print(f"{'(reference) training step alone':<34}{med['step_alone']:9.3f}")
@@ -184,12 +202,16 @@ def resume_worker(args: argparse.Namespace) -> None:
               " the write shares this machine's cores with the step)")
         print(f"{'speed-up memory vs storage cold':<34}{med['storage_cold'] / med['memory']:9.2f}x")
         print(f"{'speed-up memory vs storage warm':<34}{med['storage_warm'] / med['memory']:9.2f}x")
+        if s3 is not None:
+            print(f"{'speed-up memory vs s3 (moto)':<34}{med['storage_s3'] / med['memory']:9.2f}x")
         for name, values in results.items():
             print(f"  {name:<14}" + " ".join(f"{v:.3f}" for v in values))
         shutil.rmtree(root, ignore_errors=True)
         shutil.rmtree(Path("/dev/shm/ddlc-bench") / root.name, ignore_errors=True)
     barrier()
     shutdown_distributed()
+    if on_exit is not None:
+        on_exit()
     hard_exit(0)
 
 
@@ -240,10 +262,25 @@ def main() -> int:
     if args.mode == "overhead":
         overhead(args)
         return 0
-    if "RANK" in os.environ or args.nproc == 1:
+    if "RANK" in os.environ:
         resume_worker(args)
         return 0
-    return relaunch_under_torchrun(__file__, args.nproc)
+    server = None
+    if args.s3:  # one endpoint for every worker, started here and stopped when they are done
+        sys.path.insert(0, str(REPO))
+        from tests.support import MotoServer
+
+        server = MotoServer()
+        server.create_bucket("ddlc-bench")
+        os.environ.update(server.env)
+    try:
+        if args.nproc == 1:
+            resume_worker(args, on_exit=server.stop if server is not None else None)
+            return 0
+        return relaunch_under_torchrun(__file__, args.nproc)
+    finally:
+        if server is not None:
+            server.stop()
 
 
 if __name__ == "__main__":

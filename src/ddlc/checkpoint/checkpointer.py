@@ -168,6 +168,9 @@ class Checkpointer:
         self.resumed_from: Optional[str] = None  # directory name
         self._known_corrupt: dict[str, str] = {}  # found corrupt at resume: retention need not read them again
         self._proven: dict[str, tuple] = {}  # name -> commit order, SHA-256 checked (see catalog.plan_on_proof)
+        # The memory tier of a multi-node job: each node's directory holds its own ranks' files only, so rank 0
+        # commits what the ranks reported and leaves retention to the tier (memory_tier.py), which sees every node.
+        self.node_local = False
 
     def _shared_token(self) -> str:
         token = [uuid.uuid4().hex[:12] if self.rank == 0 else None]
@@ -292,7 +295,7 @@ class Checkpointer:
         except (Exception, CheckpointException) as exc:  # the previous commit still stands
             self._failed(job, exc, warn)
             return
-        if self.rank == 0:  # housekeeping after the commit, off the commit's critical path
+        if self.rank == 0 and not self.node_local:  # housekeeping after the commit, off the critical path
             cleaned = time.perf_counter()
             try:
                 self.apply_retention(just_committed=job.directory)
@@ -379,7 +382,7 @@ class Checkpointer:
         if self.lineage is None:
             self.lineage = new_lineage()
         return directory, build_manifest(self.store, directory, stats.step, reported, self.world_size,
-                                         self.lineage, self._last_seq + 1)
+                                         self.lineage, self._last_seq + 1, node_local=self.node_local)
 
     def _write_commit(self, prepared: tuple[str, Manifest]) -> None:
         directory, manifest = prepared

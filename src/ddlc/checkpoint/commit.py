@@ -57,14 +57,17 @@ def highest_seq(store: CheckpointStore) -> int:
 
 
 def build_manifest(store: CheckpointStore, directory: str, step: int, reported: list[dict[str, dict]],
-                   world_size: int, lineage: Optional[str], seq: int) -> Manifest:
+                   world_size: int, lineage: Optional[str], seq: int, node_local: bool = False) -> Manifest:
+    """node_local: other ranks' files live on other nodes (the memory tier of a multi-node job): only the
+    committer's own reported files must be present here; the others are recorded as those ranks reported them."""
     files: dict[str, dict] = {}
     for rank_files in reported:
         files.update(rank_files)
     present = {f.name for f in store.list_files(directory)}
     unlisted = sorted(n for n in present if n not in files and n != COMMIT)
     files.update(hash_files(store, directory, unlisted))
-    missing = sorted(n for n in files if n not in present)
+    expected = set(reported[0]) | set(unlisted) if node_local and reported else files
+    missing = sorted(n for n in expected if n not in present)
     if missing:
         raise FileNotFoundError(f"files recorded by a rank are gone from {store.display(directory)}: {missing}")
     trainer_state = json.loads(store.read_text(f"{directory}/{TRAINER_STATE}"))

@@ -11,15 +11,32 @@
         else exit 2 with the numbers; a write that runs out of space at run time turns the tier off (one warning)
         and training goes on with storage checkpoints.
 
-Survives: a worker or whole-job restart on the same node (torchrun --max-restarts, a crash, a kill -9). Does not
-survive the node (or its memory) going away: there is no peer replica yet. The tier is single-node only.
+Survives: a worker or whole-job restart on the same node (torchrun --max-restarts, a crash, a kill -9).
+
+Multi-node jobs (checkpoint.memory_peer_replica, on by default), the peer replica:
+    each node's directory holds its own ranks' files of a snapshot (rank 0's node also .metadata, trainer state and
+    COMMIT; rank 0 commits what the ranks reported). After a snapshot commits, each node's first rank (its leader)
+    sends the node's files of that step to the next node's leader (ring: node i -> node (i+1) % N) over a gloo
+    group of the leaders, from a background thread; the receiver writes them to <memory_dir>/<run>.peers/
+    of-node-<i>/step-N.tmp and renames it into place (newest two kept). A replication that is still in flight on
+    any node when the next snapshot starts makes every node skip replicating that snapshot (agreed in the
+    all-reduce each snapshot already does), so it never holds training up.
+    resume: every leader lists the steps it holds (own and peer copies) with their file sizes and COMMIT; rank 0
+    picks the newest step newer than storage's whose COMMIT-listed files are all held somewhere with their
+    recorded sizes; the files each node lacks are broadcast among the leaders into its own directory, newer
+    steps are removed, and the usual verified load (SHA-256 against COMMIT) takes that step on every rank (DCP
+    reshards when the number of ranks changed: a surviving node restarted alone loads its own files plus its copy
+    of its peer's). No such step (two adjacent nodes lost): storage.
 """
 
 from __future__ import annotations
 
 import errno
+import json
 import os
 import shutil
+import threading
+from datetime import timedelta
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -27,7 +44,7 @@ import torch
 import torch.distributed as dist
 
 from ddlc.checkpoint.checkpointer import Checkpointer, SaveStats
-from ddlc.checkpoint.manifest import parse_step
+from ddlc.checkpoint.manifest import COMMIT, parse_commit, parse_step, step_dir
 from ddlc.errors import UserError
 
 # Kept snapshots plus the one being written before retention removes the oldest.
@@ -78,9 +95,19 @@ class MemoryTier:
     """One per job and rank; every call is made by every rank at the same step (the saves agree like storage's)."""
 
     def __init__(self, memory_dir: str, run_name: str, interval_steps: int, rank: int, world_size: int,
-                 warn: Callable[[str], None], commit_timeout_s: float, load_timeout_s: Optional[float] = None):
+                 warn: Callable[[str], None], commit_timeout_s: float, load_timeout_s: Optional[float] = None,
+                 local_world_size: Optional[int] = None):
         self.root = Path(memory_dir).expanduser().absolute()
         self.path = self.root / run_name
+        self.peers_path = self.root / f"{run_name}.peers"  # copies of other nodes' snapshots (multi-node)
+        self.local_world_size = local_world_size or world_size
+        self.num_nodes = max(world_size // self.local_world_size, 1)
+        self.node = rank // self.local_world_size
+        self.leader = rank % self.local_world_size == 0  # one per node: replicates and tidies the node's files
+        self.replicated = self.num_nodes > 1
+        self.replications = 0  # replications this node's leader completed
+        self._replica_thread: Optional[threading.Thread] = None
+        self._replica_error: Optional[str] = None
         self.interval_steps = interval_steps
         self.rank = rank
         self.world_size = world_size
@@ -100,6 +127,14 @@ class MemoryTier:
         self.checkpointer = Checkpointer(str(self.path), rank=rank, world_size=world_size, keep_last=2,
                                          commit_timeout_s=commit_timeout_s, load_timeout_s=load_timeout_s,
                                          warn=quiet_warn, private_store=True)
+        self.leaders_group = None
+        if self.replicated:
+            self.checkpointer.node_local = True
+            leaders = [node * self.local_world_size for node in range(self.num_nodes)]
+            # Every rank creates the group (torch requires it); only leaders use it, from the replication thread.
+            self.leaders_group = dist.new_group(ranks=leaders, backend="gloo",
+                                                timeout=timedelta(seconds=commit_timeout_s))
+            self._leaders = leaders
 
     # -- sizing ------------------------------------------------------------------------------------------------
     def check_fits(self, snapshot_bytes: int) -> int:
@@ -132,25 +167,219 @@ class MemoryTier:
 
     def save(self, step: int, model, optimizer, trainer_state: dict) -> Optional[SaveStats]:
         """Async snapshot of `step` (returns once the staging copy has started); None when the tier is off."""
-        self._check_space()
+        busy = self._check_space()
         if not self.enabled:
             return None
         self.saves += 1
-        return self.checkpointer.save(step, model, optimizer, trainer_state, blocking=False)
+        if self.replicated and self.leader:
+            self._prune(self.path, keep=2)  # with this one, three: rank 0's retention is off (node_local)
+        stats = self.checkpointer.save(step, model, optimizer, trainer_state, blocking=False)
+        if self.replicated and self.leader and not busy:
+            self._replica_thread = threading.Thread(target=self._replicate, args=(step, self.checkpointer._pending,
+                                                    stats), name="ddlc-memory-peer-replica", daemon=True)
+            self._replica_thread.start()
+        return stats
 
-    def _check_space(self) -> None:
-        """After the previous snapshot ended: if it ran out of space on any rank, turn the tier off (all ranks)."""
+    def _check_space(self) -> bool:
+        """After the previous snapshot ended: if it ran out of space on any rank, turn the tier off (all ranks).
+        Returns whether a peer replication is still in flight on any node (then this snapshot is not replicated:
+        every rank gets the same answer from the same all-reduce)."""
         previous = self.checkpointer.wait()
-        full = torch.tensor([1 if previous is not None and _out_of_space(previous.error) else 0])
+        busy = self._replica_thread is not None and self._replica_thread.is_alive()
+        full = torch.tensor([1 if previous is not None and _out_of_space(previous.error) else 0, int(busy)])
         if self.checkpointer.group is not None and self.world_size > 1:
             dist.all_reduce(full, op=dist.ReduceOp.MAX, group=self.checkpointer.group)
-        if full.item():
+        if full[1].item() and self.rank == 0:
+            self._warn("memory tier: the previous peer replication is still in flight; this snapshot is not "
+                       "replicated (training does not wait for it)")
+        if full[0].item():
             self.enabled = False
             if self.rank == 0:
                 self._warn(f"memory tier: {self.path} ran out of space (snapshot of step {previous.step}: "
                            f"{previous.error}); the tier is off for the rest of this run, training goes on with "
                            f"storage checkpoints (raise the tmpfs size or lower the model's state)")
-                self.discard()
+            self.discard()  # each node's leader, its own node's snapshots and copies
+        return bool(full[1].item())
+
+    # -- peer replica (multi-node) -------------------------------------------------------------------------------
+    @staticmethod
+    def _prune(directory: Path, keep: int) -> None:
+        """Remove all but the `keep` highest-step directories (and any .tmp debris) under `directory`."""
+        if not directory.exists():
+            return
+        steps = sorted((parse_step(child.name), child) for child in directory.iterdir()
+                       if child.is_dir() and parse_step(child.name) is not None)
+        for _, child in steps[:-keep] if keep else steps:
+            shutil.rmtree(child, ignore_errors=True)
+        for child in directory.iterdir():
+            if child.name.endswith(".tmp"):
+                shutil.rmtree(child, ignore_errors=True)
+
+    def _replicate(self, step: int, save_thread: Optional[threading.Thread], stats) -> None:
+        """Leader thread: once snapshot `step` committed, send this node's files of it to the next node's leader
+        and store the previous node's files under peers/of-node-<previous>. Errors: a warning; that step is not
+        replicated (resume then falls back to an older complete step, or storage)."""
+        if save_thread is not None:
+            save_thread.join()
+        try:
+            if not stats.committed:  # the same verdict on every rank (the commit is agreed): no leader sends
+                return
+            name = step_dir(step)
+            source = self.path / name
+            files = sorted(f for f in os.listdir(source) if (source / f).is_file())
+            blobs = [(source / f).read_bytes() for f in files]
+            header = json.dumps({"step": step, "node": self.node, "files": [[f, len(b)] for f, b in
+                                                                            zip(files, blobs)]}).encode()
+            me = self._leaders.index(self.rank)
+            nxt, prev = self._leaders[(me + 1) % len(self._leaders)], self._leaders[(me - 1) % len(self._leaders)]
+            got = self._exchange(header, b"".join(blobs), nxt, prev)
+            head = json.loads(got[0].decode())
+            if head["step"] != step:
+                raise RuntimeError(f"the previous node sent step {head['step']}, expected {step}")
+            target = self.peers_path / f"of-node-{head['node']}"
+            tmp = target / f"{name}.tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            offset = 0
+            for file_name, size in head["files"]:
+                if "/" in file_name or file_name in ("", ".", ".."):
+                    raise RuntimeError(f"bad file name {file_name!r} from the previous node")
+                (tmp / file_name).write_bytes(got[1][offset:offset + size])
+                offset += size
+            shutil.rmtree(target / name, ignore_errors=True)
+            os.rename(tmp, target / name)  # the replica appears whole or not at all
+            self._prune(target, keep=2)
+            self.replications += 1
+        except Exception as exc:  # noqa: BLE001 (a lost replica is a warning: storage still holds the job)
+            self._replica_error = f"{type(exc).__name__}: {exc}"
+            self._warn(f"memory tier: peer replication of step {step} failed: {self._replica_error}")
+
+    def _exchange(self, header: bytes, body: bytes, nxt: int, prev: int) -> tuple[bytes, bytes]:
+        """Send (header, body) to rank `nxt` and receive the same from rank `prev`, over the leaders' group."""
+        group = self.leaders_group
+        sizes_out = torch.tensor([len(header), len(body)], dtype=torch.int64)
+        sizes_in = torch.zeros(2, dtype=torch.int64)
+        for work in (dist.isend(sizes_out, nxt, group=group), dist.irecv(sizes_in, prev, group=group)):
+            work.wait()
+        out = torch.frombuffer(bytearray(header + body), dtype=torch.uint8) if header or body else None
+        into = torch.empty(int(sizes_in.sum()), dtype=torch.uint8)
+        works = [dist.isend(out, nxt, group=group), dist.irecv(into, prev, group=group)]
+        for work in works:
+            work.wait()
+        data = into.numpy().tobytes()
+        cut = int(sizes_in[0])
+        return data[:cut], data[cut:]
+
+    def _inventory(self) -> dict:
+        """This node's steps, own and peer copies: {location: {step dir: {file: size}}}, plus the COMMITs seen."""
+        places = {"own": self.path}
+        if self.peers_path.exists():
+            places.update({child.name: child for child in self.peers_path.iterdir() if child.is_dir()})
+        found, commits = {}, {}
+        for place, directory in places.items():
+            steps = {}
+            for child in directory.iterdir() if directory.exists() else []:
+                if child.is_dir() and parse_step(child.name) is not None:
+                    steps[child.name] = {f.name: f.stat().st_size for f in child.iterdir() if f.is_file()}
+                    if COMMIT in steps[child.name] and child.name not in commits:
+                        commits[child.name] = (child / COMMIT).read_bytes()
+            found[place] = steps
+        return {"found": found, "commits": commits}
+
+    def _plan(self, inventories: list, after: int) -> Optional[dict]:
+        """Rank 0: the newest step > after whose COMMIT-listed files are all held by some leader (right sizes)."""
+        commits = {}
+        for inventory in inventories:
+            if inventory:
+                commits.update(inventory["commits"])
+        for name in sorted(commits, key=parse_step, reverse=True):
+            if parse_step(name) <= after:
+                break
+            manifest = parse_commit(commits[name], name).manifest
+            if manifest is None:  # another number of ranks is fine: DCP reshards a complete set of files
+                continue
+            need = {f: entry.size for f, entry in manifest.files.items()}
+            need[COMMIT] = None
+            holders = {}
+            for rank, inventory in enumerate(inventories):
+                for place, steps in (inventory or {"found": {}})["found"].items():
+                    for f, size in steps.get(name, {}).items():
+                        if f in need and (need[f] is None or need[f] == size) and f not in holders:
+                            holders[f] = (rank, place, size)
+            if len(holders) == len(need):
+                return {"step": parse_step(name), "name": name, "holders": holders}
+        return None
+
+    def _gather_replicas(self, after: int) -> Optional[int]:
+        """Every rank: agree on the step to resume from the memory tier (None: none complete) and give every
+        node's own directory all of its files. Returns the step."""
+        group = self.checkpointer.load_group if self.world_size > 1 else None
+        mine = None
+        if self.leader:
+            try:
+                mine = self._inventory()
+            except OSError as exc:  # this node's copies are unusable; the others may still make a complete set
+                self._warn(f"memory tier: cannot list {self.path} and its peer copies: {exc}")
+                mine = {"found": {}, "commits": {}}
+        inventories = [mine]
+        if group is not None:
+            inventories = [None] * self.world_size
+            dist.all_gather_object(inventories, mine, group=group)
+        box = [self._plan(inventories, after) if self.rank == 0 else None]
+        if group is not None:
+            dist.broadcast_object_list(box, src=0, group=group)
+        plan = box[0]
+        if self.leader:
+            mine = inventories[self.rank]["found"]
+            # Newer steps are incomplete somewhere (never loaded), and would mix with this run's later snapshots.
+            places = [self.path, *(self.peers_path.iterdir() if self.peers_path.exists() else [])]
+            for child in [child for place in places for child in place.iterdir()]:
+                step = parse_step(child.name)
+                if child.is_dir() and step is not None and (plan is None or step > plan["step"]):
+                    shutil.rmtree(child, ignore_errors=True)
+            if plan is not None:
+                self._fill(plan, mine)
+        if group is not None:
+            dist.barrier(group=group)
+        return plan["step"] if plan else None
+
+    def _holds_peer_copies(self) -> bool:
+        """This node holds copies of another node's snapshots (the same answer on every rank of a single node)."""
+        return self.peers_path.exists() and any(self.peers_path.glob("*/step-*"))
+
+    def _fill(self, plan: dict, mine: dict) -> None:
+        """Leaders: broadcast each file of the plan from its holder; write the ones this node lacks (COMMIT last)."""
+        name = plan["name"]
+        have = mine.get("own", {}).get(name, {})
+        target = self.path / name
+        target.mkdir(parents=True, exist_ok=True)
+        order = sorted(plan["holders"], key=lambda f: (f == COMMIT, f))
+        for file_name in order:
+            holder, place, expected = plan["holders"][file_name]
+            size = torch.zeros(1, dtype=torch.int64)
+            data = None
+            if self.rank == holder:
+                where = self.path if place == "own" else self.peers_path / place
+                try:
+                    raw = (where / name / file_name).read_bytes()
+                except OSError as exc:  # sent empty: the size check of the verified load then rejects the step
+                    self._warn(f"memory tier: cannot read {where / name / file_name}: {exc}")
+                    raw = b""
+                size[0] = len(raw)
+                data = torch.frombuffer(bytearray(raw), dtype=torch.uint8) if raw else None
+            if self.leaders_group is not None:  # else one node now: it holds every file of the plan itself
+                dist.broadcast(size, src=holder, group=self.leaders_group)
+            if data is None:
+                data = torch.empty(int(size), dtype=torch.uint8)
+            if int(size) and self.leaders_group is not None:
+                dist.broadcast(data, src=holder, group=self.leaders_group)
+            if have.get(file_name) != expected:
+                try:  # a write that fails leaves the file missing: the verified load then rejects the step
+                    tmp = target / f".{file_name}.part"
+                    tmp.write_bytes(data.numpy().tobytes())
+                    os.rename(tmp, target / file_name)
+                except OSError as exc:  # every leader still takes part in every broadcast of the plan
+                    self._warn(f"memory tier: cannot write {target / file_name}: {exc}")
 
     # -- resume ------------------------------------------------------------------------------------------------
     def resume(self, storage: Checkpointer, model, optimizer, check_hashes: bool) -> Optional[dict]:
@@ -165,6 +394,16 @@ class MemoryTier:
                 after = parse_step(peek.directory) if peek.directory else -1
             except Exception:  # noqa: BLE001 (storage unreadable: storage's own resume reports it)
                 peek = None
+        # Multi-node, or a node of a multi-node job restarted alone (it may hold its own files and a peer's copy:
+        # a complete set reshards): the newest step complete across own and peer copies, gathered on every node.
+        if self.replicated or self._holds_peer_copies():
+            box = [after]
+            if self.world_size > 1:
+                dist.broadcast_object_list(box, src=0, group=self.checkpointer.load_group)
+            chosen = self._gather_replicas(box[0])
+            if chosen is None:
+                return None
+            after = chosen - 1
         restored = self.checkpointer.resume(model, optimizer, check_hashes=check_hashes, after_step=after)
         if restored is None:
             return None
@@ -176,14 +415,23 @@ class MemoryTier:
         return restored
 
     def discard(self) -> None:
-        """Rank 0: remove every snapshot of this run (stale after a storage resume, or after the final save)."""
-        if self.rank != 0:
+        """Each node's leader: remove every snapshot of this run on its node, peer copies included (stale after a
+        storage resume, or after the final save)."""
+        if not self.leader:
             return
+        self._join_replica()
+        shutil.rmtree(self.peers_path, ignore_errors=True)
         for child in list(self.path.iterdir()) if self.path.exists() else []:
             if child.is_dir():
                 shutil.rmtree(child, ignore_errors=True)
             else:
                 child.unlink(missing_ok=True)
 
+    def _join_replica(self) -> None:
+        if self._replica_thread is not None:
+            self._replica_thread.join()
+            self._replica_thread = None
+
     def close(self) -> None:
         self.checkpointer.close()
+        self._join_replica()

@@ -175,9 +175,12 @@ class CheckpointConfig(Section):
     load_timeout_s: Optional[PositiveFloat] = None  # resume's own timeout; default max(1 h, 4 x distributed.timeout_s)
     # Host-memory tier (docs/checkpointing.md, "Tiers"): every this many steps each rank's full state is also
     # committed to <memory_dir>/<run name>/ (host shared memory), newest two kept; resume takes the newest verified
-    # step of either tier. None: off. Single node only: it does not survive the loss of the node.
+    # step of either tier. None: off. On one node it does not survive the loss of the node; on several, each node's
+    # snapshot files are copied to the next node (ring) after each commit, so one lost node loses no shard.
     memory_interval_steps: Optional[PositiveInt] = None
     memory_dir: str = "/dev/shm/ddlc"
+    # Multi-node jobs: the peer replica above. False: the tier is off for multi-node jobs (a warning says so).
+    memory_peer_replica: Bool = True
 
 
 class MonitoringConfig(Section):

@@ -206,8 +206,9 @@ class Trainer:
         why_not = None
         if self.engine is not None:
             why_not = f"it supports ddp and fsdp, not {self.cfg.distributed.strategy}"
-        elif ctx.env.num_nodes > 1:
-            why_not = "it is single-node only (each node has its own host memory; peer replication is not built)"
+        elif ctx.env.num_nodes > 1 and not ckpt.memory_peer_replica:
+            why_not = ("checkpoint.memory_peer_replica is false and this job has several nodes (a snapshot in one "
+                       "node's memory is lost with the node; the peer replica keeps a copy on the next node)")
         if why_not:
             if ctx.is_main:
                 self._warn(f"checkpoint.memory_interval_steps is set but the memory tier is off: {why_not}")
@@ -216,7 +217,7 @@ class Trainer:
 
         tier = MemoryTier(ckpt.memory_dir, self.run_name, ckpt.memory_interval_steps, ctx.rank, ctx.world_size,
                           warn=self._warn, commit_timeout_s=self.cfg.distributed.timeout_s,
-                          load_timeout_s=ckpt.load_timeout_s)
+                          load_timeout_s=ckpt.load_timeout_s, local_world_size=ctx.env.local_world_size)
         tier.check_fits(state_bytes(self.model, self.optimizer, ctx.world_size))  # every rank: same verdict
         return tier
 
