@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import ast
 import random
+import signal
 import subprocess
 import sys
 import time
@@ -126,6 +127,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--list", action="store_true", help="list the mutable points and exit")
     args = parser.parse_args(argv)
+    # SIGTERM (a timeout, a CI cancel) must unwind through run_target's `finally`, which puts the file back.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     names = args.only or sorted(TARGETS)
     if args.list:
         for name in names:

@@ -87,6 +87,21 @@ def test_cli_verify_reports_missing_and_grown_files_and_exits_1(tmp_path, ctx):
                for line in proc.stdout.splitlines()), proc.stdout
 
 
+@pytest.mark.parametrize("commit", ["deleted", "garbage"])
+def test_a_directory_without_a_readable_commit_never_verifies(tmp_path, ctx, commit):
+    """Its files may all be there (a save that died just before COMMIT): it is still not a checkpoint."""
+    ck = _saved(tmp_path)
+    if commit == "deleted":
+        (ck / "step-00000002" / COMMIT).unlink()
+    else:
+        (ck / "step-00000002" / COMMIT).write_text("not json\nat all")
+    store = CheckpointStore(str(ck))
+    for check_hashes in (True, False):
+        result = verify(store, "step-00000002", check_hashes=check_hashes)
+        assert not result.ok and len(result.problems) == 1, result.problems
+        assert ("not committed" if commit == "deleted" else "unreadable COMMIT") in result.problems[0]
+
+
 class _GatedStager:
     """Holds the staged state back until the test opens the gate: the save waits in its "ready" phase, after it
     has prepared (emptied) its directory, so the test can put something in the save's way."""
