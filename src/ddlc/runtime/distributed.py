@@ -241,11 +241,11 @@ def attempt_store(launch: LaunchEnv, timeout: _dt.timedelta, env: Mapping[str, s
     else:
         port = int(attempt.get("store_port").decode())
         store = dist.TCPStore(launch.master_addr, port, launch.world_size, is_master=False, timeout=timeout)
-    _OWN_STORE = (store, launch.rank, launch.world_size)
+    _OWN_STORE = store
     return store
 
 
-_OWN_STORE = None  # (store, rank, world size) when rank 0 hosts ddlc's own store: kept alive for the process
+_OWN_STORE = None  # ddlc's own store (rank 0 hosts its server): referenced so it lives as long as the process
 
 
 def _leave_store_last(wait_s: float = 30.0) -> None:
