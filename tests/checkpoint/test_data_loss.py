@@ -111,21 +111,28 @@ def test_prune_verifies_before_deleting_and_keeps_keep_last_verified(tmp_path):
     assert "no checkpoint verifies" in proc.stdout and _steps(ck) == ["step-00000050", "step-00000060"]
 
 
-def test_retention_after_resume_never_counts_a_bit_flipped_checkpoint_toward_keep_last(tmp_path):
-    """A flipped byte keeps a shard's size. Retention used to count such a checkpoint (not the one resumed from) as
-    one of keep_last and delete an older good one in its place, leaving fewer good checkpoints than keep_last."""
+def _resume_then_save(ck: Path, keep_last: int, step: int) -> int:
+    """A job's life in one process: resume from `ck` (the model of `_store_with`), save `step`, close. Returns the
+    step it resumed at."""
     import torch
 
     from ddlc.checkpoint import Checkpointer
 
-    ck = _store_with(tmp_path, [10, 20, 30])
-    _flip(next((ck / "step-00000020").glob("*.distcp")))
     model = torch.nn.Linear(4, 4)
     optimizer = torch.optim.AdamW(model.parameters())
-    ckpt = Checkpointer(str(ck), keep_last=3)
-    assert ckpt.resume(model, optimizer)["step"] == 30
-    ckpt.save(40, model, optimizer, {"step": 40}, blocking=True)
+    ckpt = Checkpointer(str(ck), keep_last=keep_last)
+    resumed = ckpt.resume(model, optimizer)["step"]
+    ckpt.save(step, model, optimizer, {"step": step}, blocking=True)
     ckpt.close()
+    return resumed
+
+
+def test_retention_after_resume_never_counts_a_bit_flipped_checkpoint_toward_keep_last(tmp_path):
+    """A flipped byte keeps a shard's size. Retention used to count such a checkpoint (not the one resumed from) as
+    one of keep_last and delete an older good one in its place, leaving fewer good checkpoints than keep_last."""
+    ck = _store_with(tmp_path, [10, 20, 30])
+    _flip(next((ck / "step-00000020").glob("*.distcp")))
+    assert _resume_then_save(ck, keep_last=3, step=40) == 30
     store = CheckpointStore(str(ck))
     good = [e.name for e in catalog.scan(store, check_hashes=True) if e.state == "verified"]
     assert good == ["step-00000010", "step-00000030", "step-00000040"], _steps(ck)
@@ -135,18 +142,9 @@ def test_retention_after_resume_never_counts_a_bit_flipped_checkpoint_toward_kee
 def test_a_rerun_step_saved_over_one_found_corrupt_at_resume_counts_as_the_new_good_checkpoint(tmp_path):
     """Resume skips a corrupt step 30 and loads 20; the job then saves step 30 again. That new checkpoint is good:
     `latest` must name it and retention must count it (it used to stay 'corrupt' for the rest of the job)."""
-    import torch
-
-    from ddlc.checkpoint import Checkpointer
-
     ck = _store_with(tmp_path, [10, 20, 30])
     _flip(next((ck / "step-00000030").glob("*.distcp")))
-    model = torch.nn.Linear(4, 4)
-    optimizer = torch.optim.AdamW(model.parameters())
-    ckpt = Checkpointer(str(ck), keep_last=2)
-    assert ckpt.resume(model, optimizer)["step"] == 20
-    ckpt.save(30, model, optimizer, {"step": 30}, blocking=True)
-    ckpt.close()
+    assert _resume_then_save(ck, keep_last=2, step=30) == 20
     store = CheckpointStore(str(ck))
     assert catalog.latest_pointer(store) == "step-00000030"
     assert _steps(ck) == ["step-00000020", "step-00000030"] and verify(store, "step-00000030").ok

@@ -15,7 +15,6 @@ import torch
 from ddlc.checkpoint import state as state_module
 from ddlc.checkpoint.checkpointer import Checkpointer
 from ddlc.checkpoint.state import make_stager
-from ddlc.runtime.distributed import init_distributed
 
 
 class SlowStream:
@@ -72,11 +71,6 @@ def test_staging_waits_for_the_recorded_event():
         stager.close()
     assert torch.all(staged["p"] == 1)  # the step's result, never the state before it
     assert returned_after < stream.delay_s  # the caller was not held: the wait is on the staging thread
-
-
-@pytest.fixture(scope="module")
-def ctx():
-    return init_distributed("cpu", "gloo")
 
 
 def test_an_async_save_holds_the_state_after_a_step_still_running_on_the_device(tmp_path, ctx, monkeypatch):

@@ -9,7 +9,7 @@ import torch
 from ddlc.checkpoint import CheckpointStore, StorageError, select_for_deletion
 from ddlc.checkpoint.checkpointer import Checkpointer
 from ddlc.checkpoint.manifest import COMMIT, LATEST, verify
-from ddlc.runtime.distributed import init_distributed
+from tests.checkpoint.small_model import model_and_optimizer
 
 
 @pytest.mark.parametrize(
@@ -55,22 +55,8 @@ def test_file_uri_and_atomic_write(tmp_path):
     assert not list((tmp_path / "ck" / "a").glob("*.tmp-*"))
 
 
-@pytest.fixture(scope="module")
-def ctx():
-    return init_distributed("cpu", "gloo")
-
-
-def _model_and_optimizer(seed=0):
-    torch.manual_seed(seed)
-    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
-    model(torch.randn(2, 8)).sum().backward()
-    optimizer.step()
-    return model, optimizer
-
-
 def test_save_commit_verify_and_resume(tmp_path, ctx):
-    model, optimizer = _model_and_optimizer()
+    model, optimizer = model_and_optimizer()
     ckpt = Checkpointer(str(tmp_path / "ck"), keep_last=2)
     for step in (1, 2, 3):
         ckpt.save(step, model, optimizer, {"step": step}, blocking=step == 3)
@@ -88,7 +74,7 @@ def test_save_commit_verify_and_resume(tmp_path, ctx):
         assert {n: hashlib.sha256((directory / n).read_bytes()).hexdigest() for n in files} == \
             {n: f["sha256"] for n, f in files.items()}
 
-    fresh, fresh_opt = _model_and_optimizer(seed=1)
+    fresh, fresh_opt = model_and_optimizer(seed=1)
     state = Checkpointer(str(tmp_path / "ck")).resume(fresh, fresh_opt)
     assert state["step"] == 3
     for a, b in zip(model.parameters(), fresh.parameters()):
@@ -97,7 +83,7 @@ def test_save_commit_verify_and_resume(tmp_path, ctx):
 
 
 def test_corrupt_and_truncated_checkpoints_are_skipped(tmp_path, ctx):
-    model, optimizer = _model_and_optimizer()
+    model, optimizer = model_and_optimizer()
     ckpt = Checkpointer(str(tmp_path / "ck"), keep_last=5)
     for step in (1, 2, 3):
         ckpt.save(step, model, optimizer, {"step": step}, blocking=True)
@@ -113,7 +99,7 @@ def test_corrupt_and_truncated_checkpoints_are_skipped(tmp_path, ctx):
     assert "sha256 mismatch" in verify(store, "step-00000002").summary()
     assert verify(store, "step-00000002", check_hashes=False).ok  # size-only cannot see a flipped byte
     warnings = []
-    fresh, fresh_opt = _model_and_optimizer(seed=1)
+    fresh, fresh_opt = model_and_optimizer(seed=1)
     state = Checkpointer(str(tmp_path / "ck"), warn=warnings.append).resume(fresh, fresh_opt)
     assert state["step"] == 1
     assert any("step-00000003" in w and "truncated" in w for w in warnings)
@@ -121,14 +107,14 @@ def test_corrupt_and_truncated_checkpoints_are_skipped(tmp_path, ctx):
 
 
 def test_uncommitted_directory_never_counts(tmp_path, ctx):
-    model, optimizer = _model_and_optimizer()
+    model, optimizer = model_and_optimizer()
     ckpt = Checkpointer(str(tmp_path / "ck"))
     ckpt.save(1, model, optimizer, {"step": 1}, blocking=True)
     ckpt.save(2, model, optimizer, {"step": 2}, blocking=True)
     ckpt.close()
     (tmp_path / "ck" / "step-00000002" / COMMIT).unlink()  # as if killed before the marker
     warnings = []
-    state = Checkpointer(str(tmp_path / "ck"), warn=warnings.append).resume(*_model_and_optimizer(seed=2))
+    state = Checkpointer(str(tmp_path / "ck"), warn=warnings.append).resume(*model_and_optimizer(seed=2))
     assert state["step"] == 1
     assert any("step-00000002" in w and "not committed" in w for w in warnings)
 
@@ -263,7 +249,7 @@ def test_async_save_holds_the_state_of_its_step_while_training_goes_on(tmp_path,
 @pytest.mark.parametrize("check_hashes", [True, False])
 def test_checkpoint_that_cannot_be_decoded_is_skipped(tmp_path, ctx, check_hashes):
     """Same size, garbage where the first record's zip header was: the load itself fails, and resume falls back."""
-    model, optimizer = _model_and_optimizer()
+    model, optimizer = model_and_optimizer()
     ckpt = Checkpointer(str(tmp_path / "ck"), keep_last=5)
     ckpt.save(1, model, optimizer, {"step": 1}, blocking=True)
     expected = {k: v.clone() for k, v in model.state_dict().items()}
@@ -276,7 +262,7 @@ def test_checkpoint_that_cannot_be_decoded_is_skipped(tmp_path, ctx, check_hashe
     data[:64] = b"\xff" * 64
     shard.write_bytes(bytes(data))
     warnings = []
-    fresh, fresh_opt = _model_and_optimizer(seed=3)
+    fresh, fresh_opt = model_and_optimizer(seed=3)
     state = Checkpointer(str(tmp_path / "ck"), warn=warnings.append).resume(fresh, fresh_opt, check_hashes=check_hashes)
     assert state["step"] == 1
     assert any("step-00000002" in w for w in warnings)

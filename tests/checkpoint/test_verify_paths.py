@@ -19,28 +19,14 @@ from ddlc.checkpoint import CheckpointStore
 from ddlc.checkpoint.checkpointer import Checkpointer
 from ddlc.checkpoint.commit import build_manifest, own_file_digests, rng_file
 from ddlc.checkpoint.manifest import COMMIT, LATEST, read_manifest, verify
-from ddlc.runtime.distributed import init_distributed
 from tests.support import PYTHON, run
+from tests.checkpoint.small_model import model_and_optimizer
 
 DDLC = str(Path(PYTHON).parent / "ddlc")
 
 
-@pytest.fixture(scope="module")
-def ctx():
-    return init_distributed("cpu", "gloo")
-
-
-def _model_and_optimizer(seed=0):
-    torch.manual_seed(seed)
-    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
-    model(torch.randn(2, 8)).sum().backward()
-    optimizer.step()
-    return model, optimizer
-
-
 def _saved(tmp_path: Path, steps=(1, 2)) -> Path:
-    model, optimizer = _model_and_optimizer()
+    model, optimizer = model_and_optimizer()
     ckpt = Checkpointer(str(tmp_path / "ck"), keep_last=10)
     for step in steps:
         ckpt.save(step, model, optimizer, {"step": step}, blocking=True)
@@ -127,7 +113,7 @@ def test_latest_moves_only_after_commit(tmp_path, ctx, monkeypatch, in_the_way, 
     """The last write of a save (COMMIT), or DCP's write of a shard, fails: `latest` still names the previous
     checkpoint, which resumes. A shard that cannot even be opened is reported as itself, by the save (not as
     "generator didn't yield", nor as a traceback from one of DCP's writer threads)."""
-    model, optimizer = _model_and_optimizer()
+    model, optimizer = model_and_optimizer()
     ckpt = Checkpointer(str(tmp_path / "ck"), keep_last=10, warn=lambda message: None, io_threads=io_threads)
     ckpt.save(1, model, optimizer, {"step": 1}, blocking=True)
     expected = {k: v.clone() for k, v in model.state_dict().items()}
@@ -150,7 +136,7 @@ def test_latest_moves_only_after_commit(tmp_path, ctx, monkeypatch, in_the_way, 
     assert stats.error.startswith("IsADirectoryError"), stats.error
     assert ckpt.store.read_text(LATEST).strip() == "step-00000001"
     assert not (tmp_path / "ck" / "step-00000002").exists()  # the failed save's debris is gone
-    fresh, fresh_optimizer = _model_and_optimizer(seed=1)
+    fresh, fresh_optimizer = model_and_optimizer(seed=1)
     assert Checkpointer(str(tmp_path / "ck")).resume(fresh, fresh_optimizer)["step"] == 1
     for name, value in fresh.state_dict().items():
         assert torch.equal(value, expected[name]), name
@@ -158,7 +144,7 @@ def test_latest_moves_only_after_commit(tmp_path, ctx, monkeypatch, in_the_way, 
 
 def test_a_save_that_fails_before_writing_leaves_latest_alone(tmp_path, ctx, monkeypatch):
     """Same, for a save whose staging copy fails (before any shard is written)."""
-    model, optimizer = _model_and_optimizer()
+    model, optimizer = model_and_optimizer()
     ckpt = Checkpointer(str(tmp_path / "ck"), keep_last=10, warn=lambda message: None)
     ckpt.save(1, model, optimizer, {"step": 1}, blocking=True)
     gate = _GatedStager()
