@@ -40,7 +40,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from torchrun_self import relaunch_under_torchrun
+from torchrun_self import from_rank0, gpt_after_one_step, relaunch_under_torchrun
 
 CHUNK = 8 << 20
 
@@ -95,20 +95,11 @@ def worker(args: argparse.Namespace) -> None:
     import torch.distributed as dist
 
     from ddlc.checkpoint import Checkpointer
-    from ddlc.config.schema import ModelConfig
-    from ddlc.runtime import GPT, hard_exit, init_distributed, shutdown_distributed, wrap_model
+    from ddlc.runtime import hard_exit, init_distributed, shutdown_distributed
 
     ctx = init_distributed("cpu", "gloo")
     rank, world = ctx.rank, ctx.world_size
-    torch.manual_seed(0)
-    cfg = ModelConfig(n_layer=args.layers, n_embd=args.width, n_head=8, block_size=64, vocab_size=args.vocab)
-    model = wrap_model(GPT(cfg), ctx, "ddp")
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    batch = torch.randint(0, args.vocab, (2, 64), generator=torch.Generator().manual_seed(rank))
-    _, loss = model(batch, batch)
-    loss.backward()
-    optimizer.step()  # creates the Adam moments: the state is weights + 2 moments
-    optimizer.zero_grad(set_to_none=True)
+    model, optimizer, batch = gpt_after_one_step(ctx, args.layers, args.width, args.vocab)
 
     tensors = {id(t): t for t in [*model.state_dict().values(), *(
         v for s in optimizer.state.values() for v in s.values() if isinstance(v, torch.Tensor))]}
@@ -116,10 +107,7 @@ def worker(args: argparse.Namespace) -> None:
     payload = bytearray(os.urandom(1 << 20) * (state_bytes // (1 << 20) + 1))  # raw-I/O source/target buffer
 
     def broadcast(value):
-        box = [value]
-        if world > 1:
-            dist.broadcast_object_list(box, src=0)
-        return box[0]
+        return from_rank0(value, world)
 
     root = Path(broadcast(tempfile.mkdtemp(prefix="ddlc-ckpt-bench-", dir=args.dir) if rank == 0 else None))
     ckpt = Checkpointer(str(root / "ddlc"), rank=rank, world_size=world, keep_last=1)

@@ -33,7 +33,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from torchrun_self import relaunch_under_torchrun
+from torchrun_self import from_rank0, gpt_after_one_step, relaunch_under_torchrun
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -69,27 +69,15 @@ def resume_worker(args: argparse.Namespace, on_exit=None) -> None:
 
     from ddlc.checkpoint import Checkpointer
     from ddlc.checkpoint.memory_tier import MemoryTier, state_bytes
-    from ddlc.config.schema import ModelConfig
-    from ddlc.runtime import GPT, hard_exit, init_distributed, shutdown_distributed, wrap_model
+    from ddlc.runtime import hard_exit, init_distributed, shutdown_distributed
 
     ctx = init_distributed("cpu", "gloo")
     rank, world = ctx.rank, ctx.world_size
-    torch.manual_seed(0)
-    cfg = ModelConfig(n_layer=args.layers, n_embd=args.width, n_head=8, block_size=64, vocab_size=args.vocab)
-    model = wrap_model(GPT(cfg), ctx, "ddp")
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    batch = torch.randint(0, args.vocab, (2, 64), generator=torch.Generator().manual_seed(rank))
-    _, loss = model(batch, batch)
-    loss.backward()
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
+    model, optimizer, batch = gpt_after_one_step(ctx, args.layers, args.width, args.vocab)
     nbytes = state_bytes(model, optimizer, world)
 
     def broadcast(value):
-        box = [value]
-        if world > 1:
-            dist.broadcast_object_list(box, src=0)
-        return box[0]
+        return from_rank0(value, world)
 
     def barrier():
         if world > 1:
