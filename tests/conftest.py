@@ -31,3 +31,17 @@ def _this_checkout_is_under_test():
                            capture_output=True, text=True, timeout=60, cwd="/")
     assert Path(child.stdout.strip()).resolve().is_relative_to(SRC), (
         f"a subprocess imports ddlc from {child.stdout.strip()!r} {child.stderr[-500:]}, not from {SRC}")
+
+
+@pytest.fixture(scope="session")
+def hosts():
+    """Three hosts (network namespaces with their own sshd, tests/launch/hosts.py), shared by every multi-host test
+    (tests/launch, tests/scheduler) and always removed."""
+    from tests.launch.hosts import Hosts, netns_unavailable
+
+    reason = netns_unavailable()
+    if reason:
+        pytest.skip(reason)
+    network = Hosts()
+    yield network
+    network.close()

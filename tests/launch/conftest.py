@@ -1,15 +1,2 @@
-import pytest
-
-from tests.launch.hosts import Hosts, netns_unavailable
-
-
-@pytest.fixture(scope="session")
-def hosts():
-    """Three hosts (network namespaces with their own sshd), shared by every multi-host test and always removed."""
-    reason = netns_unavailable()
-    if reason:
-        pytest.skip(reason)
-    network = Hosts()
-    yield network
-    network.close()
-
+# The session-scoped `hosts` fixture (three namespace hosts) lives in tests/conftest.py: the launch tests and the
+# Slurm tests (tests/scheduler) share one set of namespaces per session.
