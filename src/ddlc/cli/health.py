@@ -1,5 +1,5 @@
 """`ddlc health`: is this node fit to train (logic in ddlc.ops.health). Exit 0 healthy, 1 with one line per
-failed check, 2 for bad input."""
+failed check, 2 for bad input. `--slurm-drain` also drains/resumes this Slurm node (ddlc.scheduler.drain)."""
 
 from __future__ import annotations
 
@@ -29,6 +29,9 @@ def health(
     readings_file: Optional[Path] = typer.Option(None, "--readings", help="Check recorded readings instead of "
                                                  "this node (a file written by --record)."),
     record: Optional[Path] = typer.Option(None, "--record", help="Also write this node's readings here."),
+    slurm_drain: bool = typer.Option(False, "--slurm-drain", help="Slurm's HealthCheckProgram: on a failure, drain "
+                                     "this node (SLURMD_NODENAME, else the host name) with the first failure as "
+                                     "the reason; when healthy, resume it if ddlc health drained it."),
 ) -> None:
     """Check this node: GPU count, Xid/ECC/row-remap errors, EFA devices, free disk, clock."""
     from ddlc.ops.health import HealthOptions, NodeReadings, failures, report, run_checks, run_health
@@ -55,6 +58,12 @@ def health(
             typer.echo(f"UNHEALTHY {failed.line()}")
         if not failures(results):
             typer.echo("healthy: " + "; ".join(r.line() for r in results))
+    if slurm_drain:
+        from ddlc.scheduler.client import Slurm
+        from ddlc.scheduler.drain import apply, node_name
+
+        failed = failures(results)
+        typer.echo(apply(Slurm(), node_name(), failed[0].line() if failed else None).line())
     if failures(results):
         raise typer.Exit(1)
 

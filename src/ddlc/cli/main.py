@@ -10,6 +10,7 @@ from ddlc.cli import checkpoints as checkpoints_cmd
 from ddlc.cli import cluster as cluster_cmd
 from ddlc.cli import dashboard as dashboard_cmd
 from ddlc.cli import report as report_cmd
+from ddlc.cli import scheduler as scheduler_cmd
 from ddlc.cli import doctor as doctor_cmd
 from ddlc.cli import health as health_cmd
 from ddlc.cli import launch as launch_cmd
@@ -47,6 +48,7 @@ report_cmd.register(app)
 doctor_cmd.register(app)
 health_cmd.register(app)
 launch_cmd.register(app)
+scheduler_cmd.register(app)
 
 
 def run() -> None:
