@@ -17,7 +17,7 @@ from typing import Optional, Sequence
 
 from ddlc.errors import UserError
 
-# slurmd runs HealthCheckProgram with almost no environment (no PATH): look where Debian/RPM packages put them too.
+# slurmd runs HealthCheckProgram with almost no environment: without PATH, look where the packages put them.
 _FALLBACK_DIRS = ("/usr/bin", "/usr/local/bin", "/opt/slurm/bin")
 SEP = "|"
 # What the commands say when slurmctld (or munge, which authenticates every request) is not there.
@@ -73,11 +73,10 @@ def elapsed_seconds(text: str) -> int:
 class Slurm:
     def __init__(self, env: Optional[dict] = None, timeout_s: float = 30.0):
         self.env = dict(os.environ if env is None else env)
-        self.env.setdefault("PATH", ":".join(_FALLBACK_DIRS))
         self.timeout_s = timeout_s
 
     def _binary(self, name: str) -> str:
-        found = shutil.which(name, path=self.env.get("PATH")) or next(
+        found = shutil.which(name, path=self.env["PATH"]) if "PATH" in self.env else next(
             (str(Path(d) / name) for d in _FALLBACK_DIRS if (Path(d) / name).is_file()), None)
         if found is None:
             raise SlurmUnavailable(f"no Slurm here: `{name}` not found (install slurm-client, or run this on the "
@@ -126,8 +125,16 @@ class Slurm:
             args += ["-u", user]
         if job_ids:
             args += ["-j", ",".join(job_ids)]
+        try:
+            text = self.run("squeue", args)
+        except SlurmUnavailable:
+            raise
+        except UserError as error:
+            if job_ids and "invalid job id" in str(error).lower():
+                return []  # squeue's answer for an id it does not know (any more)
+            raise
         rows = []
-        for line in self.run("squeue", args).splitlines():
+        for line in text.splitlines():
             parts = line.split(SEP, 8)
             if len(parts) != 9:
                 continue
