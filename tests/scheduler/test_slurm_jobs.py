@@ -51,6 +51,17 @@ def wait_for(run_dir: Path, job: str, pattern: str, slurm: SlurmCluster, after: 
     raise AssertionError(f"no {pattern!r} in the job's output:\n{output(run_dir, job)[-4000:]}\n{slurm.logs()}")
 
 
+def wait_past(run_dir: Path, job: str, step: int, slurm: SlurmCluster, after: int, timeout: float = 240) -> int:
+    """Wait until the job logs a step beyond `step` (steps are logged every training.log_interval)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        logged = [int(s) for s in re.findall(r"step (\d+)/\d+", output(run_dir, job)[after:])]
+        if logged and max(logged) > step:
+            return max(logged)
+        time.sleep(0.5)
+    raise AssertionError(f"no step beyond {step} logged:\n{output(run_dir, job)[-4000:]}\n{slurm.logs()}")
+
+
 def committed(run_dir: Path) -> list[int]:
     return sorted(int(c.parent.name.split("-")[1]) for c in (run_dir / "checkpoints").glob("step-*/COMMIT"))
 
@@ -105,11 +116,14 @@ def test_requeue_resumes_from_the_checkpoint_and_scancel_checkpoints(slurm, tmp_
 
     # Back in the queue, then running again: the same run, from that checkpoint (not from step 0).
     mark = len(output(run_dir, job))
+    slurm.wait_job(job, ("PENDING",))
+    # Slurm makes a requeued job wait before it is eligible again (reason BeginTime, about two minutes): now.
+    slurm.scontrol("update", f"JobId={job}", "StartTime=now")
     resumed = wait_for(run_dir, job, r"ddlc: resumed from \S+/step-(\d+) at step (\d+)", slurm, after=mark,
                        timeout=300)
     assert int(resumed.group(1)) == stopped_at and int(resumed.group(2)) == stopped_at
     assert "(restart 1)" in output(run_dir, job)[mark:]
-    wait_for(run_dir, job, rf"step {stopped_at + 2}/100000", slurm, after=mark)
+    wait_past(run_dir, job, stopped_at, slurm, after=mark)
 
     # `ddlc jobs` shows it running, with that checkpoint step.
     listed = slurm.run([*DDLC, "jobs"], cwd=tmp_path)
@@ -209,7 +223,7 @@ def test_missing_script_and_no_slurm_exit_2(slurm, tmp_path):
                      cwd=tmp_path)
     assert proc.returncode == 2 and proc.stderr.startswith("error: no Slurm here: `sinfo` not found"), proc.stderr
     down = tmp_path / "slurm.conf"
-    down.write_text(slurm.conf.read_text().replace("SlurmctldPort=6817", "SlurmctldPort=6999"))
+    down.write_text(slurm.conf.read_text().replace("SlurmctldPort=6817", "SlurmctldPort=6999") + "MessageTimeout=2\n")
     proc = slurm.run([*DDLC, "submit", "--nodes", "1", str(TRAIN_PY)], cwd=tmp_path, SLURM_CONF=str(down))
     assert proc.returncode == 2 and proc.stderr.startswith("error: no Slurm reachable: `sinfo`"), proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
