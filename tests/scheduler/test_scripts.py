@@ -1,0 +1,151 @@
+"""The generated files without a cluster: slurm.conf / gres.conf (render_slurm_conf, render_gres_conf), the batch
+script of `ddlc submit`, each node's torchrun command (ddlc.scheduler.step), and the small parsers. That slurmctld
+and slurmd accept the generated slurm.conf is proven by the real cluster (test_slurm_jobs.py)."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from ddlc.errors import UserError
+from ddlc.scheduler.client import elapsed_seconds
+from ddlc.scheduler.drain import is_drained
+from ddlc.scheduler.sbatch import JobRequest, parse_time, render_script
+from ddlc.scheduler.slurm_conf import ClusterSpec, SlurmNode, render_gres_conf, render_slurm_conf
+from ddlc.scheduler.step import rendezvous, torchrun_argv
+from tests.support import CONFIG, PYTHON, REPO, TRAIN_PY, run
+
+
+def gpu_spec(**extra) -> ClusterSpec:
+    nodes = (SlurmNode("p5-1", "10.0.1.5", cpus=192, gpus=8, gpu_type="h100", sockets=2, cores_per_socket=48,
+                       threads_per_core=2, real_memory_mb=1_900_000, gpu_files="/dev/nvidia[0-7]"),
+             SlurmNode("p5-2", "10.0.1.6", cpus=192, gpus=8))
+    return ClusterSpec("prod", "head", "10.0.0.10", nodes, **extra)
+
+
+def conf_lines(text: str) -> dict[str, str]:
+    return {line.split("=", 1)[0]: line.split("=", 1)[1] for line in text.splitlines()
+            if "=" in line and not line.startswith(("#", "NodeName", "PartitionName"))}
+
+
+def test_slurm_conf_for_gpu_nodes():
+    text = render_slurm_conf(gpu_spec())
+    keys = conf_lines(text)
+    assert keys["SlurmctldHost"] == "head(10.0.0.10)" and keys["GresTypes"] == "gpu"
+    assert keys["SelectType"] == "select/cons_tres" and keys["JobRequeue"] == "1" and keys["ReturnToService"] == "2"
+    assert keys["HealthCheckProgram"] == "/usr/local/sbin/ddlc-slurm-health" and keys["KillWait"] == "120"
+    assert keys["ProctrackType"] == "proctrack/cgroup"
+    assert ("NodeName=p5-1 NodeAddr=10.0.1.5 CPUs=192 Sockets=2 CoresPerSocket=48 ThreadsPerCore=2 "
+            "RealMemory=1900000 Gres=gpu:h100:8 State=UNKNOWN") in text.splitlines()
+    assert "NodeName=p5-2 NodeAddr=10.0.1.6 CPUs=192 Gres=gpu:8 State=UNKNOWN" in text.splitlines()
+    assert text.splitlines()[-1] == "PartitionName=gpu Nodes=p5-1,p5-2 Default=YES MaxTime=INFINITE State=UP"
+    assert len(keys) == len([line for line in text.splitlines() if "=" in line and not line.startswith(
+        ("#", "NodeName", "PartitionName"))]), "a setting appears twice"
+
+
+def test_slurm_conf_without_gpus_or_health_check():
+    spec = ClusterSpec("t", "c", "10.0.0.1", (SlurmNode("n1", "10.0.0.2", cpus=2),), health_check_program=None,
+                       process_tracking="linuxproc", munge_socket="/tmp/m.sock")
+    keys = conf_lines(render_slurm_conf(spec))
+    assert "GresTypes" not in keys and "HealthCheckProgram" not in keys
+    assert keys["ProctrackType"] == "proctrack/linuxproc" and keys["TaskPlugin"] == "task/none"
+    assert keys["AuthInfo"] == "socket=/tmp/m.sock"
+
+
+def test_gres_conf():
+    assert render_gres_conf(gpu_spec()).splitlines()[1:] == [
+        "NodeName=p5-1 Name=gpu Type=h100 File=/dev/nvidia[0-7]",
+        "NodeName=p5-2 AutoDetect=nvml",
+    ]
+    cpu_only = ClusterSpec("t", "c", "10.0.0.1", (SlurmNode("n1", "10.0.0.2", cpus=2),))
+    assert render_gres_conf(cpu_only).splitlines()[1:] == []
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(cluster_name="bad name"), "slurm cluster_name 'bad name'"),
+    (dict(nodes=()), "slurm cluster has no compute nodes"),
+])
+def test_cluster_spec_rejects_bad_input(bad, message):
+    fields = dict(cluster_name="c", controller="h", controller_address="10.0.0.1",
+                  nodes=(SlurmNode("n1", "10.0.0.2", cpus=1),))
+    with pytest.raises(UserError, match=message):
+        ClusterSpec(**{**fields, **bad})
+
+
+# -- the batch script -------------------------------------------------------------------------------------------
+def request(**extra) -> JobRequest:
+    fields = dict(nodes=2, script="train.py", script_args=("--config", "c.yaml", "monitoring.run_name=r1"),
+                  run_name="r1", output_dir="/shared/runs/r1", workdir="/shared", python="/opt/venv/bin/python")
+    return JobRequest(**{**fields, **extra})
+
+
+def test_batch_script_cpu_nodes():
+    text = render_script(request(time="1:00:00", partition="cpu"))
+    lines = text.splitlines()
+    assert lines[0] == "#!/bin/bash"
+    sbatch = [line for line in lines if line.startswith("#SBATCH")]
+    assert sbatch == ["#SBATCH --job-name=r1", "#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=1",
+                      "#SBATCH --exclusive", "#SBATCH --time=1:00:00", "#SBATCH --partition=cpu",
+                      "#SBATCH --requeue", "#SBATCH --open-mode=append", "#SBATCH --chdir=/shared",
+                      "#SBATCH --output=/shared/runs/r1/slurm-%j.out", "#SBATCH --comment=ddlc:/shared/runs/r1"]
+    assert lines[-1] == ("exec srun --ntasks-per-node=1 --kill-on-bad-exit=1 /opt/venv/bin/python -m "
+                         "ddlc.scheduler.step --nproc-per-node=1 --port-base=20000 -- train.py --config c.yaml "
+                         "monitoring.run_name=r1")
+
+
+def test_batch_script_gpu_nodes_and_quoting():
+    text = render_script(request(gpus_per_node=8, script_args=("lr=1e-3", "name=a b;rm -rf /")))
+    assert "#SBATCH --gpus-per-node=8" in text and "--exclusive" not in text and "--time" not in text
+    assert "--nproc-per-node=8" in text and "'name=a b;rm -rf /'" in text
+    assert subprocess.run(["bash", "-n"], input=text, text=True).returncode == 0  # valid shell
+
+
+@pytest.mark.parametrize("value, seconds", [("90", 5400), ("1:30", 90), ("1:30:00", 5400), ("2-00", 172800),
+                                            ("1-02:03", 93780), ("1-02:03:04", 93784), ("UNLIMITED", 0)])
+def test_time_formats(value, seconds):
+    assert parse_time(value) == seconds
+
+
+@pytest.mark.parametrize("value", ["soon", "1h", "-5", "1:60", "1:00:60", "1-24:00", "0", "1::2", ""])
+def test_bad_time_formats(value):
+    with pytest.raises(UserError, match="--time"):
+        parse_time(value)
+
+
+# -- each node's command ----------------------------------------------------------------------------------------
+def test_step_rendezvous_on_the_first_node():
+    env = {"SLURM_JOB_NODELIST": "gpu-[07-09]", "SLURM_JOB_ID": "123456", "SLURM_JOB_NUM_NODES": "3"}
+    assert rendezvous(env, 20000) == ("gpu-07", 20000 + 123456 % 20000, "slurm-123456", 3)
+    argv = torchrun_argv(env, 8, 20000, ["train.py", "--config", "c.yaml"])
+    assert argv[:6] == ["--nnodes=3", "--nproc_per_node=8", "--rdzv-backend=c10d", "--rdzv-endpoint=gpu-07:23456",
+                        "--rdzv-id=slurm-123456", "--max-restarts=0"]
+    assert argv[6].startswith("--local-addr=") and argv[7:] == ["train.py", "--config", "c.yaml"]
+
+
+def test_step_outside_slurm_exits_2():
+    proc = run([PYTHON, "-m", "ddlc.scheduler.step", "--", "train.py"], cwd=REPO, SLURM_JOB_NODELIST="",
+               SLURM_JOB_ID="")
+    assert proc.returncode == 2 and proc.stderr.startswith("error: ddlc.scheduler.step runs inside a Slurm job")
+
+
+def test_dry_run_prints_the_script_with_the_pinned_run_name(tmp_path):
+    proc = run([PYTHON, "-m", "ddlc.cli.main", "submit", "--nodes", "2", "--dry-run", str(TRAIN_PY), "--",
+                "--config", str(CONFIG), "training.global_batch_size=16"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "#SBATCH --nodes=2" in proc.stdout and "#SBATCH --requeue" in proc.stdout
+    name = [line for line in proc.stdout.splitlines() if line.startswith("#SBATCH --job-name=")][0].split("=")[1]
+    assert name.startswith("config-") and proc.stdout.rstrip().endswith(f"monitoring.run_name={name}")
+    assert f"#SBATCH --output={tmp_path}/runs/{name}/slurm-%j.out" in proc.stdout
+    assert not (tmp_path / "runs").exists()  # a dry run writes nothing
+    # A batch that does not divide over 3 workers is refused before anything is submitted.
+    proc = run([PYTHON, "-m", "ddlc.cli.main", "submit", "--nodes", "3", "--dry-run", str(TRAIN_PY), "--",
+                "--config", str(CONFIG), "training.global_batch_size=8", "training.micro_batch_size=4"], cwd=tmp_path)
+    assert proc.returncode == 2 and "world size (3)" in proc.stderr and len(proc.stderr.splitlines()) == 1
+
+
+# -- parsers ----------------------------------------------------------------------------------------------------
+def test_elapsed_and_drained_states():
+    assert [elapsed_seconds(t) for t in ("0:05", "1:02:03", "2-01:00:00", "INVALID")] == [5, 3723, 176400, 0]
+    assert is_drained("drained") and is_drained("draining") and is_drained("drained*") and is_drained("idle+drain")
+    assert not is_drained("idle") and not is_drained("allocated") and not is_drained("down*")
