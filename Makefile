@@ -26,7 +26,8 @@ demo: venv
 # System tools the tests run for real, installed only when missing:
 # Prometheus + promtool (Debian package `prometheus`), Node.js/npm for the CDK CLI, Chromium for the
 # dashboard's browser tests, sshd/ssh + iproute2 for `ddlc doctor` and the two-host `ddlc launch` tests
-# (network namespaces), pdsh for DeepSpeed's own multi-node runner, a C++ compiler and cmake for `make horovod`.
+# (network namespaces), pdsh for DeepSpeed's own multi-node runner, a C++ compiler and cmake for `make horovod`,
+# Slurm (slurmctld, slurmd, the client commands) and munge for the real-cluster tests in tests/scheduler.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_INSTALL := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends
 sysdeps:
@@ -40,6 +41,10 @@ sysdeps:
 	command -v pdsh >/dev/null || missing="$$missing pdsh"; \
 	command -v g++ >/dev/null || missing="$$missing g++"; \
 	command -v cmake >/dev/null || missing="$$missing cmake"; \
+	[ -x /usr/sbin/slurmctld ] || missing="$$missing slurmctld"; \
+	[ -x /usr/sbin/slurmd ] || missing="$$missing slurmd"; \
+	command -v sbatch >/dev/null || missing="$$missing slurm-client"; \
+	[ -x /usr/sbin/munged ] || missing="$$missing munge"; \
 	if [ -n "$$missing" ]; then $(SUDO) apt-get update -qq && $(APT_INSTALL) $$missing; fi
 
 # CDK CLI for the infra tests (`npx cdk synth`); reinstalled only when package*.json change.

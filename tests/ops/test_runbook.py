@@ -33,6 +33,7 @@ PLACEHOLDERS = {
     "DDLC_GPUS_PER_NODE": "8",
     "MASTER_ADDR": "10.42.1.10",
     "NODE_RANK": "0",
+    "JOB_ID": "1234",
 }
 
 
@@ -63,8 +64,12 @@ NODE_SIDE_CONFIGS = {"gpt.yaml"}  # the runbook's own config on the cluster's /f
 
 def test_runbook_has_runnable_commands_for_every_stage():
     programs = {expand(c)[0] + (" " + expand(c)[1] if expand(c)[0] in ("ddlc", "npx") else "") for c in COMMANDS}
-    for needed in ("ddlc cluster", "ddlc doctor", "ddlc checkpoints", "ddlc monitor", "torchrun", "npx cdk"):
+    for needed in ("ddlc cluster", "ddlc doctor", "ddlc checkpoints", "ddlc monitor", "ddlc submit", "torchrun",
+                   "npx cdk"):
         assert needed in programs, f"no runnable `{needed}` command in the runbook"
+    # "Launch" leads with `ddlc submit` (Slurm); the ssh launchers follow it.
+    launch = re.search(r"^## 4\. Launch$(.*?)^## ", RUNBOOK.read_text(), re.M | re.S).group(1)
+    assert re.findall(r"^### (.*)$", launch, re.M)[0].startswith("`ddlc submit`")
     # The multi-node engines are documented in launch.md; the runbook points there with each launcher's command.
     section = re.search(r"^### `ddlc launch`, DeepSpeed, Horovod$(.*?)^## ", RUNBOOK.read_text(), re.M | re.S)
     assert section and "(launch.md)" in section.group(1)
@@ -86,6 +91,8 @@ def resolve_ddlc(args: list[str]) -> list[str]:
     command = typer.main.get_command(app)
     path: list[str] = []
     while hasattr(command, "list_commands"):  # a group
+        if not args and getattr(command, "invoke_without_command", False):
+            break  # a group that is a command of its own too (`ddlc jobs`)
         assert args, f"`ddlc {' '.join(path)}` needs a subcommand"
         name, args = args[0], args[1:]
         sub = command.get_command(command.context_class(command), name)
@@ -200,6 +207,10 @@ def test_runnable_command_is_valid(command):
     program, args = argv[0], argv[1:]
     if program == "ddlc":
         path = resolve_ddlc(args)
+        if path in (["submit"], ["launch"]) and "--" in args:  # the training script's own arguments, after --
+            script = args[args.index("--") - 1]
+            assert script == "train.py" and (REPO / script).is_file(), script
+            check_train_args(args[args.index("--") + 1:])
         proc = ddlc_help(tuple(path))
         usage = re.search(r"Usage: .*\bddlc (.*?) \[OPTIONS\]", proc.stdout)
         assert proc.returncode == 0 and usage and usage.group(1) == " ".join(path), proc.stdout + proc.stderr

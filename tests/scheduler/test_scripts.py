@@ -149,3 +149,17 @@ def test_elapsed_and_drained_states():
     assert [elapsed_seconds(t) for t in ("0:05", "1:02:03", "2-01:00:00", "INVALID")] == [5, 3723, 176400, 0]
     assert is_drained("drained") and is_drained("draining") and is_drained("drained*") and is_drained("idle+drain")
     assert not is_drained("idle") and not is_drained("allocated") and not is_drained("down*")
+
+
+def test_torchrun_under_srun_is_torchrun_not_a_direct_srun_launch():
+    """Workers of a `ddlc submit` job see srun's variables (the task's) and torchrun's (the worker's): torchrun's
+    describe the worker (rank, world, local rank), srun's only the agent's task."""
+    from ddlc.runtime.distributed import detect_launch_env
+
+    env = {"SLURM_PROCID": "1", "SLURM_NTASKS": "2", "SLURM_NTASKS_PER_NODE": "1", "SLURM_JOB_NODELIST": "n[1-2]",
+           "RANK": "9", "WORLD_SIZE": "16", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "8", "TORCHELASTIC_RUN_ID": "slurm-5",
+           "MASTER_ADDR": "10.0.0.1", "MASTER_PORT": "29400"}
+    launch = detect_launch_env(env)
+    assert (launch.launcher, launch.rank, launch.world_size, launch.local_rank, launch.local_world_size) == \
+        ("torchrun", 9, 16, 1, 8)
+    assert launch.master_addr == "10.0.0.1" and launch.node_rank == 1
