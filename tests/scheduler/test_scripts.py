@@ -101,6 +101,13 @@ def test_batch_script_gpu_nodes_and_quoting():
     assert subprocess.run(["bash", "-n"], input=text, text=True).returncode == 0  # valid shell
 
 
+@pytest.mark.parametrize("field, value", [("workdir", "/my project"), ("output_dir", "/runs/a\n#SBATCH --x"),
+                                          ("output_dir", '/runs/"q"')])
+def test_paths_sbatch_would_split_are_refused(field, value):
+    with pytest.raises(UserError, match="cannot hold whitespace or quotes"):
+        render_script(request(**{field: value}))
+
+
 @pytest.mark.parametrize("value, seconds", [("90", 5400), ("1:30", 90), ("1:30:00", 5400), ("2-00", 172800),
                                             ("1-02:03", 93780), ("1-02:03:04", 93784), ("UNLIMITED", 0)])
 def test_time_formats(value, seconds):

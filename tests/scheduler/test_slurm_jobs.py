@@ -153,6 +153,12 @@ def test_two_jobs_queue_rather_than_collide(slurm, tmp_path):
         assert slurm.job_state(second) == "PENDING"  # both nodes are the first job's, whole
         listed = slurm.run([*DDLC, "jobs"], cwd=tmp_path).stdout
         assert re.search(rf"^{second}\s+second\s+PENDING\s+1\s", listed, re.M), listed
+        # The same run again while its job is queued: refused (two jobs would write one run's files).
+        again = slurm.run([*DDLC, "submit", "--nodes", "1", str(TRAIN_PY), "--",
+                           *train_args(tmp_path, 4, "monitoring.run_name=second", "checkpoint.enabled=false")],
+                          cwd=tmp_path)
+        assert again.returncode == 2 and again.stderr.startswith(
+            f"error: run second already has job {second} (PENDING)"), again.stderr
         assert_ok(slurm.run(["scancel", first]))
         assert slurm.wait_job(second, ("COMPLETED", "FAILED", "CANCELLED")) == "COMPLETED", output(second_dir, second)
     finally:

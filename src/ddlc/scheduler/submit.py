@@ -4,6 +4,7 @@
          │            + the batch plan checked for nodes x workers per node (ddlc.launch.jobcheck)
     --nodes/--partition/--time ──> checked against sinfo: an unknown partition, more nodes than it has,
          │                         a time sbatch would misread or no Slurm at all: exit 2, one line, nothing queued
+         │                         (and squeue: the run must not have a job pending or running already)
          v
     <run dir>/<run name>/slurm-job.sbatch (ddlc.scheduler.sbatch) ──sbatch──> job id
     <run dir>/<run name>/slurm-jobs.json   job id -> what `ddlc jobs` needs (checkpoint location, nodes, price)
@@ -27,6 +28,9 @@ from ddlc.scheduler.client import Slurm
 from ddlc.scheduler.sbatch import JobRequest, parse_time, render_script
 
 BOOKKEEPING = "slurm-jobs.json"
+# squeue states in which a job still owns (or will own) its run directory.
+ACTIVE_STATES = ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED",
+                 "RESIZING", "SUSPENDED", "STOPPED", "SIGNALING", "STAGE_OUT")
 
 
 @dataclass(frozen=True)
@@ -122,6 +126,10 @@ def submit(submission: Submission, slurm: Slurm, instance_type: Optional[str] = 
     request = submission.request
     partition = check_cluster(slurm, request.nodes, request.partition)
     directory = submission.run.directory
+    for row in slurm.jobs():  # every user's: two jobs writing one run's checkpoints would corrupt each other
+        if row.comment == f"ddlc:{directory}" and row.state in ACTIVE_STATES:
+            raise UserError(f"run {submission.run.name} already has job {row.job_id} ({row.state}); wait for it, "
+                            f"cancel it (`ddlc jobs cancel {row.job_id}`) or set another monitoring.run_name")
     try:
         directory.mkdir(parents=True, exist_ok=True)
         script_path = directory / "slurm-job.sbatch"
