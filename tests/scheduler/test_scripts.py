@@ -170,3 +170,15 @@ def test_torchrun_under_srun_is_torchrun_not_a_direct_srun_launch():
     assert (launch.launcher, launch.rank, launch.world_size, launch.local_rank, launch.local_world_size) == \
         ("torchrun", 9, 16, 1, 8)
     assert launch.master_addr == "10.0.0.1" and launch.node_rank == 1
+
+
+def test_cost_so_far_from_the_price_table(tmp_path, monkeypatch):
+    from ddlc.scheduler.jobs import cost_so_far
+
+    table = tmp_path / "prices.yaml"
+    table.write_text("prices:\n  p4d.24xlarge: 30.0\n")
+    monkeypatch.setenv("DDLC_PRICE_TABLE", str(table))
+    assert cost_so_far("p4d.24xlarge", 2, "1:30:00") == pytest.approx(90.0)  # 30 $/h x 2 nodes x 1.5 h
+    assert cost_so_far("no-such-type", 2, "1:00:00") is None and cost_so_far(None, 2, "1:00:00") is None
+    table.write_text("not: [a table")
+    assert cost_so_far("p4d.24xlarge", 2, "1:00:00") is None  # a broken table: '-', not a traceback

@@ -106,7 +106,7 @@ def test_submit_two_nodes_trains_like_ddlc_launch(slurm, tmp_path):
 
 # -- preemption: scontrol requeue and scancel both checkpoint; the requeued job resumes ------------------------
 def test_requeue_resumes_from_the_checkpoint_and_scancel_checkpoints(slurm, tmp_path):
-    job, run_dir = submit(slurm, tmp_path, "--nodes", "2", str(TRAIN_PY), "--",
+    job, run_dir = submit(slurm, tmp_path, "--nodes", "2", "--instance-type", "p4d.24xlarge", str(TRAIN_PY), "--",
                           *train_args(tmp_path, 100000, "checkpoint.interval_steps=100000"))
     wait_for(run_dir, job, r"step [3-9]\d*/100000", slurm)
     assert_ok(slurm.scontrol("requeue", job))  # SIGTERM to every task: the workers checkpoint, exit 75
@@ -130,6 +130,7 @@ def test_requeue_resumes_from_the_checkpoint_and_scancel_checkpoints(slurm, tmp_
     assert_ok(listed)
     row = next(line.split() for line in listed.stdout.splitlines() if line.startswith(job + " "))
     assert row[2] == "RUNNING" and row[3] == "2" and row[5] == str(stopped_at), listed.stdout
+    assert re.fullmatch(r"\$\d+\.\d\d", row[6]), listed.stdout  # p4d.24xlarge's price x 2 nodes x elapsed
 
     # `ddlc jobs cancel` (scancel): one more checkpoint, then the job is over.
     assert_ok(slurm.run([*DDLC, "jobs", "cancel", job], cwd=tmp_path))
