@@ -192,15 +192,21 @@ def test_failing_health_check_drains_the_node_and_jobs_avoid_it(slurm, tmp_path)
 
 
 def test_an_admins_drain_is_left_alone(slurm):
+    """Healthy or not, a node an admin drained keeps the admin's reason and stays drained (were its reason
+    replaced by ddlc's, the next passing check would resume it)."""
     node = NODES[0]
+    health = ["ip", "netns", "exec", slurm.hosts.namespaces[1], *DDLC, "health", "--slurm-drain"]
     assert_ok(slurm.scontrol("update", f"NodeName={node}", "State=DRAIN", "Reason=disk swap by admin"))
     try:
-        proc = slurm.run(["ip", "netns", "exec", slurm.hosts.namespaces[1], *DDLC, "health", "--slurm-drain"],
-                         SLURMD_NODENAME=node)
+        proc = slurm.run(health, SLURMD_NODENAME=node)
         assert proc.returncode == 0, proc.stdout + proc.stderr
         assert f"slurm: node {node} stays drained: not drained by ddlc health (disk swap by admin)" in proc.stdout
-        assert slurm.node_states()[node][1] == "disk swap by admin"
+        slurm.hosts.set_cluster_env(1, "DDLC_ROLE=worker\nDDLC_GPUS_PER_NODE=8\n")  # and now it fails too
+        proc = slurm.run(health, SLURMD_NODENAME=node)
+        assert proc.returncode == 1 and "stays drained" in proc.stdout, proc.stdout + proc.stderr
+        assert slurm.node_states()[node] == ("drained", "disk swap by admin")
     finally:
+        slurm.hosts.set_cluster_env(1, "")
         slurm.scontrol("update", f"NodeName={node}", "State=RESUME")
     slurm.wait_nodes("idle", [node])
 
