@@ -114,7 +114,8 @@ def test_time_formats(value, seconds):
     assert parse_time(value) == seconds
 
 
-@pytest.mark.parametrize("value", ["soon", "1h", "-5", "1:60", "1:00:60", "1-24:00", "0", "1::2", ""])
+@pytest.mark.parametrize("value", ["soon", "1h", "-5", "1:60", "1:00:60", "1-24:00", "0", "1::2", "",
+                                   "99999999999999999999"])
 def test_bad_time_formats(value):
     with pytest.raises(UserError, match="--time"):
         parse_time(value)
@@ -149,6 +150,10 @@ def test_dry_run_prints_the_script_with_the_pinned_run_name(tmp_path):
     proc = run([PYTHON, "-m", "ddlc.cli.main", "submit", "--nodes", "3", "--dry-run", str(TRAIN_PY), "--",
                 "--config", str(CONFIG), "training.global_batch_size=8", "training.micro_batch_size=4"], cwd=tmp_path)
     assert proc.returncode == 2 and "world size (3)" in proc.stderr and len(proc.stderr.splitlines()) == 1
+    # An extra #SBATCH option must be one word there (sbatch splits the line at whitespace).
+    proc = run([PYTHON, "-m", "ddlc.cli.main", "submit", "--nodes", "1", "--sbatch=--account=a b", "--dry-run",
+                str(TRAIN_PY)], cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: --sbatch '--account=a b': expected one long")
 
 
 # -- parsers ----------------------------------------------------------------------------------------------------

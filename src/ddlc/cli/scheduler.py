@@ -35,7 +35,7 @@ def submit(
     from ddlc.scheduler.submit import submit as submit_job
 
     for option in sbatch_option or []:
-        if not option.startswith("--") or "\n" in option:
+        if not option.startswith("--") or any(c.isspace() for c in option):  # one word on an #SBATCH line
             raise UserError(f"--sbatch {option!r}: expected one long sbatch option, e.g. --account=ml")
     submission = plan_submission(script, script_args or [], nodes, gpus_per_node, time_limit, partition,
                                  Path.cwd(), python or sys.executable, sbatch_option or [])

@@ -59,6 +59,8 @@ def parse_time(value: str) -> int:
         seconds = int(first) * 60
     if seconds <= 0:
         raise UserError(f"--time {value!r}: must be more than zero")
+    if seconds // 60 >= 2**32 - 2:  # Slurm keeps limits in minutes as a 32-bit number (and beyond: INFINITE)
+        raise UserError(f"--time {value!r}: longer than Slurm can hold; use UNLIMITED")
     return seconds
 
 
