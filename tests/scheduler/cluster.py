@@ -73,9 +73,10 @@ class SlurmCluster:
         for sub in ("state", "spool", "log", "run", *(f"spool/{name}" for name in NODES)):
             (self.dir / sub).mkdir()
         health = self.dir / "ddlc-slurm-health"
-        # slurmd runs the program with an almost empty environment (SLURMD_NODENAME only): set what ddlc needs.
+        # slurmd runs the program with SLURMD_NODENAME as its only variable (no PATH): like the cluster's wrapper,
+        # this one names the interpreter by its path; SLURM_CONF and PYTHONPATH are the test cluster's own.
         health.write_text("#!/bin/sh\n"
-                          f"export SLURM_CONF={shlex.quote(str(self.conf))} PATH=/usr/sbin:/usr/bin:/sbin:/bin "
+                          f"export SLURM_CONF={shlex.quote(str(self.conf))} "
                           f"PYTHONPATH={shlex.quote(str(REPO / 'src'))}\n"
                           f"exec {shlex.quote(PYTHON)} -m ddlc.cli.main health --slurm-drain "
                           f">>{shlex.quote(str(self.dir / 'log' / 'health.log'))} 2>&1\n")
