@@ -187,3 +187,19 @@ def test_cost_so_far_from_the_price_table(tmp_path, monkeypatch):
     assert cost_so_far("no-such-type", 2, "1:00:00") is None and cost_so_far(None, 2, "1:00:00") is None
     table.write_text("not: [a table")
     assert cost_so_far("p4d.24xlarge", 2, "1:00:00") is None  # a broken table: '-', not a traceback
+
+
+def test_jobs_row_survives_damaged_bookkeeping(tmp_path):
+    """A torn or hand-edited slurm-jobs.json (kill -9 mid-write, a disk full) costs only the columns it fed."""
+    from ddlc.scheduler.client import JobRow
+    from ddlc.scheduler.jobs import view
+    from ddlc.scheduler.submit import record_job
+
+    row = JobRow("7", "slurm-name", "root", "RUNNING", 2, "1:00:00", "n[1-2]", "gpu", f"ddlc:{tmp_path}")
+    (tmp_path / "slurm-jobs.json").write_bytes(b"\x00{not json")
+    shown = view(row)
+    assert (shown.run, shown.checkpoint_step, shown.cost_usd) == ("slurm-name", None, None)
+    assert shown.cells()[5:7] == ["-", "-"]
+    record_job(tmp_path, "7", {"run": "r1", "checkpoint_uri": str(tmp_path / "none"), "instance_type": "p4d.24xlarge"})
+    shown = view(row)
+    assert shown.run == "r1" and shown.checkpoint_step is None and shown.cost_usd > 0
