@@ -57,7 +57,7 @@ def render_slurm_boot(role: str, region: str, munge_secret_id: str, cluster_env:
         "systemctl enable munge && systemctl restart munge || ddlc_fail 'munge did not start with the cluster key'",
         # The directories slurm.conf names; /run is empty after a reboot, so tmpfiles.d recreates /run/slurm.
         f"install -d -o slurm -g slurm -m 0755 {own_dir} {log_dir} {run_dir}",
-        f"echo 'd {run_dir} 0755 slurm slurm -' > /etc/tmpfiles.d/ddlc-slurm.conf",
+        f"mkdir -p /etc/tmpfiles.d && echo 'd {run_dir} 0755 slurm slurm -' > /etc/tmpfiles.d/ddlc-slurm.conf",
         # slurmd's HealthCheckProgram: a failing `ddlc health` drains the node with its reason.
         f"cat > {HEALTH_CHECK_PROGRAM} <<'SCRIPT'",
         "#!/bin/bash",
