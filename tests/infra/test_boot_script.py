@@ -222,6 +222,7 @@ MOTO_ENV="AWS_ENDPOINT_URL=http://127.0.0.1:5000 AWS_ACCESS_KEY_ID=testing AWS_S
 in_root /usr/bin/env $MOTO_ENV /bin/bash /boot/user-data.sh > {base}/boot1.out 2>&1; echo $? > {base}/boot1.rc
 cp $R/var/lib/ddlc/boot-status {base}/boot1.status
 in_root readlink /usr/local/bin/ddlc > {base}/ddlc-link  # /usr/local is this namespace's tmpfs
+in_root /bin/bash -c 'test -x /usr/local/sbin/ddlc-slurm-health && cat /usr/local/sbin/ddlc-slurm-health' > {base}/health-check
 in_root /usr/bin/env $MOTO_ENV \
     /bin/bash -c 'exec $(sed -n "s/^ExecStart=//p" /etc/systemd/system/ddlc-hostfile.service)' \
     > {base}/hostfile.out 2>&1; echo $? > {base}/hostfile.rc
@@ -370,8 +371,10 @@ def test_slurm_installed_keyed_and_configured_from_discovery(booted):
     assert "File=/dev/nvidia[0-7]" in (root / "etc/slurm/gres.conf").read_text()
     for directory in ("var/spool/slurmd", "var/log/slurm", "run/slurm"):
         assert (root / directory).is_dir(), directory
-    health = root / "usr/local/sbin/ddlc-slurm-health"  # /usr/local is the namespace's tmpfs: gone now
-    assert "HealthCheckProgram=/usr/local/sbin/ddlc-slurm-health" in conf and not health.exists()
+    # slurmd's HealthCheckProgram, as installed (read from the namespace's /usr/local before it went).
+    assert "HealthCheckProgram=/usr/local/sbin/ddlc-slurm-health" in conf
+    assert read("health-check").startswith("#!/bin/bash\n")
+    assert read("health-check").endswith("exec /usr/local/bin/ddlc health --slurm-drain\n")
     # The hostfile timer's run wrote the hostfile and then kept slurm.conf in step (unchanged: same nodes).
     assert read("hostfile.rc").strip() == "0", read("hostfile.out")
     assert "nothing changed" in read("hostfile.out")
