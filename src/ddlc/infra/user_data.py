@@ -327,7 +327,9 @@ def render_user_data(boot: NodeBootConfig) -> list[str]:
             # --cloudwatch: the agent's own series (GPU, EFA, host) in namespace DDLC, which the network
             # dashboard's EFA panels read.
             f"ExecStart=/usr/local/bin/ddlc agent --host 0.0.0.0 --port {AGENT_PORT} --health-interval 60 "
-            f"--replace-unhealthy --cloudwatch --region {boot.region}",
+            f"--replace-unhealthy --cloudwatch --region {boot.region}"
+            # Slurm's queue and node states (ddlc.monitor.slurm): cluster-wide, so from the head only.
+            + (" --slurm-metrics" if boot.scheduler == "slurm" and boot.role == "head" else ""),
             "Restart=always",
             "RestartSec=5",
             "StandardOutput=append:/var/log/ddlc/agent.log",
