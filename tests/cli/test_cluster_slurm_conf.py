@@ -101,6 +101,9 @@ def test_head_restarts_slurmctld_when_the_node_list_changes(node, moto_cluster):
     result, calls = node["run"]("head")
     assert result.returncode == 0, result.stderr
     assert calls == ["systemctl is-active --quiet slurmctld", "systemctl enable --now slurmctld"]
+    # This machine is not the head moto made up: said, since slurmctld would not start here.
+    head_name = moto_cluster["cluster"]["head"]["PrivateDnsName"].split(".")[0]
+    assert f"names the controller '{head_name}' (its EC2 hostname): slurmctld will refuse to start" in result.stderr
     assert not node["defaults"].exists()  # the head runs no slurmd
     (node["state"] / "active-slurmctld").touch()
     assert node["run"]("head")[1] == ["systemctl is-active --quiet slurmctld"]

@@ -137,6 +137,14 @@ def slurm_conf(
         if not instance_id:
             raise UserError("--instance-id: required on a worker (its Slurm node name comes from it)")
         own_name = node_name(own_node(nodes, instance_id, cluster))
+    if role == "head" and apply:
+        import socket
+        import sys
+
+        here = socket.gethostname().split(".")[0]
+        if here != spec.controller:  # slurmctld only runs on the host SlurmctldHost names
+            print(f"warning: this host is '{here}' but slurm.conf names the controller '{spec.controller}' (its EC2 "
+                  "hostname): slurmctld will refuse to start here", file=sys.stderr)
     files = node_files(spec, conf_dir, slurmd_defaults=slurmd_defaults if role == "worker" else None,
                        own_name=own_name)
     result = sync_node(files, role=role, conf_dir=conf_dir, apply=apply)
