@@ -4,7 +4,6 @@ tests/monitor/test_slurm_metrics.py runs a real slurmctld)."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import boto3
