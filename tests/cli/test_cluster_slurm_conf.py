@@ -1,6 +1,6 @@
 """`ddlc cluster slurm-conf` as real processes against a moto server: the files a node keeps, written only when
 they change, and Slurm told only then (systemctl and scontrol on PATH are recorders: no init system here;
-tests/monitor/test_slurm_metrics.py runs a real slurmctld)."""
+tests/monitor/test_slurm.py runs a real slurmctld)."""
 
 from __future__ import annotations
 

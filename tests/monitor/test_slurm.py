@@ -30,6 +30,7 @@ NEEDED = ("slurmctld", "slurmd", "munged", "sbatch", "squeue", "sinfo", "scontro
 
 CONF = r"""
 import socket, sys
+from ddlc.scheduler.cluster_spec import SRUN_PORT_RANGE
 from ddlc.scheduler.slurm_conf import ClusterSpec, SlurmNode, render_cgroup_conf, render_slurm_conf
 base, ctld, slurmd = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 spec = ClusterSpec(
@@ -37,7 +38,8 @@ spec = ClusterSpec(
     nodes=(SlurmNode("node1", "127.0.0.1", cpus=1), SlurmNode("node2", "127.0.0.2", cpus=1)),
     slurm_user="root", state_dir=f"{base}/state", spool_dir=f"{base}/spool/%n", log_dir=f"{base}/log",
     run_dir=f"{base}/run", munge_socket=f"{base}/munge/munge.sock", health_check_program=None,
-    process_tracking="linuxproc", slurmctld_port=ctld, slurmd_port=slurmd, kill_wait_s=2)
+    process_tracking="linuxproc", slurmctld_port=ctld, slurmd_port=slurmd, kill_wait_s=2,
+    extra_lines=(f"SrunPortRange={SRUN_PORT_RANGE[0]}-{SRUN_PORT_RANGE[1]}",))  # as the cluster's conf has it
 open(f"{base}/slurm.conf", "w").write(render_slurm_conf(spec))
 open(f"{base}/cgroup.conf", "w").write(render_cgroup_conf(spec))
 """
