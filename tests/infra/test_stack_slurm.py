@@ -37,6 +37,8 @@ def test_head_runs_slurmctld_and_workers_run_slurmd(synthesized):
     assert '"${APT[@]}" install munge slurm-client slurmctld ||' in head
     assert '"${APT[@]}" install munge slurm-client slurmd ||' in worker
     assert "slurmd" not in head and "slurmctld" not in worker
+    # The queue and node metrics come from the head's agent only (cluster-wide numbers).
+    assert "--slurm-metrics" in head and "--slurm-metrics" not in worker
     for text, role in ((head, "head"), (worker, "worker")):
         # slurm.conf from discovery, at boot (loud on failure) and from the hostfile timer afterwards.
         assert "exec /usr/local/bin/ddlc cluster slurm-conf --cluster \"$DDLC_CLUSTER\"" in text, role
