@@ -6,12 +6,14 @@
         paths under the test's directory): node1 served by a slurmd, node2 never started and drained
         sbatch: one job running on node1, one pending, a 3-task array pending
         -> the exact squeue/sinfo commands the collector runs (raw output), `ddlc agent --slurm-metrics`'s
-           /metrics, then slurmctld stopped -> the agent's /metrics again
+           /metrics; slurm.conf changed through cluster_spec.sync_node -> a real `scontrol reconfigure` (once);
+           then slurmctld stopped -> the agent's /metrics again
     Skipped cleanly where Slurm, munge or root are missing.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import shutil
@@ -29,19 +31,24 @@ DATA = Path(__file__).parent / "data"
 NEEDED = ("slurmctld", "slurmd", "munged", "sbatch", "squeue", "sinfo", "scontrol", "unshare", "curl")
 
 CONF = r"""
-import socket, sys
-from ddlc.scheduler.cluster_spec import SRUN_PORT_RANGE
+import json, pathlib, socket, sys
+from ddlc.scheduler.cluster_spec import SRUN_PORT_RANGE, node_files, sync_node
 from ddlc.scheduler.slurm_conf import ClusterSpec, SlurmNode, render_cgroup_conf, render_slurm_conf
-base, ctld, slurmd = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+base, ctld, slurmd, kill_wait = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 spec = ClusterSpec(
     cluster_name="ddlcmetrics", controller=socket.gethostname().split(".")[0], controller_address="127.0.0.1",
     nodes=(SlurmNode("node1", "127.0.0.1", cpus=1), SlurmNode("node2", "127.0.0.2", cpus=1)),
     slurm_user="root", state_dir=f"{base}/state", spool_dir=f"{base}/spool/%n", log_dir=f"{base}/log",
     run_dir=f"{base}/run", munge_socket=f"{base}/munge/munge.sock", health_check_program=None,
-    process_tracking="linuxproc", slurmctld_port=ctld, slurmd_port=slurmd, kill_wait_s=2,
+    process_tracking="linuxproc", slurmctld_port=ctld, slurmd_port=slurmd, kill_wait_s=kill_wait,
     extra_lines=(f"SrunPortRange={SRUN_PORT_RANGE[0]}-{SRUN_PORT_RANGE[1]}",))  # as the cluster's conf has it
-open(f"{base}/slurm.conf", "w").write(render_slurm_conf(spec))
-open(f"{base}/cgroup.conf", "w").write(render_cgroup_conf(spec))
+if sys.argv[5] == "write":
+    open(f"{base}/slurm.conf", "w").write(render_slurm_conf(spec))
+    open(f"{base}/cgroup.conf", "w").write(render_cgroup_conf(spec))
+else:  # what `ddlc cluster slurm-conf` does on a node, twice, with the real scontrol
+    files = node_files(spec, pathlib.Path(base))
+    runs = [sync_node(files, role="worker", conf_dir=pathlib.Path(base)) for _ in range(2)]
+    print(json.dumps([[list(c) for c in r.commands] for r in runs]))
 """
 
 DRIVER = r"""
@@ -52,7 +59,7 @@ chmod 700 $B/munge
 head -c 64 /dev/urandom > $B/munge/munge.key; chmod 400 $B/munge/munge.key
 munged --socket=$B/munge/munge.sock --key-file=$B/munge/munge.key --pid-file=$B/munge/munged.pid \
     --log-file=$B/munge/munged.log --seed-file=$B/munge/seed --force || exit 10
-{python} $B/conf.py $B {ctld_port} {slurmd_port} || exit 11
+{python} $B/conf.py $B {ctld_port} {slurmd_port} 2 write || exit 11
 export SLURM_CONF=$B/slurm.conf
 slurmctld -D -i -f $SLURM_CONF > $B/log/slurmctld.out 2>&1 &
 for i in $(seq 1 100); do scontrol ping > /dev/null 2>&1 && break; sleep 0.2; done
@@ -67,6 +74,10 @@ for i in $(seq 1 150); do squeue --noheader --format=%T 2>/dev/null | grep -q RU
 {sinfo} > $B/out/sinfo.txt 2> $B/out/sinfo.err; echo $? > $B/out/sinfo.rc
 {python} -m ddlc agent --port {agent_port} --node head --slurm-metrics > $B/log/agent.out 2>&1 &
 for i in $(seq 1 150); do curl -fsS http://127.0.0.1:{agent_port}/metrics > $B/out/metrics.txt 2>/dev/null && break; sleep 0.2; done
+# A changed KillWait through sync_node: a real `scontrol reconfigure` (systemctl: a shim saying slurmd is active).
+mkdir -p $B/shim && printf '#!/bin/sh\nexit 0\n' > $B/shim/systemctl && chmod 755 $B/shim/systemctl
+PATH=$B/shim:$PATH {python} $B/conf.py $B {ctld_port} {slurmd_port} 7 sync > $B/out/sync.json 2> $B/out/sync.err
+scontrol show config 2>&1 | grep '^KillWait' > $B/out/killwait.txt
 scontrol shutdown slurmctld > /dev/null 2>&1
 for i in $(seq 1 100); do scontrol ping > /dev/null 2>&1 || break; sleep 0.2; done
 sleep 0.6  # past the agent's shared-scrape window
@@ -116,6 +127,13 @@ def test_agent_exports_slurm_metrics_that_promtool_accepts(live, promtool):
     result = subprocess.run([promtool, "check", "metrics"], input=slurm_only, capture_output=True, text=True,
                             timeout=60)
     assert result.returncode == 0 and not result.stdout.strip() and not result.stderr.strip(), result.stdout + result.stderr
+
+
+def test_a_changed_file_reaches_the_running_controller_once(live):
+    out = live["out"]
+    runs = json.loads((out / "sync.json").read_text() or "null")
+    assert runs == [[["scontrol", "reconfigure"]], []], (out / "sync.err").read_text()
+    assert (out / "killwait.txt").read_text().split() == ["KillWait", "=", "7", "sec"]
 
 
 def test_a_stopped_controller_exports_only_up_0(live):
