@@ -235,6 +235,9 @@ for i in $(seq 1 120); do
 done
 kill $agent 2>/dev/null; wait $agent 2>/dev/null
 in_root /bin/bash /boot/user-data-fsx.sh > {base}/boot2.out 2>&1; echo $? > {base}/boot2.rc
+cp $R/var/lib/ddlc/boot-status {base}/boot2.status
+in_root /usr/bin/env $MOTO_ENV /bin/bash /boot/user-data-bad-munge.sh > {base}/boot3.out 2>&1; echo $? > {base}/boot3.rc
+cp $R/var/lib/ddlc/boot-status {base}/boot3.status
 kill %1 %2 2>/dev/null  # moto and the IMDS
 exit 0
 """
@@ -248,6 +251,8 @@ def booted(tmp_path_factory):
     fsx = render_user_data(boot_config(lustre_dns_name="fs-0123.fsx.us-east-1.amazonaws.com", lustre_mount_name="abcd"))
     _write(root / "boot/user-data.sh", script, 0o755)
     _write(root / "boot/user-data-fsx.sh", "#!/bin/bash\n" + "\n".join(fsx) + "\n", 0o755)
+    bad_munge = render_user_data(boot_config(scheduler="slurm", munge_secret_id=MUNGE_ARN + "-gone"))
+    _write(root / "boot/user-data-bad-munge.sh", "#!/bin/bash\n" + "\n".join(bad_munge) + "\n", 0o755)
     (base / "imds.py").write_text(IMDS)
     (base / "seed_ec2.py").write_text(SEED_EC2)
     from ddlc.infra.user_data import AGENT_PORT
@@ -333,7 +338,7 @@ def test_cluster_ssh_keys_installed_for_the_user_with_cluster_only_trust(booted)
 def test_missing_fsx_client_fails_the_boot_loudly(booted):
     root, read = booted["root"], booted["read"]
     assert read("boot2.rc").strip() == "1", _explain(booted, "boot2.out")
-    status = (root / "var/lib/ddlc/boot-status").read_text()
+    status = read("boot2.status")
     assert status.startswith("failed: the FSx for Lustre client could not be installed"), status
     assert "ddlc: BOOT FAILED: the FSx for Lustre client could not be installed" in read("boot2.out")
     assert "node bootstrap finished" not in read("boot2.out")
@@ -378,3 +383,12 @@ def test_slurm_installed_keyed_and_configured_from_discovery(booted):
     # The hostfile timer's run wrote the hostfile and then kept slurm.conf in step (unchanged: same nodes).
     assert read("hostfile.rc").strip() == "0", read("hostfile.out")
     assert "nothing changed" in read("hostfile.out")
+
+
+def test_an_unreadable_munge_key_fails_the_boot_and_leaves_no_copy(booted):
+    root, read = booted["root"], booted["read"]
+    assert read("boot3.rc").strip() == "1", _explain(booted, "boot3.out")
+    assert read("boot3.status") == "failed: reading the munge key from Secrets Manager failed\n"
+    assert "slurm-conf" not in read("boot3.out") and "node bootstrap finished" not in read("boot3.out")
+    assert not list((root / "etc/munge").glob(".munge.key.*")), "the key's temporary file was left behind"
+    assert (root / "etc/munge/munge.key").read_text() == MUNGE_KEY  # the key in place is left alone
