@@ -19,6 +19,7 @@ installs from the same archive, so controller and daemons are always the same ve
 from __future__ import annotations
 
 import shlex
+from dataclasses import fields
 
 from ddlc.scheduler.slurm_conf import HEALTH_CHECK_PROGRAM, ClusterSpec
 
@@ -31,8 +32,8 @@ SLURM_CONF_RETRY_S = 10
 
 
 def _slurm_dirs() -> tuple[str, ...]:
-    spec = ClusterSpec.__dataclass_fields__  # the defaults the rendered slurm.conf uses
-    return tuple(spec[name].default for name in ("state_dir", "spool_dir", "log_dir", "run_dir"))
+    defaults = {field.name: field.default for field in fields(ClusterSpec)}  # what the nodes' slurm.conf names
+    return tuple(defaults[name] for name in ("state_dir", "spool_dir", "log_dir", "run_dir"))
 
 
 def render_slurm_boot(role: str, region: str, munge_secret_id: str, cluster_env: str) -> list[str]:
