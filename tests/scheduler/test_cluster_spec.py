@@ -126,3 +126,23 @@ def test_names_fall_back_to_the_address_form_of_the_hostname():
     resource_named = discovery.ClusterNode("i-1", "worker", None, "g5.xlarge", "running", "10.42.3.17",
                                            private_dns_name="i-0123456789abcdef0.ec2.internal")
     assert node_name(resource_named) == "i-0123456789abcdef0"
+
+
+def test_process_tracking_falls_back_to_linuxproc_where_slurm_cannot_use_cgroup_v2(tmp_path):
+    """Ubuntu 22.04 (the DLAMI) mounts only cgroup v2 and ships Slurm 21.08, which has no cgroup/v2 plugin:
+    proctrack/cgroup would keep slurmd from starting, so the whole cluster would not boot."""
+    from ddlc.scheduler.cluster_spec import choose_process_tracking, installed_slurm_version
+
+    v2_only, v1 = tmp_path / "v2", tmp_path / "v1"
+    v2_only.mkdir(), v1.mkdir()
+    (v2_only / "cgroup.controllers").write_text("cpu memory\n")
+    assert choose_process_tracking((21, 8), v2_only) == "linuxproc"
+    assert choose_process_tracking(None, v2_only) == "linuxproc"
+    assert choose_process_tracking((22, 5), v2_only) == "cgroup"
+    assert choose_process_tracking((21, 8), v1) == "cgroup"
+
+    def fake_sinfo(argv, **_):
+        import subprocess
+        return subprocess.CompletedProcess(argv, 0, stdout="slurm 21.08.5\n")
+
+    assert installed_slurm_version(fake_sinfo) == (21, 8)

@@ -125,13 +125,14 @@ def slurm_conf(
     """Write this node's slurm.conf, gres.conf and cgroup.conf from discovery (run on the nodes by the boot
     script and the hostfile timer); tell Slurm only when something changed."""
     from ddlc.infra.discovery import list_nodes, resolve_region
-    from ddlc.scheduler.cluster_spec import ROLES, cluster_spec, node_files, node_name, own_node, sync_node
+    from ddlc.scheduler.cluster_spec import (ROLES, choose_process_tracking, cluster_spec, installed_slurm_version,
+                                             node_files, node_name, own_node, sync_node)
 
     if role not in ROLES:
         raise UserError(f"--role: '{role}' is not one of {', '.join(ROLES)}")
     region = resolve_region(region)
     nodes = list_nodes(cluster, region)
-    spec = cluster_spec(cluster, nodes)
+    spec = cluster_spec(cluster, nodes, process_tracking=choose_process_tracking(installed_slurm_version()))
     own_name = None
     if role == "worker":
         if not instance_id:

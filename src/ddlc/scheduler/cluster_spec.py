@@ -88,6 +88,30 @@ def cluster_spec(cluster_name: str, nodes: Sequence[ClusterNode], **overrides) -
     )
 
 
+def installed_slurm_version(run: Callable[..., subprocess.CompletedProcess] = subprocess.run) -> Optional[tuple[int, int]]:
+    """(major, minor) of the Slurm on this node (`sinfo -V` prints e.g. "slurm 21.08.5"), or None."""
+    try:
+        out = run(["sinfo", "-V"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    match = re.search(r"(\d+)\.(\d+)", out or "")
+    return (int(match.group(1)), int(match.group(2))) if match else None
+
+
+def choose_process_tracking(version: Optional[tuple[int, int]],
+                            cgroup_root: Path = Path("/sys/fs/cgroup")) -> str:
+    """"cgroup" where this Slurm can use the host's cgroup hierarchy, else "linuxproc".
+
+    Slurm's cgroup/v2 plugin arrived in 22.05; Ubuntu 22.04 (the DLAMI) mounts only cgroup v2 and ships Slurm
+    21.08, whose proctrack/cgroup would stop slurmd from starting. There, jobs are tracked by process tree and
+    GPUs are still handed out as GRES (CUDA_VISIBLE_DEVICES), only not fenced by a device cgroup.
+    Every node runs the same AMI, so every node makes the same choice and slurm.conf stays identical."""
+    unified_only = (cgroup_root / "cgroup.controllers").exists()
+    if unified_only and (version is None or version < (22, 5)):
+        return "linuxproc"
+    return "cgroup"
+
+
 def own_node(nodes: Iterable[ClusterNode], instance_id: str, cluster_name: str) -> ClusterNode:
     for node in running_workers(list(nodes)):
         if node.instance_id == instance_id:
