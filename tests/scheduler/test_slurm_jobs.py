@@ -77,32 +77,14 @@ def test_generated_slurm_conf_runs_the_cluster(slurm):
     assert re.search(r"^ReturnToService\s*=\s*2$", config, re.M) and re.search(r"^JobRequeue\s*=\s*1$", config, re.M)
 
 
-# -- submit: a job to completion, the same losses as ddlc launch; a second job queues behind it ----------------
-def test_submit_two_nodes_trains_like_ddlc_launch_and_jobs_queue(slurm, tmp_path):
+# -- submit: a job to completion, the same losses as ddlc launch -----------------------------------------------
+def test_submit_two_nodes_trains_like_ddlc_launch(slurm, tmp_path):
     steps = 8
     job, run_dir = submit(slurm, tmp_path, "--nodes", "2", "--time", "10", str(TRAIN_PY), "--",
                           *train_args(tmp_path, steps, "monitoring.run_name=sub"))
     assert run_dir == tmp_path / "runs" / "sub"
-    second, second_dir = submit(slurm, tmp_path, "--nodes", "1", str(TRAIN_PY), "--",
-                                *train_args(tmp_path, 4, "monitoring.run_name=second", "checkpoint.enabled=false"))
-    try:
-        # Two jobs queue rather than collide: both nodes are the first job's, whole, while it runs.
-        slurm.wait_job(job, ("RUNNING",))
-        assert slurm.job_state(second) == "PENDING"
-        listed = slurm.run([*DDLC, "jobs"], cwd=tmp_path).stdout
-        assert re.search(rf"^{second}\s+second\s+PENDING\s+1\s", listed, re.M), listed
-        # The same run again while its job is queued: refused (two jobs would write one run's files).
-        again = slurm.run([*DDLC, "submit", "--nodes", "1", str(TRAIN_PY), "--",
-                           *train_args(tmp_path, 4, "monitoring.run_name=second", "checkpoint.enabled=false")],
-                          cwd=tmp_path)
-        assert again.returncode == 2 and again.stderr.startswith(
-            f"error: run second already has job {second} (PENDING)"), again.stderr
-        state = slurm.wait_job(job, ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL"))
-        assert state == "COMPLETED", output(run_dir, job)[-4000:] + slurm.logs()
-        assert slurm.wait_job(second, ("COMPLETED", "FAILED", "CANCELLED")) == "COMPLETED", output(second_dir, second)
-    finally:
-        slurm.run(["scancel", job, second])
-    assert json.loads((second_dir / "summary.json").read_text())["steps"] == 4
+    state = slurm.wait_job(job, ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL"))
+    assert state == "COMPLETED", output(run_dir, job)[-4000:] + slurm.logs()
     shown = slurm.scontrol("show", "job", "-o", job).stdout
     assert "NumNodes=2 " in shown and "NodeList=ddlc-host-[2-3]" in shown, shown
     text = output(run_dir, job)
@@ -122,11 +104,25 @@ def test_submit_two_nodes_trains_like_ddlc_launch_and_jobs_queue(slurm, tmp_path
     assert sorted(submitted) == list(range(1, steps + 1)) and submitted == launched
 
 
-# -- preemption: scontrol requeue and scancel both checkpoint; the requeued job resumes ------------------------
+# -- preemption: scontrol requeue and scancel both checkpoint; the requeued job resumes; jobs queue -----------
 def test_requeue_resumes_from_the_checkpoint_and_scancel_checkpoints(slurm, tmp_path):
     job, run_dir = submit(slurm, tmp_path, "--nodes", "2", "--instance-type", "p4d.24xlarge", str(TRAIN_PY), "--",
                           *train_args(tmp_path, 100000, "checkpoint.interval_steps=100000"))
+    second, second_dir = submit(slurm, tmp_path, "--nodes", "1", str(TRAIN_PY), "--",
+                                *train_args(tmp_path, 4, "monitoring.run_name=second", "checkpoint.enabled=false"))
     wait_for(run_dir, job, r"step [3-9]\d*/100000", slurm)
+
+    # Two jobs queue rather than collide: both nodes are the first job's, whole, while it trains.
+    assert slurm.job_state(second) == "PENDING"
+    listed = slurm.run([*DDLC, "jobs"], cwd=tmp_path).stdout
+    assert re.search(rf"^{second}\s+second\s+PENDING\s+1\s", listed, re.M), listed
+    # The same run again while its job is queued: refused (two jobs would write one run's files).
+    again = slurm.run([*DDLC, "submit", "--nodes", "1", str(TRAIN_PY), "--",
+                       *train_args(tmp_path, 4, "monitoring.run_name=second", "checkpoint.enabled=false")],
+                      cwd=tmp_path)
+    assert again.returncode == 2 and again.stderr.startswith(
+        f"error: run second already has job {second} (PENDING)"), again.stderr
+
     assert_ok(slurm.scontrol("requeue", job))  # SIGTERM to every task: the workers checkpoint, exit 75
     first = wait_for(run_dir, job, r"stopped \(signal SIGTERM\) at step (\d+); checkpoint saved", slurm)
     stopped_at = int(first.group(1))
@@ -152,12 +148,15 @@ def test_requeue_resumes_from_the_checkpoint_and_scancel_checkpoints(slurm, tmp_
 
     # `ddlc jobs cancel` (scancel): one more checkpoint, then the job is over.
     assert_ok(slurm.run([*DDLC, "jobs", "cancel", job], cwd=tmp_path))
-    second = wait_for(run_dir, job, r"stopped \(signal SIGTERM\) at step (\d+); checkpoint saved", slurm,
-                      after=mark)
-    assert int(second.group(1)) > stopped_at and int(second.group(1)) in committed(run_dir)
+    last = wait_for(run_dir, job, r"stopped \(signal SIGTERM\) at step (\d+); checkpoint saved", slurm,
+                    after=mark)
+    assert int(last.group(1)) > stopped_at and int(last.group(1)) in committed(run_dir)
     assert slurm.wait_job(job, ("CANCELLED",)) == "CANCELLED"
     steps = [r["step"] for r in read_metrics(run_dir)]
     assert sorted(set(steps)) == list(range(1, max(steps) + 1))  # nothing trained twice is kept, nothing skipped
+    # The queued job ran once nodes were free (during the requeue, or now).
+    assert slurm.wait_job(second, ("COMPLETED", "FAILED", "CANCELLED")) == "COMPLETED", output(second_dir, second)
+    assert json.loads((second_dir / "summary.json").read_text())["steps"] == 4
 
 
 # -- a failing health check drains its node; a job avoids it; ddlc resumes it ---------------------------------
