@@ -96,7 +96,7 @@ def test_batch_script_cpu_nodes():
 
 def test_batch_script_gpu_nodes_and_quoting():
     text = render_script(request(gpus_per_node=8, script_args=("lr=1e-3", "name=a b;rm -rf /")))
-    assert "#SBATCH --gpus-per-node=8" in text and "--exclusive" not in text and "--time" not in text
+    assert "#SBATCH --gpus-per-node=8" in text and "#SBATCH --exclusive" in text and "--time" not in text
     assert "--nproc-per-node=8" in text and "'name=a b;rm -rf /'" in text
     assert subprocess.run(["bash", "-n"], input=text, text=True).returncode == 0  # valid shell
 
@@ -124,7 +124,8 @@ def test_bad_time_formats(value):
 # -- each node's command ----------------------------------------------------------------------------------------
 def test_step_rendezvous_on_the_first_node():
     env = {"SLURM_JOB_NODELIST": "gpu-[07-09]", "SLURM_JOB_ID": "123456", "SLURM_JOB_NUM_NODES": "3"}
-    assert rendezvous(env, 20000) == ("gpu-07", 20000 + 123456 % 20000, "slurm-123456", 3)
+    assert rendezvous(env, 20000) == ("gpu-07", 23456, "slurm-123456", 3)
+    assert rendezvous({**env, "SLURM_JOB_ID": "29999"}, 20000)[1] == 29999  # below the ephemeral ports
     argv = torchrun_argv(env, 8, 20000, ["train.py", "--config", "c.yaml"])
     assert argv[:6] == ["--nnodes=3", "--nproc_per_node=8", "--rdzv-backend=c10d", "--rdzv-endpoint=gpu-07:23456",
                         "--rdzv-id=slurm-123456", "--max-restarts=0"]

@@ -11,9 +11,9 @@ needs to know about TORCH_DISABLE_SHARE_RDZV_TCP_STORE). Choices, and why:
   script again; the run name is fixed in the script (`monitoring.run_name=...`), so it resumes from the run's
   newest checkpoint, and its output goes on at the end of the same file.
 - output in `<run dir>/<run name>/slurm-<job id>.out`, next to the run's metrics and checkpoints.
-- no `--gpus-per-node` on CPU nodes: one worker per node there (gloo); `--exclusive`, because a CPU job's workers
-  use every core of the node (two jobs on one node would each run at half speed). GPUs are Slurm GRES: two jobs
-  never share one, and the rest of the node stays free for others.
+- `--exclusive`: a job takes whole nodes. Its workers use every core (data loading, gloo) and the node's network;
+  without it Slurm gives a task one core, and where task/cgroup fences CPUs, 8 GPU workers would share that one.
+  GPUs are Slurm GRES (`--gpus-per-node`, CUDA_VISIBLE_DEVICES); on CPU nodes one gloo worker per node.
 - `--kill-on-bad-exit`: one node's agent failing ends the job step at once instead of leaving the others waiting
   in the rendezvous until its timeout.
 """
@@ -117,8 +117,7 @@ def render_script(request: JobRequest) -> str:
              "#SBATCH --ntasks-per-node=1"]
     if r.gpus_per_node:
         lines.append(f"#SBATCH --gpus-per-node={r.gpus_per_node}")
-    else:
-        lines.append("#SBATCH --exclusive")
+    lines.append("#SBATCH --exclusive")
     if r.time:
         lines.append(f"#SBATCH --time={r.time}")
     if r.partition:

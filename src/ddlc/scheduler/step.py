@@ -1,7 +1,7 @@
 """One node's part of a `ddlc submit` job: `srun` runs `python -m ddlc.scheduler.step --nproc-per-node=G -- SCRIPT
 ARGS` once per node, and this becomes ddlc's torchrun wrapper (ddlc.launch.torchrun) with:
 
-    rendezvous   c10d on the allocation's first node (SLURM_JOB_NODELIST), port = base + job id mod 20000, so two
+    rendezvous   c10d on the allocation's first node (SLURM_JOB_NODELIST), port = base + job id mod 10000, so two
                  jobs sharing a node do not meet in one store, and a requeued job (same id) finds its own again
     --nnodes     SLURM_JOB_NUM_NODES (fixed: a lost node requeues the whole job, which resumes from its checkpoint)
     --local-addr this node's address towards the first node (the workers' MASTER_ADDR when this node hosts rank 0):
@@ -23,6 +23,10 @@ from typing import Mapping, Optional, Sequence
 from ddlc.errors import UserError, exit_with
 from ddlc.launch.slurm import expand_nodelist
 
+# Rendezvous ports: base + job id mod PORT_SPAN (20000-29999 by default), below Linux's ephemeral range
+# (32768-60999), where an outgoing connection could hold the port, and below srun's SrunPortRange.
+PORT_SPAN = 10000
+
 
 def rendezvous(env: Mapping[str, str], port_base: int) -> tuple[str, int, str, int]:
     """(first node, port, run id, number of nodes) of this allocation."""
@@ -33,7 +37,7 @@ def rendezvous(env: Mapping[str, str], port_base: int) -> tuple[str, int, str, i
                         "submit with `ddlc submit`")
     nodes = expand_nodelist(nodelist)
     count = env.get("SLURM_JOB_NUM_NODES") or env.get("SLURM_NNODES") or str(len(nodes))
-    return nodes[0], port_base + int(job) % 20000, f"slurm-{job}", int(count)
+    return nodes[0], port_base + int(job) % PORT_SPAN, f"slurm-{job}", int(count)
 
 
 def address_towards(host: str) -> str:
