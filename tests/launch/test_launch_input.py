@@ -116,12 +116,13 @@ def test_no_preflight_goes_straight_to_the_job(tmp_path):
 
 @pytest.mark.parametrize("engine, refusal", [
     ("deepspeed", "0 healthy hosts, fewer than the 1 hosts a deepspeed job needs; not starting"),
+    ("horovod", "0 healthy hosts, fewer than the 1 hosts a horovod job needs; not starting"),
     ("torchrun", "0 healthy hosts, fewer than --min-nodes 1; not starting"),
 ])
 def test_a_launch_without_enough_healthy_hosts_refuses_to_start(tmp_path, engine, refusal):
-    """docs/launch.md: a host failing `ddlc health` is left out with its reason; DeepSpeed (fixed size) then refuses
+    """docs/launch.md: a host failing `ddlc health` is left out with its reason; DeepSpeed and Horovod then refuse
     to start (exit 1), as does torchrun below --min-nodes. Here the one host, this machine, fails the disk check it is
-    given. (Horovod on one local host runs no health check at all: see docs/testing.md, claims.)"""
+    given. (Horovod on one local host used to skip the check and start the job.)"""
     marker = tmp_path / "started"
     script = tmp_path / "mine.py"
     script.write_text(f"open({str(marker)!r}, 'w').write('started')\n")
