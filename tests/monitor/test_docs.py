@@ -10,6 +10,7 @@ import yaml
 from ddlc.monitor.agent import build_node_registry
 from ddlc.monitor.alert_rules import rules_text
 from ddlc.monitor.node_health import HealthMonitor
+from ddlc.monitor.slurm import SINFO, SQUEUE, SlurmCollector
 from ddlc.ops.health import HealthResult
 from ddlc.monitor.training import TrainingMetrics
 from prometheus_client import CollectorRegistry, generate_latest
@@ -31,6 +32,13 @@ def documented_names() -> set[str]:
     return set(re.findall(r"^\| `(ddlc_[a-z0-9_]+)` \|", DOC.read_text(), flags=re.MULTILINE))
 
 
+def recorded_slurm() -> SlurmCollector:
+    """The Slurm collector reading real squeue/sinfo output recorded by tests/monitor/test_slurm.py."""
+    data = Path(__file__).parent / "data"
+    outputs = {SQUEUE: (data / "slurm-squeue.txt").read_text(), SINFO: (data / "slurm-sinfo.txt").read_text()}
+    return SlurmCollector("head", run=outputs.get)
+
+
 def exported_families(tmp_path: Path) -> dict[str, str]:
     """Every exported sample name -> the type of its metric family (counter, gauge, info, ...)."""
     make_efa_tree(tmp_path / "ib", "efa0", "1", {name: "1" for name in (
@@ -44,7 +52,8 @@ def exported_families(tmp_path: Path) -> dict[str, str]:
         gpus.xids.record("0", 79)  # an Xid seen
         health = HealthMonitor("n", run=lambda: [HealthResult("gpus", True, "1 of 1 GPUs visible")])
         health.run_once()  # `ddlc agent --health-interval` registers this collector too
-        families = [f for collector in (registry, metrics, health) for f in _families(collector)]
+        # recorded_slurm(): `ddlc agent --slurm-metrics`
+        families = [f for collector in (registry, metrics, health, recorded_slurm()) for f in _families(collector)]
     finally:
         gpus.close()
         metrics.close()
