@@ -6,7 +6,8 @@
                                     tests/…py::name ── ast ───────┘
 
 A marker with no row, a row with no marker (or marked in another doc than the row says), a row whose test file or
-function does not exist, and a row with neither a test nor `UNTESTED: <why>` are each one problem. A doc with no
+function does not exist or never runs (skip/xfail), and a row with neither a test nor `UNTESTED: <why>` are each
+one problem. A doc with no
 markers at all is fine. Markers inside code (fenced blocks, `inline`) are examples, not claims. No subprocesses.
 """
 
@@ -109,17 +110,27 @@ def table(root: Path) -> tuple[dict[str, dict], list[str]]:
     return rows, problems
 
 
+def _never_runs(function: ast.AST) -> bool:
+    """Marked skip (unconditionally) or xfail as a whole: such a test proves nothing (skipif is allowed)."""
+    for decorator in getattr(function, "decorator_list", []):
+        text = ast.unparse(decorator)
+        if text in ("pytest.mark.skip", "pytest.mark.xfail") or text.startswith(("pytest.mark.skip(",
+                                                                                  "pytest.mark.xfail(")):
+            return True
+    return False
+
+
 @cache
-def _defined(path: Path) -> frozenset[str]:
-    """Test names a test file defines: `name` for module-level functions, `Class::name` for methods."""
-    names: set[str] = set()
+def _defined(path: Path) -> dict[str, bool]:
+    """Tests a file defines (`name`, or `Class::name` for methods) -> whether they ever run (not skip/xfail)."""
+    names: dict[str, bool] = {}
     for node in ast.parse(path.read_text(encoding="utf-8")).body:
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-            names.add(node.name)
+            names[node.name] = not _never_runs(node)
         elif isinstance(node, ast.ClassDef):
-            names.update(f"{node.name}::{item.name}" for item in node.body
-                         if isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef)))
-    return frozenset(names)
+            names.update({f"{node.name}::{item.name}": not (_never_runs(node) or _never_runs(item))
+                          for item in node.body if isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef))})
+    return names
 
 
 def problems(root: Path) -> list[str]:
@@ -151,6 +162,8 @@ def problems(root: Path) -> list[str]:
                 found.append(f"{where}: {file}::{name} is not a test (its name must start with `test`)")
             elif name not in _defined(path):
                 found.append(f"{where}: {file} defines no test {name}")
+            elif not _defined(path)[name]:
+                found.append(f"{where}: {file}::{name} is marked skip or xfail: it proves nothing")
     return found
 
 
@@ -211,17 +224,31 @@ def test_checker_accepts_a_consistent_repo_and_docs_without_markers(tmp_path):
      "defines no test test_m"),  # a method is named with its class
     ("| `a.b` | x | docs/a.md | `tests/test_x.py::helper` |\n", {"docs/a.md": "<!-- claim: a.b -->"},
      "is not a test"),
+    ("| `a.b` | x | docs/a.md | `tests/test_x.py::test_skipped` |\n", {"docs/a.md": "<!-- claim: a.b -->"},
+     "test_skipped is marked skip or xfail"),
+    ("| `a.b` | x | docs/a.md | `tests/test_x.py::test_xfailed` |\n", {"docs/a.md": "<!-- claim: a.b -->"},
+     "test_xfailed is marked skip or xfail"),
     (GOOD_ROW + GOOD_ROW, {"docs/a.md": "<!-- claim: a.b -->"}, "claim a.b has a second row"),
     ("| `A b` | x | docs/a.md | `tests/test_x.py::test_a` |\n", {"docs/a.md": "<!-- claim: a.b -->"},
      "claim id '`A b`' is not lower-case"),
     ("| `a.b` | x | `tests/test_x.py::test_a` |\n", {"docs/a.md": "<!-- claim: a.b -->"}, "expected 4 cells"),
 ])
 def test_checker_reports_each_kind_of_mismatch(tmp_path, rows, docs, expected):
-    found = problems(_repo(tmp_path, rows, docs, tests="def test_a():\n    pass\ndef helper():\n    pass\n"))
+    found = problems(_repo(tmp_path, rows, docs, tests=(
+        "import pytest\ndef test_a():\n    pass\ndef helper():\n    pass\n@pytest.mark.skip(reason='x')\n"
+        "def test_skipped():\n    pass\n@pytest.mark.xfail\ndef test_xfailed():\n    pass\n"
+        "@pytest.mark.skipif(True, reason='y')\ndef test_sometimes():\n    pass\n")))
     assert any(expected in line for line in found), found
 
 
 def test_checker_counts_a_parametrized_test_by_its_function_name(tmp_path):
     root = _repo(tmp_path, "| `a.b` | x | docs/a.md | `tests/test_x.py::test_a[2-3]` |\n",
                  {"docs/a.md": "<!-- claim: a.b -->"})
+    assert problems(root) == []
+
+
+def test_checker_allows_a_conditional_skip(tmp_path):
+    root = _repo(tmp_path, "| `a.b` | x | docs/a.md | `tests/test_x.py::test_sometimes` |\n",
+                 {"docs/a.md": "<!-- claim: a.b -->"},
+                 tests="import pytest\n@pytest.mark.skipif(True, reason='y')\ndef test_sometimes():\n    pass\n")
     assert problems(root) == []
