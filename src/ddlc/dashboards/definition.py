@@ -124,6 +124,7 @@ _CW_AGENT_NET = "CWAgent"
 # ddlc's own namespace: labels become dimensions (ddlc.monitor.cloudwatch).
 _DDLC_RANK = "DDLC,node,rank,run"
 _DDLC_COST = "DDLC,instance_type,run"
+_DDLC_EFA = "DDLC,device,node,port"  # the node agent's EFA counters, published as per-second rates
 
 _RATE = "[$__rate_interval]"
 # Stat and bar panels read the last value in the dashboard's range: a finished run's series are stale minutes after
@@ -343,22 +344,26 @@ NETWORK_PERFORMANCE = Dashboard(
             ),
         ),
         Panel(
-            "efa-rdma", "EFA RDMA traffic", "bytes_per_second",
-            description="RDMA read + write bytes per second on each EFA device (NCCL's collective traffic).",
-            series=(Series(
-                "{{node}} {{device}}",
-                promql=f"sum by (node, device) (rate(ddlc_efa_rdma_read_bytes_total{_RATE}) "
-                       f"+ rate(ddlc_efa_rdma_write_bytes_total{_RATE}))",
-                cloudwatch=_cw_search("DDLC,device,node,port", "ddlc_efa_rdma_write_bytes_total"),
-                local=LocalSource("host", "ddlc_efa_rdma_write_bytes_total", rate=True, by="device", combine="sum"),
-            ),),
+            "efa-rdma", "EFA traffic", "bytes_per_second",
+            description="Per EFA device, bytes per second. RDMA: the RDMA reads and writes this node started "
+                        "(rdma_read_bytes + rdma_write_bytes, one counter: ddlc_efa_rdma_bytes_total); NCCL on p4d "
+                        "moves its data with RDMA read. tx / rx: the port's tx_bytes / rx_bytes.",
+            series=tuple(
+                Series(
+                    f"{{{{node}}}} {{{{device}}}} {legend}", promql=f"sum by (node, device) (rate({metric}{_RATE}))",
+                    cloudwatch=_cw_search(_DDLC_EFA, metric),
+                    local=LocalSource("host", metric, rate=True, by="device", combine="sum"),
+                )
+                for legend, metric in (("RDMA", "ddlc_efa_rdma_bytes_total"), ("tx", "ddlc_efa_transmit_bytes_total"),
+                                       ("rx", "ddlc_efa_receive_bytes_total"))
+            ),
             empty_message=NO_EFA,
         ),
         Panel(
             "efa-drops", "EFA receive drops", "per_second",
             series=(Series(
                 "{{node}} {{device}}", promql=f"rate(ddlc_efa_receive_drops_total{_RATE})",
-                cloudwatch=_cw_search("DDLC,device,node,port", "ddlc_efa_receive_drops_total"),
+                cloudwatch=_cw_search(_DDLC_EFA, "ddlc_efa_receive_drops_total"),
                 local=LocalSource("host", "ddlc_efa_receive_drops_total", rate=True, by="device", combine="sum"),
             ),),
             empty_message=NO_EFA,

@@ -11,7 +11,8 @@ import socket
 import threading
 import time
 from collections import deque
-from typing import Optional
+from pathlib import Path
+from typing import Callable, Optional
 
 from ddlc.dashboards.definition import LocalSource
 
@@ -19,15 +20,18 @@ Key = tuple[str, tuple[tuple[str, str], ...]]
 
 
 class HostSampler:
-    def __init__(self, interval_s: float = 2.0, history: int = 900, node: Optional[str] = None) -> None:
+    def __init__(self, interval_s: float = 2.0, history: int = 900, node: Optional[str] = None,
+                 infiniband_root: Optional[Path] = None, clock: Callable[[], float] = time.time) -> None:
         from ddlc.monitor.gpu import GpuCollector
         from ddlc.monitor.host import HostCollector
-        from ddlc.monitor.network import NetworkCollector
+        from ddlc.monitor.network import DEFAULT_INFINIBAND_ROOT, NetworkCollector
 
         self.node = node or socket.gethostname()
         self.interval_s = interval_s
+        self._clock = clock
         self._gpu = GpuCollector(self.node, watch_xid=False)
-        self._collectors = [HostCollector(self.node), NetworkCollector(self.node), self._gpu]
+        network = NetworkCollector(self.node, infiniband_root or DEFAULT_INFINIBAND_ROOT)
+        self._collectors = [HostCollector(self.node), network, self._gpu]
         self._series: dict[Key, deque[tuple[float, float]]] = {}
         self._history = history
         self._lock = threading.Lock()
@@ -39,7 +43,7 @@ class HostSampler:
         return self._gpu.gpu_count > 0
 
     def sample_once(self) -> None:
-        now = time.time()
+        now = self._clock()
         readings: list[tuple[Key, float]] = []
         for collector in self._collectors:
             for family in collector.collect():
