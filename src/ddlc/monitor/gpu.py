@@ -188,7 +188,7 @@ class GpuCollector:
 
     def collect(self) -> Iterator[Metric]:
         node = self.node
-        count = GaugeMetricFamily("ddlc_gpu_count", "GPUs visible through NVML on this node.", labels=["node"])
+        count = GaugeMetricFamily("ddlc_gpus", "GPUs visible through NVML on this node.", labels=["node"])
         count.add_metric([node], len(self._handles))
         yield count
         if not self._handles:
