@@ -135,3 +135,21 @@ def test_local_dashboard_reads_prometheus(prometheus, runs_dir):
     assert values and all(math.isclose(v, 90.0) for v in values)
     # Panels Prometheus has nothing for still fall back to this machine (CPU, memory).
     assert panels["cpu-utilization"]["source"] == "local"
+
+
+def test_empty_panel_says_what_prometheus_answered(prometheus, runs_dir):
+    """With --prometheus, a panel without data names that Prometheus (never "no Prometheus URL was given");
+    an unreachable one is named as such, with the reason."""
+    from tests.support import free_port
+
+    data = PanelData(runs_dir, Pricing(PRICED_AS, None, load_price_table()), prometheus=PrometheusClient(prometheus.base))
+    temperature = data.dashboard_data("gpu-cluster-health", RUN_NAME)["panels"]["gpu-temperature"]  # not backfilled
+    efa = data.dashboard_data("network-performance", RUN_NAME)["panels"]["efa-rdma"]
+    for panel, what in ((temperature, "No GPU data"), (efa, "No EFA data")):
+        assert panel["series"] == [] and panel["message"].startswith(what), panel["message"]
+        assert "no Prometheus URL" not in panel["message"]
+        assert f"Prometheus at {prometheus.base} has no series" in panel["message"]
+    dead = f"http://127.0.0.1:{free_port()}"
+    data = PanelData(runs_dir, Pricing(PRICED_AS, None, load_price_table()), prometheus=PrometheusClient(dead, timeout_s=2))
+    message = data.dashboard_data("gpu-cluster-health", RUN_NAME)["panels"]["gpu-temperature"]["message"]
+    assert "no Prometheus URL" not in message and f"cannot reach {dead}" in message, message

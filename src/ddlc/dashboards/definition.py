@@ -97,9 +97,11 @@ class Dashboard:
         raise KeyError(panel_id)
 
 
-NO_GPU = ("No GPU data: this machine has no NVIDIA GPU (NVML not found) and no Prometheus URL was given "
-          "(`ddlc dashboard --prometheus URL`).")
-NO_EFA = "No EFA data: this machine has no EFA device, and no Prometheus URL was given."
+# Said when no URL was given; with one, the local page replaces it with what Prometheus answered
+# (ddlc.dashboards.panel_data.empty_message).
+NO_PROMETHEUS = ", and no Prometheus URL was given (`ddlc dashboard --prometheus URL`)."
+NO_GPU = "No GPU data: this machine has no NVIDIA GPU (NVML not found)" + NO_PROMETHEUS
+NO_EFA = "No EFA data: this machine has no EFA device" + NO_PROMETHEUS
 NO_RUN = "No training data yet: the run has not logged a step."
 
 _TARGET = Threshold(GPU_UTILIZATION_TARGET_PERCENT, f"{GPU_UTILIZATION_TARGET_PERCENT:g}% target", "orange", bad="below")

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ddlc.dashboards.cost import Pricing, cost_by_node, cost_series, idle_gpu_hours, run_cost
-from ddlc.dashboards.definition import DASHBOARDS, LocalSource, Panel, dashboard
+from ddlc.dashboards.definition import DASHBOARDS, NO_PROMETHEUS, LocalSource, Panel, dashboard
 from ddlc.dashboards.prometheus import PrometheusClient, render_legend
 from ddlc.dashboards.downsample import MAX_POINTS, minmax
 from ddlc.dashboards.runs import RunRecord, RunStore
@@ -127,8 +127,9 @@ class PanelData:
     def panel(self, panel: Panel, run: Optional[RunRecord], all_runs: list[RunRecord]) -> dict[str, Any]:
         series: list[dict[str, Any]] = []
         source = "local"
+        prometheus_error: Optional[str] = None
         if self.prometheus is not None and panel.has("promql"):
-            series = self._from_prometheus(panel, run)
+            series, prometheus_error = self._from_prometheus(panel, run)
             source = "prometheus"
         if not series:
             source = "local"
@@ -137,6 +138,8 @@ class PanelData:
                     series.extend(self._from_local(spec.local, spec.label, run, all_runs, panel.kind == "stat"))
         has_data = any(any(v is not None for v in s["y"]) for s in series)
         message = panel.empty_message
+        if self.prometheus is not None and panel.has("promql"):
+            message = empty_message(message, self.prometheus.url, prometheus_error)
         uses_run = any(spec.local is not None and spec.local.kind in ("run", "cost") for spec in panel.series)
         if run is not None and run.error and uses_run and not has_data:
             message = f"run {run.name} is unreadable: {run.error}"
@@ -148,24 +151,26 @@ class PanelData:
         return {"series": series if has_data else [], "source": source,
                 "message": None if has_data else message, "note": note}
 
-    def _from_prometheus(self, panel: Panel, run: Optional[RunRecord]) -> list[dict[str, Any]]:
+    def _from_prometheus(self, panel: Panel, run: Optional[RunRecord]) -> tuple[list[dict[str, Any]], Optional[str]]:
+        """The panel's series from Prometheus, and why a query failed (None when all answered)."""
         end = time.time()
         start = end - PROMETHEUS_WINDOW_S
         if run is not None and run.start_time is not None:
             start = run.start_time - 60
             end = (run.end_time or end) + 60 if run.finished else end
         step = max((end - start) / 250.0, 1.0)
-        series = []
+        series, error = [], None
         for spec in panel.series:
             if spec.promql is None:
                 continue
             try:
                 result = self.prometheus.query_range(spec.promql, start, end, step)
-            except UserError:
+            except UserError as failure:
+                error = str(failure)
                 continue  # an unreachable Prometheus falls back to the local sources
             for labels, times, values in result:
                 series.append(_series(render_legend(spec.label, labels), times, values))
-        return series
+        return series, error
 
     def _from_local(self, source: LocalSource, label: str, run: Optional[RunRecord],
                     all_runs: list[RunRecord], last_only: bool = False) -> list[dict[str, Any]]:
@@ -203,3 +208,15 @@ class PanelData:
             return [] if projected is None else [_series(name, [run.end_time], [projected])]
         _, values = self._derived("cost_series", run, lambda r: cost_series(r, self.pricing))[key]
         return [_by_step(name, run, values, last_only)]
+
+
+def empty_message(message: str, url: str, error: Optional[str]) -> str:
+    """A panel's "no data" reason when a Prometheus URL was given: what Prometheus answered, instead of
+    "no Prometheus URL was given"."""
+    if not message.endswith(NO_PROMETHEUS):
+        return message
+    base = message[: -len(NO_PROMETHEUS)]
+    if error is not None:
+        reason = error.removeprefix("--prometheus: ")
+        return f"{base}, and Prometheus gave no answer ({reason[:200]})."
+    return f"{base}, and Prometheus at {url} has no series for this panel in the time shown."
