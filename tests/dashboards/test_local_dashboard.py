@@ -184,3 +184,27 @@ def test_error_replies_are_one_short_line_and_head_works(server):
     request = urllib.request.Request(server.url + "api/definition", method="HEAD")
     with urllib.request.urlopen(request, timeout=10) as response:
         assert response.status == 200 and int(response.headers["Content-Length"]) > 100 and response.read() == b""
+
+
+def test_a_hash_only_url_change_switches_tabs(server, browser):
+    """A link to #slug, a typed hash or Back/Forward changes the URL without a reload: the page follows it."""
+    page = browser.new_page(viewport={"width": 1200, "height": 900})
+    selected = "document.querySelector('#tabs button[aria-selected=\"true\"]')?.dataset.board"
+    visible = "document.querySelector('.board.active')?.id"
+    try:
+        page.goto(server.url + "#training-progress")
+        page.wait_for_function(f"{selected} === 'training-progress'")
+        for slug in ("cost-tracking", "network-performance"):
+            page.evaluate(f"location.hash = '#{slug}'")  # a new history entry, no reload
+            page.wait_for_function(f"{selected} === '{slug}'", timeout=10000)
+            assert page.evaluate(visible) == f"board-{slug}"
+            # The new tab's panels get filled, not left at "loading".
+            page.wait_for_function(f"[...document.querySelectorAll('#board-{slug} .panel')]"
+                                   ".every(p => p.dataset.state !== 'loading')", timeout=15000)
+        page.go_back()
+        page.wait_for_function(f"{selected} === 'cost-tracking'", timeout=10000)
+        page.evaluate("location.hash = '#no-such-board'")  # unknown: stays where it was
+        page.wait_for_timeout(300)
+        assert page.evaluate(selected) == "cost-tracking"
+    finally:
+        page.close()
