@@ -6,15 +6,17 @@ Screenshots of each tab go to runs/test-artifacts/dashboards/."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import time
 import urllib.error
 import urllib.request
 
+import psutil
 import pytest
 
 from ddlc.dashboards.cost import Pricing
-from ddlc.dashboards.definition import DASHBOARDS
+from ddlc.dashboards.definition import DASHBOARDS, HIDDEN_INTERFACES
 from ddlc.dashboards.panel_data import PanelData
 from ddlc.dashboards.sampler import HostSampler
 from ddlc.dashboards.server import DashboardServer
@@ -26,7 +28,9 @@ from tests.support import CONFIG, FAST, PYTHON, REPO, TRAIN_PY, child_env
 ALWAYS_DATA = {
     "gpu-cluster-health": {"cpu-utilization", "host-memory"},
     "training-progress": {"loss", "throughput", "step-time", "learning-rate", "grad-norm", "step", "tokens-seen"},
-    "network-performance": {"network-receive", "network-transmit", "network-packets", "network-errors"},
+    # Only interfaces that carry the node's own traffic are drawn (not lo, ifb, veth, docker bridges).
+    "network-performance": {"network-receive", "network-transmit", "network-packets", "network-errors"}
+    if any(not re.fullmatch(HIDDEN_INTERFACES, name) for name in psutil.net_io_counters(pernic=True)) else set(),
     "cost-tracking": {"cost-total", "cost-projected", "cost-per-1m-tokens", "cost-over-time", "cost-per-step",
                       "cost-per-epoch", "cost-by-run", "cost-by-node"},
 }

@@ -47,6 +47,7 @@ class LocalSource:
     divide_by: Optional[str] = None
     scale: float = 1.0
     combine: Literal["avg", "sum"] = "avg"  # how series sharing a `by` value (or all, without `by`) combine
+    hide_devices: Optional[str] = None  # a regex: samples whose `device` label matches it in full are left out
 
 
 @dataclass(frozen=True)
@@ -109,7 +110,7 @@ _MEMORY_HIGH = Threshold(GPU_MEMORY_HIGH_PERCENT, f"{GPU_MEMORY_HIGH_PERCENT:g}%
 
 
 def _cw_search(namespace_and_dims: str, metric: str, statistic: str = "Average", period: int = 300,
-               cluster: bool = False) -> str:
+               cluster: bool = False, extra: str = "") -> str:
     """A CloudWatch SEARCH: with `cluster`, any series of the namespace carrying ClusterName=<this cluster>
     (the CloudWatch agent adds more dimensions than we name: GPU index, interface, ...); otherwise an exact
     dimension schema (ddlc's own namespace, where labels become dimensions)."""
@@ -117,7 +118,7 @@ def _cw_search(namespace_and_dims: str, metric: str, statistic: str = "Average",
         terms = f'Namespace="{namespace_and_dims}" MetricName="{metric}" ClusterName="$CLUSTER"'
     else:
         terms = f'{{{namespace_and_dims}}} MetricName="{metric}"'
-    return f"SEARCH('{terms}', '{statistic}', {period})"
+    return f"SEARCH('{terms}{extra}', '{statistic}', {period})"
 
 
 # CloudWatch agent series, tagged with the cluster (see ddlc.infra.user_data).
@@ -129,6 +130,11 @@ _DDLC_COST = "DDLC,instance_type,run"
 _DDLC_EFA = "DDLC,device,node,port"  # the node agent's EFA counters, published as per-second rates
 
 _RATE = "[$__rate_interval]"
+# Interfaces whose traffic is not the node's own: loopback, traffic shaping (ifb), container veth pairs and bridges.
+# The network panels leave them out (PromQL `device!~`, the local page; CloudWatch: `lo`, see docs/dashboards.md).
+HIDDEN_INTERFACES = r"lo|ifb.*|veth.*|docker.*|br-.*|virbr.*"
+_SHOWN = f'{{device!~"{HIDDEN_INTERFACES}"}}'
+_CW_SHOWN = ' NOT interface="lo"'  # CloudWatch search terms match whole tokens, not patterns
 # Stat and bar panels read the last value in the dashboard's range: a finished run's series are stale minutes after
 # its end, and an instant query would drop it.
 _LAST = "[$__range]"
@@ -307,26 +313,29 @@ NETWORK_PERFORMANCE = Dashboard(
         Panel(
             "network-receive", "Network receive", "bytes_per_second",
             series=(Series(
-                "{{node}} {{device}}", promql=f"rate(ddlc_network_receive_bytes_total{_RATE})",
+                "{{node}} {{device}}", promql=f"rate(ddlc_network_receive_bytes_total{_SHOWN}{_RATE})",
                 # The agent's net plugin reports bytes per collection interval: Sum per 300 s window / 300.
-                cloudwatch=f"{_cw_search(_CW_AGENT_NET, 'net_bytes_recv', 'Sum', cluster=True)} / 300",
-                local=LocalSource("host", "ddlc_network_receive_bytes_total", rate=True, by="device", combine="sum"),
+                cloudwatch=f"{_cw_search(_CW_AGENT_NET, 'net_bytes_recv', 'Sum', cluster=True, extra=_CW_SHOWN)} / 300",
+                local=LocalSource("host", "ddlc_network_receive_bytes_total", rate=True, by="device", combine="sum",
+                                  hide_devices=HIDDEN_INTERFACES),
             ),),
         ),
         Panel(
             "network-transmit", "Network transmit", "bytes_per_second",
             series=(Series(
-                "{{node}} {{device}}", promql=f"rate(ddlc_network_transmit_bytes_total{_RATE})",
-                cloudwatch=f"{_cw_search(_CW_AGENT_NET, 'net_bytes_sent', 'Sum', cluster=True)} / 300",
-                local=LocalSource("host", "ddlc_network_transmit_bytes_total", rate=True, by="device", combine="sum"),
+                "{{node}} {{device}}", promql=f"rate(ddlc_network_transmit_bytes_total{_SHOWN}{_RATE})",
+                cloudwatch=f"{_cw_search(_CW_AGENT_NET, 'net_bytes_sent', 'Sum', cluster=True, extra=_CW_SHOWN)} / 300",
+                local=LocalSource("host", "ddlc_network_transmit_bytes_total", rate=True, by="device", combine="sum",
+                                  hide_devices=HIDDEN_INTERFACES),
             ),),
         ),
         Panel(
             "network-packets", "Packets received", "per_second",
             series=(Series(
-                "{{node}} {{device}}", promql=f"rate(ddlc_network_receive_packets_total{_RATE})",
-                cloudwatch=f"{_cw_search(_CW_AGENT_NET, 'net_packets_recv', 'Sum', cluster=True)} / 300",
-                local=LocalSource("host", "ddlc_network_receive_packets_total", rate=True, by="device", combine="sum"),
+                "{{node}} {{device}}", promql=f"rate(ddlc_network_receive_packets_total{_SHOWN}{_RATE})",
+                cloudwatch=f"{_cw_search(_CW_AGENT_NET, 'net_packets_recv', 'Sum', cluster=True, extra=_CW_SHOWN)} / 300",
+                local=LocalSource("host", "ddlc_network_receive_packets_total", rate=True, by="device", combine="sum",
+                                  hide_devices=HIDDEN_INTERFACES),
             ),),
         ),
         Panel(
@@ -334,14 +343,16 @@ NETWORK_PERFORMANCE = Dashboard(
             description="Receive and transmit errors per second; anything above zero deserves a look.",
             series=(
                 Series(
-                    "{{node}} {{device}} receive", promql=f"rate(ddlc_network_receive_errors_total{_RATE})",
-                    cloudwatch=f"{_cw_search(_CW_AGENT_NET, 'net_err_in', 'Sum', cluster=True)} / 300",
-                    local=LocalSource("host", "ddlc_network_receive_errors_total", rate=True, by="device", combine="sum"),
+                    "{{node}} {{device}} receive", promql=f"rate(ddlc_network_receive_errors_total{_SHOWN}{_RATE})",
+                    cloudwatch=f"{_cw_search(_CW_AGENT_NET, 'net_err_in', 'Sum', cluster=True, extra=_CW_SHOWN)} / 300",
+                    local=LocalSource("host", "ddlc_network_receive_errors_total", rate=True, by="device", combine="sum",
+                                      hide_devices=HIDDEN_INTERFACES),
                 ),
                 Series(
-                    "{{node}} {{device}} transmit", promql=f"rate(ddlc_network_transmit_errors_total{_RATE})",
-                    cloudwatch=f"{_cw_search(_CW_AGENT_NET, 'net_err_out', 'Sum', cluster=True)} / 300",
-                    local=LocalSource("host", "ddlc_network_transmit_errors_total", rate=True, by="device", combine="sum"),
+                    "{{node}} {{device}} transmit", promql=f"rate(ddlc_network_transmit_errors_total{_SHOWN}{_RATE})",
+                    cloudwatch=f"{_cw_search(_CW_AGENT_NET, 'net_err_out', 'Sum', cluster=True, extra=_CW_SHOWN)} / 300",
+                    local=LocalSource("host", "ddlc_network_transmit_errors_total", rate=True, by="device", combine="sum",
+                                      hide_devices=HIDDEN_INTERFACES),
                 ),
             ),
         ),

@@ -7,6 +7,7 @@ exports (same names, same labels), so its GPU and network panels read the series
 from __future__ import annotations
 
 import math
+import re
 import socket
 import threading
 import time
@@ -82,8 +83,11 @@ class HostSampler:
                 {key[1]: list(points) for key, points in self._series.items() if key[0] == source.divide_by}
                 if source.divide_by else {}
             )
+        hidden = re.compile(source.hide_devices) if source.hide_devices else None
         groups: dict[str, list[tuple[list[float], list[float]]]] = {}
         for (_, labels), points in matching.items():
+            if hidden is not None and hidden.fullmatch(dict(labels).get("device", "")):
+                continue
             times, values = _values(points, source.rate)
             if source.divide_by:
                 below = denominators.get(labels)
