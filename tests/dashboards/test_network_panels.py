@@ -45,7 +45,7 @@ def test_promql_and_local_series_leave_out_hidden_interfaces(tmp_path: Path):
     for minute in range(3):
         recording.scrape(minute, collector, job="ddlc-agent", instance="n1:9400")
     expr_tests = [{
-        "expr": f"count by (device) ({s.promql.replace('$__rate_interval', '3m')})", "eval_time": "2m",
+        "expr": f"count by (device) ({s.promql.replace('$__rate_interval', '3m').replace('$node', 'n1')})", "eval_time": "2m",
         "exp_samples": [{"labels": f'{{device="{device}"}}', "value": 1} for device in sorted(shown)],
     } for s in series]
     result = run_rule_test(prometheus_tool("promtool"), tmp_path, "groups: []\n", recording, expr_tests=expr_tests)

@@ -130,10 +130,18 @@ _DDLC_COST = "DDLC,instance_type,run"
 _DDLC_EFA = "DDLC,device,node,port"  # the node agent's EFA counters, published as per-second rates
 
 _RATE = "[$__rate_interval]"
+# Grafana's $node and $run template variables (multi-value, "All" = .*; the local page puts .* in their place).
+# Node series filter by node; job-level series by run; per-rank series by both. Rank 0's job-level gauges (loss,
+# learning rate, gradient norm) by run only: rank 0 may be on a node not selected.
+_NODE_MATCH = 'node=~"$node"'
+_RUN_MATCH = 'run=~"$run"'
+_NODE = f"{{{_NODE_MATCH}}}"
+_RUN = f"{{{_RUN_MATCH}}}"
+_RANKS = f"{{{_RUN_MATCH},{_NODE_MATCH}}}"
 # Interfaces whose traffic is not the node's own: loopback, traffic shaping (ifb), container veth pairs and bridges.
 # The network panels leave them out (PromQL `device!~`, the local page; CloudWatch: `lo`, see docs/dashboards.md).
 HIDDEN_INTERFACES = r"lo|ifb.*|veth.*|docker.*|br-.*|virbr.*"
-_SHOWN = f'{{device!~"{HIDDEN_INTERFACES}"}}'
+_SHOWN = f'{{device!~"{HIDDEN_INTERFACES}",{_NODE_MATCH}}}'
 _CW_SHOWN = ' NOT interface="lo"'  # CloudWatch search terms match whole tokens, not patterns
 # Stat and bar panels read the last value in the dashboard's range: a finished run's series are stale minutes after
 # its end, and an instant query would drop it.
@@ -148,7 +156,7 @@ GPU_CLUSTER_HEALTH = Dashboard(
             "gpu-utilization", "GPU utilization", "percent",
             description="Per GPU. Below the 80% target for 30 minutes raises DDLCGpuUnderutilized.",
             series=(Series(
-                "{{node}} GPU {{gpu}}", promql="100 * ddlc_gpu_utilization_ratio",
+                "{{node}} GPU {{gpu}}", promql=f"100 * ddlc_gpu_utilization_ratio{_NODE}",
                 cloudwatch=_cw_search(_CW_AGENT, "nvidia_smi_utilization_gpu", cluster=True),
                 local=LocalSource("host", "ddlc_gpu_utilization_ratio", by="gpu", scale=100.0),
             ),),
@@ -158,7 +166,7 @@ GPU_CLUSTER_HEALTH = Dashboard(
             "gpu-utilization-mean", "Mean GPU utilization", "percent", kind="stat",
             description="Average over every GPU of the cluster; the alarm's series in CloudWatch.",
             series=(Series(
-                "mean", promql="100 * avg(ddlc_gpu_utilization_ratio)", cloudwatch="alarm:gpu_utilization",
+                "mean", promql=f"100 * avg(ddlc_gpu_utilization_ratio{_NODE})", cloudwatch="alarm:gpu_utilization",
                 local=LocalSource("host", "ddlc_gpu_utilization_ratio", scale=100.0),
             ),),
             thresholds=(_TARGET,), empty_message=NO_GPU, width=6,
@@ -166,7 +174,7 @@ GPU_CLUSTER_HEALTH = Dashboard(
         Panel(
             "gpu-memory", "GPU memory used", "percent",
             series=(Series(
-                "{{node}} GPU {{gpu}}", promql="100 * ddlc_gpu_memory_used_bytes / ddlc_gpu_memory_total_bytes",
+                "{{node}} GPU {{gpu}}", promql=f"100 * ddlc_gpu_memory_used_bytes{_NODE} / ddlc_gpu_memory_total_bytes{_NODE}",
                 cloudwatch="alarm:gpu_memory_percent",
                 local=LocalSource("host", "ddlc_gpu_memory_used_bytes", by="gpu",
                                   divide_by="ddlc_gpu_memory_total_bytes", scale=100.0),
@@ -176,7 +184,7 @@ GPU_CLUSTER_HEALTH = Dashboard(
         Panel(
             "gpu-temperature", "GPU temperature", "celsius",
             series=(Series(
-                "{{node}} GPU {{gpu}}", promql="ddlc_gpu_temperature_celsius",
+                "{{node}} GPU {{gpu}}", promql=f"ddlc_gpu_temperature_celsius{_NODE}",
                 cloudwatch=_cw_search(_CW_AGENT, "nvidia_smi_temperature_gpu", cluster=True),
                 local=LocalSource("host", "ddlc_gpu_temperature_celsius", by="gpu"),
             ),),
@@ -185,7 +193,7 @@ GPU_CLUSTER_HEALTH = Dashboard(
         Panel(
             "gpu-power", "GPU power", "watts",
             series=(Series(
-                "{{node}} GPU {{gpu}}", promql="ddlc_gpu_power_watts",
+                "{{node}} GPU {{gpu}}", promql=f"ddlc_gpu_power_watts{_NODE}",
                 cloudwatch=_cw_search(_CW_AGENT, "nvidia_smi_power_draw", cluster=True),
                 local=LocalSource("host", "ddlc_gpu_power_watts", by="gpu"),
             ),),
@@ -197,8 +205,8 @@ GPU_CLUSTER_HEALTH = Dashboard(
             series=(Series(
                 "Xid + uncorrected ECC",
                 # Each side `or vector(0)`: a node without ECC reporting (or without Xid events) still shows 0.
-                promql='(sum(increase(ddlc_gpu_xid_errors_total[1h])) or vector(0))'
-                       ' + (sum(increase(ddlc_gpu_ecc_errors_total{type="uncorrected"}[1h])) or vector(0))',
+                promql=f"(sum(increase(ddlc_gpu_xid_errors_total{_NODE}[1h])) or vector(0))"
+                       f' + (sum(increase(ddlc_gpu_ecc_errors_total{{type="uncorrected",{_NODE_MATCH}}}[1h])) or vector(0))',
                 local=LocalSource("host", "ddlc_gpu_xid_errors_total", combine="sum"),
             ),),
             empty_message=NO_GPU, width=6,
@@ -206,7 +214,7 @@ GPU_CLUSTER_HEALTH = Dashboard(
         Panel(
             "cpu-utilization", "Host CPU utilization", "percent",
             series=(Series(
-                "{{node}}", promql="100 * ddlc_cpu_utilization_ratio",
+                "{{node}}", promql=f"100 * ddlc_cpu_utilization_ratio{_NODE}",
                 cloudwatch=_cw_search(_CW_AGENT, "cpu_usage_active", cluster=True),
                 local=LocalSource("host", "ddlc_cpu_utilization_ratio", by="node", scale=100.0),
             ),),
@@ -214,7 +222,7 @@ GPU_CLUSTER_HEALTH = Dashboard(
         Panel(
             "host-memory", "Host memory used", "percent",
             series=(Series(
-                "{{node}}", promql="100 * ddlc_memory_used_bytes / ddlc_memory_total_bytes",
+                "{{node}}", promql=f"100 * ddlc_memory_used_bytes{_NODE} / ddlc_memory_total_bytes{_NODE}",
                 cloudwatch=_cw_search(_CW_AGENT, "mem_used_percent", cluster=True),
                 local=LocalSource("host", "ddlc_memory_used_bytes", by="node",
                                   divide_by="ddlc_memory_total_bytes", scale=100.0),
@@ -231,7 +239,7 @@ TRAINING_PROGRESS = Dashboard(
         Panel(
             "loss", "Training loss", "none",
             series=(Series(
-                "{{run}}", promql='ddlc_train_loss{rank="0"}',
+                "{{run}}", promql=f'ddlc_train_loss{{rank="0",{_RUN_MATCH}}}',
                 cloudwatch=_cw_search(_DDLC_RANK, "ddlc_train_loss"),
                 local=LocalSource("run", "loss"),
             ),),
@@ -242,7 +250,7 @@ TRAINING_PROGRESS = Dashboard(
             description="Tokens per second of the whole job (sum over ranks), from the token counters: every step "
                         "counts, not only the last one before a scrape.",
             series=(Series(
-                "{{run}}", promql=f"sum by (run) (rate(ddlc_train_tokens_total{_RATE}))",
+                "{{run}}", promql=f"sum by (run) (rate(ddlc_train_tokens_total{_RANKS}{_RATE}))",
                 cloudwatch=f"SUM({_cw_search(_DDLC_RANK, 'ddlc_train_tokens_per_second')})",
                 local=LocalSource("run", "tokens_per_s"),
             ),),
@@ -255,13 +263,13 @@ TRAINING_PROGRESS = Dashboard(
                         "(DDLCStragglerRank).",
             series=(
                 Series(
-                    "{{run}} rank {{rank}}", promql="ddlc_train_step_seconds",
+                    "{{run}} rank {{rank}}", promql=f"ddlc_train_step_seconds{_RANKS}",
                     cloudwatch=_cw_search(_DDLC_RANK, "ddlc_train_step_seconds"),
                     local=LocalSource("run", "step_time_s"),
                 ),
                 Series(
                     "{{run}} rank {{rank}} compute",
-                    promql=f"rate(ddlc_train_compute_seconds_total{_RATE}) / rate(ddlc_train_compute_steps_total{_RATE})",
+                    promql=f"rate(ddlc_train_compute_seconds_total{_RANKS}{_RATE}) / rate(ddlc_train_compute_steps_total{_RANKS}{_RATE})",
                 ),
             ),
             empty_message=NO_RUN,
@@ -269,7 +277,7 @@ TRAINING_PROGRESS = Dashboard(
         Panel(
             "learning-rate", "Learning rate", "none", width=6,
             series=(Series(
-                "{{run}}", promql='ddlc_train_learning_rate{rank="0"}',
+                "{{run}}", promql=f'ddlc_train_learning_rate{{rank="0",{_RUN_MATCH}}}',
                 cloudwatch=_cw_search(_DDLC_RANK, "ddlc_train_learning_rate"),
                 local=LocalSource("run", "lr"),
             ),),
@@ -278,7 +286,7 @@ TRAINING_PROGRESS = Dashboard(
         Panel(
             "grad-norm", "Gradient norm", "none", width=6,
             series=(Series(
-                "{{run}}", promql='ddlc_train_grad_norm{rank="0"}',
+                "{{run}}", promql=f'ddlc_train_grad_norm{{rank="0",{_RUN_MATCH}}}',
                 cloudwatch=_cw_search(_DDLC_RANK, "ddlc_train_grad_norm"),
                 local=LocalSource("run", "grad_norm"),
             ),),
@@ -287,7 +295,7 @@ TRAINING_PROGRESS = Dashboard(
         Panel(
             "step", "Step", "count", kind="stat", width=6,
             series=(Series(
-                "{{run}}", promql=f"max by (run) (last_over_time(ddlc_train_step{_LAST}))",
+                "{{run}}", promql=f"max by (run) (last_over_time(ddlc_train_step{_RANKS}{_LAST}))",
                 cloudwatch=f"MAX({_cw_search(_DDLC_RANK, 'ddlc_train_step', 'Maximum')})",
                 local=LocalSource("run", "step"),
             ),),
@@ -297,7 +305,7 @@ TRAINING_PROGRESS = Dashboard(
             "tokens-seen", "Tokens seen", "count", kind="stat", width=6,
             series=(Series(
                 # Across resumes (the per-rank counters restart with each attempt).
-                "{{run}}", promql=f"max by (run) (last_over_time(ddlc_train_tokens_seen{_LAST}))",
+                "{{run}}", promql=f"max by (run) (last_over_time(ddlc_train_tokens_seen{_RUN}{_LAST}))",
                 local=LocalSource("run", "tokens_seen"),
             ),),
             empty_message=NO_RUN,
@@ -363,7 +371,7 @@ NETWORK_PERFORMANCE = Dashboard(
                         "moves its data with RDMA read. tx / rx: the port's tx_bytes / rx_bytes.",
             series=tuple(
                 Series(
-                    f"{{{{node}}}} {{{{device}}}} {legend}", promql=f"sum by (node, device) (rate({metric}{_RATE}))",
+                    f"{{{{node}}}} {{{{device}}}} {legend}", promql=f"sum by (node, device) (rate({metric}{_NODE}{_RATE}))",
                     cloudwatch=_cw_search(_DDLC_EFA, metric),
                     local=LocalSource("host", metric, rate=True, by="device", combine="sum"),
                 )
@@ -375,7 +383,7 @@ NETWORK_PERFORMANCE = Dashboard(
         Panel(
             "efa-drops", "EFA receive drops", "per_second",
             series=(Series(
-                "{{node}} {{device}}", promql=f"rate(ddlc_efa_receive_drops_total{_RATE})",
+                "{{node}} {{device}}", promql=f"rate(ddlc_efa_receive_drops_total{_NODE}{_RATE})",
                 cloudwatch=_cw_search(_DDLC_EFA, "ddlc_efa_receive_drops_total"),
                 local=LocalSource("host", "ddlc_efa_receive_drops_total", rate=True, by="device", combine="sum"),
             ),),
@@ -396,7 +404,7 @@ COST_TRACKING = Dashboard(
             description="Hourly price x nodes x wall hours since the run began (earlier attempts of a resumed run "
                         "included, up to the checkpoint it resumed from).",
             series=(Series(
-                "{{run}}", promql=f"max by (run) (last_over_time(ddlc_run_cost_usd{_LAST}))",
+                "{{run}}", promql=f"max by (run) (last_over_time(ddlc_run_cost_usd{_RUN}{_LAST}))",
                 # USD/hour gauge integrated over the dashboard's time range (5-minute periods).
                 cloudwatch=f"RUNNING_SUM(SUM({_COST_PER_HOUR}) * 300 / 3600)",
                 local=LocalSource("cost", "usd_total"),
@@ -413,7 +421,7 @@ COST_TRACKING = Dashboard(
             "cost-per-1m-tokens", "Cost per 1M tokens", "usd", kind="stat", width=6,
             series=(Series(
                 "{{run}}",
-                promql=f"sum by (run) (ddlc_cost_usd_per_hour) / 3600 / sum by (run) (rate(ddlc_train_tokens_total{_RATE})) * 1e6",
+                promql=f"sum by (run) (ddlc_cost_usd_per_hour{_RUN}) / 3600 / sum by (run) (rate(ddlc_train_tokens_total{_RUN}{_RATE})) * 1e6",
                 cloudwatch=f"SUM({_COST_PER_HOUR}) / 3600 / SUM({_cw_search(_DDLC_RANK, 'ddlc_train_tokens_per_second')}) * 1000000",
                 local=LocalSource("cost", "usd_per_1m_tokens"),
             ),),
@@ -424,7 +432,7 @@ COST_TRACKING = Dashboard(
             description=f"GPU-hours spent below {IDLE_GPU_UTILIZATION_PERCENT:g}% utilization in the time range.",
             series=(Series(
                 "idle",
-                promql=f"sum(sum_over_time((ddlc_gpu_utilization_ratio < bool {IDLE_GPU_UTILIZATION_PERCENT / 100:g})"
+                promql=f"sum(sum_over_time((ddlc_gpu_utilization_ratio{_NODE} < bool {IDLE_GPU_UTILIZATION_PERCENT / 100:g})"
                        "[$__range:1m])) / 60",
                 local=LocalSource("cost", "idle_gpu_hours"),
             ),),
@@ -433,7 +441,7 @@ COST_TRACKING = Dashboard(
         Panel(
             "cost-over-time", "Cost so far over time", "usd",
             series=(Series(
-                "{{run}}", promql="max by (run) (ddlc_run_cost_usd)",
+                "{{run}}", promql=f"max by (run) (ddlc_run_cost_usd{_RUN})",
                 cloudwatch=f"RUNNING_SUM(SUM({_COST_PER_HOUR}) * 300 / 3600)",
                 local=LocalSource("cost", "usd_total"),
             ),),
@@ -443,7 +451,7 @@ COST_TRACKING = Dashboard(
             "cost-per-step", "Cost per step", "usd",
             series=(Series(
                 "{{run}}",
-                promql="sum by (run) (ddlc_cost_usd_per_hour) / 3600 / max by (run) (rate(ddlc_train_steps_total[$__rate_interval]))",
+                promql=f"sum by (run) (ddlc_cost_usd_per_hour{_RUN}) / 3600 / max by (run) (rate(ddlc_train_steps_total{_RUN}{_RATE}))",
                 local=LocalSource("cost", "usd_per_step"),
             ),),
             empty_message=NO_RUN,
@@ -457,7 +465,7 @@ COST_TRACKING = Dashboard(
         Panel(
             "cost-by-run", "Cost by run", "usd", kind="bar", width=9,
             series=(Series(
-                "{{run}}", promql=f"max by (run) (last_over_time(ddlc_run_cost_usd{_LAST}))",
+                "{{run}}", promql=f"max by (run) (last_over_time(ddlc_run_cost_usd{_RUN}{_LAST}))",
                 local=LocalSource("cost", "usd_by_run"),
             ),),
             empty_message=NO_RUN,
@@ -467,9 +475,9 @@ COST_TRACKING = Dashboard(
             description="A run's cost split evenly over its nodes, summed per node.",
             series=(Series(
                 "{{node}}",
-                promql=f"sum by (node) (group by (run, node) (last_over_time(ddlc_train_steps_total{_LAST})) "
-                       f"* on (run) group_left () (max by (run) (last_over_time(ddlc_run_cost_usd{_LAST})) "
-                       f"/ max by (run) (last_over_time(ddlc_train_nodes{_LAST}))))",
+                promql=f"sum by (node) (group by (run, node) (last_over_time(ddlc_train_steps_total{_RANKS}{_LAST})) "
+                       f"* on (run) group_left () (max by (run) (last_over_time(ddlc_run_cost_usd{_RUN}{_LAST})) "
+                       f"/ max by (run) (last_over_time(ddlc_train_nodes{_RUN}{_LAST}))))",
                 local=LocalSource("cost", "usd_by_node"),
             ),),
             empty_message=NO_RUN,
