@@ -13,7 +13,7 @@ from ddlc.monitor.node_health import HealthMonitor
 from ddlc.ops.health import HealthResult
 from ddlc.monitor.training import TrainingMetrics
 from tests.monitor.helpers import collected
-from tests.monitor.test_gpu import StandInNvml
+from tests.monitor.test_gpu_dcgm import DcgmStandIn as StandInNvml  # every GPU query NVML has
 from tests.monitor.test_network import make_efa_tree
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "metrics.md"
