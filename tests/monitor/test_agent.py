@@ -92,7 +92,8 @@ def test_every_endpoint_passes_promtool_check_metrics(tmp_path: Path, promtool: 
         pages = {"agent": _raw(agent.url)}
     rank = TrainingMetrics("lint", rank=0, world_size=1, node="node-a", instance_type=None, num_nodes=1, port=0)
     try:
-        rank.observe_step(1, 1.0, 1e-3, 1.0, 0.1, 10, 1)
+        rank.observe_step(1, 1.0, 1e-3, 1.0, 0.1, 10, 1, compute_seconds=0.05, tokens_seen=10,
+                          data_wait_seconds=0.01, host_memory_peak_bytes=2**30, gpu_memory_peak_bytes=2**30)
         rank.observe_checkpoint(1, 0.5, True, 1.0)
         rank.publish()
         pages["rank"] = _raw(rank.url)

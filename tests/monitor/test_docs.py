@@ -35,7 +35,8 @@ def exported_names(tmp_path: Path) -> set[str]:
         "rdma_read_resp_bytes", "rdma_write_recv_bytes")})
     registry, gpus = build_node_registry("n", tmp_path, tmp_path / "ib", nvml=StandInNvml())
     metrics = TrainingMetrics("r", rank=0, world_size=1, node="n", instance_type=None, num_nodes=1)
-    metrics.observe_step(1, 1.0, 1e-3, 1.0, 0.1, 10, 1, compute_seconds=0.05, tokens_seen=10)
+    metrics.observe_step(1, 1.0, 1e-3, 1.0, 0.1, 10, 1, compute_seconds=0.05, tokens_seen=10, data_wait_seconds=0.01,
+                         host_memory_peak_bytes=2**30, gpu_memory_peak_bytes=2**30)
     metrics.observe_checkpoint(1, 0.1, True, 0.0)
     try:
         gpus.xids.record("0", 79)  # an Xid seen
