@@ -113,3 +113,38 @@ def test_nodes_precedence_is_what_the_docs_say(run_dir, tmp_path):
 
     assert nodes_in_report("--nodes", "4") == {"recorded": "2", "unrecorded": "4"}
     assert nodes_in_report() == {"recorded": "2", "unrecorded": "1"}
+
+
+def test_idle_cost_counts_uncovered_time_once():
+    from ddlc.dashboards.cost import idle_cost_usd
+
+    assert idle_cost_usd(0, 3600, [], 10.0) == pytest.approx(10.0)
+    # Busy 600-1800 and 1200-2400 (overlapping: 1800 s together) and -100-300 (clipped: 300 s): idle 1500 s.
+    assert idle_cost_usd(0, 3600, [(600, 1800), (1200, 2400), (-100, 300)], 36.0) == pytest.approx(15.0)
+    assert idle_cost_usd(0, 3600, [(0, 5000)], 36.0) == 0.0 and idle_cost_usd(10, 5, [], 1.0) == 0.0
+
+
+def test_local_idle_cost_is_this_machine_outside_its_runs(run_dir, tmp_path):
+    """The Cost tab without Prometheus: since the dashboard started sampling, the time no run of the store was
+    going on this machine, priced as --instance-type."""
+    import time
+
+    from ddlc.dashboards.panel_data import PanelData
+    from ddlc.dashboards.sampler import HostSampler
+
+    runs = tmp_path / "runs"
+    shutil.copytree(run_dir, runs / run_dir.name, ignore=shutil.ignore_patterns("checkpoints"))
+    run = load_run(runs / run_dir.name)
+    started = run.start_time - 1800  # the dashboard began sampling half an hour before the run
+    sampler = HostSampler(clock=lambda: started)
+    try:
+        data = PanelData(runs, Pricing(PRICED_AS, None, TABLE), sampler=sampler)
+        before = time.time()
+        idle = data.dashboard_data("cost-tracking", None)["panels"]["idle-node-cost"]
+        after = time.time()
+    finally:
+        sampler.close()
+    (series,) = idle["series"]
+    busy = run.end_time - run.start_time
+    low, high = ((t - started - busy) * TABLE[PRICED_AS] / 3600 for t in (before, after))
+    assert low <= series["y"][-1] <= high

@@ -103,3 +103,24 @@ def test_every_endpoint_passes_promtool_check_metrics(tmp_path: Path, promtool: 
     for name, text in pages.items():
         result = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=60)
         assert (result.returncode, result.stdout + result.stderr) == (0, ""), name
+
+
+def test_agent_with_an_instance_type_exports_its_price(tmp_path: Path) -> None:
+    from ddlc.monitor.pricing import default_price_table
+
+    settings = AgentSettings(port=0, node="node-a", infiniband_root=tmp_path / "ib", instance_type="g5.xlarge")
+    with Agent(settings) as agent:
+        samples = scrape(agent.url)
+    assert value_of(samples, "ddlc_node_price_usd_per_hour", node="node-a", instance_type="g5.xlarge") == \
+        default_price_table()["g5.xlarge"]
+    assert value_of(samples, "ddlc_agent_start_timestamp_seconds", node="node-a") > 1.7e9
+    with Agent(AgentSettings(port=0, node="node-b", infiniband_root=tmp_path / "ib")) as agent:
+        assert "ddlc_node_price_usd_per_hour" not in sample_names(scrape(agent.url))  # not priced: no series
+
+
+def test_cli_agent_unknown_instance_type_is_one_line_exit_2(tmp_path: Path) -> None:
+    process = _start_cli("--port", "0", "--instance-type", "x9.mega")
+    _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 2 and "Traceback" not in stderr
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "'x9.mega' has no price" in errors[0]

@@ -33,7 +33,7 @@ def exported_names(tmp_path: Path) -> set[str]:
     make_efa_tree(tmp_path / "ib", "efa0", "1", {name: "1" for name in (
         "rx_bytes", "tx_bytes", "rx_pkts", "tx_pkts", "rx_drops", "rdma_read_bytes", "rdma_write_bytes",
         "rdma_read_resp_bytes", "rdma_write_recv_bytes")})
-    registry, gpus = build_node_registry("n", tmp_path, tmp_path / "ib", nvml=StandInNvml())
+    registry, gpus = build_node_registry("n", tmp_path, tmp_path / "ib", nvml=StandInNvml(), instance_type="g5.xlarge")
     metrics = TrainingMetrics("r", rank=0, world_size=1, node="n", instance_type=None, num_nodes=1)
     metrics.observe_step(1, 1.0, 1e-3, 1.0, 0.1, 10, 1, compute_seconds=0.05, tokens_seen=10, data_wait_seconds=0.01,
                          host_memory_peak_bytes=2**30, gpu_memory_peak_bytes=2**30)

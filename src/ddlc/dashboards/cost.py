@@ -147,3 +147,16 @@ def idle_gpu_hours(samples: Mapping[str, Sequence[tuple[float, float]]]) -> Opti
             if value < IDLE_GPU_UTILIZATION_PERCENT:
                 hours += (t1 - t0) / 3600.0
     return hours
+
+
+def idle_cost_usd(start: float, end: float, busy: Sequence[tuple[float, float]], hourly_usd: float) -> float:
+    """hourly x the hours of [start, end] that no busy interval covers (overlapping intervals count once)."""
+    if end <= start:
+        return 0.0
+    covered, reach = 0.0, start
+    for low, high in sorted((max(a, start), min(b, end)) for a, b in busy):
+        if high <= reach:
+            continue
+        covered += high - max(low, reach)
+        reach = high
+    return hourly_usd * max(end - start - covered, 0.0) / 3600.0

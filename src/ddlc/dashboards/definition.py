@@ -393,6 +393,14 @@ NETWORK_PERFORMANCE = Dashboard(
 )
 
 _COST_PER_HOUR = _cw_search(_DDLC_COST, "ddlc_cost_usd_per_hour")
+# A node's hourly price (ddlc agent --instance-type) for the minutes no rank reported from it (ddlc.monitor.node_cost).
+# A finished run's rank series go stale 5 minutes after its endpoint closed: those minutes count as busy.
+IDLE_NODES = (f"max by (node) (ddlc_node_price_usd_per_hour{_NODE}) "
+              f"unless on (node) group by (node) (ddlc_train_steps_total)")
+IDLE_NODE_COST_PROMQL = (f"sum(sum_over_time(({IDLE_NODES})[$__range:1m])) / 60"
+                         f" or 0 * sum(max_over_time(ddlc_node_price_usd_per_hour{_NODE}[$__range]))")
+NO_NODE_PRICE = ("No node prices: start the node agents with `ddlc agent --instance-type TYPE` (Prometheus), or "
+                 "the dashboard has not sampled this machine yet.")
 COST_TRACKING = Dashboard(
     slug="cost-tracking",
     title="Cost tracking",
@@ -463,7 +471,16 @@ COST_TRACKING = Dashboard(
             empty_message=NO_RUN,
         ),
         Panel(
-            "cost-by-run", "Cost by run", "usd", kind="bar", width=9,
+            "idle-node-cost", "Idle node cost", "usd", kind="stat", width=6,
+            description="What nodes cost while no job ran on them: for each minute a node's agent was up and no "
+                        "training rank reported from it, its hourly price / 60 (Prometheus: agents started with "
+                        "--instance-type; locally: this machine since the dashboard started, priced as "
+                        "--instance-type).",
+            series=(Series("idle", promql=IDLE_NODE_COST_PROMQL, local=LocalSource("cost", "idle_usd")),),
+            empty_message=NO_NODE_PRICE,
+        ),
+        Panel(
+            "cost-by-run", "Cost by run", "usd", kind="bar", width=6,
             series=(Series(
                 "{{run}}", promql=f"max by (run) (last_over_time(ddlc_run_cost_usd{_RUN}{_LAST}))",
                 local=LocalSource("cost", "usd_by_run"),
@@ -471,7 +488,7 @@ COST_TRACKING = Dashboard(
             empty_message=NO_RUN,
         ),
         Panel(
-            "cost-by-node", "Cost by node", "usd", kind="bar", width=9,
+            "cost-by-node", "Cost by node", "usd", kind="bar", width=6,
             description="A run's cost split evenly over its nodes, summed per node.",
             series=(Series(
                 "{{node}}",

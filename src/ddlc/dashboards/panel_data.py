@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from ddlc.dashboards.cost import Pricing, cost_by_node, cost_series, idle_gpu_hours, run_cost
+from ddlc.dashboards.cost import Pricing, cost_by_node, cost_series, idle_cost_usd, idle_gpu_hours, run_cost
 from ddlc.dashboards.definition import DASHBOARDS, NO_PROMETHEUS, LocalSource, Panel, dashboard
 from ddlc.dashboards.prometheus import PrometheusClient, render_legend
 from ddlc.dashboards.downsample import MAX_POINTS, minmax
@@ -114,7 +114,8 @@ class PanelData:
         paths = self.run_paths()  # one look at the run store per request
         run = self._load(run_name or self.default_run(paths), paths)
         all_runs = self.store.runs(paths=paths) if any(
-            p.series and p.series[0].local and p.series[0].local.key in ("usd_by_run", "usd_by_node") for p in board.panels
+            p.series and p.series[0].local and p.series[0].local.key in ("usd_by_run", "usd_by_node", "idle_usd")
+            for p in board.panels
         ) else []
         if any(spec.local is not None and spec.local.kind == "cost" for p in board.panels for spec in p.series):
             # A run whose instance type has no price is unreadable for cost only: named, never failing the tab.
@@ -195,6 +196,8 @@ class PanelData:
                 samples = {name: list(zip(t, v)) for name, t, v in self.sampler.series(gpu)}
             hours = idle_gpu_hours(samples)
             return [] if hours is None else [_series("idle", [time.time()], [hours])]
+        if key == "idle_usd":
+            return self._idle_cost(all_runs)
         if key in ("usd_by_run", "usd_by_node"):
             costs = [self._run_cost(r) for r in all_runs if r.readable and r.has_steps]
             if key == "usd_by_run":
@@ -208,6 +211,21 @@ class PanelData:
             return [] if projected is None else [_series(name, [run.end_time], [projected])]
         _, values = self._derived("cost_series", run, lambda r: cost_series(r, self.pricing))[key]
         return [_by_step(name, run, values, last_only)]
+
+    def _idle_cost(self, all_runs: list[RunRecord]) -> list[dict[str, Any]]:
+        """This machine since the sampler started, minus the time runs of the store were going on it, priced as
+        --instance-type (cpu-local: 0)."""
+        if self.sampler is None:
+            return []
+        from ddlc.monitor.pricing import LOCAL_INSTANCE_TYPE, hourly_price
+
+        now = time.time()
+        # A run is busy from its first step to its last; one still logging (a step in the last 5 minutes, as
+        # Prometheus' staleness) up to now. A run that crashed stops counting at its last step.
+        busy = [(r.start_time, now if not r.finished and now - r.end_time < 300 else r.end_time) for r in all_runs
+                if r.readable and r.has_steps and r.start_time is not None and r.node == self.sampler.node]
+        hourly = hourly_price(self.pricing.instance_type or LOCAL_INSTANCE_TYPE, self.pricing.table)
+        return [_series("idle", [now], [idle_cost_usd(self.sampler.started_at, now, busy, hourly)])]
 
 
 def empty_message(message: str, url: str, error: Optional[str]) -> str:

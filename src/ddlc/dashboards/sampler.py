@@ -30,6 +30,7 @@ class HostSampler:
         self.node = node or socket.gethostname()
         self.interval_s = interval_s
         self._clock = clock
+        self.started_at = clock()  # the local idle cost counts from here
         self._gpu = GpuCollector(self.node, watch_xid=False)
         network = NetworkCollector(self.node, infiniband_root or DEFAULT_INFINIBAND_ROOT)
         self._collectors = [HostCollector(self.node), network, self._gpu]
