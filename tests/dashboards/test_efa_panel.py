@@ -143,3 +143,14 @@ def test_rdma_bytes_left_out_when_a_part_is_unreadable(tmp_path: Path):
     samples = collected(NetworkCollector("n1", infiniband_root=tmp_path))
     rdma = {dict(labels)["device"]: v for (name, labels), v in samples.items() if name == "ddlc_efa_rdma_bytes_total"}
     assert rdma == {"rdmap1": 42}
+
+
+def test_rdma_bytes_on_a_device_without_rdma_write(tmp_path: Path):
+    """A device or driver without RDMA write has no rdma_write_bytes file: RDMA bytes are its reads (NCCL on p4d
+    reads), not a series that never appears."""
+    from tests.monitor.helpers import collected
+
+    make_efa_tree(tmp_path, "rdmap0", "1", {"rdma_read_bytes": "4096", "tx_bytes": "5"})
+    samples = collected(NetworkCollector("n1", infiniband_root=tmp_path))
+    key = ("ddlc_efa_rdma_bytes_total", frozenset({("node", "n1"), ("device", "rdmap0"), ("port", "1")}))
+    assert samples[key] == 4096

@@ -100,7 +100,11 @@ class NetworkCollector:
         for (device, port), values in read_efa_counters(self.infiniband_root).items():
             for counter, value in values.items():
                 efa[counter].add_metric([node, device, port], value)
-            # Only with both parts: a sum missing one would look like a counter reset.
-            if all(part in values for part in EFA_RDMA_PARTS):
-                rdma.add_metric([node, device, port], sum(values[part] for part in EFA_RDMA_PARTS))
+            # The parts this device has (a driver or device without RDMA write has no rdma_write_bytes file:
+            # then RDMA bytes are the reads alone), and only when each of them was read: a sum missing a part
+            # this scrape would look like a counter reset.
+            counters_dir = self.infiniband_root / device / "ports" / port / "hw_counters"
+            parts = [part for part in EFA_RDMA_PARTS if (counters_dir / part).exists()]
+            if parts and all(part in values for part in parts):
+                rdma.add_metric([node, device, port], sum(values[part] for part in parts))
         yield from (family for family in (*efa.values(), rdma) if family.samples)  # nothing at all on nodes without EFA
