@@ -119,8 +119,9 @@ def test_agent_with_an_instance_type_exports_its_price(tmp_path: Path) -> None:
 
 
 def test_cli_agent_unknown_instance_type_is_one_line_exit_2(tmp_path: Path) -> None:
-    process = _start_cli("--port", "0", "--instance-type", "x9.mega")
-    _, stderr = process.communicate(timeout=30)
-    assert process.returncode == 2 and "Traceback" not in stderr
-    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "'x9.mega' has no price" in errors[0]
+    for value, message in (("x9.mega", "'x9.mega' has no price"), (" ", "--instance-type: empty")):
+        process = _start_cli("--port", "0", "--instance-type", value)
+        _, stderr = process.communicate(timeout=30)
+        assert process.returncode == 2 and "Traceback" not in stderr
+        errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and message in errors[0], stderr

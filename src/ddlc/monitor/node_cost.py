@@ -16,11 +16,14 @@ from typing import Iterator
 
 from prometheus_client.core import GaugeMetricFamily, Metric
 
+from ddlc.errors import UserError
 from ddlc.monitor.pricing import hourly_price, load_price_table
 
 
 class NodeCostCollector:
     def __init__(self, node: str, instance_type: str, price_table: Path | str | None = None) -> None:
+        if not instance_type.strip():
+            raise UserError("--instance-type: empty (name an instance type of the price table, e.g. p4d.24xlarge)")
         self.node, self.instance_type = node, instance_type
         self.hourly_usd = hourly_price(instance_type, load_price_table(price_table))
         self.started_at = time.time()
