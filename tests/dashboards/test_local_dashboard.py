@@ -27,7 +27,8 @@ from tests.support import CONFIG, FAST, PYTHON, REPO, TRAIN_PY, child_env
 # Panels with data on any machine that ran the training run (GPU and EFA panels depend on the hardware).
 ALWAYS_DATA = {
     "gpu-cluster-health": {"cpu-utilization", "host-memory"},
-    "training-progress": {"loss", "throughput", "step-time", "learning-rate", "grad-norm", "step", "tokens-seen"},
+    "training-progress": {"loss", "throughput", "step-time", "learning-rate", "grad-norm", "step", "tokens-seen",
+                          "data-wait", "peak-memory"},
     # Only interfaces that carry the node's own traffic are drawn (not lo, ifb, veth, docker bridges).
     "network-performance": {"network-receive", "network-transmit", "network-packets", "network-errors"}
     if any(not re.fullmatch(HIDDEN_INTERFACES, name) for name in psutil.net_io_counters(pernic=True)) else set(),
@@ -212,3 +213,41 @@ def test_a_hash_only_url_change_switches_tabs(server, browser):
         assert page.evaluate(selected) == "cost-tracking"
     finally:
         page.close()
+
+
+def test_efa_traffic_panel_draws_rdma_tx_and_rx(runs_dir, run_dir, browser, artifacts, tmp_path):
+    """The EFA panel on a machine with EFA (a sysfs-shaped tree whose counters grow while the page is open):
+    one RDMA, one tx and one rx line per device, drawn in Chromium (#17 item 8)."""
+    import threading
+
+    from tests.dashboards.test_efa_panel import GROWTH, _tree
+
+    root = tmp_path / "ib"
+    _tree(root, 0)
+    stop = threading.Event()
+
+    def grow():
+        minute = 0
+        while not stop.wait(0.1):
+            minute += 1
+            _tree(root, minute)
+
+    writer = threading.Thread(target=grow, daemon=True)
+    writer.start()
+    sampler = HostSampler(interval_s=0.25, infiniband_root=root).start()
+    data = PanelData(runs_dir, Pricing(PRICED_AS, None, load_price_table()), sampler=sampler, run_path=run_dir)
+    server = DashboardServer(data, port=0, refresh_ms=500).start()
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    try:
+        page.goto(server.url + "#network-performance")
+        names = "document.querySelector('#panel-network-performance-efa-rdma .plot').data?.map(t => t.name) || []"
+        page.wait_for_function(f"({names}).length === {3 * len(GROWTH)}", timeout=20000)
+        traces = sorted(page.evaluate(names))
+        assert traces == sorted(f"{sampler.node} {d} {kind}" for d in GROWTH for kind in ("RDMA", "tx", "rx"))
+        page.screenshot(path=str(artifacts / "tab-network-performance-efa.png"), full_page=True)
+    finally:
+        page.close()
+        server.close()
+        stop.set()
+        writer.join()
+        sampler.close()

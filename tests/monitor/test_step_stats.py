@@ -90,3 +90,40 @@ def test_data_wait_and_peak_memory_per_rank(tmp_path: Path) -> None:
     assert all(r["data_wait_s"] >= SLEEP_S for r in records)  # rank 0 writes the file
     assert sum(r["data_wait_s"] for r in records) <= waits[0] + 1e-6
     assert all(0 < r["peak_memory_bytes"] <= peaks[0] for r in records)
+
+
+def test_panels_read_the_wait_per_step_and_the_peaks(promtool: str, tmp_path: Path) -> None:
+    """The Training tab's data-wait panel gives each rank's wait per step (promtool over what two ranks export:
+    rank 1 waits 0.3 s a step, rank 0 0.06 s), the peak-memory panel each rank's peaks."""
+    from ddlc.dashboards.definition import TRAINING_PROGRESS
+    from ddlc.dashboards.prometheus import substitute_grafana_variables
+    from ddlc.monitor.training import TrainingMetrics
+    from tests.monitor.promtool_model import Recording, run_rule_test
+
+    ranks = [TrainingMetrics("r", rank=r, world_size=2, node="n1", instance_type=None, num_nodes=1) for r in (0, 1)]
+    recording = Recording()
+    step = 0
+    for minute in range(6):
+        for _ in range(30):  # 30 steps a minute
+            step += 1
+            for metrics, wait in zip(ranks, (0.06, 0.3)):
+                metrics.observe_step(step, 1.0, 1e-3, 1.0, 2.0, 10, 1, data_wait_seconds=wait,
+                                     host_memory_peak_bytes=(metrics.rank + 1) * 2**30)
+        for metrics in ranks:
+            recording.scrape(minute, metrics, job="ddlc-train", instance=f"n1:{9500 + metrics.rank}")
+
+    def expr(panel_id: str, index: int = 0) -> str:
+        return substitute_grafana_variables(TRAINING_PROGRESS.panel(panel_id).series[index].promql, 3600, 30)
+
+    labels = lambda rank, **more: "{" + ", ".join(  # noqa: E731
+        f'{k}="{v}"' for k, v in sorted({"run": "r", "rank": str(rank), "node": "n1", **more}.items())) + "}"
+    target = lambda rank: {"job": "ddlc-train", "instance": f"n1:{9500 + rank}"}  # noqa: E731
+    tests = [
+        {"expr": f"round(1000 * ({expr('data-wait')}))", "eval_time": "5m",
+         "exp_samples": [{"labels": labels(r, **target(r)), "value": v} for r, v in ((0, 60), (1, 300))]},
+        {"expr": expr("peak-memory", 1), "eval_time": "5m",
+         "exp_samples": [{"labels": "ddlc_train_host_memory_peak_bytes" + labels(r, **target(r)),
+                          "value": (r + 1) * 2**30} for r in (0, 1)]},
+    ]
+    result = run_rule_test(promtool, tmp_path, "groups: []\n", recording, expr_tests=tests)
+    assert result.returncode == 0, result.stdout + result.stderr

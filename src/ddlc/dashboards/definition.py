@@ -310,13 +310,37 @@ TRAINING_PROGRESS = Dashboard(
             ),),
             empty_message=NO_RUN,
         ),
+        Panel(
+            "data-wait", "Data-loader wait per step", "seconds",
+            description="Per rank: time spent fetching the step's batches (ddlc.runtime.step_stats). A rank that "
+                        "waits for data while the others compute slows every step (locally: rank 0).",
+            series=(Series(
+                "{{run}} rank {{rank}}",
+                promql=f"rate(ddlc_train_data_wait_seconds_total{_RANKS}{_RATE}) "
+                       f"/ rate(ddlc_train_steps_total{_RANKS}{_RATE})",
+                local=LocalSource("run", "data_wait_s"),
+            ),),
+            empty_message=NO_RUN,
+        ),
+        Panel(
+            "peak-memory", "Peak memory per rank", "bytes",
+            description="GPU: the most PyTorch's allocator held on the rank's device; host: the rank process' peak "
+                        "resident memory (locally: rank 0, the GPU peak on CUDA, else the host peak).",
+            series=(
+                Series("{{run}} rank {{rank}} GPU", promql=f"ddlc_train_gpu_memory_peak_bytes{_RANKS}"),
+                Series("{{run}} rank {{rank}} host", promql=f"ddlc_train_host_memory_peak_bytes{_RANKS}"),
+                Series("{{run}} rank {{rank}} peak", local=LocalSource("run", "peak_memory_bytes")),
+            ),
+            empty_message=NO_RUN,
+        ),
     ),
 )
 
 NETWORK_PERFORMANCE = Dashboard(
     slug="network-performance",
     title="Network performance",
-    description="Per-interface traffic, packets and errors, and EFA RDMA traffic of each node.",
+    description="Per-interface traffic, packets and errors (virtual interfaces left out), and EFA traffic (RDMA, tx, "
+                "rx) of each node.",
     panels=(
         Panel(
             "network-receive", "Network receive", "bytes_per_second",
