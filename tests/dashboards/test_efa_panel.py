@@ -68,8 +68,10 @@ def _tree(root: Path, minute: int) -> None:
         directory = root / device / "ports" / "1" / "hw_counters"
         if not directory.exists():
             make_efa_tree(root, device, "1", {})
-        for counter, per_minute in growth.items():
-            (directory / counter).write_text(f"{START + per_minute * minute}\n")
+        for counter, per_minute in growth.items():  # atomically: a reader never sees a half-written number
+            partial = directory.parent / f".{counter}.tmp"
+            partial.write_text(f"{START + per_minute * minute}\n")
+            partial.replace(directory / counter)
 
 
 def _legend(label: str) -> str:
