@@ -320,7 +320,8 @@ TRAINING_PROGRESS = Dashboard(
                        f"/ rate(ddlc_train_steps_total{_RANKS}{_RATE})",
                 local=LocalSource("run", "data_wait_s"),
             ),),
-            empty_message=NO_RUN,
+            empty_message="No data-loader wait: the run has not logged a step, or it was written by a ddlc (or a "
+                          "loop of your own) that does not record `data_wait_s`.",
         ),
         Panel(
             "peak-memory", "Peak memory per rank", "bytes",
@@ -331,7 +332,8 @@ TRAINING_PROGRESS = Dashboard(
                 Series("{{run}} rank {{rank}} host", promql=f"ddlc_train_host_memory_peak_bytes{_RANKS}"),
                 Series("{{run}} rank {{rank}} peak", local=LocalSource("run", "peak_memory_bytes")),
             ),
-            empty_message=NO_RUN,
+            empty_message="No peak memory: the run has not logged a step, or it was written by a ddlc (or a loop "
+                          "of your own) that does not record `peak_memory_bytes`.",
         ),
     ),
 )
