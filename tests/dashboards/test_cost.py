@@ -148,3 +148,18 @@ def test_local_idle_cost_is_this_machine_outside_its_runs(run_dir, tmp_path):
     busy = run.end_time - run.start_time
     low, high = ((t - started - busy) * TABLE[PRICED_AS] / 3600 for t in (before, after))
     assert low <= series["y"][-1] <= high
+
+
+def test_local_idle_cost_without_a_price_leaves_the_tab_working(run_dir, tmp_path):
+    from ddlc.dashboards.panel_data import PanelData
+    from ddlc.dashboards.sampler import HostSampler
+
+    runs = tmp_path / "runs"
+    shutil.copytree(run_dir, runs / run_dir.name, ignore=shutil.ignore_patterns("checkpoints"))
+    sampler = HostSampler()
+    try:  # built by a script with a type the table lacks (the CLI refuses it up front)
+        panels = PanelData(runs, Pricing("x9.mega", None, TABLE), sampler=sampler).dashboard_data(
+            "cost-tracking", None)["panels"]
+    finally:
+        sampler.close()
+    assert panels["idle-node-cost"]["series"] == [] and panels["idle-node-cost"]["message"]

@@ -215,16 +215,16 @@ class PanelData:
     def _idle_cost(self, all_runs: list[RunRecord]) -> list[dict[str, Any]]:
         """This machine since the sampler started, minus the time runs of the store were going on it, priced as
         --instance-type (cpu-local: 0)."""
-        if self.sampler is None:
-            return []
-        from ddlc.monitor.pricing import LOCAL_INSTANCE_TYPE, hourly_price
+        from ddlc.monitor.pricing import LOCAL_INSTANCE_TYPE
 
+        hourly = self.pricing.table.get(self.pricing.instance_type or LOCAL_INSTANCE_TYPE)
+        if self.sampler is None or hourly is None:  # no price: the panel says so, the tab still works
+            return []
         now = time.time()
         # A run is busy from its first step to its last; one still logging (a step in the last 5 minutes, as
         # Prometheus' staleness) up to now. A run that crashed stops counting at its last step.
         busy = [(r.start_time, now if not r.finished and now - r.end_time < 300 else r.end_time) for r in all_runs
                 if r.readable and r.has_steps and r.start_time is not None and r.node == self.sampler.node]
-        hourly = hourly_price(self.pricing.instance_type or LOCAL_INSTANCE_TYPE, self.pricing.table)
         return [_series("idle", [now], [idle_cost_usd(self.sampler.started_at, now, busy, hourly)])]
 
 
