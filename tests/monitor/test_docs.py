@@ -10,6 +10,7 @@ import yaml
 from ddlc.monitor.agent import build_node_registry
 from ddlc.monitor.alert_rules import rules_text
 from ddlc.monitor.node_health import HealthMonitor
+from ddlc.monitor.slurm import SINFO, SQUEUE, SlurmCollector
 from ddlc.ops.health import HealthResult
 from ddlc.monitor.training import TrainingMetrics
 from tests.monitor.helpers import collected
@@ -29,6 +30,13 @@ def documented_names() -> set[str]:
     return set(re.findall(r"^\| `(ddlc_[a-z0-9_]+)` \|", DOC.read_text(), flags=re.MULTILINE))
 
 
+def recorded_slurm() -> SlurmCollector:
+    """The Slurm collector reading real squeue/sinfo output recorded by tests/monitor/test_slurm.py."""
+    data = Path(__file__).parent / "data"
+    outputs = {SQUEUE: (data / "slurm-squeue.txt").read_text(), SINFO: (data / "slurm-sinfo.txt").read_text()}
+    return SlurmCollector("head", run=outputs.get)
+
+
 def exported_names(tmp_path: Path) -> set[str]:
     make_efa_tree(tmp_path / "ib", "efa0", "1", {name: "1" for name in (
         "rx_bytes", "tx_bytes", "rx_pkts", "tx_pkts", "rx_drops", "rdma_read_bytes", "rdma_write_bytes",
@@ -44,6 +52,7 @@ def exported_names(tmp_path: Path) -> set[str]:
         health.run_once()  # `ddlc agent --health-interval` registers this collector too
         names = {name for name, _ in collected(registry)} | {name for name, _ in collected(metrics)}
         names |= {name for name, _ in collected(health)}
+        names |= {name for name, _ in collected(recorded_slurm())}  # `ddlc agent --slurm-metrics`
     finally:
         gpus.close()
         metrics.close()
