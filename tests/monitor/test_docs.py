@@ -16,7 +16,7 @@ from ddlc.monitor.training import TrainingMetrics
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.monitor.test_gpu import StandInNvml
+from tests.monitor.test_gpu_dcgm import DcgmStandIn as StandInNvml  # every GPU query NVML has
 from tests.monitor.test_network import make_efa_tree
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "metrics.md"
@@ -44,9 +44,10 @@ def exported_families(tmp_path: Path) -> dict[str, str]:
     make_efa_tree(tmp_path / "ib", "efa0", "1", {name: "1" for name in (
         "rx_bytes", "tx_bytes", "rx_pkts", "tx_pkts", "rx_drops", "rdma_read_bytes", "rdma_write_bytes",
         "rdma_read_resp_bytes", "rdma_write_recv_bytes")})
-    registry, gpus = build_node_registry("n", tmp_path, tmp_path / "ib", nvml=StandInNvml())
+    registry, gpus = build_node_registry("n", tmp_path, tmp_path / "ib", nvml=StandInNvml(), instance_type="g5.xlarge")
     metrics = TrainingMetrics("r", rank=0, world_size=1, node="n", instance_type=None, num_nodes=1)
-    metrics.observe_step(1, 1.0, 1e-3, 1.0, 0.1, 10, 1, compute_seconds=0.05, tokens_seen=10)
+    metrics.observe_step(1, 1.0, 1e-3, 1.0, 0.1, 10, 1, compute_seconds=0.05, tokens_seen=10, data_wait_seconds=0.01,
+                         host_memory_peak_bytes=2**30, gpu_memory_peak_bytes=2**30)
     metrics.observe_checkpoint(1, 0.1, True, 0.0)
     try:
         gpus.xids.record("0", 79)  # an Xid seen

@@ -70,3 +70,34 @@ def test_cost_is_price_times_nodes_times_hours() -> None:
     assert estimate_cost_usd(32.0, num_nodes=1, wall_seconds=-5) == 0.0
     with pytest.raises(UserError, match="num_nodes"):
         estimate_cost_usd(1.0, num_nodes=0, wall_seconds=1)
+
+
+def _shipped() -> dict:
+    import yaml
+    from importlib import resources
+
+    return yaml.safe_load(resources.files("ddlc.monitor").joinpath("prices.yaml").read_text())
+
+
+def test_shipped_table_is_dated_and_every_price_names_its_source() -> None:
+    import datetime
+
+    document = _shipped()
+    assert isinstance(document.get("as_of"), datetime.date), "prices.yaml needs `as_of: YYYY-MM-DD`"
+    assert document["as_of"] >= datetime.date(2025, 6, 1)  # after the 2025 P4/P5 price cut
+    sources = document.get("sources") or {}
+    for instance_type in document["prices"]:
+        if instance_type == "cpu-local":
+            continue
+        assert isinstance(sources.get(instance_type), str) and sources[instance_type].strip(), instance_type
+    assert set(sources) <= set(document["prices"])  # no source for a price that is not there
+
+
+def test_p4_and_p5_prices_are_after_the_2025_cut() -> None:
+    """The June 2025 cut lowered P4 and P5 on-demand prices by a third to nearly a half; the pre-cut list prices
+    (p4d 32.7726, p4de 40.9657, p5 98.32, p5en 84.80 as shipped before) overstate every cost on those nodes."""
+    table = default_price_table()
+    before = {"p4d.24xlarge": 32.7726, "p4de.24xlarge": 40.9657, "p5.48xlarge": 98.32, "p5en.48xlarge": 84.80}
+    for instance_type, old in before.items():
+        assert table[instance_type] < 0.8 * old, instance_type
+    assert table["p4d.24xlarge"] < table["p4de.24xlarge"] and table["p5.48xlarge"] < table["p5en.48xlarge"]
