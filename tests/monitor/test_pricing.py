@@ -26,6 +26,15 @@ def test_shipped_table_prices_the_cluster_instance_types() -> None:
     assert table["g5.xlarge"] < table["g5.2xlarge"] < table["g5.48xlarge"]
 
 
+def test_every_instance_type_the_cluster_runs_has_a_price() -> None:
+    """Each worker's agent is started with its own instance type (idle cost) and refuses an unpriced one: a
+    type in the instance table without a price would keep that node's agent from starting."""
+    from ddlc.infra.instance_types import GPU_INSTANCE_TYPES
+
+    table = default_price_table()
+    assert [name for name in GPU_INSTANCE_TYPES if name not in table] == []
+
+
 def test_user_file_overrides_and_extends(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     override = tmp_path / "prices.yaml"
     override.write_text("prices:\n  p4d.24xlarge: 21.96\n  trn1.32xlarge: 21.50\n")
