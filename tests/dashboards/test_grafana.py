@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 
 import pytest
 import yaml
@@ -109,3 +110,84 @@ def test_provisioning_files(exported):
     # Panels pick the data source through the variable whose default is the provisioned one.
     variable = _boards(exported)["cost-tracking"]["templating"]["list"][0]
     assert variable["type"] == "datasource" and variable["current"]["value"] == DATASOURCE_UID
+
+
+@pytest.fixture(scope="module")
+def two_nodes_two_runs(tmp_path_factory):
+    """A real Prometheus scraping two node agents (GPUs through a stand-in NVML, EFA trees) and two runs' rank 0,
+    one run per node, every second."""
+    import threading
+
+    from ddlc.monitor.agent import Agent, AgentSettings
+    from ddlc.monitor.training import TrainingMetrics
+    from tests.monitor.helpers import PrometheusServer
+    from tests.monitor.test_gpu import StandInNvml
+    from tests.monitor.test_network import make_efa_tree
+
+    workdir = tmp_path_factory.mktemp("variables")
+    agents, ranks = [], []
+    stop = threading.Event()
+    server = None
+    try:
+        for node, run in (("node-a", "run-a"), ("node-b", "run-b")):
+            make_efa_tree(workdir / node, "rdmap0", "1", {"rx_bytes": "1", "tx_bytes": "1", "rx_drops": "0",
+                                                          "rdma_read_bytes": "1", "rdma_write_bytes": "1"})
+            agents.append(Agent(AgentSettings(port=0, node=node, infiniband_root=workdir / node), nvml=StandInNvml()))
+            ranks.append(TrainingMetrics(run, rank=0, world_size=1, node=node, instance_type="p4d.24xlarge",
+                                         num_nodes=1, port=0))
+
+        def loop():
+            step = 0
+            while not stop.wait(0.1):
+                step += 1
+                for metrics in ranks:
+                    metrics.observe_step(step, 1.0, 1e-3, 1.0, 0.1, 100, 1, compute_seconds=0.05, tokens_seen=100 * step)
+
+        thread = threading.Thread(target=loop, daemon=True)
+        thread.start()
+        targets = lambda objs: [o.url.split("//")[1].split("/")[0] for o in objs]  # noqa: E731
+        config = {"global": {"scrape_interval": "1s"}, "scrape_configs": [
+            {"job_name": "ddlc-agent", "honor_labels": True, "static_configs": [{"targets": targets(agents)}]},
+            {"job_name": "ddlc-train", "honor_labels": True, "static_configs": [{"targets": targets(ranks)}]}]}
+        server = PrometheusServer(prometheus_tool("prometheus"), workdir, config)
+        # Three scrapes of every target, so rates exist.
+        server.wait_for(lambda: len(server.query("count_over_time(up[1m]) >= 3")) == 4, "three scrapes of each target",
+                        timeout=60)
+        yield server
+    finally:
+        stop.set()
+        if server is not None:
+            server.stop()
+        for thing in agents + ranks:
+            thing.close()
+
+
+def test_node_and_run_variables_filter_every_panel(exported, two_nodes_two_runs):
+    """Grafana puts the selection in place of $node / $run; "All" is `.*`. With node-a and run-a selected, no
+    panel query returns node-b's or run-b's series, and with All both appear."""
+    server = two_nodes_two_runs
+    narrowed = 0
+    for slug, data in _boards(exported).items():
+        names = {v["name"] for v in data["templating"]["list"]}
+        for panel in data["panels"]:
+            for target in panel["targets"]:
+                expr = target["expr"]
+                for name in ("node", "run"):
+                    assert (f"${name}" in expr) <= (name in names), (slug, panel["title"], name)
+                every = server.query(substitute_grafana_variables(expr, 60, 15))
+                chosen = server.query(substitute_grafana_variables(expr, 60, 15, {"node": "node-a", "run": "run-a"}))
+                for series in chosen:
+                    assert series["metric"].get("node", "node-a") == "node-a", (slug, panel["title"], series)
+                    assert series["metric"].get("run", "run-a") == "run-a", (slug, panel["title"], series)
+                if any(s["metric"].get("node") == "node-b" or s["metric"].get("run") == "run-b" for s in every):
+                    assert chosen, (slug, panel["title"], "the selection left nothing")
+                    narrowed += 1
+    assert narrowed >= 20
+    # The variables' own queries list both nodes and both runs (Grafana's label_values(selector, label)).
+    gpu = _boards(exported)["gpu-cluster-health"]["templating"]["list"]
+    cost = _boards(exported)["cost-tracking"]["templating"]["list"]
+    for variable, label, expected in ((gpu[1], "node", {"node-a", "node-b"}), (cost[-1], "run", {"run-a", "run-b"})):
+        assert variable["name"] == label and variable["allValue"] == ".*" and variable["multi"]
+        selector = variable["query"]["query"].removeprefix("label_values(").rsplit(",", 1)[0]
+        series = server.api("series", **{"match[]": selector, "start": str(time.time() - 300)})
+        assert {s[label] for s in series if label in s} == expected

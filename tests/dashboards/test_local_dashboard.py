@@ -6,15 +6,17 @@ Screenshots of each tab go to runs/test-artifacts/dashboards/."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import time
 import urllib.error
 import urllib.request
 
+import psutil
 import pytest
 
 from ddlc.dashboards.cost import Pricing
-from ddlc.dashboards.definition import DASHBOARDS
+from ddlc.dashboards.definition import DASHBOARDS, HIDDEN_INTERFACES
 from ddlc.dashboards.panel_data import PanelData
 from ddlc.dashboards.sampler import HostSampler
 from ddlc.dashboards.server import DashboardServer
@@ -25,8 +27,11 @@ from tests.support import CONFIG, FAST, PYTHON, REPO, TRAIN_PY, child_env
 # Panels with data on any machine that ran the training run (GPU and EFA panels depend on the hardware).
 ALWAYS_DATA = {
     "gpu-cluster-health": {"cpu-utilization", "host-memory"},
-    "training-progress": {"loss", "throughput", "step-time", "learning-rate", "grad-norm", "step", "tokens-seen"},
-    "network-performance": {"network-receive", "network-transmit", "network-packets", "network-errors"},
+    "training-progress": {"loss", "throughput", "step-time", "learning-rate", "grad-norm", "step", "tokens-seen",
+                          "data-wait", "peak-memory"},
+    # Only interfaces that carry the node's own traffic are drawn (not lo, ifb, veth, docker bridges).
+    "network-performance": {"network-receive", "network-transmit", "network-packets", "network-errors"}
+    if any(not re.fullmatch(HIDDEN_INTERFACES, name) for name in psutil.net_io_counters(pernic=True)) else set(),
     "cost-tracking": {"cost-total", "cost-projected", "cost-per-1m-tokens", "cost-over-time", "cost-per-step",
                       "cost-per-epoch", "cost-by-run", "cost-by-node"},
 }
@@ -184,3 +189,69 @@ def test_error_replies_are_one_short_line_and_head_works(server):
     request = urllib.request.Request(server.url + "api/definition", method="HEAD")
     with urllib.request.urlopen(request, timeout=10) as response:
         assert response.status == 200 and int(response.headers["Content-Length"]) > 100 and response.read() == b""
+
+
+def test_a_hash_only_url_change_switches_tabs(server, browser):
+    """A link to #slug, a typed hash or Back/Forward changes the URL without a reload: the page follows it."""
+    page = browser.new_page(viewport={"width": 1200, "height": 900})
+    selected = "document.querySelector('#tabs button[aria-selected=\"true\"]')?.dataset.board"
+    visible = "document.querySelector('.board.active')?.id"
+    try:
+        page.goto(server.url + "#training-progress")
+        page.wait_for_function(f"{selected} === 'training-progress'")
+        for slug in ("cost-tracking", "network-performance"):
+            page.evaluate(f"location.hash = '#{slug}'")  # a new history entry, no reload
+            page.wait_for_function(f"{selected} === '{slug}'", timeout=10000)
+            assert page.evaluate(visible) == f"board-{slug}"
+            # The new tab's panels get filled, not left at "loading".
+            page.wait_for_function(f"[...document.querySelectorAll('#board-{slug} .panel')]"
+                                   ".every(p => p.dataset.state !== 'loading')", timeout=15000)
+        page.go_back()
+        page.wait_for_function(f"{selected} === 'cost-tracking'", timeout=10000)
+        page.evaluate("location.hash = '#no-such-board'")  # unknown: stays where it was
+        page.wait_for_timeout(300)
+        assert page.evaluate(selected) == "cost-tracking"
+    finally:
+        page.close()
+
+
+def test_efa_traffic_panel_draws_rdma_tx_and_rx(runs_dir, run_dir, browser, artifacts, tmp_path):
+    """The EFA panel on a machine with EFA (a sysfs-shaped tree whose counters grow while the page is open):
+    one RDMA, one tx and one rx line per device, drawn in Chromium (#17 item 8)."""
+    import threading
+
+    from tests.dashboards.test_efa_panel import GROWTH, _tree
+
+    root = tmp_path / "ib"
+    _tree(root, 0)
+    stop = threading.Event()
+
+    def grow():
+        minute = 0
+        while not stop.wait(0.1):
+            minute += 1
+            _tree(root, minute)
+
+    writer = threading.Thread(target=grow, daemon=True)
+    writer.start()
+    sampler = HostSampler(interval_s=0.25, infiniband_root=root).start()
+    data = PanelData(runs_dir, Pricing(PRICED_AS, None, load_price_table()), sampler=sampler, run_path=run_dir)
+    server = DashboardServer(data, port=0, refresh_ms=500).start()
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    try:
+        page.goto(server.url + "#network-performance")
+        names = "document.querySelector('#panel-network-performance-efa-rdma .plot').data?.map(t => t.name) || []"
+        try:  # generous: the machine is shared and loaded
+            page.wait_for_function(f"({names}).length === {3 * len(GROWTH)}", timeout=60000)
+        except Exception as error:
+            panel = json.loads(_get(server.url + "api/dashboards/network-performance")[2])["panels"]["efa-rdma"]
+            raise AssertionError(f"traces {page.evaluate(names)}; the API said {str(panel)[:500]}") from error
+        traces = sorted(page.evaluate(names))
+        assert traces == sorted(f"{sampler.node} {d} {kind}" for d in GROWTH for kind in ("RDMA", "tx", "rx"))
+        page.screenshot(path=str(artifacts / "tab-network-performance-efa.png"), full_page=True)
+    finally:
+        page.close()
+        server.close()
+        stop.set()
+        writer.join()
+        sampler.close()

@@ -72,6 +72,8 @@ def test_parse_since():
 # -- with Prometheus ---------------------------------------------------------------------------------------
 
 HOURS = 6
+BUSY_HOURS = 4  # gpu-a runs week-run for the first 4 of the 6 hours
+NODE_TYPES = {"gpu-a": "p4d.24xlarge", "gpu-b": "g5.xlarge"}
 BUSY, IDLE = 0.9, 0.02
 
 
@@ -94,6 +96,16 @@ def prometheus(tmp_path_factory):
     lines.append("# TYPE ddlc_run_cost_usd gauge")  # what rank 0 exports with the counter: the run's cost across resumes
     lines += [f'ddlc_run_cost_usd{{run="week-run",instance_type="p4d.24xlarge"}} {(t - samples[0]) / 3600 * 32.7726:.4f} {t}'
               for t in samples]
+    # What `ddlc agent --instance-type` exports on both nodes, and a rank of week-run on gpu-a for the first
+    # BUSY_HOURS: the idle cost counts gpu-a after that, and gpu-b all along.
+    lines.append("# TYPE ddlc_node_price_usd_per_hour gauge")
+    for node, instance_type in NODE_TYPES.items():
+        price = load_price_table()[instance_type]
+        lines += [f'ddlc_node_price_usd_per_hour{{node="{node}",instance_type="{instance_type}"}} {price} {t}'
+                  for t in samples]
+    lines.append("# TYPE ddlc_train_steps counter")
+    lines += [f'ddlc_train_steps_total{{run="week-run",rank="0",node="gpu-a"}} {i} {t}'
+              for i, t in enumerate(samples) if t < samples[0] + BUSY_HOURS * 3600]
     lines.append("# EOF")
     source = workdir / "backfill.om"
     source.write_text("\n".join(lines) + "\n")
@@ -135,3 +147,52 @@ def test_local_dashboard_reads_prometheus(prometheus, runs_dir):
     assert values and all(math.isclose(v, 90.0) for v in values)
     # Panels Prometheus has nothing for still fall back to this machine (CPU, memory).
     assert panels["cpu-utilization"]["source"] == "local"
+
+
+def test_empty_panel_says_what_prometheus_answered(prometheus, runs_dir):
+    """With --prometheus, a panel without data names that Prometheus (never "no Prometheus URL was given");
+    an unreachable one is named as such, with the reason."""
+    from tests.support import free_port
+
+    data = PanelData(runs_dir, Pricing(PRICED_AS, None, load_price_table()), prometheus=PrometheusClient(prometheus.base))
+    temperature = data.dashboard_data("gpu-cluster-health", RUN_NAME)["panels"]["gpu-temperature"]  # not backfilled
+    efa = data.dashboard_data("network-performance", RUN_NAME)["panels"]["efa-rdma"]
+    for panel, what in ((temperature, "No GPU data"), (efa, "No EFA data")):
+        assert panel["series"] == [] and panel["message"].startswith(what), panel["message"]
+        assert "no Prometheus URL" not in panel["message"]
+        assert f"Prometheus at {prometheus.base} has no series" in panel["message"]
+    dead = f"http://127.0.0.1:{free_port()}"
+    data = PanelData(runs_dir, Pricing(PRICED_AS, None, load_price_table()), prometheus=PrometheusClient(dead, timeout_s=2))
+    message = data.dashboard_data("gpu-cluster-health", RUN_NAME)["panels"]["gpu-temperature"]["message"]
+    assert "no Prometheus URL" not in message and f"cannot reach {dead}" in message, message
+
+
+
+def _expected_idle_usd() -> dict[str, float]:
+    """gpu-a idle after week-run's last sample, less the 5 minutes its series stays fresh; gpu-b all 6 hours."""
+    table = load_price_table()
+    return {"gpu-a": table[NODE_TYPES["gpu-a"]] * (HOURS - BUSY_HOURS - 5 / 60),
+            "gpu-b": table[NODE_TYPES["gpu-b"]] * HOURS}
+
+
+def test_idle_node_cost_in_the_report_and_the_panel(prometheus, runs_dir, artifacts):
+    """The weekly review and the Cost tab count what nodes cost while no job ran on them (#17 idle cost)."""
+    from ddlc.dashboards.definition import COST_TRACKING
+    from ddlc.dashboards.prometheus import substitute_grafana_variables
+
+    expected = _expected_idle_usd()
+    report = collect(runs_dir, parse_since("1d"), Pricing(PRICED_AS, None, load_price_table()),
+                     prometheus=PrometheusClient(prometheus.base))
+    assert set(report.idle_cost) == set(expected)
+    for node, usd in expected.items():  # sampled every 173 s over the day: within two samples
+        assert report.idle_cost[node] == pytest.approx(usd, abs=2 * 173 / 3600 * load_price_table()[NODE_TYPES[node]])
+    text = write_report(report, artifacts / "utilization-idle.md").read_text()
+    assert "## Idle node cost" in text and "| gpu-a |" in text.split("## Idle node cost")[1]
+    # The panel's own query, as Grafana runs it over the last 6 hours with every node.
+    expr = substitute_grafana_variables(COST_TRACKING.panel("idle-node-cost").series[0].promql, HOURS * 3600, 60)
+    (value,) = prometheus.query(expr)
+    assert float(value["value"][1]) == pytest.approx(sum(expected.values()), abs=1.0)
+    # Only gpu-b selected: its price x 6 hours.
+    only_b = substitute_grafana_variables(COST_TRACKING.panel("idle-node-cost").series[0].promql, HOURS * 3600, 60,
+                                          {"node": "gpu-b"})
+    assert float(prometheus.query(only_b)[0]["value"][1]) == pytest.approx(expected["gpu-b"], abs=0.05)

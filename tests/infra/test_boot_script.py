@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -99,6 +100,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self._reply(401, "IMDSv2 token required")
         elif self.path == "/latest/meta-data/instance-id":
             self._reply(200, sys.argv[1])
+        elif self.path == "/latest/meta-data/instance-type":
+            self._reply(200, "p4d.24xlarge")
         else:
             self._reply(404, "not found")
     def _reply(self, code, body):
@@ -304,6 +307,7 @@ def test_boot_writes_cluster_env_with_instance_identity_and_units(booted):
     env = dict(line.split("=", 1) for line in (root / "etc/ddlc/cluster.env").read_text().splitlines())
     assert env["DDLC_CLUSTER"] == CLUSTER and env["DDLC_INSTANCE_ID"] == booted["read"]("instance-id")
     assert env["DDLC_WORKER_GROUP"] == f"{CLUSTER}-workers"
+    assert env["DDLC_INSTANCE_TYPE"] == "p4d.24xlarge"  # the worker's agent prices its idle hours with it
     systemctl = (root / "var/log/fake-systemctl.log").read_text()
     assert "systemctl enable --now ddlc-agent.service ddlc-hostfile.timer" in systemctl
     assert "ExecStart=/usr/local/bin/ddlc agent" in (root / "etc/systemd/system/ddlc-agent.service").read_text()
@@ -322,6 +326,8 @@ def test_hostfile_and_master_env_from_discovery(booted):
 def test_agent_unit_command_serves_metrics(booted):
     metrics = booted["read"]("metrics.txt")
     assert "ddlc_agent_info{" in metrics, booted["read"]("agent.out")[-2000:]
+    # started from cluster.env's DDLC_INSTANCE_TYPE: the node's price, for the idle-cost view
+    assert re.search(r"^ddlc_node_price_usd_per_hour(\{[^}]*\})? 21\.96$", metrics, re.M), metrics[-2000:]
 
 
 def test_cluster_ssh_keys_installed_for_the_user_with_cluster_only_trust(booted):

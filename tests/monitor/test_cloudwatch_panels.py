@@ -94,7 +94,7 @@ def test_the_cluster_starts_the_agent_publishing_to_cloudwatch() -> None:
 def test_every_cloudwatch_panel_series_is_published(tmp_path: Path) -> None:
     wanted = panel_series()
     assert {("ddlc_train_loss", frozenset({"node", "rank", "run"})),
-            ("ddlc_efa_rdma_write_bytes_total", frozenset({"device", "node", "port"})),
+            ("ddlc_efa_rdma_bytes_total", frozenset({"device", "node", "port"})),
             ("ddlc_slurm_nodes", frozenset({"node", "state"}))} <= wanted
     missing = wanted - published_by_the_agent(tmp_path) - published_from_the_ranks()
     assert missing == set()

@@ -33,7 +33,7 @@ def test_without_nvml_reports_no_gpus_and_says_so_once(caplog: pytest.LogCapture
         first, second = GpuCollector("n1"), GpuCollector("n1")
         samples = collected(first) | collected(second)
     assert not first.available and first.gpu_count == 0
-    assert samples == {("ddlc_gpu_count", frozenset({("node", "n1")})): 0.0}
+    assert samples == {("ddlc_gpus", frozenset({("node", "n1")})): 0.0}
     messages = [r.getMessage() for r in caplog.records if "NVML is not available" in r.getMessage()]
     assert len(messages) == 1, messages
     first.close()
@@ -118,7 +118,7 @@ def test_nvml_values_map_to_metrics() -> None:
         collector.close()
     g0 = {("node", "n1"), ("gpu", "0")}
     g1 = {("node", "n1"), ("gpu", "1")}
-    assert samples[("ddlc_gpu_count", frozenset({("node", "n1")}))] == 2
+    assert samples[("ddlc_gpus", frozenset({("node", "n1")}))] == 2
     assert samples[("ddlc_gpu_utilization_ratio", frozenset(g0))] == pytest.approx(0.87)
     assert samples[("ddlc_gpu_utilization_ratio", frozenset(g1))] == pytest.approx(0.12)
     assert samples[("ddlc_gpu_memory_used_bytes", frozenset(g0))] == 60 * 2**30

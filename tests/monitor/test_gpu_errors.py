@@ -48,7 +48,7 @@ def test_first_xid_fires_the_alert_and_shows_on_the_panel(promtool: str, tmp_pat
         if minute == 10:
             xids.record("3", 79)
         recording.scrape(minute, agent, job="ddlc-agent", instance="n1:9400")
-    panel = GPU_CLUSTER_HEALTH.panel("gpu-errors").series[0].promql
+    panel = GPU_CLUSTER_HEALTH.panel("gpu-errors").series[0].promql.replace("$node", ".*")  # Grafana's "All"
     fired = {"severity": "critical", "node": "n1", "gpu": "3", "job": "ddlc-agent", "instance": "n1:9400"}
     result = run_rule_test(
         promtool, tmp_path, rules_text(), recording,

@@ -15,7 +15,7 @@ def test_cpu_memory_and_checkpoint_disk(tmp_path: Path) -> None:
     samples = collected(HostCollector("n1", checkpoint_path=tmp_path))
     node = frozenset({("node", "n1")})
     assert 0.0 <= samples[("ddlc_cpu_utilization_ratio", node)] <= 1.0
-    assert samples[("ddlc_cpu_count", node)] == psutil.cpu_count()
+    assert samples[("ddlc_cpus", node)] == psutil.cpu_count()
     assert samples[("ddlc_memory_total_bytes", node)] == psutil.virtual_memory().total
     assert 0 < samples[("ddlc_memory_used_bytes", node)] < samples[("ddlc_memory_total_bytes", node)]
     disk = frozenset({("node", "n1"), ("path", str(tmp_path))})

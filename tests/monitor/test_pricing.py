@@ -26,6 +26,15 @@ def test_shipped_table_prices_the_cluster_instance_types() -> None:
     assert table["g5.xlarge"] < table["g5.2xlarge"] < table["g5.48xlarge"]
 
 
+def test_every_instance_type_the_cluster_runs_has_a_price() -> None:
+    """Each worker's agent is started with its own instance type (idle cost) and refuses an unpriced one: a
+    type in the instance table without a price would keep that node's agent from starting."""
+    from ddlc.infra.instance_types import GPU_INSTANCE_TYPES
+
+    table = default_price_table()
+    assert [name for name in GPU_INSTANCE_TYPES if name not in table] == []
+
+
 def test_user_file_overrides_and_extends(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     override = tmp_path / "prices.yaml"
     override.write_text("prices:\n  p4d.24xlarge: 21.96\n  trn1.32xlarge: 21.50\n")
@@ -70,3 +79,34 @@ def test_cost_is_price_times_nodes_times_hours() -> None:
     assert estimate_cost_usd(32.0, num_nodes=1, wall_seconds=-5) == 0.0
     with pytest.raises(UserError, match="num_nodes"):
         estimate_cost_usd(1.0, num_nodes=0, wall_seconds=1)
+
+
+def _shipped() -> dict:
+    import yaml
+    from importlib import resources
+
+    return yaml.safe_load(resources.files("ddlc.monitor").joinpath("prices.yaml").read_text())
+
+
+def test_shipped_table_is_dated_and_every_price_names_its_source() -> None:
+    import datetime
+
+    document = _shipped()
+    assert isinstance(document.get("as_of"), datetime.date), "prices.yaml needs `as_of: YYYY-MM-DD`"
+    assert document["as_of"] >= datetime.date(2025, 6, 1)  # after the 2025 P4/P5 price cut
+    sources = document.get("sources") or {}
+    for instance_type in document["prices"]:
+        if instance_type == "cpu-local":
+            continue
+        assert isinstance(sources.get(instance_type), str) and sources[instance_type].strip(), instance_type
+    assert set(sources) <= set(document["prices"])  # no source for a price that is not there
+
+
+def test_p4_and_p5_prices_are_after_the_2025_cut() -> None:
+    """The June 2025 cut lowered P4 and P5 on-demand prices by a third to nearly a half; the pre-cut list prices
+    (p4d 32.7726, p4de 40.9657, p5 98.32, p5en 84.80 as shipped before) overstate every cost on those nodes."""
+    table = default_price_table()
+    before = {"p4d.24xlarge": 32.7726, "p4de.24xlarge": 40.9657, "p5.48xlarge": 98.32, "p5en.48xlarge": 84.80}
+    for instance_type, old in before.items():
+        assert table[instance_type] < 0.8 * old, instance_type
+    assert table["p4d.24xlarge"] < table["p4de.24xlarge"] and table["p5.48xlarge"] < table["p5en.48xlarge"]

@@ -88,7 +88,7 @@ def parse_hostfile_text(directory: Path, text: str) -> list[HostEntry]:
 
 
 AGENT_METRICS = [
-    "ddlc_agent_info", "ddlc_gpu_count", "ddlc_network_receive_bytes_total", "ddlc_network_transmit_bytes_total",
+    "ddlc_agent_info", "ddlc_gpus", "ddlc_network_receive_bytes_total", "ddlc_network_transmit_bytes_total",
     "ddlc_cpu_utilization_ratio", "ddlc_memory_used_bytes", "ddlc_disk_free_bytes",
 ]
 TRAIN_METRICS = [

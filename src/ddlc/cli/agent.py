@@ -30,6 +30,8 @@ def agent(
     replace_unhealthy: bool = typer.Option(False, "--replace-unhealthy/--no-replace-unhealthy", help="Then mark "
                                            "this EC2 instance Unhealthy in its Auto Scaling group (replaced)."),
     min_free_gb: float = typer.Option(10.0, "--min-free-gb", min=0, help="Health: free disk required."),
+    instance_type: Optional[str] = typer.Option(None, "--instance-type", envvar="DDLC_INSTANCE_TYPE", help="Export "
+                                                "this node's hourly price (price table) for the idle cost view."),
     imds_url: str = typer.Option("http://169.254.169.254", "--imds-url", hidden=True),
     autoscaling_endpoint_url: Optional[str] = typer.Option(None, "--autoscaling-endpoint-url", hidden=True),
     slurm_metrics: bool = typer.Option(False, "--slurm-metrics/--no-slurm-metrics", help="Also export Slurm's "
@@ -45,7 +47,7 @@ def agent(
         cloudwatch_interval_s=interval, region=region, cloudwatch_endpoint_url=endpoint_url,
         health_interval_s=health_interval, unhealthy_after=unhealthy_after, replace_unhealthy=replace_unhealthy,
         health_options=_health_options(min_free_gb, checkpoint_path), imds_url=imds_url,
-        autoscaling_endpoint_url=autoscaling_endpoint_url, slurm_metrics=slurm_metrics,
+        autoscaling_endpoint_url=autoscaling_endpoint_url, instance_type=instance_type, slurm_metrics=slurm_metrics,
     )
     run_agent(settings, on_ready=lambda running: typer.echo(f"ddlc agent serving {running.url}"))
 

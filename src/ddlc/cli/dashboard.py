@@ -36,7 +36,7 @@ def serve(
     prometheus: Optional[str] = typer.Option(None, "--prometheus", help="Prometheus URL to read cluster metrics from."),
     instance_type: Optional[str] = typer.Option(
         None, "--instance-type", help="Price runs as this instance type when their summary names none (default cpu-local)."),
-    nodes: Optional[int] = typer.Option(None, "--nodes", min=1, help="Nodes per run for the cost (default: the run's own)."),
+    nodes: Optional[int] = typer.Option(None, "--nodes", min=1, help="Nodes per run for the cost of runs whose summary.json records none (default 1)."),
     price_table: Optional[Path] = typer.Option(None, "--price-table", help="Price overrides (YAML `prices:` mapping)."),
     refresh: float = typer.Option(2.0, "--refresh", min=0.2, help="Seconds between page updates."),
 ) -> None:

@@ -21,7 +21,7 @@ def utilization(
     prometheus: Optional[str] = typer.Option(None, "--prometheus", help="Prometheus URL for GPU utilization per node."),
     instance_type: Optional[str] = typer.Option(
         None, "--instance-type", help="Price runs as this instance type when their summary names none (default cpu-local)."),
-    nodes: Optional[int] = typer.Option(None, "--nodes", min=1, help="Nodes per run for the cost (default: the run's own)."),
+    nodes: Optional[int] = typer.Option(None, "--nodes", min=1, help="Nodes per run for the cost of runs whose summary.json records none (default 1)."),
     price_table: Optional[Path] = typer.Option(None, "--price-table", help="Price overrides (YAML `prices:` mapping)."),
 ) -> None:
     """GPU-hours, mean utilization vs the 80% target, idle nodes, cost and the worst offenders, with plots."""

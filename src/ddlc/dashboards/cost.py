@@ -8,7 +8,8 @@
     idle GPU-hours     = sum over GPUs of the hours each spent below IDLE_GPU_UTILIZATION_PERCENT
 
 The instance type comes from summary.json's `instance_type` when the runtime records it, else the caller's
-choice (`--instance-type`), else `cpu-local` (price 0).
+choice (`--instance-type`), else `cpu-local` (price 0); the nodes likewise from summary.json's `num_nodes`, else
+`--nodes`, else 1.
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ class Pricing:
 
     def for_run(self, run: RunRecord) -> tuple[str, int, float]:
         instance_type = run.instance_type or self.instance_type or LOCAL_INSTANCE_TYPE
-        nodes = self.num_nodes or run.num_nodes
+        # What the run recorded wins, as for the instance type; the option fills in for runs that recorded none.
+        nodes = run.recorded_num_nodes or self.num_nodes or 1
         return instance_type, nodes, hourly_price(instance_type, self.table)
 
     def check(self, run: RunRecord) -> RunRecord:
@@ -145,3 +147,16 @@ def idle_gpu_hours(samples: Mapping[str, Sequence[tuple[float, float]]]) -> Opti
             if value < IDLE_GPU_UTILIZATION_PERCENT:
                 hours += (t1 - t0) / 3600.0
     return hours
+
+
+def idle_cost_usd(start: float, end: float, busy: Sequence[tuple[float, float]], hourly_usd: float) -> float:
+    """hourly x the hours of [start, end] that no busy interval covers (overlapping intervals count once)."""
+    if end <= start:
+        return 0.0
+    covered, reach = 0.0, start
+    for low, high in sorted((max(a, start), min(b, end)) for a, b in busy):
+        if high <= reach:
+            continue
+        covered += high - max(low, reach)
+        reach = high
+    return hourly_usd * max(end - start - covered, 0.0) / 3600.0

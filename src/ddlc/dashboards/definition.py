@@ -47,6 +47,7 @@ class LocalSource:
     divide_by: Optional[str] = None
     scale: float = 1.0
     combine: Literal["avg", "sum"] = "avg"  # how series sharing a `by` value (or all, without `by`) combine
+    hide_devices: Optional[str] = None  # a regex: samples whose `device` label matches it in full are left out
 
 
 @dataclass(frozen=True)
@@ -97,9 +98,11 @@ class Dashboard:
         raise KeyError(panel_id)
 
 
-NO_GPU = ("No GPU data: this machine has no NVIDIA GPU (NVML not found) and no Prometheus URL was given "
-          "(`ddlc dashboard --prometheus URL`).")
-NO_EFA = "No EFA data: this machine has no EFA device, and no Prometheus URL was given."
+# Said when no URL was given; with one, the local page replaces it with what Prometheus answered
+# (ddlc.dashboards.panel_data.empty_message).
+NO_PROMETHEUS = ", and no Prometheus URL was given (`ddlc dashboard --prometheus URL`)."
+NO_GPU = "No GPU data: this machine has no NVIDIA GPU (NVML not found)" + NO_PROMETHEUS
+NO_EFA = "No EFA data: this machine has no EFA device" + NO_PROMETHEUS
 NO_RUN = "No training data yet: the run has not logged a step."
 NO_SLURM = ("No Slurm data: squeue/sinfo are not installed here or no slurmctld answered (on the cluster the head "
             "node's agent exports them with scheduler=slurm).")
@@ -109,7 +112,7 @@ _MEMORY_HIGH = Threshold(GPU_MEMORY_HIGH_PERCENT, f"{GPU_MEMORY_HIGH_PERCENT:g}%
 
 
 def _cw_search(namespace_and_dims: str, metric: str, statistic: str = "Average", period: int = 300,
-               cluster: bool = False) -> str:
+               cluster: bool = False, extra: str = "") -> str:
     """A CloudWatch SEARCH: with `cluster`, any series of the namespace carrying ClusterName=<this cluster>
     (the CloudWatch agent adds more dimensions than we name: GPU index, interface, ...); otherwise an exact
     dimension schema (ddlc's own namespace, where labels become dimensions)."""
@@ -117,7 +120,7 @@ def _cw_search(namespace_and_dims: str, metric: str, statistic: str = "Average",
         terms = f'Namespace="{namespace_and_dims}" MetricName="{metric}" ClusterName="$CLUSTER"'
     else:
         terms = f'{{{namespace_and_dims}}} MetricName="{metric}"'
-    return f"SEARCH('{terms}', '{statistic}', {period})"
+    return f"SEARCH('{terms}{extra}', '{statistic}', {period})"
 
 
 # CloudWatch agent series, tagged with the cluster (see ddlc.infra.user_data).
@@ -127,8 +130,22 @@ _CW_AGENT_NET = "CWAgent"
 _DDLC_RANK = "DDLC,node,rank,run"
 _DDLC_SLURM = "DDLC,node,state"  # the head node's agent (ddlc.monitor.slurm)
 _DDLC_COST = "DDLC,instance_type,run"
+_DDLC_EFA = "DDLC,device,node,port"  # the node agent's EFA counters, published as per-second rates
 
 _RATE = "[$__rate_interval]"
+# Grafana's $node and $run template variables (multi-value, "All" = .*; the local page puts .* in their place).
+# Node series filter by node; job-level series by run; per-rank series by both. Rank 0's job-level gauges (loss,
+# learning rate, gradient norm) by run only: rank 0 may be on a node not selected.
+_NODE_MATCH = 'node=~"$node"'
+_RUN_MATCH = 'run=~"$run"'
+_NODE = f"{{{_NODE_MATCH}}}"
+_RUN = f"{{{_RUN_MATCH}}}"
+_RANKS = f"{{{_RUN_MATCH},{_NODE_MATCH}}}"
+# Interfaces whose traffic is not the node's own: loopback, traffic shaping (ifb), container veth pairs and bridges.
+# The network panels leave them out (PromQL `device!~`, the local page; CloudWatch: `lo`, see docs/dashboards.md).
+HIDDEN_INTERFACES = r"lo|ifb.*|veth.*|docker.*|br-.*|virbr.*"
+_SHOWN = f'{{device!~"{HIDDEN_INTERFACES}",{_NODE_MATCH}}}'
+_CW_SHOWN = ' NOT interface="lo"'  # CloudWatch search terms match whole tokens, not patterns
 # Stat and bar panels read the last value in the dashboard's range: a finished run's series are stale minutes after
 # its end, and an instant query would drop it.
 _LAST = "[$__range]"
@@ -143,7 +160,7 @@ GPU_CLUSTER_HEALTH = Dashboard(
             "gpu-utilization", "GPU utilization", "percent",
             description="Per GPU. Below the 80% target for 30 minutes raises DDLCGpuUnderutilized.",
             series=(Series(
-                "{{node}} GPU {{gpu}}", promql="100 * ddlc_gpu_utilization_ratio",
+                "{{node}} GPU {{gpu}}", promql=f"100 * ddlc_gpu_utilization_ratio{_NODE}",
                 cloudwatch=_cw_search(_CW_AGENT, "nvidia_smi_utilization_gpu", cluster=True),
                 local=LocalSource("host", "ddlc_gpu_utilization_ratio", by="gpu", scale=100.0),
             ),),
@@ -153,7 +170,7 @@ GPU_CLUSTER_HEALTH = Dashboard(
             "gpu-utilization-mean", "Mean GPU utilization", "percent", kind="stat",
             description="Average over every GPU of the cluster; the alarm's series in CloudWatch.",
             series=(Series(
-                "mean", promql="100 * avg(ddlc_gpu_utilization_ratio)", cloudwatch="alarm:gpu_utilization",
+                "mean", promql=f"100 * avg(ddlc_gpu_utilization_ratio{_NODE})", cloudwatch="alarm:gpu_utilization",
                 local=LocalSource("host", "ddlc_gpu_utilization_ratio", scale=100.0),
             ),),
             thresholds=(_TARGET,), empty_message=NO_GPU, width=6,
@@ -161,7 +178,7 @@ GPU_CLUSTER_HEALTH = Dashboard(
         Panel(
             "gpu-memory", "GPU memory used", "percent",
             series=(Series(
-                "{{node}} GPU {{gpu}}", promql="100 * ddlc_gpu_memory_used_bytes / ddlc_gpu_memory_total_bytes",
+                "{{node}} GPU {{gpu}}", promql=f"100 * ddlc_gpu_memory_used_bytes{_NODE} / ddlc_gpu_memory_total_bytes{_NODE}",
                 cloudwatch="alarm:gpu_memory_percent",
                 local=LocalSource("host", "ddlc_gpu_memory_used_bytes", by="gpu",
                                   divide_by="ddlc_gpu_memory_total_bytes", scale=100.0),
@@ -171,7 +188,7 @@ GPU_CLUSTER_HEALTH = Dashboard(
         Panel(
             "gpu-temperature", "GPU temperature", "celsius",
             series=(Series(
-                "{{node}} GPU {{gpu}}", promql="ddlc_gpu_temperature_celsius",
+                "{{node}} GPU {{gpu}}", promql=f"ddlc_gpu_temperature_celsius{_NODE}",
                 cloudwatch=_cw_search(_CW_AGENT, "nvidia_smi_temperature_gpu", cluster=True),
                 local=LocalSource("host", "ddlc_gpu_temperature_celsius", by="gpu"),
             ),),
@@ -180,7 +197,7 @@ GPU_CLUSTER_HEALTH = Dashboard(
         Panel(
             "gpu-power", "GPU power", "watts",
             series=(Series(
-                "{{node}} GPU {{gpu}}", promql="ddlc_gpu_power_watts",
+                "{{node}} GPU {{gpu}}", promql=f"ddlc_gpu_power_watts{_NODE}",
                 cloudwatch=_cw_search(_CW_AGENT, "nvidia_smi_power_draw", cluster=True),
                 local=LocalSource("host", "ddlc_gpu_power_watts", by="gpu"),
             ),),
@@ -192,8 +209,8 @@ GPU_CLUSTER_HEALTH = Dashboard(
             series=(Series(
                 "Xid + uncorrected ECC",
                 # Each side `or vector(0)`: a node without ECC reporting (or without Xid events) still shows 0.
-                promql='(sum(increase(ddlc_gpu_xid_errors_total[1h])) or vector(0))'
-                       ' + (sum(increase(ddlc_gpu_ecc_errors_total{type="uncorrected"}[1h])) or vector(0))',
+                promql=f"(sum(increase(ddlc_gpu_xid_errors_total{_NODE}[1h])) or vector(0))"
+                       f' + (sum(increase(ddlc_gpu_ecc_errors_total{{type="uncorrected",{_NODE_MATCH}}}[1h])) or vector(0))',
                 local=LocalSource("host", "ddlc_gpu_xid_errors_total", combine="sum"),
             ),),
             empty_message=NO_GPU, width=6,
@@ -201,7 +218,7 @@ GPU_CLUSTER_HEALTH = Dashboard(
         Panel(
             "cpu-utilization", "Host CPU utilization", "percent",
             series=(Series(
-                "{{node}}", promql="100 * ddlc_cpu_utilization_ratio",
+                "{{node}}", promql=f"100 * ddlc_cpu_utilization_ratio{_NODE}",
                 cloudwatch=_cw_search(_CW_AGENT, "cpu_usage_active", cluster=True),
                 local=LocalSource("host", "ddlc_cpu_utilization_ratio", by="node", scale=100.0),
             ),),
@@ -209,7 +226,7 @@ GPU_CLUSTER_HEALTH = Dashboard(
         Panel(
             "host-memory", "Host memory used", "percent",
             series=(Series(
-                "{{node}}", promql="100 * ddlc_memory_used_bytes / ddlc_memory_total_bytes",
+                "{{node}}", promql=f"100 * ddlc_memory_used_bytes{_NODE} / ddlc_memory_total_bytes{_NODE}",
                 cloudwatch=_cw_search(_CW_AGENT, "mem_used_percent", cluster=True),
                 local=LocalSource("host", "ddlc_memory_used_bytes", by="node",
                                   divide_by="ddlc_memory_total_bytes", scale=100.0),
@@ -248,7 +265,7 @@ TRAINING_PROGRESS = Dashboard(
         Panel(
             "loss", "Training loss", "none",
             series=(Series(
-                "{{run}}", promql='ddlc_train_loss{rank="0"}',
+                "{{run}}", promql=f'ddlc_train_loss{{rank="0",{_RUN_MATCH}}}',
                 cloudwatch=_cw_search(_DDLC_RANK, "ddlc_train_loss"),
                 local=LocalSource("run", "loss"),
             ),),
@@ -259,7 +276,7 @@ TRAINING_PROGRESS = Dashboard(
             description="Tokens per second of the whole job (sum over ranks), from the token counters: every step "
                         "counts, not only the last one before a scrape.",
             series=(Series(
-                "{{run}}", promql=f"sum by (run) (rate(ddlc_train_tokens_total{_RATE}))",
+                "{{run}}", promql=f"sum by (run) (rate(ddlc_train_tokens_total{_RANKS}{_RATE}))",
                 cloudwatch=f"SUM({_cw_search(_DDLC_RANK, 'ddlc_train_tokens_per_second')})",
                 local=LocalSource("run", "tokens_per_s"),
             ),),
@@ -272,13 +289,13 @@ TRAINING_PROGRESS = Dashboard(
                         "(DDLCStragglerRank).",
             series=(
                 Series(
-                    "{{run}} rank {{rank}}", promql="ddlc_train_step_seconds",
+                    "{{run}} rank {{rank}}", promql=f"ddlc_train_step_seconds{_RANKS}",
                     cloudwatch=_cw_search(_DDLC_RANK, "ddlc_train_step_seconds"),
                     local=LocalSource("run", "step_time_s"),
                 ),
                 Series(
                     "{{run}} rank {{rank}} compute",
-                    promql=f"rate(ddlc_train_compute_seconds_total{_RATE}) / rate(ddlc_train_compute_steps_total{_RATE})",
+                    promql=f"rate(ddlc_train_compute_seconds_total{_RANKS}{_RATE}) / rate(ddlc_train_compute_steps_total{_RANKS}{_RATE})",
                 ),
             ),
             empty_message=NO_RUN,
@@ -286,7 +303,7 @@ TRAINING_PROGRESS = Dashboard(
         Panel(
             "learning-rate", "Learning rate", "none", width=6,
             series=(Series(
-                "{{run}}", promql='ddlc_train_learning_rate{rank="0"}',
+                "{{run}}", promql=f'ddlc_train_learning_rate{{rank="0",{_RUN_MATCH}}}',
                 cloudwatch=_cw_search(_DDLC_RANK, "ddlc_train_learning_rate"),
                 local=LocalSource("run", "lr"),
             ),),
@@ -295,7 +312,7 @@ TRAINING_PROGRESS = Dashboard(
         Panel(
             "grad-norm", "Gradient norm", "none", width=6,
             series=(Series(
-                "{{run}}", promql='ddlc_train_grad_norm{rank="0"}',
+                "{{run}}", promql=f'ddlc_train_grad_norm{{rank="0",{_RUN_MATCH}}}',
                 cloudwatch=_cw_search(_DDLC_RANK, "ddlc_train_grad_norm"),
                 local=LocalSource("run", "grad_norm"),
             ),),
@@ -304,7 +321,7 @@ TRAINING_PROGRESS = Dashboard(
         Panel(
             "step", "Step", "count", kind="stat", width=6,
             series=(Series(
-                "{{run}}", promql=f"max by (run) (last_over_time(ddlc_train_step{_LAST}))",
+                "{{run}}", promql=f"max by (run) (last_over_time(ddlc_train_step{_RANKS}{_LAST}))",
                 cloudwatch=f"MAX({_cw_search(_DDLC_RANK, 'ddlc_train_step', 'Maximum')})",
                 local=LocalSource("run", "step"),
             ),),
@@ -314,10 +331,35 @@ TRAINING_PROGRESS = Dashboard(
             "tokens-seen", "Tokens seen", "count", kind="stat", width=6,
             series=(Series(
                 # Across resumes (the per-rank counters restart with each attempt).
-                "{{run}}", promql=f"max by (run) (last_over_time(ddlc_train_tokens_seen{_LAST}))",
+                "{{run}}", promql=f"max by (run) (last_over_time(ddlc_train_tokens_seen{_RUN}{_LAST}))",
                 local=LocalSource("run", "tokens_seen"),
             ),),
             empty_message=NO_RUN,
+        ),
+        Panel(
+            "data-wait", "Data-loader wait per step", "seconds",
+            description="Per rank: time spent fetching the step's batches (ddlc.runtime.step_stats). A rank that "
+                        "waits for data while the others compute slows every step (locally: rank 0).",
+            series=(Series(
+                "{{run}} rank {{rank}}",
+                promql=f"rate(ddlc_train_data_wait_seconds_total{_RANKS}{_RATE}) "
+                       f"/ rate(ddlc_train_steps_total{_RANKS}{_RATE})",
+                local=LocalSource("run", "data_wait_s"),
+            ),),
+            empty_message="No data-loader wait: the run has not logged a step, or it was written by a ddlc (or a "
+                          "loop of your own) that does not record `data_wait_s`.",
+        ),
+        Panel(
+            "peak-memory", "Peak memory per rank", "bytes",
+            description="GPU: the most PyTorch's allocator held on the rank's device; host: the rank process' peak "
+                        "resident memory (locally: rank 0, the GPU peak on CUDA, else the host peak).",
+            series=(
+                Series("{{run}} rank {{rank}} GPU", promql=f"ddlc_train_gpu_memory_peak_bytes{_RANKS}"),
+                Series("{{run}} rank {{rank}} host", promql=f"ddlc_train_host_memory_peak_bytes{_RANKS}"),
+                Series("{{run}} rank {{rank}} peak", local=LocalSource("run", "peak_memory_bytes")),
+            ),
+            empty_message="No peak memory: the run has not logged a step, or it was written by a ddlc (or a loop "
+                          "of your own) that does not record `peak_memory_bytes`.",
         ),
     ),
 )
@@ -325,31 +367,35 @@ TRAINING_PROGRESS = Dashboard(
 NETWORK_PERFORMANCE = Dashboard(
     slug="network-performance",
     title="Network performance",
-    description="Per-interface traffic, packets and errors, and EFA RDMA traffic of each node.",
+    description="Per-interface traffic, packets and errors (virtual interfaces left out), and EFA traffic (RDMA, tx, "
+                "rx) of each node.",
     panels=(
         Panel(
             "network-receive", "Network receive", "bytes_per_second",
             series=(Series(
-                "{{node}} {{device}}", promql=f"rate(ddlc_network_receive_bytes_total{_RATE})",
+                "{{node}} {{device}}", promql=f"rate(ddlc_network_receive_bytes_total{_SHOWN}{_RATE})",
                 # The agent's net plugin reports bytes per collection interval: Sum per 300 s window / 300.
-                cloudwatch=f"{_cw_search(_CW_AGENT_NET, 'net_bytes_recv', 'Sum', cluster=True)} / 300",
-                local=LocalSource("host", "ddlc_network_receive_bytes_total", rate=True, by="device", combine="sum"),
+                cloudwatch=f"{_cw_search(_CW_AGENT_NET, 'net_bytes_recv', 'Sum', cluster=True, extra=_CW_SHOWN)} / 300",
+                local=LocalSource("host", "ddlc_network_receive_bytes_total", rate=True, by="device", combine="sum",
+                                  hide_devices=HIDDEN_INTERFACES),
             ),),
         ),
         Panel(
             "network-transmit", "Network transmit", "bytes_per_second",
             series=(Series(
-                "{{node}} {{device}}", promql=f"rate(ddlc_network_transmit_bytes_total{_RATE})",
-                cloudwatch=f"{_cw_search(_CW_AGENT_NET, 'net_bytes_sent', 'Sum', cluster=True)} / 300",
-                local=LocalSource("host", "ddlc_network_transmit_bytes_total", rate=True, by="device", combine="sum"),
+                "{{node}} {{device}}", promql=f"rate(ddlc_network_transmit_bytes_total{_SHOWN}{_RATE})",
+                cloudwatch=f"{_cw_search(_CW_AGENT_NET, 'net_bytes_sent', 'Sum', cluster=True, extra=_CW_SHOWN)} / 300",
+                local=LocalSource("host", "ddlc_network_transmit_bytes_total", rate=True, by="device", combine="sum",
+                                  hide_devices=HIDDEN_INTERFACES),
             ),),
         ),
         Panel(
             "network-packets", "Packets received", "per_second",
             series=(Series(
-                "{{node}} {{device}}", promql=f"rate(ddlc_network_receive_packets_total{_RATE})",
-                cloudwatch=f"{_cw_search(_CW_AGENT_NET, 'net_packets_recv', 'Sum', cluster=True)} / 300",
-                local=LocalSource("host", "ddlc_network_receive_packets_total", rate=True, by="device", combine="sum"),
+                "{{node}} {{device}}", promql=f"rate(ddlc_network_receive_packets_total{_SHOWN}{_RATE})",
+                cloudwatch=f"{_cw_search(_CW_AGENT_NET, 'net_packets_recv', 'Sum', cluster=True, extra=_CW_SHOWN)} / 300",
+                local=LocalSource("host", "ddlc_network_receive_packets_total", rate=True, by="device", combine="sum",
+                                  hide_devices=HIDDEN_INTERFACES),
             ),),
         ),
         Panel(
@@ -357,34 +403,40 @@ NETWORK_PERFORMANCE = Dashboard(
             description="Receive and transmit errors per second; anything above zero deserves a look.",
             series=(
                 Series(
-                    "{{node}} {{device}} receive", promql=f"rate(ddlc_network_receive_errors_total{_RATE})",
-                    cloudwatch=f"{_cw_search(_CW_AGENT_NET, 'net_err_in', 'Sum', cluster=True)} / 300",
-                    local=LocalSource("host", "ddlc_network_receive_errors_total", rate=True, by="device", combine="sum"),
+                    "{{node}} {{device}} receive", promql=f"rate(ddlc_network_receive_errors_total{_SHOWN}{_RATE})",
+                    cloudwatch=f"{_cw_search(_CW_AGENT_NET, 'net_err_in', 'Sum', cluster=True, extra=_CW_SHOWN)} / 300",
+                    local=LocalSource("host", "ddlc_network_receive_errors_total", rate=True, by="device", combine="sum",
+                                      hide_devices=HIDDEN_INTERFACES),
                 ),
                 Series(
-                    "{{node}} {{device}} transmit", promql=f"rate(ddlc_network_transmit_errors_total{_RATE})",
-                    cloudwatch=f"{_cw_search(_CW_AGENT_NET, 'net_err_out', 'Sum', cluster=True)} / 300",
-                    local=LocalSource("host", "ddlc_network_transmit_errors_total", rate=True, by="device", combine="sum"),
+                    "{{node}} {{device}} transmit", promql=f"rate(ddlc_network_transmit_errors_total{_SHOWN}{_RATE})",
+                    cloudwatch=f"{_cw_search(_CW_AGENT_NET, 'net_err_out', 'Sum', cluster=True, extra=_CW_SHOWN)} / 300",
+                    local=LocalSource("host", "ddlc_network_transmit_errors_total", rate=True, by="device", combine="sum",
+                                      hide_devices=HIDDEN_INTERFACES),
                 ),
             ),
         ),
         Panel(
-            "efa-rdma", "EFA RDMA traffic", "bytes_per_second",
-            description="RDMA read + write bytes per second on each EFA device (NCCL's collective traffic).",
-            series=(Series(
-                "{{node}} {{device}}",
-                promql=f"sum by (node, device) (rate(ddlc_efa_rdma_read_bytes_total{_RATE}) "
-                       f"+ rate(ddlc_efa_rdma_write_bytes_total{_RATE}))",
-                cloudwatch=_cw_search("DDLC,device,node,port", "ddlc_efa_rdma_write_bytes_total"),
-                local=LocalSource("host", "ddlc_efa_rdma_write_bytes_total", rate=True, by="device", combine="sum"),
-            ),),
+            "efa-rdma", "EFA traffic", "bytes_per_second",
+            description="Per EFA device, bytes per second. RDMA: the RDMA reads and writes this node started "
+                        "(rdma_read_bytes + rdma_write_bytes, one counter: ddlc_efa_rdma_bytes_total); NCCL on p4d "
+                        "moves its data with RDMA read. tx / rx: the port's tx_bytes / rx_bytes.",
+            series=tuple(
+                Series(
+                    f"{{{{node}}}} {{{{device}}}} {legend}", promql=f"sum by (node, device) (rate({metric}{_NODE}{_RATE}))",
+                    cloudwatch=_cw_search(_DDLC_EFA, metric),
+                    local=LocalSource("host", metric, rate=True, by="device", combine="sum"),
+                )
+                for legend, metric in (("RDMA", "ddlc_efa_rdma_bytes_total"), ("tx", "ddlc_efa_transmit_bytes_total"),
+                                       ("rx", "ddlc_efa_receive_bytes_total"))
+            ),
             empty_message=NO_EFA,
         ),
         Panel(
             "efa-drops", "EFA receive drops", "per_second",
             series=(Series(
-                "{{node}} {{device}}", promql=f"rate(ddlc_efa_receive_drops_total{_RATE})",
-                cloudwatch=_cw_search("DDLC,device,node,port", "ddlc_efa_receive_drops_total"),
+                "{{node}} {{device}}", promql=f"rate(ddlc_efa_receive_drops_total{_NODE}{_RATE})",
+                cloudwatch=_cw_search(_DDLC_EFA, "ddlc_efa_receive_drops_total"),
                 local=LocalSource("host", "ddlc_efa_receive_drops_total", rate=True, by="device", combine="sum"),
             ),),
             empty_message=NO_EFA,
@@ -393,6 +445,14 @@ NETWORK_PERFORMANCE = Dashboard(
 )
 
 _COST_PER_HOUR = _cw_search(_DDLC_COST, "ddlc_cost_usd_per_hour")
+# A node's hourly price (ddlc agent --instance-type) for the minutes no rank reported from it (ddlc.monitor.node_cost).
+# A finished run's rank series go stale 5 minutes after its endpoint closed: those minutes count as busy.
+IDLE_NODES = (f"max by (node) (ddlc_node_price_usd_per_hour{_NODE}) "
+              f"unless on (node) group by (node) (ddlc_train_steps_total)")
+IDLE_NODE_COST_PROMQL = (f"sum(sum_over_time(({IDLE_NODES})[$__range:1m])) / 60"
+                         f" or 0 * sum(max_over_time(ddlc_node_price_usd_per_hour{_NODE}[$__range]))")
+NO_NODE_PRICE = ("No node prices: start the node agents with `ddlc agent --instance-type TYPE` (Prometheus), or "
+                 "the dashboard has not sampled this machine yet.")
 COST_TRACKING = Dashboard(
     slug="cost-tracking",
     title="Cost tracking",
@@ -404,7 +464,7 @@ COST_TRACKING = Dashboard(
             description="Hourly price x nodes x wall hours since the run began (earlier attempts of a resumed run "
                         "included, up to the checkpoint it resumed from).",
             series=(Series(
-                "{{run}}", promql=f"max by (run) (last_over_time(ddlc_run_cost_usd{_LAST}))",
+                "{{run}}", promql=f"max by (run) (last_over_time(ddlc_run_cost_usd{_RUN}{_LAST}))",
                 # USD/hour gauge integrated over the dashboard's time range (5-minute periods).
                 cloudwatch=f"RUNNING_SUM(SUM({_COST_PER_HOUR}) * 300 / 3600)",
                 local=LocalSource("cost", "usd_total"),
@@ -421,7 +481,7 @@ COST_TRACKING = Dashboard(
             "cost-per-1m-tokens", "Cost per 1M tokens", "usd", kind="stat", width=6,
             series=(Series(
                 "{{run}}",
-                promql=f"sum by (run) (ddlc_cost_usd_per_hour) / 3600 / sum by (run) (rate(ddlc_train_tokens_total{_RATE})) * 1e6",
+                promql=f"sum by (run) (ddlc_cost_usd_per_hour{_RUN}) / 3600 / sum by (run) (rate(ddlc_train_tokens_total{_RUN}{_RATE})) * 1e6",
                 cloudwatch=f"SUM({_COST_PER_HOUR}) / 3600 / SUM({_cw_search(_DDLC_RANK, 'ddlc_train_tokens_per_second')}) * 1000000",
                 local=LocalSource("cost", "usd_per_1m_tokens"),
             ),),
@@ -432,7 +492,7 @@ COST_TRACKING = Dashboard(
             description=f"GPU-hours spent below {IDLE_GPU_UTILIZATION_PERCENT:g}% utilization in the time range.",
             series=(Series(
                 "idle",
-                promql=f"sum(sum_over_time((ddlc_gpu_utilization_ratio < bool {IDLE_GPU_UTILIZATION_PERCENT / 100:g})"
+                promql=f"sum(sum_over_time((ddlc_gpu_utilization_ratio{_NODE} < bool {IDLE_GPU_UTILIZATION_PERCENT / 100:g})"
                        "[$__range:1m])) / 60",
                 local=LocalSource("cost", "idle_gpu_hours"),
             ),),
@@ -441,7 +501,7 @@ COST_TRACKING = Dashboard(
         Panel(
             "cost-over-time", "Cost so far over time", "usd",
             series=(Series(
-                "{{run}}", promql="max by (run) (ddlc_run_cost_usd)",
+                "{{run}}", promql=f"max by (run) (ddlc_run_cost_usd{_RUN})",
                 cloudwatch=f"RUNNING_SUM(SUM({_COST_PER_HOUR}) * 300 / 3600)",
                 local=LocalSource("cost", "usd_total"),
             ),),
@@ -451,7 +511,7 @@ COST_TRACKING = Dashboard(
             "cost-per-step", "Cost per step", "usd",
             series=(Series(
                 "{{run}}",
-                promql="sum by (run) (ddlc_cost_usd_per_hour) / 3600 / max by (run) (rate(ddlc_train_steps_total[$__rate_interval]))",
+                promql=f"sum by (run) (ddlc_cost_usd_per_hour{_RUN}) / 3600 / max by (run) (rate(ddlc_train_steps_total{_RUN}{_RATE}))",
                 local=LocalSource("cost", "usd_per_step"),
             ),),
             empty_message=NO_RUN,
@@ -463,21 +523,30 @@ COST_TRACKING = Dashboard(
             empty_message=NO_RUN,
         ),
         Panel(
-            "cost-by-run", "Cost by run", "usd", kind="bar", width=9,
+            "idle-node-cost", "Idle node cost", "usd", kind="stat", width=6,
+            description="What nodes cost while no job ran on them: for each minute a node's agent was up and no "
+                        "training rank reported from it, its hourly price / 60 (Prometheus: agents started with "
+                        "--instance-type; locally: this machine since the dashboard started, priced as "
+                        "--instance-type).",
+            series=(Series("idle", promql=IDLE_NODE_COST_PROMQL, local=LocalSource("cost", "idle_usd")),),
+            empty_message=NO_NODE_PRICE,
+        ),
+        Panel(
+            "cost-by-run", "Cost by run", "usd", kind="bar", width=6,
             series=(Series(
-                "{{run}}", promql=f"max by (run) (last_over_time(ddlc_run_cost_usd{_LAST}))",
+                "{{run}}", promql=f"max by (run) (last_over_time(ddlc_run_cost_usd{_RUN}{_LAST}))",
                 local=LocalSource("cost", "usd_by_run"),
             ),),
             empty_message=NO_RUN,
         ),
         Panel(
-            "cost-by-node", "Cost by node", "usd", kind="bar", width=9,
+            "cost-by-node", "Cost by node", "usd", kind="bar", width=6,
             description="A run's cost split evenly over its nodes, summed per node.",
             series=(Series(
                 "{{node}}",
-                promql=f"sum by (node) (group by (run, node) (last_over_time(ddlc_train_steps_total{_LAST})) "
-                       f"* on (run) group_left () (max by (run) (last_over_time(ddlc_run_cost_usd{_LAST})) "
-                       f"/ max by (run) (last_over_time(ddlc_train_nodes{_LAST}))))",
+                promql=f"sum by (node) (group by (run, node) (last_over_time(ddlc_train_steps_total{_RANKS}{_LAST})) "
+                       f"* on (run) group_left () (max by (run) (last_over_time(ddlc_run_cost_usd{_RUN}{_LAST})) "
+                       f"/ max by (run) (last_over_time(ddlc_train_nodes{_RUN}{_LAST}))))",
                 local=LocalSource("cost", "usd_by_node"),
             ),),
             empty_message=NO_RUN,

@@ -128,11 +128,37 @@ def grafana_dashboard(board: Dashboard) -> dict[str, Any]:
             "name": DATASOURCE_VARIABLE, "label": "Prometheus", "type": "datasource", "query": "prometheus",
             "current": {"text": "ddlc Prometheus", "value": DATASOURCE_UID}, "hide": 0, "refresh": 1,
             "options": [], "skipUrlSync": False,
-        }]},
+        }] + _query_variables(panels)},
         "annotations": {"list": []},
         "links": [],
         "panels": [_panel(panel, index + 1, pos) for index, (panel, pos) in enumerate(zip(panels, _layout(panels)))],
     }
+
+
+# The $node and $run variables the definition's queries filter on, with where their values come from: every node
+# with an agent or a rank, every run with steps or a cost, in the dashboard's time range (refresh 2: on time range
+# change), so finished runs stay selectable.
+QUERY_VARIABLES = {
+    "node": ("Node", 'label_values({__name__=~"ddlc_agent_info|ddlc_train_steps_total"}, node)'),
+    "run": ("Run", 'label_values({__name__=~"ddlc_train_steps_total|ddlc_run_cost_usd"}, run)'),
+}
+
+
+def _query_variables(panels: list[Panel]) -> list[dict[str, Any]]:
+    """The variables the panels' queries use (a dashboard without a `$run` query gets no run picker)."""
+    exprs = " ".join(series.promql for panel in panels for series in panel.series if series.promql)
+    variables = []
+    for name, (label, query) in QUERY_VARIABLES.items():
+        if f"${name}" not in exprs:
+            continue
+        variables.append({
+            "name": name, "label": label, "type": "query", "datasource": _datasource(),
+            "query": {"query": query, "refId": f"ddlc-{name}"},
+            "refresh": 2, "multi": True, "includeAll": True, "allValue": ".*",
+            "current": {"selected": True, "text": ["All"], "value": ["$__all"]},
+            "options": [], "sort": 1, "hide": 0, "skipUrlSync": False,
+        })
+    return variables
 
 
 def provisioning_dashboards(dashboards_path: str) -> dict[str, Any]:

@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from ddlc.dashboards.cost import Pricing, cost_by_node, cost_series, idle_gpu_hours, run_cost
-from ddlc.dashboards.definition import DASHBOARDS, LocalSource, Panel, dashboard
+from ddlc.dashboards.cost import Pricing, cost_by_node, cost_series, idle_cost_usd, idle_gpu_hours, run_cost
+from ddlc.dashboards.definition import DASHBOARDS, NO_PROMETHEUS, LocalSource, Panel, dashboard
 from ddlc.dashboards.prometheus import PrometheusClient, render_legend
 from ddlc.dashboards.downsample import MAX_POINTS, minmax
 from ddlc.dashboards.runs import RunRecord, RunStore
@@ -114,7 +114,8 @@ class PanelData:
         paths = self.run_paths()  # one look at the run store per request
         run = self._load(run_name or self.default_run(paths), paths)
         all_runs = self.store.runs(paths=paths) if any(
-            p.series and p.series[0].local and p.series[0].local.key in ("usd_by_run", "usd_by_node") for p in board.panels
+            p.series and p.series[0].local and p.series[0].local.key in ("usd_by_run", "usd_by_node", "idle_usd")
+            for p in board.panels
         ) else []
         if any(spec.local is not None and spec.local.kind == "cost" for p in board.panels for spec in p.series):
             # A run whose instance type has no price is unreadable for cost only: named, never failing the tab.
@@ -127,8 +128,9 @@ class PanelData:
     def panel(self, panel: Panel, run: Optional[RunRecord], all_runs: list[RunRecord]) -> dict[str, Any]:
         series: list[dict[str, Any]] = []
         source = "local"
+        prometheus_error: Optional[str] = None
         if self.prometheus is not None and panel.has("promql"):
-            series = self._from_prometheus(panel, run)
+            series, prometheus_error = self._from_prometheus(panel, run)
             source = "prometheus"
         if not series:
             source = "local"
@@ -137,6 +139,8 @@ class PanelData:
                     series.extend(self._from_local(spec.local, spec.label, run, all_runs, panel.kind == "stat"))
         has_data = any(any(v is not None for v in s["y"]) for s in series)
         message = panel.empty_message
+        if self.prometheus is not None and panel.has("promql"):
+            message = empty_message(message, self.prometheus.url, prometheus_error)
         uses_run = any(spec.local is not None and spec.local.kind in ("run", "cost") for spec in panel.series)
         if run is not None and run.error and uses_run and not has_data:
             message = f"run {run.name} is unreadable: {run.error}"
@@ -148,24 +152,26 @@ class PanelData:
         return {"series": series if has_data else [], "source": source,
                 "message": None if has_data else message, "note": note}
 
-    def _from_prometheus(self, panel: Panel, run: Optional[RunRecord]) -> list[dict[str, Any]]:
+    def _from_prometheus(self, panel: Panel, run: Optional[RunRecord]) -> tuple[list[dict[str, Any]], Optional[str]]:
+        """The panel's series from Prometheus, and why a query failed (None when all answered)."""
         end = time.time()
         start = end - PROMETHEUS_WINDOW_S
         if run is not None and run.start_time is not None:
             start = run.start_time - 60
             end = (run.end_time or end) + 60 if run.finished else end
         step = max((end - start) / 250.0, 1.0)
-        series = []
+        series, error = [], None
         for spec in panel.series:
             if spec.promql is None:
                 continue
             try:
                 result = self.prometheus.query_range(spec.promql, start, end, step)
-            except UserError:
+            except UserError as failure:
+                error = str(failure)
                 continue  # an unreachable Prometheus falls back to the local sources
             for labels, times, values in result:
                 series.append(_series(render_legend(spec.label, labels), times, values))
-        return series
+        return series, error
 
     def _from_local(self, source: LocalSource, label: str, run: Optional[RunRecord],
                     all_runs: list[RunRecord], last_only: bool = False) -> list[dict[str, Any]]:
@@ -191,6 +197,8 @@ class PanelData:
                 samples = {name: list(zip(t, v)) for name, t, v in self.sampler.series(gpu)}
             hours = idle_gpu_hours(samples)
             return [] if hours is None else [_series("idle", [time.time()], [hours])]
+        if key == "idle_usd":
+            return self._idle_cost(all_runs)
         if key in ("usd_by_run", "usd_by_node"):
             costs = [self._run_cost(r) for r in all_runs if r.readable and r.has_steps]
             if key == "usd_by_run":
@@ -204,3 +212,30 @@ class PanelData:
             return [] if projected is None else [_series(name, [run.end_time], [projected])]
         _, values = self._derived("cost_series", run, lambda r: cost_series(r, self.pricing))[key]
         return [_by_step(name, run, values, last_only)]
+
+    def _idle_cost(self, all_runs: list[RunRecord]) -> list[dict[str, Any]]:
+        """This machine since the sampler started, minus the time runs of the store were going on it, priced as
+        --instance-type (cpu-local: 0)."""
+        from ddlc.monitor.pricing import LOCAL_INSTANCE_TYPE
+
+        hourly = self.pricing.table.get(self.pricing.instance_type or LOCAL_INSTANCE_TYPE)
+        if self.sampler is None or hourly is None:  # no price: the panel says so, the tab still works
+            return []
+        now = time.time()
+        # A run is busy from its first step to its last; one still logging (a step in the last 5 minutes, as
+        # Prometheus' staleness) up to now. A run that crashed stops counting at its last step.
+        busy = [(r.start_time, now if not r.finished and now - r.end_time < 300 else r.end_time) for r in all_runs
+                if r.readable and r.has_steps and r.start_time is not None and r.node == self.sampler.node]
+        return [_series("idle", [now], [idle_cost_usd(self.sampler.started_at, now, busy, hourly)])]
+
+
+def empty_message(message: str, url: str, error: Optional[str]) -> str:
+    """A panel's "no data" reason when a Prometheus URL was given: what Prometheus answered, instead of
+    "no Prometheus URL was given"."""
+    if not message.endswith(NO_PROMETHEUS):
+        return message
+    base = message[: -len(NO_PROMETHEUS)]
+    if error is not None:
+        reason = error.removeprefix("--prometheus: ")
+        return f"{base}, and Prometheus gave no answer ({reason[:200]})."
+    return f"{base}, and Prometheus at {url} has no series for this panel in the time shown."

@@ -20,10 +20,15 @@ def render_legend(template: str, labels: dict[str, str]) -> str:
     return _LEGEND.sub(lambda m: labels.get(m.group(1), ""), template).strip() or "value"
 
 
-def substitute_grafana_variables(promql: str, range_seconds: float, step_seconds: float) -> str:
-    """What Grafana would put in place of `$__rate_interval` and `$__range`."""
+def substitute_grafana_variables(promql: str, range_seconds: float, step_seconds: float,
+                                 variables: dict[str, str] | None = None) -> str:
+    """What Grafana would put in place of `$__rate_interval` and `$__range`, and of the dashboards' `$node` and
+    `$run` variables (`.*`, Grafana's "All", unless `variables` says otherwise: a regex each)."""
     rate_interval = max(int(4 * step_seconds), 60)
-    return promql.replace("$__rate_interval", f"{rate_interval}s").replace("$__range", f"{max(int(range_seconds), 60)}s")
+    expr = promql.replace("$__rate_interval", f"{rate_interval}s").replace("$__range", f"{max(int(range_seconds), 60)}s")
+    for name in ("node", "run"):
+        expr = expr.replace(f"${name}", (variables or {}).get(name, ".*"))
+    return expr
 
 
 class PrometheusClient:

@@ -20,7 +20,7 @@ from typing import Any, Optional
 import numpy as np
 
 from ddlc.dashboards.cost import Pricing, RunCost, cost_by_node, run_cost
-from ddlc.dashboards.definition import GPU_UTILIZATION_TARGET_PERCENT, IDLE_GPU_UTILIZATION_PERCENT
+from ddlc.dashboards.definition import GPU_UTILIZATION_TARGET_PERCENT, IDLE_GPU_UTILIZATION_PERCENT, IDLE_NODES
 from ddlc.dashboards.downsample import minmax
 from ddlc.dashboards.prometheus import PrometheusClient
 from ddlc.dashboards.runs import RunRecord, load_runs
@@ -66,6 +66,7 @@ class UtilizationReport:
     source: str  # "run store" or "run store + Prometheus <url>"
     prometheus_cost: dict[str, float] = field(default_factory=dict)
     unreadable: list[RunRecord] = field(default_factory=list)  # named in the report with the reason
+    idle_cost: Optional[dict[str, float]] = None  # node -> USD while no job ran on it (Prometheus); None: unknown
 
     @property
     def has_gpu_data(self) -> bool:
@@ -120,6 +121,7 @@ def collect(
     costs = [run_cost(run, pricing) for run in runs if run.has_steps]
     nodes: list[NodeUtilization] = []
     prometheus_cost: dict[str, float] = {}
+    idle_cost: Optional[dict[str, float]] = None
     source = "local run store"
     if prometheus is not None:
         source = f"local run store + Prometheus {prometheus.url}"
@@ -141,7 +143,10 @@ def collect(
             finite = [v for v in values if math.isfinite(v)]
             if finite:
                 prometheus_cost[labels.get("run", "?")] = max(finite)
-    return UtilizationReport(start, end, runs, costs, nodes, source, prometheus_cost, unreadable)
+        # The hourly price of each node whose agent was up while no rank reported from it, integrated.
+        idle_cost = {labels.get("node", "?"): sum(v for v in values if math.isfinite(v)) * step / 3600.0
+                     for labels, _, values in prometheus.query_range(IDLE_NODES, start, end, step)}
+    return UtilizationReport(start, end, runs, costs, nodes, source, prometheus_cost, unreadable, idle_cost)
 
 
 # -- plots -------------------------------------------------------------------------------------------------
@@ -237,6 +242,8 @@ def _blocks(report: UtilizationReport, plots: dict[str, Path], base: Path) -> li
         ["mean GPU utilization", f"{mean:.1f}% (target {target:g}%)" if mean is not None else "no GPU utilization data"],
         ["idle nodes", ", ".join(n.node for n in report.idle_nodes) or ("none" if report.nodes else "no GPU utilization data")],
         ["cost", _usd(report.total_cost)],
+        ["idle node cost", _usd(sum(report.idle_cost.values())) if report.idle_cost else
+         "unknown (needs --prometheus and agents started with --instance-type)"],
         ["steps", f"{sum(c.steps for c in report.costs):,}"],
         ["tokens", f"{sum(c.tokens for c in report.costs):,.0f}"],
     ]))
@@ -272,6 +279,13 @@ def _blocks(report: UtilizationReport, plots: dict[str, Path], base: Path) -> li
                                 f"({_usd(most_expensive.usd_per_1m_tokens)})."))
         blocks.append(("h2", "Cost by node"))
         blocks.append(("table", ["node", "cost"], [[n, _usd(v)] for n, v in sorted(cost_by_node(report.costs).items())]))
+    if report.idle_cost:
+        blocks.append(("h2", "Idle node cost"))
+        blocks.append(("p", "What each node cost while its agent was up and no training rank reported from it "
+                            "(its hourly price x those hours, from Prometheus)."))
+        blocks.append(("table", ["node", "idle cost"], [[n, _usd(v)] for n, v in
+                                                         sorted(report.idle_cost.items(), key=lambda kv: -kv[1])]))
+    if report.costs:
         blocks.append(("h2", "Plots"))
         for name, alt in (("loss", "Training loss"), ("throughput", "Throughput (tokens/s)"), ("cost", "Cost by run")):
             if name in rel:

@@ -151,7 +151,13 @@ class RunRecord:
 
     @property
     def num_nodes(self) -> int:
-        return int((self.summary or {}).get("num_nodes") or 1)
+        return self.recorded_num_nodes or 1
+
+    @property
+    def recorded_num_nodes(self) -> Optional[int]:
+        """summary.json's `num_nodes`; None for a run that has not written one (still going, or an older run)."""
+        value = (self.summary or {}).get("num_nodes")
+        return int(value) if value else None
 
     @property
     def instance_type(self) -> Optional[str]:
@@ -202,10 +208,14 @@ def _read_small(path: Path, info: os.stat_result) -> str:
 def parse_summary(path: Path, info: os.stat_result) -> dict[str, Any]:
     text = _read_small(path, info)
     try:
-        return RunSummary.model_validate_json(text).model_dump()
+        summary = RunSummary.model_validate_json(text)
     except ValidationError as error:
         _, reason = _pydantic_reason(error)
         raise RunFileError(f"{path.name}: {_short(reason)}") from None
+    fields = summary.model_dump()
+    if "num_nodes" not in summary.model_fields_set:
+        fields["num_nodes"] = None  # not recorded (an older run): the cost views fall back to --nodes
+    return fields
 
 
 def parse_config(path: Path, info: os.stat_result) -> dict[str, Any]:

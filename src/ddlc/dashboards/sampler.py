@@ -8,11 +8,13 @@ exports (same names, same labels), so its GPU and network panels read the series
 from __future__ import annotations
 
 import math
+import re
 import socket
 import threading
 import time
 from collections import deque
-from typing import Optional
+from pathlib import Path
+from typing import Callable, Optional
 
 from ddlc.dashboards.definition import LocalSource
 
@@ -20,15 +22,19 @@ Key = tuple[str, tuple[tuple[str, str], ...]]
 
 
 class HostSampler:
-    def __init__(self, interval_s: float = 2.0, history: int = 900, node: Optional[str] = None) -> None:
+    def __init__(self, interval_s: float = 2.0, history: int = 900, node: Optional[str] = None,
+                 infiniband_root: Optional[Path] = None, clock: Callable[[], float] = time.time) -> None:
         from ddlc.monitor.gpu import GpuCollector
         from ddlc.monitor.host import HostCollector
-        from ddlc.monitor.network import NetworkCollector
+        from ddlc.monitor.network import DEFAULT_INFINIBAND_ROOT, NetworkCollector
 
         self.node = node or socket.gethostname()
         self.interval_s = interval_s
+        self._clock = clock
+        self.started_at = clock()  # the local idle cost counts from here
         self._gpu = GpuCollector(self.node, watch_xid=False)
-        self._collectors = [HostCollector(self.node), NetworkCollector(self.node), self._gpu]
+        network = NetworkCollector(self.node, infiniband_root or DEFAULT_INFINIBAND_ROOT)
+        self._collectors = [HostCollector(self.node), network, self._gpu]
         from ddlc.monitor.slurm import SlurmCollector, slurm_available
 
         if slurm_available():  # a Slurm head or login node: the queue and node panels have data
@@ -44,7 +50,7 @@ class HostSampler:
         return self._gpu.gpu_count > 0
 
     def sample_once(self) -> None:
-        now = time.time()
+        now = self._clock()
         readings: list[tuple[Key, float]] = []
         for collector in self._collectors:
             for family in collector.collect():
@@ -83,8 +89,11 @@ class HostSampler:
                 {key[1]: list(points) for key, points in self._series.items() if key[0] == source.divide_by}
                 if source.divide_by else {}
             )
+        hidden = re.compile(source.hide_devices) if source.hide_devices else None
         groups: dict[str, list[tuple[list[float], list[float]]]] = {}
         for (_, labels), points in matching.items():
+            if hidden is not None and hidden.fullmatch(dict(labels).get("device", "")):
+                continue
             times, values = _values(points, source.rate)
             if source.divide_by:
                 below = denominators.get(labels)

@@ -238,6 +238,13 @@ def render_user_data(boot: NodeBootConfig) -> list[str]:
         "INSTANCE_ID=$(curl -fsS -H \"X-aws-ec2-metadata-token: $IMDS_TOKEN\" "
         "http://169.254.169.254/latest/meta-data/instance-id)",
         f"echo \"DDLC_INSTANCE_ID=$INSTANCE_ID\" >> {CLUSTER_ENV}",
+        # A worker's own type prices its idle hours (the agent's ddlc_node_price_usd_per_hour; every type in the
+        # instance table has a price). The head node's type is not priced: its agent is started without one.
+        *([
+            "INSTANCE_TYPE=$(curl -fsS -H \"X-aws-ec2-metadata-token: $IMDS_TOKEN\" "
+            "http://169.254.169.254/latest/meta-data/instance-type)",
+            f"echo \"DDLC_INSTANCE_TYPE=$INSTANCE_TYPE\" >> {CLUSTER_ENV}",
+        ] if boot.role == "worker" else []),
         # Monitoring first: metrics and boot logs are wanted even if a later step fails.
         f"if [ ! -x {CLOUDWATCH_AGENT_CTL} ]; then",
         f"  curl -fsSL -o /tmp/amazon-cloudwatch-agent.deb https://amazoncloudwatch-agent-{boot.region}.s3."

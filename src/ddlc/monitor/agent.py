@@ -53,6 +53,7 @@ class AgentSettings:
     replace_unhealthy: bool = False
     imds_url: str = "http://169.254.169.254"
     autoscaling_endpoint_url: str | None = None
+    instance_type: str | None = None  # priced for idle cost (ddlc.monitor.node_cost); None: no price series
     # squeue/sinfo on every scrape (ddlc.monitor.slurm): cluster-wide numbers, so one agent only (the head's).
     slurm_metrics: bool = False
 
@@ -74,9 +75,14 @@ def build_node_registry(
     checkpoint_path: Path | str | None = None,
     infiniband_root: Path | str = DEFAULT_INFINIBAND_ROOT,
     nvml: Any | None = None,
+    instance_type: str | None = None,
 ) -> tuple[CollectorRegistry, GpuCollector]:
     """A registry holding every node collector. The GPU collector is returned too: close it when done."""
     registry = CollectorRegistry(auto_describe=False)
+    if instance_type is not None:  # first: an unknown instance type fails before NVML is opened
+        from ddlc.monitor.node_cost import NodeCostCollector
+
+        registry.register(NodeCostCollector(node, instance_type))
     gpus = GpuCollector(node, nvml=nvml)
     for collector in (_AgentInfo(node, gpus), gpus, NetworkCollector(node, infiniband_root), HostCollector(node, checkpoint_path)):
         registry.register(collector)
@@ -91,7 +97,8 @@ class Agent:
             raise UserError(f"--checkpoint-path {settings.checkpoint_path} does not exist")
         self.settings = settings
         self.registry, self._gpus = build_node_registry(
-            settings.node, settings.checkpoint_path, settings.infiniband_root, nvml=nvml
+            settings.node, settings.checkpoint_path, settings.infiniband_root, nvml=nvml,
+            instance_type=settings.instance_type,
         )
         if settings.slurm_metrics:
             from ddlc.monitor.slurm import SlurmCollector

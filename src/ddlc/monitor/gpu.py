@@ -32,6 +32,11 @@ _NVML_MEMORY_ERROR_CORRECTED = 0
 _NVML_MEMORY_ERROR_UNCORRECTED = 1
 _NVML_TEMPERATURE_GPU = 0
 _NVML_EVENT_XID_CRITICAL = 0x8
+_NVML_CLOCK_SM = 1
+_NVML_CLOCK_MEM = 2
+_NVML_NVLINK_MAX_LINKS = 18  # NVML's constant where the binding lacks it (recent bindings say 36)
+# NVLink error counter -> the `type` label (NVML_NVLINK_ERROR_DL_*).
+NVLINK_ERRORS: dict[str, int] = {"replay": 0, "recovery": 1, "crc_flit": 2, "crc_data": 3}
 _XID_WAIT_MS = 200
 
 _unavailable_reported = False
@@ -188,7 +193,7 @@ class GpuCollector:
 
     def collect(self) -> Iterator[Metric]:
         node = self.node
-        count = GaugeMetricFamily("ddlc_gpu_count", "GPUs visible through NVML on this node.", labels=["node"])
+        count = GaugeMetricFamily("ddlc_gpus", "GPUs visible through NVML on this node.", labels=["node"])
         count.add_metric([node], len(self._handles))
         yield count
         if not self._handles:
@@ -238,15 +243,80 @@ class GpuCollector:
                     ecc.add_metric(values + [kind], errors)
         yield from (info, util, mem_util, mem_used, mem_total, power, temp, throttle, ecc)
         yield from self.xids.families(node)
+        yield from _dcgm_style(nvml, node, self._handles)
+
+
+def _dcgm_style(nvml: Any, node: str, handles: list[Any]) -> Iterator[Metric]:
+    """The signals DCGM exporter users look for, where NVML gives them: clocks, energy, PCIe replays, NVLink
+    errors and row remapping. A query the driver, the board or the binding lacks leaves out that value only."""
+    labels = ["node", "gpu"]
+    sm_clock = GaugeMetricFamily("ddlc_gpu_sm_clock_hertz", "Current SM clock.", labels=labels)
+    mem_clock = GaugeMetricFamily("ddlc_gpu_memory_clock_hertz", "Current memory clock.", labels=labels)
+    energy = CounterMetricFamily("ddlc_gpu_energy", "Energy used since the driver loaded, in joules.", labels=labels,
+                                 unit="joules")
+    replays = CounterMetricFamily("ddlc_gpu_pcie_replays", "PCIe replays (link-level retransmissions).", labels=labels)
+    nvlink = CounterMetricFamily("ddlc_gpu_nvlink_errors", "NVLink errors, summed over the GPU's active links.",
+                                 labels=labels + ["type"])
+    pending = GaugeMetricFamily("ddlc_gpu_row_remap_pending", "1 while a row remap waits for a GPU reset.", labels=labels)
+    failed = GaugeMetricFamily("ddlc_gpu_row_remap_failed", "1 once a row remap failed (replace the GPU).", labels=labels)
+    rows = GaugeMetricFamily("ddlc_gpu_remapped_rows", "Rows remapped since manufacture, by the error that caused it.",
+                             labels=labels + ["type"])
+    query = lambda name: getattr(nvml, name, None)  # noqa: E731 - older bindings lack some
+    max_links = int(getattr(nvml, "NVML_NVLINK_MAX_LINKS", _NVML_NVLINK_MAX_LINKS))
+    for index, handle in enumerate(handles):
+        gpu = str(index)
+        values = [node, gpu]
+        read = _Reader(nvml, handle, gpu)
+        for family, clock in ((sm_clock, _NVML_CLOCK_SM), (mem_clock, _NVML_CLOCK_MEM)):
+            mhz = read(query("nvmlDeviceGetClockInfo"), clock)
+            if mhz is not None:
+                family.add_metric(values, mhz * 1e6)
+        millijoules = read(query("nvmlDeviceGetTotalEnergyConsumption"))
+        if millijoules is not None:
+            energy.add_metric(values, millijoules / 1000.0)
+        count = read(query("nvmlDeviceGetPcieReplayCounter"))
+        if count is not None:
+            replays.add_metric(values, count)
+        totals = _nvlink_errors(read, query, max_links)
+        for kind, total in (totals or {}).items():
+            nvlink.add_metric(values + [kind], total)
+        remapped = read(query("nvmlDeviceGetRemappedRows"))
+        if remapped is not None:
+            correctable, uncorrectable, is_pending, failure = remapped
+            pending.add_metric(values, 1 if is_pending else 0)
+            failed.add_metric(values, 1 if failure else 0)
+            rows.add_metric(values + ["correctable"], correctable)
+            rows.add_metric(values + ["uncorrectable"], uncorrectable)
+    yield from (f for f in (sm_clock, mem_clock, energy, replays, nvlink, pending, failed, rows) if f.samples)
+
+
+def _nvlink_errors(read: "_Reader", query: Any, max_links: int) -> dict[str, int] | None:
+    """Each error type summed over the active links; None for a GPU without NVLink (no series, not zeros)."""
+    totals: dict[str, int] | None = None
+    for link in range(max_links):
+        state = read(query("nvmlDeviceGetNvLinkState"), link)
+        if state is None:  # past the GPU's last link, or no NVLink at all
+            break
+        if not state:
+            continue  # an inactive link keeps no error counts
+        for kind, counter in NVLINK_ERRORS.items():
+            value = read(query("nvmlDeviceGetNvLinkErrorCounter"), link, counter)
+            if value is not None:
+                totals = totals if totals is not None else {}
+                totals[kind] = totals.get(kind, 0) + int(value)
+    return totals
 
 
 class _Reader:
-    """Calls one NVML query; an unsupported query (ECC off, no power sensor) drops that value only."""
+    """Calls one NVML query; an unsupported query (ECC off, no power sensor) drops that value only, and so does a
+    query the binding does not have (None)."""
 
     def __init__(self, nvml: Any, handle: Any, gpu: str) -> None:
         self.nvml, self.handle, self.gpu = nvml, handle, gpu
 
     def __call__(self, query: Any, *args: Any) -> Any:
+        if query is None:
+            return None
         try:
             return query(self.handle, *args)
         except Exception as error:

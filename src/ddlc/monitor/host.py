@@ -26,7 +26,7 @@ class HostCollector:
         node = self.node
         cpu = GaugeMetricFamily("ddlc_cpu_utilization_ratio", "CPU busy share since the previous scrape (0-1).", labels=["node"])
         cpu.add_metric([node], psutil.cpu_percent(interval=None) / 100.0)
-        cores = GaugeMetricFamily("ddlc_cpu_count", "Logical CPUs.", labels=["node"])
+        cores = GaugeMetricFamily("ddlc_cpus", "Logical CPUs.", labels=["node"])
         cores.add_metric([node], psutil.cpu_count() or 0)
         load = GaugeMetricFamily("ddlc_load1", "One-minute load average.", labels=["node"])
         load.add_metric([node], os.getloadavg()[0])

@@ -1,7 +1,13 @@
 """Network counters: every interface through psutil, and EFA devices from sysfs where present.
 
-Counters are cumulative bytes/packets; Prometheus turns them into bytes/s with `rate()`, and the
-CloudWatch publisher sends per-second rates between two publishes.
+    psutil.net_io_counters(pernic=True)          -> ddlc_network_*_total{node,device}
+    /sys/class/infiniband/<dev>/ports/<port>/hw_counters/<file>
+                                                 -> ddlc_efa_*_total{node,device,port}   (one per file, EFA_COUNTERS)
+                                                 -> ddlc_efa_rdma_bytes_total            (rdma_read_bytes + rdma_write_bytes)
+
+Counters are cumulative bytes/packets; Prometheus turns them into bytes/s with `rate()`, the local dashboard
+takes the same rate between two samples, and the CloudWatch publisher sends per-second rates between two
+publishes. The EFA traffic panel reads `ddlc_efa_rdma_bytes_total` in all three, so they show one quantity.
 """
 
 from __future__ import annotations
@@ -29,6 +35,13 @@ EFA_COUNTERS: dict[str, tuple[str, str]] = {
     "rdma_read_resp_bytes": ("ddlc_efa_rdma_read_response_bytes", "Bytes peers read from this node."),
     "rdma_write_recv_bytes": ("ddlc_efa_rdma_write_receive_bytes", "Bytes peers wrote into this node."),
 }
+
+# "RDMA bytes": what this node moved with RDMA operations it started, reads from peers plus writes to peers.
+# One counter, so Prometheus, the local dashboard and CloudWatch show the same number (NCCL on p4d moves its
+# data with RDMA read, so write alone stays near zero there). A transfer counts once, at the node that started
+# it: the sum over nodes is the cluster's RDMA payload.
+EFA_RDMA_BYTES = "ddlc_efa_rdma_bytes"
+EFA_RDMA_PARTS = ("rdma_read_bytes", "rdma_write_bytes")
 
 
 def read_efa_counters(root: Path) -> dict[tuple[str, str], dict[str, int]]:
@@ -81,7 +94,17 @@ class NetworkCollector:
             counter: CounterMetricFamily(name, help_text, labels=efa_labels)
             for counter, (name, help_text) in EFA_COUNTERS.items()
         }
+        rdma = CounterMetricFamily(
+            EFA_RDMA_BYTES, "RDMA bytes this node started: rdma_read_bytes + rdma_write_bytes.", labels=efa_labels
+        )
         for (device, port), values in read_efa_counters(self.infiniband_root).items():
             for counter, value in values.items():
                 efa[counter].add_metric([node, device, port], value)
-        yield from (family for family in efa.values() if family.samples)  # nothing at all on nodes without EFA
+            # The parts this device has (a driver or device without RDMA write has no rdma_write_bytes file:
+            # then RDMA bytes are the reads alone), and only when each of them was read: a sum missing a part
+            # this scrape would look like a counter reset.
+            counters_dir = self.infiniband_root / device / "ports" / port / "hw_counters"
+            parts = [part for part in EFA_RDMA_PARTS if (counters_dir / part).exists()]
+            if parts and all(part in values for part in parts):
+                rdma.add_metric([node, device, port], sum(values[part] for part in parts))
+        yield from (family for family in (*efa.values(), rdma) if family.samples)  # nothing at all on nodes without EFA

@@ -124,6 +124,9 @@ class TrainingMetrics:
         self._tokens_seen = -1  # the job's, across resumes; -1: not known yet
         self.prior_cost_usd = 0.0  # cost of the run's earlier attempts, from the checkpoint it resumed from
         self._compute_steps = 0
+        self._data_wait_total = 0.0
+        self._data_wait_steps = 0
+        self._host_peak = self._gpu_peak = -1  # bytes; -1: not measured
         self._checkpoint_ok = 0
         self._checkpoint_failed = 0
         self._checkpoint_last_success = math.nan
@@ -149,11 +152,15 @@ class TrainingMetrics:
     def observe_step(
         self, step: int, loss: float, lr: float, grad_norm: float, step_seconds: float, tokens: int, samples: int,
         mfu: float | None = None, compute_seconds: float | None = None, tokens_seen: int | None = None,
+        data_wait_seconds: float | None = None, host_memory_peak_bytes: int | None = None,
+        gpu_memory_peak_bytes: int | None = None,
     ) -> None:
         """Record one finished optimizer step of this rank. `tokens`/`samples` are this rank's, in this step;
         `mfu` is the job's model FLOPs utilization (None: unknown for this GPU); `compute_seconds` this rank's time
         up to the gradient all-reduce (ddlc.runtime.compute_timer; None: not measured); `tokens_seen` the whole job's
-        tokens since the run began, across resumes (the trainer state's; rank 0 exports it)."""
+        tokens since the run began, across resumes (the trainer state's; rank 0 exports it); `data_wait_seconds`
+        this rank's time fetching the step's batches; the peaks this rank's process memory and PyTorch's CUDA
+        allocator (ddlc.runtime.step_stats; None: not measured)."""
         self._step = step
         if tokens_seen is not None:
             self._tokens_seen = tokens_seen
@@ -170,6 +177,13 @@ class TrainingMetrics:
         if compute_seconds is not None:
             self._compute_total += compute_seconds
             self._compute_steps += 1
+        if data_wait_seconds is not None:
+            self._data_wait_total += data_wait_seconds
+            self._data_wait_steps += 1
+        if host_memory_peak_bytes is not None:
+            self._host_peak = max(self._host_peak, host_memory_peak_bytes)
+        if gpu_memory_peak_bytes is not None:
+            self._gpu_peak = max(self._gpu_peak, gpu_memory_peak_bytes)
         self._last_step_at = self._clock()
 
     def observe_checkpoint(self, step: int, duration_s: float, ok: bool, timestamp: float) -> None:
@@ -280,6 +294,15 @@ class TrainingMetrics:
             yield counter("ddlc_train_compute_seconds", "Sum of this rank's compute time up to the gradient all-reduce "
                           "(before waiting for other ranks).", self._compute_total)
             yield counter("ddlc_train_compute_steps", "Steps whose compute time was measured.", self._compute_steps)
+        if self._data_wait_steps:
+            yield counter("ddlc_train_data_wait_seconds", "Sum of this rank's time fetching its batches (rate / "
+                          "rate(ddlc_train_steps_total) = wait per step).", self._data_wait_total)
+        if self._host_peak >= 0:
+            yield gauge("ddlc_train_host_memory_peak_bytes", "Peak resident memory of this rank's process.",
+                        self._host_peak)
+        if self._gpu_peak >= 0:
+            yield gauge("ddlc_train_gpu_memory_peak_bytes", "Most GPU memory PyTorch's allocator held on this "
+                        "rank's device.", self._gpu_peak)
         yield gauge("ddlc_train_finished", "1 once the run ended cleanly (finished or stopped on request); a rank "
                     "whose endpoint goes away at 0 crashed.", 1 if self.finished else 0)
         if self._step >= 0:

@@ -45,6 +45,7 @@ from ddlc.runtime.parallel import autocast_context, clip_and_measure, gradient_s
 from ddlc.runtime.precision import configure as configure_precision
 from ddlc.runtime.preemption import PreemptionWatcher, let_the_agent_notice
 from ddlc.runtime.run_identity import run_name
+from ddlc.runtime.step_stats import DataWait, gpu_memory_peak_bytes, host_memory_peak_bytes
 from ddlc.launch import run_files
 
 
@@ -185,6 +186,7 @@ class Trainer:
         self.metrics = self._training_metrics()
         # Per-rank compute time up to the gradient all-reduce, for the straggler rule (DDP only; with an endpoint).
         self.compute_timer = None
+        self.data_wait = DataWait()  # time in sampler.batch per step (step_stats.py)
         if self.metrics is not None and self.engine is None:
             from ddlc.runtime.compute_timer import ComputeTimer
 
@@ -408,7 +410,7 @@ class Trainer:
         model, ctx, accum = self.model, self.ctx, self.plan.grad_accum_steps
         if self.engine is not None:
             step = self.state.step
-            micro_batches = (self.sampler.batch(step, micro, ctx.rank) for micro in range(accum))
+            micro_batches = self.data_wait.iterate(self.sampler.batch(step, micro, ctx.rank) for micro in range(accum))
             total_loss, grad_norm, finite = self.engine.train_step(micro_batches, self.step_is_finite)
             self._count_step(finite, total_loss, grad_norm)
             self.scheduler.step()
@@ -417,7 +419,7 @@ class Trainer:
             return total_loss, grad_norm
         total_loss = torch.zeros((), device=ctx.device)
         for micro_step in range(accum):
-            inputs, targets = self.sampler.batch(self.state.step, micro_step, ctx.rank)
+            inputs, targets = self.data_wait.fetch(self.sampler.batch, self.state.step, micro_step, ctx.rank)
             if ctx.device.type == "cuda":  # page-locked, so the copy below really overlaps (non_blocking)
                 inputs, targets = inputs.pin_memory(), targets.pin_memory()
             inputs = inputs.to(ctx.device, non_blocking=True)
@@ -565,8 +567,8 @@ class Trainer:
     def run_until(self, last_step: int, logger: MetricsLogger) -> None:
         """Train until `state.step == last_step`, logging every step (reduced once per log interval)."""
         interval = self.cfg.training.log_interval
-        # (step, lr, seconds, loss, grad norm, skipped, compute-timer marks)
-        pending: list[tuple[int, float, float, torch.Tensor, torch.Tensor, bool, Any]] = []
+        # (step, lr, seconds, loss, grad norm, skipped, compute-timer marks, data wait seconds)
+        pending: list[tuple[int, float, float, torch.Tensor, torch.Tensor, bool, Any, float]] = []
         timer = self.compute_timer
         self.model.train()
         last = interval_started = time.perf_counter()
@@ -577,7 +579,8 @@ class Trainer:
             loss, grad_norm = self.train_step()
             now = time.perf_counter()
             marks = timer.end_step() if timer is not None else None
-            pending.append((self.state.step, lr, now - last, loss, grad_norm, self.last_skipped, marks))
+            pending.append((self.state.step, lr, now - last, loss, grad_norm, self.last_skipped, marks,
+                            self.data_wait.take()))
             last = now
             stop = self.preemption.should_stop()
             if self.state.step % interval == 0 or self.state.step == last_step or stop:
@@ -590,7 +593,9 @@ class Trainer:
                     pending = [(p[0], p[1], share, *p[3:]) for p in pending]
                     last = interval_started = now
                 computes = [timer.seconds(p[6]) if timer is not None else None for p in pending]
+                host_peak, gpu_peak = host_memory_peak_bytes(), gpu_memory_peak_bytes(self.ctx.device)
                 for record, compute_s in zip(self._reduce(pending), computes):
+                    record["peak_memory_bytes"] = gpu_peak if gpu_peak is not None else host_peak
                     self.first_loss = record["loss"] if self.first_loss is None else self.first_loss
                     self.final_loss = record["loss"]
                     logger.log(record)
@@ -599,7 +604,10 @@ class Trainer:
                         self.metrics.observe_step(record["step"], record["loss"], record["lr"], record["grad_norm"],
                                                   record["step_time_s"], share * self.cfg.model.block_size, share,
                                                   mfu=record["mfu"], compute_seconds=compute_s,
-                                                  tokens_seen=record["tokens_seen"])
+                                                  tokens_seen=record["tokens_seen"],
+                                                  data_wait_seconds=record["data_wait_s"],
+                                                  host_memory_peak_bytes=host_peak,
+                                                  gpu_memory_peak_bytes=gpu_peak)
                 if self.metrics is not None:
                     self.metrics.publish()  # the rank endpoint serves this snapshot until the next log step
                 pending.clear()
@@ -622,7 +630,7 @@ class Trainer:
         losses = losses.tolist()
         norms = torch.stack([p[4] for p in pending]).float().tolist()
         records = []
-        for (step, lr, seconds, _, _, skipped, _), loss, norm in zip(pending, losses, norms):
+        for (step, lr, seconds, _, _, skipped, _, data_wait), loss, norm in zip(pending, losses, norms):
             records.append(
                 {
                     **({"skipped": True} if skipped else {}),  # non-finite: no update was applied
@@ -635,6 +643,7 @@ class Trainer:
                     "mfu": self.mfu.ratio(self.tokens_per_step / seconds) if seconds > 0 else None,
                     "tokens_seen": self.sampler.samples_seen(step) * self.cfg.model.block_size,
                     "epoch": self.sampler.epoch_of_step(step),
+                    "data_wait_s": data_wait,  # this rank's (rank 0 writes the file)
                 }
             )
         return records

@@ -154,6 +154,11 @@ async function main() {
   build();
   const wanted = location.hash.slice(1);
   select(definition.dashboards.some((b) => b.slug === wanted) ? wanted : definition.dashboards[0].slug);
+  // A link, a typed #slug or Back/Forward changes only the hash (no reload): follow it to that tab.
+  window.addEventListener("hashchange", () => {
+    const slug = location.hash.slice(1);
+    if (slug !== activeBoard && definition.dashboards.some((b) => b.slug === slug)) select(slug);
+  });
   setInterval(refresh, definition.refresh_ms);
 }
 
