@@ -151,6 +151,11 @@ def test_dry_run_prints_the_script_with_the_pinned_run_name(tmp_path):
     proc = run([PYTHON, "-m", "ddlc.cli.main", "submit", "--nodes", "3", "--dry-run", str(TRAIN_PY), "--",
                 "--config", str(CONFIG), "training.global_batch_size=8", "training.micro_batch_size=4"], cwd=tmp_path)
     assert proc.returncode == 2 and "world size (3)" in proc.stderr and len(proc.stderr.splitlines()) == 1
+    # A config that is not there: one line (the job's directory is where the nodes would read it too).
+    proc = run([PYTHON, "-m", "ddlc.cli.main", "submit", "--nodes", "1", "--dry-run", str(TRAIN_PY), "--",
+                "--config", "missing.yaml"], cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr == f"error: --config missing.yaml: no such file (in {tmp_path}, " \
+        "the job's working directory)\n", proc.stderr
     # An extra #SBATCH option must be one word there (sbatch splits the line at whitespace).
     proc = run([PYTHON, "-m", "ddlc.cli.main", "submit", "--nodes", "1", "--sbatch=--account=a b", "--dry-run",
                 str(TRAIN_PY)], cwd=tmp_path)

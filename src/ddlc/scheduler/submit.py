@@ -110,8 +110,10 @@ def plan_submission(script: str, script_args: Sequence[str], nodes: int, gpus_pe
     local = Path(script) if Path(script).is_absolute() else workdir / script
     if not local.is_file():
         raise UserError(f"script {script}: no such file (in {workdir})")
-    from ddlc.launch.jobcheck import check_training_job
+    from ddlc.launch.jobcheck import check_training_job, is_ddlc_train_script
 
+    if is_ddlc_train_script(local):
+        _config_must_exist(script_args, workdir)
     # train.py's arguments and config, and its batch for nodes x workers per node (one line, exit 2 if wrong)
     check_training_job(script, list(script_args), nodes * (gpus_per_node or 1), str(workdir))
     run = run_info(script, script_args, workdir)
@@ -119,6 +121,25 @@ def plan_submission(script: str, script_args: Sequence[str], nodes: int, gpus_pe
                          output_dir=str(run.directory), workdir=str(workdir), gpus_per_node=gpus_per_node,
                          time=time_limit, partition=partition, python=python, extra_sbatch=tuple(extra_sbatch))
     return Submission(request, run, render_script(request))
+
+
+def _config_must_exist(script_args: Sequence[str], workdir: Path) -> None:
+    """The job's --config is read here, at submit, from the directory the nodes share: it must exist now (ddlc
+    launch lets the nodes check a file the launching host lacks; a submitted job has no such case)."""
+    import contextlib
+    import io
+
+    from ddlc.runtime.entry import build_parser
+
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            args, _ = build_parser().parse_known_args(list(script_args))
+    except SystemExit:
+        return  # bad arguments: check_training_job says which, in one line
+    if args.config is not None:
+        path = Path(args.config) if Path(args.config).is_absolute() else workdir / args.config
+        if not path.is_file():
+            raise UserError(f"--config {args.config}: no such file (in {workdir}, the job's working directory)")
 
 
 def submit(submission: Submission, slurm: Slurm, instance_type: Optional[str] = None) -> str:
