@@ -1,7 +1,8 @@
 """The memory tier's peer replica (#16) for multi-node jobs, with two real torchrun "nodes" on 127.0.0.1.
 
 Each node has its own checkpoint.memory_dir (standing for that host's /dev/shm); storage is a shared directory.
-Node 1's whole process tree is killed with -9 and its memory_dir deleted (the host is gone); node 0's job is
+Both nodes' processes are first frozen (SIGSTOP), so what the test reads from disk is what the restart finds; then
+node 1's whole process tree is killed with -9 and its memory_dir deleted (the host is gone); node 0's job is
 killed too (its workers would otherwise wait out the collective timeout). A replacement node 1 with an empty
 memory_dir and node 0 restart: the job resumes from the memory tier, node 1's shards coming from node 0's copy of
 them, at the newest step that was replicated, and its losses equal an uninterrupted run's bit for bit.
@@ -9,9 +10,11 @@ them, at the newest step that was replicated, and its losses equal an uninterrup
 
 import json
 import shutil
+import signal
 import subprocess
 from pathlib import Path
 
+import psutil
 import pytest
 
 from tests.checkpoint.test_failures import _communicate, _kill_job, _last_logged_step, _start, _wait_for
@@ -35,13 +38,22 @@ def _replicated_steps(shm0: Path) -> list[int]:
             if (copies / f"step-{s:08d}").is_dir()]
 
 
-FLAKY_LATE = pytest.mark.xfail(strict=False, reason=(
-    "flaky, not diagnosed: about 1 run in 4 on the busy 2-core machine the restart resumed from storage although the "
-    "older copied snapshot was newer than storage's (once storage 40 vs copy 44; once storage had step 60 at the "
-    "restart though not when the test looked), or the job ended before two copies were made"))
+def _freeze(procs) -> None:
+    """SIGSTOP every process of the jobs (workers first): nothing moves on disk until they are killed."""
+    family = []
+    for proc in procs:
+        try:
+            family += psutil.Process(proc.pid).children(recursive=True) + [psutil.Process(proc.pid)]
+        except psutil.NoSuchProcess:
+            pass
+    for member in family:
+        try:
+            member.send_signal(signal.SIGSTOP)
+        except psutil.NoSuchProcess:
+            pass
 
 
-@pytest.mark.parametrize("case", ["node lost", pytest.param("node lost, newest copy had not arrived", marks=FLAKY_LATE),
+@pytest.mark.parametrize("case", ["node lost", "node lost, newest copy had not arrived",
                                   "2 ranks per node", "node lost, node 0 restarted alone with 2 ranks"])
 def test_node_lost_resumes_from_peer_replica_bit_exact(tmp_path, straight_losses, case):
     """"newest copy had not arrived": node 0's copy of node 1's newest snapshot is removed before the restart (as
@@ -59,7 +71,8 @@ def test_node_lost_resumes_from_peer_replica_bit_exact(tmp_path, straight_losses
                       cwd=straight, timeout=300))
         straight_losses = _losses(straight, "straight")
         assert len(straight_losses) == STEPS
-    interval, memory_interval = 20, 4
+    # One storage checkpoint (step 40) before the final one: storage never overtakes the copies the test looks at.
+    interval, memory_interval = 40, 4
     shm0, shm1 = tmp_path / "host0-shm", tmp_path / "host1-shm"
     ckpt = tmp_path / "runs" / NAME / "checkpoints"
     extra = (f"checkpoint.interval_steps={interval}", f"checkpoint.memory_interval_steps={memory_interval}",
@@ -68,17 +81,18 @@ def test_node_lost_resumes_from_peer_replica_bit_exact(tmp_path, straight_losses
     nodes = [_node(tmp_path, 0, port, shm0, *extra, nproc=nproc), _node(tmp_path, 1, port, shm1, *extra, nproc=nproc)]
     try:
         def ready():
-            """Past the second storage checkpoint, a copied snapshot more than a memory interval after the newest
-            storage one ("late": and an older copied one after it too)."""
+            """Past the storage checkpoint, a copied snapshot more than a memory interval after it ("late": and an
+            older copied one after it too)."""
             storage = _committed_steps(ckpt) if ckpt.exists() else []
-            if not storage or storage[-1] < 2 * interval:
+            if not storage or storage[-1] < interval:
                 return False
             after = [s for s in _replicated_steps(shm0) if s > storage[-1]]
             return after and after[-1] > storage[-1] + memory_interval and len(after) > late
 
         _wait_for(ready, proc=nodes[0])
-        _kill_job(nodes[1])  # the host is gone: its processes, then its memory
+        _freeze(nodes)
         killed_at = _last_logged_step(tmp_path / "runs" / NAME)
+        _kill_job(nodes[1])  # the host is gone: its processes, then its memory
         _kill_job(nodes[0])
         for proc in nodes:
             proc.communicate()
@@ -89,12 +103,14 @@ def test_node_lost_resumes_from_peer_replica_bit_exact(tmp_path, straight_losses
     assert list((shm1 / NAME).glob(f"step-*/__{nproc}_*.distcp")), "node 1 held its own shards"
     assert not own1, "node 1's memory holds no COMMIT: rank 0 commits on node 0"
     shutil.rmtree(shm1)
-    if late:
-        newest = _replicated_steps(shm0)[-1]
+    storage_step = _committed_steps(ckpt)[-1]
+    assert storage_step == interval
+    if late:  # the two newest copies and node 0's own files of both are there (node 0 keeps what it replicated)
+        older, newest = _replicated_steps(shm0)[-2:]
+        assert storage_step < older < newest
         shutil.rmtree(shm0 / f"{NAME}.peers" / "of-node-1" / f"step-{newest:08d}")
         assert newest in _committed_steps(shm0 / NAME)
     replicated = _replicated_steps(shm0)[-1]
-    storage_step = _committed_steps(ckpt)[-1]
     assert replicated > storage_step
 
     port = free_port()
@@ -116,12 +132,12 @@ def test_node_lost_resumes_from_peer_replica_bit_exact(tmp_path, straight_losses
     resume_step = int(line.rsplit("at step ", 1)[1])
     # The newest step whose every shard survived on node 0 (its own, and its copy of node 1's).
     assert resume_step == replicated, (resume_step, replicated, line)
-    # Lost: the steps since that snapshot, under a memory interval plus the few steps its commit and copy take
-    # (the snapshot in flight at the kill is not used); storage alone would have lost every step since storage_step.
+    # Lost: the steps since that snapshot; storage alone would have lost every step since storage_step. How far
+    # the newest copy trails the loop depends on the machine's load (a copy still in flight makes the next
+    # snapshot go unreplicated), so it is not bounded here: the exact step above is the promise, and
+    # benchmarks/memory_tier.py measures the steps lost.
     lost = killed_at - resume_step
-    # ("late": the newest copy was dropped on purpose, so the loss includes the gap to the older one.)
-    assert (late or lost < 2 * memory_interval) and lost < killed_at - storage_step, \
-        (killed_at, resume_step, storage_step)
+    assert 0 <= lost < killed_at - storage_step, (killed_at, resume_step, storage_step)
     summary = json.loads((tmp_path / "runs" / NAME / "summary.json").read_text())
     assert summary["start_step"] == resume_step and summary["resumed_from"].startswith("memory tier")
     if nproc == 1:
