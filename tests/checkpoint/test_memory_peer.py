@@ -162,3 +162,67 @@ def test_multi_node_without_peer_replica_turns_the_tier_off(tmp_path, replica):
     assert all(proc.returncode == 0 for proc in nodes), outputs[0][1][-3000:]
     assert "memory tier is off: checkpoint.memory_peer_replica is false" in outputs[0][1]
     assert not (tmp_path / "host0-shm" / NAME / f"step-{4:08d}").exists()
+
+
+def _mount_tmpfs(directory: Path, size: str) -> None:
+    directory.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(directory)],
+                             capture_output=True, text=True)
+    if mounted.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+
+
+@pytest.mark.parametrize("when", ["at start", "at run time"])
+def test_a_node_whose_memory_dir_is_too_small(tmp_path, when):
+    """Each node checks its own memory_dir (each host has its own /dev/shm): node 1's is a small tmpfs, node 0's
+    is roomy. "at start": the tier cannot fit on node 1, so every rank of both nodes stops with exit 2 and node 1's
+    numbers before training (no hang). "at run time": node 1's tmpfs fills up after the first snapshots; one
+    warning, the tier turns off on every node, the job finishes on storage checkpoints."""
+    small = tmp_path / "host1-shm"
+    _mount_tmpfs(small, "1M" if when == "at start" else "16M")
+    try:
+        port = free_port()
+        extra = ("checkpoint.interval_steps=20", "checkpoint.memory_interval_steps=2", "training.max_steps=40",
+                 "distributed.timeout_s=60")
+        nodes = [_node(tmp_path, 0, port, tmp_path / "host0-shm", *extra), _node(tmp_path, 1, port, small, *extra)]
+        try:
+            if when == "at run time":
+                _wait_for(lambda: any((small / NAME).glob("step-*/__1_0.distcp")), proc=nodes[0])
+                _fill(small)
+            outputs = [_communicate(proc, timeout=300) for proc in nodes]
+        finally:
+            for proc in nodes:
+                _kill_job(proc)
+        stderr = outputs[0][1] + outputs[1][1]
+        if when == "at start":
+            for proc, (stdout, err) in zip(nodes, outputs):
+                assert proc.returncode != 0 and "resumed from" not in stdout and "step 1 " not in stdout
+                errors = [line for line in err.splitlines() if line.startswith("error: ")]
+                assert len(errors) == 1 and "Traceback" not in err.split("error: ", 1)[0], err[-3000:]
+                assert errors[0].startswith("error: checkpoint.memory_interval_steps: the memory tier needs "), errors
+                assert f"MiB on node 1 (rank 1)" in errors[0] and f"checkpoint.memory_dir {small} has 1.0 MiB free" \
+                    in errors[0], errors
+                assert "exitcode  : 2" in err, err[-3000:]  # torchrun's report of the worker's exit code
+            return
+        assert all(proc.returncode == 0 for proc in nodes), stderr[-4000:]
+        warnings = [line for line in stderr.splitlines() if "ran out of space" in line]
+        assert len(warnings) == 1 and "the tier is off" in warnings[0], warnings
+        assert not [line for line in stderr.splitlines() if "memory tier" in line and "ran out" not in line
+                    and "still in flight" not in line], stderr[-3000:]
+        ckpt = tmp_path / "runs" / NAME / "checkpoints"
+        assert _committed_steps(ckpt)[-1] == 40
+        assert not list((tmp_path / "host0-shm" / NAME).glob("step-*"))  # every node dropped its snapshots
+    finally:
+        subprocess.run(["umount", str(small)], capture_output=True)
+
+
+def _fill(directory: Path) -> None:
+    """Write a file into `directory` until its filesystem is full."""
+    block = b"\0" * (64 << 10)
+    with open(directory / "filler", "wb") as handle:
+        try:
+            while True:
+                handle.write(block)
+                handle.flush()
+        except OSError:
+            pass

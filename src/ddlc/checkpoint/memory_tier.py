@@ -53,6 +53,13 @@ from ddlc.errors import UserError
 HEADROOM = 0.9  # at most this share of the free space
 
 
+class MemoryRoomError(UserError):
+    """The tier cannot fit in some node's memory_dir: every node's log says so (not only rank 0's), with the
+    numbers of the node that lacks the room."""
+
+    every_node = True
+
+
 def free_bytes(path: str) -> int:
     """Bytes an unprivileged writer may still use in the filesystem holding `path`."""
     info = os.statvfs(path)
@@ -162,7 +169,7 @@ class MemoryTier:
             dist.all_gather_object(verdicts, problem, group=self.checkpointer.group)
         problems = [verdict for verdict in verdicts if verdict]
         if problems:
-            raise UserError(problems[0])
+            raise MemoryRoomError(problems[0])
         return need
 
     def _fit_problem(self, need: int, how: str) -> Optional[str]:
@@ -208,23 +215,27 @@ class MemoryTier:
         busy = self._replica_thread is not None and self._replica_thread.is_alive()
         replica_full = not busy and _out_of_space(self._replica_error)
         saved_full = previous is not None and _out_of_space(previous.error)
-        # [out of space anywhere, replication in flight anywhere, -(the lowest rank that ran out)]: one all-reduce.
-        mine = saved_full or replica_full
-        full = torch.tensor([int(mine), int(busy), -self.rank if mine else -self.world_size])
+        # [a snapshot ran out of space, a replication in flight, -(the lowest rank whose peer copy ran out of
+        # space)], on any rank: one all-reduce, so every rank turns the tier off at the same snapshot.
+        full = torch.tensor([int(saved_full), int(busy), -self.rank if replica_full else -self.world_size])
         if self.checkpointer.group is not None and self.world_size > 1:
             dist.all_reduce(full, op=dist.ReduceOp.MAX, group=self.checkpointer.group)
         if full[1].item() and self.rank == 0 and not self._skips:
             self._warn("memory tier: the previous peer replication is still in flight; this snapshot is not "
                        "replicated (training does not wait for it; later skips are counted, not reported)")
         self._skips += int(full[1].item())
-        if full[0].item():
+        copy_full_on = -int(full[2].item())
+        if full[0].item() or copy_full_on < self.world_size:
             self.enabled = False
-            if -full[2].item() == self.rank:  # one warning, from the first rank that saw the disk full
-                what = (f"{self.path} ran out of space (snapshot of step {previous.step}: {previous.error})"
-                        if saved_full else f"{self.peers_path} ran out of space (peer copy: {self._replica_error})")
-                where = f" on node {self.node}" if self.num_nodes > 1 else ""
-                self._warn(f"memory tier{where}: {what}; the tier is off for the rest of this run, training goes on "
-                           f"with storage checkpoints (raise the tmpfs size or lower the model's state)")
+            what = None  # one warning: rank 0 for a snapshot (its outcome, naming the rank, is agreed), else the
+            if full[0].item() and self.rank == 0:  # first leader whose copy of its peer's snapshot did not fit
+                what = f"a snapshot ran out of space in checkpoint.memory_dir (step {previous.step}: {previous.error})"
+            elif not full[0].item() and copy_full_on == self.rank:
+                what = (f"{self.peers_path} on node {self.node} ran out of space (peer copy: "
+                        f"{self._replica_error})")
+            if what:
+                self._warn(f"memory tier: {what}; the tier is off for the rest of this run, training goes on with "
+                           f"storage checkpoints (raise the tmpfs size or lower the model's state)")
             self.discard()  # each node's leader, its own node's snapshots and copies
         return bool(full[1].item())
 
