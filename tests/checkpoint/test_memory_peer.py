@@ -25,16 +25,18 @@ from tests.support import assert_ok, free_port, run, torchrun
 NAME = "peer"
 
 
-def _node(tmp_path: Path, node: int, port: int, shm: Path, *extra: str, nproc: int = 1) -> subprocess.Popen:
-    cmd = torchrun("--nnodes=2", f"--node-rank={node}", f"--nproc-per-node={nproc}", "--master-addr=127.0.0.1",
-                   f"--master-port={port}", *_job(tmp_path, NAME, f"checkpoint.memory_dir={shm}", *extra))
+def _node(tmp_path: Path, node: int, port: int, shm: Path, *extra: str, nproc: int = 1,
+          nnodes: int = 2) -> subprocess.Popen:
+    cmd = torchrun(f"--nnodes={nnodes}", f"--node-rank={node}", f"--nproc-per-node={nproc}",
+                   "--master-addr=127.0.0.1", f"--master-port={port}",
+                   *_job(tmp_path, NAME, f"checkpoint.memory_dir={shm}", *extra))
     return _start(cmd, tmp_path)
 
 
-def _replicated_steps(shm0: Path) -> list[int]:
-    """Steps committed in node 0's memory whose node-1 files node 0 holds a whole copy of."""
-    copies = shm0 / f"{NAME}.peers" / "of-node-1"
-    return [s for s in (_committed_steps(shm0 / NAME) if (shm0 / NAME).exists() else [])
+def _replicated_steps(shms: list[Path], lost: int = 1) -> list[int]:
+    """Steps committed in node 0's memory of which the node after `lost` holds a whole copy of `lost`'s files."""
+    copies = shms[(lost + 1) % len(shms)] / f"{NAME}.peers" / f"of-node-{lost}"
+    return [s for s in (_committed_steps(shms[0] / NAME) if (shms[0] / NAME).exists() else [])
             if (copies / f"step-{s:08d}").is_dir()]
 
 
@@ -53,32 +55,47 @@ def _freeze(procs) -> None:
             pass
 
 
+def _straight(tmp_path: Path, nproc: int, *extra: str) -> list[float]:
+    """Per-step losses of an uninterrupted run of `nproc` ranks on one node."""
+    straight = tmp_path / "straight"
+    straight.mkdir()
+    assert_ok(run(torchrun("--standalone", f"--nproc_per_node={nproc}", *_job(straight, "straight", *extra)),
+                  cwd=straight, timeout=300))
+    losses = _losses(straight, "straight")
+    assert len(losses) == STEPS
+    return losses
+
+
 @pytest.mark.parametrize("case", ["node lost", "node lost, newest copy had not arrived",
-                                  "2 ranks per node", "node lost, node 0 restarted alone with 2 ranks"])
+                                  "2 ranks per node", "node lost, node 0 restarted alone with 2 ranks",
+                                  "3 nodes, the middle one lost"])
 def test_node_lost_resumes_from_peer_replica_bit_exact(tmp_path, straight_losses, case):
     """"newest copy had not arrived": node 0's copy of node 1's newest snapshot is removed before the restart (as
     if node 1 died while sending it): that step is committed on node 0 but incomplete, so every rank resumes from
     the older snapshot, complete in the copies. "2 ranks per node": each node's first rank sends both ranks' files.
-    "restarted alone": no replacement node; node 0 holds its own files and its copy of node 1's: a complete set."""
+    "restarted alone": no replacement node; node 0 holds its own files and its copy of node 1's: a complete set.
+    "3 nodes": the ring 0 -> 1 -> 2 -> 0; node 1's files come from node 2's copy, node 0's and 2's from their own."""
     late = "not arrived" in case
     alone = "alone" in case
+    nnodes = 3 if "3 nodes" in case else 2
     nproc = 2 if "2 ranks" in case else 1
     micro = ("training.micro_batch_size=2",) if nproc == 2 else ()
-    if nproc == 2:  # the uninterrupted run of the same 4 ranks
-        straight = tmp_path / "straight"
-        straight.mkdir()
-        assert_ok(run(torchrun("--standalone", "--nproc_per_node=4", *_job(straight, "straight", *micro)),
-                      cwd=straight, timeout=300))
-        straight_losses = _losses(straight, "straight")
-        assert len(straight_losses) == STEPS
+    if nnodes == 3:  # 3 ranks: a global batch they divide
+        micro = ("training.global_batch_size=12",)
+    if nproc * nnodes != 2:  # the uninterrupted run of the same ranks
+        straight_losses = _straight(tmp_path, nproc * nnodes, *micro)
     # One storage checkpoint (step 40) before the final one: storage never overtakes the copies the test looks at.
     interval, memory_interval = 40, 4
-    shm0, shm1 = tmp_path / "host0-shm", tmp_path / "host1-shm"
+    shms = [tmp_path / f"host{n}-shm" for n in range(nnodes)]
     ckpt = tmp_path / "runs" / NAME / "checkpoints"
     extra = (f"checkpoint.interval_steps={interval}", f"checkpoint.memory_interval_steps={memory_interval}",
              "distributed.timeout_s=60", *micro)
-    port = free_port()
-    nodes = [_node(tmp_path, 0, port, shm0, *extra, nproc=nproc), _node(tmp_path, 1, port, shm1, *extra, nproc=nproc)]
+
+    def start_nodes() -> list:
+        port = free_port()
+        return [_node(tmp_path, n, port, shms[n], *extra, nproc=nproc, nnodes=nnodes) for n in range(nnodes)]
+
+    nodes = start_nodes()
     try:
         def ready():
             """Past the storage checkpoint, a copied snapshot more than a memory interval after it ("late": and an
@@ -86,40 +103,39 @@ def test_node_lost_resumes_from_peer_replica_bit_exact(tmp_path, straight_losses
             storage = _committed_steps(ckpt) if ckpt.exists() else []
             if not storage or storage[-1] < interval:
                 return False
-            after = [s for s in _replicated_steps(shm0) if s > storage[-1]]
+            after = [s for s in _replicated_steps(shms) if s > storage[-1]]
             return after and after[-1] > storage[-1] + memory_interval and len(after) > late
 
         _wait_for(ready, proc=nodes[0])
         _freeze(nodes)
         killed_at = _last_logged_step(tmp_path / "runs" / NAME)
         _kill_job(nodes[1])  # the host is gone: its processes, then its memory
-        _kill_job(nodes[0])
+        for proc in nodes:
+            _kill_job(proc)
         for proc in nodes:
             proc.communicate()
     finally:
         for proc in nodes:
             _kill_job(proc)
-    own1 = _committed_steps(shm1 / NAME) if (shm1 / NAME).exists() else []
-    assert list((shm1 / NAME).glob(f"step-*/__{nproc}_*.distcp")), "node 1 held its own shards"
+    own1 = _committed_steps(shms[1] / NAME) if (shms[1] / NAME).exists() else []
+    assert list((shms[1] / NAME).glob(f"step-*/__{nproc}_*.distcp")), "node 1 held its own shards"
     assert not own1, "node 1's memory holds no COMMIT: rank 0 commits on node 0"
-    shutil.rmtree(shm1)
+    shutil.rmtree(shms[1])
     storage_step = _committed_steps(ckpt)[-1]
     assert storage_step == interval
     if late:  # the two newest copies and node 0's own files of both are there (node 0 keeps what it replicated)
-        older, newest = _replicated_steps(shm0)[-2:]
+        older, newest = _replicated_steps(shms)[-2:]
         assert storage_step < older < newest
-        shutil.rmtree(shm0 / f"{NAME}.peers" / "of-node-1" / f"step-{newest:08d}")
-        assert newest in _committed_steps(shm0 / NAME)
-    replicated = _replicated_steps(shm0)[-1]
+        shutil.rmtree(shms[0] / f"{NAME}.peers" / "of-node-1" / f"step-{newest:08d}")
+        assert newest in _committed_steps(shms[0] / NAME)
+    replicated = _replicated_steps(shms)[-1]
     assert replicated > storage_step
 
-    port = free_port()
     if alone:
         nodes = [_start(torchrun("--standalone", "--nproc_per_node=2",
-                                 *_job(tmp_path, NAME, f"checkpoint.memory_dir={shm0}", *extra)), tmp_path)]
+                                 *_job(tmp_path, NAME, f"checkpoint.memory_dir={shms[0]}", *extra)), tmp_path)]
     else:
-        nodes = [_node(tmp_path, 0, port, shm0, *extra, nproc=nproc),
-                 _node(tmp_path, 1, port, shm1, *extra, nproc=nproc)]
+        nodes = start_nodes()
     try:
         outputs = [_communicate(proc, timeout=300) for proc in nodes]
     finally:
@@ -130,7 +146,7 @@ def test_node_lost_resumes_from_peer_replica_bit_exact(tmp_path, straight_losses
     line = _resume_line(outputs[0][0])
     assert "memory tier" in line, (line, outputs[0][1][-3000:], outputs[-1][1][-3000:])
     resume_step = int(line.rsplit("at step ", 1)[1])
-    # The newest step whose every shard survived on node 0 (its own, and its copy of node 1's).
+    # The newest step whose every shard survived on the other nodes (their own, and the copy of node 1's).
     assert resume_step == replicated, (resume_step, replicated, line)
     # Lost: the steps since that snapshot; storage alone would have lost every step since storage_step. How far
     # the newest copy trails the loop depends on the machine's load (a copy still in flight makes the next
@@ -140,11 +156,11 @@ def test_node_lost_resumes_from_peer_replica_bit_exact(tmp_path, straight_losses
     assert 0 <= lost < killed_at - storage_step, (killed_at, resume_step, storage_step)
     summary = json.loads((tmp_path / "runs" / NAME / "summary.json").read_text())
     assert summary["start_step"] == resume_step and summary["resumed_from"].startswith("memory tier")
-    if nproc == 1:
+    if nproc * nnodes == 2:
         assert _losses(tmp_path, NAME) == straight_losses  # exact float equality
-    else:  # 4 ranks on gloo: even a storage resume (no memory tier) is not bit-exact here, ~1e-7 off (see report)
+    else:  # more ranks on gloo: even a storage resume (no memory tier) is not bit-exact here, ~1e-7 off
         assert _losses(tmp_path, NAME) == pytest.approx(straight_losses, rel=1e-5, abs=0)
-    for shm in (shm0,) if alone else (shm0, shm1):  # the finished run leaves nothing in either host's memory
+    for shm in shms[:1] if alone else shms:  # the finished run leaves nothing in any host's memory
         assert not list((shm / NAME).iterdir()) and not (shm / f"{NAME}.peers").exists()
 
 
