@@ -20,7 +20,7 @@ import pytest
 from tests.checkpoint.test_failures import _communicate, _kill_job, _last_logged_step, _start, _wait_for
 from tests.checkpoint.test_memory_tier import (  # noqa: F401 (straight_losses: the fixture)
     STEPS, _committed_steps, _job, _losses, _resume_line, straight_losses)
-from tests.support import assert_ok, free_port, run, torchrun
+from tests.support import PYTHON, assert_ok, free_port, run, torchrun
 
 NAME = "peer"
 
@@ -130,6 +130,14 @@ def test_node_lost_resumes_from_peer_replica_bit_exact(tmp_path, straight_losses
         assert newest in _committed_steps(shms[0] / NAME)
     replicated = _replicated_steps(shms)[-1]
     assert replicated > storage_step
+    if case == "node lost":  # `ddlc checkpoints list` on node 0: storage, its snapshots, its copies of node 1's
+        listed = run([str(Path(PYTHON).parent / "ddlc"), "checkpoints", "list", str(ckpt), "--memory-dir",
+                      str(shms[0])], cwd=tmp_path, COLUMNS="400")
+        assert_ok(listed)
+        own, copies = listed.stdout.split("memory tier (this node)", 1)[1].split("copy of node 1's snapshots", 1)
+        name = f"step-{replicated:08d}"
+        assert name in own and "committed" in own.split(name, 1)[1].splitlines()[0], listed.stdout
+        assert name in copies and "node 1's files" in copies.split(name, 1)[1], listed.stdout
 
     if alone:
         nodes = [_start(torchrun("--standalone", "--nproc_per_node=2",
