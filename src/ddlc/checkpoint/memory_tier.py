@@ -7,9 +7,10 @@
     resume (Trainer.resume):
         rank 0 peeks storage's newest committed step S; the memory tier loads its newest snapshot of a step > S that
         verifies (a corrupt one: the next older one); none --> storage resume as before, and stale snapshots go.
-    bounds: at start, 3 x the state's bytes (two kept + one being written) must fit in memory_dir's free space,
-        else exit 2 with the numbers; a write that runs out of space at run time turns the tier off (one warning)
-        and training goes on with storage checkpoints.
+    bounds: at start, every node's leader checks its own memory_dir: 3 x the state's bytes (two kept + one being
+        written; multi-node: peer_ring.node_need) must fit in its free space, else every rank of every node exits 2
+        with that node's numbers; a snapshot or peer copy that runs out of space at run time turns the tier off on
+        every node (one warning) and training goes on with storage checkpoints.
 
 Survives: a worker or whole-job restart on the same node (torchrun --max-restarts, a crash, a kill -9).
 
@@ -18,7 +19,8 @@ Multi-node jobs (checkpoint.memory_peer_replica, on by default), the peer replic
     COMMIT; rank 0 commits what the ranks reported). After a snapshot commits, each node's first rank (its leader)
     sends the node's files of that step to the next node's leader (ring: node i -> node (i+1) % N) over a gloo
     group of the leaders, from a background thread; the receiver writes them to <memory_dir>/<run>.peers/
-    of-node-<i>/step-N.tmp and renames it into place (newest two kept). A replication that is still in flight on
+    of-node-<i>/step-N.tmp and renames it into place (newest two kept; a node keeps its own files of the newest
+    two snapshots and of the two newest it replicated, see peer_ring.prune_own). A replication still in flight on
     any node when the next snapshot starts makes every node skip replicating that snapshot (agreed in the
     all-reduce each snapshot already does), so it never holds training up.
     resume: every leader lists the steps it holds (own and peer copies) with their file sizes and COMMIT; rank 0
