@@ -196,14 +196,18 @@ def _mount_tmpfs(directory: Path, size: str) -> None:
         pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
 
 
-@pytest.mark.parametrize("when", ["at start", "at run time"])
+@pytest.mark.parametrize("when", ["at start", "at run time", "cannot be created"])
 def test_a_node_whose_memory_dir_is_too_small(tmp_path, when):
     """Each node checks its own memory_dir (each host has its own /dev/shm): node 1's is a small tmpfs, node 0's
     is roomy. "at start": the tier cannot fit on node 1, so every rank of both nodes stops with exit 2 and node 1's
     numbers before training (no hang). "at run time": node 1's tmpfs fills up after the first snapshots; one
-    warning, the tier turns off on every node, the job finishes on storage checkpoints."""
+    warning, the tier turns off on every node, the job finishes on storage checkpoints. "cannot be created": node
+    1's memory_dir cannot exist; every rank stops with exit 2 and says so (node 0 does not wait out a timeout)."""
     small = tmp_path / "host1-shm"
-    _mount_tmpfs(small, "1M" if when == "at start" else "16M")
+    if when == "cannot be created":
+        small = Path("/proc/ddlc-cannot-be-here")
+    else:
+        _mount_tmpfs(small, "1M" if when == "at start" else "16M")
     try:
         port = free_port()
         extra = ("checkpoint.interval_steps=20", "checkpoint.memory_interval_steps=2", "training.max_steps=40",
@@ -218,14 +222,19 @@ def test_a_node_whose_memory_dir_is_too_small(tmp_path, when):
             for proc in nodes:
                 _kill_job(proc)
         stderr = outputs[0][1] + outputs[1][1]
-        if when == "at start":
+        if when != "at run time":
             for proc, (stdout, err) in zip(nodes, outputs):
                 assert proc.returncode != 0 and "resumed from" not in stdout and "step 1 " not in stdout
                 errors = [line for line in err.splitlines() if line.startswith("error: ")]
                 assert len(errors) == 1 and "Traceback" not in err.split("error: ", 1)[0], err[-3000:]
-                assert errors[0].startswith("error: checkpoint.memory_interval_steps: the memory tier needs "), errors
-                assert f"MiB on node 1 (rank 1)" in errors[0] and f"checkpoint.memory_dir {small} has 1.0 MiB free" \
-                    in errors[0], errors
+                if when == "cannot be created":
+                    assert errors[0].startswith(f"error: checkpoint.memory_dir {small}: cannot create") \
+                        and "on node 1" in errors[0], errors
+                else:
+                    assert errors[0].startswith("error: checkpoint.memory_interval_steps: the memory tier needs "), \
+                        errors
+                    assert "MiB on node 1 (rank 1)" in errors[0] and f"checkpoint.memory_dir {small} has 1.0 MiB " \
+                        "free" in errors[0], errors
                 assert "exitcode  : 2" in err, err[-3000:]  # torchrun's report of the worker's exit code
             return
         assert all(proc.returncode == 0 for proc in nodes), stderr[-4000:]
@@ -237,7 +246,8 @@ def test_a_node_whose_memory_dir_is_too_small(tmp_path, when):
         assert _committed_steps(ckpt)[-1] == 40
         assert not list((tmp_path / "host0-shm" / NAME).glob("step-*"))  # every node dropped its snapshots
     finally:
-        subprocess.run(["umount", str(small)], capture_output=True)
+        if when != "cannot be created":
+            subprocess.run(["umount", str(small)], capture_output=True)
 
 
 def _fill(directory: Path) -> None:

@@ -129,11 +129,15 @@ class MemoryTier:
         self._warn = warn
         self.enabled = True
         self.saves = 0
+        # Reported by check_fits, after every rank took part in the collectives below (raising here would leave the
+        # other nodes waiting in them for the timeout).
+        self._setup_problem: Optional[str] = None
         try:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as error:
-            raise UserError(f"checkpoint.memory_dir {self.root}: cannot create {self.path}: "
-                            f"{error.strerror or error}") from None
+            where = f" on node {self.node}" if self.num_nodes > 1 else ""
+            self._setup_problem = (f"checkpoint.memory_dir {self.root}: cannot create {self.path}{where}: "
+                                   f"{error.strerror or error}")
 
         def quiet_warn(message: str) -> None:
             if not _out_of_space(message):  # reported once, in its own words, by _check_space
@@ -159,8 +163,8 @@ class MemoryTier:
         leader measures its own (every node has its own /dev/shm), the verdicts are gathered, so every rank stops
         with the same message (the first node's that does not fit). Returns this node's need."""
         need, how = peer_ring.node_need(snapshot_bytes, self.num_nodes, self.local_world_size, self.world_size)
-        problem = None
-        if self.leader:
+        problem = self._setup_problem
+        if self.leader and problem is None:
             try:
                 problem = self._fit_problem(need, how)
             except OSError as exc:  # a memory_dir that cannot even be measured cannot hold the tier either
