@@ -19,7 +19,7 @@ import pytest
 
 from tests.checkpoint.test_failures import _communicate, _kill_job, _last_logged_step, _start, _wait_for
 from tests.checkpoint.test_memory_tier import (  # noqa: F401 (straight_losses: the fixture)
-    STEPS, _committed_steps, _job, _losses, _resume_line, straight_losses)
+    STEPS, _committed_steps, _flip_bytes, _job, _losses, _resume_line, straight_losses)
 from tests.support import PYTHON, assert_ok, free_port, run, torchrun
 
 NAME = "peer"
@@ -68,14 +68,17 @@ def _straight(tmp_path: Path, nproc: int, *extra: str) -> list[float]:
 
 @pytest.mark.parametrize("case", ["node lost", "node lost, newest copy had not arrived",
                                   "2 ranks per node", "node lost, node 0 restarted alone with 2 ranks",
-                                  "3 nodes, the middle one lost"])
+                                  "3 nodes, the middle one lost", "node lost, newest copy corrupt"])
 def test_node_lost_resumes_from_peer_replica_bit_exact(tmp_path, straight_losses, case):
     """"newest copy had not arrived": node 0's copy of node 1's newest snapshot is removed before the restart (as
     if node 1 died while sending it): that step is committed on node 0 but incomplete, so every rank resumes from
     the older snapshot, complete in the copies. "2 ranks per node": each node's first rank sends both ranks' files.
     "restarted alone": no replacement node; node 0 holds its own files and its copy of node 1's: a complete set.
-    "3 nodes": the ring 0 -> 1 -> 2 -> 0; node 1's files come from node 2's copy, node 0's and 2's from their own."""
-    late = "not arrived" in case
+    "3 nodes": the ring 0 -> 1 -> 2 -> 0; node 1's files come from node 2's copy, node 0's and 2's from their own.
+    "newest copy corrupt": bytes of node 0's copy of node 1's newest shard flipped (sizes intact, so the step looks
+    complete): the verified load rejects it and every rank takes the older complete step, not storage."""
+    corrupt = "corrupt" in case
+    late = "not arrived" in case or corrupt
     alone = "alone" in case
     nnodes = 3 if "3 nodes" in case else 2
     nproc = 2 if "2 ranks" in case else 1
@@ -126,9 +129,13 @@ def test_node_lost_resumes_from_peer_replica_bit_exact(tmp_path, straight_losses
     if late:  # the two newest copies and node 0's own files of both are there (node 0 keeps what it replicated)
         older, newest = _replicated_steps(shms)[-2:]
         assert storage_step < older < newest
-        shutil.rmtree(shms[0] / f"{NAME}.peers" / "of-node-1" / f"step-{newest:08d}")
+        copy = shms[0] / f"{NAME}.peers" / "of-node-1" / f"step-{newest:08d}"
+        if corrupt:
+            _flip_bytes(next(copy.glob("__1_*.distcp")))
+        else:
+            shutil.rmtree(copy)
         assert newest in _committed_steps(shms[0] / NAME)
-    replicated = _replicated_steps(shms)[-1]
+    replicated = older if corrupt else _replicated_steps(shms)[-1]
     assert replicated > storage_step
     if case == "node lost":  # `ddlc checkpoints list` on node 0: storage, its snapshots, its copies of node 1's
         listed = run([str(Path(PYTHON).parent / "ddlc"), "checkpoints", "list", str(ckpt), "--memory-dir",
@@ -151,6 +158,8 @@ def test_node_lost_resumes_from_peer_replica_bit_exact(tmp_path, straight_losses
             _kill_job(proc)
     for proc, (_, stderr) in zip(nodes, outputs):
         assert proc.returncode == 0, stderr[-4000:]
+    if corrupt:
+        assert "sha256 mismatch" in outputs[0][1] and f"step-{newest:08d}" in outputs[0][1], outputs[0][1][-3000:]
     line = _resume_line(outputs[0][0])
     assert "memory tier" in line, (line, outputs[0][1][-3000:], outputs[-1][1][-3000:])
     resume_step = int(line.rsplit("at step ", 1)[1])

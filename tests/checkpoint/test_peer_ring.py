@@ -166,3 +166,13 @@ def test_node_need_counts_the_peer_copies():
     need, how = peer_ring.node_need(whole, 2, 8, 16)
     assert need == whole + 7 * (whole // 2) and "peer copies" in how
     assert peer_ring.node_need(whole, 4, 8, 32)[0] == whole + 7 * (whole // 4)
+
+
+def test_a_step_found_corrupt_is_skipped_for_the_next_older_complete_one(tmp_path):
+    hosts = [tmp_path / f"host{n}" for n in range(2)]
+    for step in (4, 8):
+        _snapshot(hosts, step)
+    inventories = _inventories(hosts, {1})
+    assert peer_ring.plan(inventories, after=0)["step"] == 8
+    assert peer_ring.plan(inventories, after=0, skip=frozenset({step_dir(8)}))["step"] == 4
+    assert peer_ring.plan(inventories, after=4, skip=frozenset({step_dir(8)})) is None

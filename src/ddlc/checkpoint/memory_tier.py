@@ -320,9 +320,9 @@ class MemoryTier:
         """This node's steps, own and peer copies (peer_ring.inventory)."""
         return peer_ring.inventory(self.path, self.peers_path)
 
-    def _gather_replicas(self, after: int) -> Optional[int]:
-        """Every rank: agree on the step to resume from the memory tier (None: none complete) and give every
-        node's own directory all of its files. Returns the step."""
+    def _gather_replicas(self, after: int, skip: frozenset = frozenset()) -> Optional[int]:
+        """Every rank: agree on the step to resume from the memory tier (None: none complete), never one in `skip`
+        (found corrupt), and give every node's own directory all of its files. Returns the step."""
         group = self.checkpointer.load_group if self.world_size > 1 else None
         mine = None
         if self.leader:
@@ -335,7 +335,7 @@ class MemoryTier:
         if group is not None:
             inventories = [None] * self.world_size
             dist.all_gather_object(inventories, mine, group=group)
-        box = [peer_ring.plan(inventories, after) if self.rank == 0 else None]
+        box = [peer_ring.plan(inventories, after, skip) if self.rank == 0 else None]
         if group is not None:
             dist.broadcast_object_list(box, src=0, group=group)
         plan = box[0]
@@ -410,11 +410,19 @@ class MemoryTier:
             box = [after]
             if self.world_size > 1:
                 dist.broadcast_object_list(box, src=0, group=self.checkpointer.load_group)
-            chosen = self._gather_replicas(box[0])
-            if chosen is None:
-                return None
-            after = chosen - 1
-        restored = self.checkpointer.resume(model, optimizer, check_hashes=check_hashes, after_step=after)
+            corrupt: dict[str, str] = {}
+            while True:  # a complete step that fails verification: the next older complete one, else storage
+                chosen = self._gather_replicas(box[0], frozenset(corrupt))
+                if chosen is None:
+                    self.checkpointer._known_corrupt = corrupt
+                    return None
+                restored = self.checkpointer.resume(model, optimizer, check_hashes=check_hashes,
+                                                    after_step=chosen - 1)
+                if restored is not None:  # (the verdict is agreed: every rank leaves or loops together)
+                    break
+                corrupt.update(self.checkpointer._known_corrupt or {step_dir(chosen): "rejected"})
+        else:
+            restored = self.checkpointer.resume(model, optimizer, check_hashes=check_hashes, after_step=after)
         if restored is None:
             return None
         if self.rank == 0 and peek is not None:

@@ -90,12 +90,14 @@ def prune_own(directory: Path, replicated_steps: list[int], keep: int = 2) -> No
     prune(directory, keep=keep, protect=replicated_steps[-keep:])
 
 
-def plan(inventories: list, after: int) -> Optional[dict]:
-    """The newest step > `after` whose COMMIT-listed files are all held by some leader with their recorded sizes.
+def plan(inventories: list, after: int, skip: Iterable[str] = ()) -> Optional[dict]:
+    """The newest step > `after` (not named in `skip`: found corrupt) whose COMMIT-listed files are all held by
+    some leader with their recorded sizes.
 
     inventories: by rank, None for a non-leader, else {"found": {place: {step dir: {file: size}}}, "commits":
     {step dir: COMMIT bytes}} (place: "own" or "of-node-<i>"). Returns {"step", "name", "holders": {file: (rank,
     place, size)}} or None."""
+    skip = set(skip)
     commits = {}
     for inventory in inventories:
         if inventory:
@@ -103,6 +105,8 @@ def plan(inventories: list, after: int) -> Optional[dict]:
     for name in sorted(commits, key=parse_step, reverse=True):
         if parse_step(name) <= after:
             break
+        if name in skip:
+            continue
         manifest = parse_commit(commits[name], name).manifest
         if manifest is None:  # another number of ranks is fine: DCP reshards a complete set of files
             continue
