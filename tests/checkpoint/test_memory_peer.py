@@ -55,6 +55,24 @@ def _freeze(procs) -> None:
             pass
 
 
+def _peer_copies_counted(port: int) -> bool:
+    """Node 1's first rank exports ddlc_checkpoints_total{tier="peer",result="success"} > 0 (and its other
+    checkpoint series by tier: rank 1 commits nothing, so no storage or memory series)."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
+    except OSError:
+        return False
+    samples = [s for family in text_string_to_metric_families(text) for s in family.samples
+               if s.name == "ddlc_checkpoints_total"]
+    assert {s.labels["tier"] for s in samples} <= {"peer"}, samples
+    return any(s.labels == {**s.labels, "tier": "peer", "result": "success", "rank": "1"} and s.value > 0
+               for s in samples)
+
+
 def _straight(tmp_path: Path, nproc: int, *extra: str) -> list[float]:
     """Per-step losses of an uninterrupted run of `nproc` ranks on one node."""
     straight = tmp_path / "straight"
@@ -94,9 +112,15 @@ def test_node_lost_resumes_from_peer_replica_bit_exact(tmp_path, straight_losses
     extra = (f"checkpoint.interval_steps={interval}", f"checkpoint.memory_interval_steps={memory_interval}",
              "distributed.timeout_s=60", *micro)
 
+    # "node lost": each node's rank serves its metrics; node 1's first rank counts the copies it sent and stored.
+    metrics_ports = [free_port() for _ in range(nnodes)] if case == "node lost" else []
+
     def start_nodes() -> list:
         port = free_port()
-        return [_node(tmp_path, n, port, shms[n], *extra, nproc=nproc, nnodes=nnodes) for n in range(nnodes)]
+        metrics = [(f"monitoring.metrics_port={metrics_ports[n]}", "monitoring.metrics_linger_s=0")
+                   if metrics_ports else () for n in range(nnodes)]
+        return [_node(tmp_path, n, port, shms[n], *extra, *metrics[n], nproc=nproc, nnodes=nnodes)
+                for n in range(nnodes)]
 
     nodes = start_nodes()
     try:
@@ -107,7 +131,8 @@ def test_node_lost_resumes_from_peer_replica_bit_exact(tmp_path, straight_losses
             if not storage or storage[-1] < interval:
                 return False
             after = [s for s in _replicated_steps(shms) if s > storage[-1]]
-            return after and after[-1] > storage[-1] + memory_interval and len(after) > late
+            done = after and after[-1] > storage[-1] + memory_interval and len(after) > late
+            return done and (not metrics_ports or _peer_copies_counted(metrics_ports[1]))
 
         _wait_for(ready, proc=nodes[0])
         _freeze(nodes)
