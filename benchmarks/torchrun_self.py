@@ -9,8 +9,10 @@ import sys
 def relaunch_under_torchrun(script: str, nproc: int) -> int:
     """Run `script` with this process's arguments as `nproc` torchrun workers; one thread each unless
     OMP_NUM_THREADS says otherwise (ranks share the machine's cores)."""
+    # `--` ends torchrun's own options: without it torchrun's argparse reads the script's `--nproc 2` as an
+    # ambiguous abbreviation of its --nproc-per-node and exits. torchrun drops the `--`; the script sees its args.
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", script,
-           *sys.argv[1:]]
+           "--", *sys.argv[1:]]
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
     return subprocess.call(cmd, env=env)
 

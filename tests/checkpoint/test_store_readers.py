@@ -229,3 +229,28 @@ def test_prune_hashes_the_checkpoints_it_keeps_before_deleting_older_ones(corpus
     assert (copy / "latest").read_text().strip() == "step-00000030"
     verify = run([DDLC, "checkpoints", "verify", str(copy)], cwd=tmp_path, COLUMNS="400")
     assert "OK   step-00000030" in verify.stdout, verify.stdout
+
+
+# What the reading verbs run with: the same command line, with a hook that says at exit whether torch was imported.
+_TORCH_AT_EXIT = ("import atexit, sys\n"
+                  "atexit.register(lambda: print('torch imported:', 'torch' in sys.modules, file=sys.stderr))\n"
+                  "sys.argv = ['ddlc', *sys.argv[1:]]\n"
+                  "from ddlc.cli.main import run\n"
+                  "run()\n")
+
+
+@pytest.mark.parametrize("verb", [["list"], ["show", "{store}", "latest"], ["verify"],
+                                  ["prune", "{store}", "--keep-last", "1", "--dry-run"]])
+def test_reading_verbs_never_import_torch(corpus, tmp_path, verb):
+    """docs/checkpointing.md: `list`, `show`, `verify` and `prune` do not import torch (seconds on every call)."""
+    store, _ = corpus
+    good = tmp_path / "ck"
+    for step in GOOD:
+        shutil.copytree(store / f"step-{step:08d}", good / f"step-{step:08d}")
+    (good / "latest").write_text("step-00000030")
+    args = [a.format(store=good) for a in verb] if len(verb) > 1 else [*verb, str(good)]
+    proc = run([PYTHON, "-c", _TORCH_AT_EXIT, "checkpoints", *args], cwd=tmp_path, COLUMNS="400")
+    _no_traceback(proc)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "step-00000030" in proc.stdout or '"step": 30' in proc.stdout, proc.stdout  # it did its work
+    assert "torch imported: False" in proc.stderr, proc.stderr[-2000:]

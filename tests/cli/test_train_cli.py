@@ -199,3 +199,40 @@ def test_ddlc_train_again_on_a_finished_run_summarises_without_a_traceback(tmp_p
     assert "Traceback" not in proc.stderr
     # #13: it says the run is finished and writes no summary with null losses (reports and dashboards read them).
     assert "already finished" in proc.stdout and not (tmp_path / "again" / "summary.json").exists()
+
+
+@pytest.mark.slow
+def test_a_second_ctrl_c_kills_the_job_without_a_checkpoint(tmp_path):
+    """docs/runbook.md: a second Ctrl-C kills the job without a checkpoint. The workers are frozen (SIGSTOP) first,
+    so the checkpoint the first Ctrl-C asks for cannot be written before the second one arrives: without that the
+    two would race on this tiny model."""
+    import signal
+    import time
+
+    proc, procs = _start_long_job(tmp_path, "twice")
+    try:
+        workers = [p for p in procs[1:] if not p.children()]
+        assert len(workers) == 2, [p.cmdline() for p in procs]
+        for worker in workers:
+            worker.suspend()
+        proc.send_signal(signal.SIGINT)
+        deadline = time.monotonic() + 60
+        # The first one was handled: torchrun got the SIGTERM it turns into (ddlc's own line is still buffered).
+        while "Received 15 death signal" not in (tmp_path / "stderr").read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "stderr").read_text()[-3000:]
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=120)
+        _, alive = psutil.wait_procs(procs, timeout=30)
+    finally:
+        for p in procs:
+            try:
+                p.kill()
+            except psutil.Error:
+                pass
+    stdout, stderr = (tmp_path / "stdout").read_text(), (tmp_path / "stderr").read_text()
+    assert proc.returncode == 130, stdout + stderr  # 128 + SIGINT; it used to be 0, as if training had finished
+    assert not alive, alive  # launcher, agent and both workers are gone
+    assert "ddlc: run twice killed (Ctrl-C twice) without a checkpoint of this stop" in stdout, stdout[-3000:]
+    assert "stopped cleanly" not in stdout and "Traceback" not in stdout + stderr, stdout[-3000:]
+    assert not list((tmp_path / "twice" / "checkpoints").glob("step-*/COMMIT"))  # killed, not checkpointed

@@ -8,8 +8,10 @@
         on PATH: a fake `aws` (ssm parameter -> s3:// URL, s3 cp of the real package zip, the ssh secret) and a
         stand-in `systemctl`; the "AMI's" PyTorch Python at /opt/conda/envs/pytorch (a venv that sees the
         shared venv's packages except ddlc), the "AMI's" CloudWatch agent control script
-        chroot: the rendered user data (no FSx) -> exit 0, "ok"; then the hostfile writer the unit runs ->
-        /etc/ddlc/hostfile + master.env from moto; then the agent unit's ExecStart -> /metrics answers;
+        chroot: the rendered user data (no FSx, Slurm on: a stand-in `apt-get`, Slurm and munge from the host's
+        /usr) -> exit 0, "ok", the munge key, slurm.conf from moto's head and workers, slurmd enabled; then the
+        hostfile writer the unit runs -> /etc/ddlc/hostfile + master.env from moto (and slurm.conf again);
+        then the agent unit's ExecStart -> /metrics answers;
         then the user data with FSx configured -> exit 1, "failed: the FSx for Lustre client ..."
 
 The package is the real one `cdk synth` ships (ddlc.infra.package_asset: wheel + pinned requirements).
@@ -41,7 +43,8 @@ PARAMETER = "/ddlc/boottest/node-package"
 PACKAGE_URL = "s3://cdk-hnb659fds-assets-123456789012-us-east-1/0123abcd.zip"
 SECRET_ARN = "arn:aws:secretsmanager:us-east-1:123456789012:secret:ddlc-boottest-ssh-AbCdEf"
 SECRET = "Kq7" * 22
-INSTANCE_ID = "i-0b00710a5e0000001"
+MUNGE_ARN = "arn:aws:secretsmanager:us-east-1:123456789012:secret:ddlc-boottest-munge-GhIjKl"
+MUNGE_KEY = "Mu9" * 40
 SHARED_SITE = Path(sys.prefix) / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
 
 FAKE_AWS = r"""#!/bin/bash
@@ -56,15 +59,23 @@ case "$1 $2" in
     [[ "$args" == *" {url} "* ]] || {{ echo "NoSuchKey: $*" >&2; exit 1; }}
     cp /opt/fake-aws/package.zip "${{@: -1}}" ;;
   "secretsmanager get-secret-value")
-    [[ "$args" == *" --secret-id {secret_arn} "* ]] || {{ echo "ResourceNotFoundException" >&2; exit 254; }}
-    cat /opt/fake-aws/secret ;;
+    if [[ "$args" == *" --secret-id {secret_arn} "* ]]; then cat /opt/fake-aws/secret
+    elif [[ "$args" == *" --secret-id {munge_arn} "* ]]; then cat /opt/fake-aws/munge
+    else echo "ResourceNotFoundException" >&2; exit 254; fi ;;
   *) echo "fake aws: unexpected call: $*" >&2; exit 2 ;;
 esac
 """
 
 FAKE_SYSTEMCTL = """#!/bin/bash
-# Stand-in init: records what the boot script asks for (the units themselves are checked by the test).
+# Stand-in init: records what the boot script asks for (the units themselves are checked by the test); no
+# service runs here, so is-active says inactive.
 echo "systemctl $*" >> /var/log/fake-systemctl.log
+if [ "$1" = is-active ]; then exit 3; fi
+"""
+
+FAKE_APT = """#!/bin/bash
+# Stand-in for apt-get (no archive here): records the call; Slurm and munge are the host's, under /usr.
+echo "apt-get $*" >> /var/log/fake-apt.log
 """
 
 CLOUDWATCH_CTL = """#!/bin/bash
@@ -98,7 +109,7 @@ http.server.HTTPServer(("169.254.169.254", 80), Handler).serve_forever()
 """
 
 SEED_EC2 = r"""
-import json, sys, time, urllib.request, boto3
+import json, pathlib, sys, time, urllib.request, boto3
 url = "http://127.0.0.1:5000"
 for _ in range(300):
     try:
@@ -107,14 +118,18 @@ for _ in range(300):
         time.sleep(0.1)
 ec2 = boto3.client("ec2", region_name="us-east-1", endpoint_url=url, aws_access_key_id="testing",
                    aws_secret_access_key="testing")
-ips = []
-for index in range(2):
-    tags = [{"Key": "ddlc:cluster", "Value": sys.argv[1]}, {"Key": "role", "Value": "worker"},
-            {"Key": "aws:autoscaling:groupName", "Value": sys.argv[1] + "-workers"}]
-    instance = ec2.run_instances(ImageId="ami-12c6146b", InstanceType="p4d.24xlarge", MinCount=1, MaxCount=1,
+instances = []
+for role, kind in (("head", "m6i.xlarge"), ("worker", "p4d.24xlarge"), ("worker", "p4d.24xlarge")):
+    tags = [{"Key": "ddlc:cluster", "Value": sys.argv[1]}, {"Key": "role", "Value": role}]
+    if role == "worker":
+        tags.append({"Key": "aws:autoscaling:groupName", "Value": sys.argv[1] + "-workers"})
+    instance = ec2.run_instances(ImageId="ami-12c6146b", InstanceType=kind, MinCount=1, MaxCount=1,
                                  TagSpecifications=[{"ResourceType": "instance", "Tags": tags}])["Instances"][0]
-    ips.append(instance["PrivateIpAddress"])
-print(json.dumps(ips))
+    instances.append({key: instance[key] for key in ("InstanceId", "PrivateIpAddress", "PrivateDnsName")})
+base = pathlib.Path(sys.argv[2])
+(base / "instances.json").write_text(json.dumps(instances))
+(base / "worker-ips.json").write_text(json.dumps([i["PrivateIpAddress"] for i in instances[1:]]))
+(base / "instance-id").write_text(instances[2]["InstanceId"])  # the booting node: the second worker
 """
 
 
@@ -167,8 +182,10 @@ def make_root(base: Path) -> Path:
 
     fake_bin = root / "opt/fakebin"
     _write(fake_bin / "aws", FAKE_AWS.format(parameter=PARAMETER, region=REGION, url=PACKAGE_URL,
-                                             secret_arn=SECRET_ARN), 0o755)
+                                             secret_arn=SECRET_ARN, munge_arn=MUNGE_ARN), 0o755)
     _write(fake_bin / "systemctl", FAKE_SYSTEMCTL, 0o755)
+    _write(fake_bin / "apt-get", FAKE_APT, 0o755)
+    _write(root / "opt/fake-aws/munge", MUNGE_KEY + "\n", 0o600)
     _write(root / "opt/aws/amazon-cloudwatch-agent/bin/amazon-cloudwatch-agent-ctl", CLOUDWATCH_CTL, 0o755)
     _write(root / "opt/fake-aws/secret", SECRET + "\n", 0o600)
     package = build_node_package()
@@ -183,9 +200,13 @@ set -euo pipefail
 R={root}
 ip link set lo up
 ip addr add 169.254.169.254/32 dev lo
-{python} {base}/imds.py {instance_id} &
 {moto} -H 127.0.0.1 -p 5000 > {base}/moto.log 2>&1 &
-{python} {base}/seed_ec2.py {cluster} > {base}/worker-ips.json
+{python} {base}/seed_ec2.py {cluster} {base}
+{python} {base}/imds.py $(cat {base}/instance-id) &
+for i in $(seq 1 300); do  # the IMDS must answer before the boot asks it
+  curl -fs -o /dev/null -X PUT -H 'X-aws-ec2-metadata-token-ttl-seconds: 1' http://169.254.169.254/latest/api/token && break
+  sleep 0.1
+done
 ro_bind() {{ mount --bind "$1" "$R$1"; mount -o remount,bind,ro "$R$1"; }}
 ro_bind /usr
 mount -t tmpfs tmpfs $R/usr/local
@@ -197,10 +218,12 @@ mount -t proc proc $R/proc
 in_root() {{ chroot $R /usr/bin/env -i HOME=/root PATH=/opt/fakebin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin \
     LANG=C.UTF-8 "$@"; }}
 set +e
-in_root /bin/bash /boot/user-data.sh > {base}/boot1.out 2>&1; echo $? > {base}/boot1.rc
+MOTO_ENV="AWS_ENDPOINT_URL=http://127.0.0.1:5000 AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing"
+in_root /usr/bin/env $MOTO_ENV /bin/bash /boot/user-data.sh > {base}/boot1.out 2>&1; echo $? > {base}/boot1.rc
 cp $R/var/lib/ddlc/boot-status {base}/boot1.status
 in_root readlink /usr/local/bin/ddlc > {base}/ddlc-link  # /usr/local is this namespace's tmpfs
-in_root /usr/bin/env AWS_ENDPOINT_URL=http://127.0.0.1:5000 AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing \
+in_root /bin/bash -c 'test -x /usr/local/sbin/ddlc-slurm-health && cat /usr/local/sbin/ddlc-slurm-health' > {base}/health-check
+in_root /usr/bin/env $MOTO_ENV \
     /bin/bash -c 'exec $(sed -n "s/^ExecStart=//p" /etc/systemd/system/ddlc-hostfile.service)' \
     > {base}/hostfile.out 2>&1; echo $? > {base}/hostfile.rc
 in_root /bin/bash -c 'set -a; . /etc/ddlc/cluster.env; exec $(sed -n "s/^ExecStart=//p" /etc/systemd/system/ddlc-agent.service)' \
@@ -212,7 +235,10 @@ for i in $(seq 1 120); do
 done
 kill $agent 2>/dev/null; wait $agent 2>/dev/null
 in_root /bin/bash /boot/user-data-fsx.sh > {base}/boot2.out 2>&1; echo $? > {base}/boot2.rc
-kill %1 %2 2>/dev/null
+cp $R/var/lib/ddlc/boot-status {base}/boot2.status
+in_root /usr/bin/env $MOTO_ENV /bin/bash /boot/user-data-bad-munge.sh > {base}/boot3.out 2>&1; echo $? > {base}/boot3.rc
+cp $R/var/lib/ddlc/boot-status {base}/boot3.status
+kill %1 %2 2>/dev/null  # moto and the IMDS
 exit 0
 """
 
@@ -221,17 +247,18 @@ exit 0
 def booted(tmp_path_factory):
     base = tmp_path_factory.mktemp("boot")
     root = make_root(base)
-    script = "#!/bin/bash\n" + "\n".join(render_user_data(boot_config())) + "\n"
+    script = "#!/bin/bash\n" + "\n".join(render_user_data(boot_config(scheduler="slurm", munge_secret_id=MUNGE_ARN))) + "\n"
     fsx = render_user_data(boot_config(lustre_dns_name="fs-0123.fsx.us-east-1.amazonaws.com", lustre_mount_name="abcd"))
     _write(root / "boot/user-data.sh", script, 0o755)
     _write(root / "boot/user-data-fsx.sh", "#!/bin/bash\n" + "\n".join(fsx) + "\n", 0o755)
+    bad_munge = render_user_data(boot_config(scheduler="slurm", munge_secret_id=MUNGE_ARN + "-gone"))
+    _write(root / "boot/user-data-bad-munge.sh", "#!/bin/bash\n" + "\n".join(bad_munge) + "\n", 0o755)
     (base / "imds.py").write_text(IMDS)
     (base / "seed_ec2.py").write_text(SEED_EC2)
     from ddlc.infra.user_data import AGENT_PORT
 
     driver = DRIVER.format(
-        root=root, base=base, python=sys.executable, moto=Path(sys.executable).parent / "moto_server",
-        instance_id=INSTANCE_ID, cluster=CLUSTER, base_prefix=sys.base_prefix, prefix=sys.prefix,
+        root=root, base=base, python=sys.executable, moto=Path(sys.executable).parent / "moto_server", cluster=CLUSTER, base_prefix=sys.base_prefix, prefix=sys.prefix,
         agent_port=AGENT_PORT,
     )
     (base / "driver.sh").write_text(driver)
@@ -275,7 +302,7 @@ def test_boot_installs_ddlc_from_the_stack_package_and_finishes(booted):
 def test_boot_writes_cluster_env_with_instance_identity_and_units(booted):
     root = booted["root"]
     env = dict(line.split("=", 1) for line in (root / "etc/ddlc/cluster.env").read_text().splitlines())
-    assert env["DDLC_CLUSTER"] == CLUSTER and env["DDLC_INSTANCE_ID"] == INSTANCE_ID
+    assert env["DDLC_CLUSTER"] == CLUSTER and env["DDLC_INSTANCE_ID"] == booted["read"]("instance-id")
     assert env["DDLC_WORKER_GROUP"] == f"{CLUSTER}-workers"
     systemctl = (root / "var/log/fake-systemctl.log").read_text()
     assert "systemctl enable --now ddlc-agent.service ddlc-hostfile.timer" in systemctl
@@ -311,7 +338,7 @@ def test_cluster_ssh_keys_installed_for_the_user_with_cluster_only_trust(booted)
 def test_missing_fsx_client_fails_the_boot_loudly(booted):
     root, read = booted["root"], booted["read"]
     assert read("boot2.rc").strip() == "1", _explain(booted, "boot2.out")
-    status = (root / "var/lib/ddlc/boot-status").read_text()
+    status = read("boot2.status")
     assert status.startswith("failed: the FSx for Lustre client could not be installed"), status
     assert "ddlc: BOOT FAILED: the FSx for Lustre client could not be installed" in read("boot2.out")
     assert "node bootstrap finished" not in read("boot2.out")
@@ -321,3 +348,47 @@ def test_missing_fsx_client_fails_the_boot_loudly(booted):
 
     result = check_boot(status)
     assert result.status is Status.FAIL and "FSx for Lustre" in result.detail
+
+
+def test_slurm_installed_keyed_and_configured_from_discovery(booted):
+    root, read = booted["root"], booted["read"]
+    assert read("boot1.rc").strip() == "0", _explain(booted)
+    apt = (root / "var/log/fake-apt.log").read_text()
+    assert "install munge slurm-client slurmd" in apt and "slurmctld" not in apt
+    # The munge key is the secret's value, byte for byte, readable by munge only; no temporary copy is left.
+    key = root / "etc/munge/munge.key"
+    assert key.read_text() == MUNGE_KEY
+    munge_uid = int(next(line.split(":")[2] for line in (root / "etc/passwd").read_text().splitlines()
+                         if line.startswith("munge:")))
+    assert key.stat().st_uid == munge_uid and oct(key.stat().st_mode & 0o777) == "0o400"
+    assert not list((root / "etc/munge").glob(".munge.key.*"))
+    systemctl = (root / "var/log/fake-systemctl.log").read_text()
+    assert "systemctl restart munge" in systemctl
+    assert systemctl.index("systemctl restart munge") < systemctl.index("systemctl enable --now slurmd")
+    # slurm.conf from moto's head and workers; this node registers as its own name.
+    head, *workers = json.loads(read("instances.json"))
+    conf = (root / "etc/slurm/slurm.conf").read_text()
+    short = [i["PrivateDnsName"].split(".")[0] for i in (head, *workers)]
+    assert f"SlurmctldHost={short[0]}({head['PrivateIpAddress']})" in conf
+    assert all(f"NodeName={name} NodeAddr={w['PrivateIpAddress']} CPUs=96 " in conf
+               for name, w in zip(short[1:], workers))
+    assert (root / "etc/default/slurmd").read_text().endswith(f'SLURMD_OPTIONS="-N {short[2]}"\n')
+    assert "File=/dev/nvidia[0-7]" in (root / "etc/slurm/gres.conf").read_text()
+    for directory in ("var/spool/slurmd", "var/log/slurm", "run/slurm"):
+        assert (root / directory).is_dir(), directory
+    # slurmd's HealthCheckProgram, as installed (read from the namespace's /usr/local before it went).
+    assert "HealthCheckProgram=/usr/local/sbin/ddlc-slurm-health" in conf
+    assert read("health-check").startswith("#!/bin/bash\n")
+    assert read("health-check").endswith("exec /usr/local/bin/ddlc health --slurm-drain\n")
+    # The hostfile timer's run wrote the hostfile and then kept slurm.conf in step (unchanged: same nodes).
+    assert read("hostfile.rc").strip() == "0", read("hostfile.out")
+    assert "nothing changed" in read("hostfile.out")
+
+
+def test_an_unreadable_munge_key_fails_the_boot_and_leaves_no_copy(booted):
+    root, read = booted["root"], booted["read"]
+    assert read("boot3.rc").strip() == "1", _explain(booted, "boot3.out")
+    assert read("boot3.status") == "failed: reading the munge key from Secrets Manager failed\n"
+    assert "slurm-conf" not in read("boot3.out") and "node bootstrap finished" not in read("boot3.out")
+    assert not list((root / "etc/munge").glob(".munge.key.*")), "the key's temporary file was left behind"
+    assert (root / "etc/munge/munge.key").read_text() == MUNGE_KEY  # the key in place is left alone

@@ -72,3 +72,16 @@ def test_unsupported_instance_type_lists_valid_choices():
 def test_bad_settings_name_the_field(changes, expected):
     with pytest.raises(UserError, match=expected):
         load_environment(_environments(**changes), "prod")
+
+
+def test_scheduler_is_slurm_by_default_and_can_be_turned_off():
+    environments = cdk_context()["environments"]
+    assert load_environment(environments, "prod").scheduler == "slurm"
+    assert load_environment(environments, "dev").scheduler == "slurm"  # dev tries what prod runs
+    assert load_environment(environments, "prod", scheduler="none").scheduler == "none"
+    assert load_environment(_environments(scheduler="none"), "prod").scheduler == "none"
+    assert load_environment(_environments(scheduler="none"), "prod", scheduler="slurm").scheduler == "slurm"
+    with pytest.raises(UserError, match=r"^environments\.prod\.scheduler: Input should be 'slurm' or 'none'$"):
+        load_environment(_environments(scheduler="pbs"), "prod")
+    with pytest.raises(UserError, match=r"^context 'scheduler': 'SLURM' is not one of slurm, none$"):
+        load_environment(environments, "prod", scheduler="SLURM")

@@ -276,7 +276,7 @@ def test_node_role_has_ssm_cloudwatch_bucket_and_its_own_resources_only(synthesi
     managed = json.dumps(node_role["Properties"]["ManagedPolicyArns"])
     assert "AmazonSSMManagedInstanceCore" in managed and "CloudWatchAgentServerPolicy" in managed
     bucket = next(k for k in resources(synthesized.template_json, "AWS::S3::Bucket") if k.startswith("CheckpointsBucket"))
-    (secret,) = resources(synthesized.template_json, "AWS::SecretsManager::Secret")
+    secrets = list(resources(synthesized.template_json, "AWS::SecretsManager::Secret"))  # ssh (+ munge: Slurm)
     (parameter,) = resources(synthesized.template_json, "AWS::SSM::Parameter")
     for statement in _node_statements(synthesized):
         actions, where = _actions(statement), json.dumps(statement["Resource"])
@@ -285,7 +285,7 @@ def test_node_role_has_ssm_cloudwatch_bucket_and_its_own_resources_only(synthesi
         elif actions == ["autoscaling:SetInstanceHealth"]:
             assert where.endswith(f':autoScalingGroupName/ddlc-{synthesized.stack.settings.name}-workers"]]}}')
         elif any(a.startswith("secretsmanager:") for a in actions):
-            assert secret in where
+            assert any(secret in where for secret in secrets)
         elif actions == ["ssm:GetParameter"]:
             assert parameter in where
         elif bucket not in where:  # the package asset: one object of the CDK assets bucket
@@ -314,10 +314,12 @@ def test_worker_may_mark_only_its_own_group_unhealthy(synthesized):
 
 
 def test_cluster_ssh_secret_is_generated_and_readable_by_the_node_role_only(synthesized):
-    (secret_id, secret), = resources(synthesized.template_json, "AWS::SecretsManager::Secret").items()
+    (secret_id, secret), = [(k, v) for k, v in resources(synthesized.template_json, "AWS::SecretsManager::Secret").items()
+                            if k.startswith("SshSecret")]
     generate = secret["Properties"]["GenerateSecretString"]
     assert generate["PasswordLength"] >= 64 and "SecretString" not in secret["Properties"]
-    (policy,) = resources(synthesized.template_json, "AWS::SecretsManager::ResourcePolicy").values()
+    (policy,) = [p for k, p in resources(synthesized.template_json, "AWS::SecretsManager::ResourcePolicy").items()
+                 if k.startswith("SshSecret")]
     role = next(k for k in resources(synthesized.template_json, "AWS::IAM::Role") if k.startswith("NodeRole"))
     (deny,) = [s for s in policy["Properties"]["ResourcePolicy"]["Statement"] if s["Effect"] == "Deny"]
     assert deny["Principal"] == {"AWS": "*"} and deny["Action"] == "secretsmanager:GetSecretValue"

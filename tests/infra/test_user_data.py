@@ -115,3 +115,41 @@ def test_a_failed_boot_removes_the_secret_copy():
     text = "\n".join(render_user_data(boot_config()))
     fail = text[text.index("ddlc_fail() {"):text.index("\n}", text.index("ddlc_fail() {"))]
     assert 'rm -f "${SSH_SEED:-}"' in fail
+
+
+SLURM = dict(scheduler="slurm", munge_secret_id="arn:aws:secretsmanager:us-east-1:123456789012:secret:munge-AbCdEf")
+
+
+@pytest.mark.parametrize("role", ["head", "worker"])
+def test_slurm_script_is_valid_bash_and_fails_loudly(tmp_path, role):
+    text = "\n".join(render_user_data(boot_config(role=role, has_gpu=role == "worker", **SLURM)))
+    script = tmp_path / "user-data.sh"
+    script.write_text("#!/bin/bash\n" + text + "\n")
+    result = subprocess.run([shutil.which("bash") or "/bin/bash", "-n", str(script)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    daemon, other = ("slurmctld", "slurmd") if role == "head" else ("slurmd", "slurmctld")
+    assert f"install munge slurm-client {daemon} || ddlc_fail" in text and other not in text
+    assert "-o DPkg::Lock::Timeout=600" in text  # the AMI's unattended-upgrades holds the lock at first boot
+    assert "--secret-id arn:aws:secretsmanager:us-east-1:123456789012:secret:munge-AbCdEf" in text
+    assert "|| true" not in text
+    # Slurm comes after ddlc (its command writes slurm.conf) and before the hostfile timer that re-runs it.
+    assert text.index("/usr/local/bin/ddlc --help") < text.index("install munge") < text.index("ddlc-hostfile.timer")
+    assert "did not start (ddlc cluster slurm-conf, above)'" in text and f"or {daemon} did not start" in text
+
+
+def test_slurm_is_absent_without_the_scheduler_and_needs_the_munge_secret():
+    assert "slurm" not in "\n".join(render_user_data(boot_config())).lower()
+    with pytest.raises(ValueError, match="munge_secret_id"):
+        boot_config(scheduler="slurm")
+    with pytest.raises(ValueError, match="scheduler"):
+        boot_config(scheduler="pbs")
+
+
+def test_user_data_with_slurm_fits_the_ec2_limit_with_long_resolved_values():
+    long = "x" * 100
+    boot = boot_config(bucket_name=long, node_log_group="/ddlc/" + long, training_log_group="/ddlc/" + long,
+                       ssh_secret_id="arn:aws:secretsmanager:us-east-1:123456789012:secret:" + long,
+                       lustre_dns_name=long, lustre_mount_name=long, cluster_name="ddlc-" + "y" * 15,
+                       scheduler="slurm", munge_secret_id="arn:aws:secretsmanager:us-east-1:123456789012:secret:" + long)
+    text = "#!/bin/bash\n" + "\n".join(render_user_data(boot)) + "\n"
+    assert len(text.encode()) < 14 * 1024, len(text.encode())

@@ -196,6 +196,19 @@ def test_train_py_deepspeed_checkpoints_and_resume(tmp_path):
     assert summary["start_step"] == 10 and summary["steps"] == 15
     assert summary["resumed_from"].endswith("step-00000010")
 
+    # Another ZeRO stage cannot read these shards: refused with one line naming both stages, nothing trained or
+    # written, the checkpoints as they were.
+    before = sorted(p.name for p in ckpt.iterdir())
+    other = run(deepspeed(*args[:5], *[a.replace(f"max_steps={STEPS}", "max_steps=20") for a in args[5:]],
+                          "distributed.deepspeed.zero_stage=3"), cwd=REPO, **ENV)
+    output = other.stdout + other.stderr
+    assert other.returncode != 0, output[-3000:]
+    assert (f"checkpoint {ckpt}/step-00000015 holds ZeRO stage 2 shards but distributed.deepspeed.zero_stage is 3; "
+            "resume with the same stage") in output, output[-3000:]
+    assert "Traceback" not in output and "step 16/" not in output, output[-3000:]
+    assert sorted(p.name for p in ckpt.iterdir()) == before
+    assert (ckpt / "latest").read_text().strip() == "step-00000015"
+
 
 
 @pytest.mark.slow

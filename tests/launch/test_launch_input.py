@@ -112,3 +112,24 @@ def test_no_preflight_goes_straight_to_the_job(tmp_path):
     assert unchecked.returncode not in (0, 2), unchecked.stderr[-3000:]
     assert "unreachable over ssh" not in unchecked.stdout + unchecked.stderr
     assert "Could not resolve hostname node-a.invalid" in unchecked.stdout + unchecked.stderr
+
+
+@pytest.mark.parametrize("engine, refusal", [
+    ("deepspeed", "0 healthy hosts, fewer than the 1 hosts a deepspeed job needs; not starting"),
+    ("horovod", "0 healthy hosts, fewer than the 1 hosts a horovod job needs; not starting"),
+    ("torchrun", "0 healthy hosts, fewer than --min-nodes 1; not starting"),
+])
+def test_a_launch_without_enough_healthy_hosts_refuses_to_start(tmp_path, engine, refusal):
+    """docs/launch.md: a host failing `ddlc health` is left out with its reason; DeepSpeed and Horovod then refuse
+    to start (exit 1), as does torchrun below --min-nodes. Here the one host, this machine, fails the disk check it is
+    given. (Horovod on one local host used to skip the check and start the job.)"""
+    marker = tmp_path / "started"
+    script = tmp_path / "mine.py"
+    script.write_text(f"open({str(marker)!r}, 'w').write('started')\n")
+    proc = _launch(tmp_path, "--engine", engine, "--health-arg=--min-free-gb=999999999", str(script),
+                   hostfile_bytes=b"localhost slots=1\n")
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 1, output[-3000:]
+    assert "ddlc launch: leaving out host localhost: health check failed: disk: " in output, output[-3000:]
+    assert f"ddlc launch: {refusal}" in output, output[-3000:]
+    assert "Traceback" not in output and not marker.exists()

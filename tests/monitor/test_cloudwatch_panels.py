@@ -22,6 +22,7 @@ from ddlc.monitor.training import TrainingMetrics
 from tests.infra.test_user_data import boot_config
 from tests.monitor.helpers import collected
 from tests.monitor.test_cloudwatch import StepClock
+from tests.monitor.test_docs import recorded_slurm
 from tests.monitor.test_gpu import StandInNvml
 from tests.monitor.test_network import make_efa_tree
 
@@ -44,6 +45,7 @@ def published_by_the_agent(tmp_path: Path) -> set[tuple[str, frozenset]]:
         "rx_bytes", "tx_bytes", "rx_pkts", "tx_pkts", "rx_drops", "rdma_read_bytes", "rdma_write_bytes",
         "rdma_read_resp_bytes", "rdma_write_recv_bytes")})
     registry, gpus = build_node_registry("node-a", tmp_path, tmp_path / "ib", nvml=StandInNvml())
+    registry.register(recorded_slurm())  # the head node's agent: `--slurm-metrics`
     with mock_aws():
         client = boto3.client("cloudwatch", region_name="us-east-1")
         clock = StepClock()
@@ -82,11 +84,19 @@ def published_from_the_ranks() -> set[tuple[str, frozenset]]:
 def test_the_cluster_starts_the_agent_publishing_to_cloudwatch() -> None:
     (unit,) = [line for line in render_user_data(boot_config()) if "/usr/local/bin/ddlc agent" in line]
     assert "--cloudwatch" in unit.split() and "--region us-east-1" in unit
+    # With Slurm, the head's agent (only) also exports the queue and node states.
+    slurm = dict(scheduler="slurm", munge_secret_id="arn:aws:secretsmanager:us-east-1:1:secret:m")
+    for role, expected in (("head", True), ("worker", False)):
+        (unit,) = [line for line in render_user_data(boot_config(role=role, **slurm)) if "/usr/local/bin/ddlc agent" in line]
+        assert ("--slurm-metrics" in unit.split()) is expected, role
+    (unit,) = [line for line in render_user_data(boot_config(role="head")) if "/usr/local/bin/ddlc agent" in line]
+    assert "--slurm-metrics" not in unit
 
 
 def test_every_cloudwatch_panel_series_is_published(tmp_path: Path) -> None:
     wanted = panel_series()
     assert {("ddlc_train_loss", frozenset({"node", "rank", "run"})),
-            ("ddlc_efa_rdma_write_bytes_total", frozenset({"device", "node", "port"}))} <= wanted
+            ("ddlc_efa_rdma_write_bytes_total", frozenset({"device", "node", "port"})),
+            ("ddlc_slurm_nodes", frozenset({"node", "state"}))} <= wanted
     missing = wanted - published_by_the_agent(tmp_path) - published_from_the_ranks()
     assert missing == set()

@@ -32,6 +32,8 @@ def agent(
     min_free_gb: float = typer.Option(10.0, "--min-free-gb", min=0, help="Health: free disk required."),
     imds_url: str = typer.Option("http://169.254.169.254", "--imds-url", hidden=True),
     autoscaling_endpoint_url: Optional[str] = typer.Option(None, "--autoscaling-endpoint-url", hidden=True),
+    slurm_metrics: bool = typer.Option(False, "--slurm-metrics/--no-slurm-metrics", help="Also export Slurm's "
+                                       "queue and node states (squeue/sinfo): on one node only, the head."),
 ) -> None:
     """Serve this node's GPU, network/EFA, CPU, memory and disk metrics for Prometheus."""
     from ddlc.monitor.agent import AgentSettings, run_agent
@@ -43,7 +45,7 @@ def agent(
         cloudwatch_interval_s=interval, region=region, cloudwatch_endpoint_url=endpoint_url,
         health_interval_s=health_interval, unhealthy_after=unhealthy_after, replace_unhealthy=replace_unhealthy,
         health_options=_health_options(min_free_gb, checkpoint_path), imds_url=imds_url,
-        autoscaling_endpoint_url=autoscaling_endpoint_url,
+        autoscaling_endpoint_url=autoscaling_endpoint_url, slurm_metrics=slurm_metrics,
     )
     run_agent(settings, on_ready=lambda running: typer.echo(f"ddlc agent serving {running.url}"))
 

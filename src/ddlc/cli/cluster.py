@@ -1,5 +1,5 @@
-"""`ddlc cluster status|connect|hosts|refresh|down`: look at, into and tear down a deployed cluster (logic in
-ddlc.infra.discovery and ddlc.ops.teardown)."""
+"""`ddlc cluster status|connect|hosts|slurm-conf|refresh|down`: look at, into and tear down a deployed cluster
+(logic in ddlc.infra.discovery, ddlc.scheduler.cluster_spec and ddlc.ops.teardown)."""
 
 from __future__ import annotations
 
@@ -107,6 +107,52 @@ def hosts(
     workers = write_hostfile(name, region, output, expect=expect)
     print(f"wrote {output}: {len(workers)} nodes, {sum(w.gpus for w in workers)} GPUs", file=sys.stderr)
     typer.echo(f"MASTER_ADDR={workers[0].private_ip}")
+
+
+@cluster_app.command("slurm-conf")
+def slurm_conf(
+    cluster: str = typer.Option(..., "--cluster", envvar="DDLC_CLUSTER", help="Cluster (stack) name."),
+    region: Optional[str] = REGION_OPTION,
+    role: str = typer.Option(..., "--role", envvar="DDLC_ROLE", help="This node's role: head or worker."),
+    instance_id: Optional[str] = typer.Option(None, "--instance-id", envvar="DDLC_INSTANCE_ID",
+                                              help="This node's instance id (workers: their Slurm name)."),
+    conf_dir: Path = typer.Option(Path("/etc/slurm"), "--conf-dir", help="Where slurm.conf and gres.conf go."),
+    slurmd_defaults: Path = typer.Option(Path("/etc/default/slurmd"), "--slurmd-defaults",
+                                         help="Workers: the slurmd unit's environment file (-N <name>)."),
+    apply: bool = typer.Option(True, "--apply/--no-apply",
+                               help="Start the daemon, or restart/reconfigure it when the files changed."),
+) -> None:
+    """Write this node's slurm.conf, gres.conf and cgroup.conf from discovery (run on the nodes by the boot
+    script and the hostfile timer); tell Slurm only when something changed."""
+    from ddlc.infra.discovery import list_nodes, resolve_region
+    from ddlc.scheduler.cluster_spec import (ROLES, choose_process_tracking, cluster_spec, installed_slurm_version,
+                                             node_files, node_name, own_node, sync_node)
+
+    if role not in ROLES:
+        raise UserError(f"--role: '{role}' is not one of {', '.join(ROLES)}")
+    region = resolve_region(region)
+    nodes = list_nodes(cluster, region)
+    spec = cluster_spec(cluster, nodes, process_tracking=choose_process_tracking(installed_slurm_version()))
+    own_name = None
+    if role == "worker":
+        if not instance_id:
+            raise UserError("--instance-id: required on a worker (its Slurm node name comes from it)")
+        own_name = node_name(own_node(nodes, instance_id, cluster))
+    if role == "head" and apply:
+        import socket
+        import sys
+
+        here = socket.gethostname().split(".")[0]
+        if here != spec.controller:  # slurmctld only runs on the host SlurmctldHost names
+            print(f"warning: this host is '{here}' but slurm.conf names the controller '{spec.controller}' (its EC2 "
+                  "hostname): slurmctld will refuse to start here", file=sys.stderr)
+    files = node_files(spec, conf_dir, slurmd_defaults=slurmd_defaults if role == "worker" else None,
+                       own_name=own_name)
+    result = sync_node(files, role=role, conf_dir=conf_dir, apply=apply)
+    what = ", ".join(path.name for path in result.changed) or "nothing changed"
+    done = "; ".join(" ".join(command) for command in result.commands) or "no daemon action"
+    typer.echo(f"slurm: controller {spec.controller}, {len(spec.nodes)} nodes "
+               f"({', '.join(n.name for n in spec.nodes)}): {what}; {done}")
 
 
 @cluster_app.command()

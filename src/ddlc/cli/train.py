@@ -55,7 +55,8 @@ def train(
                                       "<run>.replaced-<time>"),
     dry_run: bool = typer.Option(False, "--dry-run", help="print the torchrun command and exit"),
 ) -> None:
-    from ddlc.launch.local import plan_local_job, read_summary, run_local_job, start_new_run  # torch: import to run
+    from ddlc.launch.local import (KILLED_EXIT_CODE, plan_local_job, read_summary, run_local_job,
+                                   start_new_run)  # torch: import to run
 
     job = plan_local_job(config, overrides or [], nproc, max_restarts=max_restarts)
     console = Console()
@@ -91,6 +92,11 @@ def train(
                       f"(checkpoint saved in {summary.get('checkpoint_uri')}). Resume with:\n  {resume}",
                       markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(PREEMPTED_EXIT_CODE)
+    if code == KILLED_EXIT_CODE:
+        console.print(f"ddlc: run {job.run_name} killed (Ctrl-C twice) without a checkpoint of this stop; outputs so "
+                      f"far in {job.run_dir}. Resume from the last checkpoint with:\n  {resume}", markup=False,
+                      highlight=False, soft_wrap=True)
+        raise typer.Exit(KILLED_EXIT_CODE)
     if code != 0 or not fresh or summary is None:
         if code == 2:
             raise typer.Exit(2)  # bad input: the workers printed the one-line reason

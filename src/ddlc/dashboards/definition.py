@@ -101,6 +101,8 @@ NO_GPU = ("No GPU data: this machine has no NVIDIA GPU (NVML not found) and no P
           "(`ddlc dashboard --prometheus URL`).")
 NO_EFA = "No EFA data: this machine has no EFA device, and no Prometheus URL was given."
 NO_RUN = "No training data yet: the run has not logged a step."
+NO_SLURM = ("No Slurm data: squeue/sinfo are not installed here or no slurmctld answered (on the cluster the head "
+            "node's agent exports them with scheduler=slurm).")
 
 _TARGET = Threshold(GPU_UTILIZATION_TARGET_PERCENT, f"{GPU_UTILIZATION_TARGET_PERCENT:g}% target", "orange", bad="below")
 _MEMORY_HIGH = Threshold(GPU_MEMORY_HIGH_PERCENT, f"{GPU_MEMORY_HIGH_PERCENT:g}% (out-of-memory near)", "red")
@@ -123,6 +125,7 @@ _CW_AGENT = "CWAgent"
 _CW_AGENT_NET = "CWAgent"
 # ddlc's own namespace: labels become dimensions (ddlc.monitor.cloudwatch).
 _DDLC_RANK = "DDLC,node,rank,run"
+_DDLC_SLURM = "DDLC,node,state"  # the head node's agent (ddlc.monitor.slurm)
 _DDLC_COST = "DDLC,instance_type,run"
 
 _RATE = "[$__rate_interval]"
@@ -133,7 +136,8 @@ _LAST = "[$__range]"
 GPU_CLUSTER_HEALTH = Dashboard(
     slug="gpu-cluster-health",
     title="GPU cluster health",
-    description="GPU utilization against the 80% target, GPU memory, temperature, power and errors, host CPU and memory.",
+    description="GPU utilization against the 80% target, GPU memory, temperature, power and errors, host CPU and memory, "
+                "Slurm jobs and nodes.",
     panels=(
         Panel(
             "gpu-utilization", "GPU utilization", "percent",
@@ -210,6 +214,28 @@ GPU_CLUSTER_HEALTH = Dashboard(
                 local=LocalSource("host", "ddlc_memory_used_bytes", by="node",
                                   divide_by="ddlc_memory_total_bytes", scale=100.0),
             ),),
+        ),
+        Panel(
+            "slurm-jobs", "Slurm jobs", "count",
+            description="Jobs by state from squeue (array tasks one by one); pending is the queue length "
+                        "(ddlc_slurm_queue_length).",
+            series=(Series(
+                "{{state}}", promql="ddlc_slurm_jobs",
+                cloudwatch=_cw_search(_DDLC_SLURM, "ddlc_slurm_jobs", "Maximum", 60),
+                local=LocalSource("host", "ddlc_slurm_jobs", by="state", combine="sum"),
+            ),),
+            empty_message=NO_SLURM,
+        ),
+        Panel(
+            "slurm-nodes", "Slurm nodes", "count",
+            description="Compute nodes by state from sinfo. Drained or draining: taken out of service by a failed "
+                        "`ddlc health` (HealthCheckProgram) or an operator; down: slurmd not answering.",
+            series=(Series(
+                "{{state}}", promql="ddlc_slurm_nodes",
+                cloudwatch=_cw_search(_DDLC_SLURM, "ddlc_slurm_nodes", "Maximum", 60),
+                local=LocalSource("host", "ddlc_slurm_nodes", by="state", combine="sum"),
+            ),),
+            empty_message=NO_SLURM,
         ),
     ),
 )

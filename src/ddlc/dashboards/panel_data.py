@@ -172,7 +172,8 @@ class PanelData:
         if source.kind == "host":
             if self.sampler is None:
                 return []
-            return [_series(render_legend(label, {"node": self.sampler.node, "gpu": name, "device": name}), t, v)
+            return [_series(render_legend(label, {"node": self.sampler.node, "gpu": name, "device": name,
+                                                              "state": name}), t, v)
                     for name, t, v in self.sampler.series(source)]
         if source.kind == "run":
             if run is None or not run.has_steps:

@@ -1,4 +1,5 @@
-"""This machine's GPU, CPU, memory and network, sampled with the node agent's own collectors.
+"""This machine's GPU, CPU, memory and network (and Slurm's queue where squeue/sinfo exist), sampled with the node
+agent's own collectors.
 
 The local dashboard has no Prometheus by default; it keeps a short history of the same metrics the agent
 exports (same names, same labels), so its GPU and network panels read the series Grafana would.
@@ -28,6 +29,10 @@ class HostSampler:
         self.interval_s = interval_s
         self._gpu = GpuCollector(self.node, watch_xid=False)
         self._collectors = [HostCollector(self.node), NetworkCollector(self.node), self._gpu]
+        from ddlc.monitor.slurm import SlurmCollector, slurm_available
+
+        if slurm_available():  # a Slurm head or login node: the queue and node panels have data
+            self._collectors.append(SlurmCollector(self.node))
         self._series: dict[Key, deque[tuple[float, float]]] = {}
         self._history = history
         self._lock = threading.Lock()

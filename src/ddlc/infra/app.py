@@ -1,4 +1,5 @@
-"""CDK entry point: `cdk synth|deploy|destroy --context environment=<name>` runs this module.
+"""CDK entry point: `cdk synth|deploy|destroy --context environment=<name> [--context scheduler=slurm|none]`
+runs this module.
 
 cdk-nag's AwsSolutions pack runs on every synth, so a finding without an acknowledgment fails it.
 """
@@ -38,7 +39,8 @@ def build_app(
     if dashboards is None:
         dashboards = default_dashboards()
     app = App(context=context, outdir=outdir)
-    settings = load_environment(app.node.try_get_context("environments"), app.node.try_get_context("environment"))
+    settings = load_environment(app.node.try_get_context("environments"), app.node.try_get_context("environment"),
+                                scheduler=app.node.try_get_context("scheduler"))
     # Region only: the account comes from the deploying credentials, and synth needs no AWS lookups.
     stack = ClusterStack(
         app, settings.stack_name, settings=settings, dashboards=dashboards, env=Environment(region=settings.region),

@@ -38,6 +38,7 @@ class ClusterNode:
     instance_type: str
     state: str
     private_ip: Optional[str]
+    private_dns_name: Optional[str] = None  # ip-10-42-0-17.ec2.internal: its first label is the EC2 hostname
 
     @property
     def gpus(self) -> int:
@@ -143,6 +144,7 @@ def list_nodes(cluster_name: str, region: str) -> list[ClusterNode]:
                             instance_type=instance["InstanceType"],
                             state=instance["State"]["Name"],
                             private_ip=instance.get("PrivateIpAddress"),
+                            private_dns_name=instance.get("PrivateDnsName") or None,
                         )
                     )
     except (ClientError, BotoCoreError, NoCredentialsError) as error:

@@ -30,6 +30,10 @@ _VPC_SPACES = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10")
 _MOUNT_PATH = re.compile(r"^(/[A-Za-z0-9_][A-Za-z0-9._-]*)+/?$")
 _SYSTEM_DIRS = {"", "/home", "/mnt", "/opt", "/srv", "/var", "/tmp", "/root", "/run"}
 _SYSTEM_TREES = {"bin", "boot", "dev", "etc", "lib", "lib32", "lib64", "proc", "sbin", "sys", "usr"}
+# `scheduler`: Slurm (slurmctld on the head, slurmd on the workers: ddlc.infra.slurm_boot) or none (nodes only;
+# jobs start with per-node torchrun/deepspeed/horovodrun). The same default everywhere: dev exists to try
+# what prod runs, so it boots Slurm too; `--context scheduler=none` turns it off for one synth/deploy.
+SCHEDULERS = ("slurm", "none")
 
 
 class LustreSettings(BaseModel):
@@ -98,6 +102,7 @@ class ClusterEnvironment(BaseModel):
     # Accounts on the nodes that get the cluster ssh key (passwordless ssh between nodes).
     ssh_users: list[str] = Field(default_factory=lambda: ["ubuntu"], min_length=1)
     fsx_lustre: Optional[LustreSettings] = None
+    scheduler: Literal["slurm", "none"] = "slurm"
 
     @field_validator("instance_type")
     @classmethod
@@ -182,8 +187,12 @@ def stack_name_for(environment: str) -> str:
     return f"{PROJECT}-{environment}"
 
 
-def load_environment(environments: Any, name: Optional[str]) -> ClusterEnvironment:
-    """Pick and validate one environment from the context's `environments` mapping."""
+def load_environment(environments: Any, name: Optional[str], scheduler: Any = None) -> ClusterEnvironment:
+    """Pick and validate one environment from the context's `environments` mapping.
+
+    `scheduler`: the `--context scheduler=...` override (None: the environment's own setting)."""
+    if scheduler is not None and scheduler not in SCHEDULERS:
+        raise UserError(f"context 'scheduler': '{scheduler}' is not one of {', '.join(SCHEDULERS)}")
     if isinstance(environments, str):  # `--context environments='{...}'` arrives as a JSON string
         try:
             environments = json.loads(environments)
@@ -200,7 +209,8 @@ def load_environment(environments: Any, name: Optional[str]) -> ClusterEnvironme
     if not isinstance(raw, Mapping):
         raise UserError(f"environments.{name}: expected a mapping of settings")
     try:
-        return ClusterEnvironment.model_validate({"name": name, **raw})
+        overrides = {"scheduler": scheduler} if scheduler is not None else {}
+        return ClusterEnvironment.model_validate({"name": name, **raw, **overrides})
     except ValidationError as error:
         first = error.errors()[0]
         where = ".".join(str(part) for part in first["loc"])

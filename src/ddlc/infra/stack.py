@@ -18,6 +18,7 @@ from ddlc.infra.cost_budget import CostBudget
 from ddlc.infra.dashboards import ClusterDashboards, DashboardDefinition
 from ddlc.infra.launch_template import NodeLaunchTemplate
 from ddlc.infra.log_groups import ClusterLogGroups
+from ddlc.infra.munge_secret import ClusterMungeSecret
 from ddlc.infra.lustre import LustreScratch
 from ddlc.infra.network import ClusterNetwork
 from ddlc.infra.node_package import NodePackage
@@ -79,6 +80,14 @@ class ClusterStack(Stack):
         instance_profile = iam.InstanceProfile(self, "NodeInstanceProfile", role=self.node_role.role)
         self.package = NodePackage(self, "NodePackage", environment=settings.name, role=self.node_role)
         self.ssh = ClusterSshSecret(self, "Ssh", cluster_name=cluster, role=self.node_role.role)
+        # Slurm (settings.scheduler): the munge key secret and Slurm's ports; the boot script does the rest.
+        self.munge = None
+        if settings.scheduler == "slurm":
+            from ddlc.scheduler.cluster_spec import SRUN_PORT_RANGE
+            from ddlc.scheduler.slurm_conf import SLURMCTLD_PORT, SLURMD_PORT
+
+            self.munge = ClusterMungeSecret(self, "Munge", cluster_name=cluster, role=self.node_role.role)
+            self.security.allow_slurm(SLURMCTLD_PORT, SLURMD_PORT, SRUN_PORT_RANGE)
 
         self.lustre = None
         if settings.fsx_lustre is not None:
@@ -116,6 +125,8 @@ class ClusterStack(Stack):
                 lustre_dns_name=self.lustre.file_system.dns_name if self.lustre else None,
                 lustre_mount_name=self.lustre.file_system.mount_name if self.lustre else None,
                 lustre_mount_path=settings.fsx_lustre.mount_path if settings.fsx_lustre else "/fsx",
+                scheduler=settings.scheduler,
+                munge_secret_id=self.munge.secret.secret_arn if self.munge else None,
             )
             self.boot_configs[role] = boot
             script = ec2.UserData.for_linux()

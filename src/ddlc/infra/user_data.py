@@ -6,7 +6,9 @@
       AMI's PyTorch Python                     /opt/conda/envs/pytorch or /opt/pytorch (none: boot fails)
       ddlc package                             SSM parameter -> s3:// asset -> pinned requirements + wheel[extras]
       cluster ssh keys                         Secrets Manager secret -> ddlc.infra.ssh_key (keys, known_hosts)
-      hostfile + master.env                    ddlc cluster hosts (systemd timer: every 5 minutes)
+      Slurm (scheduler=slurm)                  packages, munge key, slurm.conf, slurmctld|slurmd (slurm_boot.py)
+      hostfile + master.env                    ddlc cluster hosts (systemd timer: every 5 minutes; with Slurm,
+                                               then ddlc cluster slurm-conf)
       node agent                               ddlc agent on :9400 (systemd)
       FSx for Lustre (when configured)         FSx client repository + lustre-client-modules, mount /fsx
       /var/lib/ddlc/boot-status                "ok", or "failed: <why>" (shown by `ddlc doctor`)
@@ -22,6 +24,8 @@ import json
 import shlex
 from dataclasses import dataclass
 from typing import Optional
+
+from ddlc.infra.slurm_boot import hostfile_hook, render_slurm_boot
 
 AGENT_PORT = 9400
 # Training ranks serve Prometheus metrics on metrics_port + local_rank when monitoring.metrics_port is set.
@@ -75,6 +79,14 @@ class NodeBootConfig:
     lustre_mount_name: Optional[str] = None
     lustre_mount_path: str = "/fsx"
     gpus_scraped: int = 0  # ranks per node to scrape; 0: gpus_per_node
+    scheduler: str = "none"  # "slurm": install and configure Slurm (slurm_boot.py)
+    munge_secret_id: Optional[str] = None  # Secrets Manager secret holding the munge key (scheduler=slurm)
+
+    def __post_init__(self) -> None:
+        if self.scheduler not in ("slurm", "none"):
+            raise ValueError(f"scheduler: '{self.scheduler}' is not slurm or none")
+        if self.scheduler == "slurm" and not self.munge_secret_id:
+            raise ValueError("scheduler=slurm needs munge_secret_id")
 
 
 def prometheus_scrape_config(boot: NodeBootConfig) -> str:
@@ -216,7 +228,8 @@ def render_user_data(boot: NodeBootConfig) -> list[str]:
         f"mkdir -p /etc/ddlc /var/log/ddlc {TRAINING_LOG_DIR} $(dirname {BOOT_STATUS})",
         # Any failing step ends the boot with its reason in the status file, the log and the exit code.
         "ddlc_fail() {",
-        "  rm -f \"${SSH_SEED:-}\"",  # never leave the cluster secret behind
+        # Never leave a cluster secret behind.
+        "  rm -f \"${SSH_SEED:-}\"" + (" \"${MUNGE_KEY_TMP:-}\"" if boot.scheduler == "slurm" else ""),
         f"  echo \"failed: $1\" > {BOOT_STATUS}",
         "  echo \"ddlc: BOOT FAILED: $1\" >&2",
         "  exit 1",
@@ -270,6 +283,8 @@ def render_user_data(boot: NodeBootConfig) -> list[str]:
         f"{users}",
         "rm -f \"$SSH_SEED\"",
         "systemctl reload ssh || systemctl restart ssh",
+        *(render_slurm_boot(boot.role, boot.region, boot.munge_secret_id or "", CLUSTER_ENV)
+          if boot.scheduler == "slurm" else []),
         # Peers are found by tag; retry until every worker is running, then keep it fresh every 5 minutes.
         *_heredoc(HOSTFILE_SCRIPT, "SCRIPT", [
             "#!/bin/bash",
@@ -277,7 +292,9 @@ def render_user_data(boot: NodeBootConfig) -> list[str]:
             "for attempt in $(seq 1 90); do",
             '  if /usr/local/bin/ddlc cluster hosts --cluster "$DDLC_CLUSTER" --region "$AWS_DEFAULT_REGION" '
             f'--expect "$DDLC_NODE_COUNT" --output "$DDLC_HOSTFILE" > {MASTER_ENV}.new; then',
-            f"    mv {MASTER_ENV}.new {MASTER_ENV}; exit 0",
+            f"    mv {MASTER_ENV}.new {MASTER_ENV}",
+            *(hostfile_hook() if boot.scheduler == "slurm" else []),
+            "    exit 0",
             "  fi",
             "  sleep 10",
             "done",
@@ -315,7 +332,9 @@ def render_user_data(boot: NodeBootConfig) -> list[str]:
             # --cloudwatch: the agent's own series (GPU, EFA, host) in namespace DDLC, which the network
             # dashboard's EFA panels read.
             f"ExecStart=/usr/local/bin/ddlc agent --host 0.0.0.0 --port {AGENT_PORT} --health-interval 60 "
-            f"--replace-unhealthy --cloudwatch --region {boot.region}",
+            f"--replace-unhealthy --cloudwatch --region {boot.region}"
+            # Slurm's queue and node states (ddlc.monitor.slurm): cluster-wide, so from the head only.
+            + (" --slurm-metrics" if boot.scheduler == "slurm" and boot.role == "head" else ""),
             "Restart=always",
             "RestartSec=5",
             "StandardOutput=append:/var/log/ddlc/agent.log",

@@ -88,6 +88,7 @@ def plan_local_job(
 # (pytorch/pytorch#135712: gloo/NCCL init then dials a dead peer). A user's own setting wins.
 TORCHRUN_ENV_DEFAULTS = {"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+KILLED_EXIT_CODE = 128 + signal.SIGINT  # a second Ctrl-C killed the job: no checkpoint of this stop (the shell's 130)
 
 
 def check_not_running(job: LocalJob) -> None:
@@ -115,9 +116,10 @@ def run_local_job(job: LocalJob, on_stop: Optional[Callable[[], None]] = None) -
     previous = {}
     proc: Optional[subprocess.Popen] = None
     stops = 0
+    killed = False
 
     def stop(signum, frame) -> None:
-        nonlocal stops
+        nonlocal stops, killed
         stops += 1
         if proc is None:
             return
@@ -126,6 +128,7 @@ def run_local_job(job: LocalJob, on_stop: Optional[Callable[[], None]] = None) -
                 on_stop()
             proc.send_signal(signal.SIGTERM)
         elif signum == signal.SIGINT:
+            killed = True
             kill_tree(proc.pid)
 
     try:
@@ -134,7 +137,9 @@ def run_local_job(job: LocalJob, on_stop: Optional[Callable[[], None]] = None) -
         proc = subprocess.Popen(job.command, env=env, start_new_session=True)
         while True:
             try:
-                return proc.wait()
+                code = proc.wait()
+                # kill_tree reaps torchrun itself, after which wait() can only report 0: say what happened.
+                return KILLED_EXIT_CODE if killed else code
             except KeyboardInterrupt:  # only if a handler could not be installed
                 stop(signal.SIGINT, None)
     finally:

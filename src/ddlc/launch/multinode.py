@@ -477,8 +477,8 @@ def preflight(plan: LaunchPlan, ssh: SSH, python: str = sys.executable,
     targets = [h for h in plan.hosts if not (h.is_local and len(plan.hosts) == 1)]
     if plan.engine == "horovod" or not targets:
         _check_local_engine(ENGINE_MODULES[plan.engine], python, plan.engine)
-    hosts = plan.hosts if plan.engine != "horovod" else targets
-    results = probe_hosts(plan, hosts, ssh, python, health)
+    # Every host, this machine too when it is the only one: `ddlc health` runs wherever the job will.
+    results = probe_hosts(plan, plan.hosts, ssh, python, health)
     problems = [r.fatal for r in results if r.fatal]
     if problems:
         raise UserError("; ".join(problems))

@@ -1,4 +1,5 @@
-"""The node agent: GPU, network/EFA, CPU/memory/disk metrics of one node on a Prometheus endpoint.
+"""The node agent: GPU, network/EFA, CPU/memory/disk metrics of one node on a Prometheus endpoint (and, on the
+head node of a Slurm cluster, Slurm's queue and node states: ddlc.monitor.slurm).
 
 One agent runs per node (`ddlc agent`, started by the cluster's user data or by hand). Every value is
 read when Prometheus scrapes (scrapes within 0.5 s of each other share one reading), so the agent does no work
@@ -52,6 +53,8 @@ class AgentSettings:
     replace_unhealthy: bool = False
     imds_url: str = "http://169.254.169.254"
     autoscaling_endpoint_url: str | None = None
+    # squeue/sinfo on every scrape (ddlc.monitor.slurm): cluster-wide numbers, so one agent only (the head's).
+    slurm_metrics: bool = False
 
 
 class _AgentInfo:
@@ -90,6 +93,10 @@ class Agent:
         self.registry, self._gpus = build_node_registry(
             settings.node, settings.checkpoint_path, settings.infiniband_root, nvml=nvml
         )
+        if settings.slurm_metrics:
+            from ddlc.monitor.slurm import SlurmCollector
+
+            self.registry.register(SlurmCollector(settings.node))
         self.health = _health_monitor(settings)
         if self.health is not None:
             self.registry.register(self.health)
