@@ -299,3 +299,22 @@ def test_a_load_slower_than_the_group_timeout_is_not_corruption(tmp_path):
     short = reports.get("rank0-short")
     assert short is not None and "step" not in short, (short, proc.stderr[-3000:])
     assert "not treated as corruption" in short["error"] and "load_timeout_s" in short["error"]
+
+
+def test_a_failed_save_reaches_on_commit_as_a_failure(tmp_path):
+    """ddlc_checkpoints_total{result="failure"} (and DDLCCheckpointFailed) count what on_commit hears: a save that
+    fails must be heard too (it was only called on success)."""
+    from ddlc.checkpoint import Checkpointer
+    from tests.checkpoint.small_model import model_and_optimizer
+
+    (tmp_path / "a-file").write_text("not a directory")
+    heard = []
+    ckpt = Checkpointer(str(tmp_path / "a-file" / "ckpt"), rank=0, world_size=1, on_commit=heard.append,
+                        warn=lambda message: None)
+    model, optimizer = model_and_optimizer()
+    try:
+        ckpt.save(1, model, optimizer, {"step": 1}, blocking=False)
+        ckpt.wait()
+    finally:
+        ckpt.close()
+    assert [(stats.step, stats.committed) for stats in heard] == [(1, False)] and heard[0].error

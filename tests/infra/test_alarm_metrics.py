@@ -33,18 +33,19 @@ def agent_metrics(config: dict) -> set[tuple[str, str, frozenset]]:
     return published
 
 
-def exported_by_training_ranks() -> dict[str, set[str]]:
-    """Sample names a training rank's Prometheus endpoint serves after a checkpoint (ddlc.monitor.training), with
-    their label names."""
-    from ddlc.monitor.training import TrainingMetrics
+def exported_by_training_ranks() -> dict[str, list[dict]]:
+    """Samples a training rank's Prometheus endpoint serves after a checkpoint of each tier (ddlc.monitor.training):
+    name -> the label sets it is served with."""
+    from ddlc.monitor.training import CHECKPOINT_TIERS, TrainingMetrics
 
     metrics = TrainingMetrics("run", 0, 1, "node", None, 1, port=None)
     metrics.observe_step(1, 1.0, 1e-3, 1.0, 0.1, 100, 4)
-    metrics.observe_checkpoint(1, 0.5, True, 1.7e9)
-    exported: dict[str, set[str]] = {}
+    for tier in CHECKPOINT_TIERS:
+        metrics.observe_checkpoint(1, 0.5, True, 1.7e9, tier=tier)
+    exported: dict[str, list[dict]] = {}
     for family in metrics.registry.collect():
         for sample in family.samples:
-            exported.setdefault(sample.name, set()).update(sample.labels)
+            exported.setdefault(sample.name, []).append(dict(sample.labels))
     return exported
 
 
@@ -61,18 +62,40 @@ def scraped_metrics(config: dict, scrape_yaml: str) -> set[tuple[str, str, froze
     published = set()
     emf = prometheus["emf_processor"]
     for declaration in emf["metric_declaration"]:
-        assert declaration["source_labels"] == ["job"]
-        selected_jobs = [name for name in jobs if re.fullmatch(declaration["label_matcher"], name)]
-        assert selected_jobs, f"no scrape job matches {declaration['label_matcher']}"
-        for job_name in selected_jobs:
-            labels = set().union(*(static.get("labels", {}) for static in jobs[job_name]["static_configs"]))
-            for metric, metric_labels in exported.items():
-                if any(re.fullmatch(selector, metric) for selector in declaration["metric_selectors"]):
+        assert declaration["source_labels"][0] == "job"
+        for job_name, job in jobs.items():
+            labels = set().union(*(static.get("labels", {}) for static in job["static_configs"]))
+            for metric, label_sets in exported.items():
+                if not any(re.fullmatch(selector, metric) for selector in declaration["metric_selectors"]):
+                    continue
+                for metric_labels in label_sets:
+                    # The agent joins the source labels' values with ";" and matches the result.
+                    values = {**metric_labels, "job": job_name}
+                    joined = ";".join(values.get(label, "") for label in declaration["source_labels"])
+                    if not re.fullmatch(declaration["label_matcher"], joined):
+                        continue
                     for dims in declaration["dimensions"]:
-                        assert set(dims) <= labels | metric_labels, \
+                        assert set(dims) <= labels | set(metric_labels), \
                             f"{metric}: dimension {dims} is neither a label of job {job_name} nor of the metric"
                         published.add((emf["metric_namespace"], metric, frozenset(dims)))
     return published
+
+
+def test_the_checkpoint_stale_alarm_sees_storage_checkpoints_only():
+    """The memory tier's snapshots land every few steps: published to the alarm's metric, they would hide a
+    stalled storage checkpoint (the RPO is about storage)."""
+    from ddlc.infra.user_data import CLUSTER_DIMENSION, SCRAPE_JOB, SCRAPED_TRAINING_METRICS, NodeBootConfig, \
+        cloudwatch_agent_config
+
+    boot = NodeBootConfig(cluster_name="c", environment="dev", role="worker", region="us-east-1", bucket_name="b",
+                          node_count=2, gpus_per_node=8, node_log_group="g", has_gpu=True, package_parameter="p",
+                          ssh_secret_id="s", cluster_cidr="10.0.0.0/16", worker_group_name="w")
+    emf = cloudwatch_agent_config(boot)["logs"]["metrics_collected"]["prometheus"]["emf_processor"]
+    [declaration] = [d for d in emf["metric_declaration"] if d["dimensions"] == [[CLUSTER_DIMENSION]]]
+    assert declaration["metric_selectors"] == [f"^{name}$" for name in SCRAPED_TRAINING_METRICS]
+    tiers = {t for t in ("storage", "memory", "peer")
+             if re.fullmatch(declaration["label_matcher"], ";".join([SCRAPE_JOB, t]))}
+    assert tiers == {"storage"}
 
 
 def aws_published(template_json: dict) -> set[tuple[str, str, frozenset, str]]:

@@ -70,7 +70,9 @@ def published_from_the_ranks() -> set[tuple[str, frozenset]]:
     prometheus = cloudwatch_agent_config(boot_config())["logs"]["metrics_collected"]["prometheus"]
     published = set()
     for declaration in prometheus["emf_processor"]["metric_declaration"]:
-        assert declaration["source_labels"] == ["job"] and re.fullmatch(declaration["label_matcher"], SCRAPE_JOB)
+        # Source labels' values joined with ";" (the checkpoint series: storage tier only, see user_data.py).
+        joined = ";".join({"job": SCRAPE_JOB, "tier": "storage"}[label] for label in declaration["source_labels"])
+        assert declaration["source_labels"][0] == "job" and re.fullmatch(declaration["label_matcher"], joined)
         for name, names_labels in labels.items():
             if any(re.fullmatch(selector, name) for selector in declaration["metric_selectors"]):
                 for dims in declaration["dimensions"]:

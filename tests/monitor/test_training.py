@@ -103,6 +103,36 @@ def test_checkpoints_success_and_failure() -> None:
     assert value_of(samples, "ddlc_checkpoint_rpo_seconds", run="r") == 900
 
 
+def test_checkpoint_series_by_tier() -> None:
+    """Storage, memory and peer saves are told apart by `tier`; rank 0 exports the counters of the job's tiers
+    from 0; a node leader that only copies snapshots exports its peer series."""
+    leader = TrainingMetrics("r", rank=2, world_size=4, node="n2", instance_type=None, num_nodes=2)
+    assert "ddlc_checkpoints_total" not in sample_names(collected(leader))
+    leader.observe_checkpoint(step=12, duration_s=0.2, ok=True, timestamp=50.0, tier="peer")
+    samples = collected(leader)
+    assert value_of(samples, "ddlc_checkpoint_last_step", tier="peer") == 12
+    assert {dict(labels)["tier"] for name, labels in samples if name == "ddlc_checkpoints_total"} == {"peer"}
+
+    zero = TrainingMetrics("r", rank=0, world_size=4, node="n0", instance_type=None, num_nodes=2,
+                           checkpoint_tiers=("storage", "memory", "peer"))
+    samples = collected(zero)
+    assert {(dict(labels)["tier"], dict(labels)["result"]) for name, labels in samples
+            if name == "ddlc_checkpoints_total"} == {(t, r) for t in ("storage", "memory", "peer")
+                                                     for r in ("success", "failure")}
+    zero.observe_checkpoint(step=20, duration_s=3.0, ok=True, timestamp=100.0)
+    zero.observe_checkpoint(step=24, duration_s=0.1, ok=True, timestamp=110.0, tier="memory")
+    zero.observe_checkpoint(step=28, duration_s=0.1, ok=False, timestamp=120.0, tier="memory")
+    samples = collected(zero)
+    assert value_of(samples, "ddlc_checkpoint_last_success_timestamp_seconds", tier="storage") == 100.0
+    assert value_of(samples, "ddlc_checkpoint_last_success_timestamp_seconds", tier="memory") == 110.0
+    assert value_of(samples, "ddlc_checkpoint_last_step", tier="memory") == 24
+    assert value_of(samples, "ddlc_checkpoints_total", tier="memory", result="failure") == 1
+    assert value_of(samples, "ddlc_checkpoints_total", tier="storage", result="failure") == 0
+    with pytest.raises(UserError, match="not among"):
+        TrainingMetrics("r", rank=0, world_size=1, node="n", instance_type=None, num_nodes=1,
+                        checkpoint_tiers=("disk",))
+
+
 def test_bad_arguments_are_user_errors() -> None:
     with pytest.raises(UserError, match="rank 2 is outside world size 2"):
         TrainingMetrics("r", rank=2, world_size=2, node="n", instance_type=None, num_nodes=1)

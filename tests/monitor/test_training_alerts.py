@@ -49,6 +49,37 @@ def test_checkpoint_overdue_only_for_runs_that_checkpoint(promtool: str, tmp_pat
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_memory_tier_snapshots_do_not_count_towards_the_rpo(promtool: str, tmp_path: Path) -> None:
+    """A job with the memory tier (and its peer copy) snapshotting every minute but no storage checkpoint since
+    minute 0 is overdue: host memory does not survive losing the hosts. A failed memory snapshot alerts as such."""
+    clock = Clock()
+    tiered = rank("tiered", 0, clock, checkpoint_rpo_seconds=1800, checkpoint_tiers=("storage", "memory", "peer"))
+    recording = Recording()
+    for minute in range(61):
+        clock.now = 60.0 * minute
+        step(tiered, minute)
+        if minute == 0:
+            tiered.observe_checkpoint(minute, 5.0, True, clock.now)  # storage
+        elif minute == 50:
+            tiered.observe_checkpoint(minute, 0.1, False, clock.now, tier="memory")
+        else:
+            tiered.observe_checkpoint(minute, 0.1, True, clock.now, tier="memory")
+            tiered.observe_checkpoint(minute, 0.1, True, clock.now, tier="peer")
+        recording.scrape(minute, tiered, job="ddlc-train", instance="n0:9500")
+    overdue = {"exp_labels": {"severity": "critical", "run": "tiered"},
+               "exp_annotations": {"summary": "run tiered: no successful checkpoint within its recovery point objective"}}
+    failed = {"exp_labels": {"severity": "warning", "run": "tiered", "rank": "0", "node": "n0", "result": "failure",
+                             "tier": "memory", "job": "ddlc-train", "instance": "n0:9500"},
+              "exp_annotations": {"summary": "run tiered: a memory checkpoint save failed in the last 30 minutes"}}
+    result = run_rule_test(promtool, tmp_path, rules_text(), recording, alert_tests=[
+        {"eval_time": "29m", "alertname": "DDLCCheckpointOverdue", "exp_alerts": []},
+        {"eval_time": "45m", "alertname": "DDLCCheckpointOverdue", "exp_alerts": [overdue]},
+        {"eval_time": "45m", "alertname": "DDLCCheckpointFailed", "exp_alerts": []},
+        {"eval_time": "55m", "alertname": "DDLCCheckpointFailed", "exp_alerts": [failed]},
+    ])
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def test_first_failed_checkpoint_alerts(promtool: str, tmp_path: Path) -> None:
     clock = Clock()
     metrics = rank("flaky", 0, clock)
@@ -62,12 +93,12 @@ def test_first_failed_checkpoint_alerts(promtool: str, tmp_path: Path) -> None:
             metrics.observe_checkpoint(minute, 5.0, True, clock.now)
         recording.scrape(minute, metrics, job="ddlc-train", instance="n0:9500")
     fired = {"severity": "warning", "run": "flaky", "rank": "0", "node": "n0", "result": "failure",
-             "job": "ddlc-train", "instance": "n0:9500"}
+             "tier": "storage", "job": "ddlc-train", "instance": "n0:9500"}
     result = run_rule_test(promtool, tmp_path, rules_text(), recording, alert_tests=[
         {"eval_time": "9m", "alertname": "DDLCCheckpointFailed", "exp_alerts": []},
         {"eval_time": "12m", "alertname": "DDLCCheckpointFailed", "exp_alerts": [{
             "exp_labels": fired,
-            "exp_annotations": {"summary": "run flaky: a checkpoint save failed in the last 30 minutes"}}]},
+            "exp_annotations": {"summary": "run flaky: a storage checkpoint save failed in the last 30 minutes"}}]},
         {"eval_time": "50m", "alertname": "DDLCCheckpointFailed", "exp_alerts": []},
     ])
     assert result.returncode == 0, result.stdout + result.stderr

@@ -1,4 +1,5 @@
-"""A real Prometheus scrapes a real 2-worker torchrun training job (and a node agent) and answers queries."""
+"""A real Prometheus scrapes a real 2-worker torchrun training job (and a node agent) and answers queries; the
+job runs the host-memory checkpoint tier too, so the checkpoint series come with tier storage and memory."""
 
 from __future__ import annotations
 
@@ -32,7 +33,8 @@ def test_prometheus_scrapes_a_running_two_worker_job(prometheus_binary, tmp_path
     base = _two_free_ports()
     job = subprocess.Popen(
         torchrun("--standalone", "--nproc_per_node=2", str(TRAIN_PY), "--config", str(CONFIG), *FAST,
-                 "training.max_steps=100000", "checkpoint.interval_steps=20", f"monitoring.metrics_port={base}",
+                 "training.max_steps=100000", "checkpoint.interval_steps=20", "checkpoint.memory_interval_steps=3",
+                 f"checkpoint.memory_dir={tmp_path / 'shm'}", f"monitoring.metrics_port={base}",
                  f"monitoring.run_dir={tmp_path}", f"monitoring.run_name={RUN}",
                  "monitoring.instance_type=p4d.24xlarge"),
         cwd=tmp_path, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -45,8 +47,14 @@ def test_prometheus_scrapes_a_running_two_worker_job(prometheus_binary, tmp_path
     server = PrometheusServer(prometheus_binary, tmp_path, config)
     try:
         server.wait_for(lambda: len(server.query("up == 1")) == 3, "agent and both ranks up", timeout=60)
-        server.wait_for(lambda: server.query(f'ddlc_checkpoint_last_success_timestamp_seconds{{run="{RUN}"}}'),
-                        "a committed checkpoint", timeout=60)
+        for tier in ("storage", "memory"):
+            server.wait_for(lambda: server.query(f'ddlc_checkpoint_last_success_timestamp_seconds{{run="{RUN}",'
+                                                 f'tier="{tier}"}}'), f"a committed {tier} checkpoint", timeout=60)
+        saves = server.query(f'ddlc_checkpoints_total{{run="{RUN}",result="success"}}')
+        assert {s["metric"]["tier"] for s in saves} == {"storage", "memory"}  # rank 0's; no peer tier on one node
+        steps = {s["metric"]["tier"]: int(float(s["value"][1]))
+                 for s in server.query(f'ddlc_checkpoint_last_step{{run="{RUN}"}}')}
+        assert steps["storage"] % 20 == 0 and steps["memory"] % 3 == 0, steps
         losses = server.query(f'ddlc_train_loss{{run="{RUN}"}}')
         assert sorted(s["metric"]["rank"] for s in losses) == ["0", "1"]
         assert all(0 < float(s["value"][1]) < 6 for s in losses)

@@ -118,6 +118,17 @@ def memory_tier_of(store: CheckpointStore, rows: list[CheckpointInfo], memory_di
     return CheckpointStore(str(tier))
 
 
+def peer_copies_of(tier: CheckpointStore) -> list[tuple[str, CheckpointStore]]:
+    """The copies of other nodes' snapshots this node holds for a multi-node run's memory tier (memory_tier.py:
+    `<memory_dir>/<run>.peers/of-node-<i>`), as (node, store), by node."""
+    peers = Path(tier.root).with_name(f"{Path(tier.root).name}.peers")
+    if not peers.is_dir():
+        return []
+    copies = [child for child in peers.iterdir() if child.is_dir() and child.name.startswith("of-node-")]
+    return [(child.name[len("of-node-"):], CheckpointStore(str(child)))
+            for child in sorted(copies, key=lambda c: c.name)]
+
+
 def list_checkpoints(store: CheckpointStore) -> list[CheckpointInfo]:
     latest = latest_pointer(store)
     rows = []

@@ -395,6 +395,11 @@ class Checkpointer:
         stats.total_s = time.perf_counter() - job.started
         if warn and self.rank == 0:  # every rank has the same outcome: say it once
             self.warn(f"checkpoint {self.store.display(job.directory)} failed and was not committed: {stats.error}")
+        if self.rank == 0 and self.on_commit is not None:  # counted once, as a failure (ddlc_checkpoints_total)
+            try:
+                self.on_commit(stats)
+            except Exception as callback_error:  # noqa: BLE001 (metrics must not turn a failed save into a crash)
+                log.warning("on_commit callback failed: %s", callback_error)
         if self.rank == 0 and job.attempted_write:
             try:  # debris of this save: its space is needed more than its bytes
                 self.store.remove_tree(job.directory)

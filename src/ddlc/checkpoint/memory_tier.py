@@ -7,9 +7,10 @@
     resume (Trainer.resume):
         rank 0 peeks storage's newest committed step S; the memory tier loads its newest snapshot of a step > S that
         verifies (a corrupt one: the next older one); none --> storage resume as before, and stale snapshots go.
-    bounds: at start, 3 x the state's bytes (two kept + one being written) must fit in memory_dir's free space,
-        else exit 2 with the numbers; a write that runs out of space at run time turns the tier off (one warning)
-        and training goes on with storage checkpoints.
+    bounds: at start, every node's leader checks its own memory_dir: 3 x the state's bytes (two kept + one being
+        written; multi-node: peer_ring.node_need) must fit in its free space, else every rank of every node exits 2
+        with that node's numbers; a snapshot or peer copy that runs out of space at run time turns the tier off on
+        every node (one warning) and training goes on with storage checkpoints.
 
 Survives: a worker or whole-job restart on the same node (torchrun --max-restarts, a crash, a kill -9).
 
@@ -18,7 +19,8 @@ Multi-node jobs (checkpoint.memory_peer_replica, on by default), the peer replic
     COMMIT; rank 0 commits what the ranks reported). After a snapshot commits, each node's first rank (its leader)
     sends the node's files of that step to the next node's leader (ring: node i -> node (i+1) % N) over a gloo
     group of the leaders, from a background thread; the receiver writes them to <memory_dir>/<run>.peers/
-    of-node-<i>/step-N.tmp and renames it into place (newest two kept). A replication that is still in flight on
+    of-node-<i>/step-N.tmp and renames it into place (newest two kept; a node keeps its own files of the newest
+    two snapshots and of the two newest it replicated, see peer_ring.prune_own). A replication still in flight on
     any node when the next snapshot starts makes every node skip replicating that snapshot (agreed in the
     all-reduce each snapshot already does), so it never holds training up.
     resume: every leader lists the steps it holds (own and peer copies) with their file sizes and COMMIT; rank 0
@@ -36,6 +38,7 @@ import json
 import os
 import shutil
 import threading
+import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Callable, Optional
@@ -43,13 +46,20 @@ from typing import Callable, Optional
 import torch
 import torch.distributed as dist
 
+from ddlc.checkpoint import peer_ring
 from ddlc.checkpoint.checkpointer import Checkpointer, SaveStats
-from ddlc.checkpoint.manifest import COMMIT, parse_commit, parse_step, step_dir
+from ddlc.checkpoint.manifest import COMMIT, parse_step, step_dir
+from ddlc.checkpoint.peer_ring import SNAPSHOTS_AT_PEAK  # noqa: F401 (re-exported: benchmarks, docs)
 from ddlc.errors import UserError
 
-# Kept snapshots plus the one being written before retention removes the oldest.
-SNAPSHOTS_AT_PEAK = 3
 HEADROOM = 0.9  # at most this share of the free space
+
+
+class MemoryRoomError(UserError):
+    """The tier cannot fit in some node's memory_dir: every node's log says so (not only rank 0's), with the
+    numbers of the node that lacks the room."""
+
+    every_node = True
 
 
 def free_bytes(path: str) -> int:
@@ -96,7 +106,10 @@ class MemoryTier:
 
     def __init__(self, memory_dir: str, run_name: str, interval_steps: int, rank: int, world_size: int,
                  warn: Callable[[str], None], commit_timeout_s: float, load_timeout_s: Optional[float] = None,
-                 local_world_size: Optional[int] = None):
+                 local_world_size: Optional[int] = None,
+                 on_commit: Optional[Callable[..., None]] = None):
+        """on_commit(stats, tier): a snapshot's outcome on rank 0 (tier "memory"), a peer copy's on each node's
+        leader (tier "peer"); for the ddlc_checkpoint_* metrics."""
         self.root = Path(memory_dir).expanduser().absolute()
         self.path = self.root / run_name
         self.peers_path = self.root / f"{run_name}.peers"  # copies of other nodes' snapshots (multi-node)
@@ -106,6 +119,8 @@ class MemoryTier:
         self.leader = rank % self.local_world_size == 0  # one per node: replicates and tidies the node's files
         self.replicated = self.num_nodes > 1
         self.replications = 0  # replications this node's leader completed
+        self._skips = 0  # snapshots not replicated because the previous replication was still in flight
+        self.replicated_steps: list[int] = []  # their steps, oldest first (own files of the newest two are kept)
         self._replica_thread: Optional[threading.Thread] = None
         self._replica_error: Optional[str] = None
         self.interval_steps = interval_steps
@@ -114,11 +129,15 @@ class MemoryTier:
         self._warn = warn
         self.enabled = True
         self.saves = 0
+        # Reported by check_fits, after every rank took part in the collectives below (raising here would leave the
+        # other nodes waiting in them for the timeout).
+        self._setup_problem: Optional[str] = None
         try:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as error:
-            raise UserError(f"checkpoint.memory_dir {self.root}: cannot create {self.path}: "
-                            f"{error.strerror or error}") from None
+            where = f" on node {self.node}" if self.num_nodes > 1 else ""
+            self._setup_problem = (f"checkpoint.memory_dir {self.root}: cannot create {self.path}{where}: "
+                                   f"{error.strerror or error}")
 
         def quiet_warn(message: str) -> None:
             if not _out_of_space(message):  # reported once, in its own words, by _check_space
@@ -126,11 +145,13 @@ class MemoryTier:
 
         self.checkpointer = Checkpointer(str(self.path), rank=rank, world_size=world_size, keep_last=2,
                                          commit_timeout_s=commit_timeout_s, load_timeout_s=load_timeout_s,
-                                         warn=quiet_warn, private_store=True)
+                                         warn=quiet_warn, private_store=True,
+                                         on_commit=(lambda stats: on_commit(stats, "memory")) if on_commit else None)
+        self._on_commit = on_commit
         self.leaders_group = None
         if self.replicated:
             self.checkpointer.node_local = True
-            leaders = [node * self.local_world_size for node in range(self.num_nodes)]
+            leaders = peer_ring.leaders(self.num_nodes, self.local_world_size)
             # Every rank creates the group (torch requires it); only leaders use it, from the replication thread.
             self.leaders_group = dist.new_group(ranks=leaders, backend="gloo",
                                                 timeout=timedelta(seconds=commit_timeout_s))
@@ -138,27 +159,37 @@ class MemoryTier:
 
     # -- sizing ------------------------------------------------------------------------------------------------
     def check_fits(self, snapshot_bytes: int) -> int:
-        """Raise UserError (exit 2) on every rank when SNAPSHOTS_AT_PEAK snapshots do not fit in memory_dir (rank
-        0 measures, so every rank has the same verdict); returns the need."""
-        need = SNAPSHOTS_AT_PEAK * snapshot_bytes
-        verdict = [self._fit_problem(need, snapshot_bytes) if self.rank == 0 else None]
+        """Raise UserError (exit 2) on every rank when the tier cannot fit in some node's memory_dir: each node's
+        leader measures its own (every node has its own /dev/shm), the verdicts are gathered, so every rank stops
+        with the same message (the first node's that does not fit). Returns this node's need."""
+        need, how = peer_ring.node_need(snapshot_bytes, self.num_nodes, self.local_world_size, self.world_size)
+        problem = self._setup_problem
+        if self.leader and problem is None:
+            try:
+                problem = self._fit_problem(need, how)
+            except OSError as exc:  # a memory_dir that cannot even be measured cannot hold the tier either
+                problem = f"checkpoint.memory_dir {self.root}: cannot measure its free space: {exc}"
+        verdicts = [problem]
         if self.checkpointer.group is not None and self.world_size > 1:
-            dist.broadcast_object_list(verdict, src=0, group=self.checkpointer.group)
-        if verdict[0]:
-            raise UserError(verdict[0])
+            verdicts = [None] * self.world_size
+            dist.all_gather_object(verdicts, problem, group=self.checkpointer.group)
+        problems = [verdict for verdict in verdicts if verdict]
+        if problems:
+            raise MemoryRoomError(problems[0])
         return need
 
-    def _fit_problem(self, need: int, snapshot_bytes: int) -> Optional[str]:
+    def _fit_problem(self, need: int, how: str) -> Optional[str]:
         free = free_bytes(str(self.path))
-        # Snapshots of this very run already there are replaced as the tier runs: their space counts as free.
-        free += sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file())
+        # Snapshots and copies of this very run already there are replaced as the tier runs: their space is free.
+        free += sum(f.stat().st_size for d in (self.path, self.peers_path) if d.exists()
+                    for f in d.rglob("*") if f.is_file())
         if need > HEADROOM * free:
+            where = f" on node {self.node} (rank {self.rank})" if self.num_nodes > 1 else ""
             return (
-                f"checkpoint.memory_interval_steps: the memory tier needs {_mib(need)} ({SNAPSHOTS_AT_PEAK} x "
-                f"{_mib(snapshot_bytes)} of model and optimizer state: two kept snapshots and one being written) "
-                f"but checkpoint.memory_dir {self.root} has {_mib(free)} free (at most {HEADROOM:.0%} of it is "
-                f"used); point checkpoint.memory_dir at a larger tmpfs, or set checkpoint.memory_interval_steps "
-                f"to null to turn the tier off")
+                f"checkpoint.memory_interval_steps: the memory tier needs {_mib(need)}{where} ({how}; model and "
+                f"optimizer state) but checkpoint.memory_dir {self.root} has {_mib(free)} free (at most "
+                f"{HEADROOM:.0%} of it is used); point checkpoint.memory_dir at a larger tmpfs, or set "
+                f"checkpoint.memory_interval_steps to null to turn the tier off")
         return None
 
     # -- saving ------------------------------------------------------------------------------------------------
@@ -172,7 +203,9 @@ class MemoryTier:
             return None
         self.saves += 1
         if self.replicated and self.leader:
-            self._prune(self.path, keep=2)  # with this one, three: rank 0's retention is off (node_local)
+            # Rank 0's retention is off (node_local): the newest two, and the newest two this node replicated
+            # (their copies on the next node are what a resume after losing a node needs this node's files of).
+            peer_ring.prune_own(self.path, self.replicated_steps)
         stats = self.checkpointer.save(step, model, optimizer, trainer_state, blocking=False)
         if self.replicated and self.leader and not busy:
             self._replica_thread = threading.Thread(target=self._replicate, args=(step, self.checkpointer._pending,
@@ -186,41 +219,41 @@ class MemoryTier:
         every rank gets the same answer from the same all-reduce)."""
         previous = self.checkpointer.wait()
         busy = self._replica_thread is not None and self._replica_thread.is_alive()
-        full = torch.tensor([1 if previous is not None and _out_of_space(previous.error) else 0, int(busy)])
+        replica_full = not busy and _out_of_space(self._replica_error)
+        saved_full = previous is not None and _out_of_space(previous.error)
+        # [a snapshot ran out of space, a replication in flight, -(the lowest rank whose peer copy ran out of
+        # space)], on any rank: one all-reduce, so every rank turns the tier off at the same snapshot.
+        full = torch.tensor([int(saved_full), int(busy), -self.rank if replica_full else -self.world_size])
         if self.checkpointer.group is not None and self.world_size > 1:
             dist.all_reduce(full, op=dist.ReduceOp.MAX, group=self.checkpointer.group)
-        if full[1].item() and self.rank == 0:
+        if full[1].item() and self.rank == 0 and not self._skips:
             self._warn("memory tier: the previous peer replication is still in flight; this snapshot is not "
-                       "replicated (training does not wait for it)")
-        if full[0].item():
+                       "replicated (training does not wait for it; later skips are counted, not reported)")
+        self._skips += int(full[1].item())
+        copy_full_on = -int(full[2].item())
+        if full[0].item() or copy_full_on < self.world_size:
             self.enabled = False
-            if self.rank == 0:
-                self._warn(f"memory tier: {self.path} ran out of space (snapshot of step {previous.step}: "
-                           f"{previous.error}); the tier is off for the rest of this run, training goes on with "
+            what = None  # one warning: rank 0 for a snapshot (its outcome, naming the rank, is agreed), else the
+            if full[0].item() and self.rank == 0:  # first leader whose copy of its peer's snapshot did not fit
+                what = f"a snapshot ran out of space in checkpoint.memory_dir (step {previous.step}: {previous.error})"
+            elif not full[0].item() and copy_full_on == self.rank:
+                what = (f"{self.peers_path} on node {self.node} ran out of space (peer copy: "
+                        f"{self._replica_error})")
+            if what:
+                self._warn(f"memory tier: {what}; the tier is off for the rest of this run, training goes on with "
                            f"storage checkpoints (raise the tmpfs size or lower the model's state)")
             self.discard()  # each node's leader, its own node's snapshots and copies
         return bool(full[1].item())
 
     # -- peer replica (multi-node) -------------------------------------------------------------------------------
-    @staticmethod
-    def _prune(directory: Path, keep: int) -> None:
-        """Remove all but the `keep` highest-step directories (and any .tmp debris) under `directory`."""
-        if not directory.exists():
-            return
-        steps = sorted((parse_step(child.name), child) for child in directory.iterdir()
-                       if child.is_dir() and parse_step(child.name) is not None)
-        for _, child in steps[:-keep] if keep else steps:
-            shutil.rmtree(child, ignore_errors=True)
-        for child in directory.iterdir():
-            if child.name.endswith(".tmp"):
-                shutil.rmtree(child, ignore_errors=True)
-
     def _replicate(self, step: int, save_thread: Optional[threading.Thread], stats) -> None:
         """Leader thread: once snapshot `step` committed, send this node's files of it to the next node's leader
         and store the previous node's files under peers/of-node-<previous>. Errors: a warning; that step is not
         replicated (resume then falls back to an older complete step, or storage)."""
         if save_thread is not None:
             save_thread.join()
+        started = time.perf_counter()
+        outcome = SaveStats(step=step, blocking_s=0.0)
         try:
             if not stats.committed:  # the same verdict on every rank (the commit is agreed): no leader sends
                 return
@@ -230,12 +263,11 @@ class MemoryTier:
             blobs = [(source / f).read_bytes() for f in files]
             header = json.dumps({"step": step, "node": self.node, "files": [[f, len(b)] for f, b in
                                                                             zip(files, blobs)]}).encode()
-            me = self._leaders.index(self.rank)
-            nxt, prev = self._leaders[(me + 1) % len(self._leaders)], self._leaders[(me - 1) % len(self._leaders)]
-            got = self._exchange(header, b"".join(blobs), nxt, prev)
+            nxt, prev = peer_ring.neighbours(self.node, self.num_nodes)
+            got = self._exchange(header, b"".join(blobs), self._leaders[nxt], self._leaders[prev])
             head = json.loads(got[0].decode())
-            if head["step"] != step:
-                raise RuntimeError(f"the previous node sent step {head['step']}, expected {step}")
+            if head["step"] != step or head["node"] != prev:
+                raise RuntimeError(f"node {head['node']} sent step {head['step']}, expected node {prev}'s {step}")
             target = self.peers_path / f"of-node-{head['node']}"
             tmp = target / f"{name}.tmp"
             shutil.rmtree(tmp, ignore_errors=True)
@@ -246,13 +278,27 @@ class MemoryTier:
                     raise RuntimeError(f"bad file name {file_name!r} from the previous node")
                 (tmp / file_name).write_bytes(got[1][offset:offset + size])
                 offset += size
-            shutil.rmtree(target / name, ignore_errors=True)
+            peer_ring.remove_step_dir(target / name)
             os.rename(tmp, target / name)  # the replica appears whole or not at all
-            self._prune(target, keep=2)
+            peer_ring.prune(target, keep=2)
             self.replications += 1
+            self.replicated_steps.append(step)
+            del self.replicated_steps[:-2]  # all prune_own protects
+            outcome.committed = True
         except Exception as exc:  # noqa: BLE001 (a lost replica is a warning: storage still holds the job)
             self._replica_error = f"{type(exc).__name__}: {exc}"
-            self._warn(f"memory tier: peer replication of step {step} failed: {self._replica_error}")
+            previous_node = peer_ring.neighbours(self.node, self.num_nodes)[1]
+            # A part-received copy: its space is needed more than its bytes.
+            shutil.rmtree(self.peers_path / f"of-node-{previous_node}" / f"{step_dir(step)}.tmp", ignore_errors=True)
+            if not _out_of_space(self._replica_error):  # out of space: one warning, from _check_space
+                self._warn(f"memory tier: peer replication of step {step} failed: {self._replica_error}")
+            outcome.error = self._replica_error
+        if self._on_commit is not None and stats.committed:
+            outcome.total_s = time.perf_counter() - started
+            try:
+                self._on_commit(outcome, "peer")
+            except Exception:  # noqa: BLE001 (metrics never stop a replication)
+                pass
 
     def _exchange(self, header: bytes, body: bytes, nxt: int, prev: int) -> tuple[bytes, bytes]:
         """Send (header, body) to rank `nxt` and receive the same from rank `prev`, over the leaders' group."""
@@ -271,48 +317,12 @@ class MemoryTier:
         return data[:cut], data[cut:]
 
     def _inventory(self) -> dict:
-        """This node's steps, own and peer copies: {location: {step dir: {file: size}}}, plus the COMMITs seen."""
-        places = {"own": self.path}
-        if self.peers_path.exists():
-            places.update({child.name: child for child in self.peers_path.iterdir() if child.is_dir()})
-        found, commits = {}, {}
-        for place, directory in places.items():
-            steps = {}
-            for child in directory.iterdir() if directory.exists() else []:
-                if child.is_dir() and parse_step(child.name) is not None:
-                    steps[child.name] = {f.name: f.stat().st_size for f in child.iterdir() if f.is_file()}
-                    if COMMIT in steps[child.name] and child.name not in commits:
-                        commits[child.name] = (child / COMMIT).read_bytes()
-            found[place] = steps
-        return {"found": found, "commits": commits}
+        """This node's steps, own and peer copies (peer_ring.inventory)."""
+        return peer_ring.inventory(self.path, self.peers_path)
 
-    def _plan(self, inventories: list, after: int) -> Optional[dict]:
-        """Rank 0: the newest step > after whose COMMIT-listed files are all held by some leader (right sizes)."""
-        commits = {}
-        for inventory in inventories:
-            if inventory:
-                commits.update(inventory["commits"])
-        for name in sorted(commits, key=parse_step, reverse=True):
-            if parse_step(name) <= after:
-                break
-            manifest = parse_commit(commits[name], name).manifest
-            if manifest is None:  # another number of ranks is fine: DCP reshards a complete set of files
-                continue
-            need = {f: entry.size for f, entry in manifest.files.items()}
-            need[COMMIT] = None
-            holders = {}
-            for rank, inventory in enumerate(inventories):
-                for place, steps in (inventory or {"found": {}})["found"].items():
-                    for f, size in steps.get(name, {}).items():
-                        if f in need and (need[f] is None or need[f] == size) and f not in holders:
-                            holders[f] = (rank, place, size)
-            if len(holders) == len(need):
-                return {"step": parse_step(name), "name": name, "holders": holders}
-        return None
-
-    def _gather_replicas(self, after: int) -> Optional[int]:
-        """Every rank: agree on the step to resume from the memory tier (None: none complete) and give every
-        node's own directory all of its files. Returns the step."""
+    def _gather_replicas(self, after: int, skip: frozenset = frozenset()) -> Optional[int]:
+        """Every rank: agree on the step to resume from the memory tier (None: none complete), never one in `skip`
+        (found corrupt), and give every node's own directory all of its files. Returns the step."""
         group = self.checkpointer.load_group if self.world_size > 1 else None
         mine = None
         if self.leader:
@@ -325,7 +335,7 @@ class MemoryTier:
         if group is not None:
             inventories = [None] * self.world_size
             dist.all_gather_object(inventories, mine, group=group)
-        box = [self._plan(inventories, after) if self.rank == 0 else None]
+        box = [peer_ring.plan(inventories, after, skip) if self.rank == 0 else None]
         if group is not None:
             dist.broadcast_object_list(box, src=0, group=group)
         plan = box[0]
@@ -336,7 +346,7 @@ class MemoryTier:
             for child in [child for place in places for child in place.iterdir()]:
                 step = parse_step(child.name)
                 if child.is_dir() and step is not None and (plan is None or step > plan["step"]):
-                    shutil.rmtree(child, ignore_errors=True)
+                    peer_ring.remove_step_dir(child)
             if plan is not None:
                 self._fill(plan, mine)
         if group is not None:
@@ -400,11 +410,19 @@ class MemoryTier:
             box = [after]
             if self.world_size > 1:
                 dist.broadcast_object_list(box, src=0, group=self.checkpointer.load_group)
-            chosen = self._gather_replicas(box[0])
-            if chosen is None:
-                return None
-            after = chosen - 1
-        restored = self.checkpointer.resume(model, optimizer, check_hashes=check_hashes, after_step=after)
+            corrupt: dict[str, str] = {}
+            while True:  # a complete step that fails verification: the next older complete one, else storage
+                chosen = self._gather_replicas(box[0], frozenset(corrupt))
+                if chosen is None:
+                    self.checkpointer._known_corrupt = corrupt
+                    return None
+                restored = self.checkpointer.resume(model, optimizer, check_hashes=check_hashes,
+                                                    after_step=chosen - 1)
+                if restored is not None:  # (the verdict is agreed: every rank leaves or loops together)
+                    break
+                corrupt.update(self.checkpointer._known_corrupt or {step_dir(chosen): "rejected"})
+        else:
+            restored = self.checkpointer.resume(model, optimizer, check_hashes=check_hashes, after_step=after)
         if restored is None:
             return None
         if self.rank == 0 and peek is not None:
@@ -423,7 +441,7 @@ class MemoryTier:
         shutil.rmtree(self.peers_path, ignore_errors=True)
         for child in list(self.path.iterdir()) if self.path.exists() else []:
             if child.is_dir():
-                shutil.rmtree(child, ignore_errors=True)
+                peer_ring.remove_step_dir(child)
             else:
                 child.unlink(missing_ok=True)
 

@@ -54,10 +54,16 @@ def list_(uri: str, endpoint_url: Optional[str] = ENDPOINT,
         console.print("no checkpoints")
     tier = catalog.memory_tier_of(store, rows, memory_dir)
     if tier is not None:
-        _print_table(f"memory tier (this node): {tier.display()}", catalog.list_checkpoints(tier))
+        copies = catalog.peer_copies_of(tier)
+        # A multi-node run's memory tier: each node holds its own ranks' files of a snapshot; COMMIT is on rank 0's.
+        other_node = "no COMMIT here (multi-node: this node's files; COMMIT is on rank 0's node)" if copies else None
+        _print_table(f"memory tier (this node): {tier.display()}", catalog.list_checkpoints(tier), other_node)
+        for node, copy in copies:
+            _print_table(f"memory tier, copy of node {node}'s snapshots (peer replica): {copy.display()}",
+                         catalog.list_checkpoints(copy), f"node {node}'s files (COMMIT is on rank 0's node)")
 
 
-def _print_table(title: str, rows: list) -> None:
+def _print_table(title: str, rows: list, uncommitted: Optional[str] = None) -> None:
     table = Table(title=title)
     for column in ("", "checkpoint", "step", "state", "size", "saved"):
         table.add_column(column, overflow="fold")
@@ -68,7 +74,7 @@ def _print_table(title: str, rows: list) -> None:
         elif row.reason:
             state = f"[red]unreadable[/red]: {escape(_one_line(row.reason))}"
         else:
-            state = "[yellow]incomplete[/yellow]"
+            state = escape(uncommitted) if uncommitted else "[yellow]incomplete[/yellow]"
         table.add_row("*" if row.is_latest else "", row.name, str(row.step), state, _human(row.size_bytes), saved)
     console.print(table)
 

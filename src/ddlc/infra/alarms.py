@@ -3,7 +3,7 @@
     CloudWatch agent (user_data.cloudwatch_agent_config, namespace CWAgent, rolled up by ClusterName)
         nvidia_smi_utilization_gpu ───────────────> GPU under-utilized
     CloudWatch agent Prometheus scrape of the training ranks (EMF, namespace DDLC, dimension ClusterName)
-        ddlc_checkpoint_last_success_timestamp_seconds ──> checkpoint stale (silent when no job exports it)
+        ddlc_checkpoint_last_success_timestamp_seconds{tier="storage"} ──> checkpoint stale (silent when no job exports it)
     CloudWatch Logs metric filters (log_alarms below, namespace DDLC/<cluster>) on the node and training logs
         host OOM killer, CUDA out of memory, NVIDIA Xid, EFA errors ──> one alarm each (>= 1 event in 5 min)
     AWS/EC2 and AWS/AutoScaling (published by AWS for the head instance and the worker group)

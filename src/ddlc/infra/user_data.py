@@ -44,6 +44,9 @@ TRAINING_LOG_DIR = "/var/log/ddlc/training"
 CLUSTER_DIMENSION = "ClusterName"
 # Metrics the CloudWatch agent takes from the ranks' Prometheus endpoints (EMF, namespace DDLC, ClusterName).
 SCRAPED_TRAINING_METRICS = ("ddlc_checkpoint_last_success_timestamp_seconds",)
+# ... of these checkpoint tiers only (label `tier`): the checkpoint-stale alarm is about the durable checkpoints;
+# the host-memory tier's snapshots (memory, peer) land every few steps and would hide a stalled storage.
+SCRAPED_CHECKPOINT_TIER = "storage"
 # ... and what the CloudWatch training and cost dashboards read, with the dimensions they search for
 # (ddlc.dashboards.definition: `{DDLC,node,rank,run}` per rank, `{DDLC,instance_type,run}` for the job's price).
 SCRAPED_RANK_METRICS = ("ddlc_train_loss", "ddlc_train_learning_rate", "ddlc_train_grad_norm", "ddlc_train_step",
@@ -165,17 +168,19 @@ def cloudwatch_agent_config(boot: NodeBootConfig) -> dict:
                 "emf_processor": {
                     "metric_declaration_dedup": True,
                     "metric_namespace": "DDLC",
+                    # Source labels' values are joined with ";" before the label_matcher is applied.
                     "metric_declaration": [
                         {
-                            "source_labels": ["job"],
-                            "label_matcher": f"^{SCRAPE_JOB}$",
+                            "source_labels": source_labels,
+                            "label_matcher": matcher,
                             "dimensions": dimensions,
                             "metric_selectors": [f"^{name}$" for name in names],
                         }
-                        for dimensions, names in (
-                            ([[CLUSTER_DIMENSION]], SCRAPED_TRAINING_METRICS),
-                            ([["node", "rank", "run"]], SCRAPED_RANK_METRICS),
-                            ([["instance_type", "run"]], SCRAPED_JOB_METRICS),
+                        for source_labels, matcher, dimensions, names in (
+                            (["job", "tier"], f"^{SCRAPE_JOB};{SCRAPED_CHECKPOINT_TIER}$", [[CLUSTER_DIMENSION]],
+                             SCRAPED_TRAINING_METRICS),
+                            (["job"], f"^{SCRAPE_JOB}$", [["node", "rank", "run"]], SCRAPED_RANK_METRICS),
+                            (["job"], f"^{SCRAPE_JOB}$", [["instance_type", "run"]], SCRAPED_JOB_METRICS),
                         )
                     ],
                 },

@@ -11,8 +11,10 @@ so a node with 8 ranks serves on base..base+7 and `ddlc monitor prometheus-confi
   each rank with the median over the ranks of a run (`quantile by (run)`).
 * Job-level series (label run) are exported by rank 0 only, so summing over ranks never double-counts:
   estimated cost, world size, node count, the checkpoint recovery point objective.
-* Checkpoint series are exported by whichever rank calls `observe_checkpoint` (normally rank 0); with checkpointing
-  on, rank 0 exports `ddlc_checkpoints_total{result}` from 0, so the first failed save is an increase.
+* Checkpoint series carry a `tier` label: storage (the durable checkpoints, what the RPO is about), memory (the
+  host-memory tier, rank 0) and peer (a node's snapshot copied to the next node, that node's first rank). They are
+  exported by whichever rank calls `observe_checkpoint`; with checkpointing on, rank 0 exports
+  `ddlc_checkpoints_total{result,tier}` from 0 for every tier the job runs, so the first failed save is an increase.
 * At the end of a run the trainer calls `finish()` (ddlc_train_finished becomes 1, the cost stops) and `close()`
   keeps the endpoint up `linger_s` longer, so Prometheus scrapes the last step before the target goes away: at
   least two scrape intervals (default 35 s for the default 15 s interval; monitoring.metrics_linger_s).
@@ -45,6 +47,7 @@ from ddlc.monitor.server import MetricsServer
 DEFAULT_TRAIN_METRICS_PORT = 9500
 DEFAULT_CHECKPOINT_RPO_SECONDS = 3600.0
 DEFAULT_LINGER_SECONDS = 35.0  # > two scrape intervals of the generated config's default 15 s
+CHECKPOINT_TIERS = ("storage", "memory", "peer")  # values of the checkpoint series' `tier` label
 
 
 def rank_metrics_port(base_port: int | None, local_rank: int) -> int | None:
@@ -80,6 +83,7 @@ class TrainingMetrics:
         *,
         checkpoint_rpo_seconds: float = DEFAULT_CHECKPOINT_RPO_SECONDS,
         checkpoint_enabled: bool = True,
+        checkpoint_tiers: tuple[str, ...] = ("storage",),
         price_table: Path | str | None = None,
         clock: Callable[[], float] = time.time,
         linger_s: float = 0.0,
@@ -102,6 +106,10 @@ class TrainingMetrics:
         self.num_nodes = num_nodes
         self.checkpoint_rpo_seconds = float(checkpoint_rpo_seconds)
         self.checkpoint_enabled = bool(checkpoint_enabled)
+        unknown = sorted(set(checkpoint_tiers) - set(CHECKPOINT_TIERS))
+        if unknown:
+            raise UserError(f"checkpoint tiers {unknown} are not among {list(CHECKPOINT_TIERS)}")
+        self.checkpoint_tiers = tuple(checkpoint_tiers)  # exported from 0 by rank 0 (with checkpointing on)
         self.linger_s = float(linger_s)
         self.log_interval = int(log_interval)
         self._sleep = sleep
@@ -127,11 +135,8 @@ class TrainingMetrics:
         self._data_wait_total = 0.0
         self._data_wait_steps = 0
         self._host_peak = self._gpu_peak = -1  # bytes; -1: not measured
-        self._checkpoint_ok = 0
-        self._checkpoint_failed = 0
-        self._checkpoint_last_success = math.nan
-        self._checkpoint_last_duration = math.nan
-        self._checkpoint_last_step = -1
+        # By tier: saves that succeeded, failed; the last success's time, duration and step.
+        self._checkpoints: dict[str, dict] = {}
 
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
@@ -186,15 +191,20 @@ class TrainingMetrics:
             self._gpu_peak = max(self._gpu_peak, gpu_memory_peak_bytes)
         self._last_step_at = self._clock()
 
-    def observe_checkpoint(self, step: int, duration_s: float, ok: bool, timestamp: float) -> None:
-        """Record a checkpoint save that finished at `timestamp` (seconds since the epoch)."""
+    def _tier(self, tier: str) -> dict:
+        if tier not in CHECKPOINT_TIERS:
+            raise ValueError(f"unknown checkpoint tier {tier!r}")
+        return self._checkpoints.setdefault(tier, {"ok": 0, "failed": 0, "at": math.nan, "duration": math.nan,
+                                                   "step": -1})
+
+    def observe_checkpoint(self, step: int, duration_s: float, ok: bool, timestamp: float,
+                           tier: str = "storage") -> None:
+        """Record a checkpoint save of `tier` that finished at `timestamp` (seconds since the epoch)."""
+        entry = self._tier(tier)
         if ok:
-            self._checkpoint_ok += 1
-            self._checkpoint_last_success = timestamp
-            self._checkpoint_last_duration = duration_s
-            self._checkpoint_last_step = step
+            entry.update(ok=entry["ok"] + 1, at=timestamp, duration=duration_s, step=step)
         else:
-            self._checkpoint_failed += 1
+            entry["failed"] += 1
         if self._snapshot is not None:
             self.publish()
 
@@ -319,18 +329,29 @@ class TrainingMetrics:
             yield gauge("ddlc_train_log_interval_steps", "Steps between two publishes of these series "
                         "(training.log_interval): they move once per log interval.", self.log_interval)
 
-        if self._checkpoint_ok or self._checkpoint_failed or (self.rank == 0 and self.checkpoint_enabled):
-            results = CounterMetricFamily("ddlc_checkpoints", "Checkpoint saves by result.", labels=rank_labels + ["result"])
-            results.add_metric(ids + ["success"], self._checkpoint_ok)
-            results.add_metric(ids + ["failure"], self._checkpoint_failed)
+        tiers = [t for t in CHECKPOINT_TIERS if t in self._checkpoints
+                 or (self.rank == 0 and self.checkpoint_enabled and t in self.checkpoint_tiers)]
+        if tiers:
+            results = CounterMetricFamily("ddlc_checkpoints", "Checkpoint saves by result and tier (storage, memory, "
+                                          "peer).", labels=rank_labels + ["result", "tier"])
+            for tier in tiers:
+                entry = self._tier(tier)
+                results.add_metric(ids + ["success", tier], entry["ok"])
+                results.add_metric(ids + ["failure", tier], entry["failed"])
             yield results
-        if self._checkpoint_ok:
-            yield gauge(
-                "ddlc_checkpoint_last_success_timestamp_seconds", "When the last successful checkpoint finished.",
-                self._checkpoint_last_success,
-            )
-            yield gauge("ddlc_checkpoint_last_duration_seconds", "How long the last successful checkpoint took.", self._checkpoint_last_duration)
-            yield gauge("ddlc_checkpoint_last_step", "Step of the last successful checkpoint.", self._checkpoint_last_step)
+        saved = [tier for tier in tiers if self._checkpoints[tier]["ok"]]
+        for name, help_text, key in (
+            ("ddlc_checkpoint_last_success_timestamp_seconds", "When the last successful checkpoint of the tier "
+             "finished.", "at"),
+            ("ddlc_checkpoint_last_duration_seconds", "How long the last successful checkpoint of the tier took.",
+             "duration"),
+            ("ddlc_checkpoint_last_step", "Step of the last successful checkpoint of the tier.", "step"),
+        ):
+            if saved:
+                family = GaugeMetricFamily(name, help_text, labels=rank_labels + ["tier"])
+                for tier in saved:
+                    family.add_metric(ids + [tier], self._checkpoints[tier][key])
+                yield family
 
         if self.rank != 0:
             return

@@ -219,7 +219,8 @@ class Trainer:
 
         tier = MemoryTier(ckpt.memory_dir, self.run_name, ckpt.memory_interval_steps, ctx.rank, ctx.world_size,
                           warn=self._warn, commit_timeout_s=self.cfg.distributed.timeout_s,
-                          load_timeout_s=ckpt.load_timeout_s, local_world_size=ctx.env.local_world_size)
+                          load_timeout_s=ckpt.load_timeout_s, local_world_size=ctx.env.local_world_size,
+                          on_commit=lambda stats, tier="memory": self._on_checkpoint_commit(stats, tier))
         tier.check_fits(state_bytes(self.model, self.optimizer, ctx.world_size))  # every rank: same verdict
         return tier
 
@@ -243,14 +244,17 @@ class Trainer:
             checkpoint_rpo_seconds=self.cfg.checkpoint.rpo_seconds,
             # Checkpointing off: ddlc_checkpoint_enabled 0, so DDLCCheckpointOverdue stays quiet for this run.
             checkpoint_enabled=self.checkpointer is not None,
+            checkpoint_tiers=("storage",) + (() if self.memory is None else
+                                             ("memory", "peer") if self.memory.replicated else ("memory",)),
             linger_s=mon.metrics_linger_s,
             log_interval=self.cfg.training.log_interval,
         )
 
-    def _on_checkpoint_commit(self, stats) -> None:
-        # Runs on rank 0's commit thread; TrainingMetrics only assigns numbers, so no lock is needed.
+    def _on_checkpoint_commit(self, stats, tier: str = "storage") -> None:
+        # Runs on rank 0's commit thread (a peer copy: the node leader's replication thread); TrainingMetrics only
+        # assigns numbers, so no lock is needed. Called for failed saves too (stats.committed False).
         if self.metrics is not None:
-            self.metrics.observe_checkpoint(stats.step, stats.total_s or 0.0, stats.committed, time.time())
+            self.metrics.observe_checkpoint(stats.step, stats.total_s or 0.0, stats.committed, time.time(), tier)
 
     # -- checkpoint state ------------------------------------------------------------------------------------
     def trainer_state(self) -> dict:
