@@ -11,36 +11,18 @@ munged takes any bytes of at least 32 as its key; 128 characters of [A-Za-z0-9] 
 
 from __future__ import annotations
 
-from aws_cdk import Acknowledgment, RemovalPolicy, Validations
 from aws_cdk import aws_iam as iam
-from aws_cdk import aws_secretsmanager as secretsmanager
 from constructs import Construct
+
+from ddlc.infra.node_only_secret import NodeOnlySecret
 
 MUNGE_KEY_LENGTH = 128
 
 
-class ClusterMungeSecret(Construct):
+class ClusterMungeSecret(NodeOnlySecret):
     def __init__(self, scope: Construct, construct_id: str, *, cluster_name: str, role: iam.IRole) -> None:
-        super().__init__(scope, construct_id)
-        self.secret = secretsmanager.Secret(
-            self, "Secret",
-            description=f"{cluster_name}: Slurm munge key (nodes only)",
-            generate_secret_string=secretsmanager.SecretStringGenerator(
-                password_length=MUNGE_KEY_LENGTH, exclude_punctuation=True, include_space=False,
-            ),
-            # Nothing to keep: a new stack boots new nodes with the new key.
-            removal_policy=RemovalPolicy.DESTROY,
-        )
-        self.secret.grant_read(role)
-        self.secret.add_to_resource_policy(iam.PolicyStatement(
-            effect=iam.Effect.DENY,
-            principals=[iam.AnyPrincipal()],
-            actions=["secretsmanager:GetSecretValue"],
-            resources=["*"],  # in a secret's resource policy, "*" means this secret
-            conditions={"StringNotEquals": {"aws:PrincipalArn": role.role_arn}},
-        ))
-        Validations.of(self.secret).acknowledge(Acknowledgment(
-            id="AwsSolutions-SMG4",
-            reason="Rotating the munge key needs every node to rewrite it and restart munge at the same moment; "
-            "it is replaced by replacing the secret (redeploy), and nobody but the node role can read it.",
-        ))
+        super().__init__(
+            scope, construct_id, description=f"{cluster_name}: Slurm munge key (nodes only)",
+            length=MUNGE_KEY_LENGTH, role=role,
+            why_not_rotated="Rotating the munge key needs every node to rewrite it and restart munge at the same "
+            "moment; it is replaced by replacing the secret (redeploy), and nobody but the node role can read it.")

@@ -5,34 +5,15 @@ role only (an explicit deny for every other principal). Nodes derive the cluster
 
 from __future__ import annotations
 
-from aws_cdk import Acknowledgment, RemovalPolicy, Validations
 from aws_cdk import aws_iam as iam
-from aws_cdk import aws_secretsmanager as secretsmanager
 from constructs import Construct
 
+from ddlc.infra.node_only_secret import NodeOnlySecret
 
-class ClusterSshSecret(Construct):
+
+class ClusterSshSecret(NodeOnlySecret):
     def __init__(self, scope: Construct, construct_id: str, *, cluster_name: str, role: iam.IRole) -> None:
-        super().__init__(scope, construct_id)
-        self.secret = secretsmanager.Secret(
-            self, "Secret",
-            description=f"{cluster_name}: seed of the cluster ssh keys (nodes only)",
-            generate_secret_string=secretsmanager.SecretStringGenerator(
-                password_length=64, exclude_punctuation=True, include_space=False,
-            ),
-            # Nothing to keep: a new stack gets a new secret and new keys.
-            removal_policy=RemovalPolicy.DESTROY,
-        )
-        self.secret.grant_read(role)
-        self.secret.add_to_resource_policy(iam.PolicyStatement(
-            effect=iam.Effect.DENY,
-            principals=[iam.AnyPrincipal()],
-            actions=["secretsmanager:GetSecretValue"],
-            resources=["*"],  # in a secret's resource policy, "*" means this secret
-            conditions={"StringNotEquals": {"aws:PrincipalArn": role.role_arn}},
-        ))
-        Validations.of(self.secret).acknowledge(Acknowledgment(
-            id="AwsSolutions-SMG4",
-            reason="Rotation needs every node to re-derive its keys at once; the key is replaced by replacing the "
-            "secret (redeploy), and nobody but the node role can read it.",
-        ))
+        super().__init__(
+            scope, construct_id, description=f"{cluster_name}: seed of the cluster ssh keys (nodes only)", length=64,
+            role=role, why_not_rotated="Rotation needs every node to re-derive its keys at once; the key is replaced "
+            "by replacing the secret (redeploy), and nobody but the node role can read it.")
