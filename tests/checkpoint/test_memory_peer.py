@@ -21,6 +21,7 @@ from tests.checkpoint.test_failures import _communicate, _kill_job, _last_logged
 from tests.checkpoint.test_memory_tier import (  # noqa: F401 (straight_losses: the fixture)
     STEPS, _committed_steps, _flip_bytes, _job, _losses, _resume_line, straight_losses)
 from tests.support import PYTHON, assert_ok, free_port, run, torchrun
+from tests.checkpoint.tmpfs import fill, mount_tmpfs
 
 NAME = "peer"
 
@@ -222,14 +223,6 @@ def test_multi_node_without_peer_replica_turns_the_tier_off(tmp_path, replica):
     assert not (tmp_path / "host0-shm" / NAME / f"step-{4:08d}").exists()
 
 
-def _mount_tmpfs(directory: Path, size: str) -> None:
-    directory.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(directory)],
-                             capture_output=True, text=True)
-    if mounted.returncode:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
-
-
 @pytest.mark.parametrize("when", ["at start", "at run time", "cannot be created"])
 def test_a_node_whose_memory_dir_is_too_small(tmp_path, when):
     """Each node checks its own memory_dir (each host has its own /dev/shm): node 1's is a small tmpfs, node 0's
@@ -241,7 +234,7 @@ def test_a_node_whose_memory_dir_is_too_small(tmp_path, when):
     if when == "cannot be created":
         small = Path("/proc/ddlc-cannot-be-here")
     else:
-        _mount_tmpfs(small, "1M" if when == "at start" else "16M")
+        mount_tmpfs(small, "1M" if when == "at start" else "16M")
     try:
         port = free_port()
         extra = ("checkpoint.interval_steps=20", "checkpoint.memory_interval_steps=2", "training.max_steps=40",
@@ -250,7 +243,7 @@ def test_a_node_whose_memory_dir_is_too_small(tmp_path, when):
         try:
             if when == "at run time":
                 _wait_for(lambda: any((small / NAME).glob("step-*/__1_0.distcp")), proc=nodes[0])
-                _fill(small)
+                fill(small)
             outputs = [_communicate(proc, timeout=300) for proc in nodes]
         finally:
             for proc in nodes:
@@ -282,15 +275,3 @@ def test_a_node_whose_memory_dir_is_too_small(tmp_path, when):
     finally:
         if when != "cannot be created":
             subprocess.run(["umount", str(small)], capture_output=True)
-
-
-def _fill(directory: Path) -> None:
-    """Write a file into `directory` until its filesystem is full."""
-    block = b"\0" * (64 << 10)
-    with open(directory / "filler", "wb") as handle:
-        try:
-            while True:
-                handle.write(block)
-                handle.flush()
-        except OSError:
-            pass

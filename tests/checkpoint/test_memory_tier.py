@@ -18,6 +18,7 @@ from ddlc.checkpoint.manifest import COMMIT
 from ddlc.runtime.metrics import read_metrics
 from tests.checkpoint.test_failures import _communicate, _kill_job, _last_logged_step, _start, _wait_for
 from tests.support import CONFIG, FAST, PYTHON, TRAIN_PY, assert_ok, run, torchrun
+from tests.checkpoint.tmpfs import fill, mount_tmpfs
 
 DDLC = str(Path(PYTHON).parent / "ddlc")
 
@@ -145,18 +146,10 @@ def test_corrupt_memory_snapshot_falls_back(tmp_path, straight_losses, corrupt):
     assert _losses(tmp_path, name) == straight_losses  # exact float equality
 
 
-def _mount_tmpfs(directory: Path, size: str) -> None:
-    directory.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(directory)],
-                             capture_output=True, text=True)
-    if mounted.returncode:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
-
-
 def test_memory_tier_that_cannot_fit_exits_2_with_the_numbers(tmp_path):
     small, roomy = tmp_path / "small", tmp_path / "roomy"
-    _mount_tmpfs(small, "1M")
-    _mount_tmpfs(roomy, "16M")
+    mount_tmpfs(small, "1M")
+    mount_tmpfs(roomy, "16M")
     try:
         job = _job(tmp_path, "small", "training.max_steps=6", "checkpoint.memory_interval_steps=2",
                    f"checkpoint.memory_dir={small}")
@@ -175,29 +168,17 @@ def test_memory_tier_that_cannot_fit_exits_2_with_the_numbers(tmp_path):
         subprocess.run(["umount", str(roomy)], capture_output=True)
 
 
-def _fill(directory: Path) -> None:
-    """Write a file into `directory` until its filesystem is full."""
-    block = b"\0" * (64 << 10)
-    with open(directory / "filler", "wb") as handle:
-        try:
-            while True:
-                handle.write(block)
-                handle.flush()
-        except OSError:
-            pass
-
-
 def test_memory_tier_out_of_space_turns_itself_off(tmp_path, straight_losses):
     """A snapshot that runs out of space at run time: one warning, the tier is off, training goes on and is exact."""
     shm = tmp_path / "shm"
-    _mount_tmpfs(shm, "16M")
+    mount_tmpfs(shm, "16M")
     try:
         job = _job(tmp_path, "full", "checkpoint.interval_steps=30", "checkpoint.memory_interval_steps=2",
                    f"checkpoint.memory_dir={shm}")
         proc = _start(torchrun("--standalone", "--nproc_per_node=2", *job), tmp_path)
         try:
             _wait_for(lambda: (shm / "full").exists() and _committed_steps(shm / "full"), proc=proc)
-            _fill(shm)
+            fill(shm)
             stdout, stderr = _communicate(proc, timeout=300)
         finally:
             _kill_job(proc)
