@@ -108,3 +108,17 @@ def test_s3_endpoint_dying_mid_run_fails_saves_on_every_rank_and_training_goes_o
     assert "Traceback" not in resumed.stderr
     errors = [line for line in resumed.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "cannot read the checkpoints under s3://ckpt/dies to resume" in errors[0], errors
+
+
+def test_two_ranks_resume_what_they_just_saved_in_the_same_processes(tmp_path, s3):
+    """Every rank must see the COMMIT rank 0 wrote, whatever its S3 client listed before: a stale listing made one
+    rank skip the checkpoint while the other loaded it, and the job hung in DCP's collectives."""
+    from tests.support import REPO
+
+    worker = REPO / "tests" / "checkpoint" / "s3_same_process_worker.py"
+    proc = run(torchrun("--standalone", "--nproc_per_node=2", str(worker), str(tmp_path), "s3://ckpt/same-process"),
+               cwd=tmp_path, timeout=180, **s3.env)
+    reports = {p.stem: json.loads(p.read_text()) for p in tmp_path.glob("rank*.json")}
+    assert set(reports) == {"rank0", "rank1"}, (reports, proc.stderr[-3000:])
+    for report in reports.values():
+        assert report == {"same": {"step": 2, "equal": True}, "fresh": {"step": 2, "equal": True}}, report

@@ -100,13 +100,18 @@ class VerifiedLoad:
 
     def load(self, directory: str, app_state: dict, check_hashes: bool) -> list[str]:
         """DCP-load `directory` into `app_state`; the corruption found (empty: loaded and verified)."""
-        manifest = read_commit(self.store, directory).manifest
+        commit = read_commit(self.store, directory)
+        manifest = commit.manifest
+        early: list[str] = []
         if manifest is None:
-            return ["not committed (no valid COMMIT marker)"]
-        if METADATA in manifest.files:  # DCP unpickles .metadata first: check it before anything decodes it
+            early = [f"unreadable COMMIT: {commit.reason}" if commit.reason else "not committed (no COMMIT marker)"]
+        elif METADATA in manifest.files:  # DCP unpickles .metadata first: check it before anything decodes it
             problem = check_file(self.store, directory, manifest, METADATA)
-            if problem:
-                return [problem]
+            early = [problem] if problem else []
+        # Each rank read COMMIT and .metadata itself (a flaky read, an eventually consistent listing): if one rank
+        # stopped here while the others went into dcp.load's collectives, the job would hang. Agree first.
+        if self.gather(early):
+            return early
         share = self.verification_share(manifest) if check_hashes else []
         problems: list[str] = []
         reader = self.store.dcp_reader(directory, digest_names=frozenset(share), io_threads=self.io_threads)

@@ -62,7 +62,11 @@ class CheckpointStore:
             self.scheme = "s3"
             self.root = f"{parsed.netloc}/{parsed.path.strip('/')}".rstrip("/")
             self.storage_options = {"endpoint_url": endpoint} if endpoint else {}
-            self.fs = fsspec.filesystem("s3", **self.storage_options)
+            # No listings cache, and an instance of its own: fsspec shares one cached S3FileSystem per process,
+            # and its directory cache made a COMMIT that another rank wrote after this rank's last listing look
+            # absent to open(), so ranks disagreed about a committed checkpoint (and one hung in DCP's collectives).
+            self.fs = fsspec.filesystem("s3", use_listings_cache=False, skip_instance_cache=True,
+                                        **self.storage_options)
         else:
             raise StorageError(
                 f"checkpoint URI {uri!r}: unsupported scheme '{scheme}://' (use {', '.join(SUPPORTED_SCHEMES)})"
