@@ -209,3 +209,42 @@ def test_jobs_row_survives_damaged_bookkeeping(tmp_path):
     record_job(tmp_path, "7", {"run": "r1", "checkpoint_uri": str(tmp_path / "none"), "instance_type": "p4d.24xlarge"})
     shown = view(row)
     assert shown.run == "r1" and shown.checkpoint_step is None and shown.cost_usd > 0
+
+
+@pytest.mark.parametrize("field,value", [
+    ("slurm_user", "slurm\nAuthType=auth/none"), ("state_dir", "/var/spool/a b"), ("munge_socket", "/x\n/y"),
+    ("max_time", "1:00\nJobRequeue=0"),
+    ("health_check_program", "/bin/ok #"), ("extra_lines", ("KillWait=5\nAuthType=auth/none",)),
+    ("partition", "DEFAULT"), ("partition", "gpu\n"), ("process_tracking", "bogus"), ("slurmd_port", 6817),
+    ("slurmctld_port", 70000), ("kill_wait_s", -5),
+])
+def test_cluster_spec_refuses_values_that_would_add_or_break_conf_lines(field, value):
+    """A value with a space or newline would end its `Key=value` and start another key (a second AuthType)."""
+    fragment = {"extra_lines": "extra line", "slurmd_port": "ports", "slurmctld_port": "ports"}.get(field, field)
+    with pytest.raises(UserError, match=fragment):
+        ClusterSpec("c", "head", "10.0.0.1", (SlurmNode("n1", "10.0.0.2", 2),), **{field: value})
+    with pytest.raises(UserError, match="controller_address"):
+        ClusterSpec("c", "head", "10.0.0.1 SlurmUser=root", (SlurmNode("n1", "10.0.0.2", 2),))
+
+
+@pytest.mark.parametrize("field,value", [("address", "10.0.0.2\nSlurmUser=root"), ("gpu_files", "/dev/nvidia0\nName=gpu File=/etc/shadow"),
+                                         ("gpu_type", "a100 x")])
+def test_cluster_spec_refuses_node_values_that_would_add_lines(field, value):
+    node = {"name": "n1", "address": "10.0.0.2", "cpus": 2, "gpus": 1, **{field: value}}
+    with pytest.raises(UserError, match=field):
+        ClusterSpec("c", "head", "10.0.0.1", (SlurmNode(**node),))
+
+
+@pytest.mark.parametrize("extra,fragment", [
+    ({"partition": "gpu\n#SBATCH --uid=0"}, "--partition"), ({"partition": "g p"}, "--partition"),
+    ({"time": " 5"}, "--time"), ({"time": "5 "}, "--time"),
+    ({"extra_sbatch": ("--no-requeue",)}, "set by ddlc submit"), ({"extra_sbatch": ("--comment=x",)}, "set by ddlc"),
+    ({"extra_sbatch": ("--output=/tmp/x",)}, "set by ddlc"), ({"extra_sbatch": ("--nodes=5",)}, "set by ddlc"),
+    ({"extra_sbatch": ("--wrap=id",)}, "set by ddlc"), ({"extra_sbatch": ("--",)}, "one long sbatch option"),
+])
+def test_job_request_refuses_what_would_change_the_script_ddlc_relies_on(extra, fragment):
+    """--no-requeue through --sbatch turned requeue off; --comment hid the run from `ddlc jobs`; a newline in
+    --partition added an #SBATCH line of its own even in --dry-run."""
+    with pytest.raises(UserError, match=fragment):
+        request(**extra)
+    assert "#SBATCH --account=ml" in render_script(request(extra_sbatch=("--account=ml",)))

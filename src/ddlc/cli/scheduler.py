@@ -34,9 +34,6 @@ def submit(
     from ddlc.scheduler.submit import plan_submission
     from ddlc.scheduler.submit import submit as submit_job
 
-    for option in sbatch_option or []:
-        if not option.startswith("--") or any(c.isspace() for c in option):  # one word on an #SBATCH line
-            raise UserError(f"--sbatch {option!r}: expected one long sbatch option, e.g. --account=ml")
     submission = plan_submission(script, script_args or [], nodes, gpus_per_node, time_limit, partition,
                                  Path.cwd(), python or sys.executable, sbatch_option or [])
     if dry_run:
@@ -73,9 +70,14 @@ def cancel(job_id: str = typer.Argument(..., help="the job id (`ddlc jobs` lists
 
     if not job_id.replace("_", "").isdigit():
         raise UserError(f"job id {job_id!r}: expected a number (see `ddlc jobs`)")
+    from ddlc.scheduler.submit import ACTIVE_STATES
+
     slurm = Slurm()
-    if not slurm.jobs(job_ids=[job_id]):
+    rows = slurm.jobs(job_ids=[job_id])
+    if not rows:
         raise UserError(f"job {job_id}: no such job (or it ended more than a few minutes ago)")
+    if not any(row.state in ACTIVE_STATES for row in rows):
+        raise UserError(f"job {job_id} has already ended ({rows[0].state}); nothing to cancel")
     slurm.cancel(job_id)
     typer.echo(f"cancelled job {job_id}: its workers checkpoint and stop")
 

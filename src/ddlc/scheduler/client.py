@@ -120,7 +120,9 @@ class Slurm:
         return None
 
     def jobs(self, user: Optional[str] = None, job_ids: Sequence[str] = ()) -> list[JobRow]:
-        args = ["-h", "-o", SEP.join(["%i", "%j", "%u", "%T", "%D", "%M", "%R", "%P", "%k"])]
+        # --states=all: squeue shows only pending and running jobs by default; ended ones stay listed for
+        # MinJobAge (5 minutes by default) with their final state, which is what `ddlc jobs` promises.
+        args = ["-h", "--states=all", "-o", SEP.join(["%i", "%j", "%u", "%T", "%D", "%M", "%R", "%P", "%k"])]
         if user:
             args += ["-u", user]
         if job_ids:

@@ -64,6 +64,28 @@ def parse_time(value: str) -> int:
     return seconds
 
 
+# Partition names as slurm.conf allows them (ddlc.scheduler.slurm_conf); DEFAULT is Slurm's defaults line.
+_PARTITION = re.compile(r"^(?!DEFAULT$)[A-Za-z][A-Za-z0-9_.-]{0,62}$")
+# What ddlc's own script relies on: changed through --sbatch, a requeue would stop resuming (--no-requeue), the
+# output and bookkeeping would go elsewhere (--output, --comment, --chdir), or the allocation would no longer be
+# the one torchrun is told about (--nodes, --ntasks-per-node, ...). These have their own flags or are fixed.
+OWNED_SBATCH_OPTIONS = frozenset({
+    "--requeue", "--no-requeue", "--open-mode", "--output", "--error", "--comment", "--chdir", "--job-name",
+    "--nodes", "--ntasks", "--ntasks-per-node", "--exclusive", "--gpus-per-node", "--gpus", "--time",
+    "--partition", "--wrap", "--array", "--uid", "--gid", "--export",
+})
+
+
+def check_extra_sbatch(option: str) -> None:
+    """One long sbatch option for an #SBATCH line, and not one ddlc's script sets itself."""
+    if not option.startswith("--") or option == "--" or any(c.isspace() for c in option) or "#" in option:
+        raise UserError(f"--sbatch {option!r}: expected one long sbatch option, e.g. --account=ml")
+    name = option.split("=", 1)[0]
+    if name in OWNED_SBATCH_OPTIONS:
+        raise UserError(f"--sbatch {option!r}: {name} is set by ddlc submit itself (see docs/scheduler.md); use "
+                        "its own flag (--nodes, --time, --partition, --gpus-per-node) where there is one")
+
+
 @dataclass(frozen=True)
 class JobRequest:
     nodes: int
@@ -85,7 +107,14 @@ class JobRequest:
         if self.gpus_per_node < 0:
             raise UserError(f"--gpus-per-node {self.gpus_per_node}: must be 0 or more")
         if self.time is not None:
+            if self.time != self.time.strip():  # written as given: sbatch would refuse " 5" after ddlc said yes
+                raise UserError(f"--time {self.time!r}: no spaces around the time")
             parse_time(self.time)
+        if self.partition is not None and not _PARTITION.fullmatch(self.partition):
+            raise UserError(f"--partition {self.partition!r}: a partition name is letters, digits, '-', '_' or '.'")
+        for option in self.extra_sbatch:
+            check_extra_sbatch(option)
+
 
     @property
     def nproc_per_node(self) -> int:

@@ -75,20 +75,44 @@ class ClusterSpec:
     def __post_init__(self) -> None:
         for label, name in [("cluster_name", self.cluster_name), ("controller", self.controller),
                             ("partition", self.partition), *[("node name", n.name) for n in self.nodes]]:
-            if not _NAME.match(name):
+            if not _NAME.fullmatch(name):
                 raise UserError(f"slurm {label} {name!r}: use letters, digits, '-', '_' or '.', starting with a letter")
         if not self.nodes:
             raise UserError("slurm cluster has no compute nodes")
         names = [n.name for n in self.nodes]
         if len(set(names)) != len(names):
             raise UserError(f"slurm node names repeat: {sorted({n for n in names if names.count(n) > 1})}")
+        if self.partition == "DEFAULT":  # Slurm reads `PartitionName=DEFAULT` as defaults, not a partition
+            raise UserError("slurm partition 'DEFAULT' is Slurm's defaults line; choose another name")
         for node in self.nodes:
             if node.cpus < 1 or node.gpus < 0:
                 raise UserError(f"slurm node {node.name}: cpus must be >= 1 and gpus >= 0")
+            for label in ("address", "gpu_type", "gpu_files"):
+                _one_word(f"slurm node {node.name} {label}", getattr(node, label))
+        # Every other value lands on a `Key=value` line: a space or newline would end the value and start
+        # another key (a second AuthType, a gres File=), so each must be one word.
+        for label in ("controller_address", "slurm_user", "state_dir", "spool_dir", "log_dir", "run_dir",
+                      "munge_socket", "health_check_program", "max_time"):
+            _one_word(f"slurm {label}", getattr(self, label))
+        for line in self.extra_lines:
+            if any(c in line for c in "\r\n") or not line.strip():
+                raise UserError(f"slurm extra line {line!r}: one non-empty line each")
+        if self.process_tracking not in ("cgroup", "linuxproc"):
+            raise UserError(f"slurm process_tracking {self.process_tracking!r}: cgroup or linuxproc")
+        ports = (self.slurmctld_port, self.slurmd_port)
+        if not all(0 < port < 65536 for port in ports) or ports[0] == ports[1]:
+            raise UserError(f"slurm ports {ports}: two different ports in 1-65535")
+        if self.kill_wait_s < 0 or self.health_check_interval_s < 1:
+            raise UserError("slurm kill_wait_s must be >= 0 and health_check_interval_s >= 1")
 
     @property
     def has_gpus(self) -> bool:
         return any(node.gpus for node in self.nodes)
+
+
+def _one_word(label: str, value: Optional[str]) -> None:
+    if value is not None and (not value or any(c.isspace() or c == "#" for c in value)):
+        raise UserError(f"{label} {value!r}: must be one word (no spaces, newlines or '#')")
 
 
 def _node_line(node: SlurmNode) -> str:
