@@ -236,3 +236,20 @@ def test_a_second_ctrl_c_kills_the_job_without_a_checkpoint(tmp_path):
     assert "ddlc: run twice killed (Ctrl-C twice) without a checkpoint of this stop" in stdout, stdout[-3000:]
     assert "stopped cleanly" not in stdout and "Traceback" not in stdout + stderr, stdout[-3000:]
     assert not list((tmp_path / "twice" / "checkpoints").glob("step-*/COMMIT"))  # killed, not checkpointed
+
+
+def test_new_run_sets_the_old_runs_memory_snapshots_aside_too(tmp_path):
+    """A killed run leaves snapshots in <memory_dir>/<run>: --new-run moved only the run directory, and the new
+    run's first resume took the old run's newest snapshot ("already finished", or steps from the old run)."""
+    args = [DDLC, "train", "--nproc", "1", *FAST, "training.max_steps=3", f"monitoring.run_dir={tmp_path}",
+            "monitoring.run_name=again", "checkpoint.memory_interval_steps=1", f"checkpoint.memory_dir={tmp_path}/shm"]
+    assert_ok(run(args, cwd=tmp_path))
+    # What a kill -9 leaves behind: a committed snapshot of the run in the memory tier (a clean end removes them).
+    left = tmp_path / "shm" / "again" / "step-00000003"
+    shutil.copytree(tmp_path / "again" / "checkpoints" / "step-00000003", left)
+    proc = run([*args[:2], "--new-run", *args[2:]], cwd=tmp_path)
+    assert_ok(proc)
+    assert "starting run again" in proc.stdout and "resum" not in proc.stdout and "already finished" not in proc.stdout
+    [aside] = [p for p in tmp_path.iterdir() if p.name.startswith("again.replaced-")]
+    assert (aside / "memory-tier" / "step-00000003" / "COMMIT").is_file()  # kept, off shared memory
+    assert json.loads((tmp_path / "again" / "summary.json").read_text())["start_step"] == 0

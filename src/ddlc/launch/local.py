@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -192,11 +193,18 @@ def start_new_run(job: LocalJob) -> Optional[Path]:
         if not inside and any(name.startswith("step-") for name in store.list_dirs()):
             raise UserError(f"--new-run: checkpoint.uri {uri} already holds checkpoints; give the new run another "
                             "checkpoint.uri (or remove those checkpoints)")
-    if not job.run_dir.exists():
+    # The memory tier's snapshots of the old run (<memory_dir>/<run name>, this node's shared memory) would be
+    # newer than anything the new run has, so its first resume took them: they go aside with the run.
+    memory = Path(job.config.checkpoint.memory_dir) / job.run_name
+    if not job.run_dir.exists() and not memory.exists():
         return None
     from datetime import datetime, timezone
 
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     aside = job.run_dir.with_name(f"{job.run_name}.replaced-{stamp}")
-    job.run_dir.rename(aside)
+    if job.run_dir.exists():
+        job.run_dir.rename(aside)
+    if memory.exists():
+        aside.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(memory), str(aside / "memory-tier"))  # off /dev/shm: frees the memory, keeps the files
     return aside
