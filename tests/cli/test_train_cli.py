@@ -253,3 +253,16 @@ def test_new_run_sets_the_old_runs_memory_snapshots_aside_too(tmp_path):
     [aside] = [p for p in tmp_path.iterdir() if p.name.startswith("again.replaced-")]
     assert (aside / "memory-tier" / "step-00000003" / "COMMIT").is_file()  # kept, off shared memory
     assert json.loads((tmp_path / "again" / "summary.json").read_text())["start_step"] == 0
+
+
+def test_a_fresh_start_in_a_used_run_directory_sets_the_old_step_records_aside(tmp_path):
+    """checkpoint.resume=false in a run directory with records: the new steps were appended after the old ones,
+    so every step appeared twice in metrics.jsonl (and in the dashboards and reports that read it)."""
+    args = [DDLC, "train", "--nproc", "1", *FAST, "training.max_steps=3", f"monitoring.run_dir={tmp_path}",
+            "monitoring.run_name=twice"]
+    assert_ok(run(args, cwd=tmp_path))
+    old = (tmp_path / "twice" / "metrics.jsonl").read_bytes()
+    assert_ok(run([*args, "checkpoint.resume=false", "checkpoint.on_existing=move_aside"], cwd=tmp_path))
+    assert [r["step"] for r in read_metrics(tmp_path / "twice")] == [1, 2, 3]
+    [aside] = (tmp_path / "twice").glob("metrics.jsonl.replaced-*")
+    assert aside.read_bytes() == old

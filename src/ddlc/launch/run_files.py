@@ -113,6 +113,21 @@ def running_elsewhere(run_dir: Path) -> Optional[str]:
     return None
 
 
+def set_metrics_aside(path: Path) -> Optional[Path]:
+    """A run that starts from step 0 where step records already are (checkpoint.resume=false, or every checkpoint
+    moved aside) would append its steps after the old ones, each step twice: the old records go aside, kept."""
+    try:
+        if path.stat().st_size == 0:
+            return None
+    except FileNotFoundError:
+        return None
+    from datetime import datetime, timezone
+
+    aside = path.with_name(f"{path.name}.replaced-{datetime.now(timezone.utc).strftime('%Y%m%d-%H%M%S')}")
+    os.replace(path, aside)
+    return aside
+
+
 def truncate_metrics(path: Path, step: int) -> int:
     """Drop records after `step` (they are trained again on resume); returns how many were dropped."""
     if not path.exists():

@@ -459,6 +459,8 @@ class Trainer:
             if restored is not None:
                 # Steps after the checkpoint are trained again: their old records would be counted twice.
                 run_files.truncate_metrics(self.run_dir / "metrics.jsonl", start_step)
+            else:  # from step 0: records of an earlier start of this run go aside (kept), not before ours
+                run_files.set_metrics_aside(self.run_dir / "metrics.jsonl")
         logger = MetricsLogger(
             self.run_dir,
             self.total_steps,
