@@ -55,6 +55,15 @@ def _metrics(cluster, port: int, agent: subprocess.Popen, log: Path, timeout: fl
         time.sleep(0.3)
 
 
+def _kill_wait(config: str) -> list[list[str]]:
+    return [line.split() for line in config.splitlines() if line.startswith("KillWait")]
+
+
+def _assert_kill_wait(cluster, seconds: int) -> None:
+    config = cluster.scontrol("show", "config").stdout
+    assert _kill_wait(config) == [["KillWait", "=", str(seconds), "sec"]], config
+
+
 def _stop(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
         proc.terminate()
@@ -123,6 +132,7 @@ def live(slurm, tmp_path_factory):
             ("resume", lambda: _ok(cluster.scontrol("update", f"nodename={drained}", "state=resume"), cluster)),
             ("restore conf", lambda: sync_node(node_files(cluster.spec, cluster.dir), role="worker",
                                                conf_dir=cluster.dir, run=in_head)),
+            ("restored KillWait", lambda: _assert_kill_wait(cluster, cluster.spec.kill_wait_s)),
             ("idle", lambda: cluster.wait_nodes("idle", cluster.nodes, timeout=180)),
         ]
         for name, step in steps:
@@ -157,8 +167,7 @@ def test_agent_exports_slurm_metrics_that_promtool_accepts(live, promtool):
 
 def test_a_changed_file_reaches_the_running_controller_once(live):
     assert live["sync"] == [[["scontrol", "reconfigure"]], []]
-    killwait = [line.split() for line in live["killwait"].splitlines() if line.startswith("KillWait")]
-    assert killwait == [["KillWait", "=", "7", "sec"]], live["killwait"]
+    assert _kill_wait(live["killwait"]) == [["KillWait", "=", "7", "sec"]], live["killwait"]
 
 
 def test_an_unreachable_controller_exports_only_up_0(live):
