@@ -254,3 +254,25 @@ def test_reading_verbs_never_import_torch(corpus, tmp_path, verb):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "step-00000030" in proc.stdout or '"step": 30' in proc.stdout, proc.stdout  # it did its work
     assert "torch imported: False" in proc.stderr, proc.stderr[-2000:]
+
+
+@pytest.mark.parametrize("fifo", ["commit", "latest"])
+@pytest.mark.parametrize("verb", [["list"], ["verify"], ["show", "30"], ["prune", "--keep-last", "1", "--dry-run"]])
+def test_a_fifo_in_place_of_commit_or_latest_never_blocks_a_reader(corpus, tmp_path, fifo, verb):
+    """Opening a FIFO blocks until a writer comes: every reader (and `ddlc train`'s resume) hung forever on one.
+    Now only regular files are opened; that checkpoint is unreadable, the others are shown as usual."""
+    import os
+
+    store, _ = corpus
+    copy = tmp_path / "ck"
+    for step in GOOD:
+        shutil.copytree(store / f"step-{step:08d}", copy / f"step-{step:08d}")
+    target = copy / "step-00000030" / COMMIT if fifo == "commit" else copy / "latest"
+    target.unlink(missing_ok=True)
+    os.mkfifo(target)
+    proc = run([DDLC, "checkpoints", verb[0], str(copy), *verb[1:]], cwd=tmp_path, timeout=60, COLUMNS="400")
+    _no_traceback(proc)
+    if verb[0] != "show":
+        assert "step-00000020" in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+    if fifo == "commit" and verb[0] in ("verify", "show"):
+        assert proc.returncode == 1 and "not a regular file" in proc.stdout + proc.stderr, proc.stdout + proc.stderr

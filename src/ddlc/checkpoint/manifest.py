@@ -180,7 +180,8 @@ def _first_error(error: ValidationError) -> str:
 def parse_commit(data: bytes, directory: str) -> CommitRead:
     """Validate COMMIT bytes with the writer's model; never raises."""
     if len(data) > MAX_COMMIT_BYTES:
-        return CommitRead(directory, reason=f"COMMIT is {len(data)} bytes, more than any manifest ddlc writes")
+        return CommitRead(directory, reason=f"COMMIT is larger than {MAX_COMMIT_BYTES} bytes, more than any manifest "
+                                            "ddlc writes")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as error:

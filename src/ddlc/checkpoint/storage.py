@@ -6,6 +6,7 @@ S3-compatible stores: set `AWS_ENDPOINT_URL` (or pass `endpoint_url`); requests 
 from __future__ import annotations
 
 import os
+import stat
 import posixpath
 import uuid
 from dataclasses import dataclass
@@ -129,16 +130,28 @@ class CheckpointStore:
         return int(self.fs.size(self.path(*parts)))
 
     # -- reading and writing ---------------------------------------------------------------------------------
+    def _readable(self, relpath: str) -> str:
+        """The path to open for reading. Locally it must be a regular file: opening a FIFO (or a device) put in
+        place of COMMIT or `latest` would block the reader forever (and `ddlc train` with it)."""
+        path = self.path(relpath)
+        if self.scheme == "file":
+            mode = os.stat(path).st_mode  # FileNotFoundError as before
+            if stat.S_ISDIR(mode):
+                raise IsADirectoryError(f"{path} is a directory")
+            if not stat.S_ISREG(mode):
+                raise OSError(f"{path} is not a regular file")
+        return path
+
     def open(self, relpath: str, mode: str = "rb"):
-        return self.fs.open(self.path(relpath), mode)
+        return self.fs.open(self._readable(relpath) if "r" in mode else self.path(relpath), mode)
 
     def read_text(self, relpath: str) -> str:
-        with self.fs.open(self.path(relpath), "rb") as handle:
+        with self.fs.open(self._readable(relpath), "rb") as handle:
             return handle.read().decode("utf-8")
 
     def read_bytes(self, relpath: str, limit: Optional[int] = None) -> bytes:
         """The file's bytes, at most `limit` of them (a reader of small files must not swallow a huge one)."""
-        with self.fs.open(self.path(relpath), "rb") as handle:
+        with self.fs.open(self._readable(relpath), "rb") as handle:
             return handle.read() if limit is None else handle.read(limit)
 
     def write_bytes_atomic(self, relpath: str, data: bytes) -> None:
@@ -190,7 +203,7 @@ class CheckpointStore:
         self.refresh()
 
     def iter_chunks(self, relpath: str, chunk_size: int = 8 << 20) -> Iterator[bytes]:
-        with self.fs.open(self.path(relpath), "rb") as handle:
+        with self.fs.open(self._readable(relpath), "rb") as handle:
             while chunk := handle.read(chunk_size):
                 yield chunk
 
