@@ -36,7 +36,7 @@ def _this_checkout_is_under_test():
 @pytest.fixture(scope="session")
 def hosts():
     """Three hosts (network namespaces with their own sshd, tests/launch/hosts.py), shared by every multi-host test
-    (tests/launch, tests/scheduler) and always removed."""
+    (tests/launch, tests/scheduler, tests/monitor) and always removed."""
     from tests.launch.hosts import Hosts, netns_unavailable
 
     reason = netns_unavailable()
@@ -45,3 +45,18 @@ def hosts():
     network = Hosts()
     yield network
     network.close()
+
+
+@pytest.fixture(scope="session")
+def slurm(hosts):
+    """One real Slurm cluster per session on the namespace hosts (slurmctld on a, slurmd on b and c), shared by
+    tests/scheduler and tests/monitor; always stopped and removed. A test that changes it (jobs, drained nodes,
+    slurm.conf) puts it back to idle before it ends."""
+    from tests.scheduler.cluster import SlurmCluster, slurm_unavailable
+
+    reason = slurm_unavailable()
+    if reason:
+        pytest.skip(reason)
+    cluster = SlurmCluster(hosts)
+    yield cluster
+    cluster.close()
