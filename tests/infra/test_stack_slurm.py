@@ -123,3 +123,22 @@ def test_scheduler_context_overrides_the_environment(tmp_path):
     context["scheduler"] = "pbs"
     with pytest.raises(UserError, match=r"^context 'scheduler': 'pbs' is not one of slurm, none$"):
         build_app(context, outdir=str(tmp_path / "bad"), dashboards=())
+
+
+def test_every_node_knows_the_workers_instance_type_so_jobs_are_priced(synthesized, tmp_path, monkeypatch):
+    """`ddlc submit` runs on the head node, whose own type is not the workers': without the workers' type in its
+    cluster.env, `ddlc jobs` showed no cost for any job submitted on the cluster."""
+    from ddlc.cli.scheduler import cluster_worker_type
+    from ddlc.ops import cluster_env
+
+    templates = resources(synthesized.template_json, "AWS::EC2::LaunchTemplate")
+    worker_type = next(v for k, v in templates.items() if k.startswith("Worker"))["Properties"][
+        "LaunchTemplateData"]["InstanceType"]
+    for prefix in ("Head", "Worker"):
+        assert f"DDLC_WORKER_INSTANCE_TYPE={worker_type}" in _user_data(synthesized, prefix), prefix
+    env_file = tmp_path / "cluster.env"
+    env_file.write_text("DDLC_ROLE=head\nDDLC_WORKER_INSTANCE_TYPE=p4d.24xlarge\n")
+    monkeypatch.setattr(cluster_env, "CLUSTER_ENV_FILE", env_file)
+    monkeypatch.delenv("DDLC_INSTANCE_TYPE", raising=False)
+    monkeypatch.delenv("DDLC_WORKER_INSTANCE_TYPE", raising=False)
+    assert cluster_worker_type() == "p4d.24xlarge"

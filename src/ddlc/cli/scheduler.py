@@ -19,8 +19,9 @@ def submit(
     time_limit: Optional[str] = typer.Option(None, "--time", "-t", help="Slurm time limit: minutes, HH:MM:SS or "
                                              "D-HH:MM:SS; the job checkpoints when it is reached"),
     partition: Optional[str] = typer.Option(None, "--partition", "-p", help="default: the cluster's default"),
-    instance_type: Optional[str] = typer.Option(None, "--instance-type", envvar="DDLC_INSTANCE_TYPE",
-                                                help="the nodes' instance type, for `ddlc jobs` cost (default: "
+    instance_type: Optional[str] = typer.Option(None, "--instance-type",
+                                                help="the nodes' instance type, for `ddlc jobs` cost (default: the "
+                                                "cluster's workers' type from /etc/ddlc/cluster.env, or "
                                                 "$DDLC_INSTANCE_TYPE)"),
     python: Optional[str] = typer.Option(None, "--python", help="interpreter on the nodes (default: this one)"),
     sbatch_option: Optional[List[str]] = typer.Option(None, "--sbatch", help="extra #SBATCH option, e.g. "
@@ -39,7 +40,7 @@ def submit(
     if dry_run:
         typer.echo(submission.script_text, nl=False)
         return
-    job_id = submit_job(submission, Slurm(), instance_type)
+    job_id = submit_job(submission, Slurm(), instance_type or cluster_worker_type())
     typer.echo(f"submitted job {job_id}: run {submission.run.name}, output "
                f"{submission.run.directory}/slurm-{job_id}.out")
 
@@ -80,6 +81,16 @@ def cancel(job_id: str = typer.Argument(..., help="the job id (`ddlc jobs` lists
         raise UserError(f"job {job_id} has already ended ({rows[0].state}); nothing to cancel")
     slurm.cancel(job_id)
     typer.echo(f"cancelled job {job_id}: its workers checkpoint and stop")
+
+
+def cluster_worker_type() -> Optional[str]:
+    """On a cluster node: the workers' instance type its boot wrote (the head node is another type)."""
+    import os
+
+    from ddlc.ops.cluster_env import node_environment
+
+    env = node_environment(os.environ)
+    return env.get("DDLC_WORKER_INSTANCE_TYPE") or env.get("DDLC_INSTANCE_TYPE") or None
 
 
 def register(app: typer.Typer) -> None:

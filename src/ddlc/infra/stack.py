@@ -127,6 +127,7 @@ class ClusterStack(Stack):
                 lustre_mount_path=settings.fsx_lustre.mount_path if settings.fsx_lustre else "/fsx",
                 scheduler=settings.scheduler,
                 munge_secret_id=self.munge.secret.secret_arn if self.munge else None,
+                worker_instance_type=gpu_type.name,
             )
             self.boot_configs[role] = boot
             script = ec2.UserData.for_linux()

@@ -81,6 +81,7 @@ class NodeBootConfig:
     gpus_scraped: int = 0  # ranks per node to scrape; 0: gpus_per_node
     scheduler: str = "none"  # "slurm": install and configure Slurm (slurm_boot.py)
     munge_secret_id: Optional[str] = None  # Secrets Manager secret holding the munge key (scheduler=slurm)
+    worker_instance_type: str = ""  # the workers' type, on every node: `ddlc submit` on the head prices jobs with it
 
     def __post_init__(self) -> None:
         if self.scheduler not in ("slurm", "none"):
@@ -214,6 +215,7 @@ def render_user_data(boot: NodeBootConfig) -> list[str]:
         "DDLC_METRICS_NAMESPACE": "DDLC",
         "DDLC_HOSTFILE": HOSTFILE,
         "DDLC_WORKER_GROUP": boot.worker_group_name,
+        **({"DDLC_WORKER_INSTANCE_TYPE": boot.worker_instance_type} if boot.worker_instance_type else {}),
         # torchrun --max_restarts across nodes: restarted workers must not reuse the last attempt's store
         # (pytorch/pytorch#135712); the runbook sources this file before torchrun.
         "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1",

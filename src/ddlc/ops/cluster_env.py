@@ -4,7 +4,7 @@ process environment. Shared by `ddlc doctor` and `ddlc health`, which both need 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Optional
 
 CLUSTER_ENV_FILE = Path("/etc/ddlc/cluster.env")
 
@@ -23,6 +23,6 @@ def read_env_file(path: Path) -> dict[str, str]:
     return values
 
 
-def node_environment(environ: Mapping[str, str], cluster_env_file: Path = CLUSTER_ENV_FILE) -> dict[str, str]:
+def node_environment(environ: Mapping[str, str], cluster_env_file: Optional[Path] = None) -> dict[str, str]:
     """The cluster's boot-time settings overlaid by the process environment (which wins)."""
-    return {**read_env_file(cluster_env_file), **environ}
+    return {**read_env_file(CLUSTER_ENV_FILE if cluster_env_file is None else cluster_env_file), **environ}
