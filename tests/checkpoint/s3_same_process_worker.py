@@ -15,15 +15,7 @@ import torch
 
 from ddlc.checkpoint import Checkpointer
 from ddlc.runtime.distributed import init_distributed
-
-
-def model_and_optimizer(seed: int):
-    torch.manual_seed(seed)
-    model = torch.nn.Linear(8, 8)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
-    model(torch.randn(2, 8)).sum().backward()
-    optimizer.step()
-    return model, optimizer
+from small_model import model_and_optimizer  # beside this script (its directory is sys.path[0])
 
 
 def main() -> None:
