@@ -128,7 +128,7 @@ def test_every_tab_renders_in_chromium(server, sampler, browser, artifacts):
         expected = ALWAYS_DATA[board.slug]
         # Wait until the tab's panels have been filled (data or a stated reason), then check each one.
         page.wait_for_function(
-            "([slug, ids]) => ids.every(id => document.querySelector(`#panel-${slug}-${id}`).dataset.state === 'data')",
+            "([slug, ids]) => ids.every(id => document.querySelector(`#panel-${slug}-${id}`)?.dataset.state === 'data')",
             arg=[board.slug, sorted(expected)], timeout=15000,
         )
         states = page.eval_on_selector_all(
@@ -149,7 +149,7 @@ def test_every_tab_renders_in_chromium(server, sampler, browser, artifacts):
         assert (artifacts / f"tab-{board.slug}.png").stat().st_size > 20_000
     # A real chart with the run's numbers: the loss trace holds the 20 logged losses.
     page.click("#tab-training-progress")
-    page.wait_for_function("document.querySelector('#panel-training-progress-loss .plot').data?.[0]?.y?.length === 20")
+    page.wait_for_function("document.querySelector('#panel-training-progress-loss .plot')?.data?.[0]?.y?.length === 20")
     assert "failed" not in page.text_content("#status")
     assert errors == []
     page.close()
@@ -167,7 +167,7 @@ def test_plots_grow_while_a_run_is_going(server, runs_dir, browser, live_run):
         page.goto(server.url + "#training-progress")
         page.wait_for_selector(f"#run option[value='{LIVE_RUN}']", state="attached")
         page.select_option("#run", LIVE_RUN)
-        count = "(document.querySelector('#panel-training-progress-loss .plot').data?.[0]?.y?.length || 0)"
+        count = "(document.querySelector('#panel-training-progress-loss .plot')?.data?.[0]?.y?.length || 0)"
         page.wait_for_function(f"{count} > 0", timeout=15000)
         first = page.evaluate(count)
         page.wait_for_function(f"{count} > {first}", timeout=15000)
@@ -240,7 +240,7 @@ def test_efa_traffic_panel_draws_rdma_tx_and_rx(runs_dir, run_dir, browser, arti
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     try:
         page.goto(server.url + "#network-performance")
-        names = "document.querySelector('#panel-network-performance-efa-rdma .plot').data?.map(t => t.name) || []"
+        names = "document.querySelector('#panel-network-performance-efa-rdma .plot')?.data?.map(t => t.name) || []"
         try:  # generous: the machine is shared and loaded
             page.wait_for_function(f"({names}).length === {3 * len(GROWTH)}", timeout=60000)
         except Exception as error:
