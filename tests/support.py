@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -47,6 +48,17 @@ def run(cmd: list[str], cwd: Path, timeout: float = 180, **env: str) -> subproce
 
 def torchrun(*args: str) -> list[str]:
     return [PYTHON, "-m", "torch.distributed.run", *args]
+
+
+def stop_job(job: subprocess.Popen, timeout: float = 60) -> None:
+    """End a background training job as a user would (SIGTERM: it checkpoints and exits), killing it only if it
+    has not left within `timeout`."""
+    job.send_signal(signal.SIGTERM)
+    try:
+        job.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        job.kill()
+        job.communicate()
 
 
 def assert_ok(proc: subprocess.CompletedProcess) -> None:

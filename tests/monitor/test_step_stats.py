@@ -5,7 +5,6 @@ endpoints (which linger after the last step) and from rank 0's metrics.jsonl."""
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import time
 import urllib.request
@@ -14,7 +13,7 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.monitor.test_training_job_scrape import _two_free_ports
-from tests.support import CONFIG, FAST, TRAIN_PY, child_env, torchrun
+from tests.support import CONFIG, FAST, TRAIN_PY, child_env, stop_job, torchrun
 
 RUN = "step-stats"
 STEPS = 10
@@ -70,12 +69,7 @@ def test_data_wait_and_peak_memory_per_rank(tmp_path: Path) -> None:
                     ranks[rank] = samples
             time.sleep(0.5)
     finally:
-        job.send_signal(signal.SIGTERM)
-        try:
-            job.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            job.kill()
-            job.communicate()
+        stop_job(job)
 
     waits = {rank: s["ddlc_train_data_wait_seconds_total"] for rank, s in ranks.items()}
     assert all(s["ddlc_train_steps_total"] == STEPS for s in ranks.values())

@@ -4,7 +4,6 @@ the ranks apart (the gradient all-reduce makes them equal); the compute time up 
 
 from __future__ import annotations
 
-import signal
 import subprocess
 from pathlib import Path
 
@@ -14,7 +13,7 @@ from ddlc.monitor.alert_rules import rules_text, write_rules
 from ddlc.monitor.prometheus_config import build_prometheus_config, parse_hostfile
 from tests.monitor.helpers import PrometheusServer
 from tests.monitor.test_training_job_scrape import _two_free_ports
-from tests.support import CONFIG, FAST, TRAIN_PY, child_env, torchrun
+from tests.support import CONFIG, FAST, TRAIN_PY, child_env, stop_job, torchrun
 
 RUN = "straggling"
 SLOW_RANK = f'''
@@ -71,9 +70,4 @@ def test_the_straggler_rule_names_the_slowed_rank(prometheus_binary: str, tmp_pa
         assert steps and max(steps.values()) < 1.2 * min(steps.values()), steps
     finally:
         server.stop()
-        job.send_signal(signal.SIGTERM)
-        try:
-            job.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            job.kill()
-            job.communicate()
+        stop_job(job)

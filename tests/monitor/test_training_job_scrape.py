@@ -3,14 +3,13 @@ job runs the host-memory checkpoint tier too, so the checkpoint series come with
 
 from __future__ import annotations
 
-import signal
 import subprocess
 
 
 from ddlc.monitor.agent import Agent, AgentSettings
 from ddlc.monitor.prometheus_config import build_prometheus_config, parse_hostfile
 from tests.monitor.helpers import PrometheusServer
-from tests.support import CONFIG, FAST, TRAIN_PY, child_env, free_port, torchrun
+from tests.support import CONFIG, FAST, TRAIN_PY, child_env, free_port, stop_job, torchrun
 
 RUN = "scraped"
 
@@ -69,9 +68,4 @@ def test_prometheus_scrapes_a_running_two_worker_job(prometheus_binary, tmp_path
     finally:
         server.stop()
         agent.close()
-        job.send_signal(signal.SIGTERM)
-        try:
-            job.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            job.kill()
-            job.communicate()
+        stop_job(job)
