@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 
 import boto3
 import pytest
@@ -18,21 +19,28 @@ FAKE_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", 
             "AWS_DEFAULT_REGION": REGION}
 
 
-@pytest.fixture(scope="module")
-def aws():
-    """One moto account per module (moto's first EC2 call costs seconds); clusters differ by name."""
+@contextmanager
+def fake_account():
+    """An in-process moto account with fake credentials (and no profile that could reach real AWS)."""
     with pytest.MonkeyPatch.context() as patch:
         for key, value in FAKE_ENV.items():
             patch.setenv(key, value)
         patch.delenv("AWS_PROFILE", raising=False)
         with mock_aws():
-            clusters = {
-                "prod": deploy_fake_cluster("ddlc-prod"),
-                "dev": deploy_fake_cluster("ddlc-dev", workers=2, instance_type="g5.xlarge"),
-                "degraded": deploy_fake_cluster("ddlc-degraded"),
-            }
-            boto3.client("ec2", region_name=REGION).stop_instances(InstanceIds=[clusters["degraded"]["workers"][2]])
-            yield clusters
+            yield
+
+
+@pytest.fixture(scope="module")
+def aws():
+    """One moto account per module (moto's first EC2 call costs seconds); clusters differ by name."""
+    with fake_account():
+        clusters = {
+            "prod": deploy_fake_cluster("ddlc-prod"),
+            "dev": deploy_fake_cluster("ddlc-dev", workers=2, instance_type="g5.xlarge"),
+            "degraded": deploy_fake_cluster("ddlc-degraded"),
+        }
+        boto3.client("ec2", region_name=REGION).stop_instances(InstanceIds=[clusters["degraded"]["workers"][2]])
+        yield clusters
 
 
 def deploy_fake_cluster(name: str = "ddlc-prod", workers: int = 3, instance_type: str = "p4d.24xlarge") -> dict:

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import boto3
 import pytest
-from moto import mock_aws
 
 from ddlc.errors import UserError
 from ddlc.infra import discovery
 from ddlc.scheduler.cluster_spec import SRUN_PORT_RANGE, cluster_spec, node_files, node_name, own_node
 from ddlc.scheduler.slurm_conf import render_gres_conf, render_slurm_conf
-from tests.infra.test_discovery import FAKE_ENV, REGION
+from tests.infra.test_discovery import REGION, fake_account
 
 IMAGE = "ami-12c6146b"  # one of moto's built-in images
 
@@ -50,12 +49,8 @@ def workers_of(group: str) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def aws():
-    with pytest.MonkeyPatch.context() as patch:
-        for key, value in FAKE_ENV.items():
-            patch.setenv(key, value)
-        patch.delenv("AWS_PROFILE", raising=False)
-        with mock_aws():
-            yield {"prod": deploy("ddlc-prod", 3), "dev": deploy("ddlc-dev", 2, "g5.xlarge")}
+    with fake_account():
+        yield {"prod": deploy("ddlc-prod", 3), "dev": deploy("ddlc-dev", 2, "g5.xlarge")}
 
 
 def test_head_controls_and_group_workers_compute_with_the_instance_table(aws):
