@@ -104,14 +104,18 @@ def validate_step(record: Mapping[str, Any]) -> dict[str, Any]:
     return safe
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write `text` to `path` so a reader sees the old file or the new one, never half of one."""
+def write_atomic(path: Path, text: str, mode: int = 0o644, durable: bool = False) -> None:
+    """Write `text` to `path` so a reader sees the old file or the new one, never half of one; `durable`: the
+    bytes are on disk before the rename (a configuration a power loss must not leave empty)."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp makes it 0600; run files are meant to be read by others
+            if durable:
+                handle.flush()
+                os.fsync(handle.fileno())
+        os.chmod(tmp, mode)  # mkstemp makes it 0600; run files are meant to be read by others
         os.replace(tmp, path)
     except BaseException:
         try:

@@ -22,15 +22,14 @@ the new one; `ReturnToService=2` lets the new node take work as soon as its slur
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Optional, Sequence
 
 from ddlc.errors import UserError
+from ddlc.run_format import write_atomic
 from ddlc.infra.discovery import ClusterNode, running_workers
 from ddlc.infra.instance_types import GPU_INSTANCE_TYPES
 from ddlc.scheduler.slurm_conf import ClusterSpec, SlurmNode, render_cgroup_conf, render_gres_conf, render_slurm_conf
@@ -150,17 +149,7 @@ def write_atomically(path: Path, text: str, mode: int = 0o644) -> None:
     """Readers (slurmctld, slurmd, a concurrent run) see the old file or the new one, never half of one."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        handle, staging = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-        try:
-            with os.fdopen(handle, "w") as out:
-                out.write(text)
-                out.flush()
-                os.fsync(out.fileno())
-            os.chmod(staging, mode)
-            os.replace(staging, path)
-        except BaseException:
-            Path(staging).unlink(missing_ok=True)
-            raise
+        write_atomic(path, text, mode=mode, durable=True)
     except OSError as error:
         raise UserError(f"{path}: {error.strerror or error}") from None
 
