@@ -29,7 +29,8 @@ def boot_config(**changes) -> NodeBootConfig:
 LUSTRE = dict(lustre_dns_name="fs-1.fsx.us-east-1.amazonaws.com", lustre_mount_name="abcd")
 
 
-@pytest.mark.parametrize("boot", [boot_config(), boot_config(role="head", has_gpu=False), boot_config(**LUSTRE)])
+@pytest.mark.parametrize("boot", [boot_config(), boot_config(role="head", has_gpu=False), boot_config(**LUSTRE),
+                                  boot_config(horovod=True)])
 def test_script_is_valid_bash(tmp_path, boot):
     script = tmp_path / "user-data.sh"
     script.write_text("#!/bin/bash\n" + "\n".join(render_user_data(boot)) + "\n")

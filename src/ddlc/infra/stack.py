@@ -128,6 +128,7 @@ class ClusterStack(Stack):
                 scheduler=settings.scheduler,
                 munge_secret_id=self.munge.secret.secret_arn if self.munge else None,
                 worker_instance_type=gpu_type.name,
+                horovod=settings.horovod,
             )
             self.boot_configs[role] = boot
             script = ec2.UserData.for_linux()
