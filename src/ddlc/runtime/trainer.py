@@ -16,7 +16,6 @@ non-finite parameters is never written.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import sys
@@ -38,8 +37,9 @@ from ddlc.config.loader import dump_config
 from ddlc.config.schema import Config
 from ddlc.errors import DivergedError, UserError
 from ddlc.run_format import CONFIG_FILE, write_atomic, write_summary
-from ddlc.runtime.data import GlobalBatchSampler, load_corpus, plan_batches, split_validation, validation_batch
+from ddlc.runtime.data import GlobalBatchSampler, load_corpus, plan_batches, split_validation
 from ddlc.runtime.distributed import DistContext
+from ddlc.runtime.evaluation import evaluate
 from ddlc.runtime.metrics import MetricsLogger
 from ddlc.runtime.mfu import MfuMeter
 from ddlc.runtime.model import GPT
@@ -464,33 +464,9 @@ class Trainer:
         return step == last_step or (interval is not None and step % interval == 0)
 
     def evaluate(self) -> float:
-        """Mean loss over training.eval_batches held-out micro-batches per rank, averaged over ranks.
-
-        Eval mode (no dropout: no random numbers drawn) and no_grad (no gradients to disturb accumulation); every
-        rank runs the same number of forwards, as FSDP2 and ZeRO-3 gather parameters collectively."""
-        ctx, model, strategy = self.ctx, self.model, self.cfg.distributed.strategy
-        batches = self.cfg.training.eval_batches
-        was_training = model.training
-        model.eval()
-        total = torch.zeros((), device=ctx.device)
-        try:
-            with torch.no_grad():
-                for batch in range(batches):
-                    inputs, targets = validation_batch(self.val_split, self.plan, batch, ctx.rank)
-                    inputs, targets = inputs.to(ctx.device), targets.to(ctx.device)
-                    # DeepSpeed casts itself (its bf16 config); the others autocast as in training.
-                    autocast = (contextlib.nullcontext() if strategy == "deepspeed" else
-                                autocast_context(ctx, strategy, self.cfg.training.precision))
-                    with autocast:
-                        _, loss = model(inputs, targets)
-                    total += loss.detach().float()
-        finally:
-            model.train(was_training)
-        total /= batches
-        if dist.is_initialized() and ctx.world_size > 1:
-            dist.all_reduce(total, op=dist.ReduceOp.SUM)
-            total /= ctx.world_size
-        return float(total)
+        """The validation loss now (ddlc.runtime.evaluation): every rank calls it at the same steps."""
+        return evaluate(self.model, self.val_split, self.plan, self.ctx, self.cfg.distributed.strategy,
+                        self.cfg.training.precision, self.cfg.training.eval_batches)
 
     # -- the loop --------------------------------------------------------------------------------------------
     def fit(self) -> TrainResult:
