@@ -125,7 +125,8 @@ def test_the_boots_sns_configs_and_units_are_valid(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, [
         "monitor", "head-setup", "--dir", str(mon), "--hostfile", str(tmp_path / "none"),
         "--sns-topic-arn", "arn:aws:sns:us-east-1:123456789012:ddlc-prod-Alerts-1AB", "--region", "us-east-1",
-        "--retention-size", "50GB", "--units-dir", str(units)])
+        "--retention-size", "50GB", "--units-dir", str(units), "--grafana",
+        "--grafana-provisioning", str(tmp_path / "provisioning")])
     assert result.exit_code == 0, result.output
     _check("promtool", "check", "config", str(mon / "prometheus.yml"))
     _check("amtool", "check-config", str(mon / "alertmanager.yml"))
@@ -139,6 +140,21 @@ def test_the_boots_sns_configs_and_units_are_valid(tmp_path: Path) -> None:
     assert "--storage.tsdb.retention.size=50GB" in unit and "--web.listen-address=127.0.0.1:9090" in unit
     assert "Restart=on-failure" in unit and "WantedBy=multi-user.target" in unit
     assert "--web.listen-address=127.0.0.1:9093" in (units / "ddlc-alertmanager.service").read_text()
+    # Grafana (grafana: head): the exported dashboards and the local Prometheus, provisioned; 127.0.0.1 only.
+    datasource = yaml.safe_load((tmp_path / "provisioning/datasources/ddlc.yaml").read_text())
+    assert datasource["datasources"][0]["url"] == "http://127.0.0.1:9090"
+    provider = yaml.safe_load((tmp_path / "provisioning/dashboards/ddlc.yaml").read_text())
+    boards = Path(provider["providers"][0]["options"]["path"])
+    assert len(list(boards.glob("*.json"))) == 4
+    dropin = (units / "grafana-server.service.d/ddlc.conf").read_text()
+    assert "GF_SERVER_HTTP_ADDR=127.0.0.1 GF_SERVER_HTTP_PORT=3000" in dropin
+    password = mon / "grafana.env"
+    assert oct(password.stat().st_mode & 0o777) == "0o600" and f"EnvironmentFile={password}" in dropin
+    first = password.read_text()
+    assert CliRunner().invoke(app, ["monitor", "head-setup", "--dir", str(mon), "--webhook-url", "http://h:1/",
+                                    "--units-dir", str(units), "--grafana", "--grafana-provisioning",
+                                    str(tmp_path / "provisioning")]).exit_code == 0
+    assert password.read_text() == first  # a rerun keeps the admin password Grafana was created with
 
 
 @pytest.mark.parametrize("args, message", [
