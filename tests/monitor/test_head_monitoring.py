@@ -162,8 +162,11 @@ def test_the_boots_sns_configs_and_units_are_valid(tmp_path: Path) -> None:
     (["--sns-topic-arn", "arn:aws:sns:us-east-1:123456789012:t"], "--sns-topic-arn needs --region"),
     (["--sns-topic-arn", "not-an-arn", "--region", "us-east-1"], "is not an SNS topic ARN"),
     (["--webhook-url", "http://127.0.0.1:1/x", "--retention-size", "lots"], "retention size 'lots'"),
+    (["--webhook-url", "http://127.0.0.1:1/x", "--hostfile", "EMPTY"], "lists no hosts"),
 ])
 def test_head_setup_rejects_bad_input_in_one_line(tmp_path: Path, args: list[str], message: str) -> None:
+    (tmp_path / "empty").write_text("# discovery wrote nothing\n")
+    args = [str(tmp_path / "empty") if arg == "EMPTY" else arg for arg in args]
     result = CliRunner().invoke(app, ["monitor", "head-setup", "--dir", str(tmp_path / "m"),
                                       "--units-dir", str(tmp_path / "u"), *args])
     # A UserError: `ddlc` prints it in one line and exits 2 (ddlc.errors.exit_with)

@@ -313,8 +313,8 @@ def render_user_data(boot: NodeBootConfig) -> list[str]:
             '  if /usr/local/bin/ddlc cluster hosts --cluster "$DDLC_CLUSTER" --region "$AWS_DEFAULT_REGION" '
             f'--expect "$DDLC_NODE_COUNT" --output "$DDLC_HOSTFILE" > {MASTER_ENV}.new; then',
             f"    mv {MASTER_ENV}.new {MASTER_ENV}",
-            *(hostfile_hook() if boot.scheduler == "slurm" else []),
             *(targets_hook() if boot.runs_monitoring else []),
+            *(hostfile_hook() if boot.scheduler == "slurm" else []),
             "    exit 0",
             "  fi",
             "  sleep 10",

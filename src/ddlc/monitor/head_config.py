@@ -109,7 +109,10 @@ def write_targets(directory: Path | str, hostfile: Optional[Path | str], agent_p
                   train_port: int = DEFAULT_TRAIN_METRICS_PORT) -> dict[str, Path]:
     """The file_sd files of both jobs, each replaced atomically (Prometheus never reads half of one). No hostfile
     (None): empty lists, so Prometheus starts cleanly before discovery has run."""
-    groups = target_groups(parse_hostfile(hostfile), agent_port, train_port) if hostfile else {}
+    return _write_groups(directory, target_groups(parse_hostfile(hostfile), agent_port, train_port) if hostfile else {})
+
+
+def _write_groups(directory: Path | str, groups: dict[str, list[dict[str, Any]]]) -> dict[str, Path]:
     directory = Path(directory)
     try:
         directory.mkdir(parents=True, exist_ok=True)
@@ -157,8 +160,10 @@ def write_head_monitoring(directory: Path | str, receiver: Receiver, hostfile: O
     directory = Path(directory)
     prometheus = build_head_prometheus_config(directory, agent_port, scrape_interval, alertmanager_port, local_agent)
     alertmanager = build_alertmanager_config(receiver, group_wait, group_interval, repeat_interval)
-    if hostfile is not None and not Path(hostfile).exists():
-        hostfile = None  # discovery has not run yet: the hostfile timer writes the targets when it does
+    # Everything is checked (the hostfile parsed) before the first file is replaced. No hostfile yet: discovery
+    # has not run, the hostfile timer writes the targets when it does.
+    has_hostfile = hostfile is not None and Path(hostfile).exists()
+    groups = target_groups(parse_hostfile(hostfile), agent_port, train_port) if has_hostfile else {}
     header = "# Written by `ddlc monitor head-setup`; rerun it instead of editing.\n"
     try:
         (directory / "rules").mkdir(parents=True, exist_ok=True)
@@ -169,5 +174,5 @@ def write_head_monitoring(directory: Path | str, receiver: Receiver, hostfile: O
         write_atomic(paths["alertmanager"], header + yaml.safe_dump(alertmanager, sort_keys=False))
     except OSError as error:
         raise UserError(f"monitoring directory {directory}: {error.strerror or error}") from None
-    paths.update(write_targets(directory / TARGETS_DIR, hostfile, agent_port, train_port))
+    paths.update(_write_groups(directory / TARGETS_DIR, groups))
     return paths
