@@ -114,6 +114,7 @@ def test_evaluating_does_not_change_training(tmp_path):
     ("data.val_fraction=0.9", "data.val_fraction"),
     ("data.val_fraction=true", "data.val_fraction"),
     ("training.eval_batches=0", "training.eval_batches"),
+    ("training.eval_batches=100001", "training.eval_batches"),
 ])
 def test_bad_validation_settings_are_named(override, field):
     with pytest.raises(UserError) as error:

@@ -137,7 +137,7 @@ class TrainingConfig(Section):
     # Validation loss (needs data.val_fraction > 0): every eval_interval steps and at the last step; None: at the
     # last step only. eval_batches micro-batches per rank, averaged over all ranks.
     eval_interval: Optional[PositiveInt] = None
-    eval_batches: PositiveInt = Field(default=8, le=100_000)
+    eval_batches: Annotated[Int, Field(gt=0, le=100_000)] = 8
 
     @model_validator(mode="before")
     @classmethod
