@@ -53,6 +53,7 @@ class StepRecord(TypedDict, total=False):
     tokens_per_s: Optional[Metric]
     tokens_seen: Optional[Metric]
     epoch: Optional[Metric]
+    val_loss: Optional[Metric]  # on evaluated steps only (data.val_fraction > 0)
 
 
 STEP_RECORD = TypeAdapter(StepRecord)
@@ -81,6 +82,7 @@ class RunSummary(BaseModel):
     node: Optional[str] = None
     num_nodes: Annotated[int, Field(ge=1, le=100_000)] = 1
     gpus: Annotated[int, Field(ge=0, le=10_000_000)] = 0
+    final_val_loss: Optional[float] = None
     extra: dict = Field(default_factory=dict)
 
 
