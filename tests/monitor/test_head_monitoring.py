@@ -163,6 +163,12 @@ def test_the_boots_sns_configs_and_units_are_valid(tmp_path: Path) -> None:
     (["--sns-topic-arn", "not-an-arn", "--region", "us-east-1"], "is not an SNS topic ARN"),
     (["--webhook-url", "http://127.0.0.1:1/x", "--retention-size", "lots"], "retention size 'lots'"),
     (["--webhook-url", "http://127.0.0.1:1/x", "--hostfile", "EMPTY"], "lists no hosts"),
+    # A trailing newline passed `^...$` checks: in a unit it ends ExecStart= early (Prometheus then listened on
+    # every interface); in alertmanager.yml it makes a topic or region SNS rejects at the first alert.
+    (["--webhook-url", "http://127.0.0.1:1/x", "--retention-size", "50GB\n"], "retention size '50GB\\n'"),
+    (["--sns-topic-arn", "arn:aws:sns:us-east-1:123456789012:t\n", "--region", "us-east-1"], "not an SNS topic"),
+    (["--sns-topic-arn", "arn:aws:sns:us-east-1:123456789012:t", "--region", "us-east-1\n"], "not an AWS region"),
+    (["--webhook-url", "http://127.0.0.1:1/x\n"], "is not an http(s) URL"),
 ])
 def test_head_setup_rejects_bad_input_in_one_line(tmp_path: Path, args: list[str], message: str) -> None:
     (tmp_path / "empty").write_text("# discovery wrote nothing\n")
@@ -172,3 +178,22 @@ def test_head_setup_rejects_bad_input_in_one_line(tmp_path: Path, args: list[str
     # A UserError: `ddlc` prints it in one line and exits 2 (ddlc.errors.exit_with)
     assert isinstance(result.exception, UserError) and message in str(result.exception), result.output
     assert not (tmp_path / "m").exists() and not (tmp_path / "u").exists()  # nothing half-written
+
+
+@pytest.mark.parametrize("directory", ["my monitoring", "m%h", "m$X"])
+def test_head_setup_refuses_a_directory_the_units_cannot_name(tmp_path: Path, directory: str) -> None:
+    """The directory goes unquoted into ExecStart=, where systemd splits at spaces and expands % and $."""
+    result = CliRunner().invoke(app, ["monitor", "head-setup", "--dir", str(tmp_path / directory),
+                                      "--webhook-url", "http://127.0.0.1:1/x", "--units-dir", str(tmp_path / "u")])
+    assert isinstance(result.exception, UserError) and "monitoring directory" in str(result.exception), result.output
+    assert not (tmp_path / directory).exists() and not (tmp_path / "u").exists()
+
+
+def test_head_setup_with_a_relative_directory_writes_absolute_paths(tmp_path: Path, monkeypatch) -> None:
+    """prometheus.yml's paths are read relative to the file's directory, the units' from `/`: both absolute."""
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["monitor", "head-setup", "--dir", "mon", "--webhook-url", "http://127.0.0.1:1/x",
+                                      "--units-dir", "units"])
+    assert result.exit_code == 0, result.output
+    _check("promtool", "check", "config", str(tmp_path / "mon" / "prometheus.yml"))
+    assert f"--config.file={tmp_path}/mon/prometheus.yml " in (tmp_path / "units/ddlc-prometheus.service").read_text()

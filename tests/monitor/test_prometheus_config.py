@@ -59,6 +59,11 @@ def test_targets_cover_agents_and_every_rank() -> None:
     assert [job["job_name"] for job in only_agents["scrape_configs"]] == ["ddlc-agent"]
     with pytest.raises(UserError, match="not a Prometheus duration"):
         build_prometheus_config([HostEntry("a")], scrape_interval="fast")
+    # A trailing newline passed the `^...$` checks and gave a config promtool rejects.
+    with pytest.raises(UserError, match="not a Prometheus duration"):
+        build_prometheus_config([HostEntry("a")], scrape_interval="15s\n")
+    with pytest.raises(UserError, match="is not host:port"):
+        build_prometheus_config([HostEntry("a")], alertmanagers=["am\n:9093"])
 
 
 def test_promtool_accepts_generated_config(promtool: str, tmp_path: Path) -> None:

@@ -111,6 +111,8 @@ def head_setup(
     if sns_topic_arn and not region:
         raise UserError("--sns-topic-arn needs --region")
     receiver = SnsReceiver(sns_topic_arn, region) if sns_topic_arn else WebhookReceiver(webhook_url or "")
+    # Absolute: prometheus.yml's paths are read relative to its own directory, the units' from systemd's `/`.
+    directory = directory.absolute()
     prometheus_unit(str(directory), retention_size)  # checked before anything is written
     paths = list(write_head_monitoring(directory, receiver, hostfile=hostfile).values())
     paths += write_units(units_dir, str(directory), retention_size)

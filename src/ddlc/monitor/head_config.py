@@ -50,9 +50,9 @@ class SnsReceiver:
     region: str
 
     def __post_init__(self) -> None:
-        if not _TOPIC_ARN.match(self.topic_arn):
+        if not _TOPIC_ARN.fullmatch(self.topic_arn):
             raise UserError(f"SNS topic {self.topic_arn!r} is not an SNS topic ARN")
-        if not _REGION.match(self.region):
+        if not _REGION.fullmatch(self.region):
             raise UserError(f"region {self.region!r} is not an AWS region")
 
     def config(self) -> dict[str, Any]:
@@ -72,7 +72,7 @@ class WebhookReceiver:
     url: str
 
     def __post_init__(self) -> None:
-        if not re.match(r"^https?://[^\s/]+(/\S*)?$", self.url):
+        if not re.fullmatch(r"https?://[^\s/]+(/\S*)?", self.url):
             raise UserError(f"webhook URL {self.url!r} is not an http(s) URL")
 
     def config(self) -> dict[str, Any]:
@@ -87,7 +87,7 @@ def build_alertmanager_config(receiver: Receiver, group_wait: str = "30s", group
     """One route, grouped by alert and cluster object, to one receiver."""
     for name, value in (("group_wait", group_wait), ("group_interval", group_interval),
                         ("repeat_interval", repeat_interval)):
-        if not re.match(r"^([0-9]+(ms|s|m|h))+$", value):
+        if not re.fullmatch(r"([0-9]+(ms|s|m|h))+", value):
             raise UserError(f"{name} {value!r} is not a duration such as 30s or 5m")
     return {
         "route": {

@@ -51,7 +51,7 @@ def parse_hostfile(path: Path | str) -> list[HostEntry]:
             continue
         where = f"hostfile {path} line {number}"
         host, options = fields[0], fields[1:]
-        if not _HOST.match(host):
+        if not _HOST.fullmatch(host):
             raise UserError(f"{where}: {host!r} is not a host name or IPv4 address")
         if host in seen:
             raise UserError(f"{where}: host {host} is listed twice")
@@ -79,14 +79,14 @@ def build_prometheus_config(
 ) -> dict[str, Any]:
     """The prometheus.yml document. train_port=None leaves the training ranks out; alertmanagers=() leaves the
     `alerting:` block out (rules are evaluated, but nothing is notified)."""
-    if not _DURATION.match(scrape_interval):
+    if not _DURATION.fullmatch(scrape_interval):
         raise UserError(f"scrape interval {scrape_interval!r} is not a Prometheus duration such as 15s or 1m")
     for name, port in (("agent port", agent_port), ("training port", train_port)):
         if port is not None and not 1 <= port <= 65535:
             raise UserError(f"{name} {port} is outside 1-65535")
     for target in alertmanagers:
         host, _, port = target.rpartition(":")
-        if not _HOST.match(host) or not port.isdigit() or not 1 <= int(port) <= 65535:
+        if not _HOST.fullmatch(host) or not port.isdigit() or not 1 <= int(port) <= 65535:
             raise UserError(f"alertmanager {target!r} is not host:port")
     # No `node` target label: the samples carry the node's hostname (see the module docstring).
     agent_targets = [{"targets": [f"{h.host}:{agent_port}"]} for h in hosts]
