@@ -197,3 +197,25 @@ def test_head_setup_with_a_relative_directory_writes_absolute_paths(tmp_path: Pa
     assert result.exit_code == 0, result.output
     _check("promtool", "check", "config", str(tmp_path / "mon" / "prometheus.yml"))
     assert f"--config.file={tmp_path}/mon/prometheus.yml " in (tmp_path / "units/ddlc-prometheus.service").read_text()
+
+
+@pytest.mark.parametrize("blocked", ["mon/prometheus.yml/", "mon/targets/ddlc-train.json/", "units", "mon/grafana.env/"])
+def test_head_setup_writes_nothing_when_a_destination_is_in_the_way(tmp_path: Path, blocked: str) -> None:
+    """A destination that is a directory (or a units "directory" that is a file) is named before any file is
+    replaced: a rerun never leaves some configs new and the rest old."""
+    (tmp_path / blocked).mkdir(parents=True) if blocked.endswith("/") else (tmp_path / blocked).write_text("")
+    hostfile = tmp_path / "hosts"
+    hostfile.write_text("ip-10-0-0-1 slots=2\n")
+    result = CliRunner().invoke(app, [
+        "monitor", "head-setup", "--dir", str(tmp_path / "mon"), "--hostfile", str(hostfile),
+        "--webhook-url", "http://127.0.0.1:1/x", "--units-dir", str(tmp_path / "units"), "--grafana",
+        "--grafana-provisioning", str(tmp_path / "provisioning")])
+    assert isinstance(result.exception, UserError), result.output
+    assert str(tmp_path / blocked.rstrip("/")) in str(result.exception)
+    written = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file())
+    assert written == (["hosts"] + ([blocked] if not blocked.endswith("/") else [])), written
+    targets = CliRunner().invoke(app, ["monitor", "targets", "--hostfile", str(hostfile),
+                                       "--dir", str(tmp_path / "mon" / "targets")])
+    if "targets" in blocked:  # the hostfile timer's command: neither file replaced
+        assert isinstance(targets.exception, UserError) and "ddlc-train.json" in str(targets.exception)
+        assert not (tmp_path / "mon/targets/ddlc-agent.json").exists()

@@ -18,10 +18,11 @@ ddlc.monitor.prometheus_config), only in file_sd files instead of static_configs
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Iterable, Optional, Union
 
 import yaml
 
@@ -105,6 +106,26 @@ def target_groups(hosts: list[HostEntry], agent_port: int = DEFAULT_AGENT_PORT,
     return {scrape["job_name"]: scrape["static_configs"] for scrape in config["scrape_configs"]}
 
 
+def check_destinations(paths: Iterable[Path | str]) -> None:
+    """Before the first file is replaced: no destination is a directory, and each one's nearest existing parent is
+    a writable directory, so a rerun does not stop halfway with some configs new and some old."""
+    for path in map(Path, paths):
+        if path.is_dir():
+            raise UserError(f"{path} is a directory; ddlc monitor writes a file there")
+        parent = next(p for p in path.parents if p.exists() or p.is_symlink())
+        if not parent.is_dir():
+            raise UserError(f"{parent} is not a directory; ddlc monitor writes {path} under it")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise UserError(f"{parent} is not writable; ddlc monitor writes {path} under it")
+
+
+def monitoring_paths(directory: Path | str) -> list[Path]:
+    """Every file write_head_monitoring replaces."""
+    directory = Path(directory)
+    return [directory / "rules" / RULES_FILE_NAME, directory / "prometheus.yml", directory / "alertmanager.yml",
+            *(directory / TARGETS_DIR / f"{job}.json" for job in (AGENT_JOB, TRAIN_JOB))]
+
+
 def write_targets(directory: Path | str, hostfile: Optional[Path | str], agent_port: int = DEFAULT_AGENT_PORT,
                   train_port: int = DEFAULT_TRAIN_METRICS_PORT) -> dict[str, Path]:
     """The file_sd files of both jobs, each replaced atomically (Prometheus never reads half of one). No hostfile
@@ -114,6 +135,7 @@ def write_targets(directory: Path | str, hostfile: Optional[Path | str], agent_p
 
 def _write_groups(directory: Path | str, groups: dict[str, list[dict[str, Any]]]) -> dict[str, Path]:
     directory = Path(directory)
+    check_destinations(directory / f"{job}.json" for job in (AGENT_JOB, TRAIN_JOB))
     try:
         directory.mkdir(parents=True, exist_ok=True)
         written = {}
@@ -165,6 +187,7 @@ def write_head_monitoring(directory: Path | str, receiver: Receiver, hostfile: O
     has_hostfile = hostfile is not None and Path(hostfile).exists()
     groups = target_groups(parse_hostfile(hostfile), agent_port, train_port) if has_hostfile else {}
     header = "# Written by `ddlc monitor head-setup`; rerun it instead of editing.\n"
+    check_destinations(monitoring_paths(directory))
     try:
         (directory / "rules").mkdir(parents=True, exist_ok=True)
         paths = {"prometheus": directory / "prometheus.yml", "alertmanager": directory / "alertmanager.yml",

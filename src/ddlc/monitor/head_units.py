@@ -80,6 +80,17 @@ def alertmanager_unit(directory: str = MONITORING_DIR) -> str:
                  "ddlc-alertmanager")
 
 
+def unit_paths(units_dir: Path | str = UNITS_DIR) -> list[Path]:
+    return [Path(units_dir) / PROMETHEUS_UNIT, Path(units_dir) / ALERTMANAGER_UNIT]
+
+
+def grafana_paths(directory: Path | str = MONITORING_DIR, units_dir: Path | str = UNITS_DIR,
+                  provisioning: Path | str = GRAFANA_PROVISIONING) -> list[Path]:
+    """The files write_grafana replaces outside the exported dashboards' own directory."""
+    return [Path(provisioning) / kind / "ddlc.yaml" for kind in ("datasources", "dashboards")] + [
+        Path(directory) / "grafana.env", Path(units_dir) / f"{GRAFANA_UNIT}.d" / "ddlc.conf"]
+
+
 def write_units(units_dir: Path | str = UNITS_DIR, directory: str = MONITORING_DIR,
                 retention_size: str = "50GB") -> list[Path]:
     units_dir = Path(units_dir)
