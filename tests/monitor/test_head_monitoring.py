@@ -169,6 +169,11 @@ def test_the_boots_sns_configs_and_units_are_valid(tmp_path: Path) -> None:
     (["--sns-topic-arn", "arn:aws:sns:us-east-1:123456789012:t\n", "--region", "us-east-1"], "not an SNS topic"),
     (["--sns-topic-arn", "arn:aws:sns:us-east-1:123456789012:t", "--region", "us-east-1\n"], "not an AWS region"),
     (["--webhook-url", "http://127.0.0.1:1/x\n"], "is not an http(s) URL"),
+    # URLs Alertmanager cannot parse: it would not start, and no alert would go anywhere.
+    (["--webhook-url", "http://127.0.0.1:abc/x"], "is not an http(s) URL"),
+    (["--webhook-url", "http://127.0.0.1:99999/x"], "is not an http(s) URL"),
+    (["--webhook-url", "http://127.0.0.1:0/x"], "is not an http(s) URL"),
+    (["--webhook-url", "http://127.0.0.1:9/%zz"], "is not an http(s) URL"),
 ])
 def test_head_setup_rejects_bad_input_in_one_line(tmp_path: Path, args: list[str], message: str) -> None:
     (tmp_path / "empty").write_text("# discovery wrote nothing\n")

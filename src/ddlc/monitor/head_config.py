@@ -23,6 +23,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Optional, Union
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -75,6 +76,13 @@ class WebhookReceiver:
     def __post_init__(self) -> None:
         if not re.fullmatch(r"https?://[^\s/]+(/\S*)?", self.url):
             raise UserError(f"webhook URL {self.url!r} is not an http(s) URL")
+        # What Alertmanager's URL parser rejects would stop it from starting, and with it every alert.
+        try:
+            port = urlsplit(self.url).port
+        except ValueError:
+            port = 0
+        if port == 0 or not urlsplit(self.url).hostname or re.search(r"%(?![0-9A-Fa-f]{2})", self.url):
+            raise UserError(f"webhook URL {self.url!r} is not an http(s) URL (host, port 1-65535, %XX escapes)")
 
     def config(self) -> dict[str, Any]:
         return {"webhook_configs": [{"url": self.url, "send_resolved": True}]}
