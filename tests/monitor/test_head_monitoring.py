@@ -224,3 +224,21 @@ def test_head_setup_writes_nothing_when_a_destination_is_in_the_way(tmp_path: Pa
     if "targets" in blocked:  # the hostfile timer's command: neither file replaced
         assert isinstance(targets.exception, UserError) and "ddlc-train.json" in str(targets.exception)
         assert not (tmp_path / "mon/targets/ddlc-agent.json").exists()
+
+
+def test_a_rerun_without_the_hostfile_keeps_the_timers_targets(tmp_path: Path) -> None:
+    """The boot writes empty targets (no hostfile yet); a rerun by hand once the timer has written them (or with a
+    --hostfile that is not there) must not empty them, which would stop every scrape until the timer's next run.
+    A rerun is otherwise byte-identical."""
+    hostfile = tmp_path / "hosts"
+    hostfile.write_text("ip-10-0-0-1 slots=2\n")
+    mon = tmp_path / "mon"
+    args = ["monitor", "head-setup", "--dir", str(mon), "--webhook-url", "http://127.0.0.1:1/x",
+            "--units-dir", str(tmp_path / "u")]
+    assert CliRunner().invoke(app, [*args, "--hostfile", str(tmp_path / "not-yet")]).exit_code == 0
+    assert json.loads((mon / "targets/ddlc-agent.json").read_text()) == []
+    write_targets(mon / "targets", hostfile)  # the hostfile timer
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    assert CliRunner().invoke(app, [*args, "--hostfile", str(tmp_path / "typo")]).exit_code == 0
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+    assert json.loads((mon / "targets/ddlc-agent.json").read_text()) == [{"targets": ["ip-10-0-0-1:9400"]}]

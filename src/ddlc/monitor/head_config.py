@@ -7,7 +7,8 @@
         <dir>/rules/ddlc-alerts.yml  the shipped rules (ddlc.monitor.alert_rules)
         <dir>/alertmanager.yml    one route to one receiver: SNS (the stack's alert topic, signed with the instance
                                     role) on the cluster, a webhook in tests
-        <dir>/targets/*.json      from the hostfile (write_targets), if there is one yet; else empty lists
+        <dir>/targets/*.json      from the hostfile (write_targets), if there is one yet; else empty lists where
+                                    none exist (a rerun keeps the timer's targets)
     hostfile timer (head) ── ddlc monitor targets ──> write_targets(hostfile, <dir>/targets)
         Prometheus re-reads file_sd files when they change: a replaced worker is scraped without a restart.
 
@@ -141,7 +142,8 @@ def write_targets(directory: Path | str, hostfile: Optional[Path | str], agent_p
     return _write_groups(directory, target_groups(parse_hostfile(hostfile), agent_port, train_port) if hostfile else {})
 
 
-def _write_groups(directory: Path | str, groups: dict[str, list[dict[str, Any]]]) -> dict[str, Path]:
+def _write_groups(directory: Path | str, groups: dict[str, list[dict[str, Any]]],
+                  keep_existing: bool = False) -> dict[str, Path]:
     directory = Path(directory)
     check_destinations(directory / f"{job}.json" for job in (AGENT_JOB, TRAIN_JOB))
     try:
@@ -149,6 +151,8 @@ def _write_groups(directory: Path | str, groups: dict[str, list[dict[str, Any]]]
         written = {}
         for job in (AGENT_JOB, TRAIN_JOB):
             path = directory / f"{job}.json"
+            if keep_existing and path.exists():
+                continue
             write_atomic(path, json.dumps(groups.get(job, []), indent=1) + "\n")
             written[job] = path
     except OSError as error:
@@ -205,5 +209,6 @@ def write_head_monitoring(directory: Path | str, receiver: Receiver, hostfile: O
         write_atomic(paths["alertmanager"], header + yaml.safe_dump(alertmanager, sort_keys=False))
     except OSError as error:
         raise UserError(f"monitoring directory {directory}: {error.strerror or error}") from None
-    paths.update(_write_groups(directory / TARGETS_DIR, groups))
+    # No hostfile: targets the hostfile timer already wrote stay (a rerun by hand must not stop the scrapes).
+    paths.update(_write_groups(directory / TARGETS_DIR, groups, keep_existing=not has_hostfile))
     return paths
