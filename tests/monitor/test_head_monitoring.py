@@ -161,6 +161,8 @@ def test_the_boots_sns_configs_and_units_are_valid(tmp_path: Path) -> None:
     (["--region", "us-east-1"], "give one receiver"),
     (["--sns-topic-arn", "arn:aws:sns:us-east-1:123456789012:t"], "--sns-topic-arn needs --region"),
     (["--sns-topic-arn", "not-an-arn", "--region", "us-east-1"], "is not an SNS topic ARN"),
+    # Signed for and sent to another region than the topic's: every alert would fail to publish.
+    (["--sns-topic-arn", "arn:aws:sns:us-east-1:123456789012:t", "--region", "eu-west-1"], "topic's region"),
     (["--webhook-url", "http://127.0.0.1:1/x", "--retention-size", "lots"], "retention size 'lots'"),
     (["--webhook-url", "http://127.0.0.1:1/x", "--hostfile", "EMPTY"], "lists no hosts"),
     # A trailing newline passed `^...$` checks: in a unit it ends ExecStart= early (Prometheus then listened on

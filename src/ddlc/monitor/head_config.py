@@ -57,6 +57,9 @@ class SnsReceiver:
             raise UserError(f"SNS topic {self.topic_arn!r} is not an SNS topic ARN")
         if not _REGION.fullmatch(self.region):
             raise UserError(f"region {self.region!r} is not an AWS region")
+        # Alertmanager signs for and calls SNS in `region`: another region than the topic's fails every publish.
+        if self.topic_arn.split(":")[3] != self.region:
+            raise UserError(f"region {self.region!r} is not the SNS topic's region ({self.topic_arn.split(':')[3]})")
 
     def config(self) -> dict[str, Any]:
         return {"sns_configs": [{
