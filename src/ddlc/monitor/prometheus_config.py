@@ -36,11 +36,11 @@ class HostEntry:
 
 
 def parse_hostfile(path: Path | str) -> list[HostEntry]:
-    from ddlc.launch.multinode import hostfile_text  # one check for binary / non-UTF-8 hostfiles
+    from ddlc.launch.multinode import hostfile_text, read_hostfile_bytes  # one check for odd hostfiles
 
     path = Path(path)
     try:
-        lines = hostfile_text(path.read_bytes(), str(path)).splitlines()
+        lines = hostfile_text(read_hostfile_bytes(path), str(path)).splitlines()
     except OSError as error:
         raise UserError(f"hostfile {path} cannot be read: {error.strerror or error}") from error
     entries: list[HostEntry] = []
