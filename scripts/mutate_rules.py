@@ -81,7 +81,7 @@ def find_mutants(text: str) -> list[Mutant]:
                              f"{match.group(1)} -> {other}")
             for match in _RANGE.finditer(expr):
                 value, unit = int(match.group(1)), match.group(2)
-                for new in (max(value // 2, 1), value * 2):
+                for new in sorted({max(value // 2, 1), value * 2} - {value}):
                     replaced(index, offset + match.start(), offset + match.end(), f"[{new}{unit}]",
                              f"[{value}{unit}] -> [{new}{unit}]")
             ranges = [m.span() for m in _RANGE.finditer(expr)]
@@ -95,7 +95,7 @@ def find_mutants(text: str) -> list[Mutant]:
         match = _FOR.match(line.rstrip("\n"))
         if match:
             value, unit = int(match.group(2)), match.group(3)
-            for new in (max(value // 2, 1), value * 2):
+            for new in sorted({max(value // 2, 1), value * 2} - {value}):
                 found.append(Mutant(index + 1, f"for: {value}{unit} -> {new}{unit}", "".join(
                     lines[:index] + [f"{match.group(1)}{new}{unit}\n"] + lines[index + 1:])))
             found.append(Mutant(index + 1, f"for: {value}{unit} removed",
