@@ -22,6 +22,9 @@ def test_validation_messages_name_the_field_and_the_override():
     assert _error("training.max_steps=abc") == ("<defaults> (command-line override): training.max_steps: "
                                                 "Input should be a valid integer (got 'abc')")
     assert _error("training.max_steps=-1", "optimizer.lr=abc").endswith("(got 'abc') [+1 more]")
+    assert _error("optimizer.lr=.nan") == ("<defaults> (command-line override): optimizer.lr: Input should be a "
+                                           "finite number (got nan)")  # pydantic's "Value error, " prefix dropped
+    assert _error("training.max_steps=1=2").startswith("<defaults> (command-line override): training.max_steps:")
     assert _error("model=3") == ("<defaults> (command-line override): model: Input should be a valid dictionary "
                                  "or instance of ModelConfig (got 3)")
 
@@ -57,6 +60,10 @@ def test_parse_override_forms():
     assert parse_override("a=x=y") == (["a"], "x=y")
     assert parse_override("a=[") == (["a"], "[")  # not YAML: the literal string, validation names the key
     assert parse_override("a=" + "1" * 5000) == (["a"], "1" * 5000)
+    bomb = "a.b=[&a [1,1,1,1,1,1,1,1,1,1], &b [*a,*a,*a,*a,*a,*a,*a,*a,*a,*a], &c [*b,*b,*b,*b,*b,*b,*b,*b,*b,*b], " \
+           "[*c,*c,*c,*c,*c,*c,*c,*c,*c,*c]]"
+    with pytest.raises(ConfigError, match=r"^override 'a\.b': expands to more than 10,000 values"):
+        parse_override(bomb)
     for bad in ("a", "=1", " =1", "a..b=1", ".a=1", "a.=1"):
         with pytest.raises(ConfigError, match=rf"^override '{bad}': expected dotted\.key=value, e\.g\. "
                                               r"training\.max_steps=200$"):
@@ -102,6 +109,10 @@ def test_read_yaml_bounds_and_messages(tmp_path):
         read_yaml(path)
     path.write_text("a: 1\n b: 2\n")
     with pytest.raises(ConfigError, match=rf"^{path} \(line 2\): invalid YAML: mapping values are not allowed here$"):
+        read_yaml(path)
+    path.write_bytes(b"a: \x07\n")  # a control character: PyYAML's reader error has no line mark and two lines
+    with pytest.raises(ConfigError, match=rf"^{path}: invalid YAML: unacceptable character #x0007: special "
+                                          r"characters are not allowed in \"<unicode string>\", position 3$"):
         read_yaml(path)
     path.write_text("- 1\n")
     with pytest.raises(ConfigError, match=rf"^{path}: top level must be a mapping of sections, got list$"):
