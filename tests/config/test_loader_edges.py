@@ -5,6 +5,7 @@ once-per-process note that only rank 0 prints. Fast on purpose: `make mutate` re
 from __future__ import annotations
 
 import pytest
+import yaml
 
 from ddlc.config import loader
 from ddlc.config.loader import (MAX_CONFIG_BYTES, ConfigError, apply_overrides, check_size, dump_config, load_config,
@@ -25,6 +26,9 @@ def test_validation_messages_name_the_field_and_the_override():
     assert _error("optimizer.lr=.nan") == ("<defaults> (command-line override): optimizer.lr: Input should be a "
                                            "finite number (got nan)")  # pydantic's "Value error, " prefix dropped
     assert _error("training.max_steps=1=2").startswith("<defaults> (command-line override): training.max_steps:")
+    # a section's own check names its field itself: said once, and without the section's values
+    assert _error("data.source=text") == ("<defaults> (command-line override): data.path is required when "
+                                          "data.source is 'text'")
     assert _error("model=3") == ("<defaults> (command-line override): model: Input should be a valid dictionary "
                                  "or instance of ModelConfig (got 3)")
 
@@ -131,6 +135,9 @@ def test_dump_config_reads_back_to_the_same_config(tmp_path):
     path = tmp_path / "resolved.yaml"
     path.write_text(dump_config(config))
     assert load_config(path) == config
+    # in the schema's order (model, data, training, ...), like config.yaml, not sorted
+    assert list(yaml.safe_load(dump_config(config))) == list(type(config).model_fields)
+    assert list(type(config).model_fields) != sorted(type(config).model_fields)
 
 
 @pytest.mark.parametrize("env, printed", [
