@@ -7,12 +7,13 @@ import importlib.util
 import re
 import shutil
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
 
 from tests.support import REPO
+
+tomllib = pytest.importorskip("tomllib")  # Python 3.11+
 
 spec = importlib.util.spec_from_file_location("mutate_rules", REPO / "scripts" / "mutate_rules.py")
 mutate_rules = importlib.util.module_from_spec(spec)
