@@ -11,6 +11,8 @@ On a machine without a CUDA GPU every GPU check prints SKIP with the reason, so 
                      every 7; at each save a synchronized reference copy; every committed step loaded into a fresh
                      model and optimizer and compared bit for bit
   resume-reproduces  dropout 0.1, deterministic kernels: 12 steps straight vs 6 + resume + 6, losses and weights equal
+  gpu-resume         DCP checkpoint (~1 GiB) loaded onto CUDA through DirectReader's pinned staging buffer: bit for
+                     bit, all bytes staged; time against the CPU destination path and DCP's own reader
   throughput         tokens/s and MFU: DDP-bf16, FSDP2-bf16, fp32 with TF32 and without
   no-host-syncs      torch.cuda.set_sync_debug_mode("error") over non-log steps: DDP, FSDP2, DeepSpeed
   flash-attention    forward/backward with only the flash SDPA backend allowed; gradient accumulation == one batch
@@ -32,6 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 CHECKS = [  # (name, timeout seconds): most important first; together under 8 minutes on one H200
     ("async-checkpoint", 150),
     ("resume-reproduces", 90),
+    ("gpu-resume", 60),
     ("throughput", 150),
     ("no-host-syncs", 90),
     ("flash-attention", 60),
@@ -206,6 +209,44 @@ def _resume_reproduces(out: Path) -> str:
     if different:
         raise AssertionError(f"final weights differ in {different[:3]}")
     return "steps 7-12 losses and final weights identical (dropout 0.1, CUDA RNG restored)"
+
+
+def check_gpu_resume(out: Path) -> str:
+    """Finding 8 of #21: resume onto the GPU keeps the fast direct read (pinned host buffer, one copy)."""
+    import torch
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint import FileSystemReader
+
+    from ddlc.checkpoint.direct_read import DirectReader
+
+    count, numel = (4, 1 << 19) if SMOKE else (64, 1 << 22)  # 64 x 16 MiB fp32 = 1 GiB
+    generator = torch.Generator().manual_seed(0)
+    state = {f"t{i}": torch.randn(numel, generator=generator) for i in range(count)}
+    path = out / "ckpt"
+    dcp.save(state, checkpoint_id=str(path), no_dist=True)
+    total = count * numel * 4
+
+    def load(reader, device: str) -> tuple[dict, float]:
+        blank = {k: torch.empty(numel, device=device) for k in state}
+        sync()
+        started = time.perf_counter()
+        dcp.load(blank, checkpoint_id=str(path), storage_reader=reader, no_dist=True)
+        sync()
+        return blank, time.perf_counter() - started
+
+    load(DirectReader(str(path)), "cpu")  # warm the page cache: every timing below reads from memory
+    _, cpu_s = load(DirectReader(str(path)), "cpu")
+    reader = DirectReader(str(path), stage_cpu=SMOKE)
+    on_device, device_s = load(reader, DEVICE)
+    _, dcp_s = load(FileSystemReader(str(path)), DEVICE)
+    different = [k for k in state if not torch.equal(on_device[k].cpu(), state[k])]
+    if different:
+        raise AssertionError(f"loaded tensors differ from the saved ones: {different[:3]}")
+    if reader.staged_bytes != total:
+        raise AssertionError(f"{reader.staged_bytes} of {total} bytes went through the staging buffer")
+    gib = total / 2**30
+    return (f"{gib:.2f} GiB onto {DEVICE} bit for bit, all staged: {gib / device_s:.2f} GiB/s (CPU destinations "
+            f"{gib / cpu_s:.2f} GiB/s, DCP's reader onto {DEVICE} {gib / dcp_s:.2f} GiB/s; from the page cache)")
 
 
 def check_throughput(out: Path) -> str:

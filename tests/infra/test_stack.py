@@ -207,6 +207,20 @@ def test_user_data_installs_ddlc_and_starts_agents(synthesized):
     assert "nvidia_gpu" not in head_text and "ddlc agent --host 0.0.0.0 --port 9400" in head_text
 
 
+def test_horovod_is_built_with_nccl_on_the_nodes_only_when_chosen():
+    """`horovod: true`: the GPU workers build Horovod with NCCL (and check hvd.nccl_built()), the head gloo-only
+    (it runs horovodrun); otherwise no node builds it."""
+    def user_data(stack, prefix):
+        return json.dumps(_launch_template(stack, prefix)["UserData"])
+
+    plain = synth("dev")
+    assert "build_horovod.sh" not in user_data(plain, "Worker") + user_data(plain, "Head")
+    chosen = synth("dev", horovod=True)
+    worker, head = user_data(chosen, "Worker"), user_data(chosen, "Head")
+    assert "build_horovod.sh --gpu" in worker and "nccl_built()" in worker
+    assert "build_horovod.sh --cpu" in head and "--gpu" not in head
+
+
 # --- nodes -----------------------------------------------------------------------------------------
 
 

@@ -30,7 +30,8 @@ def boot_config(**changes) -> NodeBootConfig:
 LUSTRE = dict(lustre_dns_name="fs-1.fsx.us-east-1.amazonaws.com", lustre_mount_name="abcd")
 
 
-@pytest.mark.parametrize("boot", [boot_config(), boot_config(role="head", has_gpu=False), boot_config(**LUSTRE)])
+@pytest.mark.parametrize("boot", [boot_config(), boot_config(role="head", has_gpu=False), boot_config(**LUSTRE),
+                                  boot_config(horovod=True)])
 def test_script_is_valid_bash(tmp_path, boot):
     script = tmp_path / "user-data.sh"
     script.write_text("#!/bin/bash\n" + "\n".join(render_user_data(boot)) + "\n")
@@ -151,7 +152,8 @@ def test_user_data_with_slurm_fits_the_ec2_limit_with_long_resolved_values():
     boot = boot_config(bucket_name=long, node_log_group="/ddlc/" + long, training_log_group="/ddlc/" + long,
                        ssh_secret_id="arn:aws:secretsmanager:us-east-1:123456789012:secret:" + long,
                        lustre_dns_name=long, lustre_mount_name=long, cluster_name="ddlc-" + "y" * 15,
-                       scheduler="slurm", munge_secret_id="arn:aws:secretsmanager:us-east-1:123456789012:secret:" + long)
+                       scheduler="slurm", munge_secret_id="arn:aws:secretsmanager:us-east-1:123456789012:secret:" + long,
+                       horovod=True)  # everything on: the largest user data
     # ... and the head node's, which also sets up Prometheus, Alertmanager and Grafana.
     head = dataclasses.replace(boot, role="head", has_gpu=False, grafana=True,
                                alert_topic_arn="arn:aws:sns:us-east-1:123456789012:" + long)

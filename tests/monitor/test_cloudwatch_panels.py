@@ -63,7 +63,7 @@ def published_by_the_agent(tmp_path: Path) -> set[tuple[str, frozenset]]:
 def published_from_the_ranks() -> set[tuple[str, frozenset]]:
     ranks = [TrainingMetrics("r", rank=r, world_size=2, node="n", instance_type=None, num_nodes=1) for r in (0, 1)]
     for metrics in ranks:
-        metrics.observe_step(1, 1.0, 1e-3, 1.0, 0.1, 10, 1)
+        metrics.observe_step(1, 1.0, 1e-3, 1.0, 0.1, 10, 1, val_loss=1.1)  # a run with data.val_fraction
     labels: dict[str, set[str]] = {}
     for name, sample_labels in collected(*ranks):
         labels.setdefault(name, set()).update(key for key, _ in sample_labels)

@@ -47,7 +47,7 @@ def exported_families(tmp_path: Path) -> dict[str, str]:
     registry, gpus = build_node_registry("n", tmp_path, tmp_path / "ib", nvml=StandInNvml(), instance_type="g5.xlarge")
     metrics = TrainingMetrics("r", rank=0, world_size=1, node="n", instance_type=None, num_nodes=1)
     metrics.observe_step(1, 1.0, 1e-3, 1.0, 0.1, 10, 1, compute_seconds=0.05, tokens_seen=10, data_wait_seconds=0.01,
-                         host_memory_peak_bytes=2**30, gpu_memory_peak_bytes=2**30)
+                         host_memory_peak_bytes=2**30, gpu_memory_peak_bytes=2**30, val_loss=1.1)
     metrics.observe_checkpoint(1, 0.1, True, 0.0)
     try:
         gpus.xids.record("0", 79)  # an Xid seen

@@ -9,6 +9,8 @@ and changes only how the bytes travel:
 * for a large item that fills a whole destination tensor, it reads the record's small head and tail, lets
   `torch.load(map_location="meta")` decode the pickle and say where the tensor's bytes start, and reads those bytes
   with one `readinto` into the destination's memory — no intermediate buffer, no second copy;
+* a destination on a device (CUDA on a GPU resume) is filled the same way through a page-locked host buffer per
+  reading thread: one `readinto` into it, then one host-to-device copy (no decode, no pageable bounce buffer);
 * any other item (small, partial, another dtype or layout, BYTE_IO) is read whole into memory and decoded there;
 * for the files named in `digest_names`, every byte of the file (between items too) goes, in file order, through a
   hasher thread (hashlib releases the GIL), which overlaps with the next reads.
@@ -106,11 +108,33 @@ class DirectReader(FileSystemReader):
     """`FileSystemReader` that reads tensors' bytes straight into their destinations; `digests` holds the SHA-256 of
     every file named in `digest_names` that was read in full (a file read only in part is left for the caller)."""
 
-    def __init__(self, path, digest_names: frozenset[str] = frozenset(), io_threads: int = 1):
+    def __init__(self, path, digest_names: frozenset[str] = frozenset(), io_threads: int = 1,
+                 stage_cpu: bool = False):
         super().__init__(path)
+        self.stage_cpu = stage_cpu  # tests: send CPU destinations through the staging buffer too
         self.digest_names = frozenset(digest_names)
         self.io_threads = max(1, io_threads)  # files read at once (each in order, by one thread)
         self.digests: dict[str, str] = {}
+        self.staged_bytes = 0  # bytes read through a host staging buffer into non-CPU destinations
+        self._staging = threading.local()  # each reading thread's (pinned) host buffer, grown as needed
+
+    def _host_destination(self, target: torch.Tensor, nbytes: int):
+        """Where the tensor's bytes are read to, and how they then reach `target`: its own memory on the CPU;
+        elsewhere a host buffer (page-locked for CUDA, so the copy runs at full PCIe speed) and a copy to it."""
+        flat = target.reshape(-1).view(torch.uint8)
+        if target.device.type == "cpu" and not self.stage_cpu:
+            return memoryview(flat.numpy()).cast("B"), lambda: None
+        buffer = getattr(self._staging, "buffer", None)
+        if buffer is None or buffer.numel() < nbytes:
+            pin = target.device.type == "cuda" and torch.cuda.is_available()
+            buffer = self._staging.buffer = torch.empty(nbytes, dtype=torch.uint8, pin_memory=pin)
+        host = buffer[:nbytes]
+
+        def finish() -> None:
+            flat.copy_(host)  # synchronous: the buffer is reused for the next item
+            self.staged_bytes += nbytes
+
+        return memoryview(host.numpy()).cast("B"), finish
 
     def read_data(self, plan: LoadPlan, planner: LoadPlanner) -> Future[None]:
         per_file: dict[str, dict] = defaultdict(dict)
@@ -182,7 +206,7 @@ class DirectReader(FileSystemReader):
             isinstance(start, int) and 0 <= start and start + nbytes <= length and nbytes > 0
             and storage.nbytes() == nbytes and meta.storage_offset() == 0 and meta.is_contiguous()
             and all(o == 0 for o in request.storage_offsets) and tuple(request.lengths) == tuple(meta.size())
-            and target.device.type == "cpu" and target.dtype == meta.dtype and target.is_contiguous()
+            and target.dtype == meta.dtype and target.is_contiguous()
             and tuple(target.size()) == tuple(meta.size())
         )
         if not qualifies:
@@ -191,7 +215,7 @@ class DirectReader(FileSystemReader):
         # in between is read straight into the destination. Bytes between head and tail that are not the tensor's
         # (none, usually) are read for the digest.
         end = start + nbytes
-        destination = memoryview(target.reshape(-1).view(torch.uint8).numpy()).cast("B")
+        destination, finish = self._host_destination(target, nbytes)
         middle_start, middle_end = max(start, EDGE_BYTES), min(end, tail_start)
         if start < EDGE_BYTES:
             destination[:min(end, EDGE_BYTES) - start] = head[start:min(end, EDGE_BYTES)]
@@ -207,6 +231,7 @@ class DirectReader(FileSystemReader):
             hasher.add(destination[middle_start - start:middle_end - start])
         hasher.add(memoryview(gap_after.numpy()).cast("B"))
         hasher.add(tail)
+        finish()
         planner.commit_tensor(request, target)
         return True
 

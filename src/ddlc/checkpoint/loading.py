@@ -27,6 +27,7 @@ from ddlc.checkpoint.errors import CheckpointLoadError
 from ddlc.checkpoint.manifest import METADATA, Manifest, check_file, hash_files, parse_step, read_commit, verify
 from ddlc.checkpoint.state import balance_by_size
 from ddlc.checkpoint.storage import CheckpointStore
+from ddlc.errors import UserError
 
 
 @dataclass
@@ -125,6 +126,12 @@ class VerifiedLoad:
             dcp.load(app_state, checkpoint_id=self.store.url(directory), storage_reader=reader,
                      process_group=self.group)
         except CheckpointException as exc:  # DCP gathers read/decode errors: every rank lands here together
+            mismatch = shape_mismatch(exc)
+            if mismatch:  # the model's settings changed since the save: the bytes are fine, the job is not
+                raise UserError(
+                    f"checkpoint {self.store.display(directory)} does not fit this model ({mismatch}): a model setting "
+                    "changed since it was written. Resume with the settings it was written with (a checkpoint from "
+                    "before vocabulary padding needs model.pad_vocab_to: 1), or start a new run") from None
             storage = storage_failure(exc)
             if storage:  # the same failures reach every rank, so every rank raises
                 raise CheckpointLoadError(
@@ -184,6 +191,19 @@ def storage_failure(exc: CheckpointException) -> Optional[str]:
         if (isinstance(cause, OSError) and not isinstance(cause, (FileNotFoundError, IsADirectoryError))) \
                 or library in STORAGE_LIBRARIES:
             return f"rank {rank}: {type(cause).__name__}: {_first_line(cause)}"
+    return None
+
+
+def shape_mismatch(exc: CheckpointException) -> Optional[str]:
+    """DCP's "Size mismatch between saved ... and current ... for <name>" (a changed model), if that is the failure."""
+    from ddlc.checkpoint.write_digests import root_cause
+
+    for failure in exc.failures.values():
+        cause = failure[0] if isinstance(failure, tuple) else failure
+        if isinstance(cause, BaseException):
+            text = _first_line(root_cause(cause))
+            if text.startswith("Size mismatch between saved"):
+                return text.replace("Size mismatch between saved", "saved", 1)
     return None
 
 

@@ -56,6 +56,15 @@ class ModelConfig(Section):
     vocab_size: Optional[PositiveInt] = None  # None: taken from the dataset
     dropout: Float = Field(default=0.0, ge=0.0, lt=1.0)
     bias: Bool = False
+    # Embedding/head rows rounded up to a multiple of this (50257 -> 50304 at 64: tensor-core friendly shapes); the
+    # padded ids are never inputs and their logits are cut off before the loss and any sampling. 1: no padding.
+    pad_vocab_to: Int = Field(default=64, ge=1, le=65536)
+
+    @property
+    def padded_vocab_size(self) -> int:
+        if self.vocab_size is None:
+            raise ValueError("model.vocab_size must be resolved (from the dataset) first")
+        return -(-self.vocab_size // self.pad_vocab_to) * self.pad_vocab_to
 
     @model_validator(mode="after")
     def _heads_divide_width(self) -> "ModelConfig":
@@ -77,6 +86,9 @@ class DataConfig(Section):
     synthetic_tokens: PositiveInt = 1_000_000
     synthetic_vocab: Int = Field(default=256, ge=2, le=65536)
     shuffle: Bool = True
+    # Held out for validation: the last ceil(val_fraction x windows) windows of the corpus, never trained on
+    # (the same on every rank and every launch). 0: no validation split.
+    val_fraction: Float = Field(default=0.0, ge=0.0, le=0.5)
 
     @model_validator(mode="after")
     def _path_required(self) -> "DataConfig":
@@ -122,6 +134,10 @@ class TrainingConfig(Section):
     # A step whose loss or gradient norm is not finite is skipped (no update); this many in a row stop the job
     # with exit code 65 (ddlc.errors.DIVERGED_EXIT_CODE).
     max_nonfinite_steps: PositiveInt = 5
+    # Validation loss (needs data.val_fraction > 0): every eval_interval steps and at the last step; None: at the
+    # last step only. eval_batches micro-batches per rank, averaged over all ranks.
+    eval_interval: Optional[PositiveInt] = None
+    eval_batches: Annotated[Int, Field(gt=0, le=100_000)] = 8
 
     @model_validator(mode="before")
     @classmethod
@@ -140,6 +156,9 @@ class TrainingConfig(Section):
 
 class FSDPConfig(Section):
     reshard_after_forward: Bool = True
+    # Build the model on the meta device and materialise only this rank's shards (same initial weights as a
+    # model built whole); false: build it whole on every rank, then shard.
+    meta_init: Bool = True
 
 
 class DeepSpeedConfig(Section):
@@ -205,3 +224,10 @@ class Config(Section):
     distributed: DistributedConfig = DistributedConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
     monitoring: MonitoringConfig = MonitoringConfig()
+
+    @model_validator(mode="after")
+    def _eval_needs_a_split(self) -> "Config":
+        if self.training.eval_interval is not None and self.data.val_fraction == 0:
+            raise ValueError("training.eval_interval is set but data.val_fraction is 0 (no validation split): "
+                             "set data.val_fraction, e.g. 0.05")
+        return self

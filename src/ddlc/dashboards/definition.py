@@ -48,6 +48,7 @@ class LocalSource:
     scale: float = 1.0
     combine: Literal["avg", "sum"] = "avg"  # how series sharing a `by` value (or all, without `by`) combine
     hide_devices: Optional[str] = None  # a regex: samples whose `device` label matches it in full are left out
+    sparse: bool = False  # run: only the steps that logged `key` (val_loss: evaluated steps), joined by a line
 
 
 @dataclass(frozen=True)
@@ -268,7 +269,13 @@ TRAINING_PROGRESS = Dashboard(
                 "{{run}}", promql=f'ddlc_train_loss{{rank="0",{_RUN_MATCH}}}',
                 cloudwatch=_cw_search(_DDLC_RANK, "ddlc_train_loss"),
                 local=LocalSource("run", "loss"),
-            ),),
+            ), Series(
+                # Held-out data (data.val_fraction > 0), on evaluated steps (training.eval_interval); no series
+                # without a validation split.
+                "{{run}} validation", promql=f'ddlc_train_val_loss{{rank="0",{_RUN_MATCH}}}',
+                cloudwatch=_cw_search(_DDLC_RANK, "ddlc_train_val_loss"),
+                local=LocalSource("run", "val_loss", sparse=True),
+            )),
             empty_message=NO_RUN,
         ),
         Panel(

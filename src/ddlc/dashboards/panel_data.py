@@ -185,7 +185,16 @@ class PanelData:
             if run is None or not run.has_steps:
                 return []
             values = run.column(source.key)
-            return [_by_step(render_legend(label, {"run": run.name, "rank": "0"}), run, values, last_only)]
+            name = render_legend(label, {"run": run.name, "rank": "0"})
+            if source.sparse:  # only the evaluated steps: gaps elsewhere would hide the line
+                kept = [(int(step), value) for step, value in zip(run.columns["step"], values) if math.isfinite(value)]
+                if not kept:
+                    return []
+                if last_only:
+                    kept = kept[-1:]
+                return [{"name": name, "x": [k[0] for k in kept], "y": _clean([k[1] for k in kept]),
+                         "x_kind": "step"}]
+            return [_by_step(name, run, values, last_only)]
         return self._cost(source.key, label, run, all_runs, last_only)
 
     def _cost(self, key: str, label: str, run: Optional[RunRecord], all_runs: list[RunRecord],

@@ -6,6 +6,7 @@
             its s3:// URL --> SSM parameter /ddlc/<env>/node-package (read by the nodes at boot)
     boot:   aws ssm get-parameter / aws s3 cp --> pip install --no-deps -r requirements.txt (every line pinned)
             --> pip install --no-index -c requirements.txt "<wheel>[s3,cloudwatch]" (by path; nothing from an index)
+            --> stacks with `horovod: true` only: build_horovod.sh (Horovod 0.28.1 from its pinned sdist; NCCL on GPUs)
 
 Nothing is installed by bare name: the pins come from the environment that runs `cdk synth` (synthesize with
 the same Python minor version as the AMI's). The AMI's own torch and numpy are never replaced (they are left
@@ -37,6 +38,7 @@ NODE_EXTRAS = ("s3", "cloudwatch")
 PROVIDED_BY_AMI = ("torch", "numpy")
 REQUIREMENTS_FILE = "requirements.txt"
 MANIFEST_FILE = "manifest.json"
+HOROVOD_SCRIPT = "build_horovod.sh"  # scripts/build_horovod.sh, run at boot by stacks with `horovod: true`
 _REPRODUCIBLE_EPOCH = "315532800"  # 1980-01-01, the earliest time a zip file can hold
 
 
@@ -133,7 +135,8 @@ def build_node_package(cache_dir: Path | None = None) -> Path:
     """A directory holding the wheel, requirements.txt and manifest.json; built once per source content."""
     root = source_root()
     pins = pinned_requirements()
-    key = hashlib.sha256((source_digest(root) + "\n".join(pins) + sys.version).encode()).hexdigest()[:20]
+    horovod = (root / "scripts" / HOROVOD_SCRIPT).read_bytes()
+    key = hashlib.sha256((source_digest(root) + "\n".join(pins) + sys.version).encode() + horovod).hexdigest()[:20]
     base = cache_dir or Path(tempfile.gettempdir()) / "ddlc-node-package"
     target = base / key
     if _complete(target):
@@ -144,6 +147,7 @@ def build_node_package(cache_dir: Path | None = None) -> Path:
     try:
         wheel = _build_wheel(root, staging)
         (staging / REQUIREMENTS_FILE).write_text("".join(f"{pin}\n" for pin in pins))
+        (staging / HOROVOD_SCRIPT).write_bytes(horovod)
         manifest = {"wheel": wheel.name, "extras": list(NODE_EXTRAS), "provided_by_ami": list(PROVIDED_BY_AMI),
                     "python": f"{sys.version_info.major}.{sys.version_info.minor}"}
         (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1) + "\n")
@@ -160,7 +164,7 @@ def build_node_package(cache_dir: Path | None = None) -> Path:
 def _complete(package_dir: Path) -> bool:
     try:
         manifest = read_manifest(package_dir)
-        return (package_dir / manifest["wheel"]).is_file() and (package_dir / REQUIREMENTS_FILE).is_file()
+        return all((package_dir / name).is_file() for name in (manifest["wheel"], REQUIREMENTS_FILE, HOROVOD_SCRIPT))
     except (OSError, ValueError, KeyError, TypeError):
         return False
 

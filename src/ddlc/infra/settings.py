@@ -105,6 +105,9 @@ class ClusterEnvironment(BaseModel):
     ssh_users: list[str] = Field(default_factory=lambda: ["ubuntu"], min_length=1)
     fsx_lustre: Optional[LustreSettings] = None
     scheduler: Literal["slurm", "none"] = "slurm"
+    # Jobs with distributed.strategy=horovod: build Horovod on every node at boot (NCCL on the GPU workers, so
+    # gradients never go device -> host -> TCP; scripts/build_horovod.sh). Off: nodes have no Horovod.
+    horovod: bool = False
     grafana: Literal["none", "head"] = "none"
     # The head node's Prometheus keeps at most this much (GiB, on its root volume); default a quarter of it.
     monitoring_retention_gib: Optional[int] = Field(None, ge=1)

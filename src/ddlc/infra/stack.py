@@ -132,6 +132,7 @@ class ClusterStack(Stack):
                 scheduler=settings.scheduler,
                 munge_secret_id=self.munge.secret.secret_arn if self.munge else None,
                 worker_instance_type=gpu_type.name,
+                horovod=settings.horovod,
                 alert_topic_arn=self.alerts.topic.topic_arn if role == "head" else "",
                 prometheus_retention_gib=settings.prometheus_retention_gib, grafana=settings.grafana == "head",
             )

@@ -52,7 +52,7 @@ SCRAPED_TRAINING_METRICS = ("ddlc_checkpoint_last_success_timestamp_seconds",)
 SCRAPED_CHECKPOINT_TIER = "storage"
 # ... and what the CloudWatch training and cost dashboards read, with the dimensions they search for
 # (ddlc.dashboards.definition: `{DDLC,node,rank,run}` per rank, `{DDLC,instance_type,run}` for the job's price).
-SCRAPED_RANK_METRICS = ("ddlc_train_loss", "ddlc_train_learning_rate", "ddlc_train_grad_norm", "ddlc_train_step",
+SCRAPED_RANK_METRICS = ("ddlc_train_loss", "ddlc_train_val_loss", "ddlc_train_learning_rate", "ddlc_train_grad_norm", "ddlc_train_step",
                         "ddlc_train_step_seconds", "ddlc_train_tokens_per_second")
 SCRAPED_JOB_METRICS = ("ddlc_cost_usd_per_hour",)
 SCRAPE_JOB = "ddlc-training"
@@ -85,6 +85,7 @@ class NodeBootConfig:
     scheduler: str = "none"  # "slurm": install and configure Slurm (slurm_boot.py)
     munge_secret_id: Optional[str] = None  # Secrets Manager secret holding the munge key (scheduler=slurm)
     worker_instance_type: str = ""  # the workers' type, on every node: `ddlc submit` on the head prices jobs with it
+    horovod: bool = False  # build Horovod at boot: NCCL on GPU nodes, gloo-only on the head (it runs horovodrun)
     # The head node's Prometheus + Alertmanager (monitoring_boot.py), alerting to this SNS topic; "": none.
     alert_topic_arn: str = ""
     prometheus_retention_gib: int = 50
@@ -213,6 +214,18 @@ def _fail_if(condition: str, message: str) -> list[str]:
     return [f"if {condition}; then ddlc_fail {shlex.quote(message)}; fi"]
 
 
+def horovod_install(boot: NodeBootConfig) -> list[str]:
+    """Horovod for strategy=horovod jobs, built against the AMI's torch: with NCCL on GPU nodes
+    (HOROVOD_GPU_OPERATIONS=NCCL; the script fails unless hvd.nccl_built()), gloo-only on the head."""
+    mode = "--gpu" if boot.has_gpu else "--cpu"
+    return [
+        f"HOROVOD_BUILD_JOBS=$(nproc) bash {PACKAGE_DIR}/build_horovod.sh {mode} \"$DDLC_PY\" "
+        "|| ddlc_fail 'building Horovod failed (horovod: true in the stack settings; see the log above)'",
+        *(_fail_if("! \"$DDLC_PY\" -c 'import horovod.torch as h, sys; sys.exit(0 if h.nccl_built() else 1)'",
+                   "Horovod was built without NCCL") if boot.has_gpu else []),
+    ]
+
+
 def render_user_data(boot: NodeBootConfig) -> list[str]:
     """The boot script as lines (for `ec2.UserData.add_commands`)."""
     env_lines = {
@@ -295,6 +308,7 @@ def render_user_data(boot: NodeBootConfig) -> list[str]:
         "if [ \"$DDLC_BIN\" != /usr/local/bin/ddlc ]; then ln -sf \"$DDLC_BIN\" /usr/local/bin/ddlc; fi",
         *_fail_if("! /usr/local/bin/ddlc --help >/dev/null", "the ddlc command does not run"),
         *_fail_if("! \"$DDLC_PY\" -c 'import s3fs, boto3'", f"the ddlc extras [{extras}] do not import"),
+        *(horovod_install(boot) if boot.horovod else []),
         # Passwordless ssh between cluster members: keys derived from the cluster secret, trust limited to the VPC.
         "SSH_SEED=$(mktemp)",
         f"aws secretsmanager get-secret-value --region {region} --secret-id {shlex.quote(boot.ssh_secret_id)} "

@@ -123,6 +123,7 @@ class TrainingMetrics:
         self._loss = self._lr = self._grad_norm = math.nan
         self._step_seconds = self._tokens_per_s = self._samples_per_s = math.nan
         self._mfu = math.nan
+        self._val_loss: float | None = None  # none until the first evaluation (data.val_fraction > 0)
         self._last_step_at = math.nan
         self._steps_total = 0
         self._tokens_total = 0
@@ -158,14 +159,15 @@ class TrainingMetrics:
         self, step: int, loss: float, lr: float, grad_norm: float, step_seconds: float, tokens: int, samples: int,
         mfu: float | None = None, compute_seconds: float | None = None, tokens_seen: int | None = None,
         data_wait_seconds: float | None = None, host_memory_peak_bytes: int | None = None,
-        gpu_memory_peak_bytes: int | None = None,
+        gpu_memory_peak_bytes: int | None = None, val_loss: float | None = None,
     ) -> None:
         """Record one finished optimizer step of this rank. `tokens`/`samples` are this rank's, in this step;
         `mfu` is the job's model FLOPs utilization (None: unknown for this GPU); `compute_seconds` this rank's time
         up to the gradient all-reduce (ddlc.runtime.compute_timer; None: not measured); `tokens_seen` the whole job's
         tokens since the run began, across resumes (the trainer state's; rank 0 exports it); `data_wait_seconds`
         this rank's time fetching the step's batches; the peaks this rank's process memory and PyTorch's CUDA
-        allocator (ddlc.runtime.step_stats; None: not measured)."""
+        allocator (ddlc.runtime.step_stats; None: not measured); `val_loss` the job's validation loss when this
+        step was evaluated (kept until the next evaluation)."""
         self._step = step
         if tokens_seen is not None:
             self._tokens_seen = tokens_seen
@@ -189,6 +191,8 @@ class TrainingMetrics:
             self._host_peak = max(self._host_peak, host_memory_peak_bytes)
         if gpu_memory_peak_bytes is not None:
             self._gpu_peak = max(self._gpu_peak, gpu_memory_peak_bytes)
+        if val_loss is not None:
+            self._val_loss = val_loss
         self._last_step_at = self._clock()
 
     def _tier(self, tier: str) -> dict:
@@ -318,6 +322,9 @@ class TrainingMetrics:
         if self._step >= 0:
             yield gauge("ddlc_train_step", "Index of the last finished step (continues across resumes).", self._step)
             yield gauge("ddlc_train_loss", "Training loss of the last step (NaN when it diverged).", self._loss)
+            if self._val_loss is not None:
+                yield gauge("ddlc_train_val_loss", "Validation loss of the last evaluation (held-out data, mean "
+                            "over ranks; data.val_fraction, training.eval_interval).", self._val_loss)
             yield gauge("ddlc_train_learning_rate", "Learning rate of the last step.", self._lr)
             yield gauge("ddlc_train_grad_norm", "Gradient norm of the last step (before clipping).", self._grad_norm)
             yield gauge("ddlc_train_step_seconds", "Duration of this rank's last step.", self._step_seconds)

@@ -4,11 +4,18 @@ Every optimizer step consumes one *global batch* of `global_batch_size` samples,
 index (step * global_batch_size + j). Sample g reads window perm_epoch[g mod windows] of the corpus, with a
 seeded permutation per epoch. Which rank reads which of those samples depends on the world size, but the set of
 samples in a step does not: a job can resume on a different number of ranks and see the same data.
+
+Validation (data.val_fraction > 0): split_validation cuts the corpus's windows in two, training windows
+[0, n - v) and validation windows [n - v, n), so no validation token is ever trained on, on any rank or launch.
+
+    windows 0 ............ n-v-1 | n-v ...... n-1
+            training (sampler)   | validation (validation_batch: micro-batch b of rank r, no shuffle)
 """
 
 from __future__ import annotations
 
 import glob
+import math
 import os
 from dataclasses import dataclass
 from functools import lru_cache
@@ -81,6 +88,46 @@ def plan_batches(micro: int, global_batch: int | None, accum: int | None, world_
             f"(micro_batch_size {micro} x world size {world_size}) = {derived}; set only one of them"
         )
     return BatchPlan(micro, derived, world_size)
+
+
+class WindowSlice:
+    """Windows [start, start + count) of a corpus, numbered from 0: what the sampler and the evaluation read."""
+
+    def __init__(self, corpus: TokenCorpus, start: int, count: int, name: str):
+        self.corpus, self.start, self.num_windows, self.name = corpus, start, count, name
+        self.vocab_size, self.seq_len = corpus.vocab_size, corpus.seq_len
+
+    @property
+    def num_tokens(self) -> int:
+        return self.num_windows * self.seq_len
+
+    def window(self, index: int) -> np.ndarray:
+        if not 0 <= index < self.num_windows:
+            raise IndexError(f"window {index} outside 0..{self.num_windows - 1}")
+        return self.corpus.window(self.start + index)
+
+
+def split_validation(corpus: TokenCorpus, fraction: float) -> tuple["TokenCorpus | WindowSlice", WindowSlice | None]:
+    """(training windows, validation windows): the last ceil(fraction x windows) are held out; fraction 0: none."""
+    if fraction <= 0:
+        return corpus, None
+    held_out = math.ceil(fraction * corpus.num_windows)
+    if held_out >= corpus.num_windows:
+        raise UserError(
+            f"data.val_fraction={fraction} leaves no training data: {corpus.name} has only {corpus.num_windows} "
+            f"sequences of model.block_size={corpus.seq_len}; lower data.val_fraction or use more data"
+        )
+    train = corpus.num_windows - held_out
+    return (WindowSlice(corpus, 0, train, corpus.name),
+            WindowSlice(corpus, train, held_out, f"{corpus.name} (validation)"))
+
+
+def validation_batch(split: WindowSlice, plan: "BatchPlan", batch: int, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Micro-batch `batch` of `rank` for evaluation: fixed windows, in order (wrapping round a small split)."""
+    first = (batch * plan.world_size + rank) * plan.micro_batch_size
+    rows = np.stack([split.window((first + j) % split.num_windows) for j in range(plan.micro_batch_size)])
+    tokens = torch.from_numpy(rows.astype(np.int64))
+    return tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()
 
 
 class GlobalBatchSampler:

@@ -27,6 +27,8 @@ ProgressMode = Literal["auto", "bar", "plain"]
 def format_step(record: Mapping[str, Any], total_steps: int) -> str:
     """`step 10/200 | loss 4.1234 | lr 3.00e-03 | gnorm 0.84 | 12.3 ms/step | 52,000 tok/s`."""
     parts = [f"step {record['step']}/{total_steps}", f"loss {record['loss']:.4f}"]
+    if record.get("val_loss") is not None:
+        parts.append(f"val loss {record['val_loss']:.4f}")
     if "lr" in record:
         parts.append(f"lr {record['lr']:.2e}")
     if record.get("grad_norm") is not None:

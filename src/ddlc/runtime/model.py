@@ -1,4 +1,20 @@
-"""A small decoder-only transformer (GPT-style). The config sets its size, from a CPU demo to a GPU node."""
+"""A small decoder-only transformer (GPT-style). The config sets its size, from a CPU demo to a GPU node.
+
+    ids -> tok_emb [padded vocab x n_embd] + pos_emb -> blocks -> ln_f -> head (tied to tok_emb) -> logits[..., :vocab]
+
+The embedding/head rows are padded to model.pad_vocab_to (50257 -> 50304): the head's matmul gets a tensor-core
+friendly width. The padded rows start at zero, are never looked up (ids < vocab) and their logits are cut off before
+the loss, so they get no gradient and stay zero; the real rows are initialised from the same random draws as without
+padding, so a padded model computes the same losses as an unpadded one.
+
+Initial weights (init_weights): each parameter from its own generator, seeded by (seed, parameter name), drawn at
+full size one parameter at a time and copied into whatever this rank holds of it. So a model built whole on the CPU
+and one built on the meta device, sharded (FSDP2) and materialised per shard start from the same bits, and the
+sharded build never holds more than one full parameter at once:
+
+    with torch.device("meta"): GPT(cfg)  -> fully_shard -> to_empty(device) -> init_weights(seed)   (shards only)
+    GPT(cfg)                             -> init_weights(seed) -> DDP / fully_shard                  (whole model)
+"""
 
 from __future__ import annotations
 
@@ -62,27 +78,46 @@ class GPT(nn.Module):
         if cfg.vocab_size is None:
             raise ValueError("model.vocab_size must be resolved (from the dataset) before building the model")
         self.cfg = cfg
-        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        self.vocab_size = cfg.vocab_size
+        rows = cfg.padded_vocab_size  # model.pad_vocab_to; init_weights leaves the padded rows at zero
+        self.tok_emb = nn.Embedding(rows, cfg.n_embd)
         self.pos_emb = nn.Embedding(cfg.block_size, cfg.n_embd)
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.ln_f = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
-        self.head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        self.head = nn.Linear(cfg.n_embd, rows, bias=False)
         self.head.weight = self.tok_emb.weight  # weight tying
-        self.apply(self._init_weights)
-        # GPT-2 style: scale residual projections by depth so activations stay O(1) as layers grow.
-        for name, param in self.named_parameters():
-            if name.endswith(("proj.weight", "down.weight")):
-                nn.init.normal_(param, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
+        # Deterministic in the global seed (torch.manual_seed before building), whatever the constructors drew.
+        if self.tok_emb.weight.device.type != "meta":
+            self.init_weights(torch.initial_seed())
 
-    @staticmethod
-    def _init_weights(module: nn.Module) -> None:
-        if isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+    def initial_value(self, name: str, shape: torch.Size, seed: int) -> torch.Tensor:
+        """The full-size initial value of parameter `name` (float32, CPU), from its own seeded generator."""
+        if name.endswith(".bias"):
+            return torch.zeros(shape)
+        if ".ln_" in name or name.startswith("ln_"):  # LayerNorm gains
+            return torch.ones(shape)
+        generator = torch.Generator().manual_seed(_name_seed(seed, name))
+        # GPT-2 style: scale residual projections by depth so activations stay O(1) as layers grow.
+        std = 0.02 / math.sqrt(2 * self.cfg.n_layer) if name.endswith(("proj.weight", "down.weight")) else 0.02
+        if name == "tok_emb.weight":  # only the real rows are drawn; the padded ones are zero
+            value = torch.zeros(shape)
+            value[: self.vocab_size] = torch.empty(self.vocab_size, *shape[1:]).normal_(0.0, std, generator=generator)
+            return value
+        return torch.empty(shape).normal_(0.0, std, generator=generator)
+
+    @torch.no_grad()
+    def init_weights(self, seed: int) -> None:
+        """Set every parameter to its initial value; a sharded one (DTensor, FSDP2) only its local shard."""
+        for name, param in self.named_parameters():  # the tied head is tok_emb.weight, listed once
+            full = self.initial_value(name, param.shape, seed)
+            local = param.to_local() if hasattr(param, "to_local") else param
+            if local is not param:
+                from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+
+                shape, offset = compute_local_shape_and_global_offset(param.shape, param.device_mesh, param.placements)
+                full = full[tuple(slice(o, o + n) for o, n in zip(offset, shape))]
+            local.copy_(full.to(local.dtype))
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
         seq = idx.shape[1]
@@ -93,10 +128,19 @@ class GPT(nn.Module):
         for block in self.blocks:
             x = block(x)
         logits = self.head(self.ln_f(x))
+        if logits.size(-1) != self.vocab_size:
+            logits = logits[..., : self.vocab_size]  # padded ids: never predicted, sampled or trained toward
         if targets is None:
             return logits
-        loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1))
+        loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1))
         return logits, loss
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+def _name_seed(seed: int, name: str) -> int:
+    """A 63-bit seed from the run's seed and a parameter name (stable across processes, unlike hash())."""
+    import hashlib
+
+    return int.from_bytes(hashlib.sha256(f"{seed}:{name}".encode()).digest()[:8], "little") >> 1

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 import torch.nn as nn
@@ -20,8 +20,12 @@ def wrap_model(
     precision: str = "fp32",
     reshard_after_forward: bool = True,
 ) -> nn.Module:
-    """Move `model` to the context's device and wrap it for data-parallel training."""
-    model = model.to(ctx.device)
+    """Move `model` to the context's device and wrap it for data-parallel training. A model on the meta device
+    (FSDP only) is sharded as it is; build_sharded materialises the shards."""
+    if not _on_meta(model):
+        model = model.to(ctx.device)
+    elif strategy != "fsdp":
+        raise ValueError("only FSDP2 shards a model built on the meta device")
     if strategy == "ddp":
         if ctx.world_size == 1:
             return model  # nothing to synchronise; avoid DDP's bucket bookkeeping
@@ -50,6 +54,23 @@ def _fully_shard(model: nn.Module, ctx: DistContext, precision: str, reshard: bo
             fully_shard(block, mesh=mesh, mp_policy=policy, reshard_after_forward=reshard)
     # The root keeps embeddings, final norm and the tied head; no reshard since backward needs it first.
     fully_shard(model, mesh=mesh, mp_policy=policy, reshard_after_forward=False)
+    return model
+
+
+def _on_meta(model: nn.Module) -> bool:
+    return any(p.device.type == "meta" for p in model.parameters())
+
+
+def build_sharded(build: Callable[[], nn.Module], ctx: DistContext, seed: int, precision: str = "fp32",
+                  reshard_after_forward: bool = True) -> nn.Module:
+    """FSDP2 without the whole model on any rank: build on the meta device (no memory), shard, allocate only this
+    rank's shards on the device, and draw their initial values (model.init_weights: the same bits as a model built
+    whole, one full parameter at a time)."""
+    with torch.device("meta"):
+        model = build()
+    model = wrap_model(model, ctx, "fsdp", precision, reshard_after_forward)
+    model.to_empty(device=ctx.device)
+    model.init_weights(seed)
     return model
 
 

@@ -103,6 +103,7 @@ def parameter_count(cfg: Config) -> int:
     """The GPT's parameters (ddlc.runtime.model), from the config alone. Embedding and head are tied."""
     m = cfg.model
     vocab = m.vocab_size or _vocab_lower_bound(cfg)
+    vocab = -(-vocab // m.pad_vocab_to) * m.pad_vocab_to  # the embedding's rows (model.pad_vocab_to)
     e = m.n_embd
     bias = 1 if m.bias else 0
     per_layer = 12 * e * e + (2 + 2 * bias) * e + bias * 9 * e  # qkv, proj, mlp up/down; 2 layer norms

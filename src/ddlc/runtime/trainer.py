@@ -2,6 +2,8 @@
 
     corpus -> sampler -> GPT -> wrap (DDP/FSDP2) -> AdamW + schedule
     for step: for micro_step: forward/backward (sync on the last) -> clip -> finite? -> optimizer -> schedule
+              -> validation loss every training.eval_interval steps and at the last (no_grad, eval mode,
+                 held-out windows, mean over ranks; touches neither the RNG streams nor the data order)
               -> metrics
               -> checkpoint every checkpoint.interval_steps (storage), else every memory_interval_steps (host
                  memory, checkpoint/memory_tier.py); resume: the newest verified step of the two tiers
@@ -35,13 +37,14 @@ from ddlc.config.loader import dump_config
 from ddlc.config.schema import Config
 from ddlc.errors import DivergedError, UserError
 from ddlc.run_format import CONFIG_FILE, write_atomic, write_summary
-from ddlc.runtime.data import GlobalBatchSampler, load_corpus, plan_batches
+from ddlc.runtime.data import GlobalBatchSampler, load_corpus, plan_batches, split_validation
 from ddlc.runtime.distributed import DistContext
+from ddlc.runtime.evaluation import evaluate
 from ddlc.runtime.metrics import MetricsLogger
 from ddlc.runtime.mfu import MfuMeter
 from ddlc.runtime.model import GPT
 from ddlc.runtime.optim import build_optimizer, build_scheduler
-from ddlc.runtime.parallel import autocast_context, clip_and_measure, gradient_sync, wrap_model
+from ddlc.runtime.parallel import autocast_context, build_sharded, clip_and_measure, gradient_sync, wrap_model
 from ddlc.runtime.precision import configure as configure_precision
 from ddlc.runtime.preemption import PreemptionWatcher, let_the_agent_notice
 from ddlc.runtime.run_identity import run_name
@@ -78,6 +81,7 @@ class TrainResult:
     node: Optional[str] = None
     num_nodes: int = 1
     gpus: int = 0
+    final_val_loss: Optional[float] = None  # the last validation loss (data.val_fraction > 0), else None
     extra: dict = field(default_factory=dict)
 
     @property
@@ -114,6 +118,8 @@ class Trainer:
         self.corpus = load_corpus(cfg.data, cfg.model.block_size, cfg.model.vocab_size, train.seed)
         if cfg.model.vocab_size is None:
             cfg.model.vocab_size = self.corpus.vocab_size
+        # The held-out tail of the corpus (data.val_fraction); the sampler never sees it.
+        self.corpus, self.val_split = split_validation(self.corpus, cfg.data.val_fraction)
         self.sampler = GlobalBatchSampler(self.corpus, self.plan, train.seed, cfg.data.shuffle)
         self.total_steps = train.max_steps or max(
             1, math.ceil(train.epochs * self.corpus.num_windows / self.plan.global_batch_size)
@@ -142,9 +148,13 @@ class Trainer:
             self.model, self.optimizer, self.scheduler = self.engine.model, self.engine.optimizer, self.engine.scheduler
             torch.manual_seed(train.seed + ctx.rank)
         else:
-            self.model = wrap_model(
-                GPT(cfg.model), ctx, cfg.distributed.strategy, train.precision, cfg.distributed.fsdp.reshard_after_forward
-            )
+            fsdp = cfg.distributed.fsdp
+            if cfg.distributed.strategy == "fsdp" and fsdp.meta_init:  # only this rank's shards are ever allocated
+                self.model = build_sharded(lambda: GPT(cfg.model), ctx, torch.initial_seed(), train.precision,
+                                           fsdp.reshard_after_forward)
+            else:
+                self.model = wrap_model(GPT(cfg.model), ctx, cfg.distributed.strategy, train.precision,
+                                        fsdp.reshard_after_forward)
             if train.compile:
                 from ddlc.runtime.compile import compile_in_place
                 from ddlc.runtime.parallel import unwrap
@@ -159,6 +169,8 @@ class Trainer:
         self.state = TrainState()
         self.first_loss: Optional[float] = None
         self.final_loss: Optional[float] = None
+        self.final_val_loss: Optional[float] = None
+        self._val_losses: dict[int, float] = {}  # step -> validation loss, until that step's record is logged
         self.nonfinite_in_row = 0  # consecutive skipped steps (reset by a finite one)
         self.nonfinite_total = 0
         self.last_skipped = False
@@ -444,6 +456,18 @@ class Trainer:
         self.state.tokens_seen += self.tokens_per_step
         return total_loss, grad_norm
 
+    # -- validation -------------------------------------------------------------------------------------------
+    def eval_due(self, step: int, last_step: int) -> bool:
+        if self.val_split is None:
+            return False
+        interval = self.cfg.training.eval_interval
+        return step == last_step or (interval is not None and step % interval == 0)
+
+    def evaluate(self) -> float:
+        """The validation loss now (ddlc.runtime.evaluation): every rank calls it at the same steps."""
+        return evaluate(self.model, self.val_split, self.plan, self.ctx, self.cfg.distributed.strategy,
+                        self.cfg.training.precision, self.cfg.training.eval_batches)
+
     # -- the loop --------------------------------------------------------------------------------------------
     def fit(self) -> TrainResult:
         cfg, ctx = self.cfg, self.ctx
@@ -539,6 +563,7 @@ class Trainer:
             node=ctx.node,
             num_nodes=ctx.env.num_nodes,
             gpus=ctx.world_size if ctx.device.type == "cuda" else 0,
+            final_val_loss=self.final_val_loss,
         )
         mfu = self.mfu.ratio(result.tokens_per_second)
         result.extra.update(mfu=round(mfu, 4) if mfu is not None else "unknown", mfu_peak=self.mfu.peak.source)
@@ -588,6 +613,8 @@ class Trainer:
             pending.append((self.state.step, lr, now - last, loss, grad_norm, self.last_skipped, marks,
                             self.data_wait.take()))
             last = now
+            if self.eval_due(self.state.step, last_step):
+                self._val_losses[self.state.step] = self.final_val_loss = self.evaluate()
             stop = self.preemption.should_stop()
             if self.state.step % interval == 0 or self.state.step == last_step or stop:
                 if self.ctx.device.type == "cuda":
@@ -613,7 +640,8 @@ class Trainer:
                                                   tokens_seen=record["tokens_seen"],
                                                   data_wait_seconds=record["data_wait_s"],
                                                   host_memory_peak_bytes=host_peak,
-                                                  gpu_memory_peak_bytes=gpu_peak)
+                                                  gpu_memory_peak_bytes=gpu_peak,
+                                                  val_loss=record.get("val_loss"))
                 if self.metrics is not None:
                     self.metrics.publish()  # the rank endpoint serves this snapshot until the next log step
                 pending.clear()
@@ -650,6 +678,7 @@ class Trainer:
                     "tokens_seen": self.sampler.samples_seen(step) * self.cfg.model.block_size,
                     "epoch": self.sampler.epoch_of_step(step),
                     "data_wait_s": data_wait,  # this rank's (rank 0 writes the file)
+                    **({"val_loss": self._val_losses.pop(step)} if step in self._val_losses else {}),
                 }
             )
         return records
