@@ -36,7 +36,7 @@ class HostEntry:
 
 
 def parse_hostfile(path: Path | str) -> list[HostEntry]:
-    from ddlc.launch.multinode import hostfile_text  # one check for binary / non-UTF-8 hostfiles
+    from ddlc.launch.hostfile import hostfile_text  # one check for binary / non-UTF-8 hostfiles
 
     path = Path(path)
     try:
