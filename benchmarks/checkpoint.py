@@ -150,6 +150,19 @@ def worker(args: argparse.Namespace) -> None:
             dist.all_reduce(value, op=dist.ReduceOp.MAX)
         return float(value.item())
 
+    def sum_over_ranks(seconds: float) -> float:
+        value = torch.tensor([seconds], dtype=torch.float64)
+        if world > 1:
+            dist.all_reduce(value)
+        return float(value.item())
+
+    # CPU seconds (every thread of every rank, summed; the kernel's writeback threads are not counted, for any side)
+    # of the whole-save and load phases: far less sensitive to other jobs on the machine than wall-clock time.
+    cpu: dict[str, list[float]] = {}
+
+    def record_cpu(key: str, since: float) -> None:
+        cpu.setdefault(key, []).append(sum_over_ranks(time.process_time() - since))
+
     results: dict[str, list[float]] = {k: [] for k in (
         "floor_copy", "floor_sha256", "ddlc_block", "ddlc_in_save", "step_with_save", "step_alone", "ddlc_total", "ddlc_retention", "torch_save", "raw_write_single", "raw_write_split", "ddlc_load",
         "ddlc_load_unverified", "raw_read", "dcp_save", "async_block", "async_in_loop_total", "async_total",
@@ -191,11 +204,12 @@ def worker(args: argparse.Namespace) -> None:
         """Throughput: save and wait for the commit, nothing else running."""
         settle()
         step[0] += 1
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         stats = ckpt.save(step[0], model, optimizer, {"step": step[0]}, blocking=False)
         ckpt.wait()
         if stats.error:
             raise RuntimeError(stats.error)
+        record_cpu("ddlc_total", cpu_start)
         # rank 0's total_s: from save() to COMMIT written (retention runs after the commit and is timed apart)
         results["ddlc_total"].append(max_over_ranks(stats.total_s if rank == 0 else 0.0))
         results["ddlc_retention"].append(max_over_ranks(stats.retention_s or 0.0 if rank == 0 else 0.0))
@@ -204,9 +218,10 @@ def worker(args: argparse.Namespace) -> None:
 
     def torch_save():
         settle()
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         if rank == 0:
             torch.save({"model": model.state_dict(), "optim": optimizer.state_dict()}, torch_file)
+        record_cpu("torch_save", cpu_start)
         results["torch_save"].append(max_over_ranks(time.perf_counter() - start))
 
     def raw_save():
@@ -222,10 +237,11 @@ def worker(args: argparse.Namespace) -> None:
 
     def ddlc_load(check_hashes: bool = True):
         settle(drop=True)
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         state = ckpt.resume(model, optimizer, check_hashes=check_hashes)
         if state is None or state["step"] != step[0]:
             raise RuntimeError(f"resume returned {state}")
+        record_cpu("ddlc_load" if check_hashes else "ddlc_load_unverified", cpu_start)
         results["ddlc_load" if check_hashes else "ddlc_load_unverified"].append(
             max_over_ranks(time.perf_counter() - start))
 
@@ -277,8 +293,9 @@ def worker(args: argparse.Namespace) -> None:
     def dcp_save():
         fresh(vanilla_dir)
         settle()
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         dcp.save(vanilla_state(), storage_writer=FileSystemWriter(str(vanilla_dir)))
+        record_cpu("dcp_save", cpu_start)
         results["dcp_save"].append(max_over_ranks(time.perf_counter() - start))
 
     def dcp_async_in_loop():
@@ -297,26 +314,29 @@ def worker(args: argparse.Namespace) -> None:
     def dcp_async_total():
         fresh(async_dir)
         settle()
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         dcp.async_save(vanilla_state(), storage_writer=FileSystemWriter(str(async_dir)),
                        process_group=async_group).result()
+        record_cpu("async_total", cpu_start)
         results["async_total"].append(max_over_ranks(time.perf_counter() - start))
 
     def dcp_load():
         settle(drop=True)
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         state = vanilla_state()
         dcp.load(state, storage_reader=FileSystemReader(str(vanilla_dir)))
         set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+        record_cpu("dcp_load", cpu_start)
         results["dcp_load"].append(max_over_ranks(time.perf_counter() - start))
 
     def torch_load():
         """Every rank loads rank 0's torch.save file (each needs the whole replicated state)."""
         settle(drop=True)
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         state = torch.load(torch_file, weights_only=True)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optim"])
+        record_cpu("torch_load", cpu_start)
         results["torch_load"].append(max_over_ranks(time.perf_counter() - start))
 
     # Warm-up (not recorded): the first async save allocates the stager's CPU copies; later ones reuse them.
@@ -324,8 +344,9 @@ def worker(args: argparse.Namespace) -> None:
     ckpt.wait()
     dcp_save()  # the peers' first saves, too, are warm-ups
     dcp_async_total()
-    results["dcp_save"].clear()
-    results["async_total"].clear()
+    for key in ("dcp_save", "async_total"):
+        results[key].clear()
+        cpu[key].clear()
     saves = [ddlc_save_in_loop, plain_step, ddlc_save, dcp_save, dcp_async_in_loop, dcp_async_total, torch_save,
              raw_save, floors]
     loads = [ddlc_load, dcp_load, raw_load, torch_load, ddlc_load_unverified]
@@ -413,6 +434,8 @@ def worker(args: argparse.Namespace) -> None:
         }
         print("per-round ratios, median: " + ", ".join(f"{k} {statistics.median(v):.3f}" for k, v in paired.items())
               + "  (" + "; ".join(f"{k}: " + " ".join(f"{x:.2f}" for x in v) for k, v in paired.items()) + ")")
+        print("CPU seconds per phase, all ranks' threads summed (medians): " + ", ".join(
+            f"{name} {statistics.median(values):.3f}" for name, values in cpu.items()))
         for name, values in results.items():
             print(f"  {name:<22}" + " ".join(f"{v:.3f}" for v in values))
         print("ddlc save phases on rank 0 (seconds from save() to the end of each, medians): " + ", ".join(
