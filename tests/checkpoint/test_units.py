@@ -198,6 +198,31 @@ def test_write_digests_hashed_beside_the_writer_match_the_files(tmp_path):
         data = (tmp_path / "dcp" / name).read_bytes()
         assert entry == {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
 
+
+def test_a_failing_write_hasher_offers_no_digest(tmp_path, monkeypatch):
+    """If hashing a buffer fails on the hasher thread, no digest is offered for that file (the checkpointer then
+    hashes it by reading it back) rather than the digest of what was hashed before the failure."""
+    from ddlc.checkpoint import write_digests
+
+    class Broken:
+        def __init__(self):
+            self.calls = 0
+
+        def update(self, data):
+            self.calls += 1
+            if self.calls == 2:
+                raise ValueError("hash failed")
+
+        def hexdigest(self):
+            return "0" * 64
+
+    monkeypatch.setattr(write_digests.hashlib, "sha256", Broken)
+    fs = write_digests.HashingFileSystem()
+    with fs.create_stream(tmp_path / "__0_0.distcp", "wb") as stream:
+        for _ in range(3):
+            stream.write(b"abc")
+    assert fs.take_digests(str(tmp_path)) == {}
+
 class _GatedStager:
     """DCP's async stager, made to start its copy only once the gate opens, so that anything racing it would show
     in the checkpoint (and the test decides when the copy can happen, instead of a wall-clock guess)."""

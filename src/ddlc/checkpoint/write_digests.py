@@ -73,8 +73,15 @@ class _HashingStream:
         self._hasher.start()
 
     def _hash_in_order(self) -> None:
+        failed = False
         while (data := self._pending.get()) is not None:
-            self._digest.update(data)  # hashlib releases the GIL on large buffers
+            if failed:
+                continue  # keep draining, so that finish() returns
+            try:
+                self._digest.update(data)  # hashlib releases the GIL on large buffers
+            except Exception:  # noqa: BLE001 (no digest then: the checkpointer hashes the file by reading it back)
+                failed = True
+                self.sequential = False
 
     def write(self, data) -> int:
         view = memoryview(data).cast("B")
