@@ -31,6 +31,7 @@ from pathlib import Path
 import pytest
 
 from ddlc.infra.package_asset import build_node_package
+from ddlc.infra.monitoring_boot import render_head_monitoring
 from ddlc.infra.user_data import NodeBootConfig, render_user_data
 
 pytestmark = pytest.mark.skipif(
@@ -46,6 +47,7 @@ SECRET_ARN = "arn:aws:secretsmanager:us-east-1:123456789012:secret:ddlc-boottest
 SECRET = "Kq7" * 22
 MUNGE_ARN = "arn:aws:secretsmanager:us-east-1:123456789012:secret:ddlc-boottest-munge-GhIjKl"
 MUNGE_KEY = "Mu9" * 40
+TOPIC_ARN = "arn:aws:sns:us-east-1:123456789012:ddlc-boottest-AlertsTopic-1AB2"
 SHARED_SITE = Path(sys.prefix) / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
 
 FAKE_AWS = r"""#!/bin/bash
@@ -237,6 +239,22 @@ for i in $(seq 1 120); do
   sleep 0.5
 done
 kill $agent 2>/dev/null; wait $agent 2>/dev/null
+# The head node's monitoring step, twice (a rerun of the boot), then its units' ExecStart for real.
+for run in 1 2; do in_root /bin/bash /boot/monitoring.sh > {base}/mon$run.out 2>&1; echo $? > {base}/mon$run.rc; done
+mkdir -p $R/var/lib/ddlc-prometheus $R/var/lib/ddlc-alertmanager  # systemd's StateDirectory=
+monitoring=
+for unit in alertmanager prometheus; do
+  in_root /bin/bash -c "exec \$(sed -n 's/^ExecStart=//p' /etc/systemd/system/ddlc-$unit.service)" > {base}/$unit.out 2>&1 &
+  monitoring="$monitoring $!"
+done
+for i in $(seq 1 120); do
+  curl -fsS -o {base}/targets.json http://127.0.0.1:9090/api/v1/targets 2>/dev/null \
+    && curl -fsS -o {base}/alertmanagers.json http://127.0.0.1:9090/api/v1/alertmanagers \
+    && grep -q ':9500' {base}/targets.json && grep -q '127.0.0.1:9093' {base}/alertmanagers.json \
+    && curl -fsS -o /dev/null http://127.0.0.1:9093/-/ready && break
+  sleep 0.5
+done
+kill $monitoring 2>/dev/null; wait $monitoring 2>/dev/null
 in_root /bin/bash /boot/user-data-fsx.sh > {base}/boot2.out 2>&1; echo $? > {base}/boot2.rc
 cp $R/var/lib/ddlc/boot-status {base}/boot2.status
 in_root /usr/bin/env $MOTO_ENV /bin/bash /boot/user-data-bad-munge.sh > {base}/boot3.out 2>&1; echo $? > {base}/boot3.rc
@@ -254,6 +272,9 @@ def booted(tmp_path_factory):
     fsx = render_user_data(boot_config(lustre_dns_name="fs-0123.fsx.us-east-1.amazonaws.com", lustre_mount_name="abcd"))
     _write(root / "boot/user-data.sh", script, 0o755)
     _write(root / "boot/user-data-fsx.sh", "#!/bin/bash\n" + "\n".join(fsx) + "\n", 0o755)
+    monitoring = render_head_monitoring(TOPIC_ARN, REGION, 20, grafana=False)
+    _write(root / "boot/monitoring.sh", "#!/bin/bash\nset -euo pipefail\n"
+           "ddlc_fail() { echo \"ddlc: BOOT FAILED: $1\" >&2; exit 1; }\n" + "\n".join(monitoring) + "\n", 0o755)
     bad_munge = render_user_data(boot_config(scheduler="slurm", munge_secret_id=MUNGE_ARN + "-gone"))
     _write(root / "boot/user-data-bad-munge.sh", "#!/bin/bash\n" + "\n".join(bad_munge) + "\n", 0o755)
     (base / "imds.py").write_text(IMDS)
@@ -398,3 +419,27 @@ def test_an_unreadable_munge_key_fails_the_boot_and_leaves_no_copy(booted):
     assert "slurm-conf" not in read("boot3.out") and "node bootstrap finished" not in read("boot3.out")
     assert not list((root / "etc/munge").glob(".munge.key.*")), "the key's temporary file was left behind"
     assert (root / "etc/munge/munge.key").read_text() == MUNGE_KEY  # the key in place is left alone
+
+
+def test_head_monitoring_step_configures_and_its_units_run_prometheus_and_alertmanager(booted):
+    """The head's monitoring step (run twice: a rerun of the boot is harmless), then the two units' ExecStart:
+    Prometheus finds every worker's agent and ranks from the hostfile and its Alertmanager."""
+    root, read = booted["root"], booted["read"]
+    for run in ("1", "2"):
+        assert read(f"mon{run}.rc").strip() == "0", read(f"mon{run}.out")[-3000:]
+    apt = (root / "var/log/fake-apt.log").read_text()
+    assert "--no-install-recommends install prometheus prometheus-alertmanager" in apt
+    systemctl = (root / "var/log/fake-systemctl.log").read_text()
+    assert "systemctl disable --now prometheus.service prometheus-alertmanager.service" in systemctl
+    assert systemctl.count("systemctl restart ddlc-prometheus.service ddlc-alertmanager.service") == 2
+    am = (root / "etc/ddlc/monitoring/alertmanager.yml").read_text()
+    assert f"topic_arn: {TOPIC_ARN}" in am
+    assert "--storage.tsdb.retention.size=20GB" in (root / "etc/systemd/system/ddlc-prometheus.service").read_text()
+    targets = json.loads(read("targets.json") or "{}").get("data", {}).get("activeTargets", [])
+    found = {(t["labels"]["job"], t["labels"]["instance"]) for t in targets}
+    ips = json.loads(read("worker-ips.json"))
+    expected = {("ddlc-agent", "localhost:9400")} | {("ddlc-agent", f"{ip}:9400") for ip in ips} | {
+        ("ddlc-train", f"{ip}:{9500 + rank}") for ip in ips for rank in range(8)}
+    assert found == expected, read("prometheus.out")[-3000:]
+    managers = json.loads(read("alertmanagers.json"))["data"]["activeAlertmanagers"]
+    assert [m["url"] for m in managers] == ["http://127.0.0.1:9093/api/v2/alerts"], read("alertmanager.out")[-2000:]

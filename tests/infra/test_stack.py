@@ -278,6 +278,8 @@ def test_node_role_has_ssm_cloudwatch_bucket_and_its_own_resources_only(synthesi
     bucket = next(k for k in resources(synthesized.template_json, "AWS::S3::Bucket") if k.startswith("CheckpointsBucket"))
     secrets = list(resources(synthesized.template_json, "AWS::SecretsManager::Secret"))  # ssh (+ munge: Slurm)
     (parameter,) = resources(synthesized.template_json, "AWS::SSM::Parameter")
+    (topic,) = resources(synthesized.template_json, "AWS::SNS::Topic")
+    (key,) = [k for k in resources(synthesized.template_json, "AWS::KMS::Key") if k.startswith("AlertsKey")]
     for statement in _node_statements(synthesized):
         actions, where = _actions(statement), json.dumps(statement["Resource"])
         if statement["Resource"] == "*":
@@ -288,6 +290,11 @@ def test_node_role_has_ssm_cloudwatch_bucket_and_its_own_resources_only(synthesi
             assert any(secret in where for secret in secrets)
         elif actions == ["ssm:GetParameter"]:
             assert parameter in where
+        elif actions == ["sns:Publish"]:  # the head's Alertmanager: the alert topic only
+            assert statement["Resource"] == {"Ref": topic}
+        elif any(a.startswith("kms:") for a in actions):  # ... and that topic's key, to encrypt with
+            assert sorted(actions) == ["kms:Decrypt", "kms:GenerateDataKey"]
+            assert statement["Resource"] == {"Fn::GetAtt": [key, "Arn"]}
         elif bucket not in where:  # the package asset: one object of the CDK assets bucket
             assert actions == ["s3:GetObject"] and "cdk-" in where and ".zip" in where
         else:

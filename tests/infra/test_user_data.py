@@ -4,6 +4,7 @@ tests/infra/test_boot_script.py runs it for real in a throwaway root."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import shutil
@@ -151,5 +152,10 @@ def test_user_data_with_slurm_fits_the_ec2_limit_with_long_resolved_values():
                        ssh_secret_id="arn:aws:secretsmanager:us-east-1:123456789012:secret:" + long,
                        lustre_dns_name=long, lustre_mount_name=long, cluster_name="ddlc-" + "y" * 15,
                        scheduler="slurm", munge_secret_id="arn:aws:secretsmanager:us-east-1:123456789012:secret:" + long)
-    text = "#!/bin/bash\n" + "\n".join(render_user_data(boot)) + "\n"
-    assert len(text.encode()) < 14 * 1024, len(text.encode())
+    # ... and the head node's, which also sets up Prometheus, Alertmanager and Grafana.
+    head = dataclasses.replace(boot, role="head", has_gpu=False, grafana=True,
+                               alert_topic_arn="arn:aws:sns:us-east-1:123456789012:" + long)
+    for config in (boot, head):
+        text = "#!/bin/bash\n" + "\n".join(render_user_data(config)) + "\n"
+        assert len(text.encode()) < 14 * 1024, len(text.encode())
+    assert "head-setup" in text

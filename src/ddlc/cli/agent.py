@@ -90,6 +90,50 @@ def prometheus_config(
     _emit(render_prometheus_config(config), output)
 
 
+@monitor_app.command("head-setup")
+def head_setup(
+    directory: Path = typer.Option(Path("/etc/ddlc/monitoring"), "--dir", help="Where the configs go."),
+    hostfile: Path = typer.Option(Path("/etc/ddlc/hostfile"), help="Targets from here, if it exists yet."),
+    sns_topic_arn: Optional[str] = typer.Option(None, help="Alertmanager's receiver: this SNS topic."),
+    region: Optional[str] = typer.Option(None, help="Region of the SNS topic (SigV4 signing)."),
+    webhook_url: Optional[str] = typer.Option(None, help="Alertmanager's receiver: this webhook instead."),
+    retention_size: str = typer.Option("50GB", help="Prometheus keeps at most this much (e.g. 50GB)."),
+    units_dir: Path = typer.Option(Path("/etc/systemd/system"), help="Where the systemd units go."),
+    grafana: bool = typer.Option(False, "--grafana/--no-grafana", help="Also provision Grafana (installed)."),
+    grafana_provisioning: Path = typer.Option(Path("/etc/grafana/provisioning"), hidden=True),
+) -> None:
+    """Write the head node's Prometheus, Alertmanager (and Grafana) configs and units (the boot runs this)."""
+    from ddlc.monitor.head_config import SnsReceiver, WebhookReceiver, write_head_monitoring
+    from ddlc.monitor.head_units import prometheus_unit, write_grafana, write_units
+
+    if bool(sns_topic_arn) == bool(webhook_url):
+        raise UserError("give one receiver: --sns-topic-arn (with --region) or --webhook-url")
+    if sns_topic_arn and not region:
+        raise UserError("--sns-topic-arn needs --region")
+    receiver = SnsReceiver(sns_topic_arn, region) if sns_topic_arn else WebhookReceiver(webhook_url or "")
+    prometheus_unit(str(directory), retention_size)  # checked before anything is written
+    paths = list(write_head_monitoring(directory, receiver, hostfile=hostfile).values())
+    paths += write_units(units_dir, str(directory), retention_size)
+    if grafana:
+        paths += write_grafana(directory, units_dir, grafana_provisioning)
+    for path in paths:
+        typer.echo(f"wrote {path}", err=True)
+
+
+@monitor_app.command("targets")
+def targets(
+    hostfile: Path = typer.Option(Path("/etc/ddlc/hostfile"), help="`host slots=N` per line."),
+    directory: Path = typer.Option(Path("/etc/ddlc/monitoring/targets"), "--dir", help="file_sd files go here."),
+    agent_port: int = typer.Option(9400, help="Port of the node agents."),
+    train_port: int = typer.Option(9500, help="Metrics port of local rank 0; rank i uses train_port + i."),
+) -> None:
+    """Write Prometheus file_sd target files for the hostfile's nodes (the head's hostfile timer runs this)."""
+    from ddlc.monitor.head_config import write_targets
+
+    for path in write_targets(directory, hostfile, agent_port, train_port).values():
+        typer.echo(f"wrote {path}", err=True)
+
+
 @monitor_app.command("rules")
 def rules(output: Optional[Path] = typer.Option(None, "-o", "--output", help="Write here instead of stdout.")) -> None:
     """Print (or write) the ddlc Prometheus alert rules."""

@@ -1,5 +1,5 @@
-"""CDK entry point: `cdk synth|deploy|destroy --context environment=<name> [--context scheduler=slurm|none]`
-runs this module.
+"""CDK entry point: `cdk synth|deploy|destroy --context environment=<name> [--context scheduler=slurm|none]
+[--context grafana=none|head]` runs this module.
 
 cdk-nag's AwsSolutions pack runs on every synth, so a finding without an acknowledgment fails it.
 """
@@ -40,7 +40,8 @@ def build_app(
         dashboards = default_dashboards()
     app = App(context=context, outdir=outdir)
     settings = load_environment(app.node.try_get_context("environments"), app.node.try_get_context("environment"),
-                                scheduler=app.node.try_get_context("scheduler"))
+                                scheduler=app.node.try_get_context("scheduler"),
+                                grafana=app.node.try_get_context("grafana"))
     # Region only: the account comes from the deploying credentials, and synth needs no AWS lookups.
     stack = ClusterStack(
         app, settings.stack_name, settings=settings, dashboards=dashboards, env=Environment(region=settings.region),

@@ -1,5 +1,6 @@
 """The IAM role the nodes run as: SSM sessions, CloudWatch agent, the checkpoint bucket, and the few cluster
-resources a node reads at boot (the ddlc package asset, the cluster ssh key) or acts on (its own worker group).
+resources a node reads at boot (the ddlc package asset, the cluster ssh key) or acts on (its own worker group,
+the alert topic the head node's Alertmanager publishes to).
 
 Checkpoint objects can be overwritten and deleted (`s3:DeleteObject`, which leaves a noncurrent version behind)
 but never deleted for good: no `s3:DeleteObjectVersion`, so versioning can undo a mistaken prune.
@@ -9,7 +10,9 @@ from __future__ import annotations
 
 from aws_cdk import Acknowledgment, Stack, Token, Validations
 from aws_cdk import aws_iam as iam
+from aws_cdk import aws_kms as kms
 from aws_cdk import aws_s3 as s3
+from aws_cdk import aws_sns as sns
 from constructs import Construct
 
 # Object actions on checkpoints. Delete leaves a noncurrent version that the lifecycle rule expires later.
@@ -88,6 +91,13 @@ class NodeRole(Construct):
                 "cluster's worker group only.",
             ),
         )
+
+    def allow_publish_alerts(self, topic: sns.ITopic, key: kms.IKey) -> None:
+        """The head node's Alertmanager publishes to the alert topic: that topic only, and its KMS key (an
+        encrypted topic needs the publisher to make a data key) for nothing else."""
+        self.role.add_to_policy(iam.PolicyStatement(actions=["sns:Publish"], resources=[topic.topic_arn]))
+        self.role.add_to_policy(iam.PolicyStatement(actions=["kms:GenerateDataKey", "kms:Decrypt"],
+                                                    resources=[key.key_arn]))
 
     def allow_read_objects(self, bucket: s3.IBucket, key: str) -> None:
         """Read one object (the ddlc package asset in the CDK assets bucket)."""

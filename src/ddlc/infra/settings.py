@@ -34,6 +34,8 @@ _SYSTEM_TREES = {"bin", "boot", "dev", "etc", "lib", "lib32", "lib64", "proc", "
 # jobs start with per-node torchrun/deepspeed/horovodrun). The same default everywhere: dev exists to try
 # what prod runs, so it boots Slurm too; `--context scheduler=none` turns it off for one synth/deploy.
 SCHEDULERS = ("slurm", "none")
+# `grafana`: none (Prometheus and Alertmanager only), or Grafana on the head node with the exported dashboards.
+GRAFANA_CHOICES = ("none", "head")
 
 
 class LustreSettings(BaseModel):
@@ -103,6 +105,9 @@ class ClusterEnvironment(BaseModel):
     ssh_users: list[str] = Field(default_factory=lambda: ["ubuntu"], min_length=1)
     fsx_lustre: Optional[LustreSettings] = None
     scheduler: Literal["slurm", "none"] = "slurm"
+    grafana: Literal["none", "head"] = "none"
+    # The head node's Prometheus keeps at most this much (GiB, on its root volume); default a quarter of it.
+    monitoring_retention_gib: Optional[int] = Field(None, ge=1)
 
     @field_validator("instance_type")
     @classmethod
@@ -157,10 +162,17 @@ class ClusterEnvironment(BaseModel):
         if self.placement_group_name and (self.capacity_block or not self.capacity_reservation_id):
             raise ValueError("placement_group_name is for an On-Demand Capacity Reservation created in a cluster "
                              "placement group (set capacity_reservation_id; capacity blocks take none)")
+        if self.monitoring_retention_gib and self.monitoring_retention_gib > self.root_volume_gib // 2:
+            raise ValueError(f"monitoring_retention_gib {self.monitoring_retention_gib} is more than half of "
+                             f"root_volume_gib ({self.root_volume_gib}): the head node's disk would fill up")
         for user in self.ssh_users:
             if not re.match(r"^[a-z_][a-z0-9_-]{0,31}$", user):
                 raise ValueError(f"ssh_users: '{user}' is not a user name")
         return self
+
+    @property
+    def prometheus_retention_gib(self) -> int:
+        return self.monitoring_retention_gib or self.root_volume_gib // 4
 
     @property
     def gpu_type(self) -> GpuInstanceType:
@@ -187,12 +199,16 @@ def stack_name_for(environment: str) -> str:
     return f"{PROJECT}-{environment}"
 
 
-def load_environment(environments: Any, name: Optional[str], scheduler: Any = None) -> ClusterEnvironment:
+def load_environment(environments: Any, name: Optional[str], scheduler: Any = None,
+                     grafana: Any = None) -> ClusterEnvironment:
     """Pick and validate one environment from the context's `environments` mapping.
 
-    `scheduler`: the `--context scheduler=...` override (None: the environment's own setting)."""
+    `scheduler`, `grafana`: the `--context scheduler=...`, `--context grafana=...` overrides (None: the
+    environment's own setting)."""
     if scheduler is not None and scheduler not in SCHEDULERS:
         raise UserError(f"context 'scheduler': '{scheduler}' is not one of {', '.join(SCHEDULERS)}")
+    if grafana is not None and grafana not in GRAFANA_CHOICES:
+        raise UserError(f"context 'grafana': '{grafana}' is not one of {', '.join(GRAFANA_CHOICES)}")
     if isinstance(environments, str):  # `--context environments='{...}'` arrives as a JSON string
         try:
             environments = json.loads(environments)
@@ -209,7 +225,8 @@ def load_environment(environments: Any, name: Optional[str], scheduler: Any = No
     if not isinstance(raw, Mapping):
         raise UserError(f"environments.{name}: expected a mapping of settings")
     try:
-        overrides = {"scheduler": scheduler} if scheduler is not None else {}
+        overrides = {key: value for key, value in (("scheduler", scheduler), ("grafana", grafana))
+                     if value is not None}
         return ClusterEnvironment.model_validate({"name": name, **raw, **overrides})
     except ValidationError as error:
         first = error.errors()[0]

@@ -97,6 +97,10 @@ class ClusterStack(Stack):
                 bucket=self.checkpoints.bucket, removal_policy=removal,
             )
 
+        # Before the boot scripts: the head node's Alertmanager publishes to it (ddlc.infra.monitoring_boot).
+        self.alerts = AlertTopic(self, "Alerts", email=settings.alert_email, removal_policy=removal)
+        self.node_role.allow_publish_alerts(self.alerts.topic, self.alerts.key)
+
         self.placement = ClusterPlacement(self, "Placement", settings=settings)
         if settings.ami_id:
             machine_image = ec2.MachineImage.generic_linux({settings.region: settings.ami_id})
@@ -128,6 +132,8 @@ class ClusterStack(Stack):
                 scheduler=settings.scheduler,
                 munge_secret_id=self.munge.secret.secret_arn if self.munge else None,
                 worker_instance_type=gpu_type.name,
+                alert_topic_arn=self.alerts.topic.topic_arn if role == "head" else "",
+                prometheus_retention_gib=settings.prometheus_retention_gib, grafana=settings.grafana == "head",
             )
             self.boot_configs[role] = boot
             script = ec2.UserData.for_linux()
@@ -151,7 +157,6 @@ class ClusterStack(Stack):
             capacity_block=settings.capacity_block,
             **common,
         )
-        self.alerts = AlertTopic(self, "Alerts", email=settings.alert_email, removal_policy=removal)
         patch_group = f"{cluster}-head"
         self.nodes = ClusterNodes(
             self, "Nodes", cluster_name=cluster,

@@ -10,6 +10,8 @@
       hostfile + master.env                    ddlc cluster hosts (systemd timer: every 5 minutes; with Slurm,
                                                then ddlc cluster slurm-conf)
       node agent                               ddlc agent on :9400 (systemd)
+      Prometheus + Alertmanager (head)         scrape every node, alert to the SNS topic (monitoring_boot.py);
+                                               Grafana too with grafana: head
       FSx for Lustre (when configured)         FSx client repository + lustre-client-modules, mount /fsx
       /var/lib/ddlc/boot-status                "ok", or "failed: <why>" (shown by `ddlc doctor`)
 
@@ -25,6 +27,7 @@ import shlex
 from dataclasses import dataclass
 from typing import Optional
 
+from ddlc.infra.monitoring_boot import render_head_monitoring, targets_hook
 from ddlc.infra.slurm_boot import hostfile_hook, render_slurm_boot
 
 AGENT_PORT = 9400
@@ -82,6 +85,14 @@ class NodeBootConfig:
     scheduler: str = "none"  # "slurm": install and configure Slurm (slurm_boot.py)
     munge_secret_id: Optional[str] = None  # Secrets Manager secret holding the munge key (scheduler=slurm)
     worker_instance_type: str = ""  # the workers' type, on every node: `ddlc submit` on the head prices jobs with it
+    # The head node's Prometheus + Alertmanager (monitoring_boot.py), alerting to this SNS topic; "": none.
+    alert_topic_arn: str = ""
+    prometheus_retention_gib: int = 50
+    grafana: bool = False  # also Grafana on the head node, with the exported dashboards
+
+    @property
+    def runs_monitoring(self) -> bool:
+        return self.role == "head" and bool(self.alert_topic_arn)
 
     def __post_init__(self) -> None:
         if self.scheduler not in ("slurm", "none"):
@@ -222,7 +233,7 @@ def render_user_data(boot: NodeBootConfig) -> list[str]:
     }
     region = shlex.quote(boot.region)
     extras = ",".join(boot.extras)
-    agent_config = json.dumps(cloudwatch_agent_config(boot), indent=1)
+    agent_config = json.dumps(cloudwatch_agent_config(boot), separators=(",", ":"))  # compact: user data is at most 16 KB
     users = " ".join(f"--user {shlex.quote(user)}" for user in boot.ssh_users)
     lines = [
         "set -euo pipefail",
@@ -302,6 +313,7 @@ def render_user_data(boot: NodeBootConfig) -> list[str]:
             '  if /usr/local/bin/ddlc cluster hosts --cluster "$DDLC_CLUSTER" --region "$AWS_DEFAULT_REGION" '
             f'--expect "$DDLC_NODE_COUNT" --output "$DDLC_HOSTFILE" > {MASTER_ENV}.new; then',
             f"    mv {MASTER_ENV}.new {MASTER_ENV}",
+            *(targets_hook() if boot.runs_monitoring else []),
             *(hostfile_hook() if boot.scheduler == "slurm" else []),
             "    exit 0",
             "  fi",
@@ -354,6 +366,8 @@ def render_user_data(boot: NodeBootConfig) -> list[str]:
         "systemctl daemon-reload",
         "systemctl enable --now ddlc-agent.service ddlc-hostfile.timer",
         "systemctl start --no-block ddlc-hostfile.service",
+        *(render_head_monitoring(boot.alert_topic_arn, boot.region, boot.prometheus_retention_gib, boot.grafana)
+          if boot.runs_monitoring else []),
     ]
     if boot.lustre_dns_name and boot.lustre_mount_name:
         source = f"{boot.lustre_dns_name}@tcp:/{boot.lustre_mount_name}"
