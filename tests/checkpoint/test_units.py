@@ -339,7 +339,7 @@ def test_a_layout_change_on_one_rank_skips_that_save_and_replans(tmp_path):
 
 
 def test_a_load_slower_than_the_group_timeout_is_not_corruption(tmp_path):
-    """#21 item 9: one rank reads 8 s late while the checkpoint group's timeout is 3 s. The load has a timeout of
+    """#21 item 9: one rank reads 5 s late while the checkpoint group's timeout is 3 s. The load has a timeout of
     its own and finishes with the newest checkpoint; when even that is outlasted, every rank stops with
     CheckpointLoadError instead of loading an older checkpoint."""
     from tests.support import REPO, run, torchrun

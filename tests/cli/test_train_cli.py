@@ -43,9 +43,14 @@ def test_ddlc_train_names_the_run_after_the_config_and_the_same_command_resumes(
     assert_ok(longer)
     assert f"resuming run {runs[0].name} from step 5" in longer.stdout
     assert [r["step"] for r in read_metrics(runs[0])] == list(range(1, 9))
-    other = run([*args, "optimizer.lr=1e-3"], cwd=tmp_path)  # another computation: another run
+    # Another computation: another run (the name the launch would use, read from the command it would run).
+    other = run([*args, "--dry-run", "optimizer.lr=1e-3"], cwd=tmp_path)
     assert_ok(other)
-    assert len(list(tmp_path.iterdir())) == 2
+    named = re.findall(r"monitoring\.run_name=(run-[0-9a-f]{8})", other.stdout)
+    assert len(named) == 1 and named[0] != runs[0].name, other.stdout
+    same = run([*args, "--dry-run"], cwd=tmp_path)  # while the same computation keeps its name
+    assert_ok(same)
+    assert f"monitoring.run_name={runs[0].name}" in same.stdout, same.stdout
 
 
 def test_new_run_starts_over_and_keeps_the_old_directory(tmp_path):

@@ -295,9 +295,13 @@ def horovod_rendezvous() -> None:
     os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = host, str(port)
 
 
-def shutdown_distributed() -> None:
+def shutdown_distributed(wait_for_peers: bool = True) -> None:
+    """Leave the process group. `wait_for_peers=False` after a failure that broke the job (a collective failed:
+    a peer died): no peer will say it is done, and waiting for it held a surviving rank 0 past torchrun's 30 s
+    shutdown grace on every worker restart."""
     if dist.is_initialized():
-        _leave_store_last()
+        if wait_for_peers:
+            _leave_store_last()
         dist.destroy_process_group()
 
 

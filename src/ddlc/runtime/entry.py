@@ -105,10 +105,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         check_job(cfg, launch.world_size, launch.local_world_size,
                   *worker_device(cfg.distributed.device, launch.local_rank))
         ctx = init_distributed(cfg.distributed.device, cfg.distributed.backend, cfg.distributed.timeout_s)
-        try:
-            result = train(cfg, ctx)
-        finally:
-            shutdown_distributed()
+        result = train_then_leave(train, cfg, ctx, shutdown_distributed)
         if result.preempted:
             return PREEMPTED_EXIT_CODE
     except UserError as error:
@@ -123,6 +120,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"error: {error}", file=sys.stderr, flush=True)
         return error.exit_code
     return 0
+
+
+def train_then_leave(train, cfg, ctx, shutdown):
+    """Train, then leave the process group. Rank 0 waits for its peers to be done with the job's store only when
+    they can still come: after training ended (or every rank reached the same UserError/CheckpointIOError
+    verdict, whose outcome peers may still be reading). Any other exception is a broken job, typically a
+    collective that failed because a peer died: nobody will say it is done, and waiting for it held a surviving
+    rank 0 past torchrun's 30 s shutdown grace on every worker restart."""
+    try:
+        result = train(cfg, ctx)
+    except (UserError, CheckpointIOError):
+        shutdown()
+        raise
+    except BaseException:
+        shutdown(wait_for_peers=False)
+        raise
+    shutdown()
+    return result
 
 
 def _let_the_speaker_speak(exit_code: int, every_node: bool, limit_s: float = 60.0) -> None:
