@@ -60,10 +60,16 @@ horovod: venv sysdeps
 test: venv sysdeps node_modules horovod
 	$(VENV)/bin/pytest tests
 
-# Plant small bugs in the core modules one at a time and check the tests catch each (scripts/mutate.py; minutes).
-# e.g. make mutate MUTATE_ARGS="--only retention --max 40"
+# Mutation testing, not part of `make test` (docs/testing.md): mutmut over the modules and fast tests named in
+# pyproject [tool.mutmut], a per-module score, then the alert-rule mutator against the promtool tests.
+# A subset: make mutate MUTANTS="ddlc.checkpoint.retention*"
+MUTATE_CHILDREN ?= 2
 mutate: venv
-	$(PY) scripts/mutate.py $(MUTATE_ARGS)
+	@$(PY) -c "import mutmut" 2>/dev/null || $(PIP) install -e ".[$(EXTRAS),mutate]"
+	rm -rf mutants
+	$(VENV)/bin/mutmut run --max-children $(MUTATE_CHILDREN) $(MUTANTS)
+	$(PY) scripts/mutation_score.py
+	$(PY) scripts/mutate_rules.py
 
 gpu-check: venv
 	PYTHON=$(PY) bash scripts/gpu_check.sh

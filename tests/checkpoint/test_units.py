@@ -168,6 +168,61 @@ def test_shard_digests_are_taken_only_from_front_to_back_writes(tmp_path):
     assert fs.take_digests(str(tmp_path)) == {}  # taken once
 
 
+
+def test_write_digests_hashed_beside_the_writer_match_the_files(tmp_path):
+    """The hasher thread digests what reached the file, in order: small buffers the writer reuses right after
+    write() returns (torch's zip headers) and the large tensor storages DCP writes in place."""
+    import torch
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint import FileSystemWriter
+
+    from ddlc.checkpoint.write_digests import HASH_BY_REFERENCE, HashingFileSystem
+
+    fs = HashingFileSystem()
+    reused = bytearray(b"a" * 100)
+    with fs.create_stream(tmp_path / "__0_0.distcp", "wb") as stream:
+        for letter in b"bcdefgh":
+            stream.write(reused)
+            reused[:] = bytes([letter]) * 100  # the writer reuses its small buffer at once
+        stream.write(memoryview(bytearray(b"z" * HASH_BY_REFERENCE)))
+    on_disk = (tmp_path / "__0_0.distcp").read_bytes()
+    assert fs.take_digests(str(tmp_path))["__0_0.distcp"]["sha256"] == hashlib.sha256(on_disk).hexdigest()
+
+    writer = FileSystemWriter(str(tmp_path / "dcp"))
+    writer.fs = HashingFileSystem()
+    state = {"big": torch.randn(1 << 18), "small": torch.arange(10), "extra": {"step": 3}}
+    dcp.save(state, storage_writer=writer, no_dist=True)
+    digests = writer.fs.take_digests(str(tmp_path / "dcp"))
+    assert digests and all(name.endswith(".distcp") for name in digests)
+    for name, entry in digests.items():
+        data = (tmp_path / "dcp" / name).read_bytes()
+        assert entry == {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def test_a_failing_write_hasher_offers_no_digest(tmp_path, monkeypatch):
+    """If hashing a buffer fails on the hasher thread, no digest is offered for that file (the checkpointer then
+    hashes it by reading it back) rather than the digest of what was hashed before the failure."""
+    from ddlc.checkpoint import write_digests
+
+    class Broken:
+        def __init__(self):
+            self.calls = 0
+
+        def update(self, data):
+            self.calls += 1
+            if self.calls == 2:
+                raise ValueError("hash failed")
+
+        def hexdigest(self):
+            return "0" * 64
+
+    monkeypatch.setattr(write_digests.hashlib, "sha256", Broken)
+    fs = write_digests.HashingFileSystem()
+    with fs.create_stream(tmp_path / "__0_0.distcp", "wb") as stream:
+        for _ in range(3):
+            stream.write(b"abc")
+    assert fs.take_digests(str(tmp_path)) == {}
+
 class _GatedStager:
     """DCP's async stager, made to start its copy only once the gate opens, so that anything racing it would show
     in the checkpoint (and the test decides when the copy can happen, instead of a wall-clock guess)."""

@@ -13,7 +13,6 @@ from __future__ import annotations
 import http.server
 import json
 import subprocess
-import threading
 from pathlib import Path
 
 import pytest
@@ -23,14 +22,14 @@ from typer.testing import CliRunner
 from ddlc.cli.main import app
 from ddlc.errors import UserError
 from ddlc.monitor.head_config import WebhookReceiver, write_head_monitoring, write_targets
-from tests.monitor.helpers import PrometheusServer, free_port, prometheus_tool
+from tests.monitor.helpers import LoopbackHTTPServer, PrometheusServer, free_port, prometheus_tool
 
 NAN_RANK = b"""# TYPE ddlc_train_loss gauge
 ddlc_train_loss{run="r1",rank="0",node="worker-1"} NaN
 """
 
 
-class _Server:
+class _Server(LoopbackHTTPServer):
     """One HTTP server on 127.0.0.1: GET serves `body`, POST bodies are kept (JSON)."""
 
     def __init__(self, body: bytes = b"") -> None:
@@ -52,13 +51,7 @@ class _Server:
             def log_message(self, *args: object) -> None:
                 pass
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__(Handler)
 
 
 def _check(tool: str, *args: str) -> None:

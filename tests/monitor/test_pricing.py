@@ -110,3 +110,27 @@ def test_p4_and_p5_prices_are_after_the_2025_cut() -> None:
     for instance_type, old in before.items():
         assert table[instance_type] < 0.8 * old, instance_type
     assert table["p4d.24xlarge"] < table["p4de.24xlarge"] and table["p5.48xlarge"] < table["p5en.48xlarge"]
+
+
+def _price_file_error(tmp_path: Path, data: bytes) -> str:
+    path = tmp_path / "prices.yaml"
+    path.write_bytes(data)
+    with pytest.raises(UserError) as raised:
+        load_price_table(path)
+    return str(raised.value)
+
+
+def test_price_file_errors_are_one_bounded_line(tmp_path: Path) -> None:
+    """A YAML error is folded to one line and cut at 200 characters; Python's own limit on a huge integer at 120;
+    a binary file and a missing one say so. Each message names the file."""
+    path = tmp_path / "prices.yaml"
+    long_tag = _price_file_error(tmp_path, b"prices: !" + b"t" * 300 + b" 1\n")
+    prefix = f"price table {path} is not valid YAML: "
+    assert long_tag.startswith(prefix + "could not determine a constructor for the tag '!ttt")
+    assert len(long_tag) == len(prefix) + 200 and "\n" not in long_tag and "  " not in long_tag
+    huge = _price_file_error(tmp_path, b"prices:\n  a: " + b"1" * 5000 + b"\n")
+    assert huge.startswith(f"price table {path}: Exceeds the limit (4300 digits)")
+    assert len(huge) == len(f"price table {path}: ") + 120
+    assert _price_file_error(tmp_path, b"\xffprices:\n") == f"price table {path} is not UTF-8 text (byte 0)"
+    with pytest.raises(UserError, match=r"cannot be read: No such file or directory$"):
+        load_price_table(tmp_path / "nope.yaml")

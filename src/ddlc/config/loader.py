@@ -80,7 +80,8 @@ def read_yaml(path: str | Path) -> dict:
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
         line = f" (line {where.line + 1})" if where is not None else ""
-        raise ConfigError(f"{path}{line}: invalid YAML: {getattr(exc, 'problem', exc)}") from None
+        problem = " ".join(str(getattr(exc, "problem", exc)).split())  # one line: a ReaderError spans two
+        raise ConfigError(f"{path}{line}: invalid YAML: {problem}") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):

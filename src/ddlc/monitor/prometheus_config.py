@@ -36,7 +36,7 @@ class HostEntry:
 
 
 def parse_hostfile(path: Path | str) -> list[HostEntry]:
-    from ddlc.launch.multinode import hostfile_text, read_hostfile_bytes  # one check for odd hostfiles
+    from ddlc.launch.hostfile import hostfile_text, read_hostfile_bytes  # one check for odd hostfiles
 
     path = Path(path)
     try:
