@@ -161,6 +161,8 @@ def test_the_boots_sns_configs_and_units_are_valid(tmp_path: Path) -> None:
     # A trailing newline passed `^...$` checks: in a unit it ends ExecStart= early (Prometheus then listened on
     # every interface); in alertmanager.yml it makes a topic or region SNS rejects at the first alert.
     (["--webhook-url", "http://127.0.0.1:1/x", "--retention-size", "50GB\n"], "retention size '50GB\\n'"),
+    # Past 2^63 bytes: Prometheus would not start ("units: overflow parsing unit").
+    (["--webhook-url", "http://127.0.0.1:1/x", "--retention-size", "99999999999TB"], "retention size"),
     (["--sns-topic-arn", "arn:aws:sns:us-east-1:123456789012:t\n", "--region", "us-east-1"], "not an SNS topic"),
     (["--sns-topic-arn", "arn:aws:sns:us-east-1:123456789012:t", "--region", "us-east-1\n"], "not an AWS region"),
     (["--webhook-url", "http://127.0.0.1:1/x\n"], "is not an http(s) URL"),

@@ -29,7 +29,8 @@ ALERTMANAGER_BIN = "/usr/bin/prometheus-alertmanager"  # the Debian/Ubuntu packa
 PROMETHEUS_UNIT = "ddlc-prometheus.service"
 ALERTMANAGER_UNIT = "ddlc-alertmanager.service"
 GRAFANA_UNIT = "grafana-server.service"
-_SIZE = re.compile(r"^[1-9][0-9]*(MB|GB|TB)$")
+# At most 6 digits: Prometheus refuses to start on a size past 2^63 bytes ("units: overflow parsing unit").
+_SIZE = re.compile(r"^[1-9][0-9]{0,5}(MB|GB|TB)$")
 # Goes into ExecStart= unquoted: systemd splits at spaces and expands `%`, `$` and `\`, so only plain paths.
 _UNIT_PATH = re.compile(r"(/[A-Za-z0-9._+-]+)+/?")
 
