@@ -63,6 +63,11 @@ def test_targets_cover_agents_and_every_rank() -> None:
     # A trailing newline passed the `^...$` checks and gave a config promtool rejects.
     with pytest.raises(UserError, match="not a Prometheus duration"):
         build_prometheus_config([HostEntry("a")], scrape_interval="15s\n")
+    # Past 2^63 ns promtool says "duration out of range"; 0 silently became Prometheus's default 1m.
+    for interval in ("99999999999999h", "0s", "0m0s"):
+        with pytest.raises(UserError, match="not a Prometheus duration"):
+            build_prometheus_config([HostEntry("a")], scrape_interval=interval)
+    assert build_prometheus_config([HostEntry("a")], scrape_interval="1h")["global"]["scrape_interval"] == "1h"
     with pytest.raises(UserError, match="is not host:port"):
         build_prometheus_config([HostEntry("a")], alertmanagers=["am\n:9093"])
 

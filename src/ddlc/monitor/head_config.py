@@ -32,7 +32,7 @@ from ddlc.errors import UserError
 from ddlc.monitor.agent import DEFAULT_AGENT_PORT
 from ddlc.monitor.alert_rules import RULES_FILE_NAME, rules_text
 from ddlc.monitor.prometheus_config import (
-    AGENT_JOB, TRAIN_JOB, HostEntry, build_prometheus_config, parse_hostfile,
+    AGENT_JOB, TRAIN_JOB, HostEntry, build_prometheus_config, duration_seconds, parse_hostfile,
 )
 from ddlc.monitor.training import DEFAULT_TRAIN_METRICS_PORT
 from ddlc.run_format import write_atomic
@@ -100,8 +100,8 @@ def build_alertmanager_config(receiver: Receiver, group_wait: str = "30s", group
     """One route, grouped by alert and cluster object, to one receiver."""
     for name, value in (("group_wait", group_wait), ("group_interval", group_interval),
                         ("repeat_interval", repeat_interval)):
-        if not re.fullmatch(r"([0-9]+(ms|s|m|h))+", value):
-            raise UserError(f"{name} {value!r} is not a duration such as 30s or 5m")
+        if not re.fullmatch(r"([0-9]+(ms|s|m|h))+", value) or duration_seconds(value) > 366 * 86400:
+            raise UserError(f"{name} {value!r} is not a duration such as 30s or 5m (at most a year)")
     return {
         "route": {
             "receiver": "ddlc", "group_by": ["alertname", "run", "node"],

@@ -29,6 +29,13 @@ _DURATION = re.compile(r"^([0-9]+(ms|s|m|h))+$")
 DEFAULT_ALERTMANAGER = "localhost:9093"
 
 
+def duration_seconds(text: str) -> float:
+    """Seconds of a duration that matches _DURATION (e.g. 1h30m). Prometheus and Alertmanager refuse one past
+    2^63 ns ("duration out of range"), and read 0 as their default: callers bound it."""
+    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
+    return sum(int(number) * units[unit] for number, unit in re.findall(r"([0-9]+)(ms|s|m|h)", text))
+
+
 @dataclass(frozen=True)
 class HostEntry:
     host: str
@@ -79,8 +86,9 @@ def build_prometheus_config(
 ) -> dict[str, Any]:
     """The prometheus.yml document. train_port=None leaves the training ranks out; alertmanagers=() leaves the
     `alerting:` block out (rules are evaluated, but nothing is notified)."""
-    if not _DURATION.fullmatch(scrape_interval):
-        raise UserError(f"scrape interval {scrape_interval!r} is not a Prometheus duration such as 15s or 1m")
+    if not _DURATION.fullmatch(scrape_interval) or not 0 < duration_seconds(scrape_interval) <= 3600:
+        raise UserError(f"scrape interval {scrape_interval!r} is not a Prometheus duration such as 15s or 1m "
+                        "(above 0, at most 1h)")
     for name, port in (("agent port", agent_port), ("training port", train_port)):
         if port is not None and not 1 <= port <= 65535:
             raise UserError(f"{name} {port} is outside 1-65535")
