@@ -122,12 +122,16 @@ def check_destinations(paths: Iterable[Path | str]) -> None:
     """Before the first file is replaced: no destination is a directory, and each one's nearest existing parent is
     a writable directory, so a rerun does not stop halfway with some configs new and some old."""
     for path in map(Path, paths):
-        if path.is_dir():
-            raise UserError(f"{path} is a directory; ddlc monitor writes a file there")
-        parent = next(p for p in path.parents if p.exists() or p.is_symlink())
+        try:
+            if path.is_dir():
+                raise UserError(f"{path} is a directory; ddlc monitor writes a file there")
+            parent = next(p for p in path.parents if p.exists() or p.is_symlink())
+            writable = os.access(parent, os.W_OK | os.X_OK)
+        except OSError as error:  # a parent this user may not even look into
+            raise UserError(f"{path}: {error.strerror or error}") from None
         if not parent.is_dir():
             raise UserError(f"{parent} is not a directory; ddlc monitor writes {path} under it")
-        if not os.access(parent, os.W_OK | os.X_OK):
+        if not writable:
             raise UserError(f"{parent} is not writable; ddlc monitor writes {path} under it")
 
 
