@@ -54,7 +54,13 @@ def test_prometheus_scrapes_a_running_two_worker_job(prometheus_binary, tmp_path
         steps = {s["metric"]["tier"]: int(float(s["value"][1]))
                  for s in server.query(f'ddlc_checkpoint_last_step{{run="{RUN}"}}')}
         assert steps["storage"] % 20 == 0 and steps["memory"] % 3 == 0, steps
-        losses = server.query(f'ddlc_train_loss{{run="{RUN}"}}')
+        # Both ranks' losses: waited for, since on a loaded machine one rank's 1 s scrape can time out and
+        # its series go stale for a moment (a single query then sees rank 0 only).
+        def both_losses():
+            found = server.query(f'ddlc_train_loss{{run="{RUN}"}}')
+            return found if len(found) == 2 else None
+
+        losses = server.wait_for(both_losses, "both ranks' loss", timeout=60)
         assert sorted(s["metric"]["rank"] for s in losses) == ["0", "1"]
         assert all(0 < float(s["value"][1]) < 6 for s in losses)
         server.wait_for(lambda: server.query(f'rate(ddlc_train_steps_total{{run="{RUN}"}}[5s]) > 0'),
