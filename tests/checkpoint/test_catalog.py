@@ -526,3 +526,65 @@ def test_peer_copies_are_listed_by_node(tmp_path):
     assert [(node, store.root) for node, store in copies] == [
         ("1", str(peers / "of-node-1")), ("10", str(peers / "of-node-10")), ("2", str(peers / "of-node-2"))]
     assert os.path.isdir(copies[0][1].root)
+
+
+# -- cases added for mutants the first mutmut run left alive ---------------------------------------------------
+
+
+def test_memory_tier_follows_the_newest_of_several_run_names(tmp_path):
+    store_root, memory = tmp_path / "store", tmp_path / "shm"
+    for step, run in ((10, "first"), (20, "second"), (30, "third")):
+        _write(store_root, step, run_name=run)
+        (memory / run / f"step-{step:08d}").mkdir(parents=True)
+    store = _store(store_root)
+    assert catalog.memory_tier_of(store, catalog.list_checkpoints(store), str(memory)).root == str(memory / "third")
+
+
+def test_open_store_passes_the_s3_endpoint_on(monkeypatch):
+    pytest.importorskip("s3fs")
+    for name in ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"):
+        monkeypatch.delenv(name, raising=False)
+    store = catalog.open_store("s3://bucket/run", "http://127.0.0.1:1", must_exist=False)
+    assert store.storage_options == {"endpoint_url": "http://127.0.0.1:1"}
+    assert catalog.open_store("s3://bucket/run", must_exist=False).storage_options == {}
+
+
+def test_point_latest_names_the_os_reason(tmp_path):
+    (tmp_path / LATEST).mkdir()
+    with pytest.raises(StorageError) as error:
+        catalog.point_latest(_store(tmp_path), "step-00000030")
+    assert str(error.value) == f"cannot update {tmp_path / LATEST}: Is a directory"
+
+
+def test_plain_prune_checks_sizes_and_prune_verify_hashes_every_checkpoint(tmp_path):
+    """A flipped byte in a checkpoint kept by keep_every is invisible to a size check (it is kept, not leaned
+    on, so not hashed); `prune --verify` finds it corrupt and, older than the newest verified, deletes it."""
+    for step in (10, 15, 20):
+        _write(tmp_path, step)
+    _flip_a_byte(tmp_path / "step-00000010" / "__0_0.distcp")
+    plain = {d.entry.name: d for d in catalog.prune(_store(tmp_path), keep_last=1, keep_every=10, dry_run=True)}
+    assert not plain["step-00000010"].delete and plain["step-00000010"].entry.state == retention.VERIFIED
+    hashed = {d.entry.name: d for d in catalog.prune(_store(tmp_path), keep_last=1, keep_every=10, dry_run=True,
+                                                     check_hashes=True)}
+    assert hashed["step-00000010"].delete and "sha256 mismatch" in hashed["step-00000010"].why
+    assert [n for n, d in hashed.items() if d.delete] == ["step-00000010", "step-00000015"]
+
+
+def test_plan_on_proof_keeps_the_checkpoint_resumed_from(tmp_path):
+    for step in (10, 20):
+        _write(tmp_path, step)
+    store = _store(tmp_path)
+    _, decisions = catalog.plan_on_proof(store, catalog.scan(store), keep_last=1, protect=["step-00000020"],
+                                         proven={})
+    why = {d.entry.name: d.why for d in decisions}
+    assert why["step-00000020"] == "resumed from, and no newer checkpoint has verified yet"
+
+
+def test_resolve_takes_steps_of_up_to_15_digits(tmp_path):
+    """Longer digit strings are refused before int() (a 5000-digit argument must not cost a bignum parse): a
+    step past MAX_STEP (10**15) cannot be committed anyway."""
+    (tmp_path / "step-999999999999999").mkdir()
+    (tmp_path / "step-1111111111111111").mkdir()
+    assert catalog.resolve(_store(tmp_path), "999999999999999") == "step-999999999999999"
+    with pytest.raises(StorageError, match="no checkpoint named '1111111111111111'"):
+        catalog.resolve(_store(tmp_path), "1111111111111111")
