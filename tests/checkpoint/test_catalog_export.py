@@ -96,7 +96,10 @@ def test_an_unwritable_output_is_one_line(saved, tmp_path, suffix):
     with pytest.raises(StorageError) as error:
         catalog.export(CheckpointStore(str(ck)), None, out)
     message = str(error.value)
-    assert message.startswith(f"--output: cannot write {out}: ") and "\n" not in message, message
+    # torch says "... open file failed with strerror: <reason>", safetensors "... I/O error: <reason> (os error 2)
+    # at path ...": the OS's reason is what is left.
+    assert message.startswith(f"--output: cannot write {out}: No such file or directory"), message
+    assert "\n" not in message, message
     assert len(message) <= len(f"--output: cannot write {out}: ") + 200
     assert "strerror: " not in message and "I/O error: " not in message  # the OS reason, not the wrapper's
 
@@ -114,3 +117,14 @@ def test_a_checkpoint_that_does_not_verify_is_never_exported(saved, tmp_path):
     assert str(error.value) == (f"{copy / 'step-00000003'} does not verify: {shard.name}: sha256 mismatch "
                                 "(corrupted)")
     assert not (tmp_path / "x.pt").exists()
+
+
+def test_safetensors_export_without_the_package_is_one_line(saved, tmp_path, monkeypatch):
+    import sys
+
+    ck, _ = saved
+    monkeypatch.setitem(sys.modules, "safetensors.torch", None)  # what `import` sees when it is not installed
+    with pytest.raises(StorageError) as error:
+        catalog.export(CheckpointStore(str(ck)), None, tmp_path / "m.safetensors")
+    assert str(error.value) == "export to .safetensors needs the safetensors package"
+    assert not (tmp_path / "m.safetensors").exists()
