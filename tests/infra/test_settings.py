@@ -67,6 +67,10 @@ def test_unsupported_instance_type_lists_valid_choices():
         ({"placement_group_name": "bad name;"}, "environments.prod.placement_group_name"),
         ({"ssh_users": ["root; rm"]}, "ssh_users: 'root; rm' is not a user name"),
         ({"ssh_users": []}, "environments.prod.ssh_users"),
+        # A trailing newline passed the `^...$` checks (into the boot script, fstab, the topic subscription).
+        ({"ssh_users": ["ubuntu\n"]}, "is not a user name"),
+        ({"alert_email": "ops@example.com\n"}, "environments.prod.alert_email"),
+        ({"fsx_lustre": {"storage_capacity_gib": 1200, "mount_path": "/fsx\n"}}, "fsx_lustre.mount_path"),
     ],
 )
 def test_bad_settings_name_the_field(changes, expected):

@@ -63,7 +63,8 @@ def test_the_size_cap_is_inclusive():
     exactly = line + b"#" * (MAX_HOSTFILE_BYTES - len(line))
     assert len(exactly) == MAX_HOSTFILE_BYTES == 1 << 20
     assert hostfile_text(exactly, "hf").startswith("h slots=1")
-    with pytest.raises(UserError, match=r"^--hostfile hf: 1,048,577 bytes is not a hostfile"):
+    # The reader stops after the cap + 1 byte (read_hostfile_bytes): the size past the cap is not known.
+    with pytest.raises(UserError, match=r"^--hostfile hf: over 1,048,576 bytes is not a hostfile"):
         hostfile_text(exactly + b"#", "hf")
 
 
@@ -147,3 +148,16 @@ def test_resolve_hosts_prefers_the_hostfile_then_slurm(tmp_path, monkeypatch):
     assert _pairs(resolve_hosts(None)) == [("e1", 1), ("e2", 1)]
     with pytest.raises(UserError, match=r"^no hosts: pass --hostfile FILE"):
         resolve_hosts(None, {})
+
+
+def test_a_hostfile_on_stdin_that_never_ends_is_refused():
+    """`ddlc launch --hostfile - < /dev/zero` read stdin until memory ran out (read_hostfile_bytes' bound)."""
+    import resource
+    import subprocess
+    import sys
+
+    with open("/dev/zero", "rb") as zero:
+        proc = subprocess.run([sys.executable, "-c", "from ddlc.launch.hostfile import parse_hostfile\nparse_hostfile('-')"],
+                              stdin=zero, capture_output=True, text=True, timeout=60,
+                              preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30)))
+    assert "over 1,048,576 bytes is not a hostfile" in proc.stderr, proc.stderr[-1500:]

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import shutil
 import subprocess
+import threading
 import time
 import urllib.parse
 import urllib.request
@@ -39,6 +41,20 @@ def value_of(samples: dict[tuple[str, frozenset], float], name: str, **labels: s
     matches = [v for (n, ls), v in samples.items() if n == name and set(labels.items()) <= ls]
     assert len(matches) == 1, f"{name}{labels}: {len(matches)} samples"
     return matches[0]
+
+
+class LoopbackHTTPServer:
+    """A threading HTTP server on 127.0.0.1 (a free port) serving `handler` from a daemon thread; the
+    monitor tests' stand-ins for a scrape target, an Alertmanager or a webhook receiver."""
+
+    def __init__(self, handler: type[http.server.BaseHTTPRequestHandler]) -> None:
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
 
 
 def prometheus_tool(name: str) -> str:

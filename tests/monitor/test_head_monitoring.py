@@ -13,7 +13,6 @@ from __future__ import annotations
 import http.server
 import json
 import subprocess
-import threading
 from pathlib import Path
 
 import pytest
@@ -23,14 +22,14 @@ from typer.testing import CliRunner
 from ddlc.cli.main import app
 from ddlc.errors import UserError
 from ddlc.monitor.head_config import WebhookReceiver, write_head_monitoring, write_targets
-from tests.monitor.helpers import PrometheusServer, free_port, prometheus_tool
+from tests.monitor.helpers import LoopbackHTTPServer, PrometheusServer, free_port, prometheus_tool
 
 NAN_RANK = b"""# TYPE ddlc_train_loss gauge
 ddlc_train_loss{run="r1",rank="0",node="worker-1"} NaN
 """
 
 
-class _Server:
+class _Server(LoopbackHTTPServer):
     """One HTTP server on 127.0.0.1: GET serves `body`, POST bodies are kept (JSON)."""
 
     def __init__(self, body: bytes = b"") -> None:
@@ -52,13 +51,7 @@ class _Server:
             def log_message(self, *args: object) -> None:
                 pass
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__(Handler)
 
 
 def _check(tool: str, *args: str) -> None:
@@ -161,8 +154,23 @@ def test_the_boots_sns_configs_and_units_are_valid(tmp_path: Path) -> None:
     (["--region", "us-east-1"], "give one receiver"),
     (["--sns-topic-arn", "arn:aws:sns:us-east-1:123456789012:t"], "--sns-topic-arn needs --region"),
     (["--sns-topic-arn", "not-an-arn", "--region", "us-east-1"], "is not an SNS topic ARN"),
+    # Signed for and sent to another region than the topic's: every alert would fail to publish.
+    (["--sns-topic-arn", "arn:aws:sns:us-east-1:123456789012:t", "--region", "eu-west-1"], "topic's region"),
     (["--webhook-url", "http://127.0.0.1:1/x", "--retention-size", "lots"], "retention size 'lots'"),
     (["--webhook-url", "http://127.0.0.1:1/x", "--hostfile", "EMPTY"], "lists no hosts"),
+    # A trailing newline passed `^...$` checks: in a unit it ends ExecStart= early (Prometheus then listened on
+    # every interface); in alertmanager.yml it makes a topic or region SNS rejects at the first alert.
+    (["--webhook-url", "http://127.0.0.1:1/x", "--retention-size", "50GB\n"], "retention size '50GB\\n'"),
+    # Past 2^63 bytes: Prometheus would not start ("units: overflow parsing unit").
+    (["--webhook-url", "http://127.0.0.1:1/x", "--retention-size", "99999999999TB"], "retention size"),
+    (["--sns-topic-arn", "arn:aws:sns:us-east-1:123456789012:t\n", "--region", "us-east-1"], "not an SNS topic"),
+    (["--sns-topic-arn", "arn:aws:sns:us-east-1:123456789012:t", "--region", "us-east-1\n"], "not an AWS region"),
+    (["--webhook-url", "http://127.0.0.1:1/x\n"], "is not an http(s) URL"),
+    # URLs Alertmanager cannot parse: it would not start, and no alert would go anywhere.
+    (["--webhook-url", "http://127.0.0.1:abc/x"], "is not an http(s) URL"),
+    (["--webhook-url", "http://127.0.0.1:99999/x"], "is not an http(s) URL"),
+    (["--webhook-url", "http://127.0.0.1:0/x"], "is not an http(s) URL"),
+    (["--webhook-url", "http://127.0.0.1:9/%zz"], "is not an http(s) URL"),
 ])
 def test_head_setup_rejects_bad_input_in_one_line(tmp_path: Path, args: list[str], message: str) -> None:
     (tmp_path / "empty").write_text("# discovery wrote nothing\n")
@@ -172,3 +180,62 @@ def test_head_setup_rejects_bad_input_in_one_line(tmp_path: Path, args: list[str
     # A UserError: `ddlc` prints it in one line and exits 2 (ddlc.errors.exit_with)
     assert isinstance(result.exception, UserError) and message in str(result.exception), result.output
     assert not (tmp_path / "m").exists() and not (tmp_path / "u").exists()  # nothing half-written
+
+
+@pytest.mark.parametrize("directory", ["my monitoring", "m%h", "m$X"])
+def test_head_setup_refuses_a_directory_the_units_cannot_name(tmp_path: Path, directory: str) -> None:
+    """The directory goes unquoted into ExecStart=, where systemd splits at spaces and expands % and $."""
+    result = CliRunner().invoke(app, ["monitor", "head-setup", "--dir", str(tmp_path / directory),
+                                      "--webhook-url", "http://127.0.0.1:1/x", "--units-dir", str(tmp_path / "u")])
+    assert isinstance(result.exception, UserError) and "monitoring directory" in str(result.exception), result.output
+    assert not (tmp_path / directory).exists() and not (tmp_path / "u").exists()
+
+
+def test_head_setup_with_a_relative_directory_writes_absolute_paths(tmp_path: Path, monkeypatch) -> None:
+    """prometheus.yml's paths are read relative to the file's directory, the units' from `/`: both absolute."""
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["monitor", "head-setup", "--dir", "mon", "--webhook-url", "http://127.0.0.1:1/x",
+                                      "--units-dir", "units"])
+    assert result.exit_code == 0, result.output
+    _check("promtool", "check", "config", str(tmp_path / "mon" / "prometheus.yml"))
+    assert f"--config.file={tmp_path}/mon/prometheus.yml " in (tmp_path / "units/ddlc-prometheus.service").read_text()
+
+
+@pytest.mark.parametrize("blocked", ["mon/prometheus.yml/", "mon/targets/ddlc-train.json/", "units", "mon/grafana.env/"])
+def test_head_setup_writes_nothing_when_a_destination_is_in_the_way(tmp_path: Path, blocked: str) -> None:
+    """A destination that is a directory (or a units "directory" that is a file) is named before any file is
+    replaced: a rerun never leaves some configs new and the rest old."""
+    (tmp_path / blocked).mkdir(parents=True) if blocked.endswith("/") else (tmp_path / blocked).write_text("")
+    hostfile = tmp_path / "hosts"
+    hostfile.write_text("ip-10-0-0-1 slots=2\n")
+    result = CliRunner().invoke(app, [
+        "monitor", "head-setup", "--dir", str(tmp_path / "mon"), "--hostfile", str(hostfile),
+        "--webhook-url", "http://127.0.0.1:1/x", "--units-dir", str(tmp_path / "units"), "--grafana",
+        "--grafana-provisioning", str(tmp_path / "provisioning")])
+    assert isinstance(result.exception, UserError), result.output
+    assert str(tmp_path / blocked.rstrip("/")) in str(result.exception)
+    written = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file())
+    assert written == (["hosts"] + ([blocked] if not blocked.endswith("/") else [])), written
+    targets = CliRunner().invoke(app, ["monitor", "targets", "--hostfile", str(hostfile),
+                                       "--dir", str(tmp_path / "mon" / "targets")])
+    if "targets" in blocked:  # the hostfile timer's command: neither file replaced
+        assert isinstance(targets.exception, UserError) and "ddlc-train.json" in str(targets.exception)
+        assert not (tmp_path / "mon/targets/ddlc-agent.json").exists()
+
+
+def test_a_rerun_without_the_hostfile_keeps_the_timers_targets(tmp_path: Path) -> None:
+    """The boot writes empty targets (no hostfile yet); a rerun by hand once the timer has written them (or with a
+    --hostfile that is not there) must not empty them, which would stop every scrape until the timer's next run.
+    A rerun is otherwise byte-identical."""
+    hostfile = tmp_path / "hosts"
+    hostfile.write_text("ip-10-0-0-1 slots=2\n")
+    mon = tmp_path / "mon"
+    args = ["monitor", "head-setup", "--dir", str(mon), "--webhook-url", "http://127.0.0.1:1/x",
+            "--units-dir", str(tmp_path / "u")]
+    assert CliRunner().invoke(app, [*args, "--hostfile", str(tmp_path / "not-yet")]).exit_code == 0
+    assert json.loads((mon / "targets/ddlc-agent.json").read_text()) == []
+    write_targets(mon / "targets", hostfile)  # the hostfile timer
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    assert CliRunner().invoke(app, [*args, "--hostfile", str(tmp_path / "typo")]).exit_code == 0
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+    assert json.loads((mon / "targets/ddlc-agent.json").read_text()) == [{"targets": ["ip-10-0-0-1:9400"]}]

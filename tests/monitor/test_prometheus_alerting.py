@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import http.server
 import json
-import threading
 from pathlib import Path
 
 from ddlc.monitor.agent import Agent, AgentSettings
 from ddlc.monitor.prometheus_config import build_prometheus_config, parse_hostfile
-from tests.monitor.helpers import PrometheusServer
+from tests.monitor.helpers import LoopbackHTTPServer, PrometheusServer
 
 ALWAYS_FIRING = """groups:
   - name: test
@@ -22,7 +21,7 @@ ALWAYS_FIRING = """groups:
 """
 
 
-class AlertReceiver:
+class AlertReceiver(LoopbackHTTPServer):
     """An HTTP endpoint on 127.0.0.1 that takes Alertmanager API v2 posts (what Prometheus sends)."""
 
     def __init__(self) -> None:
@@ -40,13 +39,7 @@ class AlertReceiver:
             def log_message(self, *args: object) -> None:
                 pass
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__(Handler)
 
 
 def test_alerts_reach_the_alertmanager_and_node_is_the_hostname(prometheus_binary: str, tmp_path: Path) -> None:

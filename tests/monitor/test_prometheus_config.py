@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import resource
 import subprocess
 import sys
 from pathlib import Path
@@ -59,6 +60,16 @@ def test_targets_cover_agents_and_every_rank() -> None:
     assert [job["job_name"] for job in only_agents["scrape_configs"]] == ["ddlc-agent"]
     with pytest.raises(UserError, match="not a Prometheus duration"):
         build_prometheus_config([HostEntry("a")], scrape_interval="fast")
+    # A trailing newline passed the `^...$` checks and gave a config promtool rejects.
+    with pytest.raises(UserError, match="not a Prometheus duration"):
+        build_prometheus_config([HostEntry("a")], scrape_interval="15s\n")
+    # Past 2^63 ns promtool says "duration out of range"; 0 silently became Prometheus's default 1m.
+    for interval in ("99999999999999h", "0s", "0m0s"):
+        with pytest.raises(UserError, match="not a Prometheus duration"):
+            build_prometheus_config([HostEntry("a")], scrape_interval=interval)
+    assert build_prometheus_config([HostEntry("a")], scrape_interval="1h")["global"]["scrape_interval"] == "1h"
+    with pytest.raises(UserError, match="is not host:port"):
+        build_prometheus_config([HostEntry("a")], alertmanagers=["am\n:9093"])
 
 
 def test_promtool_accepts_generated_config(promtool: str, tmp_path: Path) -> None:
@@ -104,3 +115,20 @@ def test_cli_bad_hostfile_is_one_line_exit_2(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [f"error: hostfile {tmp_path / 'missing'} cannot be read: No such file or directory"]
+
+
+@pytest.mark.parametrize("source", ["/dev/zero", "fifo", "big"])
+def test_a_hostfile_that_never_ends_is_refused_without_reading_it_all(tmp_path: Path, source: str) -> None:
+    """/dev/zero filled the memory (MemoryError traceback, or the OOM killer on the head node's timer), a FIFO hung
+    it, a many-GB file was read whole before the size check."""
+    path = Path(source) if source.startswith("/") else tmp_path / source
+    if source == "fifo":
+        os.mkfifo(path)
+    elif source == "big":
+        with path.open("wb") as handle:
+            handle.truncate(1 << 40)  # sparse: 1 TiB that takes no disk
+    result = subprocess.run([sys.executable, "-m", "ddlc", "monitor", "targets", "--hostfile", str(path),
+                             "--dir", str(tmp_path / "t")], capture_output=True, text=True, timeout=60,
+                            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30)))
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr[-2000:]
+    assert str(path) in result.stderr and not (tmp_path / "t").exists()

@@ -134,3 +134,18 @@ def test_a_split_that_leaves_no_training_data_exits_2(tmp_path):
                cwd=tmp_path)
     assert proc.returncode == 2 and "data.val_fraction=0.5 leaves no training data" in proc.stderr, proc.stderr
     assert load_config(None, ["data.val_fraction=0.5"]).data.val_fraction == 0.5
+
+
+def test_resuming_with_another_val_fraction_exits_2(tmp_path):
+    """Another split moves windows between training and validation: resuming with it would train on what was held
+    out (and evaluate on trained-on data), silently. It is refused, naming the field; the checkpoint stays."""
+    ckpt = ["checkpoint.enabled=true", f"checkpoint.uri={tmp_path / 'ckpt'}", "checkpoint.interval_steps=4",
+            "training.eval_batches=1"]
+    assert_ok(run([PYTHON, str(TRAIN_PY), *_args(tmp_path, "split", *ckpt, "training.max_steps=4",
+                                                   "data.val_fraction=0.05")], cwd=tmp_path))
+    proc = run([PYTHON, str(TRAIN_PY), *_args(tmp_path, "split", *ckpt, "training.max_steps=6",
+                                              "data.val_fraction=0.1")], cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "data.val_fraction=0.1" in lines[0] and "data.val_fraction=0.05" in lines[0], lines
+    assert (tmp_path / "ckpt" / "step-00000004").is_dir()

@@ -103,15 +103,21 @@ def head_setup(
     grafana_provisioning: Path = typer.Option(Path("/etc/grafana/provisioning"), hidden=True),
 ) -> None:
     """Write the head node's Prometheus, Alertmanager (and Grafana) configs and units (the boot runs this)."""
-    from ddlc.monitor.head_config import SnsReceiver, WebhookReceiver, write_head_monitoring
-    from ddlc.monitor.head_units import prometheus_unit, write_grafana, write_units
+    from ddlc.monitor.head_config import (
+        SnsReceiver, WebhookReceiver, check_destinations, monitoring_paths, write_head_monitoring,
+    )
+    from ddlc.monitor.head_units import grafana_paths, prometheus_unit, unit_paths, write_grafana, write_units
 
     if bool(sns_topic_arn) == bool(webhook_url):
         raise UserError("give one receiver: --sns-topic-arn (with --region) or --webhook-url")
     if sns_topic_arn and not region:
         raise UserError("--sns-topic-arn needs --region")
     receiver = SnsReceiver(sns_topic_arn, region) if sns_topic_arn else WebhookReceiver(webhook_url or "")
+    # Absolute: prometheus.yml's paths are read relative to its own directory, the units' from systemd's `/`.
+    directory = directory.absolute()
     prometheus_unit(str(directory), retention_size)  # checked before anything is written
+    check_destinations(monitoring_paths(directory) + unit_paths(units_dir)
+                       + (grafana_paths(directory, units_dir, grafana_provisioning) if grafana else []))
     paths = list(write_head_monitoring(directory, receiver, hostfile=hostfile).values())
     paths += write_units(units_dir, str(directory), retention_size)
     if grafana:

@@ -60,7 +60,7 @@ class LustreSettings(BaseModel):
     def _safe_mount_path(cls, value: str) -> str:
         # It is written unquoted into the root boot script and /etc/fstab: plain absolute paths only, and not a
         # directory the node itself lives on.
-        if not _MOUNT_PATH.match(value) or ".." in value.split("/"):
+        if not _MOUNT_PATH.fullmatch(value) or ".." in value.split("/"):
             raise ValueError(f"{value!r} is not an absolute path of letters, digits, '.', '_', '-' and '/'")
         if value.rstrip("/") in _SYSTEM_DIRS or value.split("/")[1] in _SYSTEM_TREES:
             raise ValueError(f"{value!r} is a system directory of the node; use e.g. /fsx")
@@ -145,7 +145,7 @@ class ClusterEnvironment(BaseModel):
     @field_validator("alert_email")
     @classmethod
     def _email(cls, value: str) -> str:
-        if not _EMAIL.match(value):
+        if not _EMAIL.fullmatch(value):  # whole value: `$` let a trailing newline through
             raise ValueError(f"'{value}' is not an e-mail address")
         return value
 
@@ -169,7 +169,7 @@ class ClusterEnvironment(BaseModel):
             raise ValueError(f"monitoring_retention_gib {self.monitoring_retention_gib} is more than half of "
                              f"root_volume_gib ({self.root_volume_gib}): the head node's disk would fill up")
         for user in self.ssh_users:
-            if not re.match(r"^[a-z_][a-z0-9_-]{0,31}$", user):
+            if not re.fullmatch(r"[a-z_][a-z0-9_-]{0,31}", user):  # whole: no trailing newline
                 raise ValueError(f"ssh_users: '{user}' is not a user name")
         return self
 

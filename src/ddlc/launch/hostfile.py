@@ -81,12 +81,12 @@ def _slots(value: str, where: str, raw: str) -> int:
 
 def parse_hostfile(path: str | Path) -> list[Host]:
     if str(path) == "-":
-        return parse_hostfile_text(hostfile_text(sys.stdin.buffer.read(), "<stdin>"), "<stdin>")
+        return parse_hostfile_text(hostfile_text(sys.stdin.buffer.read(MAX_HOSTFILE_BYTES + 1), "<stdin>"), "<stdin>")
     file = Path(path)
     if not file.is_file():
         raise UserError(f"--hostfile {path}: no such file")
     try:
-        data = file.read_bytes()
+        data = read_hostfile_bytes(file)
     except OSError as error:
         raise UserError(f"--hostfile {path}: cannot read it: {error.strerror or error}") from None
     return parse_hostfile_text(hostfile_text(data, str(path)), str(path))
@@ -95,10 +95,20 @@ def parse_hostfile(path: str | Path) -> list[Host]:
 MAX_HOSTFILE_BYTES = 1 << 20  # 1 MiB: tens of thousands of hosts
 
 
+def read_hostfile_bytes(path: Path) -> bytes:
+    """At most MAX_HOSTFILE_BYTES + 1 bytes of a regular file, enough for hostfile_text to refuse a bigger one:
+    /dev/zero, a FIFO or a many-GB file neither hangs the reader nor fills its memory. OSError as open() raises it."""
+    if path.exists() and not path.is_file():
+        raise UserError(f"--hostfile {path}: not a regular file")
+    with open(path, "rb") as handle:
+        return handle.read(MAX_HOSTFILE_BYTES + 1)
+
+
 def hostfile_text(data: bytes, origin: str) -> str:
     """A hostfile is short UTF-8 text: say so in one line for anything else (a binary, an image, a tarball)."""
     if len(data) > MAX_HOSTFILE_BYTES:
-        raise UserError(f"--hostfile {origin}: {len(data):,} bytes is not a hostfile (one 'host slots=N' per line)")
+        raise UserError(f"--hostfile {origin}: over {MAX_HOSTFILE_BYTES:,} bytes is not a hostfile "
+                        "(one 'host slots=N' per line)")
     nul = data.find(b"\0")
     if nul >= 0:
         raise UserError(f"--hostfile {origin}: binary data (NUL byte at offset {nul}), expected text lines "

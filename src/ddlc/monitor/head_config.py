@@ -7,7 +7,8 @@
         <dir>/rules/ddlc-alerts.yml  the shipped rules (ddlc.monitor.alert_rules)
         <dir>/alertmanager.yml    one route to one receiver: SNS (the stack's alert topic, signed with the instance
                                     role) on the cluster, a webhook in tests
-        <dir>/targets/*.json      from the hostfile (write_targets), if there is one yet; else empty lists
+        <dir>/targets/*.json      from the hostfile (write_targets), if there is one yet; else empty lists where
+                                    none exist (a rerun keeps the timer's targets)
     hostfile timer (head) ── ddlc monitor targets ──> write_targets(hostfile, <dir>/targets)
         Prometheus re-reads file_sd files when they change: a replaced worker is scraped without a restart.
 
@@ -18,10 +19,12 @@ ddlc.monitor.prometheus_config), only in file_sd files instead of static_configs
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Iterable, Optional, Union
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -29,7 +32,7 @@ from ddlc.errors import UserError
 from ddlc.monitor.agent import DEFAULT_AGENT_PORT
 from ddlc.monitor.alert_rules import RULES_FILE_NAME, rules_text
 from ddlc.monitor.prometheus_config import (
-    AGENT_JOB, TRAIN_JOB, HostEntry, build_prometheus_config, parse_hostfile,
+    AGENT_JOB, TRAIN_JOB, HostEntry, build_prometheus_config, duration_seconds, parse_hostfile,
 )
 from ddlc.monitor.training import DEFAULT_TRAIN_METRICS_PORT
 from ddlc.run_format import write_atomic
@@ -50,10 +53,13 @@ class SnsReceiver:
     region: str
 
     def __post_init__(self) -> None:
-        if not _TOPIC_ARN.match(self.topic_arn):
+        if not _TOPIC_ARN.fullmatch(self.topic_arn):
             raise UserError(f"SNS topic {self.topic_arn!r} is not an SNS topic ARN")
-        if not _REGION.match(self.region):
+        if not _REGION.fullmatch(self.region):
             raise UserError(f"region {self.region!r} is not an AWS region")
+        # Alertmanager signs for and calls SNS in `region`: another region than the topic's fails every publish.
+        if self.topic_arn.split(":")[3] != self.region:
+            raise UserError(f"region {self.region!r} is not the SNS topic's region ({self.topic_arn.split(':')[3]})")
 
     def config(self) -> dict[str, Any]:
         return {"sns_configs": [{
@@ -72,8 +78,15 @@ class WebhookReceiver:
     url: str
 
     def __post_init__(self) -> None:
-        if not re.match(r"^https?://[^\s/]+(/\S*)?$", self.url):
+        if not re.fullmatch(r"https?://[^\s/]+(/\S*)?", self.url):
             raise UserError(f"webhook URL {self.url!r} is not an http(s) URL")
+        # What Alertmanager's URL parser rejects would stop it from starting, and with it every alert.
+        try:
+            port = urlsplit(self.url).port
+        except ValueError:
+            port = 0
+        if port == 0 or not urlsplit(self.url).hostname or re.search(r"%(?![0-9A-Fa-f]{2})", self.url):
+            raise UserError(f"webhook URL {self.url!r} is not an http(s) URL (host, port 1-65535, %XX escapes)")
 
     def config(self) -> dict[str, Any]:
         return {"webhook_configs": [{"url": self.url, "send_resolved": True}]}
@@ -87,8 +100,8 @@ def build_alertmanager_config(receiver: Receiver, group_wait: str = "30s", group
     """One route, grouped by alert and cluster object, to one receiver."""
     for name, value in (("group_wait", group_wait), ("group_interval", group_interval),
                         ("repeat_interval", repeat_interval)):
-        if not re.match(r"^([0-9]+(ms|s|m|h))+$", value):
-            raise UserError(f"{name} {value!r} is not a duration such as 30s or 5m")
+        if not re.fullmatch(r"([0-9]+(ms|s|m|h))+", value) or duration_seconds(value) > 366 * 86400:
+            raise UserError(f"{name} {value!r} is not a duration such as 30s or 5m (at most a year)")
     return {
         "route": {
             "receiver": "ddlc", "group_by": ["alertname", "run", "node"],
@@ -105,6 +118,30 @@ def target_groups(hosts: list[HostEntry], agent_port: int = DEFAULT_AGENT_PORT,
     return {scrape["job_name"]: scrape["static_configs"] for scrape in config["scrape_configs"]}
 
 
+def check_destinations(paths: Iterable[Path | str]) -> None:
+    """Before the first file is replaced: no destination is a directory, and each one's nearest existing parent is
+    a writable directory, so a rerun does not stop halfway with some configs new and some old."""
+    for path in map(Path, paths):
+        try:
+            if path.is_dir():
+                raise UserError(f"{path} is a directory; ddlc monitor writes a file there")
+            parent = next(p for p in path.parents if p.exists() or p.is_symlink())
+            writable = os.access(parent, os.W_OK | os.X_OK)
+        except OSError as error:  # a parent this user may not even look into
+            raise UserError(f"{path}: {error.strerror or error}") from None
+        if not parent.is_dir():
+            raise UserError(f"{parent} is not a directory; ddlc monitor writes {path} under it")
+        if not writable:
+            raise UserError(f"{parent} is not writable; ddlc monitor writes {path} under it")
+
+
+def monitoring_paths(directory: Path | str) -> list[Path]:
+    """Every file write_head_monitoring replaces."""
+    directory = Path(directory)
+    return [directory / "rules" / RULES_FILE_NAME, directory / "prometheus.yml", directory / "alertmanager.yml",
+            *(directory / TARGETS_DIR / f"{job}.json" for job in (AGENT_JOB, TRAIN_JOB))]
+
+
 def write_targets(directory: Path | str, hostfile: Optional[Path | str], agent_port: int = DEFAULT_AGENT_PORT,
                   train_port: int = DEFAULT_TRAIN_METRICS_PORT) -> dict[str, Path]:
     """The file_sd files of both jobs, each replaced atomically (Prometheus never reads half of one). No hostfile
@@ -112,13 +149,17 @@ def write_targets(directory: Path | str, hostfile: Optional[Path | str], agent_p
     return _write_groups(directory, target_groups(parse_hostfile(hostfile), agent_port, train_port) if hostfile else {})
 
 
-def _write_groups(directory: Path | str, groups: dict[str, list[dict[str, Any]]]) -> dict[str, Path]:
+def _write_groups(directory: Path | str, groups: dict[str, list[dict[str, Any]]],
+                  keep_existing: bool = False) -> dict[str, Path]:
     directory = Path(directory)
+    check_destinations(directory / f"{job}.json" for job in (AGENT_JOB, TRAIN_JOB))
     try:
         directory.mkdir(parents=True, exist_ok=True)
         written = {}
         for job in (AGENT_JOB, TRAIN_JOB):
             path = directory / f"{job}.json"
+            if keep_existing and path.exists():
+                continue
             write_atomic(path, json.dumps(groups.get(job, []), indent=1) + "\n")
             written[job] = path
     except OSError as error:
@@ -165,6 +206,7 @@ def write_head_monitoring(directory: Path | str, receiver: Receiver, hostfile: O
     has_hostfile = hostfile is not None and Path(hostfile).exists()
     groups = target_groups(parse_hostfile(hostfile), agent_port, train_port) if has_hostfile else {}
     header = "# Written by `ddlc monitor head-setup`; rerun it instead of editing.\n"
+    check_destinations(monitoring_paths(directory))
     try:
         (directory / "rules").mkdir(parents=True, exist_ok=True)
         paths = {"prometheus": directory / "prometheus.yml", "alertmanager": directory / "alertmanager.yml",
@@ -174,5 +216,6 @@ def write_head_monitoring(directory: Path | str, receiver: Receiver, hostfile: O
         write_atomic(paths["alertmanager"], header + yaml.safe_dump(alertmanager, sort_keys=False))
     except OSError as error:
         raise UserError(f"monitoring directory {directory}: {error.strerror or error}") from None
-    paths.update(_write_groups(directory / TARGETS_DIR, groups))
+    # No hostfile: targets the hostfile timer already wrote stay (a rerun by hand must not stop the scrapes).
+    paths.update(_write_groups(directory / TARGETS_DIR, groups, keep_existing=not has_hostfile))
     return paths

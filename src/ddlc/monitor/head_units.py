@@ -29,7 +29,16 @@ ALERTMANAGER_BIN = "/usr/bin/prometheus-alertmanager"  # the Debian/Ubuntu packa
 PROMETHEUS_UNIT = "ddlc-prometheus.service"
 ALERTMANAGER_UNIT = "ddlc-alertmanager.service"
 GRAFANA_UNIT = "grafana-server.service"
-_SIZE = re.compile(r"^[1-9][0-9]*(MB|GB|TB)$")
+# At most 6 digits: Prometheus refuses to start on a size past 2^63 bytes ("units: overflow parsing unit").
+_SIZE = re.compile(r"^[1-9][0-9]{0,5}(MB|GB|TB)$")
+# Goes into ExecStart= unquoted: systemd splits at spaces and expands `%`, `$` and `\`, so only plain paths.
+_UNIT_PATH = re.compile(r"(/[A-Za-z0-9._+-]+)+/?")
+
+
+def _check_directory(directory: str) -> None:
+    if not _UNIT_PATH.fullmatch(directory):
+        raise UserError(f"monitoring directory {directory!r} must be an absolute path of letters, digits and "
+                        "._+- (it goes into the systemd units' command lines)")
 
 
 def _unit(description: str, exec_start: str, state: str) -> str:
@@ -52,8 +61,9 @@ def _unit(description: str, exec_start: str, state: str) -> str:
 
 def prometheus_unit(directory: str = MONITORING_DIR, retention_size: str = "50GB") -> str:
     """Retention by size (sized to the head's disk by the stack), so a busy cluster never fills the root volume."""
-    if not _SIZE.match(retention_size):
+    if not _SIZE.fullmatch(retention_size):
         raise UserError(f"retention size {retention_size!r} is not a size such as 50GB")
+    _check_directory(directory)
     return _unit("ddlc: Prometheus (every node's agent and training ranks; alerts to Alertmanager)",
                  f"{PROMETHEUS_BIN} --config.file={directory}/prometheus.yml "
                  "--storage.tsdb.path=/var/lib/ddlc-prometheus "
@@ -62,12 +72,24 @@ def prometheus_unit(directory: str = MONITORING_DIR, retention_size: str = "50GB
 
 
 def alertmanager_unit(directory: str = MONITORING_DIR) -> str:
+    _check_directory(directory)
     # --cluster.listen-address= : one Alertmanager, no gossip port (9094) to open.
     return _unit("ddlc: Alertmanager (alerts to the cluster's SNS topic)",
                  f"{ALERTMANAGER_BIN} --config.file={directory}/alertmanager.yml "
                  f"--storage.path=/var/lib/ddlc-alertmanager --web.listen-address=127.0.0.1:{ALERTMANAGER_PORT} "
                  "--cluster.listen-address=",
                  "ddlc-alertmanager")
+
+
+def unit_paths(units_dir: Path | str = UNITS_DIR) -> list[Path]:
+    return [Path(units_dir) / PROMETHEUS_UNIT, Path(units_dir) / ALERTMANAGER_UNIT]
+
+
+def grafana_paths(directory: Path | str = MONITORING_DIR, units_dir: Path | str = UNITS_DIR,
+                  provisioning: Path | str = GRAFANA_PROVISIONING) -> list[Path]:
+    """The files write_grafana replaces outside the exported dashboards' own directory."""
+    return [Path(provisioning) / kind / "ddlc.yaml" for kind in ("datasources", "dashboards")] + [
+        Path(directory) / "grafana.env", Path(units_dir) / f"{GRAFANA_UNIT}.d" / "ddlc.conf"]
 
 
 def write_units(units_dir: Path | str = UNITS_DIR, directory: str = MONITORING_DIR,

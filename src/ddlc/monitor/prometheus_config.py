@@ -29,6 +29,13 @@ _DURATION = re.compile(r"^([0-9]+(ms|s|m|h))+$")
 DEFAULT_ALERTMANAGER = "localhost:9093"
 
 
+def duration_seconds(text: str) -> float:
+    """Seconds of a duration that matches _DURATION (e.g. 1h30m). Prometheus and Alertmanager refuse one past
+    2^63 ns ("duration out of range"), and read 0 as their default: callers bound it."""
+    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
+    return sum(int(number) * units[unit] for number, unit in re.findall(r"([0-9]+)(ms|s|m|h)", text))
+
+
 @dataclass(frozen=True)
 class HostEntry:
     host: str
@@ -36,11 +43,11 @@ class HostEntry:
 
 
 def parse_hostfile(path: Path | str) -> list[HostEntry]:
-    from ddlc.launch.hostfile import hostfile_text  # one check for binary / non-UTF-8 hostfiles
+    from ddlc.launch.hostfile import hostfile_text, read_hostfile_bytes  # one check for odd hostfiles
 
     path = Path(path)
     try:
-        lines = hostfile_text(path.read_bytes(), str(path)).splitlines()
+        lines = hostfile_text(read_hostfile_bytes(path), str(path)).splitlines()
     except OSError as error:
         raise UserError(f"hostfile {path} cannot be read: {error.strerror or error}") from error
     entries: list[HostEntry] = []
@@ -51,7 +58,7 @@ def parse_hostfile(path: Path | str) -> list[HostEntry]:
             continue
         where = f"hostfile {path} line {number}"
         host, options = fields[0], fields[1:]
-        if not _HOST.match(host):
+        if not _HOST.fullmatch(host):
             raise UserError(f"{where}: {host!r} is not a host name or IPv4 address")
         if host in seen:
             raise UserError(f"{where}: host {host} is listed twice")
@@ -79,14 +86,15 @@ def build_prometheus_config(
 ) -> dict[str, Any]:
     """The prometheus.yml document. train_port=None leaves the training ranks out; alertmanagers=() leaves the
     `alerting:` block out (rules are evaluated, but nothing is notified)."""
-    if not _DURATION.match(scrape_interval):
-        raise UserError(f"scrape interval {scrape_interval!r} is not a Prometheus duration such as 15s or 1m")
+    if not _DURATION.fullmatch(scrape_interval) or not 0 < duration_seconds(scrape_interval) <= 3600:
+        raise UserError(f"scrape interval {scrape_interval!r} is not a Prometheus duration such as 15s or 1m "
+                        "(above 0, at most 1h)")
     for name, port in (("agent port", agent_port), ("training port", train_port)):
         if port is not None and not 1 <= port <= 65535:
             raise UserError(f"{name} {port} is outside 1-65535")
     for target in alertmanagers:
         host, _, port = target.rpartition(":")
-        if not _HOST.match(host) or not port.isdigit() or not 1 <= int(port) <= 65535:
+        if not _HOST.fullmatch(host) or not port.isdigit() or not 1 <= int(port) <= 65535:
             raise UserError(f"alertmanager {target!r} is not host:port")
     # No `node` target label: the samples carry the node's hostname (see the module docstring).
     agent_targets = [{"targets": [f"{h.host}:{agent_port}"]} for h in hosts]

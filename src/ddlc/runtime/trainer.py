@@ -280,6 +280,8 @@ class Trainer:
             "optimizer_state_entries": optimizer_state_entries(self.optimizer),
             # The run's cost so far, so a resumed run's cost continues (ddlc_run_cost_usd); None without metrics.
             "cost_usd": self.metrics.run_cost_usd() if self.metrics is not None else None,
+            # Which windows are trained on: a resume with another split would train on what was held out.
+            "val_fraction": self.cfg.data.val_fraction,
         }
 
     def resume(self) -> Optional[dict]:
@@ -315,6 +317,13 @@ class Trainer:
                             f"with checkpoint.resume=false")
         if restored is None:
             return None
+        saved_fraction = restored.get("val_fraction")  # absent in checkpoints written before it was recorded
+        if saved_fraction is not None and saved_fraction != self.cfg.data.val_fraction:
+            raise UserError(
+                f"data.val_fraction={self.cfg.data.val_fraction} but {restored['checkpoint']} was trained with "
+                f"data.val_fraction={saved_fraction}: another split would train on held-out data and evaluate on "
+                f"trained-on data. Resume with data.val_fraction={saved_fraction}, or start a new run "
+                f"(checkpoint.resume=false or another checkpoint.uri)")
         check_optimizer_restored(self.optimizer, restored, self.checkpointer.group, restored.get("checkpoint", ""))
         self.state.step = restored["step"]
         self.state.tokens_seen = restored["tokens_seen"]
