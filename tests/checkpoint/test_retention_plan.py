@@ -65,3 +65,37 @@ def test_uncommitted_directories_go_only_below_the_newest_verified_step():
 def test_keep_every_keeps_multiples_only():
     entries = [_entry(s) for s in (10, 20, 30, 40, 50, 60)]
     assert _deleted(entries, keep_last=1, keep_every=20) == [10, 30, 50]
+
+
+def test_every_decision_and_its_reason_in_the_order_prune_prints_them():
+    """`prune` prints each decision with its reason, uncommitted and unreadable directories first (by step), then by commit order."""
+    entries = [_entry(60, CORRUPT, seq=6), _entry(50, seq=5), _entry(40, seq=4), _entry(30, seq=3),
+               _entry(20, CORRUPT, seq=2), _entry(10, seq=1), _entry(5, seq=0), _entry(7, UNREADABLE),
+               _entry(3, UNCOMMITTED), _entry(70, UNCOMMITTED), _entry(80, seq=7, lineage="other")]
+    got = [(d.entry.step, d.delete, d.why)
+           for d in plan(entries, keep_last=2, keep_every=30, own_lineages={None})]
+    assert got == [
+        (3, True, "debris of a save that never committed"),
+        (7, False, "unreadable, kept for inspection (p)"),
+        (70, False, "uncommitted (a save in flight, or newer than any verified)"),
+        (5, True, "older than the newest 2 verified"),
+        (10, True, "older than the newest 2 verified"),
+        (20, True, "does not verify (p); a newer one does"),
+        (30, False, "step is a multiple of keep_every=30"),
+        (40, False, "within keep_last=2"),
+        (50, False, "newest verified"),
+        (60, False, "does not verify (p), kept for inspection: newer than the newest verified checkpoint"),
+        (80, False, "another run's checkpoint (lineage other)"),
+    ]
+    nothing = [(d.entry.step, d.delete, d.why) for d in plan([_entry(20, CORRUPT)], keep_last=1)]
+    assert nothing == [(20, False, "no checkpoint verifies: nothing is deleted")]
+
+
+def test_the_checkpoint_resumed_from_stays_until_a_newer_one_verifies():
+    entries = [_entry(10, seq=1), _entry(20, seq=2)]
+    decisions = {d.entry.step: (d.delete, d.why) for d in plan(entries, keep_last=1, protect=["step-00000020"])}
+    assert decisions[20] == (False, "resumed from, and no newer checkpoint has verified yet")
+    assert decisions[10] == (True, "older than the newest 1 verified")
+    entries.append(_entry(30, seq=3))
+    decisions = {d.entry.step: d.delete for d in plan(entries, keep_last=1, protect=["step-00000020"])}
+    assert decisions == {10: True, 20: True, 30: False}
