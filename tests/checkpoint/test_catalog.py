@@ -296,27 +296,22 @@ def test_apply_moves_latest_off_a_corrupt_or_missing_checkpoint(tmp_path, pointe
     assert _left(tmp_path) == ["step-00000020", "step-00000030"]
 
 
-def test_apply_with_nothing_verified_left_removes_a_latest_that_names_a_deleted_one(tmp_path):
+@pytest.mark.parametrize("pointer, left_pointer", [
+    ("step-00000010", None),  # names a deleted one: removed
+    ("step-00000020", "step-00000020"),  # names the kept one: kept as it is
+], ids=["names-a-deleted-one", "names-a-kept-one"])
+def test_apply_with_nothing_verified_left_and_latest(tmp_path, pointer, left_pointer):
     _write(tmp_path, 10)
     _write(tmp_path, 20)
     (tmp_path / "step-00000020" / ".metadata").unlink()
-    (tmp_path / LATEST).write_text("step-00000010")
+    (tmp_path / LATEST).write_text(pointer)
     store = _store(tmp_path)
     entries = catalog.scan(store)
     catalog.apply(store, entries, _decide(entries, {"step-00000020"}))
-    assert not (tmp_path / LATEST).exists()
-    assert _left(tmp_path) == ["step-00000020"]
-
-
-def test_apply_with_nothing_verified_left_keeps_a_latest_that_names_a_kept_one(tmp_path):
-    _write(tmp_path, 10)
-    _write(tmp_path, 20)
-    (tmp_path / "step-00000020" / ".metadata").unlink()
-    (tmp_path / LATEST).write_text("step-00000020")
-    store = _store(tmp_path)
-    entries = catalog.scan(store)
-    catalog.apply(store, entries, _decide(entries, {"step-00000020"}))
-    assert (tmp_path / LATEST).read_text() == "step-00000020"
+    if left_pointer is None:
+        assert not (tmp_path / LATEST).exists()
+    else:
+        assert (tmp_path / LATEST).read_text() == left_pointer
     assert _left(tmp_path) == ["step-00000020"]
 
 
