@@ -51,9 +51,10 @@ LIVE_RUN = "dash-live"
 
 @pytest.fixture(scope="module")
 def live_run(runs_dir):
-    """A real run that keeps training while the tests look at it (started first: torch takes seconds to load)."""
+    """A real run that keeps training while the tests look at it (started first: torch takes seconds to load).
+    Its length is far beyond the module's life, on any machine speed: the fixture stops it, the run never ends."""
     process = subprocess.Popen(
-        [PYTHON, str(TRAIN_PY), "--config", str(CONFIG), *FAST, "training.max_steps=3000",
+        [PYTHON, str(TRAIN_PY), "--config", str(CONFIG), *FAST, "training.max_steps=100000000",
          f"monitoring.run_dir={runs_dir}", f"monitoring.run_name={LIVE_RUN}",
          "monitoring.progress=plain", "checkpoint.enabled=false"],
         cwd=REPO, env=child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
