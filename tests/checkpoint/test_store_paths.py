@@ -209,6 +209,9 @@ def test_makedirs_move_and_remove(tmp_path):
     (tmp_path / "src" / "f").write_bytes(b"f")
     store.move("src", "a/b/dst")
     assert (tmp_path / "a/b/dst/f").read_bytes() == b"f" and not (tmp_path / "src").exists()
+    (tmp_path / "g").write_bytes(b"g")
+    store.move("g", "a/b/g")  # into a directory that exists already
+    assert (tmp_path / "a/b/g").read_bytes() == b"g"
     store.remove_tree("a")
     assert not (tmp_path / "a").exists()
     store.remove_tree("a")  # gone already: fine
@@ -248,8 +251,9 @@ def test_s3_reads_writes_moves_and_deletes(s3_env, tmp_path, monkeypatch):
     assert store.list_files("moved") == [FileInfo("latest", 6), FileInfo("step-1/a.bin", 3),
                                          FileInfo("step-1/sub/t", 2)]
     assert store.list_files("step-1") == [] and not store.exists("step-1", "a.bin") and not store.exists("latest")
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(FileNotFoundError) as raised:
         store.move("step-9", "moved/step-9")
+    assert str(raised.value) == f"s3://{BUCKET}/run/step-9 does not exist"
     store.remove_tree("moved")
     assert store.list_dirs() == []
     assert list(tmp_path.iterdir()) == []
