@@ -346,7 +346,7 @@ def check_zero3_init(out: Path) -> str:
 
     ctx = context()
     cfg = gpt_125m("distributed.strategy=deepspeed", "distributed.deepspeed.zero_stage=3", "model.n_layer=4",
-                   f"training.precision={'bf16' if DEVICE == 'cuda' else 'fp32'}")
+                   "training.precision=bf16")
     cfg.model.vocab_size = 256
     plan, built, losses, states = plan_batches(4, 4, None, ctx.world_size), {}, {}, {}
     tokens = torch.randint(0, 256, (4, cfg.model.block_size + 1), generator=torch.Generator().manual_seed(0))
