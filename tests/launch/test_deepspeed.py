@@ -15,8 +15,8 @@ import torch
 from ddlc.runtime.metrics import read_metrics
 from tests.launch.helpers import assert_identical_ranks, job_args
 from tests.launch.hosts import SSH_PORT
-from tests.support import (CONFIG, FAST, PYTHON, REPO, TRAIN_PY, MotoServer, assert_ok, child_env, free_port, run,
-                           torchrun)
+from tests.support import (CONFIG, FAST, PYTHON, REPO, TRAIN_PY, MotoServer, assert_ok, child_env, free_port, torchrun)
+from tests.support import run as support_run
 
 pytest.importorskip("deepspeed")
 
@@ -25,6 +25,12 @@ DEEPSPEED = Path(PYTHON).parent / "deepspeed"
 DS_CONFIG = REPO / "ds_config.json"
 ENV = {"TORCH_EXTENSIONS_DIR": str(REPO / ".cache" / "torch_extensions"), "PYTHONPATH": str(REPO / "src")}
 STEPS = 10
+
+
+def run(cmd: list[str], cwd: Path, timeout: float = 420, **env: str) -> subprocess.CompletedProcess:
+    # The session's first DeepSpeed job JIT-compiles its shm comm op (minutes on a loaded 2-core machine; every job
+    # waits on that build's lock): 180 s was too short.
+    return support_run(cmd, cwd, timeout, **env)
 
 
 def deepspeed(*args: str) -> list[str]:

@@ -35,7 +35,8 @@ def test_zero3_built_partitioned_matches_the_whole_build(tmp_path):
         assert report["identical_init"] == {"zero_init": True, "whole": True}
         losses = report["losses"]
         assert len(losses["zero_init"]) == 4 and losses["zero_init"] == losses["whole"]  # bit-identical
-        assert report["committed"] == {"zero_init": True, "whole": True}
+        if rank == 0:  # rank 0 commits (COMMIT, latest) once every rank has written its files
+            assert report["committed"] == {"zero_init": True, "whole": True}
         for writer in ("zero_init", "whole"):
             crossed = report["crossed"][writer]
             assert crossed["resumed_step"] == 3 and crossed["weights"], (writer, crossed)
