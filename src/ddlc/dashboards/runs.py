@@ -222,6 +222,8 @@ def parse_summary(path: Path, info: os.stat_result) -> dict[str, Any]:
 
 def parse_config(path: Path, info: os.stat_result) -> dict[str, Any]:
     text = _read_small(path, info)
+    if text in _CONFIGS:  # runs started from one config file differ in a line or two; many are identical
+        return _CONFIGS[text]
     try:
         data = yaml.load(text, Loader=_YAML_LOADER)  # noqa: S506 - a safe loader (CSafeLoader or SafeLoader)
     except yaml.YAMLError as error:
@@ -234,14 +236,11 @@ def parse_config(path: Path, info: os.stat_result) -> dict[str, Any]:
         data = {}
     if not isinstance(data, dict):
         raise RunFileError(f"{path.name}: top level is a {type(data).__name__}, not a mapping of sections")
-    key = text
-    if key in _CONFIGS:  # runs started from one config file differ in a line or two; most are identical
-        return _CONFIGS[key]
     try:
         parsed = validate(data, path.name).model_dump(mode="json")
         if len(_CONFIGS) > 512:
             _CONFIGS.clear()
-        _CONFIGS[key] = parsed
+        _CONFIGS[text] = parsed
         return parsed
     except ConfigError as error:
         raise RunFileError(_short(error)) from None
@@ -350,9 +349,14 @@ class _Metrics:
         for key, values in columns.items():
             if key == "step":
                 continue
+            try:  # the common case, a number on every line: converted in C, no list in between
+                values.extend(array("d", map(itemgetter(key), records)))
+                continue
+            except (KeyError, TypeError, OverflowError):  # a key some lines lack; "nan" strings, None, big ints
+                pass
             raw = list(map(dict.get, records, repeat(key), repeat(math.nan)))
             try:
-                values.extend(array("d", raw))  # numbers only: converted in C
+                values.extend(array("d", raw))
             except (TypeError, OverflowError):  # "nan"/"inf" strings, None, a library user's own non-numbers
                 values.extend(array("d", [metric_value(value) for value in raw]))
         self.columns = columns
