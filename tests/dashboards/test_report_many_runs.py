@@ -23,7 +23,7 @@ def _copies(runs_dir, store, names):
         shutil.copytree(runs_dir / RUN_NAME, store / name)
         summary = json.loads((store / name / "summary.json").read_text())
         if "run_name" in summary:
-            summary["run_name"] = name
+            summary["run_name"] = name.encode("utf-8", "replace").decode()  # JSON cannot hold a lone surrogate
         (store / name / "summary.json").write_text(json.dumps(summary))
     return store
 
@@ -45,7 +45,7 @@ def test_many_runs_drop_the_legend_and_the_cost_chart_keeps_the_40_costliest(run
 
 
 HOSTILE = ['<script>alert(1)<\\script>', 'a&b "quoted" \'single\'', "]]><x y='1'>", "\x01ctl\x7f", "|pipe|",
-           "x" * 200]
+           "x" * 200, "not-utf8-\udcff"]  # the last: a directory name with the byte 0xff
 
 
 def _step_lines(losses, start):
@@ -55,7 +55,7 @@ def _step_lines(losses, start):
 
 def test_hostile_names_and_odd_data_give_a_whole_report_without_markup(runs_dir, tmp_path):
     """Run names are directory names a user chose: `<script>`, quotes, `]]>`, control characters, a `|` that
-    would split a Markdown table. None becomes markup in the HTML page, the Markdown or the SVG figures
+    would split a Markdown table, bytes that are not UTF-8. None becomes markup in the HTML page, the Markdown or the SVG figures
     (each figure parses as XML and holds no element but the chart's own); each name is shown as text."""
     store = _copies(runs_dir, tmp_path / "runs", HOSTILE)
     odd = {"nan-loss": ["nan", 2.0, "inf", 1.0, "-inf", 0.5], "all-nan": ["nan", "nan"]}
@@ -83,6 +83,7 @@ def test_hostile_names_and_odd_data_give_a_whole_report_without_markup(runs_dir,
     loss = svg_parts(tmp_path / "week_files" / "loss.svg")
     assert loss["series"]["<script>alert(1)<\\script>"] == 20  # the name, as text
     assert loss["series"]["\ufffdctl\x7f"] == 20  # a control character XML cannot hold: replaced, not dropped
+    assert loss["series"]["not-utf8-\ufffd"] == 20 and "| not-utf8-\ufffd |" in markdown
     assert loss["series"]["nan-loss"] == 3 and loss["series"]["all-nan"] == 0  # NaN/inf are gaps, not points
     d = next(e.get("d") for e in ElementTree.parse(tmp_path / "week_files" / "loss.svg").iter()
              if e.get("class") == "series" and e.find("{http://www.w3.org/2000/svg}title").text == "nan-loss")

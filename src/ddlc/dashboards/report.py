@@ -34,6 +34,7 @@ MAX_POINTS = 500  # per Prometheus series: plenty for a week's plot
 PLOT_POINTS = 800  # per run and plot
 LEGEND_RUNS = 15  # a legend of more runs than this hides the plot
 BAR_RUNS = 40  # the cost bar chart shows the costliest runs
+_SURROGATES = re.compile("[\ud800-\udfff]")
 MAX_SINCE_S = 50 * 365 * 86400  # --since longer than this reaches before any run (and before 1970)
 
 
@@ -331,7 +332,10 @@ def write_report(report: UtilizationReport, output: Path | str) -> Path:
         out.parent.mkdir(parents=True, exist_ok=True)
         plots = _plots(report, out.parent / f"{out.stem}_files")
         blocks = _blocks(report, plots, out.parent)
-        out.write_text(_markdown(blocks) if out.suffix.lower() == ".md" else _html(blocks))
+        text = _markdown(blocks) if out.suffix.lower() == ".md" else _html(blocks)
+        # A run directory whose name is not UTF-8 holds lone surrogates (Python's stand-ins for its bytes), which
+        # no encoder writes: shown as U+FFFD, as in the figures, rather than a traceback.
+        out.write_text(_SURROGATES.sub("\ufffd", text), encoding="utf-8")
     except OSError as error:  # a folder under a file, no permission, read-only or full disk
         where = error.filename or out
         raise UserError(f"-o: cannot write {where}: {error.strerror or error}") from None

@@ -16,6 +16,7 @@ A figure costs a few milliseconds per 10,000 points (the report draws each run c
 from __future__ import annotations
 
 import math
+import re
 import time
 from dataclasses import dataclass
 from typing import Optional, Sequence
@@ -33,6 +34,7 @@ SCALE = 10  # path coordinates are in 1/SCALE pixels (integers)
 MARGIN = 0.03  # of the data's span, left empty at each end of an axis
 LIMIT = 1e300  # values beyond this are clipped for the axis range (the span of two such values must stay finite)
 NAME_CHARS = 40  # a name longer than this is shortened on the chart (whole in the tooltip)
+_FORBIDDEN = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 _TIME_STEPS = (60, 300, 900, 1800, 3600, 3 * 3600, 6 * 3600, 12 * 3600, 86400, 2 * 86400, 7 * 86400, 28 * 86400)
 
 
@@ -64,8 +66,9 @@ def _text(value: object, limit: Optional[int] = None) -> str:
     flat = " ".join(str(value).split())
     if limit is not None and len(flat) > limit:
         flat = flat[: limit - 1] + "…"
-    # Characters XML 1.0 forbids even escaped (control bytes in a run name) become U+FFFD.
-    flat = "".join(c if c >= " " or c in "\t\n\r" else "\ufffd" for c in flat)
+    # Characters XML 1.0 forbids even escaped (control bytes in a run name; the lone surrogates Python makes of
+    # a directory name that is not UTF-8, which no encoder writes) become U+FFFD.
+    flat = _FORBIDDEN.sub("\ufffd", flat)
     return _escape(flat, {'"': "&quot;", "'": "&apos;"})
 
 
@@ -88,9 +91,8 @@ def nice_ticks(low: float, high: float, count: int = 6) -> tuple[float, float, l
     or ends at) and the round values (1, 2, 2.5, 5 x 10^k) within them, about `count` of them."""
     if not (math.isfinite(low) and math.isfinite(high)):
         low, high = 0.0, 1.0
-    if high < low:
-        low, high = high, low
-    if high == low:  # one value (or all equal): a band around it
+    low, high = sorted((min(max(low, -LIMIT), LIMIT), min(max(high, -LIMIT), LIMIT)))
+    if high - low <= max(abs(low), abs(high)) * 1e-12 + 1e-300:  # one value (or all equal): a band around it
         pad = abs(low) * 0.05 or 0.5
         low, high = low - pad, high + pad
     else:
@@ -128,6 +130,13 @@ def time_ticks(low: float, high: float, count: int = 7) -> tuple[float, float, l
     ticks = [first + i * step for i in range(int((high - first) // step) + 1)]
     fmt = "%m-%d" if step >= 86400 else "%m-%d %H:%M"
     return low, high, ticks, fmt
+
+
+def _time_label(value: float, fmt: str) -> str:
+    try:
+        return time.strftime(fmt, time.gmtime(value))
+    except (OverflowError, OSError, ValueError):  # a timestamp no calendar holds
+        return f"{value:.4g}"
 
 
 # -- drawing ----------------------------------------------------------------------------------------------
@@ -275,7 +284,7 @@ def line_chart(chart: Chart, series: Sequence[Series], clip_id: str = "plot") ->
     x_step = x_ticks[1] - x_ticks[0] if len(x_ticks) > 1 else 1.0
     for value in x_ticks:
         x = float(frame.px(np.float64(value)))
-        label = (time.strftime(time_format, time.gmtime(value)) if chart.x_time else tick_label(value, x_step))
+        label = _time_label(value, time_format) if chart.x_time else tick_label(value, x_step)
         parts.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{frame.y0}" y2="{frame.y1}" stroke="#e3e6ec"/>')
         parts.append(f'<text class="x-tick" x="{x:.1f}" y="{frame.y1 + 15}" text-anchor="middle" '
                      f'font-size="11">{_text(label)}</text>')
