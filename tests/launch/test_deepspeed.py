@@ -4,6 +4,7 @@ checkpoints in ddlc's committed layout, resume, and DeepSpeed's own multi-node r
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -220,8 +221,13 @@ def test_train_py_deepspeed_checkpoints_and_resume(tmp_path):
     ckpt = tmp_path / "ckpt"
     args = [str(TRAIN_PY), "--config", str(CONFIG), "--deepspeed", str(DS_CONFIG), *common(
         tmp_path, "ds", f"checkpoint.uri={ckpt}", "checkpoint.interval_steps=5")]
-    first = run(deepspeed(*args), cwd=REPO, **ENV)
+    command = deepspeed(*args)
+    first = run(command, cwd=REPO, **ENV)
     assert_ok(first)
+    # DeepSpeed's CPU all-reduce buffers (one ~69 MB /dev/shm file per rank) do not outlive the run.
+    port = command[command.index("--master_port") + 1]
+    assert "deepspeed_shm_comm_op built successfully" in first.stdout + first.stderr, "not DeepSpeed's shm all-reduce path"
+    assert not list(Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_{os.getuid()}_*_{port}_*"))
     proc = run([PYTHON, "-m", "ddlc.cli.main", "checkpoints", "verify", str(ckpt)], cwd=REPO, **ENV)
     assert_ok(proc)
     assert "step-00000005" in proc.stdout + proc.stderr and "step-00000010" in proc.stdout + proc.stderr

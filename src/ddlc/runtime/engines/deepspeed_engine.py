@@ -99,6 +99,26 @@ def init_partitioned(deepspeed, model: torch.nn.Module, seed: int) -> None:
                 param.copy_(model.initial_value(name, param.shape, seed).to(param.dtype))
 
 
+SHM_DIR = Path("/dev/shm")
+
+
+def release_shm_allreduce_name(rank: int) -> None:
+    """Unlink this rank's DeepSpeed shared-memory all-reduce buffer from /dev/shm once every rank has mapped it.
+
+    DeepSpeed's CPU backend, when all ranks share a host, gives each rank a ~69 MB buffer
+    `/dev/shm/deepspeed_allreduce_buffer_<uid>_<MASTER_ADDR>_<MASTER_PORT>_<rank>` that its peers map, and never
+    unlinks it: every run (clean exit or kill -9) left that memory behind until reboot (18 GB after a day of
+    runs here). The mappings outlive the name, so the run keeps working; nothing is left whatever way it ends.
+    """
+    name = (f"deepspeed_allreduce_buffer_{os.getuid()}_{os.environ.get('MASTER_ADDR', '')}_"
+            f"{os.environ.get('MASTER_PORT', '')}_{rank}")
+    # On every rank, whether or not it has such a buffer (GPU, or ranks on several hosts): a barrier some ranks
+    # skipped would hang the others.
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()  # every peer has opened it (they spin until the name exists)
+    (SHM_DIR / name).unlink(missing_ok=True)
+
+
 class DeepSpeedEngine:
     def __init__(self, cfg, ctx, build: Callable[[], torch.nn.Module], plan, total_steps: int):
         deepspeed = _import_deepspeed()
@@ -121,6 +141,7 @@ class DeepSpeedEngine:
         self.model, self.optimizer, _, _ = deepspeed.initialize(
             model=model, optimizer=client_optimizer, config=self.config, dist_init_required=False
         )
+        release_shm_allreduce_name(ctx.rank)
 
     def train_step(self, micro_batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
                    is_finite: Callable[[torch.Tensor, torch.Tensor], bool]) -> tuple[torch.Tensor, torch.Tensor, bool]:
