@@ -15,6 +15,8 @@ On a machine without a CUDA GPU every GPU check prints SKIP with the reason, so 
                      bit, all bytes staged; time against the CPU destination path and DCP's own reader
   throughput         tokens/s and MFU: DDP-bf16, FSDP2-bf16, fp32 with TF32 and without
   no-host-syncs      torch.cuda.set_sync_debug_mode("error") over non-log steps: DDP, FSDP2, DeepSpeed
+  zero3-init         DeepSpeed ZeRO-3, bf16 on CUDA, built under zero.Init vs built whole: partitions on the GPU
+                     at construction, the same initial weights, losses of 3 steps equal
   flash-attention    forward/backward with only the flash SDPA backend allowed; gradient accumulation == one batch
   nvml               the node agent's NVML readings against torch's own; one CUDA context in this process
   doctor             `ddlc doctor --json` on this node (runs on CPU too)
@@ -37,6 +39,7 @@ CHECKS = [  # (name, timeout seconds): most important first; together under 8 mi
     ("gpu-resume", 60),
     ("throughput", 150),
     ("no-host-syncs", 90),
+    ("zero3-init", 90),
     ("flash-attention", 60),
     ("nvml", 45),
     ("doctor", 60),
@@ -328,6 +331,48 @@ def check_no_host_syncs(out: Path) -> str:
     if problems:
         raise AssertionError("; ".join(problems))
     return f"no host sync in 5 non-log steps under {', '.join(done)}"
+
+
+def check_zero3_init(out: Path) -> str:
+    import torch
+
+    try:
+        import deepspeed  # noqa: F401
+    except ImportError:
+        return "DeepSpeed is not installed: nothing to check"
+    from ddlc.runtime.data import plan_batches
+    from ddlc.runtime.engines.deepspeed_engine import DeepSpeedEngine
+    from ddlc.runtime.model import GPT
+
+    ctx = context()
+    cfg = gpt_125m("distributed.strategy=deepspeed", "distributed.deepspeed.zero_stage=3", "model.n_layer=4",
+                   "training.precision=bf16")
+    cfg.model.vocab_size = 256
+    plan, built, losses, states = plan_batches(4, 4, None, ctx.world_size), {}, {}, {}
+    tokens = torch.randint(0, 256, (4, cfg.model.block_size + 1), generator=torch.Generator().manual_seed(0))
+    for zero_init in (True, False):
+        cfg.distributed.deepspeed.zero_init = zero_init
+        torch.manual_seed(cfg.training.seed)
+
+        def build():
+            model = GPT(cfg.model)
+            built[zero_init] = [(p.numel(), getattr(p, "ds_tensor", p).device.type) for p in model.parameters()]
+            return model
+
+        engine = DeepSpeedEngine(cfg, ctx, build, plan, total_steps=10)
+        states[zero_init] = {k: v.float().cpu() for k, v in engine.full_state_dict().items()}
+        torch.manual_seed(1)
+        losses[zero_init] = [engine.train_step([(tokens[:, :-1], tokens[:, 1:])], lambda loss, norm: True)[0].item()
+                             for _ in range(3)]
+        del engine
+    if not all(n == 0 and device == DEVICE for n, device in built[True]):
+        raise AssertionError(f"zero.Init left full parameters or partitions off {DEVICE}: {built[True][:4]}")
+    if states[True].keys() != states[False].keys() or any(not torch.equal(v, states[False][k])
+                                                          for k, v in states[True].items()):
+        raise AssertionError("initial weights differ between zero.Init and the whole build")
+    if losses[True] != losses[False]:
+        raise AssertionError(f"losses differ: zero.Init {losses[True]} vs whole {losses[False]}")
+    return f"partitioned at construction on {DEVICE}, same initial weights, losses equal: {losses[True]}"
 
 
 def check_flash_attention(out: Path) -> str:

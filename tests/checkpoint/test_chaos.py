@@ -23,7 +23,10 @@ from tests.support import PYTHON, REPO, child_env
 
 WORKER = REPO / "tests" / "checkpoint" / "chaos_worker.py"
 SEED = int(os.environ.get("DDLC_CHAOS_SEED", "12"))
-BUDGET_S = 80
+# Seconds of kill rounds in `make test`, and the fewest kills however slow the machine; a longer soak:
+# DDLC_CHAOS_SEED=7 DDLC_CHAOS_BUDGET_S=900 .venv/bin/pytest tests/checkpoint/test_chaos.py
+BUDGET_S = float(os.environ.get("DDLC_CHAOS_BUDGET_S", "30"))
+MIN_KILLS = 5
 
 
 def _newest(store) -> list | None:
@@ -38,7 +41,7 @@ def test_random_kills_and_corruptions_never_lose_the_newest_good_checkpoint(tmp_
     deadline = time.monotonic() + BUDGET_S
     kills = lives = 0
     log = []
-    while time.monotonic() < deadline - 25:
+    while time.monotonic() < deadline or kills < MIN_KILLS:
         proc = subprocess.Popen([PYTHON, str(WORKER), str(store_dir), str(rng.randrange(1 << 30)), "1000",
                                  str(reference_file)], env=child_env(), stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)
@@ -60,5 +63,5 @@ def test_random_kills_and_corruptions_never_lose_the_newest_good_checkpoint(tmp_
                            env=child_env(), capture_output=True, text=True, timeout=300)
     assert final.returncode == 0 and "done" in final.stdout, final.stdout[-2000:] + final.stderr[-4000:]
     lives += 5
-    assert kills >= 1 and lives >= 10, (kills, lives)
+    assert kills >= MIN_KILLS and lives >= 10, (kills, lives)
     print(f"seed {SEED}: {kills} kills, {lives} lives")

@@ -85,10 +85,71 @@ def _straight(tmp_path: Path, nproc: int, *extra: str) -> list[float]:
     return losses
 
 
+# Storage every 40 steps (one storage checkpoint, step 40, before the final one: storage never overtakes the copies
+# the test looks at), memory every 4.
+INTERVAL, MEMORY_INTERVAL = 40, 4
+# These cases start from the same first life (2 nodes x 1 rank, frozen and killed the same way) and differ only in
+# what is done to node 0's memory before the restart: they share one first life.
+SHARED_FIRST_LIFE = ("node lost", "node lost, newest copy had not arrived", "node lost, newest copy corrupt")
+
+
+def _extra(micro: tuple = ()) -> tuple:
+    return (f"checkpoint.interval_steps={INTERVAL}", f"checkpoint.memory_interval_steps={MEMORY_INTERVAL}",
+            "distributed.timeout_s=60", *micro)
+
+
+def _first_life(tmp_path: Path, nnodes: int, nproc: int, extra: tuple, metrics_ports: list, late: bool) -> int:
+    """Train on `nnodes` nodes until storage holds step 40 and node 0 holds a copied snapshot more than a memory
+    interval after it ("late": and an older copied one after it too); with metrics ports, until node 1's first
+    rank also counts the copies it sent and stored. Then freeze every process, kill node 1 (the host is gone)
+    and node 0. Returns the last step logged before the freeze."""
+    shms = [tmp_path / f"host{n}-shm" for n in range(nnodes)]
+    ckpt = tmp_path / "runs" / NAME / "checkpoints"
+    port = free_port()
+    metrics = [(f"monitoring.metrics_port={metrics_ports[n]}", "monitoring.metrics_linger_s=0")
+               if metrics_ports else () for n in range(nnodes)]
+    nodes = [_node(tmp_path, n, port, shms[n], *extra, *metrics[n], nproc=nproc, nnodes=nnodes)
+             for n in range(nnodes)]
+    try:
+        def ready():
+            storage = _committed_steps(ckpt) if ckpt.exists() else []
+            if not storage or storage[-1] < INTERVAL:
+                return False
+            after = [s for s in _replicated_steps(shms) if s > storage[-1]]
+            done = after and after[-1] > storage[-1] + MEMORY_INTERVAL and len(after) > late
+            return done and (not metrics_ports or _peer_copies_counted(metrics_ports[1]))
+
+        _wait_for(ready, proc=nodes[0])
+        _freeze(nodes)
+        killed_at = _last_logged_step(tmp_path / "runs" / NAME)
+        _kill_job(nodes[1])  # the host is gone: its processes, then its memory
+        for proc in nodes:
+            _kill_job(proc)
+        for proc in nodes:
+            proc.communicate()
+    finally:
+        for proc in nodes:
+            _kill_job(proc)
+    return killed_at
+
+
+@pytest.fixture(scope="module")
+def two_node_first_life(tmp_path_factory):
+    """One first life for the SHARED_FIRST_LIFE cases, kept as a snapshot. Each case copies it back to the same
+    absolute path it was made at (the cases run one after another), so every path the first life wrote into its
+    files still holds; what a case does to its copy does not reach the others."""
+    root = tmp_path_factory.mktemp("peer-first-life")
+    work, snapshot = root / "work", root / "snapshot"
+    work.mkdir()
+    killed_at = _first_life(work, 2, 1, _extra(), [free_port(), free_port()], late=True)
+    work.rename(snapshot)
+    return work, snapshot, killed_at
+
+
 @pytest.mark.parametrize("case", ["node lost", "node lost, newest copy had not arrived",
                                   "2 ranks per node", "node lost, node 0 restarted alone with 2 ranks",
                                   "3 nodes, the middle one lost", "node lost, newest copy corrupt"])
-def test_node_lost_resumes_from_peer_replica_bit_exact(tmp_path, straight_losses, case):
+def test_node_lost_resumes_from_peer_replica_bit_exact(tmp_path, straight_losses, case, request):
     """"newest copy had not arrived": node 0's copy of node 1's newest snapshot is removed before the restart (as
     if node 1 died while sending it): that step is committed on node 0 but incomplete, so every rank resumes from
     the older snapshot, complete in the copies. "2 ranks per node": each node's first rank sends both ranks' files.
@@ -106,46 +167,20 @@ def test_node_lost_resumes_from_peer_replica_bit_exact(tmp_path, straight_losses
         micro = ("training.global_batch_size=12",)
     if nproc * nnodes != 2:  # the uninterrupted run of the same ranks
         straight_losses = _straight(tmp_path, nproc * nnodes, *micro)
-    # One storage checkpoint (step 40) before the final one: storage never overtakes the copies the test looks at.
-    interval, memory_interval = 40, 4
+    interval, extra = INTERVAL, _extra(micro)
+    if case in SHARED_FIRST_LIFE:
+        tmp_path, snapshot, killed_at = request.getfixturevalue("two_node_first_life")
+        shutil.copytree(snapshot, tmp_path, symlinks=True)
+        request.addfinalizer(lambda: shutil.rmtree(tmp_path, ignore_errors=True))
+    else:
+        killed_at = _first_life(tmp_path, nnodes, nproc, extra, [], late)
     shms = [tmp_path / f"host{n}-shm" for n in range(nnodes)]
     ckpt = tmp_path / "runs" / NAME / "checkpoints"
-    extra = (f"checkpoint.interval_steps={interval}", f"checkpoint.memory_interval_steps={memory_interval}",
-             "distributed.timeout_s=60", *micro)
-
-    # "node lost": each node's rank serves its metrics; node 1's first rank counts the copies it sent and stored.
-    metrics_ports = [free_port() for _ in range(nnodes)] if case == "node lost" else []
 
     def start_nodes() -> list:
         port = free_port()
-        metrics = [(f"monitoring.metrics_port={metrics_ports[n]}", "monitoring.metrics_linger_s=0")
-                   if metrics_ports else () for n in range(nnodes)]
-        return [_node(tmp_path, n, port, shms[n], *extra, *metrics[n], nproc=nproc, nnodes=nnodes)
-                for n in range(nnodes)]
+        return [_node(tmp_path, n, port, shms[n], *extra, nproc=nproc, nnodes=nnodes) for n in range(nnodes)]
 
-    nodes = start_nodes()
-    try:
-        def ready():
-            """Past the storage checkpoint, a copied snapshot more than a memory interval after it ("late": and an
-            older copied one after it too)."""
-            storage = _committed_steps(ckpt) if ckpt.exists() else []
-            if not storage or storage[-1] < interval:
-                return False
-            after = [s for s in _replicated_steps(shms) if s > storage[-1]]
-            done = after and after[-1] > storage[-1] + memory_interval and len(after) > late
-            return done and (not metrics_ports or _peer_copies_counted(metrics_ports[1]))
-
-        _wait_for(ready, proc=nodes[0])
-        _freeze(nodes)
-        killed_at = _last_logged_step(tmp_path / "runs" / NAME)
-        _kill_job(nodes[1])  # the host is gone: its processes, then its memory
-        for proc in nodes:
-            _kill_job(proc)
-        for proc in nodes:
-            proc.communicate()
-    finally:
-        for proc in nodes:
-            _kill_job(proc)
     own1 = _committed_steps(shms[1] / NAME) if (shms[1] / NAME).exists() else []
     assert list((shms[1] / NAME).glob(f"step-*/__{nproc}_*.distcp")), "node 1 held its own shards"
     assert not own1, "node 1's memory holds no COMMIT: rank 0 commits on node 0"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import subprocess
 import time
+from xml.etree import ElementTree
 
 import pytest
 
@@ -22,7 +23,29 @@ from tests.dashboards.conftest import PRICED_AS, RUN_NAME
 from tests.monitor.helpers import PrometheusServer, prometheus_tool
 from tests.support import PYTHON, REPO, run
 
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+SVG = "{http://www.w3.org/2000/svg}"
+
+
+def svg_parts(path) -> dict:
+    """What an SVG figure of the report shows: its title, axis labels, ticks, series (name -> points), legend
+    entries and bars, parsed with xml.etree (a figure that is not well-formed XML fails here)."""
+    root = ElementTree.parse(path).getroot()
+    assert root.tag == f"{SVG}svg"
+
+    def texts(cls: str) -> list[str]:
+        return ["".join(e.itertext()) for e in root.iter(f"{SVG}text") if e.get("class") == cls]
+
+    series = {}
+    for element in root.iter(f"{SVG}path"):
+        if element.get("class") == "series":
+            numbers = element.get("d").replace("M", " ").replace("L", " ").split()
+            assert len(numbers) == 2 * int(element.get("data-points"))  # x y per point
+            series[element.find(f"{SVG}title").text] = int(element.get("data-points"))
+    return {"title": texts("chart-title"), "x_label": texts("x-label"), "y_label": texts("y-label"),
+            "x_ticks": texts("x-tick"), "y_ticks": texts("y-tick"), "series": series,
+            "legend": ["".join(e.itertext()) for e in root.iter(f"{SVG}g") if e.get("class") == "legend-entry"],
+            "bars": [e.find(f"{SVG}title").text for e in root.iter(f"{SVG}rect") if e.get("class") == "bar"],
+            "bar_labels": texts("bar-label"), "elements": {e.tag.removeprefix(SVG) for e in root.iter()}}
 
 
 def _ddlc(*args: str):
@@ -39,17 +62,26 @@ def test_markdown_report_from_the_run_store(runs_dir, artifacts):
     assert "No GPU utilization data exists for this window" in text  # a CPU run: said in words, not a fake 0%
     assert "| mean GPU utilization | no GPU utilization data |" in text
     for name in ("loss", "throughput", "cost"):
-        assert f"(utilization_files/{name}.png)" in text
-        png = artifacts / "utilization_files" / f"{name}.png"
-        assert png.read_bytes()[:8] == PNG_MAGIC and png.stat().st_size > 10_000
+        assert f"(utilization_files/{name}.svg)" in text
+    figures = {name: svg_parts(artifacts / "utilization_files" / f"{name}.svg") for name in ("loss", "throughput", "cost")}
+    for name, y_label in (("loss", "training loss"), ("throughput", "tokens / s")):
+        figure = figures[name]
+        assert figure["series"] == {RUN_NAME: 20}, name  # every one of the run's 20 steps, one line
+        assert figure["legend"] == [RUN_NAME] and figure["x_label"] == ["step"] and figure["y_label"] == [y_label]
+        assert len(figure["x_ticks"]) >= 3 and len(figure["y_ticks"]) >= 3
+    x_ticks = [float(t.replace(",", "")) for t in figures["loss"]["x_ticks"]]
+    assert x_ticks == sorted(x_ticks) and all(1 <= t <= 20 for t in x_ticks)  # round steps within the run's
+    assert figures["cost"]["title"] == ["cost by run"] and figures["cost"]["y_label"] == ["USD"]
+    assert figures["cost"]["bar_labels"] == [RUN_NAME] and figures["cost"]["bars"][0].startswith(f"{RUN_NAME}: ")
+    assert float(figures["cost"]["bars"][0].split(": ")[1]) > 0  # priced as a GPU instance
 
 
 def test_html_report(runs_dir, tmp_path):
     report = collect(runs_dir, parse_since("7d"), Pricing(None, None, load_price_table()))
     write_report(report, tmp_path / "week.html")
     page = (tmp_path / "week.html").read_text()
-    assert page.startswith("<!doctype html>") and '<img src="week_files/loss.png"' in page
-    assert (tmp_path / "week_files" / "loss.png").read_bytes()[:8] == PNG_MAGIC
+    assert page.startswith("<!doctype html>") and '<img src="week_files/loss.svg"' in page
+    assert svg_parts(tmp_path / "week_files" / "loss.svg")["series"] == {RUN_NAME: 20}
 
 
 def test_bad_input_is_one_line_and_exit_2(runs_dir, tmp_path):
@@ -134,7 +166,12 @@ def test_report_with_prometheus_gpu_data(prometheus, runs_dir, artifacts):
     assert "meets" not in text and f"is below the 80% target" in text
     worst = text[text.index("## Worst offenders"):]
     assert worst.index("gpu-b") < worst.index("gpu-a")
-    assert (artifacts / "utilization-prometheus_files" / "gpu_utilization.png").read_bytes()[:8] == PNG_MAGIC
+    figure = svg_parts(artifacts / "utilization-prometheus_files" / "gpu_utilization.svg")
+    assert set(figure["series"]) == {"gpu-a", "gpu-b", "80% target"} and figure["series"]["80% target"] == 2
+    assert figure["series"]["gpu-a"] == len(by_node["gpu-a"].times) > 100  # every sample Prometheus returned
+    assert figure["y_label"] == ["GPU utilization (%)"] and figure["x_label"] == ["time (UTC)"]
+    assert figure["y_ticks"][0] == "0" and figure["y_ticks"][-1] == "100"
+    assert all(len(tick) == len("12-01 06:00") for tick in figure["x_ticks"]) and len(figure["x_ticks"]) >= 3
 
 
 def test_local_dashboard_reads_prometheus(prometheus, runs_dir):

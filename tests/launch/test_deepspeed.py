@@ -4,8 +4,10 @@ checkpoints in ddlc's committed layout, resume, and DeepSpeed's own multi-node r
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -14,8 +16,8 @@ import torch
 from ddlc.runtime.metrics import read_metrics
 from tests.launch.helpers import assert_identical_ranks, job_args
 from tests.launch.hosts import SSH_PORT
-from tests.support import (CONFIG, FAST, PYTHON, REPO, TRAIN_PY, MotoServer, assert_ok, child_env, free_port, run,
-                           torchrun)
+from tests.support import (CONFIG, FAST, PYTHON, REPO, TRAIN_PY, MotoServer, assert_ok, child_env, free_port, torchrun)
+from tests.support import run as support_run
 
 pytest.importorskip("deepspeed")
 
@@ -24,6 +26,12 @@ DEEPSPEED = Path(PYTHON).parent / "deepspeed"
 DS_CONFIG = REPO / "ds_config.json"
 ENV = {"TORCH_EXTENSIONS_DIR": str(REPO / ".cache" / "torch_extensions"), "PYTHONPATH": str(REPO / "src")}
 STEPS = 10
+
+
+def run(cmd: list[str], cwd: Path, timeout: float = 420, **env: str) -> subprocess.CompletedProcess:
+    # The session's first DeepSpeed job JIT-compiles its shm comm op (minutes on a loaded 2-core machine; every job
+    # waits on that build's lock): 180 s was too short.
+    return support_run(cmd, cwd, timeout, **env)
 
 
 def deepspeed(*args: str) -> list[str]:
@@ -53,8 +61,9 @@ def assert_close_to(reference: dict, out: Path) -> None:
         torch.testing.assert_close(ranks[0][name], tensor, rtol=1e-4, atol=1e-5, msg=f"ZeRO drifted from DDP on {name}")
 
 
-def export_checkpoint(uri: str, output: Path, **env: str) -> dict:
-    proc = run([PYTHON, "-m", "ddlc.cli.main", "checkpoints", "export", uri, "-o", str(output)], cwd=REPO, **ENV, **env)
+def export_checkpoint(uri: str, output: Path, *which: str, **env: str) -> dict:
+    proc = run([PYTHON, "-m", "ddlc.cli.main", "checkpoints", "export", uri, *which, "-o", str(output)], cwd=REPO,
+               **ENV, **env)
     assert_ok(proc)
     exported = torch.load(output, weights_only=True)
     # One count on the screen: DeepSpeed's own "N params" progress lines used to contradict "M tensors" (#13).
@@ -68,25 +77,6 @@ def assert_equal_weights(exported: dict, final: dict) -> None:
         assert torch.equal(exported[name], tensor), f"exported {name} differs from the trained parameter"
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("stage", [0, 1, 3])
-def test_zero_stage_matches_ddp_and_exports(stage, ddp_reference, tmp_path):
-    """ZeRO reaches DDP's parameters; `ddlc checkpoints export` merges its partitions into exactly those."""
-    out, ckpt = tmp_path / "params", tmp_path / "ckpt"
-    proc = run(deepspeed(str(WORKER), str(out), str(CONFIG), *common(
-        tmp_path, f"zero{stage}", "distributed.strategy=deepspeed", f"distributed.deepspeed.config={DS_CONFIG}",
-        f"distributed.deepspeed.zero_stage={stage}", f"checkpoint.uri={ckpt}", "checkpoint.interval_steps=1000")),
-        cwd=REPO, **ENV)
-    assert_ok(proc)
-    assert_close_to(ddp_reference, out)
-    summary = json.loads((tmp_path / f"zero{stage}" / "summary.json").read_text())
-    assert summary["strategy"] == "deepspeed" and summary["world_size"] == 2
-    assert summary["final_loss"] < summary["first_loss"]
-    assert all(record["grad_norm"] > 0 for record in read_metrics(tmp_path / f"zero{stage}"))  # every stage reports it
-    # The last step is always checkpointed; its merged fp32 weights are the final parameters, bit for bit.
-    assert_equal_weights(export_checkpoint(str(ckpt), tmp_path / "model.pt"), torch.load(out / "rank0.pt"))
-
-
 @pytest.fixture(scope="module")
 def s3():
     pytest.importorskip("s3fs")
@@ -96,30 +86,83 @@ def s3():
     server.stop()
 
 
-@pytest.mark.slow
-def test_zero3_checkpoints_on_s3_export_and_resume(s3, tmp_path):
-    """ZeRO-3 to s3://: each rank stages locally and uploads; COMMIT last; export and resume read it back."""
-    uri, out, scratch = "s3://ds-checkpoints/zero3", tmp_path / "params", tmp_path / "tmp"
+@dataclass
+class Zero3Run:
+    out: Path  # params_worker's rank<N>.pt
+    uri: str
+    s3_env: dict  # the moto endpoint's variables
+    env: dict  # ENV, s3_env and TMPDIR
+    scratch: Path  # TMPDIR: where each rank's S3 staging directory goes
+    run_dir: Path
+    summary: dict  # as the run left them, before any test resumes it
+    metrics: list
+
+
+@pytest.fixture(scope="module")
+def zero3_run(s3, tmp_path_factory) -> Zero3Run:
+    """ONE ZeRO-3 job (10 steps, ds_config.json, built under zero.Init by default, checkpoints every 5 steps to
+    s3://), read by the stage-3 case of test_zero_stage_matches_ddp_and_exports and by the S3 export/resume test:
+    each asserts its own behaviour on it instead of training its own ZeRO-3 run."""
+    tmp = tmp_path_factory.mktemp("zero3")
+    uri, scratch = "s3://ds-checkpoints/zero3", tmp / "tmp"
     scratch.mkdir()
-    env = {**ENV, **s3.env, "TMPDIR": str(scratch)}  # where each rank's staging directory goes
+    env = {**ENV, **s3.env, "TMPDIR": str(scratch)}
+    args = common(tmp, "ds-s3", "distributed.strategy=deepspeed", f"distributed.deepspeed.config={DS_CONFIG}",
+                  "distributed.deepspeed.zero_stage=3", f"checkpoint.uri={uri}", "checkpoint.interval_steps=5")
+    assert_ok(run(deepspeed(str(WORKER), str(tmp / "params"), str(CONFIG), *args), cwd=REPO, **env))
+    run_dir = tmp / "ds-s3"
+    return Zero3Run(tmp / "params", uri, s3.env, env, scratch, run_dir,
+                    json.loads((run_dir / "summary.json").read_text()), read_metrics(run_dir))
 
-    def train(steps: int, params: Path) -> None:
-        args = common(tmp_path, "ds-s3", "distributed.strategy=deepspeed", "distributed.deepspeed.zero_stage=3",
-                      f"checkpoint.uri={uri}", "checkpoint.interval_steps=5", f"training.max_steps={steps}")
-        assert_ok(run(deepspeed(str(WORKER), str(params), str(CONFIG), *args), cwd=REPO, **env))
 
-    train(STEPS, out)
-    proc = run([PYTHON, "-m", "ddlc.cli.main", "checkpoints", "verify", uri], cwd=REPO, **env)
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", [0, 1, 3])
+def test_zero_stage_matches_ddp_and_exports(stage, ddp_reference, tmp_path, request):
+    """ZeRO reaches DDP's parameters; `ddlc checkpoints export` merges its partitions into exactly those."""
+    if stage == 3:  # the shared ZeRO-3 job; its checkpoints are on s3://
+        job = request.getfixturevalue("zero3_run")
+        out, ckpt, env, summary, metrics = job.out, job.uri, job.s3_env, job.summary, job.metrics
+    else:
+        out, ckpt, env = tmp_path / "params", str(tmp_path / "ckpt"), {}
+        proc = run(deepspeed(str(WORKER), str(out), str(CONFIG), *common(
+            tmp_path, f"zero{stage}", "distributed.strategy=deepspeed", f"distributed.deepspeed.config={DS_CONFIG}",
+            f"distributed.deepspeed.zero_stage={stage}", f"checkpoint.uri={ckpt}", "checkpoint.interval_steps=1000")),
+            cwd=REPO, **ENV)
+        assert_ok(proc)
+        summary = json.loads((tmp_path / f"zero{stage}" / "summary.json").read_text())
+        metrics = read_metrics(tmp_path / f"zero{stage}")
+    assert_close_to(ddp_reference, out)
+    assert summary["strategy"] == "deepspeed" and summary["world_size"] == 2 and summary["steps"] == STEPS
+    assert summary["final_loss"] < summary["first_loss"]
+    assert all(record["grad_norm"] > 0 for record in metrics)  # every stage reports it
+    # The last step is always checkpointed (stages 0 and 1 checkpoint every 1000 steps); its merged fp32 weights are
+    # the final parameters, bit for bit.
+    exported = export_checkpoint(ckpt, tmp_path / "model.pt", str(STEPS), **env)
+    assert_equal_weights(exported, torch.load(out / "rank0.pt"))
+
+
+@pytest.mark.slow
+def test_zero3_checkpoints_on_s3_export_and_resume(zero3_run, tmp_path):
+    """ZeRO-3 to s3://: each rank stages locally and uploads; COMMIT last; export and resume read it back. The
+    resume builds the model whole (zero_init=false) from partitions written by a zero.Init build: the two are
+    interchangeable."""
+    job = zero3_run
+    proc = run([PYTHON, "-m", "ddlc.cli.main", "checkpoints", "verify", job.uri], cwd=REPO, **job.env)
     assert_ok(proc)
     assert "OK   step-00000005" in proc.stdout and "OK   step-00000010" in proc.stdout
-    assert_equal_weights(export_checkpoint(uri, tmp_path / "model.pt", **s3.env), torch.load(out / "rank0.pt"))
-    assert not list(scratch.glob("ddlc-deepspeed-*")), "staging directories left behind"
+    exported = export_checkpoint(job.uri, tmp_path / "model.pt", **job.s3_env)
+    assert_equal_weights(exported, torch.load(job.out / "rank0.pt"))
+    assert not list(job.scratch.glob("ddlc-deepspeed-*")), "staging directories left behind"
 
-    train(STEPS + 4, tmp_path / "resumed")
-    summary = json.loads((tmp_path / "ds-s3" / "summary.json").read_text())
+    args = common(job.run_dir.parent, "ds-s3", "distributed.strategy=deepspeed",
+                  f"distributed.deepspeed.config={DS_CONFIG}", "distributed.deepspeed.zero_stage=3",
+                  "distributed.deepspeed.zero_init=false", f"checkpoint.uri={job.uri}", "checkpoint.interval_steps=5",
+                  f"training.max_steps={STEPS + 4}")
+    assert_ok(run(deepspeed(str(WORKER), str(tmp_path / "resumed"), str(CONFIG), *args), cwd=REPO, **job.env))
+    summary = json.loads((job.run_dir / "summary.json").read_text())
     assert summary["start_step"] == STEPS and summary["steps"] == STEPS + 4
-    assert summary["resumed_from"] == f"{uri}/step-{STEPS:08d}"
-    assert not list(scratch.glob("ddlc-deepspeed-*")), "staging directories left behind"
+    assert summary["resumed_from"] == f"{job.uri}/step-{STEPS:08d}"
+    assert not list(job.scratch.glob("ddlc-deepspeed-*")), "staging directories left behind"
 
 
 @pytest.mark.slow
@@ -178,8 +221,13 @@ def test_train_py_deepspeed_checkpoints_and_resume(tmp_path):
     ckpt = tmp_path / "ckpt"
     args = [str(TRAIN_PY), "--config", str(CONFIG), "--deepspeed", str(DS_CONFIG), *common(
         tmp_path, "ds", f"checkpoint.uri={ckpt}", "checkpoint.interval_steps=5")]
-    first = run(deepspeed(*args), cwd=REPO, **ENV)
+    command = deepspeed(*args)
+    first = run(command, cwd=REPO, **ENV)
     assert_ok(first)
+    # DeepSpeed's CPU all-reduce buffers (one ~69 MB /dev/shm file per rank) do not outlive the run.
+    port = command[command.index("--master_port") + 1]
+    assert "deepspeed_shm_comm_op built successfully" in first.stdout + first.stderr, "not DeepSpeed's shm all-reduce path"
+    assert not list(Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_{os.getuid()}_*_{port}_*"))
     proc = run([PYTHON, "-m", "ddlc.cli.main", "checkpoints", "verify", str(ckpt)], cwd=REPO, **ENV)
     assert_ok(proc)
     assert "step-00000005" in proc.stdout + proc.stderr and "step-00000010" in proc.stdout + proc.stderr

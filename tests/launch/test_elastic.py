@@ -93,9 +93,10 @@ def test_node_dies_job_finishes_on_the_others_and_it_rejoins(hosts, tmp_path):
     name = f"elastic-{int(time.time())}"
     hostfile = hosts.hostfile(count=3, name="three")
     slow = tmp_path / "slow-while-this-exists"  # the rest of the job then outlasts the recovery and the rejoin
+    # ConnectTimeout: a probe of the dead host gives up sooner than ddlc's default 10 s, so the rejoin is noticed sooner.
     job = Job(launch_on(hosts, "torchrun", job_args(tmp_path / "p", tmp_path, name, STEPS, *SHAPE), "--min-nodes",
-                        "2", "--rejoin-interval", "1", "--env", f"DDLC_TEST_SLOW_WHILE={slow}", hostfile=hostfile,
-                        wait=False))
+                        "2", "--rejoin-interval", "1", "--env", f"DDLC_TEST_SLOW_WHILE={slow}",
+                        "--ssh-option", "ConnectTimeout=4", hostfile=hostfile, wait=False))
     checkpoints = tmp_path / name / "checkpoints"
     try:
         job.wait_for(r"\| 3 x cpu")

@@ -13,7 +13,7 @@ import psutil
 import pytest
 
 from ddlc.launch.env import node_environment, parse_env_overrides
-from ddlc.launch.multinode import expand_nodelist, parse_hostfile_text, slurm_hosts
+from ddlc.launch.multinode import SSH, expand_nodelist, parse_hostfile_text, slurm_hosts
 from ddlc.errors import UserError
 from tests.launch.helpers import DDLC, assert_identical_ranks, assert_trained, job_args, launch_on
 from tests.support import REPO, assert_ok, run
@@ -61,6 +61,22 @@ def test_env_profile_and_overrides():
     assert env["NCCL_SOCKET_IFNAME"] == "ens5"  # the caller's shell beats the profile
     assert env["NCCL_DEBUG"] == "INFO" and "FI_EFA_USE_DEVICE_RDMA" not in env and "HOME" not in env
     assert node_environment("none") == {}
+
+
+def test_ssh_options_from_the_user_override_ddlc_defaults():
+    """ssh keeps the first value of each option: `--ssh-option ConnectTimeout=3` must beat ddlc's default of 10.
+    `ssh -G` prints the configuration the real client would use, without connecting anywhere."""
+    ssh = SSH(options=("ConnectTimeout=3", "ServerAliveCountMax=7", "BatchMode=no"), alive_timeout_s=45, port=2222)
+    argv = ssh.argv("node-a")
+    assert argv[-2:] == ["node-a", "--"]
+    effective = subprocess.run([argv[0], "-G", *argv[1:-1]], capture_output=True, text=True, check=True,
+                               env={**os.environ, "HOME": "/nonexistent"}).stdout.split("\n")
+    assert {"connecttimeout 3", "serveralivecountmax 7", "batchmode no", "port 2222",
+            "serveraliveinterval 15"} <= set(effective)
+    # Without user options, ddlc's own defaults hold.
+    argv = SSH(alive_timeout_s=45).argv("node-a")
+    defaults = set(subprocess.run([argv[0], "-G", *argv[1:-1]], capture_output=True, text=True, check=True).stdout.split("\n"))
+    assert {"connecttimeout 10", "serveralivecountmax 3", "batchmode yes"} <= defaults
 
 
 def test_dry_run_prints_every_node_command(tmp_path):

@@ -20,8 +20,8 @@ def test_cpu_mode_skips_gpu_checks_with_the_reason(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     lines = proc.stdout.splitlines()
     assert lines[0] == "gpu-check: no CUDA GPU (torch.cuda.is_available() is False): GPU checks are skipped, the rest run"
-    for name in ("async-checkpoint", "resume-reproduces", "gpu-resume", "throughput", "no-host-syncs", "flash-attention",
-                 "nvml"):
+    for name in ("async-checkpoint", "resume-reproduces", "gpu-resume", "throughput", "no-host-syncs", "zero3-init",
+                 "flash-attention", "nvml"):
         assert any(line.startswith(f"SKIP {name} ") and "no CUDA GPU" in line for line in lines), proc.stdout
     assert any(line.startswith("PASS doctor ") for line in lines), proc.stdout
     report = json.loads((out / "report.json").read_text())

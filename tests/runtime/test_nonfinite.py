@@ -90,7 +90,8 @@ def test_engines_stop_a_diverged_run_with_exit_65(tmp_path, engine):
     else:
         cmd = torchrun("--standalone", "--nproc_per_node=2", *args, "distributed.strategy=deepspeed",
                        "distributed.deepspeed.zero_stage=2")
-    proc = run(cmd, cwd=tmp_path, timeout=300)
+    # The DeepSpeed tests' extension directory: its shm comm op is compiled once per session, not once more here.
+    proc = run(cmd, cwd=tmp_path, timeout=300, TORCH_EXTENSIONS_DIR=str(REPO / ".cache" / "torch_extensions"))
     output = proc.stdout + proc.stderr
     assert proc.returncode != 0
     assert "error: training diverged" in output and "(3 in a row, training.max_nonfinite_steps=3)" in output, output[-3000:]

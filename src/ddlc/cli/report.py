@@ -26,7 +26,6 @@ def utilization(
 ) -> None:
     """GPU-hours, mean utilization vs the 80% target, idle nodes, cost and the worst offenders, with plots."""
     from ddlc.dashboards.cost import Pricing
-    from ddlc.dashboards.prometheus import PrometheusClient
     from ddlc.dashboards.report import collect, parse_since, write_report
     from ddlc.monitor.pricing import hourly_price, load_price_table
 
@@ -40,9 +39,15 @@ def utilization(
     if run and len({str(Path(item).parent) for item in run if "/" in item}) == 1 and runs_dir == Path("runs"):
         runs_dir = Path(next(item for item in run if "/" in item)).parent  # --run other/NAME implies its store
     report = collect(runs_dir, window, Pricing(instance_type, nodes, table), run_names=names,
-                     prometheus=PrometheusClient(prometheus) if prometheus else None)
+                     prometheus=_prometheus(prometheus) if prometheus else None)
     path = write_report(report, output)
     typer.echo(f"wrote {path} ({len(report.runs)} runs, plots in {path.parent / (path.stem + '_files')})")
+
+
+def _prometheus(url: str):  # imported only when asked for: urllib and http.client cost the plain report time
+    from ddlc.dashboards.prometheus import PrometheusClient
+
+    return PrometheusClient(url)
 
 
 def register(app: typer.Typer) -> None:

@@ -167,6 +167,10 @@ class DeepSpeedConfig(Section):
 
     zero_stage: Optional[Annotated[Literal[0, 1, 2, 3], BeforeValidator(_not_a_bool)]] = None  # None: the JSON's zero_optimization.stage (else 2)
     config: Optional[str] = None  # ds_config.json; None: --deepspeed/--deepspeed_config, else built-in defaults
+    # ZeRO stage 3: build the model under deepspeed.zero.Init, so each rank allocates only its partition (same
+    # initial weights as a model built whole); false: build it whole on every rank, then partition. Stages 0-2
+    # keep a full copy of the weights on every rank and always build whole.
+    zero_init: Bool = True
 
 
 class DistributedConfig(Section):

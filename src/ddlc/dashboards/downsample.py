@@ -34,5 +34,6 @@ def minmax(x: Sequence[float], y: Sequence[float], max_points: int = MAX_POINTS)
     high = np.where(nan, -np.inf, grid).argmax(axis=1)
     base = np.arange(buckets) * size
     index = np.concatenate([base + low, base + high, [n - 1]])
-    index = np.unique(index[index < n])  # sorted, so x order is kept
+    index = np.sort(index[index < n])  # x order kept
+    index = index[np.concatenate(([True], index[1:] != index[:-1]))]  # np.unique, without importing numpy.ma
     return xs[index], ys[index]

@@ -1,4 +1,4 @@
-"""Weekly utilization review: `ddlc report utilization --since 7d` writes Markdown or HTML with PNG plots.
+"""Weekly utilization review: `ddlc report utilization --since 7d` writes Markdown or HTML with SVG plots.
 
 From the local run store: runs, steps, tokens, wall hours, cost (ddlc.dashboards.cost), GPU-hours when the
 run recorded its GPU count, and loss / throughput / cost plots. With `prometheus` it also reads GPU
@@ -15,16 +15,18 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Optional
-
-import numpy as np
+from typing import TYPE_CHECKING, Optional
+from urllib.parse import quote
 
 from ddlc.dashboards.cost import Pricing, RunCost, cost_by_node, run_cost
 from ddlc.dashboards.definition import GPU_UTILIZATION_TARGET_PERCENT, IDLE_GPU_UTILIZATION_PERCENT, IDLE_NODES
 from ddlc.dashboards.downsample import minmax
-from ddlc.dashboards.prometheus import PrometheusClient
 from ddlc.dashboards.runs import RunRecord, load_runs
+from ddlc.dashboards.svg_chart import Chart, Series, bar_chart, line_chart
 from ddlc.errors import UserError
+
+if TYPE_CHECKING:  # urllib/http.client are only needed with --prometheus
+    from ddlc.dashboards.prometheus import PrometheusClient
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
 _SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -32,6 +34,7 @@ MAX_POINTS = 500  # per Prometheus series: plenty for a week's plot
 PLOT_POINTS = 800  # per run and plot
 LEGEND_RUNS = 15  # a legend of more runs than this hides the plot
 BAR_RUNS = 40  # the cost bar chart shows the costliest runs
+_SURROGATES = re.compile("[\ud800-\udfff]")
 MAX_SINCE_S = 50 * 365 * 86400  # --since longer than this reaches before any run (and before 1970)
 
 
@@ -152,62 +155,37 @@ def collect(
 # -- plots -------------------------------------------------------------------------------------------------
 
 def _plots(report: UtilizationReport, directory: Path) -> dict[str, Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    """The report's figures as SVG files in `directory`: name -> path."""
     directory.mkdir(parents=True, exist_ok=True)
     plots: dict[str, Path] = {}
 
-    def save(fig: Any, name: str) -> None:
-        path = directory / f"{name}.png"
-        fig.tight_layout()
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
+    def save(svg: str, name: str) -> None:
+        path = directory / f"{name}.svg"
+        path.write_text(svg, encoding="utf-8")
         plots[name] = path
 
     with_steps = [run for run in report.runs if run.has_steps]
     if with_steps:
+        legend = len(with_steps) <= LEGEND_RUNS  # more lines than that: no legend, oldest dark to newest light
+        # Each run cut to what an 880 px figure shows (min and max per bucket keep its spikes).
         for name, key, ylabel in (("loss", "loss", "training loss"), ("throughput", "tokens_per_s", "tokens / s")):
-            fig, ax = plt.subplots(figsize=(8, 3.6))
-            lines = [minmax(run.columns["step"], run.column(key), PLOT_POINTS) for run in with_steps]
-            if len(with_steps) <= LEGEND_RUNS:  # a line per run, cut to what an 880 px figure shows
-                for run, (x, y) in zip(with_steps, lines):
-                    ax.plot(x, y, label=run.name, linewidth=1)
-                ax.legend(fontsize=8)
-            else:  # hundreds of runs: one artist for all (500 Line2D artists take seconds to lay out)
-                from matplotlib.collections import LineCollection
-
-                segments = [np.column_stack([x, y]) for x, y in lines]
-                colors = plt.get_cmap("viridis")(np.linspace(0, 1, len(segments)))
-                ax.add_collection(LineCollection(segments, colors=colors, linewidths=0.7))
-                ax.autoscale()
-                ax.set_title(f"{len(with_steps)} runs (oldest dark, newest light)", fontsize=9)
-            ax.set_xlabel("step")
-            ax.set_ylabel(ylabel)
-            ax.grid(alpha=0.3)
-            save(fig, name)
+            series = [Series(run.name, *minmax(run.columns["step"], run.column(key), PLOT_POINTS)) for run in with_steps]
+            title = "" if legend else f"{len(with_steps)} runs (oldest dark, newest light)"
+            save(line_chart(Chart(title, "step", ylabel, legend=legend), series), name)
     if report.costs:
-        fig, ax = plt.subplots(figsize=(8, 3.6))
         top = sorted(report.costs, key=lambda c: -c.usd_total)[:BAR_RUNS]
-        ax.bar([c.run for c in top], [c.usd_total for c in top], color="#3b6fd4")
-        ax.set_ylabel("USD")
-        ax.set_title("cost by run" if len(top) == len(report.costs) else f"cost by run: the {len(top)} costliest "
-                     f"of {len(report.costs)}")
-        ax.tick_params(axis="x", rotation=30, labelsize=7 if len(top) > 15 else 9)
-        save(fig, "cost")
+        title = ("cost by run" if len(top) == len(report.costs)
+                 else f"cost by run: the {len(top)} costliest of {len(report.costs)}")
+        save(bar_chart(Chart(title, "", "USD"), [c.run for c in top], [c.usd_total for c in top]), "cost")
     if report.nodes:
-        fig, ax = plt.subplots(figsize=(8, 3.6))
-        for node in report.nodes:
-            ax.plot([datetime.fromtimestamp(t, timezone.utc) for t in node.times], node.percents, label=node.node)
-        ax.axhline(GPU_UTILIZATION_TARGET_PERCENT, color="orange", linestyle="--",
-                   label=f"{GPU_UTILIZATION_TARGET_PERCENT:g}% target")
-        ax.set_ylim(0, 105)
-        ax.set_ylabel("GPU utilization (%)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-        save(fig, "gpu_utilization")
+        series = [Series(node.node, node.times, node.percents, width=1.5) for node in report.nodes]
+        if series:
+            first = min((t for node in report.nodes for t in node.times[:1]), default=report.start)
+            last = max((t for node in report.nodes for t in node.times[-1:]), default=report.end)
+            series.append(Series(f"{GPU_UTILIZATION_TARGET_PERCENT:g}% target", [first, last],
+                                 [GPU_UTILIZATION_TARGET_PERCENT] * 2, color="orange", dashed=True, width=1.5))
+        save(line_chart(Chart("", "time (UTC)", "GPU utilization (%)", x_time=True, y_range=(0, 105)), series),
+             "gpu_utilization")
     return plots
 
 
@@ -299,24 +277,28 @@ def _blocks(report: UtilizationReport, plots: dict[str, Path], base: Path) -> li
     return blocks
 
 
+def _md(text: object) -> str:
+    """Text for Markdown: on one line, and no HTML (Markdown passes `<script>` in a run name through as markup)."""
+    return html.escape(" ".join(str(text).split()), quote=False)
+
+
 def _markdown(blocks: list[Block]) -> str:
     lines: list[str] = []
     for block in blocks:
         kind = block[0]
         if kind == "h1":
-            lines += [f"# {block[1]}", ""]
+            lines += [f"# {_md(block[1])}", ""]
         elif kind == "h2":
-            lines += [f"## {block[1]}", ""]
+            lines += [f"## {_md(block[1])}", ""]
         elif kind == "p":
-            lines += [block[1], ""]
+            lines += [_md(block[1]), ""]
         elif kind == "img":
-            lines += [f"![{block[1]}]({block[2]})", ""]
+            lines += [f"![{_md(block[1])}]({quote(block[2])})", ""]
         elif kind == "table":
             headers, rows = block[1], block[2]
             lines.append("| " + " | ".join(headers) + " |")
             lines.append("|" + "---|" * len(headers))
-            lines += ["| " + " | ".join(" ".join(str(cell).split()).replace("|", "\\|") for cell in row) + " |"
-                      for row in rows]
+            lines += ["| " + " | ".join(_md(cell).replace("|", "\\|") for cell in row) + " |" for row in rows]
             lines.append("")
     return "\n".join(lines)
 
@@ -342,7 +324,7 @@ def _html(blocks: list[Block]) -> str:
 
 
 def write_report(report: UtilizationReport, output: Path | str) -> Path:
-    """Write `output` (.md or .html) and its PNG plots into `<output stem>_files/` next to it."""
+    """Write `output` (.md or .html) and its SVG plots into `<output stem>_files/` next to it."""
     out = Path(output)
     if out.suffix.lower() not in (".md", ".html", ".htm"):
         raise UserError(f"-o: {out} must end in .md or .html")
@@ -350,7 +332,10 @@ def write_report(report: UtilizationReport, output: Path | str) -> Path:
         out.parent.mkdir(parents=True, exist_ok=True)
         plots = _plots(report, out.parent / f"{out.stem}_files")
         blocks = _blocks(report, plots, out.parent)
-        out.write_text(_markdown(blocks) if out.suffix.lower() == ".md" else _html(blocks))
+        text = _markdown(blocks) if out.suffix.lower() == ".md" else _html(blocks)
+        # A run directory whose name is not UTF-8 holds lone surrogates (Python's stand-ins for its bytes), which
+        # no encoder writes: shown as U+FFFD, as in the figures, rather than a traceback.
+        out.write_text(_SURROGATES.sub("\ufffd", text), encoding="utf-8")
     except OSError as error:  # a folder under a file, no permission, read-only or full disk
         where = error.filename or out
         raise UserError(f"-o: cannot write {where}: {error.strerror or error}") from None

@@ -50,17 +50,20 @@ class SSH:
     alive_timeout_s: int = 45
 
     def argv(self, host: str) -> list[str]:
+        # ssh keeps the FIRST value it is given for each option, so the user's `-o` options come before ddlc's
+        # defaults: `--ssh-option ConnectTimeout=3` must win over ConnectTimeout=10.
+        argv = ["ssh"]
+        for option in self.options:
+            argv += ["-o", option]
         interval = max(self.alive_timeout_s // 3, 1)
-        argv = ["ssh", "-o", "BatchMode=yes", "-o", f"ConnectTimeout={self.connect_timeout_s}",
-                "-o", f"ServerAliveInterval={interval}", "-o", "ServerAliveCountMax=3", "-o", "LogLevel=ERROR"]
+        argv += ["-o", "BatchMode=yes", "-o", f"ConnectTimeout={self.connect_timeout_s}",
+                 "-o", f"ServerAliveInterval={interval}", "-o", "ServerAliveCountMax=3", "-o", "LogLevel=ERROR"]
         if self.port is not None:
             argv += ["-p", str(self.port)]
         if self.identity:
             argv += ["-i", self.identity]
         if self.user:
             argv += ["-l", self.user]
-        for option in self.options:
-            argv += ["-o", option]
         return argv + [host, "--"]
 
 

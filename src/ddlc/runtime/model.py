@@ -13,7 +13,11 @@ and one built on the meta device, sharded (FSDP2) and materialised per shard sta
 sharded build never holds more than one full parameter at once:
 
     with torch.device("meta"): GPT(cfg)  -> fully_shard -> to_empty(device) -> init_weights(seed)   (shards only)
-    GPT(cfg)                             -> init_weights(seed) -> DDP / fully_shard                  (whole model)
+    with deepspeed.zero.Init(): GPT(cfg) -> (partitioned per module) -> init_partitioned(seed)      (ZeRO-3 partitions)
+    GPT(cfg)                             -> init_weights(seed) -> DDP / fully_shard / deepspeed      (whole model)
+
+(init_partitioned is in ddlc.runtime.engines.deepspeed_engine: it gathers one parameter at a time and writes its
+initial_value, so ZeRO-3 partitions start from the same bits too.)
 """
 
 from __future__ import annotations
@@ -88,7 +92,8 @@ class GPT(nn.Module):
         self.head = nn.Linear(cfg.n_embd, rows, bias=False)
         self.head.weight = self.tok_emb.weight  # weight tying
         # Deterministic in the global seed (torch.manual_seed before building), whatever the constructors drew.
-        if self.tok_emb.weight.device.type != "meta":
+        # Built on meta (FSDP2) or partitioned by deepspeed.zero.Init (ZeRO-3): the builder initialises it later.
+        if not _deferred(self.tok_emb.weight):
             self.init_weights(torch.initial_seed())
 
     def initial_value(self, name: str, shape: torch.Size, seed: int) -> torch.Tensor:
@@ -137,6 +142,11 @@ class GPT(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+def _deferred(param: torch.Tensor) -> bool:
+    """The parameter has no values of its own yet: on the meta device, or a ZeRO-3 partition (ds_id)."""
+    return param.device.type == "meta" or hasattr(param, "ds_id")
 
 
 def _name_seed(seed: int, name: str) -> int:

@@ -28,7 +28,8 @@ def build_optimizer(model: torch.nn.Module, cfg: OptimizerConfig) -> torch.optim
     decay, no_decay = [], []
     for param in model.parameters():
         if param.requires_grad:
-            (decay if param.dim() >= 2 else no_decay).append(param)
+            # A ZeRO-3 partition (deepspeed.zero.Init) is an empty 1-D tensor here; ds_shape is its real shape.
+            (decay if len(getattr(param, "ds_shape", param.shape)) >= 2 else no_decay).append(param)
     groups = [
         {"params": decay, "weight_decay": cfg.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},

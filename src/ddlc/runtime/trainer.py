@@ -144,7 +144,7 @@ class Trainer:
             if train.compile and ctx.is_main:
                 self._warn(f"training.compile applies to ddp and fsdp; {cfg.distributed.strategy} runs eager")
 
-            self.engine = build_engine(cfg, ctx, GPT(cfg.model), self.plan, self.total_steps)
+            self.engine = build_engine(cfg, ctx, lambda: GPT(cfg.model), self.plan, self.total_steps)
             self.model, self.optimizer, self.scheduler = self.engine.model, self.engine.optimizer, self.engine.scheduler
             torch.manual_seed(train.seed + ctx.rank)
         else:

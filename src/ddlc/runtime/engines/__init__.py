@@ -16,14 +16,15 @@ from __future__ import annotations
 from ddlc.errors import UserError
 
 
-def build_engine(cfg, ctx, model, plan, total_steps):
+def build_engine(cfg, ctx, build, plan, total_steps):
+    """`build()` makes the model: the engine decides where (DeepSpeed ZeRO-3 builds it partitioned)."""
     strategy = cfg.distributed.strategy
     if strategy == "deepspeed":
         from ddlc.runtime.engines.deepspeed_engine import DeepSpeedEngine
 
-        return DeepSpeedEngine(cfg, ctx, model, plan, total_steps)
+        return DeepSpeedEngine(cfg, ctx, build, plan, total_steps)
     if strategy == "horovod":
         from ddlc.runtime.engines.horovod_engine import HorovodEngine
 
-        return HorovodEngine(cfg, ctx, model, plan, total_steps)
+        return HorovodEngine(cfg, ctx, build(), plan, total_steps)
     raise UserError(f"distributed.strategy={strategy!r} has no engine; use ddp, fsdp, deepspeed or horovod")

@@ -8,6 +8,7 @@ config, so a ds_config.json cannot silently train with different settings than `
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 import time
@@ -70,8 +71,56 @@ def deepspeed_config(cfg, plan, device_type: str = "cpu") -> dict:
     return ds
 
 
+def build_partitioned(deepspeed, build: Callable[[], torch.nn.Module], config: dict, ctx,
+                      seed: int) -> torch.nn.Module:
+    """ZeRO-3 without the whole model on any rank: build under `deepspeed.zero.Init`, which partitions each module's
+    parameters as soon as that module is built (so the largest transient is one module's parameters, never the
+    model), then draw the initial values (init_partitioned). Same dtype, device and partition layout as
+    deepspeed.initialize gives a model built whole (its Init(module=...) reads the same config)."""
+    import torch._dynamo  # noqa: F401  imported inside zero.Init it fails: it checks the Tensor.__new__ Init replaces
+
+    os.environ.setdefault("LOCAL_RANK", str(ctx.local_rank))  # zero.Init reads it for its device
+    deepspeed.init_distributed(dist_init_required=False)  # wraps ddlc's process group, as initialize does
+    with deepspeed.zero.Init(config_dict_or_path=config):
+        model = build()
+    init_partitioned(deepspeed, model, seed)
+    return model
+
+
+@torch.no_grad()
+def init_partitioned(deepspeed, model: torch.nn.Module, seed: int) -> None:
+    """model.init_weights for ZeRO-3 partitions: gather one parameter at a time, rank 0 writes its initial_value
+    (drawn full-size on the CPU from the parameter's own seeded generator, exactly as a whole build does), and
+    DeepSpeed hands each rank its partition of it on leaving the context."""
+    rank = torch.distributed.get_rank()
+    for name, param in model.named_parameters():  # the tied head is tok_emb.weight, listed once
+        with deepspeed.zero.GatheredParameters([param], modifier_rank=0):
+            if rank == 0:
+                param.copy_(model.initial_value(name, param.shape, seed).to(param.dtype))
+
+
+SHM_DIR = Path("/dev/shm")
+
+
+def release_shm_allreduce_name(rank: int) -> None:
+    """Unlink this rank's DeepSpeed shared-memory all-reduce buffer from /dev/shm once every rank has mapped it.
+
+    DeepSpeed's CPU backend, when all ranks share a host, gives each rank a ~69 MB buffer
+    `/dev/shm/deepspeed_allreduce_buffer_<uid>_<MASTER_ADDR>_<MASTER_PORT>_<rank>` that its peers map, and never
+    unlinks it: every run (clean exit or kill -9) left that memory behind until reboot (18 GB after a day of
+    runs here). The mappings outlive the name, so the run keeps working; nothing is left whatever way it ends.
+    """
+    name = (f"deepspeed_allreduce_buffer_{os.getuid()}_{os.environ.get('MASTER_ADDR', '')}_"
+            f"{os.environ.get('MASTER_PORT', '')}_{rank}")
+    # On every rank, whether or not it has such a buffer (GPU, or ranks on several hosts): a barrier some ranks
+    # skipped would hang the others.
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()  # every peer has opened it (they spin until the name exists)
+    (SHM_DIR / name).unlink(missing_ok=True)
+
+
 class DeepSpeedEngine:
-    def __init__(self, cfg, ctx, model: torch.nn.Module, plan, total_steps: int):
+    def __init__(self, cfg, ctx, build: Callable[[], torch.nn.Module], plan, total_steps: int):
         deepspeed = _import_deepspeed()
         self.cfg, self.ctx = cfg, ctx
         self.config = deepspeed_config(cfg, plan, ctx.device.type)
@@ -79,13 +128,20 @@ class DeepSpeedEngine:
         # ZeRO 1/2 skip a step whose gradient norm is not finite (their overflow check); stage 0 and 3 do so only
         # for fp16, which ddlc does not use: they apply the update, and ddlc's save guard keeps it out of checkpoints.
         self.skips_nonfinite = self.zero_stage in (1, 2)
-        model = model.to(ctx.device)
+        # distributed.deepspeed.zero_init: ZeRO-3 partitions from the start; otherwise built whole, partitioned by
+        # deepspeed.initialize. Both start from the same weights.
+        self.zero_init = self.zero_stage == 3 and cfg.distributed.deepspeed.zero_init
+        if self.zero_init:
+            model = build_partitioned(deepspeed, build, self.config, ctx, torch.initial_seed())
+        else:
+            model = build().to(ctx.device)
         client_optimizer = build_optimizer(model, cfg.optimizer)
         # The schedule drives the client optimizer's param groups, which every ZeRO stage keeps using.
         self.scheduler = build_scheduler(client_optimizer, cfg.optimizer, total_steps)
         self.model, self.optimizer, _, _ = deepspeed.initialize(
             model=model, optimizer=client_optimizer, config=self.config, dist_init_required=False
         )
+        release_shm_allreduce_name(ctx.rank)
 
     def train_step(self, micro_batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
                    is_finite: Callable[[torch.Tensor, torch.Tensor], bool]) -> tuple[torch.Tensor, torch.Tensor, bool]:
