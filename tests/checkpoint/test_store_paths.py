@@ -246,6 +246,8 @@ def test_s3_reads_writes_moves_and_deletes(s3_env, tmp_path, monkeypatch):
     assert store.list_dirs() == ["step-1"]
     assert store.list_files("step-1") == [FileInfo("a.bin", 3), FileInfo("sub/t", 2)]
     store.write_bytes_atomic("latest", b"step-1")
+    store.write_bytes_atomic("step-10/b", b"b")  # names that start like the moved ones stay where they are
+    store.write_bytes_atomic("latest2", b"l")
     store.move("step-1", "moved/step-1")  # a directory (what checkpoint.on_existing=move_aside moves)
     store.move("latest", "moved/latest")  # and one object
     assert store.list_files("moved") == [FileInfo("latest", 6), FileInfo("step-1/a.bin", 3),
@@ -254,8 +256,9 @@ def test_s3_reads_writes_moves_and_deletes(s3_env, tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError) as raised:
         store.move("step-9", "moved/step-9")
     assert str(raised.value) == f"s3://{BUCKET}/run/step-9 does not exist"
+    assert store.read_bytes("step-10/b") == b"b" and store.read_bytes("latest2") == b"l"
     store.remove_tree("moved")
-    assert store.list_dirs() == []
+    assert store.list_dirs() == ["step-10"]
     assert list(tmp_path.iterdir()) == []
 
 
