@@ -81,7 +81,9 @@ def test_html_report(runs_dir, tmp_path):
     write_report(report, tmp_path / "week.html")
     page = (tmp_path / "week.html").read_text()
     assert page.startswith("<!doctype html>") and '<img src="week_files/loss.svg"' in page
-    assert svg_parts(tmp_path / "week_files" / "loss.svg")["series"] == {RUN_NAME: 20}
+    series = svg_parts(tmp_path / "week_files" / "loss.svg")["series"]
+    # One line per run in the store (the session's store also holds the local-dashboard tests' live run).
+    assert series[RUN_NAME] == 20 and set(series) == {run.name for run in runs_dir.iterdir() if run.is_dir()}
 
 
 def test_bad_input_is_one_line_and_exit_2(runs_dir, tmp_path):
