@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.support import REPO
 
@@ -28,6 +29,13 @@ RULE = """groups:
       - alert: A
         expr: increase(e_total{type="uncorrected"}[10m]) > 0 or y / z < 0.8
         for: 30m
+      - alert: B
+        # a multi-line expression (YAML block scalar): its `>-` is YAML, the PromQL is on the lines below
+        expr: >-
+          up{job="a"} == 0
+            unless q > 3
+        labels:
+          severity: warning
 """
 
 
@@ -45,12 +53,25 @@ def test_each_rule_mutant_changes_one_alert_line():
     assert sorted(re.sub(r"^col \d+: ", "", m.what) for m in mutants) == sorted([
         "> -> >=", "> -> <", "< -> <=", "< -> >", "[10m] -> [5m]", "[10m] -> [20m]",
         "0 -> 0.5", "0 -> -0.5", "0.8 -> 0.88", "0.8 -> 0.72",
-        "for: 30m -> 15m", "for: 30m -> 60m", "for: 30m removed"])
+        "for: 30m -> 15m", "for: 30m -> 60m", "for: 30m removed",
+        "== -> !=", "0 -> 0.5", "0 -> -0.5", "> -> >=", "> -> <", "3 -> 3.3", "3 -> 2.7"])
+    assert {m.line for m in mutants if m.alert == "B"} == {12, 13}  # never the `expr: >-` line (11)
+    assert {m.alert for m in mutants} == {"A", "B"}
     original = RULE.splitlines()
     for mutant in mutants:
         lines = mutant.text.splitlines()
         assert lines[:6] == original[:6], mutant.what  # the recording rule and the label matcher are untouched
-        assert "uncorrected" in mutant.text and lines != original
+        assert "uncorrected" in mutant.text and 'job="a"' in mutant.text and lines != original
+        assert "        expr: >-" in lines
+
+
+def test_a_mutant_is_tried_only_against_the_cases_of_its_alert():
+    tests = mutate_rules.TESTS.read_text()
+    spec = yaml.safe_load(mutate_rules.tests_for("DDLCTrainingRankDown", tests))
+    assert spec["rule_files"] == ["ddlc-alerts.yml"] and spec["tests"]
+    assert all(any(check["alertname"] == "DDLCTrainingRankDown" for check in case["alert_rule_test"])
+               for case in spec["tests"])
+    assert yaml.safe_load(mutate_rules.tests_for("NoSuchAlert", tests))["tests"] == []
 
 
 def test_the_shipped_rules_have_mutants_and_the_promtool_tests_kill_one(tmp_path):
@@ -64,3 +85,7 @@ def test_the_shipped_rules_have_mutants_and_the_promtool_tests_kill_one(tmp_path
     assert not mutate_rules.killed(promtool, text, tmp_path)
     removed = next(m for m in mutants if m.what == "for: 30m removed")
     assert mutate_rules.killed(promtool, removed.text, tmp_path)
+    # a multi-line rule is mutated too, and its promtool cases catch it
+    rank_down = next(m for m in mutants if m.alert == "DDLCTrainingRankDown" and m.what.endswith("== -> !="))
+    (tmp_path / "rank.test.yml").write_text(mutate_rules.tests_for(rank_down.alert, mutate_rules.TESTS.read_text()))
+    assert mutate_rules.verdict(promtool, rank_down.text, tmp_path, tests="rank.test.yml") == "killed"

@@ -199,7 +199,16 @@ class CheckpointStore:
             os.makedirs(os.path.dirname(self.path(destination)), exist_ok=True)
             os.replace(self.path(source), self.path(destination))
         else:
-            self.fs.mv(self.path(source), self.path(destination), recursive=True)
+            # Object by object: s3fs's recursive mv also tries to copy the prefix itself (and its sub-prefixes) as
+            # keys, which do not exist, and fails after copying part of it. Every copy first, then the deletes:
+            # a failure leaves the source whole.
+            src, dst = self.path(source), self.path(destination)
+            keys = self.fs.find(src)  # every object under the prefix, or the object itself
+            if not keys:
+                raise FileNotFoundError(f"{self.display(source)} does not exist")
+            for key in keys:
+                self.fs.copy(key, dst if key == src else f"{dst}/{posixpath.relpath(key, src)}")
+            self.fs.rm(keys)
         self.refresh()
 
     def iter_chunks(self, relpath: str, chunk_size: int = 8 << 20) -> Iterator[bytes]:
