@@ -104,3 +104,35 @@ def test_an_empty_store_and_a_single_step_run(runs_dir, tmp_path):
     write_report(report, tmp_path / "one.html")
     loss = svg_parts(tmp_path / "one_files" / "loss.svg")
     assert loss["series"] == {"one": 1} and loss["y_ticks"] and loss["x_ticks"]  # one point: axes around it
+
+
+MARKDOWN_SYNTAX = ["*bold*_under_", "`code`", "[link](javascript:evil)", "[ref](https:evil.example)", "~~struck~~", "\\|esc",
+                   "\x1b[31mred"]
+
+
+def test_markdown_syntax_in_run_names_stays_text(runs_dir, tmp_path):
+    """Rendered as GitHub-flavoured Markdown (markdown-it, which rich already brings), a run named `*bold*` is not
+    emphasis, `` `code` `` no code span, `[a](b)` no link, and `\\|` does not split its table cell; a terminal
+    escape (ESC) is not written at all (a `cat` of the report would obey it)."""
+    from markdown_it import MarkdownIt
+
+    store = _copies(runs_dir, tmp_path / "runs", MARKDOWN_SYNTAX)
+    report = collect(store, parse_since("7d"), Pricing(PRICED_AS, None, load_price_table()))
+    text = write_report(report, tmp_path / "week.md").read_text()
+    assert "\x1b" not in text and "\x1b" not in write_report(report, tmp_path / "week.html").read_text()
+    page = MarkdownIt("gfm-like").render(text)
+    for markup in ("<em>", "<strong>", "<code>", "<a ", "<s>", "<del>"):
+        assert markup not in page, markup
+    cells = {row.split("</td>")[0].removeprefix("<td>") for row in page.split("<tr>\n")[1:]}
+    for name in MARKDOWN_SYNTAX[:-1]:
+        assert name in cells, name  # each whole name is one cell's text
+
+
+def test_a_report_name_that_is_not_utf8(runs_dir, tmp_path):
+    """`-o` named with a byte that is not UTF-8: written, its plots linked by their percent-encoded bytes."""
+    store = _copies(runs_dir, tmp_path / "runs", ["one"])
+    report = collect(store, parse_since("7d"), Pricing(PRICED_AS, None, load_price_table()))
+    for suffix in ("md", "html"):
+        out = write_report(report, tmp_path / f"week-\udcff.{suffix}")
+        assert "week-%FF_files/loss.svg" in out.read_text()
+        assert (tmp_path / "week-\udcff_files" / "loss.svg").is_file()

@@ -292,3 +292,54 @@ def test_deepspeed_runner_pdsh_two_hosts(hosts, tmp_path):
     summary = json.loads((tmp_path / "ds-pdsh" / "summary.json").read_text())
     assert summary["strategy"] == "deepspeed" and summary["world_size"] == 2
     assert summary["final_loss"] < summary["first_loss"]
+
+
+def test_plain_python_runs_deepspeed_as_one_process(tmp_path):
+    """README's one-process form, `python train.py --config config.yaml`, with strategy=deepspeed: DeepSpeed asserts
+    LOCAL_RANK, which only launchers set; ddlc sets it from its own 1-rank group instead of a traceback (ZeRO 2,
+    the default: ZeRO-3's zero.Init path set it already)."""
+    proc = run([PYTHON, str(TRAIN_PY), "--config", str(CONFIG), "distributed.strategy=deepspeed", *common(tmp_path, "one", "checkpoint.enabled=false",
+                                                              "training.max_steps=2")], cwd=REPO, **ENV)
+    assert_ok(proc)
+    assert "step 2/2" in proc.stdout
+
+
+def _hold(path: Path, how: str) -> subprocess.Popen:
+    """A live process that keeps `path` open (as DeepSpeed's creator does) or only mapped (as its peers do)."""
+    code = ("import mmap, os, sys, time\n"
+            "fd = os.open(sys.argv[1], os.O_RDWR)\n"
+            "m = mmap.mmap(fd, 4096) if sys.argv[2] == 'mapped' else None\n"
+            "if m is not None: os.close(fd)\n"
+            "print('ready', flush=True)\n"
+            "time.sleep(120)\n")
+    holder = subprocess.Popen([PYTHON, "-c", code, str(path), how], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "ready"
+    return holder
+
+
+def test_stale_shm_buffers_are_swept_and_live_ones_kept():
+    """A rank killed while a DeepSpeed job starts (before every peer mapped its buffer) leaves ~69 MB files in
+    /dev/shm; the next DeepSpeed job's local rank 0 removes this user's buffers that no process holds open or
+    mapped and that are older than SHM_STALE_AFTER_S. Real files, real holder processes."""
+    from ddlc.runtime.engines.deepspeed_engine import SHM_STALE_AFTER_S, sweep_stale_shm_buffers
+
+    tag = f"test{os.getpid()}"
+    paths = {kind: Path("/dev/shm") / f"deepspeed_allreduce_buffer_{os.getuid()}_127.0.0.1_{tag}_{kind}"
+             for kind in ("stale", "open", "mapped", "fresh")}
+    for kind, path in paths.items():
+        path.write_bytes(b"\0" * 4096)
+        if kind != "fresh":
+            old = path.stat().st_mtime - SHM_STALE_AFTER_S - 60
+            os.utime(path, (old, old))
+    holders = [_hold(paths["open"], "open"), _hold(paths["mapped"], "mapped")]
+    try:
+        removed = sweep_stale_shm_buffers()
+        assert paths["stale"].name in removed and not paths["stale"].exists()
+        for kind in ("open", "mapped", "fresh"):
+            assert paths[kind].exists(), kind
+    finally:
+        for holder in holders:
+            holder.kill()
+            holder.wait()
+        for path in paths.values():
+            path.unlink(missing_ok=True)

@@ -79,6 +79,34 @@ def test_ssh_options_from_the_user_override_ddlc_defaults():
     assert {"connecttimeout 10", "serveralivecountmax 3", "batchmode yes"} <= defaults
 
 
+BAD_SSH_OPTIONS = ["", "=3", "ConnectTimeout", "ConnectTimeout=", "ConnectTimeout 3", "-oProxyCommand=x",
+                   "ConnectTimeout=3\nProxyCommand=touch /tmp/x", "Connect\x01Timeout=3", "NoSuchKeyword=1",
+                   "ConnectTimeout=abc", "BatchMode=maybe", "ConnectTimeout=3 -oProxyCommand=x"]
+
+
+def test_bad_ssh_options_are_one_line_errors(tmp_path):
+    """A `--ssh-option` that is not one KEY=VALUE ssh accepts is refused before anything starts (exit 2, one line
+    naming it), rather than every node's ssh failing later; a newline cannot smuggle in a second config line.
+    Options ssh accepts, spaces in the value included, still go through first."""
+    from ddlc.launch.multinode import checked_ssh_options
+
+    for option in BAD_SSH_OPTIONS:
+        with pytest.raises(UserError, match="--ssh-option"):
+            checked_ssh_options([option])
+    good = ("connecttimeout=3", "ProxyCommand=nc %h %p", "StrictHostKeyChecking=accept-new", "BatchMode=no")
+    assert checked_ssh_options(good) == good
+    hostfile = tmp_path / "hosts"
+    hostfile.write_text("node-a\nnode-b\n")
+    base = ("launch", "--hostfile", str(hostfile), "--dry-run", "--master-port", "29511")
+    proc = ddlc(*base, "--ssh-option", "ConnectTimeout=3\nProxyCommand=touch /tmp/x", "train.py", "--", "--config",
+                "config.yaml")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.strip().count("\n") == 0 and "--ssh-option" in proc.stderr and not proc.stdout
+    proc = ddlc(*base, "--ssh-option", "ProxyCommand=nc %h %p", "train.py", "--", "--config", "config.yaml")
+    assert_ok(proc)
+    assert "ssh -o 'ProxyCommand=nc %h %p' -o BatchMode=yes" in proc.stdout
+
+
 def test_dry_run_prints_every_node_command(tmp_path):
     hostfile = tmp_path / "hosts"
     hostfile.write_text("node-a slots=4\nnode-b slots=4\n")

@@ -66,7 +66,7 @@ def launch(
     import sys
 
     from ddlc.launch.env import node_environment, parse_env_overrides
-    from ddlc.launch.multinode import SSH, HealthGate, plan_launch, preflight, resolve_hosts
+    from ddlc.launch.multinode import SSH, HealthGate, checked_ssh_options, plan_launch, preflight, resolve_hosts
     from ddlc.launch.supervise import ElasticRun, run_plan
 
     hosts = resolve_hosts(hostfile)
@@ -80,7 +80,7 @@ def launch(
         if port is not None and not lowest <= port <= 65535:
             raise UserError(f"{name} {port}: not a TCP port ({lowest}-65535)")
     alive = node_timeout or (10 if elastic else 45)
-    ssh = SSH(port=ssh_port, identity=ssh_identity, user=ssh_user, options=tuple(ssh_option or ()),
+    ssh = SSH(port=ssh_port, identity=ssh_identity, user=ssh_user, options=checked_ssh_options(ssh_option or ()),
               alive_timeout_s=alive)
     node_env = node_environment(env_profile, parse_env_overrides(env or []), os.environ, instance_type)
     interpreter = python or sys.executable

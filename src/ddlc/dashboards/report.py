@@ -35,6 +35,12 @@ PLOT_POINTS = 800  # per run and plot
 LEGEND_RUNS = 15  # a legend of more runs than this hides the plot
 BAR_RUNS = 40  # the cost bar chart shows the costliest runs
 _SURROGATES = re.compile("[\ud800-\udfff]")
+# C0/C1 control characters (tab and line ends excepted): a run name's ESC would colour the terminal that `cat`s the
+# report, and XML/HTML forbid most of them. Shown as U+FFFD, as in the figures.
+_CONTROLS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+# Markdown's inline syntax characters: backslash-escaped, `*bold*`, `` `code` ``, `[a](b)` and `~~x~~` in a run
+# name stay text (CommonMark lets any ASCII punctuation be escaped so; `\|` also keeps a GFM table cell whole).
+_MD_SYNTAX = re.compile(r"([\\`*_\[\]|~])")
 MAX_SINCE_S = 50 * 365 * 86400  # --since longer than this reaches before any run (and before 1970)
 
 
@@ -279,7 +285,13 @@ def _blocks(report: UtilizationReport, plots: dict[str, Path], base: Path) -> li
 
 def _md(text: object) -> str:
     """Text for Markdown: on one line, and no HTML (Markdown passes `<script>` in a run name through as markup)."""
-    return html.escape(" ".join(str(text).split()), quote=False)
+    return _MD_SYNTAX.sub(r"\\\1", html.escape(" ".join(str(text).split()), quote=False))
+
+
+def _url(path: str) -> str:
+    """A relative link to a plot: percent-encoded from the file name's bytes (a non-UTF-8 report name keeps its
+    bytes as lone surrogates, which `quote` alone cannot encode)."""
+    return quote(path, errors="surrogateescape")
 
 
 def _markdown(blocks: list[Block]) -> str:
@@ -293,12 +305,12 @@ def _markdown(blocks: list[Block]) -> str:
         elif kind == "p":
             lines += [_md(block[1]), ""]
         elif kind == "img":
-            lines += [f"![{_md(block[1])}]({quote(block[2])})", ""]
+            lines += [f"![{_md(block[1])}]({_url(block[2])})", ""]
         elif kind == "table":
             headers, rows = block[1], block[2]
             lines.append("| " + " | ".join(headers) + " |")
             lines.append("|" + "---|" * len(headers))
-            lines += ["| " + " | ".join(_md(cell).replace("|", "\\|") for cell in row) + " |" for row in rows]
+            lines += ["| " + " | ".join(_md(cell) for cell in row) + " |" for row in rows]
             lines.append("")
     return "\n".join(lines)
 
@@ -310,7 +322,7 @@ def _html(blocks: list[Block]) -> str:
         if kind in ("h1", "h2", "p"):
             body.append(f"<{kind}>{html.escape(block[1])}</{kind}>")
         elif kind == "img":
-            body.append(f'<figure><img src="{html.escape(block[2])}" alt="{html.escape(block[1])}">'
+            body.append(f'<figure><img src="{html.escape(_url(block[2]))}" alt="{html.escape(block[1])}">'
                         f"<figcaption>{html.escape(block[1])}</figcaption></figure>")
         elif kind == "table":
             head = "".join(f"<th>{html.escape(h)}</th>" for h in block[1])
@@ -335,7 +347,7 @@ def write_report(report: UtilizationReport, output: Path | str) -> Path:
         text = _markdown(blocks) if out.suffix.lower() == ".md" else _html(blocks)
         # A run directory whose name is not UTF-8 holds lone surrogates (Python's stand-ins for its bytes), which
         # no encoder writes: shown as U+FFFD, as in the figures, rather than a traceback.
-        out.write_text(_SURROGATES.sub("\ufffd", text), encoding="utf-8")
+        out.write_text(_CONTROLS.sub("\ufffd", _SURROGATES.sub("\ufffd", text)), encoding="utf-8")
     except OSError as error:  # a folder under a file, no permission, read-only or full disk
         where = error.filename or out
         raise UserError(f"-o: cannot write {where}: {error.strerror or error}") from None

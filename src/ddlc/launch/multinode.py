@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import shlex
 import socket
 import subprocess
@@ -65,6 +66,35 @@ class SSH:
         if self.user:
             argv += ["-l", self.user]
         return argv + [host, "--"]
+
+
+_SSH_OPTION = re.compile(r"[A-Za-z][A-Za-z0-9]*=[^\x00-\x1f\x7f]+")
+
+
+def checked_ssh_options(options: Sequence[str]) -> tuple[str, ...]:
+    """`--ssh-option KEY=VALUE` values, checked here rather than failing on every host later: one `KEY=VALUE` per
+    option (no newline smuggling a second config line in, no empty or `-o...` value), and, where this machine has
+    ssh, a keyword and value that `ssh -G` (parses, never connects; no config file) accepts."""
+    import shutil
+
+    for option in options:
+        if not _SSH_OPTION.fullmatch(option):
+            raise UserError(f"--ssh-option {option!r}: expected KEY=VALUE (an ssh_config keyword, a non-empty value, "
+                            "no control characters)")
+    ssh = shutil.which("ssh")
+    if ssh and options:
+        argv = [ssh, "-F", "/dev/null", "-G"]
+        for option in options:
+            argv += ["-o", option]
+        try:
+            done = subprocess.run(argv + ["ddlc-option-check"], capture_output=True, text=True, timeout=30,
+                                  stdin=subprocess.DEVNULL)
+        except (OSError, subprocess.TimeoutExpired):
+            return tuple(options)  # cannot ask ssh: the nodes' ssh will say
+        if done.returncode != 0:
+            why = (done.stderr.strip().splitlines() or [f"ssh -G exit {done.returncode}"])[-1]
+            raise UserError(f"--ssh-option {' '.join(options)}: ssh rejects it: {why}")
+    return tuple(options)
 
 
 # -- plan -------------------------------------------------------------------------------------------------------

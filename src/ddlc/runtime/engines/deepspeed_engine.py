@@ -79,7 +79,6 @@ def build_partitioned(deepspeed, build: Callable[[], torch.nn.Module], config: d
     deepspeed.initialize gives a model built whole (its Init(module=...) reads the same config)."""
     import torch._dynamo  # noqa: F401  imported inside zero.Init it fails: it checks the Tensor.__new__ Init replaces
 
-    os.environ.setdefault("LOCAL_RANK", str(ctx.local_rank))  # zero.Init reads it for its device
     deepspeed.init_distributed(dist_init_required=False)  # wraps ddlc's process group, as initialize does
     with deepspeed.zero.Init(config_dict_or_path=config):
         model = build()
@@ -110,13 +109,67 @@ def release_shm_allreduce_name(rank: int) -> None:
     unlinks it: every run (clean exit or kill -9) left that memory behind until reboot (18 GB after a day of
     runs here). The mappings outlive the name, so the run keeps working; nothing is left whatever way it ends.
     """
-    name = (f"deepspeed_allreduce_buffer_{os.getuid()}_{os.environ.get('MASTER_ADDR', '')}_"
-            f"{os.environ.get('MASTER_PORT', '')}_{rank}")
+    name = _shm_name(rank)
     # On every rank, whether or not it has such a buffer (GPU, or ranks on several hosts): a barrier some ranks
     # skipped would hang the others.
     if torch.distributed.is_initialized():
         torch.distributed.barrier()  # every peer has opened it (they spin until the name exists)
     (SHM_DIR / name).unlink(missing_ok=True)
+
+
+SHM_PREFIX = "deepspeed_allreduce_buffer_"
+# Only buffers at least this old are swept: a job still starting in a process namespace this one cannot see (a
+# container sharing /dev/shm) may have peers that have not yet opened its name; after that, unlinking is harmless.
+SHM_STALE_AFTER_S = 900
+
+
+def _shm_name(rank: object) -> str:
+    return f"{SHM_PREFIX}{os.getuid()}_{os.environ.get('MASTER_ADDR', '')}_{os.environ.get('MASTER_PORT', '')}_{rank}"
+
+
+def _paths_in_use() -> set[str]:
+    """/dev/shm paths some process of this user holds open or mapped (DeepSpeed's creator keeps its descriptor
+    open from shm_open on, and every peer maps the file, so a live job's buffer is always listed here)."""
+    used: set[str] = set()
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            for fd in (proc / "fd").iterdir():
+                target = os.readlink(fd)
+                if target.startswith(str(SHM_DIR)):
+                    used.add(target)
+            for line in (proc / "maps").read_text(errors="replace").splitlines():
+                where = line.find(str(SHM_DIR) + "/")
+                if where >= 0:
+                    used.add(line[where:].removesuffix(" (deleted)"))
+        except OSError:  # gone meanwhile, or another user's process
+            continue
+    return used
+
+
+def sweep_stale_shm_buffers(stale_after_s: float = SHM_STALE_AFTER_S) -> list[str]:
+    """Unlink this user's DeepSpeed all-reduce buffers that no process holds open or mapped and that are at least
+    `stale_after_s` old: left by a job whose ranks were killed while it was starting (before
+    release_shm_allreduce_name), they would stay until reboot. Local rank 0 of every DeepSpeed job runs this."""
+    prefix = f"{SHM_PREFIX}{os.getuid()}_"
+    try:
+        candidates = [p for p in SHM_DIR.iterdir() if p.name.startswith(prefix)]
+    except OSError:
+        return []
+    if not candidates:
+        return []
+    used = _paths_in_use()
+    removed = []
+    for path in candidates:
+        try:
+            info = path.stat()
+            if info.st_uid == os.getuid() and time.time() - info.st_mtime >= stale_after_s and str(path) not in used:
+                path.unlink()
+                removed.append(path.name)
+        except OSError:
+            continue
+    return removed
 
 
 class DeepSpeedEngine:
@@ -131,17 +184,28 @@ class DeepSpeedEngine:
         # distributed.deepspeed.zero_init: ZeRO-3 partitions from the start; otherwise built whole, partitioned by
         # deepspeed.initialize. Both start from the same weights.
         self.zero_init = self.zero_stage == 3 and cfg.distributed.deepspeed.zero_init
-        if self.zero_init:
-            model = build_partitioned(deepspeed, build, self.config, ctx, torch.initial_seed())
-        else:
-            model = build().to(ctx.device)
-        client_optimizer = build_optimizer(model, cfg.optimizer)
-        # The schedule drives the client optimizer's param groups, which every ZeRO stage keeps using.
-        self.scheduler = build_scheduler(client_optimizer, cfg.optimizer, total_steps)
-        self.model, self.optimizer, _, _ = deepspeed.initialize(
-            model=model, optimizer=client_optimizer, config=self.config, dist_init_required=False
-        )
-        release_shm_allreduce_name(ctx.rank)
+        # DeepSpeed's engine asserts LOCAL_RANK is set; plain `python train.py` (one process) has none.
+        os.environ.setdefault("LOCAL_RANK", str(ctx.local_rank))
+        if ctx.local_rank == 0:
+            sweep_stale_shm_buffers()
+        try:
+            if self.zero_init:
+                model = build_partitioned(deepspeed, build, self.config, ctx, torch.initial_seed())
+            else:
+                model = build().to(ctx.device)
+            client_optimizer = build_optimizer(model, cfg.optimizer)
+            # The schedule drives the client optimizer's param groups, which every ZeRO stage keeps using.
+            self.scheduler = build_scheduler(client_optimizer, cfg.optimizer, total_steps)
+            self.model, self.optimizer, _, _ = deepspeed.initialize(
+                model=model, optimizer=client_optimizer, config=self.config, dist_init_required=False
+            )
+            release_shm_allreduce_name(ctx.rank)
+        except BaseException:
+            # A peer died while the job was starting (its buffer never released): the job is over, so the
+            # survivors remove every rank's buffer of this job rather than leave them to the next sweep.
+            for path in SHM_DIR.glob(_shm_name("*")):
+                path.unlink(missing_ok=True)
+            raise
 
     def train_step(self, micro_batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
                    is_finite: Callable[[torch.Tensor, torch.Tensor], bool]) -> tuple[torch.Tensor, torch.Tensor, bool]:
