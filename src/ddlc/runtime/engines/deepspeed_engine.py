@@ -107,7 +107,8 @@ def release_shm_allreduce_name(rank: int) -> None:
     DeepSpeed's CPU backend, when all ranks share a host, gives each rank a ~69 MB buffer
     `/dev/shm/deepspeed_allreduce_buffer_<uid>_<MASTER_ADDR>_<MASTER_PORT>_<rank>` that its peers map, and never
     unlinks it: every run (clean exit or kill -9) left that memory behind until reboot (18 GB after a day of
-    runs here). The mappings outlive the name, so the run keeps working; nothing is left whatever way it ends.
+    runs here). The mappings outlive the name, so the run keeps working, and once it has started nothing is left
+    however it ends (a crash during start-up is cleaned by the survivors or by the next job's sweep).
     """
     name = _shm_name(rank)
     # On every rank, whether or not it has such a buffer (GPU, or ranks on several hosts): a barrier some ranks
