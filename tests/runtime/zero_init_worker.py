@@ -14,7 +14,6 @@ import sys
 from pathlib import Path
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from ddlc.config import load_config
 from ddlc.runtime import init_distributed, shutdown_distributed
@@ -22,22 +21,7 @@ from ddlc.runtime.data import plan_batches
 from ddlc.runtime.engines import deepspeed_engine
 from ddlc.runtime.engines.deepspeed_engine import DeepSpeedEngine
 from ddlc.runtime.model import GPT
-
-
-class LargestAllocation(TorchDispatchMode):
-    """The most elements any single new tensor (a factory op's output) had."""
-
-    def __init__(self):
-        super().__init__()
-        self.largest = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        if func.overloadpacket in (torch.ops.aten.empty, torch.ops.aten.empty_strided, torch.ops.aten.zeros,
-                                   torch.ops.aten.ones, torch.ops.aten.full, torch.ops.aten.empty_like):
-            if isinstance(out, torch.Tensor) and out.device.type != "meta":
-                self.largest = max(self.largest, out.numel())
-        return out
+from largest_allocation import LargestAllocation  # beside this script
 
 
 out = Path(sys.argv[1])
