@@ -339,8 +339,8 @@ class _Metrics:
         self._append(records)
 
     def _append(self, records: list[dict[str, Any]]) -> None:
-        # New arrays, not extended ones: a RunRecord handed out earlier keeps columns of equal length while
-        # another thread reads it. Copied once per refresh, not per 4 MB block (a 50 MB file is 12 blocks).
+        # The first block of a refresh copies the columns (a RunRecord handed out earlier keeps columns of equal
+        # length while another thread reads it); later blocks of the same refresh extend that copy in place.
         before = len(self.columns.get("step", ()))
         if self.owned:
             columns = self.columns
