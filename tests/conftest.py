@@ -7,7 +7,8 @@ PYTHONPATH carries it into torchrun workers, `ddlc` console scripts and ssh'd na
 
 `make test` runs two pytest-xdist workers (`-n 2 --dist loadgroup`): most multi-process tests wait on rendezvous,
 ssh or Slurm more than they compute, so one worker alone leaves a core idle. Session and module fixtures are made
-once per worker, so tests that share an expensive one are kept on one worker (`worker_group`):
+once per worker, so tests that share an expensive one are kept on one worker (`worker_group`); the `moto` server
+is cheap enough to start once per worker:
 
     tests using `hosts`/`slurm` --> "namespace-hosts"  (one set of namespaces, one Slurm cluster, scheduled first:
                                                        it is the longest group)
@@ -57,6 +58,20 @@ def hosts():
     network = Hosts()
     yield network
     network.close()
+
+
+@pytest.fixture(scope="session")
+def moto():
+    """ONE moto server (tests.support.MotoServer on 127.0.0.1) per session -- per xdist worker --, started by the
+    first test that asks for it, so a run without S3/EC2/CloudFormation tests starts none. Its state is global and
+    never reset (POST /moto-api/reset would wipe another test's data mid-run): every user keeps its data apart by
+    name (its own bucket, stack, group, namespace) and filters by what it created, never assuming an empty
+    account. Only a test that kills its endpoint on purpose starts its own."""
+    from tests.support import MotoServer
+
+    server = MotoServer()
+    yield server
+    server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -66,7 +66,9 @@ def assert_ok(proc: subprocess.CompletedProcess) -> None:
 
 
 class MotoServer:
-    """A real S3 endpoint over HTTP on 127.0.0.1 (moto's server), for checkpoint and doctor tests."""
+    """A real AWS endpoint over HTTP on 127.0.0.1 (moto's server: S3, EC2, Auto Scaling, CloudFormation,
+    CloudWatch, SSM...). Tests share one per session (the `moto` fixture of tests/conftest.py), so its state is
+    global: each user keeps its data apart by name and never assumes an empty account."""
 
     def __init__(self):
         import time
@@ -93,11 +95,19 @@ class MotoServer:
         return {"AWS_ENDPOINT_URL": self.url, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
                 "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
 
-    def create_bucket(self, name: str) -> None:
+    def client(self, service: str):
         import boto3
 
-        boto3.client("s3", endpoint_url=self.url, region_name="us-east-1", aws_access_key_id="testing",
-                     aws_secret_access_key="testing").create_bucket(Bucket=name)
+        return boto3.client(service, endpoint_url=self.url, region_name="us-east-1", aws_access_key_id="testing",
+                            aws_secret_access_key="testing")
+
+    def create_bucket(self, name: str) -> None:
+        """A new, empty bucket. One that exists already is refused rather than reused: it would be another
+        test's (moto in us-east-1 answers a second create of the same name with success, as AWS does)."""
+        s3 = self.client("s3")
+        if name in {b["Name"] for b in s3.list_buckets()["Buckets"]}:
+            raise AssertionError(f"bucket {name!r} already exists on the shared moto server: another test uses it")
+        s3.create_bucket(Bucket=name)
 
     def stop(self) -> None:
         self.proc.terminate()

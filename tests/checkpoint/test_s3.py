@@ -13,11 +13,10 @@ DDLC = str(Path(PYTHON).parent / "ddlc")
 
 
 @pytest.fixture(scope="module")
-def s3():
-    server = MotoServer()
-    server.create_bucket("ckpt")
-    yield server
-    server.stop()
+def s3(moto):
+    """The session's moto server with this module's bucket (no other test may use `ckpt`)."""
+    moto.create_bucket("ckpt")
+    return moto
 
 
 def test_s3_save_and_resume_round_trip(tmp_path, s3):
@@ -65,7 +64,7 @@ def test_s3_endpoint_dying_mid_run_fails_saves_on_every_rank_and_training_goes_o
     from ddlc.checkpoint.errors import CHECKPOINT_IO_EXIT_CODE
     from tests.support import child_env
 
-    server = MotoServer()
+    server = MotoServer()  # its own server, not the session's: this test kills it
     server.create_bucket("ckpt")
     client = boto3.client("s3", endpoint_url=server.url, region_name="us-east-1", aws_access_key_id="testing",
                           aws_secret_access_key="testing")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import CONFIG, FAST, MotoServer, TRAIN_PY, child_env, free_port, torchrun
+from tests.support import CONFIG, FAST, TRAIN_PY, child_env, free_port, torchrun
 
 ONE_LINE_HINT = "use s3://bucket/prefix, FSx for Lustre (/fsx/...) or another filesystem every node mounts"
 
@@ -90,23 +90,15 @@ def test_the_default_location_under_a_shared_run_dir_passes(tmp_path):
     assert (tmp_path / "runs" / "shared" / "checkpoints" / "step-00000002" / "COMMIT").is_file()
 
 
-def test_s3_passes(tmp_path):
-    server = MotoServer()
-    try:
-        server.create_bucket("shared")
-        uri = "checkpoint.uri=s3://shared/run"
-        results = two_nodes(tmp_path, ([uri], [uri]), **server.env)
-        for code, out, err in results:
-            assert code == 0, err[-3000:]
-        import boto3
-
-        s3 = boto3.client("s3", endpoint_url=server.url, region_name="us-east-1", aws_access_key_id="testing",
-                          aws_secret_access_key="testing")
-        keys = [o["Key"] for o in s3.list_objects_v2(Bucket="shared").get("Contents", [])]
-        assert "run/step-00000002/COMMIT" in keys
-        assert not [k for k in keys if ".ddlc-probe-" in k]  # probe objects removed
-    finally:
-        server.stop()
+def test_s3_passes(tmp_path, moto):
+    moto.create_bucket("shared-location")  # this test's own bucket on the session's server
+    uri = "checkpoint.uri=s3://shared-location/run"
+    results = two_nodes(tmp_path, ([uri], [uri]), **moto.env)
+    for code, out, err in results:
+        assert code == 0, err[-3000:]
+    keys = [o["Key"] for o in moto.client("s3").list_objects_v2(Bucket="shared-location").get("Contents", [])]
+    assert "run/step-00000002/COMMIT" in keys
+    assert not [k for k in keys if ".ddlc-probe-" in k]  # probe objects removed
 
 
 def test_checkpointing_off_checks_nothing(tmp_path):

@@ -1,7 +1,7 @@
 """ddlc.checkpoint.storage in-process: how a URI becomes a root and a filesystem (local path, file://, s3://, the
 endpoint settings), every refusal's exact line, listings, bounded and chunked reads, atomic writes (and what they
 leave behind when they fail), moves and deletes, and the DCP readers and writers each scheme gets. Local cases on
-tmp_path; the S3 cases against one moto server on 127.0.0.1 for the module. These are the fast, exact cases
+tmp_path; the S3 cases in a bucket of their own on the session's moto server on 127.0.0.1. These are the fast, exact cases
 mutation testing leans on (docs/testing.md); real saves over both schemes are in test_units.py and test_s3.py."""
 
 from __future__ import annotations
@@ -14,17 +14,15 @@ import pytest
 
 from ddlc.checkpoint import storage
 from ddlc.checkpoint.storage import CheckpointStore, FileInfo, StorageError
-from tests.support import MotoServer
 
 BUCKET = "store-paths"
 
 
 @pytest.fixture(scope="module")
-def s3():
-    server = MotoServer()
-    server.create_bucket(BUCKET)
-    yield server
-    server.stop()
+def s3(moto):
+    """The session's moto server with this module's bucket."""
+    moto.create_bucket(BUCKET)
+    return moto
 
 
 @pytest.fixture

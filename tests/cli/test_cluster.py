@@ -1,4 +1,6 @@
-"""`ddlc cluster status|connect|hosts` as real processes against a moto server on 127.0.0.1."""
+"""`ddlc cluster status|connect|hosts` as real processes against the session's moto server on 127.0.0.1. The
+server is shared, so the fake cluster has a name of its own (environment `clitest`, stack ddlc-clitest): `ddlc-prod`
+is tests/infra/test_deploy_moto.py's."""
 
 from __future__ import annotations
 
@@ -10,27 +12,24 @@ from pathlib import Path
 
 import boto3
 import pytest
-from moto.server import ThreadedMotoServer
 
 from tests.infra.test_discovery import REGION, deploy_fake_cluster
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
+ENV = "clitest"  # no cdk.json where these run: `--env clitest` names the stack ddlc-clitest
+
+
 @pytest.fixture(scope="module")
-def moto_endpoint():
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
+def moto_endpoint(moto):
     fake = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": REGION,
-            "AWS_ENDPOINT_URL": endpoint}
+            "AWS_ENDPOINT_URL": moto.url}
     with pytest.MonkeyPatch.context() as patch:
         for key, value in fake.items():
             patch.setenv(key, value)
-        cluster = deploy_fake_cluster("ddlc-prod", workers=2)
+        cluster = deploy_fake_cluster(f"ddlc-{ENV}", workers=2)
         yield {"env": fake, "cluster": cluster}
-    server.stop()
 
 
 def ddlc(*args: str, env: dict, cwd: Path, path_prefix: Path | None = None) -> subprocess.CompletedProcess:
@@ -44,17 +43,17 @@ def ddlc(*args: str, env: dict, cwd: Path, path_prefix: Path | None = None) -> s
 
 
 def test_status_shows_outputs_and_nodes(moto_endpoint, tmp_path):
-    result = ddlc("status", "--env", "prod", env=moto_endpoint["env"], cwd=tmp_path)
+    result = ddlc("status", "--env", ENV, env=moto_endpoint["env"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     cluster = moto_endpoint["cluster"]
-    assert "ddlc-prod" in result.stdout and "CREATE_COMPLETE" in result.stdout
+    assert f"ddlc-{ENV}" in result.stdout and "CREATE_COMPLETE" in result.stdout
     assert cluster["connect"] in result.stdout
     for instance_id in [cluster["head"], *cluster["workers"].values()]:
         assert instance_id in result.stdout
 
 
 def test_hosts_writes_hostfile_and_prints_master_addr(moto_endpoint, tmp_path):
-    result = ddlc("hosts", "--env", "prod", "--output", "hostfile", env=moto_endpoint["env"], cwd=tmp_path)
+    result = ddlc("hosts", "--env", ENV, "--output", "hostfile", env=moto_endpoint["env"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     ec2 = boto3.client("ec2", region_name=REGION)
     worker0 = moto_endpoint["cluster"]["workers"][0]
@@ -70,18 +69,20 @@ def test_connect_runs_the_ssm_session_command(moto_endpoint, tmp_path):
     recorder = bin_dir / "aws"
     recorder.write_text(f"#!/bin/sh\necho \"$@\" > {tmp_path / 'aws-args'}\nexit 7\n")
     recorder.chmod(recorder.stat().st_mode | stat.S_IEXEC)
-    result = ddlc("connect", "--env", "prod", env=moto_endpoint["env"], cwd=tmp_path, path_prefix=bin_dir)
+    result = ddlc("connect", "--env", ENV, env=moto_endpoint["env"], cwd=tmp_path, path_prefix=bin_dir)
     head = moto_endpoint["cluster"]["head"]
     assert (tmp_path / "aws-args").read_text().strip() == f"ssm start-session --target {head} --region {REGION}"
     assert result.returncode == 7  # the session's exit code is passed through
-    dry = ddlc("connect", "--env", "prod", "--dry-run", env=moto_endpoint["env"], cwd=tmp_path)
+    dry = ddlc("connect", "--env", ENV, "--dry-run", env=moto_endpoint["env"], cwd=tmp_path)
     assert dry.stdout.strip() == f"aws ssm start-session --target {head} --region {REGION}"
 
 
 def test_missing_stack_is_one_line_exit_2(moto_endpoint, tmp_path):
-    result = ddlc("status", "--env", "dev", env=moto_endpoint["env"], cwd=tmp_path)
+    # A name no test deploys (the shared server may hold other tests' stacks, ddlc-dev among them some day).
+    result = ddlc("status", "--env", "never-deployed", env=moto_endpoint["env"], cwd=tmp_path)
     assert result.returncode == 2
-    assert result.stderr.strip() == f"error: no stack 'ddlc-dev' in {REGION}: deploy it with `npx cdk deploy --context environment=...`"
+    assert result.stderr.strip() == (f"error: no stack 'ddlc-never-deployed' in {REGION}: deploy it with "
+                                     "`npx cdk deploy --context environment=...`")
 
 
 def test_unknown_env_in_cdk_json_lists_choices(moto_endpoint):

@@ -1,4 +1,4 @@
-"""`ddlc cluster slurm-conf` as real processes against a moto server: the files a node keeps, written only when
+"""`ddlc cluster slurm-conf` as real processes against the session's moto server: the files a node keeps, written only when
 they change, and Slurm told only then (systemctl and scontrol on PATH are recorders: no init system here;
 tests/monitor/test_slurm.py runs a real slurmctld)."""
 
@@ -8,7 +8,6 @@ from pathlib import Path
 
 import boto3
 import pytest
-from moto.server import ThreadedMotoServer
 
 from tests.cli.test_cluster import ddlc
 from tests.infra.test_discovery import REGION
@@ -23,17 +22,14 @@ exit $(cat {state}/{name}.rc 2>/dev/null || echo 0)
 
 
 @pytest.fixture(scope="module")
-def moto_cluster():
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
-    server.start()
-    host, port = server.get_host_and_port()
+def moto_cluster(moto):
+    """Cluster ddlc-slurm (a name only this module uses) on the session's moto server."""
     fake = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": REGION,
-            "AWS_ENDPOINT_URL": f"http://{host}:{port}"}
+            "AWS_ENDPOINT_URL": moto.url}
     with pytest.MonkeyPatch.context() as patch:
         for key, value in fake.items():
             patch.setenv(key, value)
         yield {"env": fake, "cluster": deploy("ddlc-slurm", 2)}
-    server.stop()
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""The synthesized prod template, deployed into a moto server (CloudFormation on 127.0.0.1), then `ddlc cluster`
+"""The synthesized prod template, deployed into the session's moto server (CloudFormation on 127.0.0.1), then `ddlc cluster`
 status|hosts|connect --dry-run|refresh --dry-run|down --dry-run run against it as processes.
 
 Only what moto cannot do is changed: the Deep Learning AMI's public SSM parameter (moto refuses `/aws/...`
@@ -17,11 +17,9 @@ import os
 import subprocess
 import sys
 import time
-import urllib.request
 
 import boto3
 import pytest
-from moto.server import ThreadedMotoServer
 
 from tests.infra.conftest import REPO_ROOT, resources, synth
 
@@ -83,39 +81,32 @@ def moto_ready(template: dict) -> dict:
 
 
 @pytest.fixture(scope="module")
-def deployed():
+def deployed(moto):
+    """The stack deployed once into the session's moto server. Stack ddlc-prod, its group ddlc-prod-workers and
+    the CDK bootstrap parameter are this module's alone (tests/cli/test_cluster.py's fake cluster is
+    ddlc-clitest); nodes are found by their ddlc:cluster tag, so other tests' instances there do not count."""
     from ddlc.infra.app import default_dashboards
 
     synthesized = synth("prod", dashboards=tuple(default_dashboards()))
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
-    server.start()
-    host, port = server.get_host_and_port()
     env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": REGION,
-           "AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_EC2_METADATA_DISABLED": "true"}
+           "AWS_ENDPOINT_URL": moto.url, "AWS_EC2_METADATA_DISABLED": "true"}
     session = boto3.session.Session(aws_access_key_id="testing", aws_secret_access_key="testing", region_name=REGION)
 
     def client(service: str):
         return session.client(service, endpoint_url=env["AWS_ENDPOINT_URL"])
 
-    try:
-        # ThreadedMotoServer serves moto's in-process backends, which other tests in this session may have used
-        # (mock_aws): start from an empty account so the stack name is free.
-        urllib.request.urlopen(urllib.request.Request(f"{env['AWS_ENDPOINT_URL']}/moto-api/reset", method="POST"),
-                               timeout=30).read()
-        client("ssm").put_parameter(Name="/cdk-bootstrap/hnb659fds/version", Value="30", Type="String")
-        cloudformation = client("cloudformation")
-        cloudformation.create_stack(
-            StackName="ddlc-prod", TemplateBody=json.dumps(moto_ready(synthesized.template_json)),
-            Capabilities=["CAPABILITY_IAM", "CAPABILITY_NAMED_IAM"],
-        )
-        deadline = time.monotonic() + 120
-        while (stack := cloudformation.describe_stacks(StackName="ddlc-prod")["Stacks"][0])["StackStatus"].endswith(
-                "IN_PROGRESS"):
-            assert time.monotonic() < deadline, stack
-            time.sleep(0.5)
-        yield {"env": env, "client": client, "stack": stack, "synthesized": synthesized}
-    finally:
-        server.stop()
+    client("ssm").put_parameter(Name="/cdk-bootstrap/hnb659fds/version", Value="30", Type="String")
+    cloudformation = client("cloudformation")
+    cloudformation.create_stack(
+        StackName="ddlc-prod", TemplateBody=json.dumps(moto_ready(synthesized.template_json)),
+        Capabilities=["CAPABILITY_IAM", "CAPABILITY_NAMED_IAM"],
+    )
+    deadline = time.monotonic() + 120
+    while (stack := cloudformation.describe_stacks(StackName="ddlc-prod")["Stacks"][0])["StackStatus"].endswith(
+            "IN_PROGRESS"):
+        assert time.monotonic() < deadline, stack
+        time.sleep(0.5)
+    return {"env": env, "client": client, "stack": stack, "synthesized": synthesized}
 
 
 def ddlc(*args: str, env: dict, cwd=None) -> subprocess.CompletedProcess:

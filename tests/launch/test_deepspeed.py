@@ -16,7 +16,7 @@ import torch
 from ddlc.runtime.metrics import read_metrics
 from tests.launch.helpers import assert_identical_ranks, job_args
 from tests.launch.hosts import SSH_PORT
-from tests.support import (CONFIG, FAST, PYTHON, REPO, TRAIN_PY, MotoServer, assert_ok, child_env, free_port, torchrun)
+from tests.support import (CONFIG, FAST, PYTHON, REPO, TRAIN_PY, assert_ok, child_env, free_port, torchrun)
 from tests.support import run as support_run
 
 pytest.importorskip("deepspeed")
@@ -78,12 +78,10 @@ def assert_equal_weights(exported: dict, final: dict) -> None:
 
 
 @pytest.fixture(scope="module")
-def s3():
+def s3(moto):
     pytest.importorskip("s3fs")
-    server = MotoServer()
-    server.create_bucket("ds-checkpoints")
-    yield server
-    server.stop()
+    moto.create_bucket("ds-checkpoints")  # this module's bucket on the session's moto server
+    return moto
 
 
 @dataclass

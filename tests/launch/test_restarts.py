@@ -20,7 +20,7 @@ import pytest
 
 from ddlc.runtime.metrics import read_metrics
 from tests.ops.test_runbook import COMMANDS, RUNBOOK
-from tests.support import CONFIG, FAST, PYTHON, TRAIN_PY, MotoServer, child_env, torchrun
+from tests.support import CONFIG, FAST, PYTHON, TRAIN_PY, child_env, torchrun
 
 RUNBOOK_TEXT = RUNBOOK.read_text()
 DDLC = str(os.path.join(os.path.dirname(PYTHON), "ddlc"))
@@ -83,36 +83,35 @@ def _kill_all(proc):
 
 
 @pytest.fixture
-def s3():
-    server = MotoServer()
-    server.create_bucket("ddlc-prod-checkpointsbucket-example")
-    yield server
-    server.stop()
+def bucket(moto) -> str:
+    """A fresh checkpoint bucket per test on the session's moto server: the runbook's fixed run name
+    (checkpoints/gpt-run1) would otherwise resume from another test's checkpoints."""
+    import uuid
+
+    bucket = f"ddlc-prod-checkpointsbucket-{uuid.uuid4().hex[:12]}"
+    moto.create_bucket(bucket)
+    return bucket
 
 
 @pytest.mark.slow
-def test_runbook_restart_command_as_written_survives_kill_9(tmp_path, s3):
+def test_runbook_restart_command_as_written_survives_kill_9(tmp_path, moto, bucket):
     """docs/runbook.md §4, one node with 2 CPU workers: the placeholders come from the node's env files."""
     [command] = [c for c in COMMANDS if "--max_restarts" in c]
     # The user's gpt.yaml (in the directory the runbook runs from): a small model that still checkpoints often.
     (tmp_path / "gpt.yaml").write_text(_small_config(training={"max_steps": 60}, checkpoint={"interval_steps": 10},
                                                      monitoring={"progress": "plain"}))
-    env = _env(DDLC_NODE_COUNT="1", DDLC_GPUS_PER_NODE="2", MASTER_ADDR="127.0.0.1",
-               DDLC_CHECKPOINT_BUCKET="ddlc-prod-checkpointsbucket-example", **s3.env)
+    env = _env(DDLC_NODE_COUNT="1", DDLC_GPUS_PER_NODE="2", MASTER_ADDR="127.0.0.1", DDLC_CHECKPOINT_BUCKET=bucket,
+               **moto.env)
     argv = ["bash", "-c", command]  # the shell expands the runbook's $VARIABLES, as on the node
     assert argv[2].startswith("torchrun ")
     env["PATH"] = os.path.dirname(PYTHON) + os.pathsep + env["PATH"]
     out = (tmp_path / "out").open("w")
     proc = subprocess.Popen(argv, cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT, text=True)
     try:
-        import boto3
-
-        client = boto3.client("s3", endpoint_url=s3.url, region_name="us-east-1", aws_access_key_id="testing",
-                              aws_secret_access_key="testing")
+        client = moto.client("s3")
 
         def committed():
-            listing = client.list_objects_v2(Bucket="ddlc-prod-checkpointsbucket-example",
-                                             Prefix="checkpoints/gpt-run1/")
+            listing = client.list_objects_v2(Bucket=bucket, Prefix="checkpoints/gpt-run1/")
             return any(o["Key"].endswith("/COMMIT") for o in listing.get("Contents", []))
 
         _kill_a_worker_after_a_checkpoint(proc, committed)

@@ -6,10 +6,8 @@ import os
 import subprocess
 import sys
 import time
-import urllib.request
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Iterator
 
 import boto3
 import pytest
@@ -117,32 +115,10 @@ def test_units_follow_the_name_suffix() -> None:
     assert unit_for("ddlc_train_steps_total", True) == "Count/Second"
 
 
-@pytest.fixture(scope="module")
-def moto_server() -> Iterator[str]:
-    """moto's CloudWatch as a real HTTP server on 127.0.0.1, for the agent running as its own process."""
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/moto-api/", timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or process.poll() is not None:
-                    raise AssertionError("moto server did not start")
-                time.sleep(0.1)
-        yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
-
-
-def test_cli_agent_publishes_to_cloudwatch_server(moto_server: str, tmp_path: Path) -> None:
+def test_cli_agent_publishes_to_cloudwatch_server(moto, tmp_path: Path) -> None:
+    """The agent as its own process against the session's moto server (CloudWatch on 127.0.0.1), in a namespace
+    of its own: the server is shared, so only this namespace's metrics are this test's."""
+    moto_server = moto.url
     env = {**os.environ, "PYTHONPATH": f"{REPO_SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     agent = subprocess.Popen(
         [sys.executable, "-m", "ddlc", "agent", "--port", "0", "--node", "cw-node", "--cloudwatch",
@@ -234,6 +210,7 @@ def test_a_failed_publish_is_logged_and_retried_at_the_next_interval(caplog: pyt
         while sum("CloudWatch publish failed" in r.getMessage() for r in caplog.records) < 2:
             assert time.monotonic() < deadline, "no failed publish was logged"
             time.sleep(0.05)
+        # Its own server, not the session's: CloudWatch must be down first, then come up on the same port.
         server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         reader = boto3.client("cloudwatch", region_name="us-east-1", endpoint_url=url, aws_access_key_id="testing",

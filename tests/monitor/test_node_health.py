@@ -1,6 +1,7 @@
 """The agent's periodic health check: ddlc_node_healthy{check} on /metrics, and after N failed runs in a row the
-instance marks itself Unhealthy in its Auto Scaling group — a real `ddlc agent` process against a real moto
-server on 127.0.0.1 (the group and its instances created there) and an instance-metadata stand-in on 127.0.0.1."""
+instance marks itself Unhealthy in its Auto Scaling group — a real `ddlc agent` process against the session's moto
+server on 127.0.0.1 (the groups and their instances created there, named for this module) and an instance-metadata
+stand-in on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -59,13 +60,6 @@ class Imds:
         self.server.server_close()
 
 
-@pytest.fixture(scope="module")
-def moto():
-    server = MotoServer()
-    yield server
-    server.stop()
-
-
 def make_group(moto: MotoServer, name: str, size: int = 2) -> list[str]:
     """A fixed-size Auto Scaling group (min = max = desired) from a launch template; its instance ids."""
     kwargs = dict(endpoint_url=moto.url, region_name=REGION)
@@ -100,9 +94,9 @@ def test_monitor_counts_failed_runs_in_a_row_and_hands_over_once():
 def test_mark_unhealthy_only_inside_a_group(moto, monkeypatch):
     for key, value in moto.env.items():
         monkeypatch.setenv(key, value)
-    ids = make_group(moto, "ddlc-direct")
+    ids = make_group(moto, "node-health-direct")
     client = autoscaling_client(REGION, moto.url)
-    assert mark_unhealthy(client, ids[1]) == "ddlc-direct"
+    assert mark_unhealthy(client, ids[1]) == "node-health-direct"
     assert health_of(moto, ids[1]) == "Unhealthy" and health_of(moto, ids[0]) == "Healthy"
     loose = boto3.client("ec2", endpoint_url=moto.url, region_name=REGION).run_instances(
         ImageId="ami-12c6146b", MinCount=1, MaxCount=1)["Instances"][0]["InstanceId"]
@@ -112,7 +106,7 @@ def test_mark_unhealthy_only_inside_a_group(moto, monkeypatch):
 
 @pytest.mark.slow
 def test_agent_marks_its_own_instance_unhealthy_after_n_failed_checks(moto, tmp_path):
-    ids = make_group(moto, "ddlc-workers")
+    ids = make_group(moto, "node-health-workers")
     imds = Imds(ids[0])
     env = {**os.environ, **moto.env}
     env.pop("AWS_EC2_METADATA_DISABLED", None)
@@ -139,4 +133,4 @@ def test_agent_marks_its_own_instance_unhealthy_after_n_failed_checks(moto, tmp_
         _, stderr = agent.communicate(timeout=20)
         imds.close()
     assert agent.returncode == 0, stderr
-    assert f"marked instance {ids[0]} Unhealthy in Auto Scaling group ddlc-workers" in stderr
+    assert f"marked instance {ids[0]} Unhealthy in Auto Scaling group node-health-workers" in stderr

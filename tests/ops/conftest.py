@@ -1,17 +1,13 @@
-"""One moto S3 server (a real HTTP endpoint on 127.0.0.1) for every ops test that needs S3."""
+"""The session's moto server (tests/conftest.py `moto`) with the bucket every ops test that needs S3 uses."""
 
 from __future__ import annotations
 
 import pytest
 
-from tests.support import MotoServer
-
 BUCKET = "ddlc-doctor"
 
 
 @pytest.fixture(scope="session")
-def moto():
-    server = MotoServer()
-    server.create_bucket(BUCKET)
-    yield server
-    server.stop()
+def moto(moto):
+    moto.create_bucket(BUCKET)
+    return moto

@@ -254,10 +254,11 @@ def fake_aws(monkeypatch):
 def test_checkpoint_write_s3_pass_and_missing_bucket(moto, fake_aws):
     import boto3
 
-    result = doctor.check_checkpoint_write("s3://ddlc-doctor/checkpoints", endpoint_url=moto.url)
+    result = doctor.check_checkpoint_write("s3://ddlc-doctor/write-check", endpoint_url=moto.url)
     assert result.status is Status.PASS, result.detail
     s3 = boto3.client("s3", endpoint_url=moto.url, region_name="us-east-1")
-    assert s3.list_objects_v2(Bucket="ddlc-doctor").get("KeyCount", 0) == 0  # probe deleted
+    # The bucket is shared with the other ops tests: only this test's prefix must be empty again.
+    assert s3.list_objects_v2(Bucket="ddlc-doctor", Prefix="write-check").get("KeyCount", 0) == 0  # probe deleted
     missing = doctor.check_checkpoint_write("s3://no-such-bucket/checkpoints", endpoint_url=moto.url)
     assert missing.status is Status.FAIL
 
