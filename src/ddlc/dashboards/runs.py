@@ -306,19 +306,20 @@ class _Metrics:
     def _parse(self, name: str, block: bytes) -> None:
         first_line = self.lines + 1
         self.lines += block.count(b"\n")
-        try:
-            block.decode("utf-8")
-        except UnicodeDecodeError as error:
-            bad = first_line + block.count(b"\n", 0, error.start)
-            raise RunFileError(f"{name} line {bad}: not UTF-8 text") from None
         # The common case, one JSON object per line and no blank ones: the block is a JSON array once its
-        # newlines become commas (no per-line Python work). Anything else fails validation and takes the
-        # line-by-line path below, which skips blank lines and names the bad one.
+        # newlines become commas, validated in one pydantic-core call (no per-line Python work). pydantic-core
+        # rejects bytes that are not UTF-8, so a block that passes is text. Anything else takes the slower
+        # path below, which checks UTF-8 first, skips blank lines and names the first bad line.
         try:
             self._append(STEP_RECORDS.validate_json(b"[" + block[:-1].replace(b"\n", b",") + b"]"))
             return
         except ValidationError:
             pass
+        try:
+            block.decode("utf-8")
+        except UnicodeDecodeError as error:
+            bad = first_line + block.count(b"\n", 0, error.start)
+            raise RunFileError(f"{name} line {bad}: not UTF-8 text") from None
         raw = block.split(b"\n")[:-1]
         numbers = [i for i, line in enumerate(raw, first_line) if line.strip()]
         lines = [line for line in raw if line.strip()]
@@ -341,31 +342,62 @@ class _Metrics:
     def _append(self, records: list[dict[str, Any]]) -> None:
         # The first block of a refresh copies the columns (a RunRecord handed out earlier keeps columns of equal
         # length while another thread reads it); later blocks of the same refresh extend that copy in place.
-        before = len(self.columns.get("step", ()))
         if self.owned:
             columns = self.columns
         else:
             columns = {key: array(values.typecode, values) for key, values in self.columns.items()}
             self.owned = True
-        for key in dict.fromkeys(chain.from_iterable(records)):  # every key, first-seen order, in C
-            if key not in columns and len(columns) < MAX_COLUMNS:  # hostile files: one new key per line
-                columns[key] = array("q" if key == "step" else "d", [0 if key == "step" else math.nan]) * before
-        columns["step"] = columns.get("step", array("q"))
-        columns["step"].extend(map(itemgetter("step"), records))
-        for key, values in columns.items():
-            if key == "step":
-                continue
-            try:  # the common case, a number on every line: converted in C, no list in between
-                values.extend(array("d", map(itemgetter(key), records)))
-                continue
-            except (KeyError, TypeError, OverflowError):  # a key some lines lack; "nan" strings, None, big ints
-                pass
-            raw = list(map(dict.get, records, repeat(key), repeat(math.nan)))
-            try:
-                values.extend(array("d", raw))
-            except (TypeError, OverflowError):  # "nan"/"inf" strings, None, a library user's own non-numbers
-                values.extend(array("d", [metric_value(value) for value in raw]))
+        if records and not _append_uniform(columns, records):
+            _append_any(columns, records)
         self.columns = columns
+
+
+def _append_uniform(columns: dict[str, array], records: list[dict[str, Any]]) -> bool:
+    """The common case, every line with the same keys as the run's columns so far (or the first block): each
+    column filled from one C-level pass. False, with `columns` untouched, when the block is anything else."""
+    keys = list(records[0])
+    if len(keys) > MAX_COLUMNS or len(set(map(len, records))) != 1 or not columns.keys() <= set(keys):
+        return False
+    fresh = {}
+    for key in keys:
+        try:  # every record has len(keys) keys, each of `keys` among them (KeyError otherwise): the same keys
+            values = list(map(itemgetter(key), records))
+        except KeyError:
+            return False
+        try:  # numbers (step: validated ints) converted in C
+            fresh[key] = array("q" if key == "step" else "d", values)
+        except (TypeError, OverflowError):  # "nan"/"inf" strings, None, a library user's own non-numbers
+            fresh[key] = array("d", map(metric_value, values))
+    before = len(columns.get("step", ()))
+    for key, values in fresh.items():
+        if key in columns:
+            columns[key].extend(values)
+        else:  # a key this run's earlier lines did not log
+            columns[key] = array(values.typecode, [0 if key == "step" else math.nan]) * before + values
+    return True
+
+
+def _append_any(columns: dict[str, array], records: list[dict[str, Any]]) -> None:
+    """Any block: keys some lines lack are NaN there, non-numbers go through metric_value, at most MAX_COLUMNS."""
+    before = len(columns.get("step", ()))
+    for key in dict.fromkeys(chain.from_iterable(records)):  # every key, first-seen order, in C
+        if key not in columns and len(columns) < MAX_COLUMNS:  # hostile files: one new key per line
+            columns[key] = array("q" if key == "step" else "d", [0 if key == "step" else math.nan]) * before
+    columns["step"] = columns.get("step", array("q"))
+    columns["step"].extend(map(itemgetter("step"), records))
+    for key, values in columns.items():
+        if key == "step":
+            continue
+        try:  # a number on every line: converted in C, no list in between
+            values.extend(array("d", map(itemgetter(key), records)))
+            continue
+        except (KeyError, TypeError, OverflowError):  # a key some lines lack; "nan" strings, None, big ints
+            pass
+        raw = list(map(dict.get, records, repeat(key), repeat(math.nan)))
+        try:
+            values.extend(array("d", raw))
+        except (TypeError, OverflowError):  # "nan"/"inf" strings, None, a library user's own non-numbers
+            values.extend(array("d", [metric_value(value) for value in raw]))
 
 
 # -- the store -----------------------------------------------------------------------------------------------
