@@ -5,6 +5,8 @@
       .load(path) -> RunRecord               cached; a file is parsed again only when its size/mtime/inode change,
                                              and metrics.jsonl is read from where the last read stopped
       .runs(since, names) -> [RunRecord]
+    RunStore(runs_dir, cache=ColumnCache())  one-shot readers (`ddlc report`): a fresh read of metrics.jsonl starts
+                                             from the columns cached for its very bytes (ddlc.dashboards.column_cache)
 
 Every file is validated with the model its writer uses (ddlc.run_format: StepRecord, RunSummary; ddlc.config:
 Config). A file that is malformed in any way (not a regular file, unreadable, not UTF-8, not JSON/YAML, a JSON
@@ -21,6 +23,7 @@ Steps are held as columns (one array of floats per key), not as a dict per step:
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import socket
@@ -32,7 +35,7 @@ from dataclasses import dataclass, field
 from itertools import chain, repeat
 from operator import itemgetter
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import TYPE_CHECKING, Any, Iterable, Optional
 
 import yaml
 from pydantic import ValidationError
@@ -40,6 +43,9 @@ from pydantic import ValidationError
 from ddlc.config.loader import ConfigError, validate
 from ddlc.errors import UserError
 from ddlc.run_format import CONFIG_FILE, METRICS_FILE, RUN_FILES, STEP_RECORDS, SUMMARY_FILE, RunSummary, metric_value
+
+if TYPE_CHECKING:
+    from ddlc.dashboards.column_cache import ColumnCache
 
 MAX_SMALL_FILE = 1 << 20  # summary.json and config.yaml are a few KB; anything past 1 MB is not one of them
 MAX_COLUMNS = 64  # metrics kept per run: the trainer logs 9; library users may add a few of their own
@@ -251,7 +257,11 @@ def parse_config(path: Path, info: os.stat_result) -> dict[str, Any]:
 class _Metrics:
     """metrics.jsonl read incrementally: `offset` bytes (whole lines) are in `columns`; the rest is read next time."""
 
-    def __init__(self) -> None:
+    def __init__(self, cache: Optional[ColumnCache] = None) -> None:
+        self.cache = cache
+        self._reset()
+
+    def _reset(self) -> None:
         self.identity: tuple = ()
         self.offset = 0
         self.lines = 0
@@ -263,17 +273,17 @@ class _Metrics:
 
     def refresh(self, path: Path, info: Optional[os.stat_result]) -> None:
         if info is None:
-            self.__init__()  # type: ignore[misc]
+            self._reset()
             return
         identity = (info.st_dev, info.st_ino)
         if identity != self.identity or info.st_size < self.offset:  # replaced or truncated: start over
-            self.__init__()  # type: ignore[misc]
+            self._reset()
             self.identity = identity
         seen = (info.st_size, info.st_mtime_ns)
         if seen == self.seen:
             return
         if self.error is not None:  # changed since it was found malformed (repaired?): read it again
-            self.__init__()  # type: ignore[misc]
+            self._reset()
             self.identity = identity
         self.seen = seen
         self.owned = False  # the columns may be in a RunRecord handed out: the first append copies them
@@ -282,26 +292,45 @@ class _Metrics:
                 if self.offset:  # rewritten in place rather than appended to: the bytes before offset differ
                     handle.seek(self.offset - len(self.tail))
                     if handle.read(len(self.tail)) != self.tail:
-                        self.__init__()  # type: ignore[misc]
+                        self._reset()
                         self.identity, self.seen = identity, seen
-                handle.seek(self.offset)
-                while True:
-                    data = handle.read(CHUNK_BYTES)
-                    if not data:
-                        return
-                    end = data.rfind(b"\n")
-                    if end < 0:
-                        if len(data) < CHUNK_BYTES:
-                            return  # an unfinished last line: the trainer is writing it
-                        raise RunFileError(f"{path.name} line {self.lines + 1}: longer than {CHUNK_BYTES:,} bytes")
-                    self._parse(path.name, data[: end + 1])
-                    self.offset += end + 1
-                    self.tail = data[max(end + 1 - 64, 0): end + 1]
-                    handle.seek(self.offset)
+                digest = None
+                if self.cache is not None and not self.offset and info.st_size >= self.cache.min_bytes:
+                    # a fresh read of a big file: start from the columns cached for its bytes, if any
+                    cached = self.cache.load(info, handle)
+                    if cached is not None:
+                        self.columns, self.offset, self.lines, self.tail = (cached.columns, cached.offset,
+                                                                            cached.lines, cached.tail)
+                        self.owned = True  # arrays made from the entry: nobody else holds them
+                    digest = cached.digest if cached is not None else hashlib.sha256()
+                cached_offset = self.offset
+                self._read(path, handle, digest)
+                if digest is not None and self.offset > cached_offset:
+                    self.cache.store(info, self.offset, self.lines, digest, self.columns)
         except OSError as error:
             self.error = f"{path.name}: cannot read: {error.strerror or error}"
         except RunFileError as error:
             self.error = str(error)
+
+    def _read(self, path: Path, handle: Any, digest: Any) -> None:
+        """Whole lines from `offset` on into the columns; `digest` (when caching) takes in the bytes parsed."""
+        handle.seek(self.offset)
+        while True:
+            data = handle.read(CHUNK_BYTES)
+            if not data:
+                return
+            end = data.rfind(b"\n")
+            if end < 0:
+                if len(data) < CHUNK_BYTES:
+                    return  # an unfinished last line: the trainer is writing it
+                raise RunFileError(f"{path.name} line {self.lines + 1}: longer than {CHUNK_BYTES:,} bytes")
+            block = data[: end + 1]
+            self._parse(path.name, block)
+            if digest is not None:
+                digest.update(block)
+            self.offset += end + 1
+            self.tail = data[max(end + 1 - 64, 0): end + 1]
+            handle.seek(self.offset)
 
     def _parse(self, name: str, block: bytes) -> None:
         first_line = self.lines + 1
@@ -403,8 +432,8 @@ def _append_any(columns: dict[str, array], records: list[dict[str, Any]]) -> Non
 # -- the store -----------------------------------------------------------------------------------------------
 
 class _Entry:
-    def __init__(self) -> None:
-        self.metrics = _Metrics()
+    def __init__(self, cache: Optional[ColumnCache] = None) -> None:
+        self.metrics = _Metrics(cache)
         self.small: dict[str, tuple[tuple, Any]] = {}  # file name -> (signature, parsed value or RunFileError)
         self.record: Optional[RunRecord] = None
 
@@ -413,8 +442,10 @@ class RunStore:
     """Runs under `runs_dir` (plus `extra` run directories), each file parsed once and re-read on change.
     Safe to share between threads (the dashboard server's)."""
 
-    def __init__(self, runs_dir: Path | str, extra: Iterable[Path | str] = (), max_age_s: float = 0.0) -> None:
+    def __init__(self, runs_dir: Path | str, extra: Iterable[Path | str] = (), max_age_s: float = 0.0,
+                 cache: Optional[ColumnCache] = None) -> None:
         self.runs_dir = Path(runs_dir)
+        self.cache = cache  # columns on disk between processes (one-shot readers); the server keeps them in memory
         self.extra = [Path(p) for p in extra]
         self.max_age_s = max_age_s  # runs() answers from its last look at the disk when younger than this
         self._entries: dict[Path, _Entry] = {}
@@ -436,7 +467,9 @@ class RunStore:
     def load(self, path: Path | str) -> RunRecord:
         path = Path(path)
         with self._lock:
-            entry = self._entries.setdefault(path, _Entry())
+            entry = self._entries.get(path)
+            if entry is None:
+                entry = self._entries[path] = _Entry(self.cache)
             return _refresh(entry, path)
 
     def runs(self, since: Optional[float] = None, names: Optional[Iterable[str]] = None,
@@ -552,7 +585,8 @@ def load_run(path: Path | str) -> RunRecord:
     return RunStore(run_dir.parent).load(run_dir)
 
 
-def load_runs(runs_dir: Path | str, since: Optional[float] = None, names: Optional[list[str]] = None) -> list[RunRecord]:
+def load_runs(runs_dir: Path | str, since: Optional[float] = None, names: Optional[list[str]] = None,
+              cache: Optional[ColumnCache] = None) -> list[RunRecord]:
     """Runs of the store that logged a step at or after `since` (Unix seconds), optionally only `names`;
     unreadable runs are included with their `error`."""
-    return RunStore(runs_dir).runs(since=since, names=names)
+    return RunStore(runs_dir, cache=cache).runs(since=since, names=names)
