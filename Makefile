@@ -57,8 +57,11 @@ node_modules: package.json package-lock.json | sysdeps
 horovod: venv sysdeps
 	bash scripts/build_horovod.sh $(PY)
 
+# Two pytest-xdist workers: the multi-process tests mostly wait (rendezvous, ssh, Slurm), so one leaves a core idle.
+# Which tests share a worker (the namespace hosts, CDK synth, a file's fixtures): tests/conftest.py. TEST_WORKERS=0: one process.
+TEST_WORKERS ?= 2
 test: venv sysdeps node_modules horovod
-	$(VENV)/bin/pytest tests
+	$(VENV)/bin/pytest tests $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder)
 
 # Mutation testing, not part of `make test` (docs/testing.md): mutmut over the modules and fast tests named in
 # pyproject [tool.mutmut], a per-module score, then the alert-rule mutator against the promtool tests.

@@ -1,19 +1,31 @@
-"""Make every test, and every process a test starts, run this checkout's code.
+"""Session-wide test plumbing: this checkout's code everywhere, the shared hosts and Slurm cluster, and which tests
+share a pytest-xdist worker.
 
 With ddlc installed editable from another tree (a second worktree, an older clone), `import ddlc` would silently
 resolve to that tree. pytest puts `src` first on sys.path (pyproject `pythonpath`); exporting the same path in
 PYTHONPATH carries it into torchrun workers, `ddlc` console scripts and ssh'd namespace hosts, which inherit it.
+
+`make test` runs two pytest-xdist workers (`-n 2 --dist loadgroup`): most multi-process tests wait on rendezvous,
+ssh or Slurm more than they compute, so one worker alone leaves a core idle. Session and module fixtures are made
+once per worker, so tests that share an expensive one are kept on one worker (`worker_group`):
+
+    tests using `hosts`/`slurm` --> "namespace-hosts"  (one set of namespaces, one Slurm cluster, scheduled first:
+                                                       it is the longest group)
+    tests/infra, CDK synth users --> "cdk-synth"        (tests.infra.conftest caches each synth per process)
+    every other test            --> its own file        (module fixtures: one shared run per file)
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+HOSTS_GROUP = "namespace-hosts"
 REPO = Path(__file__).resolve().parents[1]
 SRC = REPO / "src"
 
@@ -60,3 +72,32 @@ def slurm(hosts):
     cluster = SlurmCluster(hosts)
     yield cluster
     cluster.close()
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Screenshots and reports of the last run only: cleared once, by the controller (or the only process), never
+    by an xdist worker while the other one writes there."""
+    if not hasattr(session.config, "workerinput"):
+        from tests.dashboards.conftest import ARTIFACTS
+
+        shutil.rmtree(ARTIFACTS, ignore_errors=True)
+
+
+def worker_group(item: pytest.Item) -> str:
+    if {"hosts", "slurm"} & set(item.fixturenames):
+        return HOSTS_GROUP
+    from tests.infra.conftest import synth
+
+    path = Path(str(item.path)).resolve()
+    if path.is_relative_to(REPO / "tests" / "infra") or getattr(getattr(item, "module", None), "synth", None) is synth:
+        return "cdk-synth"
+    return str(path.relative_to(REPO))
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which turns the group into the test's scope
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(worker_group(item)))
+    # The longest group first (make test passes --no-loadscope-reorder, so scopes go out in this order): the other
+    # worker runs everything else meanwhile. Stable: every worker must collect the same order.
+    items.sort(key=lambda item: worker_group(item) != HOSTS_GROUP)

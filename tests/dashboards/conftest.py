@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import pytest
@@ -40,7 +39,7 @@ def run_dir(runs_dir) -> Path:
 
 @pytest.fixture(scope="session")
 def artifacts() -> Path:
-    shutil.rmtree(ARTIFACTS, ignore_errors=True)
+    # Emptied once per run by tests/conftest.py (pytest_sessionstart), not here: two xdist workers share it.
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     return ARTIFACTS
 
