@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from ddlc.dashboards import runs as runs_module
+from ddlc.dashboards import metrics_file as metrics_module
 from ddlc.dashboards.column_cache import ColumnCache, default_dir
 from ddlc.dashboards.runs import RunStore
 from tests.support import PYTHON, REPO, run
@@ -30,8 +30,8 @@ def _lines(first: int, last: int, loss: float = 1.0) -> str:
 def parsed(monkeypatch) -> list[int]:
     """Bytes of metrics.jsonl parsed (validated) per block, by any reader."""
     blocks: list[int] = []
-    original = runs_module._Metrics._parse
-    monkeypatch.setattr(runs_module._Metrics, "_parse",
+    original = metrics_module.MetricsFile._parse
+    monkeypatch.setattr(metrics_module.MetricsFile, "_parse",
                         lambda self, name, block: (blocks.append(len(block)), original(self, name, block))[1])
     return blocks
 

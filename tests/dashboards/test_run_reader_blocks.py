@@ -1,8 +1,9 @@
-"""ddlc.dashboards.runs reads metrics.jsonl 4 MB at a time and validates it in blocks of whole lines (~256 KB), each
-in one pydantic-core call, then turns them into columns. These tests pin what the fast paths must not change, on generated files (no training
-run needed): the columns equal a line-by-line reading whatever the block boundaries and line shapes; a bad line
-anywhere, in any block, makes its run unreadable with that line's number, including bytes that are not UTF-8
-(which pydantic-core rejects before the reader's own UTF-8 check runs); and every other run still reads.
+"""ddlc.dashboards.metrics_file reads metrics.jsonl 4 MB at a time and validates it in blocks of whole lines
+(~256 KB), each in one pydantic-core call, then turns them into columns. These tests pin what the fast paths must
+not change, on generated files (no training run needed): the columns equal a line-by-line reading whatever the
+block boundaries and line shapes; a bad line anywhere, in any block, makes its run unreadable with that line's
+number, including bytes that are not UTF-8 (which pydantic-core rejects before the reader's own UTF-8 check
+runs); and every other run still reads.
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ from array import array
 
 import pytest
 
-from ddlc.dashboards import runs as runs_module
-from ddlc.dashboards.runs import MAX_COLUMNS, RunStore, _append_any, _append_uniform
+from ddlc.dashboards import metrics_file as metrics_module
+from ddlc.dashboards.metrics_file import MAX_COLUMNS, _append_any, _append_uniform
+from ddlc.dashboards.runs import RunStore
 from ddlc.run_format import STEP_RECORDS, metric_value
 
 T0 = 1.7e9
@@ -64,8 +66,8 @@ def _shapes(count: int) -> list[str]:
 
 @pytest.mark.parametrize("chunk,parse", [(64 << 10, 256 << 10), (64 << 10, 2048), (2048, 600), (600, 600), (600, 50)])
 def test_columns_equal_a_line_by_line_reading_whatever_the_blocks(tmp_path, monkeypatch, chunk, parse):
-    monkeypatch.setattr(runs_module, "CHUNK_BYTES", chunk)  # many blocks: keys appear and vanish between them
-    monkeypatch.setattr(runs_module, "PARSE_BYTES", parse)  # 50: every line longer than a parse block
+    monkeypatch.setattr(metrics_module, "CHUNK_BYTES", chunk)  # many blocks: keys appear and vanish between them
+    monkeypatch.setattr(metrics_module, "PARSE_BYTES", parse)  # 50: every line longer than a parse block
     run = tmp_path / "run"
     run.mkdir()
     lines = _shapes(700)
@@ -94,7 +96,7 @@ def test_an_appended_block_with_new_or_missing_keys_keeps_columns_aligned(tmp_pa
 def test_a_line_longer_than_a_parse_block_is_read_whole(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
-    lines = [_line(1), _line(2, note="x" * (runs_module.PARSE_BYTES + 1000)), _line(3)]
+    lines = [_line(1), _line(2, note="x" * (metrics_module.PARSE_BYTES + 1000)), _line(3)]
     (run / "metrics.jsonl").write_text("\n".join(lines) + "\n")
     record = RunStore(tmp_path).load(run)
     assert record.readable and list(record.columns["step"]) == [1, 2, 3], record.error
@@ -151,8 +153,8 @@ BAD_LINES = {
 @pytest.mark.parametrize("kind", sorted(BAD_LINES))
 @pytest.mark.parametrize("at", [1, 777, 1500])
 def test_a_bad_line_in_any_block_names_its_line_and_only_its_run(tmp_path, monkeypatch, kind, at):
-    monkeypatch.setattr(runs_module, "CHUNK_BYTES", 16 << 10)  # ~230 lines a read: line 777 is in the 4th
-    monkeypatch.setattr(runs_module, "PARSE_BYTES", 4 << 10)  # validated ~60 lines at a time
+    monkeypatch.setattr(metrics_module, "CHUNK_BYTES", 16 << 10)  # ~230 lines a read: line 777 is in the 4th
+    monkeypatch.setattr(metrics_module, "PARSE_BYTES", 4 << 10)  # validated ~60 lines at a time
     bad, reason = BAD_LINES[kind]
     lines = [_line(s).encode() for s in range(1, 1501)]
     lines[at - 1] = bad

@@ -1,11 +1,11 @@
 """metrics.jsonl columns kept on disk between one-shot readers (`ddlc report`), used only for the very same bytes.
 
-    reader (runs._Metrics, fresh, file >= 1 MB)        $XDG_CACHE_HOME/ddlc/columns/ (default ~/.cache/ddlc)
-      ColumnCache.load(path, stat) -> Cached | None  <-  <device>-<inode>.bin
+    reader (MetricsFile, fresh, file >= 1 MB)           $XDG_CACHE_HOME/ddlc/columns/ (default ~/.cache/ddlc)
+      ColumnCache.load(stat, file) -> Cached | None  <-  <device>-<inode>.bin
           hit: same device and inode, at least `offset` bytes, and sha256 of the file's bytes [0, offset) equals the
           entry's: the columns are those of exactly these bytes, validated when the entry was written
       ... the reader parses only the bytes after `offset` (a live run's appended steps) ...
-      ColumnCache.store(path, stat, offset, lines, digest, columns)  ->  written atomically (temp file + rename)
+      ColumnCache.store(stat, offset, lines, digest, columns)  ->  written atomically (temp file + rename)
 
 An entry holds one header line (JSON: format, the reader's fingerprint, device, inode, offset, lines, digest of the
 file's bytes, each column's name, type code and length), the columns' raw bytes and a sha256 of all of that. A
@@ -43,10 +43,10 @@ def default_dir() -> Path:
 def _fingerprint() -> str:
     """The reader's version: a change to how lines are validated or columns built makes old entries misses."""
     from ddlc import run_format
-    from ddlc.dashboards import runs
+    from ddlc.dashboards import metrics_file
 
     digest = hashlib.sha256(str(FORMAT).encode())
-    for module in (run_format, runs):
+    for module in (run_format, metrics_file):
         digest.update(Path(module.__file__).read_bytes())
     return digest.hexdigest()
 
@@ -78,7 +78,7 @@ class ColumnCache:
         return self._fingerprint
 
     def load(self, info: os.stat_result, handle: BinaryIO) -> Optional[Cached]:
-        """The cached columns of the file `info` describes (open as `handle`; its position is left anywhere), or None."""
+        """The cached columns of the file `info` describes (open as `handle`, left at any position), or None."""
         entry = self._entry(info)
         try:
             with open(entry, "rb", opener=_open_nonblocking) as stream:
@@ -89,7 +89,7 @@ class ColumnCache:
                 blob = stream.read()
         except OSError:
             return None
-        from ddlc.dashboards.runs import MAX_COLUMNS
+        from ddlc.dashboards.metrics_file import MAX_COLUMNS
 
         try:
             header, columns = _decode(blob)
