@@ -7,6 +7,9 @@
       `ddlc report utilization --since 7d` on the store: wall seconds, CPU seconds and peak RSS
 
     python benchmarks/dashboard_data.py [--runs 500] [--steps 200] [--big-mb 50] [--baseline-src /tmp/base/src]
+    --report-only --report-repeat 7: only the report, the checkouts alternating 7 times (a shared machine's load
+    changes from one run to the next): median and fastest CPU seconds and wall seconds per checkout, cold (empty
+    column cache, $XDG_CACHE_HOME/ddlc) and warm (right after, with the cache the cold run wrote)
 """
 
 from __future__ import annotations
@@ -15,11 +18,13 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Optional
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -103,7 +108,17 @@ def measure(src: Path, root: Path, big: str, repeat: int) -> dict:
     if result.returncode != 0:
         raise SystemExit(f"measuring {src} failed:\n{result.stderr[-3000:]}")
     out = json.loads(result.stdout.strip().splitlines()[-1])
-    # The weekly report, as a user runs it; peak RSS of the child from getrusage.
+    out.update(measure_report(src, root))
+    return out
+
+
+def measure_report(src: Path, root: Path, cache_home: Optional[Path] = None) -> dict:
+    """The weekly report, as a user runs it; CPU time and peak RSS of the child from getrusage. Its column cache
+    (checkouts that have one) lives in `cache_home`: a new empty one unless given (cold: nothing cached)."""
+    fresh = cache_home is None
+    cache_home = Path(tempfile.mkdtemp(prefix="ddlc-xdg-")) if fresh else cache_home
+    env = {**os.environ, "PYTHONPATH": str(src), "OMP_NUM_THREADS": "1", "XDG_CACHE_HOME": str(cache_home)}
+    out = {}
     report_dir = Path(tempfile.mkdtemp(prefix="ddlc-report-"))
     began = time.perf_counter()
     done = subprocess.run([sys.executable, "-c", REPORT, "report", "utilization", "--since", "7d", "--runs-dir",
@@ -114,8 +129,38 @@ def measure(src: Path, root: Path, big: str, repeat: int) -> dict:
     out["report_cpu_s"] = float(peak[-1][1]) if peak else float("nan")  # on a shared machine: wall minus waiting
     out["report_peak_rss_mb"] = int(peak[-1][0]) / 1024 if peak else float("nan")
     out["report_exit"] = done.returncode
+    if done.returncode != 0:
+        raise SystemExit(f"the report with {src} failed:\n{done.stderr[-3000:]}")
     shutil.rmtree(report_dir, ignore_errors=True)
+    if fresh:
+        shutil.rmtree(cache_home, ignore_errors=True)
     return out
+
+
+def report_rounds(sources: list[Path], root: Path, rounds: int) -> list[dict]:
+    """The report alone, checkouts alternating `rounds` times: per checkout the median and the fastest run, cold
+    (an empty column cache) and warm (run again right after, the cold run's cache in place)."""
+    samples: list[list[dict]] = [[] for _ in sources]
+    for _ in range(rounds):
+        for index, src in enumerate(sources):
+            cache_home = Path(tempfile.mkdtemp(prefix="ddlc-xdg-"))
+            try:
+                cold = measure_report(src, root, cache_home)
+                warm = measure_report(src, root, cache_home)
+            finally:
+                shutil.rmtree(cache_home, ignore_errors=True)
+            samples[index].append({**cold, **{"warm_" + key: value for key, value in warm.items()}})
+    results = []
+    for runs in samples:
+        summary = {}
+        for key in ("report_cpu_s", "report_s", "report_peak_rss_mb", "warm_report_cpu_s", "warm_report_s"):
+            values = sorted(run[key] for run in runs)
+            summary[key + "_median"] = statistics.median(values)
+            summary[key + "_min"] = values[0]
+        results.append(summary)
+        print("cold CPU s per round:", " ".join(f"{run['report_cpu_s']:.2f}" for run in runs),
+              "| warm:", " ".join(f"{run['warm_report_cpu_s']:.2f}" for run in runs))
+    return results
 
 
 def main() -> None:
@@ -126,6 +171,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=10)
     parser.add_argument("--src", type=Path, default=REPO / "src")
     parser.add_argument("--baseline-src", type=Path, default=None)
+    parser.add_argument("--report-only", action="store_true", help="measure only `ddlc report`")
+    parser.add_argument("--report-repeat", type=int, default=5, help="with --report-only: rounds per checkout")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="ddlc-store-"))
     try:
@@ -133,12 +180,16 @@ def main() -> None:
         size = (root / big / "metrics.jsonl").stat().st_size
         print(f"store: {args.runs} runs x {args.steps} steps + {big} ({size / 1e6:.1f} MB metrics.jsonl)")
         sources = [args.src] + ([args.baseline_src] if args.baseline_src else [])
-        results = [measure(src, root, big, args.repeat) for src in sources]
+        if args.report_only:
+            results = report_rounds(sources, root, args.report_repeat)
+        else:
+            results = [measure(src, root, big, args.repeat) for src in sources]
     finally:
         shutil.rmtree(root, ignore_errors=True)
     print(f"{'':28s}" + "".join(f"{str(s)[-20:]:>22s}" for s in sources) + ("   ratio" if len(results) == 2 else ""))
     for key in results[0]:
-        row = f"{key:28s}" + "".join(f"{r[key]:>22.3f}" if isinstance(r[key], float) else f"{r[key]:>22}" for r in results)
+        row = f"{key:28s}" + "".join(f"{r[key]:>22.3f}" if isinstance(r[key], float) else f"{str(r[key])[-22:]:>22}"
+                                     for r in results)
         if len(results) == 2 and isinstance(results[1][key], (int, float)) and results[1][key]:
             row += f"   {results[0][key] / results[1][key]:.3f}"
         print(row)

@@ -127,11 +127,11 @@ def test_a_half_written_last_line_is_not_an_error_and_is_read_when_finished(run_
 
 
 def test_only_appended_bytes_are_parsed_and_a_replaced_file_is_read_again(run_dir, tmp_path, monkeypatch):
-    from ddlc.dashboards import runs as runs_module
+    from ddlc.dashboards import metrics_file as runs_module
 
     parsed: list[int] = []
-    original = runs_module._Metrics._parse
-    monkeypatch.setattr(runs_module._Metrics, "_parse",
+    original = runs_module.MetricsFile._parse
+    monkeypatch.setattr(runs_module.MetricsFile, "_parse",
                         lambda self, name, block: (parsed.append(len(block)), original(self, name, block))[1])
     lines = (run_dir / "metrics.jsonl").read_text().splitlines(keepends=True)
     live = tmp_path / "live"

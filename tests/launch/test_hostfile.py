@@ -5,6 +5,11 @@ Fast on purpose: `make mutate` reruns these for every mutant of the module."""
 from __future__ import annotations
 
 import io
+import shlex
+import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -104,13 +109,28 @@ def test_a_file_that_cannot_be_read_is_one_line():
         parse_hostfile("/proc/self/mem")
 
 
-@pytest.mark.parametrize("make", ["missing", "directory"])
-def test_parse_hostfile_without_a_file(tmp_path, make):
+@pytest.mark.parametrize("make, said", [("missing", "no such file"),
+                                        ("directory", "a directory, not a hostfile"),
+                                        ("socket", "a socket, not a hostfile")])
+def test_parse_hostfile_without_a_file(tmp_path, make, said):
     path = tmp_path / "hosts"
     if make == "directory":
         path.mkdir()
-    with pytest.raises(UserError, match=rf"^--hostfile {path}: no such file$"):
+    if make == "socket":
+        listener = socket.socket(socket.AF_UNIX)
+        listener.bind(str(path))
+    with pytest.raises(UserError, match=rf"^--hostfile {path}: {said}"):
         parse_hostfile(path)
+
+
+def test_process_substitution_is_read_like_a_file(tmp_path):
+    """`ddlc launch --hostfile <(…)` hands over /dev/fd/N, a pipe: it was refused as "no such file"."""
+    script = (f"import sys; sys.path.insert(0, {str(Path(__file__).resolve().parents[2] / 'src')!r}); "
+              "from ddlc.launch.hostfile import parse_hostfile; "
+              "print([(h.name, h.slots) for h in parse_hostfile(sys.argv[1])])")
+    out = subprocess.run(["bash", "-c", f"{sys.executable} -c {shlex.quote(script)} <(printf 'a slots=2\\nb\\n')"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "[('a', 2), ('b', 1)]", out.stderr
 
 
 def test_parse_hostfile_dash_reads_stdin(monkeypatch):

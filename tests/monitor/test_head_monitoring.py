@@ -10,6 +10,7 @@ The SNS variant (what the stack deploys) is written by the CLI the boot runs and
 
 from __future__ import annotations
 
+import grp
 import http.server
 import json
 import subprocess
@@ -123,6 +124,9 @@ def test_the_boots_sns_configs_and_units_are_valid(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     _check("promtool", "check", "config", str(mon / "prometheus.yml"))
     _check("amtool", "check-config", str(mon / "alertmanager.yml"))
+    # Receivers may carry tokens: only the service's group (the units' User=prometheus) may read the file.
+    mode = (mon / "alertmanager.yml").stat()
+    assert mode.st_mode & 0o777 == 0o640 and grp.getgrgid(mode.st_gid).gr_name == "prometheus", oct(mode.st_mode)
     (receiver,) = yaml.safe_load((mon / "alertmanager.yml").read_text())["receivers"]
     assert receiver["sns_configs"][0]["topic_arn"] == "arn:aws:sns:us-east-1:123456789012:ddlc-prod-Alerts-1AB"
     assert receiver["sns_configs"][0]["sigv4"] == {"region": "us-east-1"}  # keys from the instance role

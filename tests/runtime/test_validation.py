@@ -149,3 +149,21 @@ def test_resuming_with_another_val_fraction_exits_2(tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "data.val_fraction=0.1" in lines[0] and "data.val_fraction=0.05" in lines[0], lines
     assert (tmp_path / "ckpt" / "step-00000004").is_dir()
+
+
+def test_resume_on_other_data_is_said(tmp_path):
+    """The checkpoint keeps what it was trained on. Resuming on other data (here: a longer synthetic corpus) goes
+    on and says so once on stdout, naming both (another split is refused: the test above); the same data: nothing."""
+    every = [*_args(tmp_path, "data", "training.max_steps=8", "training.log_interval=2", "data.val_fraction=0.05"),
+             "checkpoint.enabled=true", "checkpoint.interval_steps=2"]
+    assert_ok(run([PYTHON, str(TRAIN_PY), *every, "training.stop_at_step=2"], cwd=tmp_path))
+    same = run([PYTHON, str(TRAIN_PY), *every, "training.stop_at_step=4"], cwd=tmp_path)
+    assert_ok(same)
+    assert "resumed from" in same.stdout and "was trained on" not in same.stdout + same.stderr
+    other = run([PYTHON, str(TRAIN_PY), *every, "data.synthetic_tokens=300000"], cwd=tmp_path)
+    assert_ok(other)
+    notes = [line for line in other.stdout.splitlines() if "was trained on" in line]
+    assert len(notes) == 1, other.stdout
+    assert ("was trained on synthetic corpus (5,936 sequences of 32 tokens); this run reads synthetic corpus "
+            "(8,905 sequences of 32 tokens)") in notes[0], notes
+    assert "sample 32 of the new data's order" in notes[0], notes

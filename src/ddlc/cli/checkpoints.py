@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
+from functools import lru_cache
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
 
 from ddlc.errors import UserError
 
+if TYPE_CHECKING:
+    from rich.console import Console
+
 
 checkpoints = typer.Typer(help="Inspect and maintain checkpoints (local path, file:// or s3://).", no_args_is_help=True)
-console = Console()
 ENDPOINT = typer.Option(None, "--endpoint-url", help="S3-compatible endpoint (default: AWS_ENDPOINT_URL)")
 
 
@@ -32,6 +32,20 @@ def _human(size: Optional[int]) -> str:
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1024
     return str(size)
+
+
+@lru_cache(maxsize=None)
+def _console() -> Console:
+    # rich is imported when a checkpoints command prints, not by every ddlc command (`ddlc report`: ~30 ms)
+    from rich.console import Console
+
+    return Console()
+
+
+def escape(text: str) -> str:
+    from rich.markup import escape as rich_escape
+
+    return rich_escape(text)
 
 
 def _one_line(text: str) -> str:
@@ -51,7 +65,7 @@ def list_(uri: str, endpoint_url: Optional[str] = ENDPOINT,
     rows = catalog.list_checkpoints(store)
     _print_table(store.display(), rows)
     if not rows:
-        console.print("no checkpoints")
+        _console().print("no checkpoints")
     tier = catalog.memory_tier_of(store, rows, memory_dir)
     if tier is not None:
         copies = catalog.peer_copies_of(tier)
@@ -64,6 +78,8 @@ def list_(uri: str, endpoint_url: Optional[str] = ENDPOINT,
 
 
 def _print_table(title: str, rows: list, uncommitted: Optional[str] = None) -> None:
+    from rich.table import Table
+
     table = Table(title=title)
     for column in ("", "checkpoint", "step", "state", "size", "saved"):
         table.add_column(column, overflow="fold")
@@ -76,7 +92,7 @@ def _print_table(title: str, rows: list, uncommitted: Optional[str] = None) -> N
         else:
             state = escape(uncommitted) if uncommitted else "[yellow]incomplete[/yellow]"
         table.add_row("*" if row.is_latest else "", row.name, str(row.step), state, _human(row.size_bytes), saved)
-    console.print(table)
+    _console().print(table)
 
 
 @checkpoints.command()
@@ -109,7 +125,7 @@ def verify(uri: str, which: Optional[str] = typer.Argument(None, help="step or n
         result = catalog.verify(store, name, check_hashes=not size_only)
         bad += not result.ok
         mark = "[green]OK[/green]  " if result.ok else "[red]FAIL[/red]"
-        console.print(f"{mark} {name}: {escape(_one_line(result.summary()))}", markup=True, highlight=False)
+        _console().print(f"{mark} {name}: {escape(_one_line(result.summary()))}", markup=True, highlight=False)
     if bad:
         raise typer.Exit(1)
 
@@ -129,11 +145,11 @@ def prune_(uri: str, keep_last: int = typer.Option(..., "--keep-last", min=1),
     verb = "would delete" if dry_run else "deleted"
     for decision in decisions:
         action = verb if decision.delete else ("would keep" if dry_run else "kept")
-        console.print(f"{action} {store.display(decision.entry.name)}: {escape(_one_line(decision.why))}",
+        _console().print(f"{action} {store.display(decision.entry.name)}: {escape(_one_line(decision.why))}",
                       highlight=False)
     removed = sum(d.delete for d in decisions)
     verified = sum(d.entry.state == "verified" and not d.delete for d in decisions)
-    console.print(f"{verb} {removed} checkpoint(s); {verified} verified checkpoint(s) remain", highlight=False)
+    _console().print(f"{verb} {removed} checkpoint(s); {verified} verified checkpoint(s) remain", highlight=False)
 
 
 @checkpoints.command("export")
@@ -148,5 +164,5 @@ def export_(uri: str, output: Path = typer.Option(..., "--output", "-o", help=".
         raise UserError(f"--format: {fmt[:40]!r} is not one of {', '.join(catalog.EXPORT_FORMATS)}")
     store = catalog.open_store(uri, endpoint_url)
     name, count = catalog.export(store, which, output, fmt)
-    console.print(f"exported {count} tensors (every parameter and buffer, by name) from "
+    _console().print(f"exported {count} tensors (every parameter and buffer, by name) from "
                   f"{store.display(name)} to {output}", highlight=False)

@@ -3,6 +3,7 @@ ddlc.launch.supervise)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import List, Optional
 
 import typer
@@ -109,7 +110,9 @@ def launch(
                    err=True)
         raise typer.Exit(1)
     if plan.elastic is not None:
-        reread = (lambda: resolve_hosts(hostfile)) if hostfile not in (None, "-") else None
+        # Only a regular file can be read again: stdin and `<(…)` pipes were drained by the first read.
+        rereadable = hostfile not in (None, "-") and Path(hostfile).is_file()
+        reread = (lambda: resolve_hosts(hostfile)) if rereadable else None
         code = ElasticRun(plan, ssh, health, left_out=left_out, rejoin_interval_s=rejoin_interval,
                           stop_timeout_s=stop_timeout, read_hosts=reread).run()
     else:

@@ -23,8 +23,11 @@ def utilization(
         None, "--instance-type", help="Price runs as this instance type when their summary names none (default cpu-local)."),
     nodes: Optional[int] = typer.Option(None, "--nodes", min=1, help="Nodes per run for the cost of runs whose summary.json records none (default 1)."),
     price_table: Optional[Path] = typer.Option(None, "--price-table", help="Price overrides (YAML `prices:` mapping)."),
+    cache: bool = typer.Option(True, "--cache/--no-cache", help="Reuse metrics columns read before from the very same "
+                               "bytes ($XDG_CACHE_HOME/ddlc/columns, default ~/.cache/ddlc/columns)."),
 ) -> None:
     """GPU-hours, mean utilization vs the 80% target, idle nodes, cost and the worst offenders, with plots."""
+    from ddlc.dashboards.column_cache import ColumnCache
     from ddlc.dashboards.cost import Pricing
     from ddlc.dashboards.report import collect, parse_since, write_report
     from ddlc.monitor.pricing import hourly_price, load_price_table
@@ -39,7 +42,7 @@ def utilization(
     if run and len({str(Path(item).parent) for item in run if "/" in item}) == 1 and runs_dir == Path("runs"):
         runs_dir = Path(next(item for item in run if "/" in item)).parent  # --run other/NAME implies its store
     report = collect(runs_dir, window, Pricing(instance_type, nodes, table), run_names=names,
-                     prometheus=_prometheus(prometheus) if prometheus else None)
+                     prometheus=_prometheus(prometheus) if prometheus else None, cache=ColumnCache() if cache else None)
     path = write_report(report, output)
     typer.echo(f"wrote {path} ({len(report.runs)} runs, plots in {path.parent / (path.stem + '_files')})")
 

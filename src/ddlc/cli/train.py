@@ -9,11 +9,12 @@ from __future__ import annotations
 import shlex
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import TYPE_CHECKING, List, Optional
 
 import typer
-from rich.console import Console
-from rich.table import Table
+
+if TYPE_CHECKING:
+    from rich.table import Table
 
 PREEMPTED_EXIT_CODE = 75
 
@@ -57,6 +58,8 @@ def train(
 ) -> None:
     from ddlc.launch.local import (KILLED_EXIT_CODE, plan_local_job, read_summary, run_local_job,
                                    start_new_run)  # torch: import to run
+
+    from rich.console import Console  # not imported by every ddlc command (`ddlc report`: ~30 ms)
 
     job = plan_local_job(config, overrides or [], nproc, max_restarts=max_restarts)
     console = Console()
@@ -108,6 +111,8 @@ def train(
 
 
 def _table(summary: dict, title: str) -> Table:
+    from rich.table import Table
+
     table = Table(title=title, show_header=False)
     table.add_column(no_wrap=True)
     table.add_column(overflow="fold")  # paths are shown whole, folded onto more lines if need be

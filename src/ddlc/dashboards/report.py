@@ -26,6 +26,7 @@ from ddlc.dashboards.svg_chart import Chart, Series, bar_chart, line_chart
 from ddlc.errors import UserError
 
 if TYPE_CHECKING:  # urllib/http.client are only needed with --prometheus
+    from ddlc.dashboards.column_cache import ColumnCache
     from ddlc.dashboards.prometheus import PrometheusClient
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
@@ -114,10 +115,11 @@ def collect(
     run_names: Optional[list[str]] = None,
     prometheus: Optional[PrometheusClient] = None,
     now: Optional[float] = None,
+    cache: Optional[ColumnCache] = None,
 ) -> UtilizationReport:
     end = time.time() if now is None else now
     start = end - since_seconds
-    every = load_runs(runs_dir, since=start, names=run_names or None)
+    every = load_runs(runs_dir, since=start, names=run_names or None, cache=cache)
     if run_names:
         missing = sorted(set(run_names) - {r.name for r in every})
         if missing:

@@ -5,6 +5,8 @@
       .load(path) -> RunRecord               cached; a file is parsed again only when its size/mtime/inode change,
                                              and metrics.jsonl is read from where the last read stopped
       .runs(since, names) -> [RunRecord]
+    RunStore(runs_dir, cache=ColumnCache())  one-shot readers (`ddlc report`): a fresh read of metrics.jsonl starts
+                                             from the columns cached for its very bytes (ddlc.dashboards.column_cache)
 
 Every file is validated with the model its writer uses (ddlc.run_format: StepRecord, RunSummary; ddlc.config:
 Config). A file that is malformed in any way (not a regular file, unreadable, not UTF-8, not JSON/YAML, a JSON
@@ -16,7 +18,8 @@ The trainer appends to metrics.jsonl while a run goes on: a last line without it
 is read on the next refresh, not reported as malformed.
 
 Steps are held as columns (one array of floats per key), not as a dict per step: a 50 MB metrics.jsonl is
-~200,000 steps, and columns keep that to a few MB and make downsampling and cost sums single passes.
+~200,000 steps, and columns keep that to a few MB and make downsampling and cost sums single passes. Reading
+metrics.jsonl into columns is ddlc.dashboards.metrics_file; this module reads the other two files and keeps the store.
 """
 
 from __future__ import annotations
@@ -29,53 +32,23 @@ import threading
 import time
 from array import array
 from dataclasses import dataclass, field
-from itertools import chain, repeat
-from operator import itemgetter
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import TYPE_CHECKING, Any, Iterable, Optional
 
 import yaml
 from pydantic import ValidationError
 
 from ddlc.config.loader import ConfigError, validate
 from ddlc.errors import UserError
-from ddlc.run_format import CONFIG_FILE, METRICS_FILE, RUN_FILES, STEP_RECORDS, SUMMARY_FILE, RunSummary, metric_value
+from ddlc.dashboards.metrics_file import MetricsFile, RunFileError, _pydantic_reason, _short
+from ddlc.run_format import CONFIG_FILE, METRICS_FILE, RUN_FILES, SUMMARY_FILE, RunSummary
+
+if TYPE_CHECKING:
+    from ddlc.dashboards.column_cache import ColumnCache
 
 MAX_SMALL_FILE = 1 << 20  # summary.json and config.yaml are a few KB; anything past 1 MB is not one of them
-MAX_COLUMNS = 64  # metrics kept per run: the trainer logs 9; library users may add a few of their own
-CHUNK_BYTES = 4 << 20  # metrics.jsonl is validated this many bytes at a time (bounded memory for huge files)
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: ~10x faster on 500 runs
 _CONFIGS: dict[str, dict[str, Any]] = {}  # config.yaml text -> validated config (read-only for callers)
-
-
-def _short(text: Any, limit: int = 160) -> str:
-    flat = " ".join(str(text).split())
-    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
-
-
-def _pydantic_reason(error: ValidationError, first_index: int = 0) -> tuple[Optional[int], str]:
-    """(index of the bad item or None, 'field: message') of a validation error's first problem."""
-    problem = error.errors(include_url=False)[0]
-    loc = list(problem.get("loc") or ())
-    index = loc.pop(0) if loc and isinstance(loc[0], int) else None
-    branches = [p for p in loc if isinstance(p, str) and (p in _TYPE_NAMES or "[" in p)]  # a Union's member names
-    where = ".".join(str(p) for p in loc if p not in branches)
-    message = problem.get("msg", "invalid")
-    if problem.get("type") == "json_invalid":
-        message = "not valid JSON (" + message.removeprefix("Invalid JSON: ") + ")"
-    elif branches:
-        message = "should be a number (or the string nan, inf or -inf)"
-    value = problem.get("input")
-    if "input" in problem and not isinstance(value, (dict, list, bytes)) and problem.get("type") not in ("missing", "json_invalid"):
-        message += f" (got {_short(repr(value), 40)})"
-    return (None if index is None else index + first_index), (f"{where}: {message}" if where else message)
-
-
-_TYPE_NAMES = {"float", "int", "str", "bool", "none"}
-
-
-class RunFileError(Exception):
-    """One file of a run is malformed; str() is the one-line reason."""
 
 
 @dataclass
@@ -248,131 +221,11 @@ def parse_config(path: Path, info: os.stat_result) -> dict[str, Any]:
         raise RunFileError(f"{path.name}: {_short(error, 100)}") from None
 
 
-class _Metrics:
-    """metrics.jsonl read incrementally: `offset` bytes (whole lines) are in `columns`; the rest is read next time."""
-
-    def __init__(self) -> None:
-        self.identity: tuple = ()
-        self.offset = 0
-        self.lines = 0
-        self.seen: tuple = ()  # (size, mtime_ns) at the last read
-        self.tail = b""  # the last bytes before offset, to tell an append from a rewrite
-        self.columns: dict[str, array] = {}
-        self.owned = False  # columns are this read's own copies (nobody else holds them): extended in place
-        self.error: Optional[str] = None
-
-    def refresh(self, path: Path, info: Optional[os.stat_result]) -> None:
-        if info is None:
-            self.__init__()  # type: ignore[misc]
-            return
-        identity = (info.st_dev, info.st_ino)
-        if identity != self.identity or info.st_size < self.offset:  # replaced or truncated: start over
-            self.__init__()  # type: ignore[misc]
-            self.identity = identity
-        seen = (info.st_size, info.st_mtime_ns)
-        if seen == self.seen:
-            return
-        if self.error is not None:  # changed since it was found malformed (repaired?): read it again
-            self.__init__()  # type: ignore[misc]
-            self.identity = identity
-        self.seen = seen
-        self.owned = False  # the columns may be in a RunRecord handed out: the first append copies them
-        try:
-            with open(path, "rb") as handle:
-                if self.offset:  # rewritten in place rather than appended to: the bytes before offset differ
-                    handle.seek(self.offset - len(self.tail))
-                    if handle.read(len(self.tail)) != self.tail:
-                        self.__init__()  # type: ignore[misc]
-                        self.identity, self.seen = identity, seen
-                handle.seek(self.offset)
-                while True:
-                    data = handle.read(CHUNK_BYTES)
-                    if not data:
-                        return
-                    end = data.rfind(b"\n")
-                    if end < 0:
-                        if len(data) < CHUNK_BYTES:
-                            return  # an unfinished last line: the trainer is writing it
-                        raise RunFileError(f"{path.name} line {self.lines + 1}: longer than {CHUNK_BYTES:,} bytes")
-                    self._parse(path.name, data[: end + 1])
-                    self.offset += end + 1
-                    self.tail = data[max(end + 1 - 64, 0): end + 1]
-                    handle.seek(self.offset)
-        except OSError as error:
-            self.error = f"{path.name}: cannot read: {error.strerror or error}"
-        except RunFileError as error:
-            self.error = str(error)
-
-    def _parse(self, name: str, block: bytes) -> None:
-        first_line = self.lines + 1
-        self.lines += block.count(b"\n")
-        try:
-            block.decode("utf-8")
-        except UnicodeDecodeError as error:
-            bad = first_line + block.count(b"\n", 0, error.start)
-            raise RunFileError(f"{name} line {bad}: not UTF-8 text") from None
-        # The common case, one JSON object per line and no blank ones: the block is a JSON array once its
-        # newlines become commas (no per-line Python work). Anything else fails validation and takes the
-        # line-by-line path below, which skips blank lines and names the bad one.
-        try:
-            self._append(STEP_RECORDS.validate_json(b"[" + block[:-1].replace(b"\n", b",") + b"]"))
-            return
-        except ValidationError:
-            pass
-        raw = block.split(b"\n")[:-1]
-        numbers = [i for i, line in enumerate(raw, first_line) if line.strip()]
-        lines = [line for line in raw if line.strip()]
-        if not lines:
-            return
-        try:
-            records = STEP_RECORDS.validate_json(b"[" + b",".join(lines) + b"]")
-        except ValidationError as error:
-            index, reason = _pydantic_reason(error)
-            if index is None:  # a JSON syntax error: find its line by parsing one at a time
-                for number, line in zip(numbers, lines):
-                    try:
-                        STEP_RECORDS.validate_json(b"[" + line + b"]")
-                    except ValidationError as line_error:
-                        raise RunFileError(f"{name} line {number}: {_short(_pydantic_reason(line_error)[1])}") from None
-                raise RunFileError(f"{name}: {_short(reason)}") from None
-            raise RunFileError(f"{name} line {numbers[index]}: {_short(reason)}") from None
-        self._append(records)
-
-    def _append(self, records: list[dict[str, Any]]) -> None:
-        # The first block of a refresh copies the columns (a RunRecord handed out earlier keeps columns of equal
-        # length while another thread reads it); later blocks of the same refresh extend that copy in place.
-        before = len(self.columns.get("step", ()))
-        if self.owned:
-            columns = self.columns
-        else:
-            columns = {key: array(values.typecode, values) for key, values in self.columns.items()}
-            self.owned = True
-        for key in dict.fromkeys(chain.from_iterable(records)):  # every key, first-seen order, in C
-            if key not in columns and len(columns) < MAX_COLUMNS:  # hostile files: one new key per line
-                columns[key] = array("q" if key == "step" else "d", [0 if key == "step" else math.nan]) * before
-        columns["step"] = columns.get("step", array("q"))
-        columns["step"].extend(map(itemgetter("step"), records))
-        for key, values in columns.items():
-            if key == "step":
-                continue
-            try:  # the common case, a number on every line: converted in C, no list in between
-                values.extend(array("d", map(itemgetter(key), records)))
-                continue
-            except (KeyError, TypeError, OverflowError):  # a key some lines lack; "nan" strings, None, big ints
-                pass
-            raw = list(map(dict.get, records, repeat(key), repeat(math.nan)))
-            try:
-                values.extend(array("d", raw))
-            except (TypeError, OverflowError):  # "nan"/"inf" strings, None, a library user's own non-numbers
-                values.extend(array("d", [metric_value(value) for value in raw]))
-        self.columns = columns
-
-
 # -- the store -----------------------------------------------------------------------------------------------
 
 class _Entry:
-    def __init__(self) -> None:
-        self.metrics = _Metrics()
+    def __init__(self, cache: Optional[ColumnCache] = None) -> None:
+        self.metrics = MetricsFile(cache)
         self.small: dict[str, tuple[tuple, Any]] = {}  # file name -> (signature, parsed value or RunFileError)
         self.record: Optional[RunRecord] = None
 
@@ -381,8 +234,10 @@ class RunStore:
     """Runs under `runs_dir` (plus `extra` run directories), each file parsed once and re-read on change.
     Safe to share between threads (the dashboard server's)."""
 
-    def __init__(self, runs_dir: Path | str, extra: Iterable[Path | str] = (), max_age_s: float = 0.0) -> None:
+    def __init__(self, runs_dir: Path | str, extra: Iterable[Path | str] = (), max_age_s: float = 0.0,
+                 cache: Optional[ColumnCache] = None) -> None:
         self.runs_dir = Path(runs_dir)
+        self.cache = cache  # columns on disk between processes (one-shot readers); the server keeps them in memory
         self.extra = [Path(p) for p in extra]
         self.max_age_s = max_age_s  # runs() answers from its last look at the disk when younger than this
         self._entries: dict[Path, _Entry] = {}
@@ -404,7 +259,9 @@ class RunStore:
     def load(self, path: Path | str) -> RunRecord:
         path = Path(path)
         with self._lock:
-            entry = self._entries.setdefault(path, _Entry())
+            entry = self._entries.get(path)
+            if entry is None:
+                entry = self._entries[path] = _Entry(self.cache)
             return _refresh(entry, path)
 
     def runs(self, since: Optional[float] = None, names: Optional[Iterable[str]] = None,
@@ -520,7 +377,8 @@ def load_run(path: Path | str) -> RunRecord:
     return RunStore(run_dir.parent).load(run_dir)
 
 
-def load_runs(runs_dir: Path | str, since: Optional[float] = None, names: Optional[list[str]] = None) -> list[RunRecord]:
+def load_runs(runs_dir: Path | str, since: Optional[float] = None, names: Optional[list[str]] = None,
+              cache: Optional[ColumnCache] = None) -> list[RunRecord]:
     """Runs of the store that logged a step at or after `since` (Unix seconds), optionally only `names`;
     unreadable runs are included with their `error`."""
-    return RunStore(runs_dir).runs(since=since, names=names)
+    return RunStore(runs_dir, cache=cache).runs(since=since, names=names)

@@ -20,7 +20,6 @@ import re
 import time
 from dataclasses import dataclass
 from typing import Optional, Sequence
-from xml.sax.saxutils import escape as _escape
 
 import numpy as np
 
@@ -61,6 +60,10 @@ class Chart:
     bottom: int = BOTTOM
 
 
+# xml.sax.saxutils.escape with both quotes, without its import of urllib.request and http.client (~15 ms per report)
+_XML_ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&apos;"})
+
+
 def _text(value: object, limit: Optional[int] = None) -> str:
     """XML-safe text of `value`, on one line; shortened to `limit` characters with an ellipsis."""
     flat = " ".join(str(value).split())
@@ -69,7 +72,7 @@ def _text(value: object, limit: Optional[int] = None) -> str:
     # Characters XML 1.0 forbids even escaped (control bytes in a run name; the lone surrogates Python makes of
     # a directory name that is not UTF-8, which no encoder writes) become U+FFFD.
     flat = _FORBIDDEN.sub("\ufffd", flat)
-    return _escape(flat, {'"': "&quot;", "'": "&apos;"})
+    return flat.translate(_XML_ESCAPES)
 
 
 def gradient(count: int) -> list[str]:

@@ -83,7 +83,7 @@ def parse_hostfile(path: str | Path) -> list[Host]:
     if str(path) == "-":
         return parse_hostfile_text(hostfile_text(sys.stdin.buffer.read(MAX_HOSTFILE_BYTES + 1), "<stdin>"), "<stdin>")
     file = Path(path)
-    if not file.is_file():
+    if not file.exists():
         raise UserError(f"--hostfile {path}: no such file")
     try:
         data = read_hostfile_bytes(file)
@@ -97,9 +97,12 @@ MAX_HOSTFILE_BYTES = 1 << 20  # 1 MiB: tens of thousands of hosts
 
 def read_hostfile_bytes(path: Path) -> bytes:
     """At most MAX_HOSTFILE_BYTES + 1 bytes of a regular file, enough for hostfile_text to refuse a bigger one:
-    /dev/zero, a FIFO or a many-GB file neither hangs the reader nor fills its memory. OSError as open() raises it."""
-    if path.exists() and not path.is_file():
-        raise UserError(f"--hostfile {path}: not a regular file")
+    /dev/zero or a many-GB file neither hangs the reader nor fills its memory. A pipe is read like a file:
+    `--hostfile <(scontrol show hostnames | sed 's/$/ slots=8/')` passes /dev/fd/63. OSError as open() raises it."""
+    if path.is_dir():
+        raise UserError(f"--hostfile {path}: a directory, not a hostfile (one 'host slots=N' per line)")
+    if path.is_socket():
+        raise UserError(f"--hostfile {path}: a socket, not a hostfile (one 'host slots=N' per line)")
     with open(path, "rb") as handle:
         return handle.read(MAX_HOSTFILE_BYTES + 1)
 

@@ -190,6 +190,25 @@ def build_head_prometheus_config(directory: Path | str, agent_port: int = DEFAUL
     return config
 
 
+def _readable_by_the_service_only(path: Path) -> None:
+    """A webhook URL often carries its token in the path (chat bridges, pagers): not for every local user to read.
+    0640 with the group of the account the units run as (`prometheus`, the OS package's), else 0600."""
+    import grp
+
+    try:
+        gid = grp.getgrnam(SERVICE_GROUP).gr_gid
+    except KeyError:
+        return  # no such account here: the owner alone reads it (0600)
+    try:
+        os.chown(path, -1, gid)
+    except PermissionError:
+        return  # not root and not in that group: 0600 stays
+    os.chmod(path, 0o640)
+
+
+SERVICE_GROUP = "prometheus"  # head_units: User=prometheus
+
+
 def write_head_monitoring(directory: Path | str, receiver: Receiver, hostfile: Optional[Path | str] = None,
                           agent_port: int = DEFAULT_AGENT_PORT, train_port: int = DEFAULT_TRAIN_METRICS_PORT,
                           scrape_interval: str = "15s", alertmanager_port: int = ALERTMANAGER_PORT,
@@ -213,7 +232,9 @@ def write_head_monitoring(directory: Path | str, receiver: Receiver, hostfile: O
                  "rules": directory / "rules" / RULES_FILE_NAME}
         write_atomic(paths["rules"], rules_text())
         write_atomic(paths["prometheus"], header + yaml.safe_dump(prometheus, sort_keys=False))
-        write_atomic(paths["alertmanager"], header + yaml.safe_dump(alertmanager, sort_keys=False))
+        write_atomic(paths["alertmanager"], header + yaml.safe_dump(alertmanager, sort_keys=False),
+                     mode=0o600)
+        _readable_by_the_service_only(paths["alertmanager"])
     except OSError as error:
         raise UserError(f"monitoring directory {directory}: {error.strerror or error}") from None
     # No hostfile: targets the hostfile timer already wrote stay (a rerun by hand must not stop the scrapes).

@@ -282,7 +282,29 @@ class Trainer:
             "cost_usd": self.metrics.run_cost_usd() if self.metrics is not None else None,
             # Which windows are trained on: a resume with another split would train on what was held out.
             "val_fraction": self.cfg.data.val_fraction,
+            # What was trained on: a resume that reads other data is said at start (data_change_note).
+            "data": self.data_identity(),
         }
+
+    def data_identity(self) -> dict:
+        data = self.cfg.data
+        return {"source": data.source, "path": data.path, "windows": self.corpus.num_windows,
+                "seq_len": self.corpus.seq_len}
+
+    def data_change_note(self, restored: dict) -> Optional[str]:
+        """One line when the checkpoint was trained on other data than this run reads (another data.path, or the
+        same path with other contents), else None. Not refused: continuing on new data can be on purpose; but
+        the sample order then continues at a position that belonged to the old data."""
+        saved, now = restored.get("data"), self.data_identity()  # absent in checkpoints written before it was kept
+        if not isinstance(saved, dict) or saved == now:
+            return None
+
+        def said(identity: dict) -> str:
+            where = identity.get("path") or f"{identity.get('source')} corpus"
+            return f"{where} ({identity.get('windows'):,} sequences of {identity.get('seq_len')} tokens)"
+
+        return (f"ddlc: warning: {restored['checkpoint']} was trained on {said(saved)}; this run reads {said(now)}. "
+                f"Training continues from sample {restored['samples_seen']:,} of the new data's order")
 
     def resume(self) -> Optional[dict]:
         """Continue from the newest valid checkpoint, if any (model, optimizer, schedule, data, RNG)."""
@@ -515,6 +537,9 @@ class Trainer:
         )
         if restored is not None:
             logger.event(f"ddlc: resumed from {self.resumed_from} at step {self.state.step}")
+            note = self.data_change_note(restored)
+            if note:
+                logger.event(note)
         started = time.perf_counter()
         try:
             try:
