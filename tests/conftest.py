@@ -7,13 +7,8 @@ PYTHONPATH carries it into torchrun workers, `ddlc` console scripts and ssh'd na
 
 `make test` runs two pytest-xdist workers (`-n 2 --dist loadgroup`): most multi-process tests wait on rendezvous,
 ssh or Slurm more than they compute, so one worker alone leaves a core idle. Session and module fixtures are made
-once per worker, so tests that share an expensive one are kept on one worker (`worker_group`); the `moto` server
-is cheap enough to start once per worker:
-
-    tests using `hosts`/`slurm` --> "namespace-hosts"  (one set of namespaces, one Slurm cluster, scheduled first:
-                                                       it is the longest group)
-    tests/infra, CDK synth users --> "cdk-synth"        (tests.infra.conftest caches each synth per process)
-    every other test            --> its own file        (module fixtures: one shared run per file)
+once per worker, so tests that share an expensive one are kept on one worker (tests/worker_groups.py, which also
+makes xdist's grouping work under pytest 9); the `moto` server is cheap enough to start once per worker.
 """
 
 from __future__ import annotations
@@ -26,7 +21,6 @@ from pathlib import Path
 
 import pytest
 
-HOSTS_GROUP = "namespace-hosts"
 REPO = Path(__file__).resolve().parents[1]
 SRC = REPO / "src"
 
@@ -98,21 +92,46 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         shutil.rmtree(ARTIFACTS, ignore_errors=True)
 
 
-def worker_group(item: pytest.Item) -> str:
-    if {"hosts", "slurm"} & set(item.fixturenames):
-        return HOSTS_GROUP
-    from tests.infra.conftest import synth
+def pytest_configure(config: pytest.Config) -> None:
+    if config.getoption("dist", "no") == "loadgroup" and not hasattr(config, "workerinput"):
+        import tempfile
 
-    path = Path(str(item.path)).resolve()
-    if path.is_relative_to(REPO / "tests" / "infra") or getattr(getattr(item, "module", None), "synth", None) is synth:
-        return "cdk-synth"
-    return str(path.relative_to(REPO))
+        from tests.worker_groups import GROUPS_DIR_ENV
+
+        # Inherited by the workers, which the controller starts after this hook.
+        os.environ[GROUPS_DIR_ENV] = config._ddlc_groups_dir = tempfile.mkdtemp(prefix="ddlc-xdist-groups-")
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which turns the group into the test's scope
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if getattr(config, "_ddlc_groups_dir", None):
+        shutil.rmtree(config._ddlc_groups_dir, ignore_errors=True)
+
+
+@pytest.hookimpl(optionalhook=True, tryfirst=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    if config.getoption("dist", "no") == "loadgroup":
+        from tests.worker_groups import make_scheduler
+
+        return make_scheduler(config, log)
+    return None
+
+
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    from tests.worker_groups import HOSTS_GROUP, group_of
+
+    groups = {item.nodeid: group_of(item, REPO) for item in items}
     for item in items:
-        item.add_marker(pytest.mark.xdist_group(worker_group(item)))
-    # The longest group first (make test passes --no-loadscope-reorder, so scopes go out in this order): the other
-    # worker runs everything else meanwhile. Stable: every worker must collect the same order.
-    items.sort(key=lambda item: worker_group(item) != HOSTS_GROUP)
+        item.add_marker(pytest.mark.xdist_group(groups[item.nodeid]))
+    # The longest group first (make test passes --no-loadscope-reorder, so work units go out in this order): the
+    # other worker runs everything else meanwhile. Stable: every worker must collect the same order.
+    items.sort(key=lambda item: groups[item.nodeid] != HOSTS_GROUP)
+
+
+@pytest.hookimpl(trylast=True)  # after every plugin has added its markers
+def pytest_collection_finish(session: pytest.Session) -> None:
+    worker = getattr(session.config, "workerinput", None)
+    if worker is not None:
+        from tests.worker_groups import write_groups
+
+        write_groups(worker["workerid"], session.items)
