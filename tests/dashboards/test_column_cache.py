@@ -8,6 +8,7 @@ but time."""
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -180,3 +181,119 @@ def test_the_report_cli_caches_big_files_and_no_cache_writes_nothing(tmp_path):
         entries = list((tmp_path / "xdg" / "ddlc" / "columns").glob("*.bin"))
         assert len(entries) == (0 if name == "none" else 1), name
     assert figures[0] == figures[1] == figures[2]
+
+
+def _entry_parts(entry: Path) -> tuple[dict, dict]:
+    from array import array
+
+    blob = entry.read_bytes()[:-32]
+    newline = blob.index(b"\n")
+    header, position, columns = json.loads(blob[:newline]), newline + 1, {}
+    for name, typecode, length in header["columns"]:
+        values = array(typecode)
+        values.frombytes(blob[position: position + length * values.itemsize])
+        position += length * values.itemsize
+        columns[name] = values
+    return header, columns
+
+
+def _forge(entry: Path, header: dict, columns: dict) -> None:
+    """What someone who can write the entry can do: other contents with a recomputed checksum."""
+    import hashlib
+
+    header = {**header, "columns": [[name, values.typecode, len(values)] for name, values in columns.items()]}
+    body = json.dumps(header).encode() + b"\n" + b"".join(values.tobytes() for values in columns.values())
+    mode = entry.stat().st_mode
+    entry.write_bytes(body + hashlib.sha256(body).digest())
+    entry.chmod(mode)
+
+
+@pytest.mark.parametrize("who", ["entry-of-another-user", "directory-of-another-user", "entry-group-writable",
+                                 "directory-writable-by-all", "entry-a-symlink"])
+def test_an_entry_others_could_have_written_is_never_read(store, parsed, who, tmp_path):
+    """A forged entry with a valid checksum (here: every loss 9.0) is used only when the cache directory and the
+    entry are the user's own and nobody else may write them: as ssh treats ~/.ssh."""
+    root, cache, metrics = store
+    good = _columns(_read(root, cache))
+    assert (cache.stat().st_mode & 0o777, next(cache.iterdir()).stat().st_mode & 0o777) == (0o700, 0o600)
+    (entry,) = cache.iterdir()
+    header, columns = _entry_parts(entry)
+    columns["loss"] = type(columns["loss"])("d", [9.0] * len(columns["loss"]))
+    _forge(entry, header, columns)
+    if who in ("entry-of-another-user", "directory-of-another-user"):
+        if os.geteuid() != 0:
+            pytest.skip("giving a file to another user needs root")
+        os.chown(entry if who.startswith("entry") else cache, 65534, 65534)  # nobody
+    elif who == "entry-group-writable":
+        entry.chmod(0o620)
+    elif who == "directory-writable-by-all":
+        cache.chmod(0o777)
+    elif who == "entry-a-symlink":
+        elsewhere = tmp_path / "elsewhere.bin"
+        os.replace(entry, elsewhere)
+        entry.symlink_to(elsewhere)
+    again = _read(root, cache)
+    assert again.readable and _columns(again) == good and len(parsed) == 2  # read and validated again
+
+
+def test_the_users_own_private_entry_is_trusted_as_documented(store, parsed):
+    """The limit the docs state: whoever can write as you can forge an entry (and could edit the runs as well)."""
+    root, cache, _ = store
+    _read(root, cache)
+    (entry,) = cache.iterdir()
+    header, columns = _entry_parts(entry)
+    columns["loss"] = type(columns["loss"])("d", [9.0] * len(columns["loss"]))
+    _forge(entry, header, columns)
+    assert set(_read(root, cache).columns["loss"]) == {9.0} and len(parsed) == 1
+
+
+@pytest.mark.parametrize("mode", ["time-nan", "time-inf", "time-negative", "step-negative", "drop-time",
+                                  "drop-loss", "drop-step", "empty", "step-as-double", "extra-column-short"])
+def test_an_entry_readers_would_trip_on_is_a_miss(store, parsed, mode):
+    """Structure checked on load, whatever the checksum says: columns the readers need, one value per line,
+    values validation allows. A NaN time made the report fail with a traceback, a dropped column with KeyError,
+    an empty entry hid the run."""
+    from array import array
+
+    root, cache, _ = store
+    good = _columns(_read(root, cache))
+    (entry,) = cache.iterdir()
+    header, columns = _entry_parts(entry)
+    if mode.startswith("time-"):
+        columns["time"][5] = {"time-nan": math.nan, "time-inf": math.inf, "time-negative": -1.0}[mode]
+    elif mode == "step-negative":
+        columns["step"][-1] = -(2**63)
+    elif mode.startswith("drop-"):
+        del columns[mode.removeprefix("drop-")]
+    elif mode == "empty":
+        columns = {name: array(values.typecode) for name, values in columns.items()}
+    elif mode == "step-as-double":
+        columns["step"] = array("d", columns["step"])
+    elif mode == "extra-column-short":
+        columns["extra"] = array("d", [1.0] * (len(columns["step"]) - 1))
+    _forge(entry, header, columns)
+    again = _read(root, cache)
+    assert again.readable and _columns(again) == good and len(parsed) == 2
+
+
+def test_a_file_with_blank_lines_is_read_but_not_cached(tmp_path, parsed):
+    root, cache = tmp_path / "runs", tmp_path / "cache"
+    (root / "run").mkdir(parents=True)
+    (root / "run" / "metrics.jsonl").write_text(_lines(1, 100) + "\n" + _lines(101, 200))
+    assert _read(root, cache).num_steps == 200
+    assert not list(cache.glob("*.bin"))  # its lines and values could not be checked against each other
+
+
+def test_a_killed_writers_temp_file_is_removed_but_a_live_ones_is_kept(store):
+    """kill -9 during a write left `.entry.XXXX.tmp` (19 MB) for 30 days."""
+    root, cache, metrics = store
+    _read(root, cache)
+    orphan, live = cache / ".entry.orphan.tmp", cache / ".entry.live.tmp"
+    orphan.write_bytes(b"x" * 1000)
+    live.write_bytes(b"y" * 1000)
+    old = metrics.stat().st_mtime - 2 * 3600
+    os.utime(orphan, (old, old))
+    with metrics.open("a") as handle:  # the next report writes an entry, and prunes
+        handle.write(_lines(301, 310))
+    _read(root, cache)
+    assert not orphan.exists() and live.exists()

@@ -226,3 +226,48 @@ def test_a_run_priced_as_an_unknown_instance_type_leaves_out_only_that_run(run_d
     text = out.read_text()
     assert "| good |" in text.split("## Runs")[1].split("##")[0]
     assert "| unpriced | " in text.split("## Unreadable runs")[1] and "p9.nowhere" in text.split("## Unreadable runs")[1]
+
+
+def test_a_run_directory_named_in_bytes_that_are_not_utf8_can_be_opened(run_dir, tmp_path):
+    """`cp -r runs/r1 "runs/$(printf 'bad\\xff\\xfename')"` was listed ("bad\\udcff\\udcfename") but could never be
+    opened: the page's encodeURIComponent threw URIError and `?run=bad%FF%FEname` was "not found". The server
+    takes %FF as the byte it is (Python's surrogateescape, as the name is listed); the page sends it so."""
+    import shutil
+    import subprocess
+    import urllib.parse
+
+    root = tmp_path / "runs"
+    name = os.fsdecode(b"bad\xff\xfename")
+    shutil.copytree(run_dir, root / name)
+    server = DashboardServer(PanelData(root, Pricing(PRICED_AS, None, load_price_table())), port=0).start()
+    try:
+        def get(path: str) -> dict:
+            with urllib.request.urlopen(server.url + path, timeout=30) as response:
+                assert response.status == 200, path
+                return json.loads(response.read())
+
+        definition = get("api/definition")
+        assert definition["runs"] == [name] and definition["default_run"] == name and not definition["unreadable"]
+        query = urllib.parse.quote(name, safe="", errors="surrogateescape")
+        assert query == "bad%FF%FEname"
+        for board in DASHBOARDS:
+            assert get(f"api/dashboards/{board.slug}?run={query}")["run_error"] is None
+        loss = get(f"api/dashboards/training-progress?run={query}")["panels"]["loss"]
+        assert len(loss["series"][0]["y"]) == 20
+    finally:
+        server.close()
+
+    # the page's encoder sends exactly that (and what encodeURIComponent sends for every other name)
+    script = (REPO / "src/ddlc/dashboards/static/dashboard.js").read_text()
+    function = script[script.index("function encodeRun("):]
+    function = function[: function.index("\n}\n") + 3]
+    names = [name, "plain", "a b&c=d#e?f/g%h+ü€😀<script>"]
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed")
+    result = subprocess.run([node, "-e", function + "process.stdout.write(JSON.stringify(JSON.parse("
+                             "require('fs').readFileSync(0, 'utf8')).map(encodeRun)))"],
+                            input=json.dumps(names), capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == [urllib.parse.quote(n, safe="-_.!~*'()", errors="surrogateescape")
+                                         for n in names]

@@ -134,3 +134,62 @@ def test_price_file_errors_are_one_bounded_line(tmp_path: Path) -> None:
     assert _price_file_error(tmp_path, b"\xffprices:\n") == f"price table {path} is not UTF-8 text (byte 0)"
     with pytest.raises(UserError, match=r"cannot be read: No such file or directory$"):
         load_price_table(tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize("source", ["/dev/zero", "/dev/urandom", "fifo", "big", "directory", "env:/dev/zero"])
+def test_a_price_table_that_never_ends_or_is_no_file_is_one_line_exit_2(tmp_path: Path, source: str) -> None:
+    """/dev/zero filled the memory (6 GB in 6 s), /dev/urandom and a FIFO nobody writes to hung the report; the
+    docs promise a one-line error with exit code 2. Under a 2 GiB address-space limit and a timeout."""
+    import os
+    import resource
+    import subprocess
+    import sys
+
+    name = source.removeprefix("env:")
+    path = Path(name) if name.startswith("/") else tmp_path / name
+    if name == "fifo":
+        os.mkfifo(path)
+    elif name == "big":
+        with path.open("wb") as handle:
+            handle.truncate(1 << 40)  # sparse: 1 TiB that takes no disk
+    elif name == "directory":
+        path.mkdir()
+    option = [] if source.startswith("env:") else ["--price-table", str(path)]
+    env = {**os.environ, "DDLC_PRICE_TABLE": str(path)} if source.startswith("env:") else dict(os.environ)
+    result = subprocess.run([sys.executable, "-m", "ddlc", "report", "utilization", "--runs-dir", str(tmp_path),
+                             "-o", str(tmp_path / "r.md"), "--no-cache", *option], capture_output=True, text=True,
+                            timeout=120, env=env,
+                            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30)))
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert len(result.stderr.strip().splitlines()) == 1 and f"price table {path}" in result.stderr, result.stderr
+    assert not (tmp_path / "r.md").exists()
+
+
+def test_a_price_table_from_a_pipe_is_read(tmp_path: Path) -> None:
+    """`--price-table <(generate-prices)`: a FIFO with a writer is read like a file, as hostfiles are."""
+    import os
+    import threading
+
+    fifo = tmp_path / "prices"
+    os.mkfifo(fifo)
+
+    def write() -> None:
+        with fifo.open("w") as handle:  # blocks until the reader opens it
+            handle.write("prices:\n  trn1.32xlarge: 21.5\n")
+
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+    assert load_price_table(fifo)["trn1.32xlarge"] == 21.5
+    writer.join(timeout=30)
+
+
+def test_an_oversized_price_table_names_the_limit(tmp_path: Path) -> None:
+    from ddlc.monitor.pricing import MAX_PRICE_TABLE_BYTES
+
+    path = tmp_path / "prices.yaml"
+    path.write_bytes(b"prices: {}\n" + b"#" * MAX_PRICE_TABLE_BYTES)
+    with pytest.raises(UserError) as raised:
+        load_price_table(path)
+    assert str(raised.value) == f"price table {path}: over {MAX_PRICE_TABLE_BYTES:,} bytes is not a price table"
+    path.write_bytes(b"prices: {a: 1}\n".ljust(MAX_PRICE_TABLE_BYTES - 1, b" ") + b"\n")  # exactly at the limit
+    assert load_price_table(path)["a"] == 1.0

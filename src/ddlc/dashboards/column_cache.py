@@ -12,13 +12,21 @@ file's bytes, each column's name, type code and length), the columns' raw bytes 
 torn, truncated or edited entry, one written by another version of the reader (the fingerprint hashes the source
 of the modules that validate lines and build columns), or one for other bytes is a miss, never an error: the file
 is read and validated as if there were no cache. The cache never decides whether a file is valid: only files read
-without error are stored. Entries unused for 30 days are removed.
+without error (and without blank lines) are stored. Entries unused for 30 days are removed, temp files of a
+killed writer after an hour.
+
+Trust: the checksum catches damage, not forgery (anyone who can write the entry can recompute it). So an entry
+is read only when it and the directory (created 0700) are this user's own and writable by nobody else, as ssh
+treats ~/.ssh, and it is checked for what the readers rely on (step, time, loss present; one value per line in
+every column; steps and times in range). Someone who can write as this user can still forge one; they could
+as well edit the runs.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import stat
 import tempfile
@@ -28,9 +36,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Optional
 
+from ddlc.run_format import MAX_STEP, MAX_TIME
+
 FORMAT = 1
 MIN_BYTES = 1 << 20  # smaller files parse in a few ms: an entry would cost about as much to write and read
 MAX_AGE_S = 30 * 86400  # an entry nobody read for this long is removed
+TMP_AGE_S = 3600  # a temp file this old is a write that was killed, not one in progress
+REQUIRED = {"step", "time", "loss"}  # keys every validated line has (ddlc.run_format.StepRecord)
 _TYPECODES = {"q", "d"}
 
 
@@ -81,7 +93,10 @@ class ColumnCache:
         """The cached columns of the file `info` describes (open as `handle`, left at any position), or None."""
         entry = self._entry(info)
         try:
-            with open(entry, "rb", opener=_open_nonblocking) as stream:
+            fd = self._open_private(entry.name)
+            if fd is None:
+                return None
+            with open(fd, "rb") as stream:
                 found = os.fstat(stream.fileno())
                 # a regular file no bigger than 64 columns of 8 bytes per 16 bytes of metrics (a line is ~30 or more)
                 if not stat.S_ISREG(found.st_mode) or found.st_size > (4 << 10) + 32 * info.st_size:
@@ -95,7 +110,7 @@ class ColumnCache:
             header, columns = _decode(blob)
         except (ValueError, KeyError, TypeError, OverflowError):
             return None  # torn, truncated, edited or from another format: a miss
-        if len(columns) > MAX_COLUMNS or len(columns.get("step", ())) > header["lines"]:
+        if len(columns) > MAX_COLUMNS or not _readable_columns(columns, header["lines"]):
             return None
         if (header["fingerprint"] != self.fingerprint() or header["dev"] != info.st_dev
                 or header["ino"] != info.st_ino or not 0 < header["offset"] <= info.st_size):
@@ -127,8 +142,12 @@ class ColumnCache:
                   "columns": [[name, values.typecode, len(values)] for name, values in columns.items()]}
         parts = [json.dumps(header).encode() + b"\n", *columns.values()]  # arrays written as they are, no copy
         checksum = hashlib.sha256()
+        if len(columns.get("step", ())) != lines:
+            return  # blank lines in the file: load could not check the entry's length against its lines
         try:
             self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+            if not _private(os.stat(self.directory)):
+                return  # load would refuse its entries: writing them only costs time
             fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".entry.", suffix=".tmp")
             try:
                 with os.fdopen(fd, "wb") as handle:
@@ -151,18 +170,56 @@ class ColumnCache:
         if self._pruned:
             return
         self._pruned = True
-        cutoff = time.time() - MAX_AGE_S
+        now = time.time()
         with os.scandir(self.directory) as entries:
             for item in entries:
                 try:
-                    if item.name.endswith((".bin", ".tmp")) and item.stat().st_mtime < cutoff:
+                    # a temp file is a write killed midway (kill -9, power loss) once it is older than any
+                    # write takes; a younger one may be another report writing right now
+                    age = MAX_AGE_S if item.name.endswith(".bin") else TMP_AGE_S if item.name.endswith(".tmp") else None
+                    if age is not None and item.stat(follow_symlinks=False).st_mtime < now - age:
                         os.unlink(item.path)
                 except OSError:
                     continue
 
+    def _open_private(self, name: str) -> Optional[int]:
+        """A descriptor of entry `name`, or None unless the directory and the entry are this user's own and
+        nobody else may write them (as ssh treats ~/.ssh): another user's entry is never read. The entry is
+        opened relative to the directory checked (no swap in between), without following a symlink and without
+        blocking on a FIFO."""
+        flags = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)
+        directory = os.open(self.directory, flags | os.O_DIRECTORY)
+        try:
+            if not _private(os.fstat(directory)):
+                return None
+            fd = os.open(name, flags | os.O_NONBLOCK | os.O_NOFOLLOW, dir_fd=directory)
+        finally:
+            os.close(directory)
+        if not _private(os.fstat(fd)):
+            os.close(fd)
+            return None
+        return fd
 
-def _open_nonblocking(path: str, flags: int) -> int:
-    return os.open(path, flags | os.O_NONBLOCK)  # a FIFO where an entry belongs must not hang the report
+
+def _private(info: os.stat_result) -> bool:
+    """Owned by this user and not writable by group or others."""
+    return info.st_uid == os.geteuid() and not info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+
+
+def _readable_columns(columns: dict[str, array], lines: int) -> bool:
+    """What the readers rely on, as validation would have made it: one value per line in every column (entries
+    are written only for files without blank lines); step, time and loss present; step and time in range."""
+    if any(len(values) != lines for values in columns.values()):
+        return False
+    if not lines:
+        return True
+    if not REQUIRED <= columns.keys() or any(columns[name].typecode != "d" for name in columns if name != "step"):
+        return False
+    steps, times = columns["step"], columns["time"]
+    if steps.typecode != "q" or not (0 <= min(steps) and max(steps) <= MAX_STEP):
+        return False
+    total = sum(times)  # NaN or infinite when any time is: validated times are finite
+    return math.isfinite(total) and 0 <= min(times) and max(times) <= MAX_TIME
 
 
 def _decode(blob: bytes) -> tuple[dict, dict[str, array]]:

@@ -5,6 +5,8 @@ threads, HEAD, small error bodies); binds 127.0.0.1 unless told otherwise.
     GET /                      index.html          GET /static/dashboard.js, /static/plotly.min.js
     GET /api/definition        dashboards, runs (and which are unreadable, why)
     GET /api/dashboards/<slug>?run=NAME   panel data (PanelData: cached run store, downsampled series)
+        NAME percent-encoded UTF-8; a byte that is not UTF-8 (%FF) is Python's surrogateescape, as the run's
+        directory name is listed in /api/definition (the page's encodeRun sends it so)
 
     server = DashboardServer(PanelData(...), port=0).start()
     print(server.url)
@@ -118,7 +120,9 @@ class DashboardServer:
 
     def app(self, environ: dict, start_response: Any) -> list[bytes]:
         path = environ.get("PATH_INFO") or "/"
-        query = urllib.parse.parse_qs(environ.get("QUERY_STRING") or "", max_num_fields=20)
+        # surrogateescape: a run directory named in bytes that are not UTF-8 is listed as Python names it
+        # (os.fsdecode) and asked for as those bytes (%FF): decoded the same way, the name finds it again
+        query = urllib.parse.parse_qs(environ.get("QUERY_STRING") or "", max_num_fields=20, errors="surrogateescape")
 
         def send(status: int, content_type: str, body: bytes, cache: bool = False) -> list[bytes]:
             start_response(f"{status} {HTTPStatus(status).phrase}", [

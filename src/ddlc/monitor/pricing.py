@@ -1,7 +1,10 @@
 """Instance price table and the running-cost estimate of a job.
 
 The shipped table (`prices.yaml` next to this module) is a starting point; a user file named by the
-`price_table` argument or the `DDLC_PRICE_TABLE` environment variable overrides entries in it.
+`price_table` argument or the `DDLC_PRICE_TABLE` environment variable overrides entries in it:
+
+    path -> _read_override (at most 1 MiB + 1 byte; directory, socket, binary: one-line UserError)
+         -> _parse_table (YAML `prices:` mapping of instance type -> USD per hour >= 0) -> dict over the shipped one
 """
 
 from __future__ import annotations
@@ -49,14 +52,32 @@ def load_price_table(path: Path | str | None = None) -> dict[str, float]:
         path = os.environ.get(PRICE_TABLE_ENV) or None
     if path is not None:
         override = Path(path)
-        try:
-            text = override.read_text(encoding="utf-8")
-        except OSError as error:
-            raise UserError(f"price table {override} cannot be read: {error.strerror or error}") from error
-        except UnicodeDecodeError as error:  # a binary file named by mistake
-            raise UserError(f"price table {override} is not UTF-8 text (byte {error.start})") from error
-        table.update(_parse_table(text, str(override)))
+        table.update(_parse_table(_read_override(override), str(override)))
     return table
+
+
+MAX_PRICE_TABLE_BYTES = 1 << 20  # 1 MiB: the shipped table is about 3 KB
+
+
+def _read_override(path: Path) -> str:
+    """The user's file as text: at most MAX_PRICE_TABLE_BYTES + 1 bytes read, so /dev/zero, /dev/urandom or a
+    huge file are one-line errors, not a full memory; a FIFO nobody writes to reads as empty, never hangs."""
+    from ddlc.bounded_read import read_at_most
+
+    if path.is_socket():
+        raise UserError(f"price table {path} is a socket, not a YAML file")
+    try:
+        data = read_at_most(path, MAX_PRICE_TABLE_BYTES + 1)
+    except IsADirectoryError:
+        raise UserError(f"price table {path} is a directory, not a YAML file") from None
+    except OSError as error:
+        raise UserError(f"price table {path} cannot be read: {error.strerror or error}") from error
+    if len(data) > MAX_PRICE_TABLE_BYTES:
+        raise UserError(f"price table {path}: over {MAX_PRICE_TABLE_BYTES:,} bytes is not a price table")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:  # a binary file named by mistake
+        raise UserError(f"price table {path} is not UTF-8 text (byte {error.start})") from error
 
 
 def hourly_price(instance_type: str | None, table: Mapping[str, float]) -> float:

@@ -111,6 +111,18 @@ function statColor(panel, value) {
   return "#1d2330";
 }
 
+// A run directory whose name is not UTF-8 reaches the page as Python's surrogateescape does (U+DC80..U+DCFF for
+// each byte that is not UTF-8), which encodeURIComponent refuses (URIError): those go back as the bytes
+// themselves (%FF), which the server decodes the same way; everything else as encodeURIComponent does.
+function encodeRun(name) {
+  let out = "";
+  for (const ch of name) {
+    const code = ch.codePointAt(0);
+    out += code >= 0xdc80 && code <= 0xdcff ? "%" + (code - 0xdc00).toString(16).toUpperCase() : encodeURIComponent(ch);
+  }
+  return out;
+}
+
 async function refresh() {
   if (!activeBoard || busy) return;
   busy = true;
@@ -118,7 +130,7 @@ async function refresh() {
   const run = document.getElementById("run").value;
   const status = document.getElementById("status");
   try {
-    const response = await fetch(`/api/dashboards/${slug}?run=${encodeURIComponent(run)}`);
+    const response = await fetch(`/api/dashboards/${slug}?run=${encodeRun(run)}`);
     const data = await response.json();
     if (!response.ok) throw new Error(data.error || response.statusText);
     const board = definition.dashboards.find((b) => b.slug === slug);
