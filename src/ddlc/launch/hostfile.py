@@ -98,13 +98,15 @@ MAX_HOSTFILE_BYTES = 1 << 20  # 1 MiB: tens of thousands of hosts
 def read_hostfile_bytes(path: Path) -> bytes:
     """At most MAX_HOSTFILE_BYTES + 1 bytes of a regular file, enough for hostfile_text to refuse a bigger one:
     /dev/zero or a many-GB file neither hangs the reader nor fills its memory. A pipe is read like a file:
-    `--hostfile <(scontrol show hostnames | sed 's/$/ slots=8/')` passes /dev/fd/63. OSError as open() raises it."""
+    `--hostfile <(scontrol show hostnames | sed 's/$/ slots=8/')` passes /dev/fd/63; a FIFO nobody writes to
+    reads as empty (no hosts) instead of hanging (ddlc.bounded_read). OSError as open() raises it."""
+    from ddlc.bounded_read import read_at_most
+
     if path.is_dir():
         raise UserError(f"--hostfile {path}: a directory, not a hostfile (one 'host slots=N' per line)")
     if path.is_socket():
         raise UserError(f"--hostfile {path}: a socket, not a hostfile (one 'host slots=N' per line)")
-    with open(path, "rb") as handle:
-        return handle.read(MAX_HOSTFILE_BYTES + 1)
+    return read_at_most(path, MAX_HOSTFILE_BYTES + 1)
 
 
 def hostfile_text(data: bytes, origin: str) -> str:
