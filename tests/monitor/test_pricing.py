@@ -163,6 +163,8 @@ def test_a_price_table_that_never_ends_or_is_no_file_is_one_line_exit_2(tmp_path
     assert result.returncode == 2, result.stderr[-2000:]
     assert len(result.stderr.strip().splitlines()) == 1 and f"price table {path}" in result.stderr, result.stderr
     assert not (tmp_path / "r.md").exists()
+    if name == "fifo":
+        assert "is empty" in result.stderr
 
 
 def test_a_price_table_from_a_pipe_is_read(tmp_path: Path) -> None:

@@ -72,6 +72,8 @@ def _read_override(path: Path) -> str:
         raise UserError(f"price table {path} is a directory, not a YAML file") from None
     except OSError as error:
         raise UserError(f"price table {path} cannot be read: {error.strerror or error}") from error
+    if not data:  # also what a FIFO nobody writes to reads as
+        raise UserError(f"price table {path} is empty; expected a YAML `prices:` mapping")
     if len(data) > MAX_PRICE_TABLE_BYTES:
         raise UserError(f"price table {path}: over {MAX_PRICE_TABLE_BYTES:,} bytes is not a price table")
     try:
