@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import stat
 import tempfile
@@ -215,11 +214,14 @@ def _readable_columns(columns: dict[str, array], lines: int) -> bool:
         return True
     if not REQUIRED <= columns.keys() or any(columns[name].typecode != "d" for name in columns if name != "step"):
         return False
-    steps, times = columns["step"], columns["time"]
-    if steps.typecode != "q" or not (0 <= min(steps) and max(steps) <= MAX_STEP):
+    import numpy as np  # views of the arrays, no copy: ~20x faster than min()/max() over 1M Python floats
+
+    if columns["step"].typecode != "q":
         return False
-    total = sum(times)  # NaN or infinite when any time is: validated times are finite
-    return math.isfinite(total) and 0 <= min(times) and max(times) <= MAX_TIME
+    steps, times = np.frombuffer(columns["step"], dtype=np.int64), np.frombuffer(columns["time"], dtype=np.float64)
+    if not (0 <= steps.min() and steps.max() <= MAX_STEP):
+        return False
+    return bool(np.isfinite(times).all()) and 0 <= times.min() and times.max() <= MAX_TIME  # NaN fails isfinite
 
 
 def _decode(blob: bytes) -> tuple[dict, dict[str, array]]:
