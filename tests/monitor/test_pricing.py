@@ -195,3 +195,20 @@ def test_an_oversized_price_table_names_the_limit(tmp_path: Path) -> None:
     assert str(raised.value) == f"price table {path}: over {MAX_PRICE_TABLE_BYTES:,} bytes is not a price table"
     path.write_bytes(b"prices: {a: 1}\n".ljust(MAX_PRICE_TABLE_BYTES - 1, b" ") + b"\n")  # exactly at the limit
     assert load_price_table(path)["a"] == 1.0
+
+
+def test_a_socket_as_price_table_is_named_as_one() -> None:
+    import shutil
+    import socket
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="ddlc-sock-", dir="/tmp"))  # a short path: AF_UNIX allows ~107 bytes
+    listener = socket.socket(socket.AF_UNIX)
+    try:
+        listener.bind(str(folder / "s"))
+        with pytest.raises(UserError) as raised:
+            load_price_table(folder / "s")
+        assert str(raised.value) == f"price table {folder / 's'} is a socket, not a YAML file"
+    finally:
+        listener.close()
+        shutil.rmtree(folder)
