@@ -4,6 +4,9 @@ From the local run store: runs, steps, tokens, wall hours, cost (ddlc.dashboards
 run recorded its GPU count, and loss / throughput / cost plots. With `prometheus` it also reads GPU
 utilization per node (query_range over the window): mean utilization against the 80% target, GPU-hours,
 idle nodes and the worst offenders. Without GPU data the report says so instead of printing zeros as facts.
+
+    collect() -> UtilizationReport -> _plots() (SVG texts) + _blocks() -> _markdown()/_html()
+              -> write_report(): each file to a temporary one beside it, then all renamed (all or nothing)
 """
 
 from __future__ import annotations
