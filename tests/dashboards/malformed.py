@@ -111,6 +111,10 @@ KINDS: dict[str, tuple[str, Callable[[Path], None]]] = {
     "m-time-far-future": ("metrics.jsonl", _edit_record(3, time=1e300)),
     "m-time-inf": ("metrics.jsonl", _set_line(3, '{"step": 4, "time": 1e400, "loss": 1.0}')),
     "m-time-nan": ("metrics.jsonl", _set_line(3, '{"step": 4, "time": NaN, "loss": 1.0}')),
+    # a finite step time longer than the time since 1970: the run's start (time - step_time_s) is no date
+    "m-step-time-1e10": ("metrics.jsonl", _edit_record(0, step_time_s=1e10)),
+    "m-step-time-1e12": ("metrics.jsonl", _edit_record(0, step_time_s=1e12)),
+    "m-step-time-1e300": ("metrics.jsonl", _edit_record(0, step_time_s=1e300)),
     "m-number-5000-digits": ("metrics.jsonl", _set_line(3, '{"step": 4, "time": 1.0, "loss": ' + "9" * 5000 + "}")),
     "m-scalar-line": ("metrics.jsonl", _set_line(3, "42")),
     "m-string-line": ("metrics.jsonl", _set_line(3, '"step"')),

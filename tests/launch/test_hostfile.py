@@ -111,7 +111,7 @@ def test_a_file_that_cannot_be_read_is_one_line():
 
 @pytest.mark.parametrize("make, said", [("missing", "no such file"),
                                         ("directory", "a directory, not a hostfile"),
-                                        ("socket", "a socket, not a hostfile")])
+                                        ("socket", "not a regular file")])
 def test_parse_hostfile_without_a_file(tmp_path, make, said):
     path = tmp_path / "hosts"
     if make == "directory":

@@ -22,7 +22,8 @@ except ImportError:  # pragma: no cover - depends on the installed typer
 
 from ddlc.errors import USAGE_EXIT_CODE, UserError
 
-MAX_MESSAGE = 300  # characters: enough to name the field and show a bounded piece of the bad value
+MAX_MESSAGE = 1000  # characters: two long paths and the advice fit (300 cut a real message before its remedy);
+# still bounded for a hostile 100 KB argument
 
 
 def one_line(text: str, limit: int = MAX_MESSAGE) -> str:

@@ -29,12 +29,14 @@ def utilization(
     """GPU-hours, mean utilization vs the 80% target, idle nodes, cost and the worst offenders, with plots."""
     from ddlc.dashboards.column_cache import ColumnCache
     from ddlc.dashboards.cost import Pricing
-    from ddlc.dashboards.report import collect, parse_since, write_report
+    from ddlc.dashboards.report import check_output, collect, parse_since, write_report
     from ddlc.monitor.pricing import hourly_price, load_price_table
 
     if output.suffix.lower() not in (".md", ".html", ".htm"):  # before the (slow) collection, not after it
         raise UserError(f"-o/--output: {output} must end in .md or .html (the report's format)")
+    check_output(output)  # a directory in the way: said now, not after reading the store
     window = parse_since(since)
+    client = _prometheus(prometheus) if prometheus else None  # a URL urllib cannot use fails now, in one line
     table = load_price_table(price_table)
     if instance_type is not None:
         hourly_price(instance_type, table)
@@ -42,7 +44,7 @@ def utilization(
     if run and len({str(Path(item).parent) for item in run if "/" in item}) == 1 and runs_dir == Path("runs"):
         runs_dir = Path(next(item for item in run if "/" in item)).parent  # --run other/NAME implies its store
     report = collect(runs_dir, window, Pricing(instance_type, nodes, table), run_names=names,
-                     prometheus=_prometheus(prometheus) if prometheus else None, cache=ColumnCache() if cache else None)
+                     prometheus=client, cache=ColumnCache() if cache else None)
     path = write_report(report, output)
     typer.echo(f"wrote {path} ({len(report.runs)} runs, plots in {path.parent / (path.stem + '_files')})")
 

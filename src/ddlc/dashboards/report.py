@@ -4,13 +4,19 @@ From the local run store: runs, steps, tokens, wall hours, cost (ddlc.dashboards
 run recorded its GPU count, and loss / throughput / cost plots. With `prometheus` it also reads GPU
 utilization per node (query_range over the window): mean utilization against the 80% target, GPU-hours,
 idle nodes and the worst offenders. Without GPU data the report says so instead of printing zeros as facts.
+
+    collect() -> UtilizationReport -> _plots() (SVG texts) + _blocks() -> _markdown()/_html()
+              -> write_report(): each file to a temporary one beside it, then all renamed (all or nothing)
 """
 
 from __future__ import annotations
 
 import html
 import math
+import os
 import re
+import stat
+import tempfile
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -24,6 +30,7 @@ from ddlc.dashboards.downsample import minmax
 from ddlc.dashboards.runs import RunRecord, load_runs
 from ddlc.dashboards.svg_chart import Chart, Series, bar_chart, line_chart
 from ddlc.errors import UserError
+from ddlc.run_format import MAX_TIME
 
 if TYPE_CHECKING:  # urllib/http.client are only needed with --prometheus
     from ddlc.dashboards.column_cache import ColumnCache
@@ -162,15 +169,12 @@ def collect(
 
 # -- plots -------------------------------------------------------------------------------------------------
 
-def _plots(report: UtilizationReport, directory: Path) -> dict[str, Path]:
-    """The report's figures as SVG files in `directory`: name -> path."""
-    directory.mkdir(parents=True, exist_ok=True)
-    plots: dict[str, Path] = {}
+def _plots(report: UtilizationReport) -> dict[str, str]:
+    """The report's figures as SVG documents: name -> SVG text (written by write_report as `<name>.svg`)."""
+    plots: dict[str, str] = {}
 
     def save(svg: str, name: str) -> None:
-        path = directory / f"{name}.svg"
-        path.write_text(svg, encoding="utf-8")
-        plots[name] = path
+        plots[name] = svg
 
     with_steps = [run for run in report.runs if run.has_steps]
     if with_steps:
@@ -208,8 +212,15 @@ def _usd(value: Optional[float]) -> str:
     return f"${value:,.2f}" if value >= 1 else f"${value:.3g}"
 
 
-def _when(ts: float) -> str:
-    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+def _when(ts: Optional[float]) -> str:
+    """A time as a UTC date; a value that is none (NaN, 1e300, before 1970) as "–" rather than a traceback (the
+    run store rejects such times: this is the last line of defence)."""
+    try:
+        if ts is None or not 0 <= ts <= MAX_TIME:
+            return "–"
+        return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    except (OverflowError, ValueError, OSError):
+        return "–"
 
 
 def _blocks(report: UtilizationReport, plots: dict[str, Path], base: Path) -> list[Block]:
@@ -338,19 +349,82 @@ def _html(blocks: list[Block]) -> str:
 
 
 def write_report(report: UtilizationReport, output: Path | str) -> Path:
-    """Write `output` (.md or .html) and its SVG plots into `<output stem>_files/` next to it."""
+    """Write `output` (.md or .html) and its SVG plots into `<output stem>_files/` next to it.
+
+    All or nothing: every file goes to a temporary file in its own directory first, and all are renamed over
+    the old ones only once every one was written (plots first, the document last), so a full disk or a file
+    size limit leaves the previous report whole. Whatever stands in the way (a directory named like the report
+    or one of its plots, a file named like the plots' folder) is found before anything is written."""
     out = Path(output)
     if out.suffix.lower() not in (".md", ".html", ".htm"):
         raise UserError(f"-o: {out} must end in .md or .html")
+    files_dir = out.parent / f"{out.stem}_files"
+    svgs = _plots(report)
+    plots = {name: files_dir / f"{name}.svg" for name in svgs}
+    blocks = _blocks(report, plots, out.parent)
+    text = _markdown(blocks) if out.suffix.lower() == ".md" else _html(blocks)
+    # A run directory whose name is not UTF-8 holds lone surrogates (Python's stand-ins for its bytes), which
+    # no encoder writes: shown as U+FFFD, as in the figures, rather than a traceback.
+    text = _CONTROLS.sub("\ufffd", _SURROGATES.sub("\ufffd", text))
+    writes = [(plots[name], svg) for name, svg in svgs.items()] + [(out, text)]
+    check_output(out, bool(plots))
+    for path, _ in writes:
+        _check_destination(path)
+    where = out.parent
+    temps: list[tuple[str, Path]] = []
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        plots = _plots(report, out.parent / f"{out.stem}_files")
-        blocks = _blocks(report, plots, out.parent)
-        text = _markdown(blocks) if out.suffix.lower() == ".md" else _html(blocks)
-        # A run directory whose name is not UTF-8 holds lone surrogates (Python's stand-ins for its bytes), which
-        # no encoder writes: shown as U+FFFD, as in the figures, rather than a traceback.
-        out.write_text(_CONTROLS.sub("\ufffd", _SURROGATES.sub("\ufffd", text)), encoding="utf-8")
-    except OSError as error:  # a folder under a file, no permission, read-only or full disk
-        where = error.filename or out
+        if plots:
+            where = files_dir
+            files_dir.mkdir(exist_ok=True)
+        for path, content in writes:
+            where = path
+            temps.append((_write_temp(path, content), path))
+        for temp, path in temps:
+            where = path
+            os.replace(temp, path)
+    except OSError as error:  # a folder under a file, no permission, read-only or full disk, a file size limit
         raise UserError(f"-o: cannot write {where}: {error.strerror or error}") from None
+    finally:
+        for temp, _ in temps:  # those not renamed (all of them after a failed write)
+            try:
+                os.unlink(temp)
+            except OSError:
+                pass
     return out
+
+
+def check_output(output: Path | str, with_plots: bool = True) -> None:
+    """A UserError, before any work, when the report file or its plots' folder cannot be written where asked."""
+    out = Path(output)
+    _check_destination(out)
+    if with_plots:
+        _check_destination(out.parent / f"{out.stem}_files", directory=True)
+
+
+def _check_destination(path: Path, directory: bool = False) -> None:
+    """A UserError when something other than what write_report puts at `path` is there already."""
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        return
+    except OSError as error:  # a path through a file ("not a directory"), no permission
+        raise UserError(f"-o: cannot write {path}: {error.strerror or error}") from None
+    if directory and not stat.S_ISDIR(info.st_mode):
+        raise UserError(f"-o: {path} is in the way: the report's plots go into a directory of that name")
+    if not directory and not stat.S_ISREG(info.st_mode):
+        kind = "a directory" if stat.S_ISDIR(info.st_mode) else "not a regular file"
+        raise UserError(f"-o: {path} is {kind}; the report writes a file there")
+
+
+def _write_temp(path: Path, text: str) -> str:
+    """`text` in a new hidden file next to `path` (same file system: the rename is atomic); its name."""
+    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.chmod(temp, 0o644)  # mkstemp makes it 0600; a report is meant to be read by others
+    except BaseException:
+        os.unlink(temp)
+        raise
+    return temp

@@ -335,12 +335,28 @@ def _refresh(entry: _Entry, run_dir: Path) -> RunRecord:
     except OSError as error:  # the directory itself vanished or is unreadable
         return RunRecord(name, run_dir, error=_short(f"cannot read: {error.strerror or error}", 240),
                          version=("error", str(error)))
+    bad_start = _start_not_a_date(entry.metrics.columns)
+    if bad_start is not None:
+        return RunRecord(name, run_dir, error=bad_start, version=("error", bad_start))
     version = (entry.metrics.identity, entry.metrics.offset,
                tuple(sig for sig, _ in entry.small.values()))
     if entry.record is not None and entry.record.version == version:
         return entry.record
     entry.record = RunRecord(name, run_dir, entry.metrics.columns, summary, config, None, version)
     return entry.record
+
+
+def _start_not_a_date(columns: dict[str, array]) -> Optional[str]:
+    """Why the run's start (its first step's time minus that step's duration) is not a date, or None. Each `time`
+    is checked by StepRecord; a step_time_s of 1e12 s would still put the start 30,000 years before it."""
+    times, durations = columns.get("time"), columns.get("step_time_s")
+    if not times or not durations:
+        return None
+    start = times[0] - durations[0]
+    if not math.isfinite(durations[0]) or durations[0] <= 0 or 0 <= start:
+        return None  # a NaN, infinite or negative duration is not counted (RunRecord.start_time)
+    return (f"{METRICS_FILE}, first step: step_time_s {durations[0]:.6g} s ends at time {times[0]:.6g}, so the "
+            f"run would have started before 1970 (not a date)")
 
 
 # -- module-level helpers (one-shot readers: reports, tests) ------------------------------------------------

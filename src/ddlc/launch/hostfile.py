@@ -86,7 +86,7 @@ def parse_hostfile(path: str | Path) -> list[Host]:
     if not file.exists():
         raise UserError(f"--hostfile {path}: no such file")
     try:
-        data = read_hostfile_bytes(file)
+        data = read_hostfile_bytes(file, pipes=True)
     except OSError as error:
         raise UserError(f"--hostfile {path}: cannot read it: {error.strerror or error}") from None
     return parse_hostfile_text(hostfile_text(data, str(path)), str(path))
@@ -95,17 +95,19 @@ def parse_hostfile(path: str | Path) -> list[Host]:
 MAX_HOSTFILE_BYTES = 1 << 20  # 1 MiB: tens of thousands of hosts
 
 
-def read_hostfile_bytes(path: Path) -> bytes:
+def read_hostfile_bytes(path: Path, pipes: bool = False) -> bytes:
     """At most MAX_HOSTFILE_BYTES + 1 bytes of a regular file, enough for hostfile_text to refuse a bigger one:
-    /dev/zero or a many-GB file neither hangs the reader nor fills its memory. A pipe is read like a file:
-    `--hostfile <(scontrol show hostnames | sed 's/$/ slots=8/')` passes /dev/fd/63; a FIFO nobody writes to
-    reads as empty (no hosts) instead of hanging (ddlc.bounded_read). OSError as open() raises it."""
+    a many-GB file neither hangs the reader nor fills its memory. `pipes` (a command line's --hostfile): a pipe or
+    device is read the same bounded way, so `--hostfile <(scontrol show hostnames | sed 's/$/ slots=8/')`
+    (/dev/fd/63) works, and a FIFO nobody writes to reads as empty (no hosts) instead of hanging
+    (ddlc.bounded_read); without it (a timer's unattended read) only a regular file is read. OSError as open()
+    raises it."""
     from ddlc.bounded_read import read_at_most
 
     if path.is_dir():
         raise UserError(f"--hostfile {path}: a directory, not a hostfile (one 'host slots=N' per line)")
-    if path.is_socket():
-        raise UserError(f"--hostfile {path}: a socket, not a hostfile (one 'host slots=N' per line)")
+    if path.is_socket() or (path.exists() and not path.is_file() and not pipes):
+        raise UserError(f"--hostfile {path}: not a regular file")
     return read_at_most(path, MAX_HOSTFILE_BYTES + 1)
 
 
