@@ -133,6 +133,32 @@ def test_process_substitution_is_read_like_a_file(tmp_path):
     assert out.stdout.strip() == "[('a', 2), ('b', 1)]", out.stderr
 
 
+def test_a_fifo_nobody_writes_to_is_no_hosts_not_a_hang(tmp_path):
+    """`mkfifo p; ddlc launch --hostfile p` waited forever for a writer (ddlc.bounded_read opens without blocking)."""
+    import os
+    import threading
+
+    fifo = tmp_path / "p"
+    os.mkfifo(fifo)
+    outcome: list[str] = []
+
+    def parse() -> None:
+        try:
+            parse_hostfile(fifo)
+        except UserError as error:
+            outcome.append(str(error))
+
+    reader = threading.Thread(target=parse, daemon=True)
+    reader.start()
+    reader.join(timeout=30)
+    if reader.is_alive():  # free the hung reader before failing
+        with open(fifo, "w"):
+            pass
+        reader.join(timeout=30)
+        pytest.fail("parse_hostfile waited on a FIFO nobody writes to")
+    assert outcome == [f"{fifo}: no hosts listed"]
+
+
 def test_parse_hostfile_dash_reads_stdin(monkeypatch):
     monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"a slots=2\n\0")))
     with pytest.raises(UserError, match=r"^--hostfile <stdin>: binary data \(NUL byte at offset 10\)"):
