@@ -27,6 +27,16 @@ from tests.dashboards.malformed import GOOD, KINDS, make_corpus
 from tests.support import PYTHON, REPO, run
 
 
+def _api(server: DashboardServer):
+    """GET a path of the dashboard's API: its JSON, after checking the reply is a 200 with a body."""
+    def get(path: str) -> dict:
+        with urllib.request.urlopen(server.url + path, timeout=30) as response:
+            body = response.read()
+            assert response.status == 200 and body, path
+            return json.loads(body)
+    return get
+
+
 @pytest.fixture(scope="module")
 def corpus(run_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("corpus")
@@ -64,13 +74,8 @@ def test_the_dashboard_shows_the_good_run_and_names_the_bad_ones_on_every_tab(co
     root, broken = corpus
     data = PanelData(root, Pricing(PRICED_AS, None, load_price_table()))
     server = DashboardServer(data, port=0).start()
+    get = _api(server)
     try:
-        def get(path: str) -> dict:
-            with urllib.request.urlopen(server.url + path, timeout=30) as response:
-                body = response.read()
-                assert response.status == 200 and body, path
-                return json.loads(body)
-
         definition = get("api/definition")
         assert set(definition["runs"]) == {GOOD, *broken}
         assert set(definition["unreadable"]) == set(broken)
@@ -203,12 +208,8 @@ def test_a_run_priced_as_an_unknown_instance_type_leaves_out_only_that_run(run_d
     summary_path.write_text(json.dumps(summary))
 
     server = DashboardServer(PanelData(root, Pricing(PRICED_AS, None, load_price_table())), port=0).start()
+    get = _api(server)
     try:
-        def get(path: str) -> dict:
-            with urllib.request.urlopen(server.url + path, timeout=30) as response:
-                assert response.status == 200, path
-                return json.loads(response.read())
-
         good = get("api/dashboards/cost-tracking?run=good")
         assert good["run_error"] is None and "p9.nowhere" in good["unreadable"]["unpriced"]
         assert [s["name"] for s in good["panels"]["cost-by-run"]["series"]] == ["good"]
@@ -240,12 +241,8 @@ def test_a_run_directory_named_in_bytes_that_are_not_utf8_can_be_opened(run_dir,
     name = os.fsdecode(b"bad\xff\xfename")
     shutil.copytree(run_dir, root / name)
     server = DashboardServer(PanelData(root, Pricing(PRICED_AS, None, load_price_table())), port=0).start()
+    get = _api(server)
     try:
-        def get(path: str) -> dict:
-            with urllib.request.urlopen(server.url + path, timeout=30) as response:
-                assert response.status == 200, path
-                return json.loads(response.read())
-
         definition = get("api/definition")
         assert definition["runs"] == [name] and definition["default_run"] == name and not definition["unreadable"]
         query = urllib.parse.quote(name, safe="", errors="surrogateescape")
