@@ -108,9 +108,9 @@ def validate_step(record: Mapping[str, Any]) -> dict[str, Any]:
     return safe
 
 
-def write_atomic(path: Path, text: str, mode: int = 0o644, durable: bool = False) -> None:
-    """Write `text` to `path` so a reader sees the old file or the new one, never half of one; `durable`: the
-    bytes are on disk before the rename (a configuration a power loss must not leave empty)."""
+def write_temp(path: Path, text: str, mode: int = 0o644, durable: bool = False) -> str:
+    """`text` in a new hidden file next to `path` (same file system: renaming it over `path` is atomic); its name.
+    `durable`: the bytes are on disk before it returns. Nothing is left behind when writing fails."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -120,13 +120,28 @@ def write_atomic(path: Path, text: str, mode: int = 0o644, durable: bool = False
                 handle.flush()
                 os.fsync(handle.fileno())
         os.chmod(tmp, mode)  # mkstemp makes it 0600; run files are meant to be read by others
+    except BaseException:
+        _unlink_quietly(tmp)
+        raise
+    return tmp
+
+
+def write_atomic(path: Path, text: str, mode: int = 0o644, durable: bool = False) -> None:
+    """Write `text` to `path` so a reader sees the old file or the new one, never half of one; `durable`: the
+    bytes are on disk before the rename (a configuration a power loss must not leave empty)."""
+    tmp = write_temp(path, text, mode, durable)
+    try:
         os.replace(tmp, path)
     except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        _unlink_quietly(tmp)
         raise
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 def write_summary(run_dir: Path, summary: Mapping[str, Any]) -> RunSummary:

@@ -16,7 +16,6 @@ import math
 import os
 import re
 import stat
-import tempfile
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -30,7 +29,7 @@ from ddlc.dashboards.downsample import minmax
 from ddlc.dashboards.runs import RunRecord, load_runs
 from ddlc.dashboards.svg_chart import Chart, Series, bar_chart, line_chart
 from ddlc.errors import UserError
-from ddlc.run_format import MAX_TIME
+from ddlc.run_format import MAX_TIME, write_temp
 
 if TYPE_CHECKING:  # urllib/http.client are only needed with --prometheus
     from ddlc.dashboards.column_cache import ColumnCache
@@ -379,7 +378,7 @@ def write_report(report: UtilizationReport, output: Path | str) -> Path:
             files_dir.mkdir(exist_ok=True)
         for path, content in writes:
             where = path
-            temps.append((_write_temp(path, content), path))
+            temps.append((write_temp(path, content), path))
         for temp, path in temps:
             where = path
             os.replace(temp, path)
@@ -415,16 +414,3 @@ def _check_destination(path: Path, directory: bool = False) -> None:
     if not directory and not stat.S_ISREG(info.st_mode):
         kind = "a directory" if stat.S_ISDIR(info.st_mode) else "not a regular file"
         raise UserError(f"-o: {path} is {kind}; the report writes a file there")
-
-
-def _write_temp(path: Path, text: str) -> str:
-    """`text` in a new hidden file next to `path` (same file system: the rename is atomic); its name."""
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.chmod(temp, 0o644)  # mkstemp makes it 0600; a report is meant to be read by others
-    except BaseException:
-        os.unlink(temp)
-        raise
-    return temp
